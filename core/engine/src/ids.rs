@@ -1,0 +1,204 @@
+//! Identifiers the engine keys everything by: git object ids, repositories, coordinates.
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use nostr::{EventId, PublicKey};
+
+/// A git object id (SHA-1, 20 bytes). Compared and hashed as bytes, shown as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Oid([u8; 20]);
+
+/// Why a string is not an object id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadOid;
+
+impl fmt::Display for BadOid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a 40-character lowercase hex git object id")
+    }
+}
+
+impl Oid {
+    /// The all-zero id git uses for "no object" in ref updates.
+    pub const ZERO: Oid = Oid([0; 20]);
+
+    pub const fn from_bytes(bytes: [u8; 20]) -> Oid {
+        Oid(bytes)
+    }
+
+    pub const fn as_bytes(&self) -> &[u8; 20] {
+        &self.0
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 20]
+    }
+
+    /// Parses exactly 40 lowercase hex digits (the only spelling NIP-34 and git's wire use).
+    pub fn from_hex(s: &str) -> Result<Oid, BadOid> {
+        let b = s.as_bytes();
+        if b.len() != 40 {
+            return Err(BadOid);
+        }
+        let mut out = [0u8; 20];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            out[i] = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        }
+        Ok(Oid(out))
+    }
+}
+
+fn hex_digit(c: u8) -> Result<u8, BadOid> {
+    match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(BadOid),
+    }
+}
+
+impl FromStr for Oid {
+    type Err = BadOid;
+    fn from_str(s: &str) -> Result<Oid, BadOid> {
+        Oid::from_hex(s)
+    }
+}
+
+impl fmt::Display for Oid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Oid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Oid({self})")
+    }
+}
+
+/// A repository identifier: the announcement's `d` tag, already percent-decoded.
+///
+/// Valid identifiers are non-empty, at most [`Identifier::MAX_LEN`] bytes, not `.` or `..`, and
+/// contain no `/`, `\`, NUL or other control characters, so `<data>/<npub>/<id>.git` can never
+/// escape its directory.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identifier(String);
+
+/// Why a string cannot be a repository identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadIdentifier {
+    Empty,
+    TooLong,
+    DotPath,
+    ForbiddenChar(char),
+}
+
+impl fmt::Display for BadIdentifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadIdentifier::Empty => f.write_str("repository identifier is empty"),
+            BadIdentifier::TooLong => write!(
+                f,
+                "repository identifier is longer than {} bytes",
+                Identifier::MAX_LEN
+            ),
+            BadIdentifier::DotPath => f.write_str("repository identifier may not be '.' or '..'"),
+            BadIdentifier::ForbiddenChar(c) => {
+                write!(f, "repository identifier may not contain {c:?}")
+            }
+        }
+    }
+}
+
+impl Identifier {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn new(s: &str) -> Result<Identifier, BadIdentifier> {
+        if s.is_empty() {
+            return Err(BadIdentifier::Empty);
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(BadIdentifier::TooLong);
+        }
+        if s == "." || s == ".." {
+            return Err(BadIdentifier::DotPath);
+        }
+        if let Some(c) = s.chars().find(|c| matches!(c, '/' | '\\') || c.is_control()) {
+            return Err(BadIdentifier::ForbiddenChar(c));
+        }
+        Ok(Identifier(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// One hosted bare repository: `/<npub of owner>/<identifier>.git`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct RepoKey {
+    pub owner: PublicKey,
+    pub identifier: Identifier,
+}
+
+impl RepoKey {
+    pub fn new(owner: PublicKey, identifier: Identifier) -> RepoKey {
+        RepoKey { owner, identifier }
+    }
+}
+
+impl fmt::Display for RepoKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner.to_hex(), self.identifier)
+    }
+}
+
+/// Correlates a command the engine issued with the input that reports its outcome.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct CommandId(pub u64);
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cmd#{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oid_round_trips_lowercase_hex_only() {
+        let hex = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(Oid::from_hex(hex).unwrap().to_string(), hex);
+        assert_eq!(Oid::from_hex(&hex.to_uppercase()), Err(BadOid));
+        assert_eq!(Oid::from_hex(&hex[..39]), Err(BadOid));
+        assert!(Oid::from_hex(&"0".repeat(40)).unwrap().is_zero());
+    }
+
+    #[test]
+    fn identifier_refuses_path_tricks() {
+        for bad in ["", ".", "..", "a/b", "a\\b", "a\0b", "a\nb"] {
+            assert!(Identifier::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Identifier::new(&"x".repeat(256)).is_err());
+        for good in ["graspd", "my.repo", "a:b", "..x", "ünïcode"] {
+            assert_eq!(Identifier::new(good).unwrap().as_str(), good);
+        }
+    }
+}

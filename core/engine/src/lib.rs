@@ -1,0 +1,11 @@
+//! graspd-core: the pure GRASP purgatory engine.
+//!
+//! No IO, no async runtime, no clock, no unseeded randomness: every input carries `now`, every
+//! IO the engine wants is a command with an id, and its outcome comes back as an input.
+
+pub mod events;
+pub mod ids;
+pub mod time;
+
+pub use ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
+pub use time::Time;
