@@ -3,7 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-pub use nostr::{EventId, PublicKey};
+pub use nostr::event::EventId;
+pub use nostr::key::PublicKey;
 
 /// A git object id (SHA-1, 20 bytes). Compared and hashed as bytes, shown as lowercase hex.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
