@@ -7,5 +7,8 @@ pub mod events;
 pub mod ids;
 pub mod time;
 
+#[cfg(test)]
+mod testkit;
+
 pub use ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
 pub use time::Time;
