@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod ids;
+pub mod maintainers;
 pub mod time;
 
 #[cfg(test)]
