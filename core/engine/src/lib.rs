@@ -3,6 +3,7 @@
 //! No IO, no async runtime, no clock, no unseeded randomness: every input carries `now`, every
 //! IO the engine wants is a command with an id, and its outcome comes back as an input.
 
+pub mod acceptance;
 pub mod events;
 pub mod ids;
 pub mod maintainers;
