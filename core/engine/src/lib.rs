@@ -7,6 +7,7 @@ pub mod acceptance;
 pub mod events;
 pub mod ids;
 pub mod maintainers;
+pub mod push;
 pub mod release;
 pub mod satisfy;
 pub mod time;

@@ -593,7 +593,8 @@ mod tests {
         repos[3].objects.insert(oid(7));
         repos[3].refs.insert(name.clone(), oid(7));
         let plan = plan(&pr, 3, &repos).unwrap();
-        let mut got: Vec<(RepoKey, Option<RepoKey>, Vec<Oid>, Vec<RefEdit>)> = plan
+        type Row = (RepoKey, Option<RepoKey>, Vec<Oid>, Vec<RefEdit>);
+        let mut got: Vec<Row> = plan
             .updates
             .into_iter()
             .map(|u| (u.repo, u.copy_from, u.objects, u.edits))
