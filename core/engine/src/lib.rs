@@ -4,6 +4,7 @@
 //! IO the engine wants is a command with an id, and its outcome comes back as an input.
 
 pub mod acceptance;
+pub mod deletion;
 pub mod events;
 pub mod ids;
 pub mod maintainers;
