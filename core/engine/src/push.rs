@@ -169,12 +169,6 @@ fn decide_branches_and_tags(
             })
         });
     };
-    let describe = |name: &str| {
-        newest
-            .refs
-            .get(name)
-            .map_or(format!("no {name}"), |o| format!("{name}={o}"))
-    };
     // The first ref where this push and the newest waiting state disagree.
     let differing = proposed
         .keys()
@@ -182,20 +176,24 @@ fn decide_branches_and_tags(
         .find(|n| proposed.get(*n) != newest.refs.get(*n))
         .cloned()
         .unwrap_or_default();
+    let state = short(&newest.id);
+    let needs = |name: &str| match newest.refs.get(name) {
+        Some(o) => format!("also needs {name}={o} in this push"),
+        None => format!("has no {name}: delete it in this push"),
+    };
     all(&|u| {
-        let state = short(&newest.id);
-        RefDecision::Reject(if proposed.get(&u.name) != newest.refs.get(&u.name) {
-            format!(
-                "the newest waiting state ({state}) has {}: push that, or announce a 30618 \
-                 state matching this push first",
-                describe(&u.name)
-            )
-        } else {
-            format!(
-                "the newest waiting state ({state}) also has {}: the push must bring every \
-                 branch and tag to that state",
-                describe(&differing)
-            )
+        RefDecision::Reject(match newest.refs.get(&u.name) {
+            Some(o) if proposed.get(&u.name) != Some(o) => format!(
+                "the newest waiting state ({state}) has {}={o}: push that, or announce a \
+                 30618 state matching this push first",
+                u.name
+            ),
+            None if proposed.contains_key(&u.name) => format!(
+                "the newest waiting state ({state}) has no {}: push that deletion, or \
+                 announce a 30618 state matching this push first",
+                u.name
+            ),
+            _ => format!("the newest waiting state ({state}) {}", needs(&differing)),
         })
     })
 }
@@ -302,7 +300,7 @@ mod tests {
                 "partial push: the state also deletes dev",
                 vec![&s2],
                 vec![upd("refs/heads/main", 1, 3)],
-                vec![Err("also has no refs/heads/dev")],
+                vec![Err("has no refs/heads/dev: delete it in this push")],
             ),
             (
                 "wrong commit",
@@ -356,8 +354,8 @@ mod tests {
                 vec![&s1],
                 vec![upd("refs/heads/main", 1, 3), upd("refs/tags/v1", 9, 8)],
                 vec![
-                    Err("also has refs/tags/v1=0909"),
-                    Err("has refs/tags/v1=0909"),
+                    Err("also needs refs/tags/v1=0909090909090909090909090909090909090909 in this push"),
+                    Err("has refs/tags/v1=0909090909090909090909090909090909090909: push that"),
                 ],
             ),
             (
