@@ -9,6 +9,7 @@ pub mod events;
 pub mod ids;
 pub mod maintainers;
 pub mod push;
+pub mod related;
 pub mod release;
 pub mod satisfy;
 pub mod time;
