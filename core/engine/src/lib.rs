@@ -3,9 +3,12 @@
 //! No IO, no async runtime, no clock, no unseeded randomness: every input carries `now`, every
 //! IO the engine wants is a command with an id, and its outcome comes back as an input.
 
+pub mod config;
 pub mod events;
 pub mod ids;
 pub mod time;
+pub mod timers;
+pub mod urls;
 
 pub use ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
 pub use time::Time;
