@@ -6,6 +6,7 @@
 pub mod config;
 pub mod events;
 pub mod ids;
+pub mod throttle;
 pub mod time;
 pub mod timers;
 pub mod urls;
