@@ -11,5 +11,8 @@ pub mod time;
 pub mod timers;
 pub mod urls;
 
+#[cfg(test)]
+mod testkit;
+
 pub use ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
 pub use time::Time;
