@@ -3,9 +3,13 @@
 //! No IO, no async runtime, no clock, no unseeded randomness: every input carries `now`, every
 //! IO the engine wants is a command with an id, and its outcome comes back as an input.
 
+pub mod acceptance;
 pub mod config;
 pub mod events;
 pub mod ids;
+pub mod maintainers;
+pub mod purgatory;
+pub mod satisfy;
 pub mod throttle;
 pub mod time;
 pub mod timers;
