@@ -5,6 +5,7 @@
 
 pub mod acceptance;
 pub mod config;
+pub mod engine;
 pub mod events;
 pub mod ids;
 pub mod maintainers;
@@ -18,5 +19,10 @@ pub mod urls;
 #[cfg(test)]
 mod testkit;
 
+pub use config::Config;
+pub use engine::{
+    ApplyError, ApplyPlan, Arrival, Command, Engine, EngineEvent, FetchError, FetchReport, Input,
+    RefDecision, RefEdit, RefUpdate, RepoSnapshot, Stats, TimerReason, Verdict,
+};
 pub use ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
 pub use time::Time;

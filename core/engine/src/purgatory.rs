@@ -73,7 +73,10 @@ impl Purgatory {
     }
 
     pub fn counts(&self) -> WaitingCounts {
-        WaitingCounts { placeholders: self.placeholders.len(), ..self.counts }
+        WaitingCounts {
+            placeholders: self.placeholders.len(),
+            ..self.counts
+        }
     }
 
     pub fn contains(&self, id: &EventId) -> bool {
@@ -92,11 +95,17 @@ impl Purgatory {
         }
         match &waiting.parsed {
             GitEvent::Announcement(a) => {
-                self.announcements.entry((a.owner, a.identifier.clone())).or_default().insert(id);
+                self.announcements
+                    .entry((a.owner, a.identifier.clone()))
+                    .or_default()
+                    .insert(id);
                 self.counts.announcements += 1;
             }
             GitEvent::State(s) => {
-                self.states.entry((s.identifier.clone(), s.author)).or_default().insert(id);
+                self.states
+                    .entry((s.identifier.clone(), s.author))
+                    .or_default()
+                    .insert(id);
                 self.counts.states += 1;
             }
             GitEvent::Pr(p) => {
@@ -116,7 +125,11 @@ impl Purgatory {
         let waiting = self.entries.remove(id)?;
         match &waiting.parsed {
             GitEvent::Announcement(a) => {
-                remove_indexed(&mut self.announcements, &(a.owner, a.identifier.clone()), id);
+                remove_indexed(
+                    &mut self.announcements,
+                    &(a.owner, a.identifier.clone()),
+                    id,
+                );
                 self.counts.announcements -= 1;
             }
             GitEvent::State(s) => {
@@ -142,13 +155,14 @@ impl Purgatory {
             .unwrap_or_default()
     }
 
-    /// Waiting states with `identifier`, any author.
-    pub fn states_with(&self, identifier: &Identifier) -> impl Iterator<Item = (&PublicKey, &EventId)> {
+    /// Waiting states with `identifier`, any author, as (author, id).
+    pub fn states_with(&self, identifier: &Identifier) -> Vec<(PublicKey, EventId)> {
         let lo = (identifier.clone(), PublicKey::from_byte_array([0; 32]));
         self.states
             .range(lo..)
-            .take_while(move |((i, _), _)| i == identifier)
-            .flat_map(|((_, author), ids)| ids.iter().map(move |id| (author, id)))
+            .take_while(|((i, _), _)| i == identifier)
+            .flat_map(|((_, author), ids)| ids.iter().map(move |id| (*author, *id)))
+            .collect()
     }
 
     /// Waiting PRs and PR updates that target `repo`.
@@ -167,7 +181,11 @@ impl Purgatory {
     ) -> Vec<EventId> {
         let mut out = BTreeSet::new();
         for id in ids {
-            if self.entries.get(id).is_some_and(|w| w.parsed.author() == author) {
+            if self
+                .entries
+                .get(id)
+                .is_some_and(|w| w.parsed.author() == author)
+            {
                 out.insert(*id);
             }
         }
@@ -189,7 +207,10 @@ impl Purgatory {
     // --- placeholders ---
 
     pub fn add_placeholder(&mut self, repo: RepoKey, id: EventId, placeholder: Placeholder) {
-        self.placeholders_by_event.entry(id).or_default().insert(repo.clone());
+        self.placeholders_by_event
+            .entry(id)
+            .or_default()
+            .insert(repo.clone());
         self.placeholders.insert((repo, id), placeholder);
     }
 
