@@ -138,9 +138,15 @@ impl Engine {
         let missing: BTreeSet<Oid> = asked.into_iter().filter(|o| !present.contains(o)).collect();
         let running = self.repos.get_mut(&repo).and_then(|w| w.attempt.as_mut());
         match running {
-            Some(a) => a
-                .missing
-                .retain(|o| missing.contains(o) || !present.contains(o)),
+            Some(a) => {
+                a.missing.retain(|o| !present.contains(o));
+                if fetch {
+                    // Asked to fetch while fetching: go again when this attempt ends.
+                    if let Some(w) = self.repos.get_mut(&repo) {
+                        w.attempt_due = true;
+                    }
+                }
+            }
             None if fetch && !missing.is_empty() => self.start_attempt(now, repo.clone(), missing),
             None => {}
         }
