@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use crate::events::{Coordinate, GitEvent, KIND_ANNOUNCEMENT, KIND_STATE};
+use crate::deletion::deletion_matches;
+use crate::events::{Coordinate, Deletion, GitEvent, KIND_ANNOUNCEMENT, KIND_STATE};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
 use crate::time::Time;
 
@@ -170,38 +171,32 @@ impl Purgatory {
         self.prs.get(repo).into_iter().flatten()
     }
 
-    /// The waiting events a kind 5 deletion by `author` removes: its own events named by id,
-    /// and its own addressable events named by coordinate, created no later than the deletion.
-    pub fn deletable(
-        &self,
-        author: &PublicKey,
-        created_at: u64,
-        ids: &[EventId],
-        coordinates: &[Coordinate],
-    ) -> Vec<EventId> {
-        let mut out = BTreeSet::new();
-        for id in ids {
-            if self
-                .entries
-                .get(id)
-                .is_some_and(|w| w.parsed.author() == author)
-            {
-                out.insert(*id);
-            }
-        }
-        for c in coordinates.iter().filter(|c| c.author == *author) {
+    /// The waiting events a kind 5 deletion removes (`deletion::deletion_matches`: the
+    /// author's own events, by id or by coordinate), found through the indexes.
+    pub fn deletable(&self, deletion: &Deletion) -> Vec<EventId> {
+        let mut candidates = BTreeSet::new();
+        candidates.extend(
+            deletion
+                .event_ids
+                .iter()
+                .filter(|id| self.entries.contains_key(id)),
+        );
+        for c in deletion
+            .coordinates
+            .iter()
+            .filter(|c| c.author == deletion.author)
+        {
             let found = match c.kind {
                 KIND_ANNOUNCEMENT => self.announcements.get(&(c.author, c.identifier.clone())),
                 KIND_STATE => self.states.get(&(c.identifier.clone(), c.author)),
                 _ => None,
             };
-            for id in found.into_iter().flatten() {
-                if self.entries[id].parsed.created_at() <= created_at {
-                    out.insert(*id);
-                }
-            }
+            candidates.extend(found.into_iter().flatten());
         }
-        out.into_iter().collect()
+        candidates
+            .into_iter()
+            .filter(|id| deletion_matches(deletion, &self.entries[id].parsed))
+            .collect()
     }
 
     // --- placeholders ---

@@ -888,3 +888,37 @@ fn expired_memory_is_bounded() {
     advance(&mut engine, &mut host, t(3_600_000));
     assert_eq!(engine.stats().remembered_expired, 3);
 }
+
+#[test]
+fn a_state_released_in_one_repo_is_copied_into_sibling_repos_it_is_authoritative_for() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    // Owner 1 lists maintainer 2; both host "r" here.
+    engine.restore_accepted(&kit.announcement(1, "r", &[2], &[]));
+    engine.restore_accepted(&kit.announcement(2, "r", &[], &[]));
+    let st = kit.state(2, "r", 2000, &[("refs/heads/main", oid(1))]);
+    publish(&mut engine, &mut host, t(0), st.clone(), Arrival::Published);
+    // Maintainer 2 pushes to its own repository.
+    host.give(&repo(2, "r"), &[oid(1)]);
+    engine.handle_input(
+        t(1),
+        Input::Pushed {
+            repo: repo(2, "r"),
+            updates: vec![],
+        },
+    );
+    host.run(&mut engine, t(1));
+    assert_eq!(host.released(), [st.id]);
+    // Owner 1's repository caught up: objects copied from 2's, refs aligned, HEAD set.
+    let copy = host.commands.iter().find_map(|c| match c {
+        Command::Apply { plan, .. } if plan.repo == repo(1, "r") => Some(plan.clone()),
+        _ => None,
+    });
+    let plan = copy.expect("an Apply for the sibling");
+    assert_eq!(plan.copy_from, Some((repo(2, "r"), vec![oid(1)])));
+    assert_eq!(host.refs[&repo(1, "r")]["refs/heads/main"], oid(1));
+    assert_eq!(host.heads[&repo(1, "r")], "refs/heads/main");
+    assert_eq!(engine.stats().repos_active, 0, "nothing left to do");
+    assert_eq!(engine.poll_timeout(), None);
+}

@@ -7,7 +7,6 @@
 //! -> `Released`. Missing objects start a sync attempt: fetch jobs per remote domain through the
 //! throttle, then Inspect again; an incomplete attempt backs off (20 s, 40 s, 80 s, 120 s...).
 
-mod push_types;
 mod settle;
 mod sync;
 mod types;
@@ -43,6 +42,8 @@ pub struct Engine {
     /// Owners per identifier with a waiting announcement (every waiting one is hosted).
     waiting_hosted: BTreeMap<Identifier, BTreeSet<PublicKey>>,
     repos: BTreeMap<RepoKey, RepoWork>,
+    /// `(created_at, id)` of the state each hosted repository holds.
+    applied: BTreeMap<RepoKey, (u64, EventId)>,
     fetches: BTreeMap<CommandId, FetchInFlight>,
     inspects: BTreeMap<CommandId, (RepoKey, Vec<Oid>)>,
     applies: BTreeMap<CommandId, ApplyInFlight>,
@@ -98,10 +99,11 @@ struct ApplyInFlight {
 
 #[derive(Debug)]
 enum ApplyPurpose {
-    /// Release these events when the Apply succeeds.
-    Release(Vec<EventId>),
-    /// Objects copied from a sibling repository; re-inspect after.
-    CopyObjects,
+    /// Release these events, and record the state the repository now holds, on success.
+    Release {
+        events: Vec<EventId>,
+        state: Option<(u64, EventId)>,
+    },
     /// A `refs/nostr/<id>` placeholder ref deleted.
     RemovePlaceholder(EventId),
 }
@@ -122,6 +124,7 @@ impl Engine {
             accepted: Accepted::default(),
             waiting_hosted: BTreeMap::new(),
             repos: BTreeMap::new(),
+            applied: BTreeMap::new(),
             fetches: BTreeMap::new(),
             inspects: BTreeMap::new(),
             applies: BTreeMap::new(),
@@ -142,9 +145,29 @@ impl Engine {
         match events::parse(event) {
             Ok(Some(GitEvent::Announcement(a))) => {
                 let hosted = self.lists_us(&a);
+                let repo = RepoKey::new(a.owner, a.identifier.clone());
                 self.accepted.add_announcement(a, hosted);
+                if hosted {
+                    // A stored repository holds its newest accepted authoritative state.
+                    let view = self.view();
+                    let maintainers = view.maintainers(&repo);
+                    if let Some(s) = view.authoritative_state(&repo, &maintainers) {
+                        let held = (s.created_at, s.id);
+                        self.record_applied(repo, held);
+                    }
+                }
             }
-            Ok(Some(GitEvent::State(s))) => self.accepted.add_state(s),
+            Ok(Some(GitEvent::State(s))) => {
+                let held = (s.created_at, s.id);
+                let repos: Vec<RepoKey> = {
+                    let view = self.view();
+                    view.targets(&GitEvent::State(s.clone()))
+                };
+                self.accepted.add_state(s, None);
+                for repo in repos {
+                    self.record_applied(repo, held);
+                }
+            }
             _ => {}
         }
     }
@@ -233,7 +256,8 @@ impl Engine {
                 }
             }
             GitEvent::State(s) => {
-                if let Some(old) = self.accepted.states.get(&(s.identifier.clone(), s.author)) {
+                if let Some((old, _)) = self.accepted.states.get(&(s.identifier.clone(), s.author))
+                {
                     if !world::newer(s.created_at, &s.id, old.created_at, &old.id) {
                         return Verdict::Rejected(
                             "blocked: a newer repository state from this author is already \
@@ -339,6 +363,7 @@ impl Engine {
             accepted: &self.accepted,
             purgatory: &self.purgatory,
             waiting_hosted: &self.waiting_hosted,
+            applied: &self.applied,
         }
     }
 
@@ -366,7 +391,7 @@ impl Engine {
                 .accepted
                 .states
                 .get(&(s.identifier.clone(), s.author))
-                .is_some_and(|x| x.id == s.id),
+                .is_some_and(|(x, _)| x.id == s.id),
             _ => false,
         }
     }
@@ -471,9 +496,7 @@ impl Engine {
     }
 
     fn apply_deletion(&mut self, d: &events::Deletion) {
-        let ids = self
-            .purgatory
-            .deletable(&d.author, d.created_at, &d.event_ids, &d.coordinates);
+        let ids = self.purgatory.deletable(d);
         for id in ids {
             if let Some((waiting, targets)) = self.remove_waiting(&id) {
                 self.counters.deleted += 1;
@@ -578,48 +601,23 @@ impl Engine {
                 id,
             });
         }
-        self.request_inspect(repo.clone(), false);
-        self.copy_to_siblings(&repo);
+        self.request_inspect(repo, false);
     }
 
-    /// Other repositories here with the same identifier that wait for objects: copy what they
-    /// want from `source` (a push or release just brought data there).
-    fn copy_to_siblings(&mut self, source: &RepoKey) {
-        let siblings: Vec<(RepoKey, Vec<Oid>)> = {
-            let view = self.view();
-            view.hosted_owners(&source.identifier)
-                .into_iter()
-                .filter(|o| *o != source.owner)
-                .map(|o| RepoKey::new(o, source.identifier.clone()))
-                .map(|r| {
-                    let wanted = view.wanted(&r);
-                    (r, wanted.oids.into_iter().collect::<Vec<_>>())
-                })
-                .filter(|(_, oids)| !oids.is_empty())
-                .collect()
-        };
-        for (repo, oids) in siblings {
-            let plan = ApplyPlan {
-                repo: repo.clone(),
-                copy_from: Some((source.clone(), oids)),
-                edits: Vec::new(),
-                head: None,
-            };
-            let cmd = self.next_id();
-            self.applies.insert(
-                cmd,
-                ApplyInFlight {
-                    repo,
-                    purpose: ApplyPurpose::CopyObjects,
-                },
-            );
-            self.commands.push_back(Command::Apply { id: cmd, plan });
+    /// Records the state a repository holds, if newer than what it held.
+    fn record_applied(&mut self, repo: RepoKey, held: (u64, EventId)) {
+        let newer = self
+            .applied
+            .get(&repo)
+            .is_none_or(|old| crate::release::supersedes((held.0, &held.1), (old.0, &old.1)));
+        if newer {
+            self.applied.insert(repo, held);
         }
     }
 
     /// Forgets a repository's work when nothing waits and nothing runs.
     fn maybe_idle(&mut self, repo: &RepoKey) {
-        if !self.repos.contains_key(repo) || !self.view().wanted(repo).events.is_empty() {
+        if !self.repos.contains_key(repo) || self.view().has_work(repo) {
             return;
         }
         let now = self.now;

@@ -16,8 +16,9 @@ pub struct Accepted {
     pub announcements: BTreeMap<RepoKey, Announcement>,
     /// Owners per identifier whose accepted announcement lists this server (repo hosted).
     pub hosted: BTreeMap<Identifier, BTreeSet<PublicKey>>,
-    /// Newest accepted state per (identifier, author).
-    pub states: BTreeMap<(Identifier, PublicKey), RepoState>,
+    /// Newest accepted state per (identifier, author), with the repository it was released
+    /// in (objects can be copied from there; `None` when restored).
+    pub states: BTreeMap<(Identifier, PublicKey), (RepoState, Option<RepoKey>)>,
 }
 
 impl Accepted {
@@ -37,12 +38,12 @@ impl Accepted {
         }
     }
 
-    pub fn add_state(&mut self, state: RepoState) {
+    pub fn add_state(&mut self, state: RepoState, source: Option<RepoKey>) {
         let key = (state.identifier.clone(), state.author);
         match self.states.get(&key) {
-            Some(old) if !newer(state.created_at, &state.id, old.created_at, &old.id) => {}
+            Some((old, _)) if !newer(state.created_at, &state.id, old.created_at, &old.id) => {}
             _ => {
-                self.states.insert(key, state);
+                self.states.insert(key, (state, source));
             }
         }
     }
@@ -65,6 +66,8 @@ pub struct View<'a> {
     pub purgatory: &'a Purgatory,
     /// Owners per identifier with a waiting announcement that lists this server.
     pub waiting_hosted: &'a BTreeMap<Identifier, BTreeSet<PublicKey>>,
+    /// The state each repository holds.
+    pub applied: &'a BTreeMap<RepoKey, (u64, EventId)>,
 }
 
 impl Announcements for View<'_> {
@@ -158,23 +161,50 @@ impl View<'_> {
         }
     }
 
-    /// The newest accepted state authoritative for `repo`.
-    pub fn authoritative_state(
+    /// The newest accepted state authoritative for `repo`, with where it was released.
+    pub fn authoritative(
         &self,
         repo: &RepoKey,
         maintainers: &BTreeSet<PublicKey>,
-    ) -> Option<&RepoState> {
+    ) -> Option<&(RepoState, Option<RepoKey>)> {
         maintainers
             .iter()
             .filter_map(|m| self.accepted.states.get(&(repo.identifier.clone(), *m)))
-            .max_by(|x, y| {
+            .max_by(|(x, _), (y, _)| {
                 x.created_at
                     .cmp(&y.created_at)
                     .then_with(|| y.id.cmp(&x.id))
             })
     }
 
-    /// Waiting states authoritative for `repo` (authored by its maintainers).
+    pub fn authoritative_state(
+        &self,
+        repo: &RepoKey,
+        maintainers: &BTreeSet<PublicKey>,
+    ) -> Option<&RepoState> {
+        self.authoritative(repo, maintainers).map(|(s, _)| s)
+    }
+
+    /// Whether a state `(created_at, id)` is newer than what `repo` holds.
+    pub fn newer_than_held(&self, repo: &RepoKey, created_at: u64, id: &EventId) -> bool {
+        self.applied
+            .get(repo)
+            .is_none_or(|(at, held)| newer(created_at, id, *at, held))
+    }
+
+    /// The accepted authoritative state `repo` does not hold yet (it was released elsewhere,
+    /// or the repository is new): the repository catches up to it.
+    pub fn catch_up(
+        &self,
+        repo: &RepoKey,
+        maintainers: &BTreeSet<PublicKey>,
+    ) -> Option<&(RepoState, Option<RepoKey>)> {
+        self.authoritative(repo, maintainers)
+            .filter(|(s, _)| self.newer_than_held(repo, s.created_at, &s.id))
+    }
+
+    /// Waiting states authoritative for `repo` (authored by its maintainers) and newer than
+    /// what it holds.
     pub fn waiting_states(
         &self,
         repo: &RepoKey,
@@ -184,6 +214,11 @@ impl View<'_> {
             .states_with(&repo.identifier)
             .into_iter()
             .filter(|(author, _)| maintainers.contains(author))
+            .filter(|(_, id)| {
+                self.purgatory
+                    .get(id)
+                    .is_some_and(|w| self.newer_than_held(repo, w.parsed.created_at(), id))
+            })
             .map(|(_, id)| id)
             .collect()
     }
@@ -204,17 +239,23 @@ impl View<'_> {
                 w.oids.extend(required_objects(&e.parsed));
             }
         }
-        let announcements = self
-            .purgatory
-            .announcements_of(&repo.owner, &repo.identifier);
-        if !announcements.is_empty() {
-            w.events.extend(announcements);
-            // A new announcement is released with an authoritative state: want its objects.
-            if let Some(s) = self.authoritative_state(repo, &maintainers) {
+        w.events.extend(
+            self.purgatory
+                .announcements_of(&repo.owner, &repo.identifier),
+        );
+        if self.is_hosted(repo) {
+            if let Some((s, _)) = self.catch_up(repo, &maintainers) {
+                w.catch_up = Some(s.id);
                 w.oids.extend(s.refs.values().copied());
             }
         }
         w
+    }
+
+    /// Whether `repo` has anything to do.
+    pub fn has_work(&self, repo: &RepoKey) -> bool {
+        let w = self.wanted(repo);
+        !w.events.is_empty() || w.catch_up.is_some()
     }
 
     /// Candidate clone URLs for `repo`: its maintainers' announcements, then waiting PRs.
@@ -238,5 +279,7 @@ impl View<'_> {
 #[derive(Default, Debug)]
 pub struct Wanted {
     pub events: Vec<EventId>,
+    /// An accepted state the repository should be brought to.
+    pub catch_up: Option<EventId>,
     pub oids: BTreeSet<Oid>,
 }
