@@ -4,18 +4,29 @@
 //! IO the engine wants is a command with an id, and its outcome comes back as an input.
 
 pub mod acceptance;
+pub mod config;
 pub mod deletion;
+pub mod engine;
 pub mod events;
 pub mod ids;
 pub mod maintainers;
+pub mod purgatory;
 pub mod push;
 pub mod related;
 pub mod release;
 pub mod satisfy;
+pub mod throttle;
 pub mod time;
+pub mod timers;
+pub mod urls;
 
 #[cfg(test)]
 mod testkit;
 
+pub use config::Config;
+pub use engine::{
+    ApplyError, ApplyPlan, Arrival, Command, Engine, EngineEvent, FetchError, FetchReport, Input,
+    RefDecision, RefEdit, RefUpdate, RepoSnapshot, Stats, TimerReason, Verdict,
+};
 pub use ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
 pub use time::Time;

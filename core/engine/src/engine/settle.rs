@@ -1,0 +1,368 @@
+//! Inspect -> plan (release rules) -> Apply -> Released, per repository; push decisions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{ApplyInFlight, ApplyPurpose, Engine};
+use crate::engine::types::{
+    ApplyError, ApplyPlan, Command, EngineEvent, RefDecision, RefEdit, RefUpdate, RepoSnapshot,
+};
+use crate::events::{GitEvent, RefName, RepoState};
+use crate::ids::{CommandId, EventId, Oid, RepoKey};
+use crate::push;
+use crate::release::{self, RepoUpdate, Target};
+use crate::time::Time;
+
+/// What one Inspect allows for one repository: an Apply (objects, CAS ref edits, HEAD) and
+/// the events it releases, with the state the repository then holds.
+#[derive(Debug, Default)]
+struct ReleasePlan {
+    copy_from: Option<(RepoKey, Vec<Oid>)>,
+    edits: Vec<RefEdit>,
+    head: Option<RefName>,
+    release: Vec<EventId>,
+    state: Option<(u64, EventId)>,
+}
+
+impl ReleasePlan {
+    fn needs_apply(&self) -> bool {
+        self.copy_from.is_some() || !self.edits.is_empty() || self.head.is_some()
+    }
+
+    fn take(&mut self, update: RepoUpdate) {
+        if let Some(from) = update.copy_from {
+            let objects = &mut self.copy_from.get_or_insert_with(|| (from, Vec::new())).1;
+            objects.extend(update.objects);
+        }
+        self.edits.extend(update.edits);
+        if update.head.is_some() {
+            self.head = update.head;
+        }
+        if update.applied_state.is_some() {
+            self.state = update.applied_state;
+        }
+    }
+}
+
+impl Engine {
+    /// Asks for an Inspect of `repo` (coalesced: at most one in flight per repository, and
+    /// none while an Apply runs; a request meanwhile is queued, never lost).
+    pub(super) fn request_inspect(&mut self, repo: RepoKey, then_fetch: bool) {
+        let work = self.repos.entry(repo.clone()).or_default();
+        work.fetch_after_inspect |= then_fetch;
+        if work.inspect.is_some() || work.apply.is_some() {
+            work.inspect_queued = true;
+            return;
+        }
+        self.issue_inspect(repo);
+    }
+
+    fn issue_inspect(&mut self, repo: RepoKey) {
+        let wanted = self.view().wanted(&repo);
+        let Some(work) = self.repos.get_mut(&repo) else {
+            return;
+        };
+        work.inspect_queued = false;
+        if wanted.events.is_empty() && wanted.catch_up.is_none() {
+            work.fetch_after_inspect = false;
+            self.maybe_idle(&repo);
+            return;
+        }
+        self.next_command += 1;
+        let id = CommandId(self.next_command);
+        work.inspect = Some(id);
+        let oids: Vec<Oid> = wanted.oids.into_iter().collect();
+        self.inspects.insert(id, (repo.clone(), oids.clone()));
+        self.commands.push_back(Command::Inspect { id, repo, oids });
+    }
+
+    pub(super) fn inspected(
+        &mut self,
+        now: Time,
+        id: CommandId,
+        result: Result<RepoSnapshot, String>,
+    ) {
+        let Some((repo, asked)) = self.inspects.remove(&id) else {
+            return;
+        };
+        let Some(work) = self.repos.get_mut(&repo) else {
+            return;
+        };
+        if work.inspect == Some(id) {
+            work.inspect = None;
+        }
+        let fetch = std::mem::take(&mut work.fetch_after_inspect);
+        let snapshot = match result {
+            Ok(s) => s,
+            Err(_) => {
+                self.schedule_backoff(now, &repo);
+                self.after_settle_step(&repo);
+                return;
+            }
+        };
+        let present: BTreeSet<Oid> = snapshot.present.iter().copied().collect();
+        let plan = self.plan_release(&repo, &snapshot, &present);
+        if plan.needs_apply() {
+            let cmd = self.next_id();
+            let apply = ApplyPlan {
+                repo: repo.clone(),
+                copy_from: plan.copy_from,
+                edits: plan.edits,
+                head: plan.head,
+            };
+            let purpose = ApplyPurpose::Release {
+                events: plan.release,
+                state: plan.state,
+            };
+            self.applies.insert(
+                cmd,
+                ApplyInFlight {
+                    repo: repo.clone(),
+                    purpose,
+                },
+            );
+            if let Some(w) = self.repos.get_mut(&repo) {
+                w.apply = Some(cmd);
+            }
+            self.commands.push_back(Command::Apply {
+                id: cmd,
+                plan: apply,
+            });
+        } else if !plan.release.is_empty() || plan.state.is_some() {
+            self.release(now, &repo, &plan.release, plan.state);
+        }
+        let missing: BTreeSet<Oid> = asked.into_iter().filter(|o| !present.contains(o)).collect();
+        let running = self.repos.get_mut(&repo).and_then(|w| w.attempt.as_mut());
+        match running {
+            Some(a) => {
+                a.missing.retain(|o| !present.contains(o));
+                if fetch {
+                    // Asked to fetch while fetching: go again when this attempt ends.
+                    if let Some(w) = self.repos.get_mut(&repo) {
+                        w.attempt_due = true;
+                    }
+                }
+            }
+            None if fetch && !missing.is_empty() => self.start_attempt(now, repo.clone(), missing),
+            None => {}
+        }
+        self.after_settle_step(&repo);
+    }
+
+    pub(super) fn applied(&mut self, now: Time, id: CommandId, result: Result<(), ApplyError>) {
+        let Some(a) = self.applies.remove(&id) else {
+            return;
+        };
+        let repo = a.repo;
+        if let Some(w) = self.repos.get_mut(&repo) {
+            if w.apply == Some(id) {
+                w.apply = None;
+            }
+        }
+        match (a.purpose, result) {
+            (ApplyPurpose::Release { events, state }, Ok(())) => {
+                if let Some(w) = self.repos.get_mut(&repo) {
+                    w.apply_retries = 0;
+                }
+                self.release(now, &repo, &events, state);
+                // More may be releasable now (another state, PRs): look again.
+                self.request_inspect(repo.clone(), false);
+            }
+            (ApplyPurpose::Release { .. }, Err(ApplyError::Conflict)) => {
+                self.counters.apply_conflicts += 1;
+                let w = self.repos.entry(repo.clone()).or_default();
+                if w.apply_retries < self.config.max_apply_retries {
+                    w.apply_retries += 1;
+                    self.request_inspect(repo.clone(), false);
+                } else {
+                    w.apply_retries = 0;
+                    self.events.push_back(EngineEvent::ApplyFailed {
+                        repo: repo.clone(),
+                        reason: "the repository kept changing while its refs were aligned".into(),
+                    });
+                    self.schedule_backoff(now, &repo);
+                }
+            }
+            (ApplyPurpose::Release { .. }, Err(ApplyError::Io(reason))) => {
+                self.events.push_back(EngineEvent::ApplyFailed {
+                    repo: repo.clone(),
+                    reason,
+                });
+                self.schedule_backoff(now, &repo);
+            }
+            (ApplyPurpose::RemovePlaceholder(eid), _) => {
+                self.events.push_back(EngineEvent::PlaceholderRemoved {
+                    repo: repo.clone(),
+                    id: eid,
+                });
+            }
+        }
+        self.after_settle_step(&repo);
+    }
+
+    /// After an Inspect or Apply finished: run a queued Inspect, or idle the repository.
+    fn after_settle_step(&mut self, repo: &RepoKey) {
+        let Some(w) = self.repos.get(repo) else {
+            return;
+        };
+        if w.inspect.is_none() && w.apply.is_none() && w.inspect_queued {
+            self.issue_inspect(repo.clone());
+        } else {
+            self.maybe_idle(repo);
+        }
+    }
+
+    /// Emits `Released` for each still-waiting event, records what is now accepted and what
+    /// `repo` holds, and lets sibling repositories catch up to a newly accepted state.
+    fn release(
+        &mut self,
+        now: Time,
+        repo: &RepoKey,
+        ids: &[EventId],
+        state: Option<(u64, EventId)>,
+    ) {
+        if let Some(held) = state {
+            self.record_applied(repo.clone(), held);
+        }
+        let mut released_state = None;
+        for id in ids {
+            let Some((waiting, _targets)) = self.remove_waiting(id) else {
+                continue;
+            };
+            match &waiting.parsed {
+                GitEvent::Announcement(a) => self.accepted.add_announcement(a.clone(), true),
+                GitEvent::State(s) => {
+                    released_state = Some(waiting.parsed.clone());
+                    self.accepted.add_state(s.clone(), Some(repo.clone()));
+                }
+                _ => {}
+            }
+            self.counters.released += 1;
+            let waited = now.saturating_since(waiting.received);
+            self.events.push_back(EngineEvent::Released {
+                event: waiting.event,
+                waited,
+            });
+        }
+        if let Some(state) = released_state {
+            let siblings = self.view().targets(&state);
+            for sibling in siblings.into_iter().filter(|s| s != repo) {
+                self.request_inspect(sibling, false);
+            }
+        }
+    }
+
+    /// Plans with the release rules (`release::plan_release`) for this one repository, whose
+    /// snapshot says which wanted objects it has: the newest releasable state (waiting, or an
+    /// accepted one it has not caught up with, copied from where it was released), PRs whose
+    /// commit is here, and the announcement once the repository has data.
+    fn plan_release(
+        &self,
+        repo: &RepoKey,
+        snap: &RepoSnapshot,
+        present: &BTreeSet<Oid>,
+    ) -> ReleasePlan {
+        let view = self.view();
+        let maintainers = view.maintainers(repo);
+        let waiting_announcements = self
+            .purgatory
+            .announcements_of(&repo.owner, &repo.identifier);
+        let target = Target {
+            repo: repo.clone(),
+            refs: &snap.refs,
+            applied_state: self.applied.get(repo).copied(),
+            maintainers: &maintainers,
+            waiting_announcement: waiting_announcements.last().copied(),
+        };
+        let here = |r: &RepoKey, o: &Oid| r == repo && present.contains(o);
+        let mut plan = ReleasePlan::default();
+
+        // States, newest first: waiting ones, and the accepted one to catch up with.
+        let mut states: Vec<(&RepoState, Option<&RepoKey>, bool)> = view
+            .waiting_states(repo, &maintainers)
+            .into_iter()
+            .filter_map(|id| match &self.purgatory.get(&id)?.parsed {
+                GitEvent::State(s) => Some((s, None, true)),
+                _ => None,
+            })
+            .collect();
+        if let Some((s, source)) = view.catch_up(repo, &maintainers) {
+            states.push((s, source.as_ref(), false));
+        }
+        states.sort_by(|(a, _, _), (b, _, _)| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        for (state, source, waiting) in states {
+            let event = GitEvent::State(state.clone());
+            let all_here = state.refs.values().all(|o| present.contains(o));
+            let source = match source {
+                Some(src) if !all_here && src != repo => src,
+                _ => repo,
+            };
+            // Objects of an accepted state are in the repository it was released in.
+            let available = |r: &RepoKey, o: &Oid| (r == source && r != repo) || here(r, o);
+            let Ok(p) =
+                release::plan_release(&event, source, std::slice::from_ref(&target), available)
+            else {
+                continue;
+            };
+            for update in p.updates.into_iter().filter(|u| u.repo == *repo) {
+                plan.take(update);
+            }
+            if waiting {
+                plan.release.push(state.id);
+            }
+            plan.release.extend(p.announcements);
+            break;
+        }
+        if plan.release.is_empty()
+            && plan.state.is_none()
+            && release::announcement_ready(&snap.refs)
+        {
+            plan.release.extend(waiting_announcements.iter().copied());
+        }
+        for id in self.purgatory.prs_for(repo) {
+            let Some(w) = self.purgatory.get(id) else {
+                continue;
+            };
+            let Ok(p) = release::plan_release(&w.parsed, repo, std::slice::from_ref(&target), here)
+            else {
+                continue;
+            };
+            for update in p.updates.into_iter().filter(|u| u.repo == *repo) {
+                plan.take(update);
+            }
+            plan.release.push(*id);
+        }
+        plan.release.sort();
+        plan.release.dedup();
+        plan
+    }
+}
+
+/// Push decisions by the push rules over this repository's waiting states and known PRs.
+pub(super) fn decide_push(
+    engine: &Engine,
+    repo: &RepoKey,
+    current: &BTreeMap<RefName, Oid>,
+    updates: &[RefUpdate],
+) -> Vec<RefDecision> {
+    let view = engine.view();
+    let maintainers = view.maintainers(repo);
+    let states: Vec<&RepoState> = engine
+        .purgatory
+        .states_with(&repo.identifier)
+        .into_iter()
+        .filter(|(author, _)| maintainers.contains(author))
+        .filter_map(|(_, id)| match &engine.purgatory.get(&id)?.parsed {
+            GitEvent::State(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let known_pr_commit = |id: &EventId| match engine.purgatory.get(id).map(|w| &w.parsed) {
+        Some(GitEvent::Pr(p)) => Some(p.commit),
+        _ => None,
+    };
+    push::decide_push(current, updates, &states, known_pr_commit)
+}
