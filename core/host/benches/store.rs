@@ -229,6 +229,7 @@ fn main() {
         &mut rng,
     );
 
+    let usage = store.disk_usage().unwrap();
     drop(store);
     let size = std::fs::metadata(dir.join(graspd_host::store::FILE_NAME))
         .map(|m| m.len())
@@ -254,6 +255,13 @@ fn main() {
             r.what, r.count, rate, r.p50, r.p99, r.results
         );
     }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "usage: allocated {:.1} MiB, stored keys+values {:.1} MiB, fragmented {:.1} MiB",
+        mib(usage.allocated_bytes),
+        mib(usage.stored_bytes),
+        mib(usage.fragmented_bytes)
+    );
     println!(
         "file size {:.1} MiB; reopen with full integrity check {reopen:.2?}",
         size as f64 / (1024.0 * 1024.0)

@@ -324,7 +324,8 @@ fn stored_events_end_with_eose_unless_the_subscription_moved_on() {
 
     let second = expect_query(s.handle_text(&req("sub", &[json!({"kinds": [1]})])));
     assert!(
-        s.stored_events(first.id, std::slice::from_ref(&e)).is_empty(),
+        s.stored_events(first.id, std::slice::from_ref(&e))
+            .is_empty(),
         "replaced REQ"
     );
     assert_eq!(

@@ -13,6 +13,11 @@
 //! purgatory: put_waiting / remove_waiting / waiting_all (start-up restore)
 //!            release(event) = serve it + drop it from purgatory, in one transaction
 //! ```
+//!
+//! Start-up restore: `query(&[Filter::new().kinds([30617, 30618])], usize::MAX)` gives the
+//! served announcements and states (`engine.restore_accepted`), and `waiting_all()` the
+//! purgatory with each entry's unix deadline (`engine.restore_waiting` with the remaining
+//! life).
 
 mod error;
 mod query;
@@ -41,6 +46,7 @@ pub const FILE_NAME: &str = "graspd.redb";
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a waiting event reached us; the engine times its first fetch differently for each.
+/// Mirrors the engine's `purgatory::Arrival`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Arrival {
     /// A client published it to us (a push is probably on its way).
@@ -49,20 +55,20 @@ pub enum Arrival {
     Synced,
 }
 
-impl Arrival {
-    fn code(self) -> u8 {
-        match self {
-            Arrival::Published => 1,
-            Arrival::Synced => 2,
-        }
+// Codes on disk; part of the format. Free functions so `Arrival` can become a re-export of
+// the engine's identical type without touching the encoding.
+fn arrival_code(arrival: Arrival) -> u8 {
+    match arrival {
+        Arrival::Published => 1,
+        Arrival::Synced => 2,
     }
+}
 
-    fn from_code(code: u8) -> Option<Arrival> {
-        match code {
-            1 => Some(Arrival::Published),
-            2 => Some(Arrival::Synced),
-            _ => None,
-        }
+fn arrival_from_code(code: u8) -> Option<Arrival> {
+    match code {
+        1 => Some(Arrival::Published),
+        2 => Some(Arrival::Synced),
+        _ => None,
     }
 }
 
@@ -89,6 +95,19 @@ pub enum InsertOutcome {
     Superseded { by: EventId },
     /// Its author deleted it (kind 5) earlier; it is not stored again.
     Deleted,
+}
+
+/// How much space the store uses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DiskUsage {
+    /// Size of the file.
+    pub file_bytes: u64,
+    /// Pages in use.
+    pub allocated_bytes: u64,
+    /// Keys and values themselves.
+    pub stored_bytes: u64,
+    /// Unused space inside allocated pages.
+    pub fragmented_bytes: u64,
 }
 
 /// The event store. See the module documentation.
@@ -181,7 +200,11 @@ impl Store {
         self.write(|tables| {
             tables.waiting.insert(
                 waiting.event.id.to_bytes(),
-                (waiting.arrival.code(), waiting.expires_at, json.as_bytes()),
+                (
+                    arrival_code(waiting.arrival),
+                    waiting.expires_at,
+                    json.as_bytes(),
+                ),
             )?;
             Ok(Vec::<()>::new())
         })?;
@@ -208,7 +231,7 @@ impl Store {
                 let (key, value) = entry?;
                 let (code, expires_at, json) = value.value();
                 let event = Event::from_json(json);
-                match (event, Arrival::from_code(code)) {
+                match (event, arrival_from_code(code)) {
                     (Ok(event), Some(arrival)) => all.push(WaitingEvent {
                         event,
                         arrival,
@@ -257,6 +280,26 @@ impl Store {
     /// How many events wait in purgatory.
     pub fn waiting_count(&self) -> Result<u64, StoreError> {
         self.count(WAITING)
+    }
+
+    /// Space use, for metrics and the bench.
+    pub fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_write()?;
+            let stats = txn.stats()?;
+            txn.abort()?;
+            Ok(stats)
+        })();
+        let stats = result.map_err(|e| self.io(e))?;
+        let file_bytes = std::fs::metadata(self.path.as_ref())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(DiskUsage {
+            file_bytes,
+            allocated_bytes: stats.allocated_pages() * stats.page_size() as u64,
+            stored_bytes: stats.stored_bytes(),
+            fragmented_bytes: stats.fragmented_bytes(),
+        })
     }
 
     fn count<K: redb::Key + 'static, V: redb::Value + 'static>(

@@ -541,3 +541,41 @@ fn deletion_by_coordinate_removes_versions_up_to_its_time() {
     assert_eq!(store.insert(&forged).unwrap(), stored());
     assert_eq!(store.get(&newer.id).unwrap(), Some(newer));
 }
+
+fn filled_store(dir: &TempDir) {
+    let store = open(dir);
+    let alice = keys(1);
+    let events: Vec<Event> = (0..300u64)
+        .map(|i| event(&alice, 1, i, &[&["t", "x"]], &"y".repeat(500)))
+        .collect();
+    store.insert_many(&events).unwrap();
+}
+
+#[test]
+fn a_damaged_page_is_reported_not_trusted() {
+    let dir = TempDir::new("bitflip");
+    filled_store(&dir);
+    let mut bytes = std::fs::read(dir.file()).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[len / 3..len / 3 + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(dir.file(), &bytes).unwrap();
+    let err = Store::open(&dir.file()).unwrap_err();
+    assert!(matches!(err, StoreError::Unreadable { .. }), "{err:?}");
+    assert!(err.to_string().contains("corrupted"), "{err}");
+    assert_eq!(std::fs::read(dir.file()).unwrap(), bytes, "file left alone");
+}
+
+#[test]
+fn a_truncated_file_is_reported_not_trusted() {
+    let dir = TempDir::new("truncated");
+    filled_store(&dir);
+    let bytes = std::fs::read(dir.file()).unwrap();
+    let kept = bytes[..bytes.len() / 2].to_vec();
+    std::fs::write(dir.file(), &kept).unwrap();
+    let err = Store::open(&dir.file()).unwrap_err();
+    assert!(matches!(err, StoreError::Unreadable { .. }), "{err:?}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert_eq!(std::fs::read(dir.file()).unwrap(), kept, "file left alone");
+}
