@@ -47,10 +47,64 @@ pub struct Config {
     pub engine: EngineLimits,
 }
 
-/// Engine limits and delays (purgatory expiry, backoff, per-domain throttle). Placeholder: each
-/// `graspd_core` config field gets a flag and env variable here as the engine lands.
-#[derive(Args, Debug, Clone, Default)]
-pub struct EngineLimits {}
+/// Engine limits and delays (purgatory expiry, sync timing, per-domain throttle). Defaults are
+/// the established server's values; tests shorten the delays.
+#[derive(Args, Debug, Clone)]
+pub struct EngineLimits {
+    /// Seconds an announcement, state, PR or PR update waits for its git data.
+    #[arg(long, env = "GRASPD_PURGATORY_EXPIRY_SECS", default_value_t = 30 * 60)]
+    pub purgatory_expiry_secs: u64,
+
+    /// Milliseconds before the first fetch attempt for an event a user published (a push
+    /// usually follows, so the server waits for it).
+    #[arg(long, env = "GRASPD_SYNC_DELAY_PUBLISHED_MS", default_value_t = 180_000)]
+    pub sync_delay_published_ms: u64,
+
+    /// Milliseconds before the first fetch attempt for an event learned from another server.
+    #[arg(long, env = "GRASPD_SYNC_DELAY_SYNCED_MS", default_value_t = 500)]
+    pub sync_delay_synced_ms: u64,
+
+    /// First back-off after an incomplete attempt, in milliseconds; it doubles up to
+    /// `--sync-backoff-max-ms`.
+    #[arg(long, env = "GRASPD_SYNC_BACKOFF_MS", default_value_t = 20_000)]
+    pub sync_backoff_ms: u64,
+
+    /// Longest back-off between attempts, in milliseconds.
+    #[arg(long, env = "GRASPD_SYNC_BACKOFF_MAX_MS", default_value_t = 120_000)]
+    pub sync_backoff_max_ms: u64,
+
+    /// Fetches in flight at once per remote domain.
+    #[arg(long, env = "GRASPD_MAX_FETCHES_PER_DOMAIN", default_value_t = 5)]
+    pub max_fetches_per_domain: usize,
+
+    /// Fetches started per remote domain in any sliding minute.
+    #[arg(long, env = "GRASPD_MAX_FETCHES_PER_MINUTE", default_value_t = 60)]
+    pub max_fetches_per_minute: usize,
+
+    /// Seconds a domain with repeated DNS or TLS failures is skipped.
+    #[arg(long, env = "GRASPD_BAD_DOMAIN_SKIP_SECS", default_value_t = 12 * 3600)]
+    pub bad_domain_skip_secs: u64,
+
+    /// Most events waiting in purgatory at once; beyond it new ones are refused.
+    #[arg(long, env = "GRASPD_MAX_WAITING", default_value_t = 1_000_000)]
+    pub max_waiting: usize,
+}
+
+impl EngineLimits {
+    /// Back-off steps: the first, doubled until the maximum (20 s, 40 s, 80 s, 120 s by default).
+    pub fn backoff(&self) -> Vec<Duration> {
+        let max = self.sync_backoff_max_ms.max(1);
+        let mut steps = Vec::new();
+        let mut step = self.sync_backoff_ms.clamp(1, max);
+        loop {
+            steps.push(Duration::from_millis(step));
+            if step >= max || steps.len() >= 16 {
+                return steps;
+            }
+            step = (step * 2).min(max);
+        }
+    }
+}
 
 impl Config {
     /// `--public-url`, or `http://<bind>` when not set; never ends with `/`.
@@ -64,6 +118,30 @@ impl Config {
 
     pub fn fetch_timeout(&self) -> Duration {
         Duration::from_secs(self.fetch_timeout_secs)
+    }
+
+    pub fn purgatory_expiry(&self) -> Duration {
+        Duration::from_secs(self.engine.purgatory_expiry_secs)
+    }
+
+    /// The engine's configuration: every limit and delay from the flags above.
+    pub fn engine_config(&self) -> graspd_core::Config {
+        let e = &self.engine;
+        graspd_core::Config {
+            own_origin: Some(self.public_url()),
+            allow_private_remotes: self.allow_private_remotes,
+            purgatory_expiry: self.purgatory_expiry(),
+            placeholder_expiry: self.purgatory_expiry(),
+            max_waiting: e.max_waiting,
+            first_attempt_after_published: Duration::from_millis(e.sync_delay_published_ms),
+            first_attempt_after_synced: Duration::from_millis(e.sync_delay_synced_ms),
+            backoff: e.backoff(),
+            fetch_timeout: self.fetch_timeout(),
+            max_concurrent_per_domain: e.max_fetches_per_domain,
+            max_per_minute_per_domain: e.max_fetches_per_minute,
+            bad_domain_skip: Duration::from_secs(e.bad_domain_skip_secs),
+            ..graspd_core::Config::default()
+        }
     }
 
     /// Parses the command line, with environment variables as fallbacks; exits with usage on
@@ -104,5 +182,22 @@ mod tests {
         let config = Config::parse_from(["graspd", "--public-url", "https://git.example/"]);
         assert_eq!(config.public_url(), "https://git.example");
         assert!(!config.allow_private_remotes);
+    }
+
+    #[test]
+    fn engine_defaults_are_the_established_values() {
+        let config = Config::defaults();
+        let engine = config.engine_config();
+        let secs = |s: &[u64]| s.iter().map(|&s| Duration::from_secs(s)).collect::<Vec<_>>();
+        assert_eq!(engine.backoff, secs(&[20, 40, 80, 120]));
+        assert_eq!(engine.first_attempt_after_published, Duration::from_secs(180));
+        assert_eq!(engine.first_attempt_after_synced, Duration::from_millis(500));
+        assert_eq!(engine.purgatory_expiry, Duration::from_secs(1800));
+        assert_eq!(engine.own_origin.as_deref(), Some("http://127.0.0.1:7334"));
+        let fast = Config::parse_from(["graspd", "--sync-backoff-ms", "300", "--sync-backoff-max-ms", "1000"]);
+        assert_eq!(
+            fast.engine_config().backoff,
+            [300, 600, 1000].map(Duration::from_millis).to_vec()
+        );
     }
 }

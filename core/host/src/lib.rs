@@ -4,14 +4,15 @@
 //! and call [`serve`].
 
 pub mod config;
+pub mod driver;
 pub mod git;
 pub mod http;
 pub mod io;
+pub mod metrics;
 pub mod nip11;
 pub mod relay;
 pub mod runtime;
 pub mod store;
-mod unwired;
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub enum ServeError {
         path: std::path::PathBuf,
         error: std::io::Error,
     },
+    /// The event store could not be opened (corrupt, newer format, unreadable).
+    Store(store::StoreError),
 }
 
 impl fmt::Display for ServeError {
@@ -40,6 +43,7 @@ impl fmt::Display for ServeError {
             ServeError::DataDir { path, error } => {
                 write!(f, "cannot use data directory {}: {error}", path.display())
             }
+            ServeError::Store(error) => write!(f, "cannot open the event store: {error}"),
         }
     }
 }
@@ -52,12 +56,27 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         path: config.data_dir.clone(),
         error,
     })?;
-    // Until the driver and store are wired in, the relay and push decisions are stand-ins
-    // that refuse everything with a clear message.
-    let handlers = unwired::handlers(&config);
+    let git = git::Git::new(Arc::clone(&runtime), &config.data_dir);
+    let relay_limits = relay::RelayLimits::default();
+    let info = nip11::RelayInfo {
+        name: "graspd".to_owned(),
+        description: "A GRASP server: git repositories authorised by signed nostr proofs".to_owned(),
+        domain: public_authority(&config.public_url()),
+        ..Default::default()
+    };
+    let settings = driver::Settings {
+        purgatory_expiry: config.purgatory_expiry(),
+        max_fetch_bytes: config.max_fetch_bytes,
+        allow_private_remotes: config.allow_private_remotes,
+        information_document: nip11::document_json(&info, &relay_limits),
+        relay_limits,
+    };
+    let node = driver::Node::start(Arc::clone(&runtime), &config, git.clone(), settings)
+        .await
+        .map_err(ServeError::Store)?;
     let site = http::Site {
-        git: git::Git::new(Arc::clone(&runtime), &config.data_dir),
-        handlers,
+        git,
+        handlers: driver::handlers(&node),
         max_body_bytes: config.max_body_bytes,
         public_url: config.public_url(),
     };
@@ -70,6 +89,13 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     let addr = server.local_addr().unwrap_or(config.bind);
     tracing::info!(%addr, public_url = %config.public_url(), data_dir = %config.data_dir.display(), "graspd listening");
     server.run(runtime.shutdown_signal()).await;
+    node.hub().close_all();
     tracing::info!("graspd stopped");
     Ok(())
+}
+
+/// `host[:port]` of the public URL, as NIP-11's acceptance criteria quote it.
+fn public_authority(public_url: &str) -> String {
+    let rest = public_url.split_once("://").map_or(public_url, |(_, r)| r);
+    rest.split('/').next().unwrap_or("").to_owned()
 }

@@ -8,13 +8,7 @@ use graspd_core::Oid;
 use super::pktline::{self, Pkt};
 
 /// One ref update a push asks for. `old`/`new` are [`Oid::ZERO`] for a creation/deletion.
-// The lead switches this to `graspd_core::push::RefUpdate` once the engine has it.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct RefUpdate {
-    pub old: Oid,
-    pub new: Oid,
-    pub name: String,
-}
+pub use graspd_core::RefUpdate;
 
 /// What the client asked for in the first command's capability list that matters to us.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]

@@ -1,0 +1,166 @@
+//! Deciding an EVENT: related events against the store, git events through the engine, and
+//! persisting what was acknowledged before the client hears `OK`.
+
+use std::sync::Arc;
+
+use graspd_core::events::{Coordinate, KIND_ANNOUNCEMENT};
+use graspd_core::related::{self, KnownEvents};
+use graspd_core::{Arrival, EventId, PublicKey, Verdict};
+use nostr::event::{Event, Kind};
+use nostr::filter::Filter;
+use tracing::{debug, warn};
+
+use super::Node;
+use crate::relay;
+use crate::runtime::unblock;
+use crate::store::{self, InsertOutcome, Store, WaitingEvent};
+
+const DUPLICATE: &str = "duplicate: already have this event";
+
+impl Node {
+    /// Decides one signature-checked event and makes the decision durable; the answer is the
+    /// relay's `OK`.
+    pub async fn accept(self: &Arc<Self>, event: Event, arrival: Arrival) -> relay::Verdict {
+        let id = event.id;
+        let kind = event.kind.as_u16();
+        let verdict = if related::is_related_kind(kind) {
+            self.accept_related(event).await
+        } else {
+            self.accept_git_event(event, arrival).await
+        };
+        debug!(%id, kind, accepted = verdict.accepted, message = %verdict.message, "event decided");
+        verdict
+    }
+
+    async fn accept_git_event(self: &Arc<Self>, event: Event, arrival: Arrival) -> relay::Verdict {
+        let verdict = {
+            let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+            engine.handle_event(self.clock.now(), event.clone(), arrival)
+        };
+        let reply = match verdict {
+            Verdict::Rejected(message) => {
+                self.metrics.event("rejected");
+                relay::Verdict::rejected(message)
+            }
+            Verdict::Duplicate => {
+                self.metrics.event("duplicate");
+                relay::Verdict::accepted(DUPLICATE)
+            }
+            Verdict::Accepted => {
+                self.metrics.event("accepted");
+                self.store_and_serve(event).await
+            }
+            Verdict::Waiting => {
+                self.metrics.event("waiting");
+                let waiting = WaitingEvent {
+                    event,
+                    arrival: store_arrival(arrival),
+                    expires_at: super::Clock::unix_now() + self.settings.purgatory_expiry.as_secs(),
+                };
+                let store = self.store.clone();
+                match unblock(&*self.runtime, move || store.put_waiting(&waiting)).await {
+                    Ok(Ok(())) => relay::Verdict::accepted(Verdict::WAITING_MESSAGE),
+                    Ok(Err(error)) => persist_failed(&error),
+                    Err(error) => persist_failed(&error),
+                }
+            }
+        };
+        // Commands the verdict queued (create the repo, inspect its objects) run now that the
+        // event is durable.
+        self.pump();
+        reply
+    }
+
+    async fn accept_related(self: &Arc<Self>, event: Event) -> relay::Verdict {
+        let store = self.store.clone();
+        let stored = event.clone();
+        let decided = unblock(&*self.runtime, move || {
+            related::accept_related(&stored, &StoreView(&store))
+                .map(|()| store.insert(&stored))
+        })
+        .await;
+        match decided {
+            Ok(Ok(Ok(outcome))) => self.served(event, outcome),
+            Ok(Ok(Err(error))) => persist_failed(&error),
+            Ok(Err(rejection)) => {
+                self.metrics.event("rejected");
+                relay::Verdict::rejected(rejection.to_string())
+            }
+            Err(error) => persist_failed(&error),
+        }
+    }
+
+    async fn store_and_serve(self: &Arc<Self>, event: Event) -> relay::Verdict {
+        let store = self.store.clone();
+        let stored = event.clone();
+        match unblock(&*self.runtime, move || store.insert(&stored)).await {
+            Ok(Ok(outcome)) => self.served(event, outcome),
+            Ok(Err(error)) => persist_failed(&error),
+            Err(error) => persist_failed(&error),
+        }
+    }
+
+    fn served(&self, event: Event, outcome: InsertOutcome) -> relay::Verdict {
+        match outcome {
+            InsertOutcome::Stored { .. } => {
+                self.metrics.event("accepted");
+                self.hub.publish(event);
+                relay::Verdict::accepted("")
+            }
+            InsertOutcome::Duplicate => relay::Verdict::accepted(DUPLICATE),
+            InsertOutcome::Superseded { by } => {
+                relay::Verdict::accepted(format!("duplicate: a newer version ({by}) is already served"))
+            }
+            InsertOutcome::Deleted => {
+                relay::Verdict::rejected("blocked: its author deleted this event")
+            }
+        }
+    }
+}
+
+fn persist_failed(error: &dyn std::fmt::Display) -> relay::Verdict {
+    warn!(%error, "could not persist an event");
+    relay::Verdict::rejected(format!("error: could not store the event ({error}); try again"))
+}
+
+pub(super) fn store_arrival(arrival: Arrival) -> store::Arrival {
+    match arrival {
+        Arrival::Published => store::Arrival::Published,
+        Arrival::Synced => store::Arrival::Synced,
+    }
+}
+
+pub(super) fn engine_arrival(arrival: store::Arrival) -> Arrival {
+    match arrival {
+        store::Arrival::Published => Arrival::Published,
+        store::Arrival::Synced => Arrival::Synced,
+    }
+}
+
+/// What the store knows, for related-event acceptance (runs on a blocking thread).
+struct StoreView<'a>(&'a Store);
+
+impl StoreView<'_> {
+    fn any(&self, filter: Filter) -> bool {
+        self.0.query(&[filter.limit(1)], 1).is_ok_and(|found| !found.is_empty())
+    }
+}
+
+impl KnownEvents for StoreView<'_> {
+    fn repo_accepted(&self, coordinate: &Coordinate) -> bool {
+        self.any(
+            Filter::new()
+                .kind(Kind::from(KIND_ANNOUNCEMENT))
+                .author(coordinate.author)
+                .identifier(coordinate.identifier.as_str()),
+        )
+    }
+
+    fn event_accepted(&self, id: &EventId) -> bool {
+        self.0.get(id).is_ok_and(|found| found.is_some())
+    }
+
+    fn has_repo(&self, author: &PublicKey) -> bool {
+        self.any(Filter::new().kind(Kind::from(KIND_ANNOUNCEMENT)).author(*author))
+    }
+}

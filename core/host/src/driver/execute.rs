@@ -1,0 +1,174 @@
+//! Runs the engine's commands against the git repositories and reports their outcomes as
+//! inputs carrying the command's id.
+
+use std::sync::Arc;
+
+use graspd_core::{
+    ApplyError, Command, EngineEvent, FetchError, FetchReport, Input, RepoSnapshot,
+};
+use tracing::{debug, info, warn};
+
+use super::Node;
+use crate::git::{self, FetchLimits, GitError, RefChange};
+use crate::runtime::unblock;
+
+impl Node {
+    pub(super) async fn execute(self: Arc<Self>, command: Command) {
+        match command {
+            Command::Fetch { id, into, url, oids, deadline } => {
+                let limits = FetchLimits {
+                    deadline: self.clock.instant(deadline),
+                    max_bytes: self.settings.max_fetch_bytes,
+                    allow_private: self.settings.allow_private_remotes,
+                };
+                let path = self.git.repo_path(&into);
+                let domain = domain_of(&url);
+                debug!(%id, repo = %into, %url, wanted = oids.len(), "fetch starts");
+                let result = self.git.fetch(&path, &url, &oids, &limits).await;
+                let result = match result {
+                    Ok(present) => {
+                        info!(%id, repo = %into, %url, fetched = present.len(), wanted = oids.len(), "fetch done");
+                        self.metrics.fetch_finished(&domain, "ok");
+                        Ok(FetchReport { present })
+                    }
+                    Err(error) => {
+                        warn!(%id, repo = %into, %url, %error, "fetch failed");
+                        let error = engine_fetch_error(error);
+                        self.metrics.fetch_finished(&domain, fetch_outcome(&error));
+                        Err(error)
+                    }
+                };
+                self.input(Input::FetchDone { id, result });
+            }
+            Command::Inspect { id, repo, oids } => {
+                let result = self
+                    .git
+                    .inspect(&repo, &oids)
+                    .await
+                    .map(|i| RepoSnapshot { present: i.present, refs: i.refs })
+                    .map_err(|e| e.to_string());
+                if let Err(error) = &result {
+                    warn!(%id, %repo, %error, "inspect failed");
+                }
+                self.input(Input::Inspected { id, result });
+            }
+            Command::Apply { id, plan } => {
+                let copy_from = plan.copy_from.as_ref().map(|(source, _)| self.git.repo_path(source));
+                let objects = plan.copy_from.as_ref().map(|(_, oids)| oids.clone()).unwrap_or_default();
+                let refs: Vec<RefChange> = plan
+                    .edits
+                    .iter()
+                    .map(|e| RefChange { name: e.name.clone(), expected: e.expected, new: e.new })
+                    .collect();
+                let result = self
+                    .git
+                    .apply(&plan.repo, copy_from.as_deref(), &objects, &refs, plan.head.as_deref())
+                    .await;
+                let result = match result {
+                    Ok(()) => {
+                        info!(%id, repo = %plan.repo, edits = refs.len(), head = ?plan.head, "refs aligned");
+                        Ok(())
+                    }
+                    Err(GitError::RefConflict(why)) => {
+                        info!(%id, repo = %plan.repo, %why, "ref transaction conflicted; engine re-plans");
+                        Err(ApplyError::Conflict)
+                    }
+                    Err(error) => {
+                        warn!(%id, repo = %plan.repo, %error, "apply failed");
+                        Err(ApplyError::Io(error.to_string()))
+                    }
+                };
+                self.input(Input::Applied { id, result });
+            }
+            Command::CreateRepo { repo } => {
+                if let Err(error) = self.git.create_repo(&repo).await {
+                    warn!(%repo, %error, "creating the repository failed");
+                }
+            }
+            Command::RemoveRepo { repo } => match self.git.remove_repo(&repo).await {
+                Ok(()) => info!(%repo, "repository removed: its announcement left purgatory without data"),
+                Err(error) => warn!(%repo, %error, "removing the repository failed"),
+            },
+        }
+    }
+
+    /// Persists and serves what the engine decided.
+    pub(super) async fn on_engine_event(self: Arc<Self>, event: EngineEvent) {
+        match event {
+            EngineEvent::Released { event, waited } => {
+                let store = self.store.clone();
+                let stored = event.clone();
+                match unblock(&*self.runtime, move || store.release(&stored)).await {
+                    Ok(Ok(outcome)) => {
+                        info!(id = %event.id, kind = event.kind.as_u16(), waited_ms = waited.as_millis() as u64, ?outcome, "released from purgatory");
+                        self.metrics.released(waited);
+                        self.hub.publish(event);
+                    }
+                    Ok(Err(error)) => warn!(id = %event.id, %error, "storing a released event failed; it stays waiting"),
+                    Err(error) => warn!(id = %event.id, %error, "storing a released event failed; it stays waiting"),
+                }
+            }
+            EngineEvent::Expired { id, kind } => {
+                info!(%id, kind, "expired from purgatory without its git data");
+                self.forget_waiting(id).await;
+            }
+            EngineEvent::Deleted { id } => {
+                info!(%id, "deleted from purgatory by its author");
+                self.forget_waiting(id).await;
+            }
+            EngineEvent::PlaceholderCreated { repo, id } => {
+                debug!(%repo, %id, "refs/nostr placeholder waits for its event");
+            }
+            EngineEvent::PlaceholderRemoved { repo, id } => {
+                info!(%repo, %id, "refs/nostr placeholder removed");
+            }
+            EngineEvent::ApplyFailed { repo, reason } => {
+                warn!(%repo, %reason, "release could not be applied; its events keep waiting");
+            }
+        }
+    }
+
+    async fn forget_waiting(&self, id: graspd_core::EventId) {
+        let store = self.store.clone();
+        match unblock(&*self.runtime, move || store.remove_waiting(&id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => warn!(%id, %error, "removing a waiting event from the store failed"),
+            Err(error) => warn!(%id, %error, "removing a waiting event from the store failed"),
+        }
+    }
+}
+
+fn engine_fetch_error(error: git::FetchError) -> FetchError {
+    use git::FetchError as G;
+    match error {
+        G::BadUrl(m) | G::PrivateAddress(m) | G::Other(m) => FetchError::Other(m),
+        G::Dns(_) => FetchError::Dns,
+        G::Refused(_) => FetchError::Refused,
+        G::Tls(_) => FetchError::Tls,
+        G::Timeout => FetchError::Timeout,
+        G::TooLarge { .. } => FetchError::TooLarge,
+        G::NotOurRef(oids) => FetchError::NotOurRef(oids),
+        G::HttpStatus(429) => FetchError::RateLimited,
+        G::HttpStatus(code) => FetchError::Http(code),
+    }
+}
+
+fn fetch_outcome(error: &FetchError) -> &'static str {
+    match error {
+        FetchError::Refused => "refused",
+        FetchError::Dns => "dns",
+        FetchError::Tls => "tls",
+        FetchError::Timeout => "timeout",
+        FetchError::TooLarge => "too_large",
+        FetchError::Http(_) => "http_error",
+        FetchError::RateLimited => "rate_limited",
+        FetchError::NotOurRef(_) => "not_our_ref",
+        FetchError::Other(_) => "other",
+    }
+}
+
+/// The host part of a clone URL, for metric labels.
+fn domain_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#']).next().unwrap_or("").to_ascii_lowercase()
+}

@@ -1,0 +1,195 @@
+//! The driver: owns the one [`Engine`], feeds it inputs stamped with `now`, runs the commands it
+//! emits, persists and serves what it releases, and sleeps until its next deadline.
+//!
+//! Every path that changes the engine (an EVENT, a push, an IO completion, a timer) does so
+//! under one short mutex and then calls [`Node::pump`], which drains the engine's commands
+//! and events into tasks. The timer task only sleeps until `poll_timeout()` or until woken
+//! because the deadline may have moved; nothing polls on a fixed interval.
+
+mod accept;
+mod clock;
+mod execute;
+mod handlers;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use graspd_core::events::{KIND_ANNOUNCEMENT, KIND_STATE};
+use graspd_core::{Engine, Input};
+use nostr::event::Kind;
+use nostr::filter::Filter;
+use tracing::{info, warn};
+
+pub use clock::Clock;
+pub use handlers::handlers;
+
+use crate::config::Config;
+use crate::git::Git;
+use crate::metrics::Metrics;
+use crate::relay::{Hub, RelayLimits};
+use crate::runtime::Runtime;
+use crate::store::{Store, StoreError};
+
+/// What the driver needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub purgatory_expiry: Duration,
+    pub max_fetch_bytes: u64,
+    pub allow_private_remotes: bool,
+    pub relay_limits: RelayLimits,
+    /// The NIP-11 document, rendered once.
+    pub information_document: String,
+}
+
+/// One running graspd: engine, store, repositories, live subscribers.
+pub struct Node {
+    runtime: Arc<dyn Runtime>,
+    engine: Mutex<Engine>,
+    clock: Clock,
+    store: Store,
+    git: Git,
+    hub: Hub,
+    metrics: Metrics,
+    settings: Settings,
+    wake: async_channel::Sender<()>,
+    woken: async_channel::Receiver<()>,
+}
+
+/// How long the timer task sleeps when the engine has no deadline at all.
+const IDLE_SLEEP: Duration = Duration::from_secs(3600);
+
+impl Node {
+    /// Opens the store, restores the engine from it (stored announcements and states, then
+    /// every waiting event with its remaining life) and starts the timer task.
+    pub async fn start(
+        runtime: Arc<dyn Runtime>,
+        config: &Config,
+        git: Git,
+        settings: Settings,
+    ) -> Result<Arc<Node>, StoreError> {
+        let data_dir = config.data_dir.clone();
+        let store = crate::runtime::unblock(&*runtime, move || Store::open_in(&data_dir))
+            .await
+            .map_err(|error| StoreError::Io { path: config.data_dir.clone(), detail: error.to_string() })??;
+        let (wake, woken) = async_channel::bounded(1);
+        let node = Arc::new(Node {
+            engine: Mutex::new(Engine::new(config.engine_config())),
+            clock: Clock::new(),
+            store,
+            git,
+            hub: Hub::new(),
+            metrics: Metrics::new(),
+            settings,
+            wake,
+            woken,
+            runtime,
+        });
+        let restorer = Arc::clone(&node);
+        crate::runtime::unblock(&*node.runtime, move || restorer.restore())
+            .await
+            .map_err(|error| StoreError::Io { path: config.data_dir.clone(), detail: error.to_string() })??;
+        let timers = Arc::clone(&node);
+        node.runtime.spawn(Box::pin(async move { timers.run_timers().await }));
+        node.pump();
+        Ok(node)
+    }
+
+    fn restore(&self) -> Result<(), StoreError> {
+        let filter = Filter::new().kinds([Kind::from(KIND_ANNOUNCEMENT), Kind::from(KIND_STATE)]);
+        let mut accepted = self.store.query(&[filter], usize::MAX)?;
+        // Announcements first: a state's authority comes from them.
+        accepted.sort_by_key(|e| (e.kind.as_u16() != KIND_ANNOUNCEMENT, e.created_at));
+        let waiting = self.store.waiting_all()?;
+        let now = self.clock.now();
+        let unix_now = Clock::unix_now();
+        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        for event in &accepted {
+            engine.restore_accepted(event);
+        }
+        let (mut resumed, mut dropped) = (0usize, 0usize);
+        for w in waiting {
+            let already_served = self.store.get(&w.event.id)?.is_some();
+            if already_served || w.expires_at <= unix_now {
+                self.store.remove_waiting(&w.event.id)?;
+                dropped += 1;
+                continue;
+            }
+            let remaining = Duration::from_secs(w.expires_at - unix_now);
+            engine.restore_waiting(now, w.event, accept::engine_arrival(w.arrival), remaining);
+            resumed += 1;
+        }
+        info!(stored = accepted.len(), waiting = resumed, dropped, "restored from the store");
+        Ok(())
+    }
+
+    /// Feeds an IO outcome to the engine and runs what follows.
+    pub fn input(self: &Arc<Self>, input: Input) {
+        {
+            let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+            engine.handle_input(self.clock.now(), input);
+        }
+        self.pump();
+    }
+
+    /// Drains the engine's commands and events into tasks, then lets the timer task
+    /// recompute its deadline.
+    pub fn pump(self: &Arc<Self>) {
+        self.drain();
+        let _ = self.wake.try_send(());
+    }
+
+    fn drain(self: &Arc<Self>) {
+        let (commands, events) = {
+            let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+            let commands: Vec<_> = std::iter::from_fn(|| engine.poll_command()).collect();
+            let events: Vec<_> = std::iter::from_fn(|| engine.poll_event()).collect();
+            (commands, events)
+        };
+        for command in commands {
+            let node = Arc::clone(self);
+            self.runtime.spawn(Box::pin(node.execute(command)));
+        }
+        for event in events {
+            let node = Arc::clone(self);
+            self.runtime.spawn(Box::pin(node.on_engine_event(event)));
+        }
+    }
+
+    async fn run_timers(self: Arc<Self>) {
+        loop {
+            let next = self
+                .engine
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .poll_timeout();
+            let deadline = match next {
+                Some((time, _reason)) => self.clock.instant(time),
+                None => Instant::now() + IDLE_SLEEP,
+            };
+            let sleep = self.runtime.sleep_until(deadline);
+            let woken = self.woken.recv();
+            futures_lite::future::or(sleep, async {
+                if woken.await.is_err() {
+                    // The sender lives in `self`; it cannot close while we run.
+                    warn!("timer wake channel closed");
+                }
+            })
+            .await;
+            {
+                let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+                engine.handle_timeout(self.clock.now());
+            }
+            self.drain();
+        }
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let stats = self.engine.lock().unwrap_or_else(|e| e.into_inner()).stats();
+        self.metrics.render(&stats)
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}

@@ -1,0 +1,199 @@
+//! Prometheus metrics for the purgatory, sync and pushes, rendered at `/metrics`.
+//!
+//! Counters the host observes (fetch outcomes, pushes, event verdicts, release latency) are
+//! recorded as they happen; gauges that mirror engine state (waiting events, fetches in
+//! flight) are refreshed from [`graspd_core::Stats`] at every scrape, so they cannot drift.
+
+use std::sync::atomic::AtomicU64;
+
+use graspd_core::Stats;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    domain: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabel {
+    domain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Most distinct domains labelled in fetch metrics; beyond it they count as `other`, so a
+/// flood of announcements naming random hosts cannot grow the registry without bound.
+const MAX_DOMAIN_LABELS: usize = 256;
+
+pub struct Metrics {
+    registry: Registry,
+    waiting: Family<KindLabel, Gauge>,
+    fetches: Family<FetchLabels, Counter>,
+    fetches_in_flight: Family<DomainLabel, Gauge>,
+    throttle_waits: Counter<u64, AtomicU64>,
+    throttle_skips: Counter<u64, AtomicU64>,
+    fetch_timeouts: Counter<u64, AtomicU64>,
+    released: Counter<u64, AtomicU64>,
+    expired: Counter<u64, AtomicU64>,
+    release_latency: Histogram,
+    pushes: Family<OutcomeLabel, Counter>,
+    events: Family<OutcomeLabel, Counter>,
+    domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("graspd");
+        let waiting = Family::<KindLabel, Gauge>::default();
+        registry.register("purgatory_waiting", "Events waiting for git data, by kind", waiting.clone());
+        let fetches = Family::<FetchLabels, Counter>::default();
+        registry.register("fetches", "Fetches from other git servers by domain and outcome", fetches.clone());
+        let fetches_in_flight = Family::<DomainLabel, Gauge>::default();
+        registry.register("fetches_in_flight", "Fetches running now, by domain", fetches_in_flight.clone());
+        let throttle_waits = Counter::default();
+        registry.register("throttle_waits", "Times a fetch waited for a per-domain limit", throttle_waits.clone());
+        let throttle_skips = Counter::default();
+        registry.register("throttle_domain_skips", "Domains skipped after repeated DNS/TLS failures", throttle_skips.clone());
+        let fetch_timeouts = Counter::default();
+        registry.register("fetch_timeouts", "Fetches that missed their deadline", fetch_timeouts.clone());
+        let released = Counter::default();
+        registry.register("purgatory_released", "Events released from purgatory", released.clone());
+        let expired = Counter::default();
+        registry.register("purgatory_expired", "Events discarded from purgatory without their data", expired.clone());
+        let release_latency = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0]);
+        registry.register(
+            "release_latency_seconds",
+            "Time from an event's arrival to its release",
+            release_latency.clone(),
+        );
+        let pushes = Family::<OutcomeLabel, Counter>::default();
+        registry.register("pushes", "Pushes by outcome", pushes.clone());
+        let events = Family::<OutcomeLabel, Counter>::default();
+        registry.register("events", "EVENT messages by verdict", events.clone());
+        Metrics {
+            registry,
+            waiting,
+            fetches,
+            fetches_in_flight,
+            throttle_waits,
+            throttle_skips,
+            fetch_timeouts,
+            released,
+            expired,
+            release_latency,
+            pushes,
+            events,
+            domains_seen: Default::default(),
+        }
+    }
+
+    fn domain_label(&self, domain: &str) -> String {
+        let mut seen = self.domains_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(domain) {
+            return domain.to_owned();
+        }
+        if seen.len() < MAX_DOMAIN_LABELS {
+            seen.insert(domain.to_owned());
+            return domain.to_owned();
+        }
+        "other".to_owned()
+    }
+
+    pub fn fetch_finished(&self, domain: &str, outcome: &'static str) {
+        let domain = self.domain_label(domain);
+        self.fetches.get_or_create(&FetchLabels { domain, outcome }).inc();
+    }
+
+    pub fn released(&self, waited: std::time::Duration) {
+        self.release_latency.observe(waited.as_secs_f64());
+    }
+
+    pub fn push(&self, accepted: bool) {
+        let outcome = if accepted { "accepted" } else { "rejected" };
+        self.pushes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// `outcome`: waiting, accepted, duplicate, rejected.
+    pub fn event(&self, outcome: &'static str) {
+        self.events.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// The text exposition, with engine gauges refreshed from `stats`.
+    pub fn render(&self, stats: &Stats) -> String {
+        let w = &stats.waiting;
+        for (kind, n) in [
+            ("announcement", w.announcements),
+            ("state", w.states),
+            ("pr", w.prs),
+            ("placeholder", w.placeholders),
+        ] {
+            self.waiting.get_or_create(&KindLabel { kind }).set(n as i64);
+        }
+        self.fetches_in_flight.clear();
+        for (domain, n) in &stats.fetches_in_flight {
+            let domain = self.domain_label(domain);
+            self.fetches_in_flight.get_or_create(&DomainLabel { domain }).set(*n as i64);
+        }
+        catch_up(&self.throttle_waits, stats.throttle.waits);
+        catch_up(&self.throttle_skips, stats.throttle.skips);
+        catch_up(&self.fetch_timeouts, stats.fetch_timeouts);
+        catch_up(&self.released, stats.released);
+        catch_up(&self.expired, stats.expired);
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Advances a Prometheus counter to the engine's monotonic total.
+fn catch_up(counter: &Counter<u64, AtomicU64>, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_purgatory_gauges_and_counters() {
+        let metrics = Metrics::new();
+        let mut stats = Stats::default();
+        stats.waiting.states = 3;
+        stats.released = 7;
+        stats.fetches_in_flight = vec![("a.example".into(), 2)];
+        metrics.fetch_finished("a.example", "ok");
+        metrics.push(false);
+        let text = metrics.render(&stats);
+        assert!(text.contains(r#"graspd_purgatory_waiting{kind="state"} 3"#), "{text}");
+        assert!(text.contains("graspd_purgatory_released_total 7"), "{text}");
+        assert!(text.contains(r#"graspd_fetches_in_flight{domain="a.example"} 2"#), "{text}");
+        assert!(text.contains(r#"graspd_fetches_total{domain="a.example",outcome="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"graspd_pushes_total{outcome="rejected"} 1"#), "{text}");
+        stats.released = 9;
+        assert!(metrics.render(&stats).contains("graspd_purgatory_released_total 9"));
+    }
+}
