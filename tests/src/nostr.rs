@@ -1,0 +1,211 @@
+//! Nostr events built and signed with nostr-sdk, and a plain WebSocket client that reads the
+//! relay's exact replies.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+pub use nostr_sdk::prelude::{Event, EventBuilder, Keys, Kind, PublicKey, SecretKey, Tag, TagKind, Timestamp, ToBech32};
+use serde_json::{json, Value};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// Deterministic keys: `keys(1)`, `keys(2)`, ... are distinct users.
+pub fn keys(n: u8) -> Keys {
+    let mut secret = [0x11u8; 32];
+    secret[31] = n;
+    Keys::new(SecretKey::from_slice(&secret).expect("valid secret key"))
+}
+
+pub fn npub(keys: &Keys) -> String {
+    keys.public_key().to_bech32().expect("npub")
+}
+
+fn tag(values: &[&str]) -> Tag {
+    Tag::parse(values.iter().copied()).expect("tag")
+}
+
+/// Signs an event of `kind` with `tags` and a fixed offset from now for `created_at`.
+pub fn sign(keys: &Keys, kind: u16, tags: Vec<Tag>, created_offset: i64) -> Event {
+    let created = Timestamp::from((Timestamp::now().as_secs() as i64 + created_offset) as u64);
+    EventBuilder::new(Kind::from(kind), "")
+        .tags(tags)
+        .custom_created_at(created)
+        .sign_with_keys(keys)
+        .expect("sign")
+}
+
+/// A 30617 announcement listing `servers` (http origins) in `clone` and `relays`.
+pub fn announcement(keys: &Keys, identifier: &str, servers: &[&str], maintainers: &[&Keys]) -> Event {
+    let npub = npub(keys);
+    let mut clone = vec!["clone".to_owned()];
+    let mut relays = vec!["relays".to_owned()];
+    for s in servers {
+        clone.push(format!("{s}/{npub}/{identifier}.git"));
+        relays.push(s.replacen("http", "ws", 1));
+    }
+    let mut tags = vec![
+        tag(&["d", identifier]),
+        tag(&["name", identifier]),
+        tag(&clone.iter().map(String::as_str).collect::<Vec<_>>()),
+        tag(&relays.iter().map(String::as_str).collect::<Vec<_>>()),
+    ];
+    if !maintainers.is_empty() {
+        let hex: Vec<String> = maintainers.iter().map(|k| k.public_key().to_hex()).collect();
+        let mut m = vec!["maintainers"];
+        m.extend(hex.iter().map(String::as_str));
+        tags.push(tag(&m));
+    }
+    sign(keys, 30617, tags, 0)
+}
+
+/// A 30618 state with `refs` (name, oid) and HEAD pointing at `head` (a branch name).
+pub fn state(keys: &Keys, identifier: &str, refs: &[(&str, &str)], head: Option<&str>, created_offset: i64) -> Event {
+    let mut tags = vec![tag(&["d", identifier])];
+    for (name, oid) in refs {
+        tags.push(tag(&[name, oid]));
+    }
+    if let Some(h) = head {
+        tags.push(tag(&["HEAD", &format!("ref: refs/heads/{h}")]));
+    }
+    sign(keys, 30618, tags, created_offset)
+}
+
+/// A 1618 PR for `owner`'s repo with tip `commit`, fetchable from `clone`.
+pub fn pull_request(keys: &Keys, owner: &Keys, identifier: &str, commit: &str, clone: &[&str]) -> Event {
+    let coordinate = format!("30617:{}:{identifier}", owner.public_key().to_hex());
+    let mut c = vec!["clone"];
+    c.extend_from_slice(clone);
+    let tags = vec![
+        tag(&["a", &coordinate]),
+        tag(&["p", &owner.public_key().to_hex()]),
+        tag(&["subject", "a change"]),
+        tag(&["c", commit]),
+        tag(&c),
+    ];
+    sign(keys, 1618, tags, 0)
+}
+
+/// A kind 5 deletion of `ids`.
+pub fn deletion(keys: &Keys, ids: &[&Event]) -> Event {
+    let tags = ids.iter().map(|e| tag(&["e", &e.id.to_hex()])).collect();
+    sign(keys, 5, tags, 0)
+}
+
+/// The relay's reply to an EVENT.
+#[derive(Debug, Clone)]
+pub struct OkReply {
+    pub accepted: bool,
+    pub message: String,
+}
+
+/// A plain NIP-01 WebSocket client that shows exactly what the relay says.
+pub struct RelayClient {
+    socket: WebSocket<MaybeTlsStream<TcpStream>>,
+}
+
+/// How long to wait for any single reply from the relay.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl RelayClient {
+    pub fn connect(ws_url: &str) -> RelayClient {
+        let (socket, _) = tungstenite::connect(ws_url).expect("websocket connect");
+        if let MaybeTlsStream::Plain(s) = socket.get_ref() {
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        }
+        RelayClient { socket }
+    }
+
+    pub fn send(&mut self, msg: Value) {
+        self.socket.send(Message::text(msg.to_string())).expect("send");
+    }
+
+    /// The next relay message, or None once `deadline` passes.
+    pub fn recv_until(&mut self, deadline: Instant) -> Option<Value> {
+        while Instant::now() < deadline {
+            match self.socket.read() {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).expect("relay sent JSON")),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    continue
+                }
+                Err(e) => panic!("websocket read: {e}"),
+            }
+        }
+        None
+    }
+
+    /// Publishes an event and returns the relay's OK reply for it.
+    pub fn publish(&mut self, event: &Event) -> OkReply {
+        let event_json: Value = serde_json::from_str(&serde_json::to_string(event).unwrap()).unwrap();
+        self.send(json!(["EVENT", event_json]));
+        let id = event.id.to_hex();
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        while let Some(msg) = self.recv_until(deadline) {
+            if msg[0] == "OK" && msg[1] == id.as_str() {
+                return OkReply {
+                    accepted: msg[2].as_bool().expect("OK flag"),
+                    message: msg[3].as_str().unwrap_or_default().to_owned(),
+                };
+            }
+        }
+        panic!("no OK for {id}");
+    }
+
+    /// Runs a REQ to EOSE and returns the events.
+    pub fn query(&mut self, filter: Value) -> Vec<Value> {
+        let sub = "q";
+        self.send(json!(["REQ", sub, filter]));
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let mut events = Vec::new();
+        while let Some(msg) = self.recv_until(deadline) {
+            match msg[0].as_str() {
+                Some("EVENT") if msg[1] == sub => events.push(msg[2].clone()),
+                Some("EOSE") if msg[1] == sub => {
+                    self.send(json!(["CLOSE", sub]));
+                    return events;
+                }
+                Some("CLOSED") if msg[1] == sub => panic!("subscription closed: {msg}"),
+                _ => {}
+            }
+        }
+        panic!("no EOSE");
+    }
+
+    /// Ids of the events a filter returns.
+    pub fn query_ids(&mut self, filter: Value) -> Vec<String> {
+        self.query(filter).iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// Opens a live subscription; use [`RelayClient::wait_for_event`] to read from it.
+    pub fn subscribe(&mut self, sub: &str, filter: Value) {
+        self.send(json!(["REQ", sub, filter]));
+    }
+
+    /// Waits for an EVENT with `id` on subscription `sub`.
+    pub fn wait_for_event(&mut self, sub: &str, id: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Some(msg) = self.recv_until(deadline) {
+            if msg[0] == "EVENT" && msg[1] == sub && msg[2]["id"] == id {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes: for conditions on a separate process that
+/// has no push notification (refs appearing on a remote server).
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

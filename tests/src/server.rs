@@ -1,0 +1,190 @@
+//! Starting, killing and restarting real graspd processes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Which server binary to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Tokio,
+    Smol,
+}
+
+impl Flavor {
+    pub fn package(self) -> &'static str {
+        match self {
+            Flavor::Tokio => "graspd-tokio",
+            Flavor::Smol => "graspd-smol",
+        }
+    }
+
+    /// The binary, built once per test process with the same profile as the tests.
+    pub fn binary(self) -> PathBuf {
+        static BUILT: OnceLock<()> = OnceLock::new();
+        let profile_dir = profile_dir();
+        BUILT.get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--bins", "-p", "graspd-tokio", "-p", "graspd-smol"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build for the server binaries");
+            assert!(status.success(), "building the server binaries failed");
+        });
+        profile_dir.join(self.package())
+    }
+}
+
+/// `target/<profile>`, found from this test executable (`target/<profile>/deps/<test>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+/// Extra settings for one server.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Additional command-line flags.
+    pub args: Vec<String>,
+}
+
+impl ServerOptions {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+}
+
+/// A running graspd process with its own data directory and loopback port.
+pub struct Server {
+    pub flavor: Flavor,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    options: ServerOptions,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+/// How long a server may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Server {
+    pub fn start(flavor: Flavor) -> Server {
+        Server::start_with(flavor, ServerOptions::default())
+    }
+
+    pub fn start_with(flavor: Flavor, options: ServerOptions) -> Server {
+        let data_dir = crate::temp_dir(&format!("{flavor:?}-data").to_lowercase());
+        let addr = free_loopback_addr();
+        let log_path = data_dir.with_extension("log");
+        let mut server = Server { flavor, addr, data_dir, options, child: None, log_path };
+        server.spawn();
+        server
+    }
+
+    /// `http://127.0.0.1:<port>`: the public origin announcements must list.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// The clone URL of `<npub>/<identifier>.git` on this server.
+    pub fn repo_url(&self, npub: &str, identifier: &str) -> String {
+        format!("{}/{npub}/{identifier}.git", self.http_url())
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(self.flavor.binary());
+        cmd.arg("--bind")
+            .arg(self.addr.to_string())
+            .arg("--public-url")
+            .arg(self.http_url())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--allow-private-remotes")
+            .args(&self.options.args)
+            .env("RUST_LOG", "info,graspd=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn server");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open server log");
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let ready_tx = ready_tx.clone();
+            let mut log = log.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("listening on") {
+                        let _ = ready_tx.send(());
+                    }
+                    let _ = writeln!(log, "{line}");
+                }
+            });
+        }
+        let _ = writeln!(log, "---- started {:?} on {}", self.flavor, self.addr);
+        if ready_rx.recv_timeout(START_TIMEOUT).is_err() {
+            let _ = child.kill();
+            panic!("server did not start; log:\n{}", self.log());
+        }
+        self.child = Some(child);
+    }
+
+    /// Everything the server printed so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown hooks, no flushing; what survives is what was durable.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+            let _ = std::fs::remove_file(&self.log_path);
+        } else {
+            eprintln!("server log kept at {}", self.log_path.display());
+        }
+    }
+}
+
+fn free_loopback_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().unwrap()
+}
