@@ -4,7 +4,9 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-pub use nostr_sdk::prelude::{Event, EventBuilder, Keys, Kind, PublicKey, SecretKey, Tag, TagKind, Timestamp, ToBech32};
+pub use nostr_sdk::prelude::{
+    Event, EventBuilder, Keys, Kind, PublicKey, SecretKey, Tag, TagKind, Timestamp, ToBech32,
+};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -35,7 +37,12 @@ pub fn sign(keys: &Keys, kind: u16, tags: Vec<Tag>, created_offset: i64) -> Even
 }
 
 /// A 30617 announcement listing `servers` (http origins) in `clone` and `relays`.
-pub fn announcement(keys: &Keys, identifier: &str, servers: &[&str], maintainers: &[&Keys]) -> Event {
+pub fn announcement(
+    keys: &Keys,
+    identifier: &str,
+    servers: &[&str],
+    maintainers: &[&Keys],
+) -> Event {
     let npub = npub(keys);
     let mut clone = vec!["clone".to_owned()];
     let mut relays = vec!["relays".to_owned()];
@@ -50,7 +57,10 @@ pub fn announcement(keys: &Keys, identifier: &str, servers: &[&str], maintainers
         tag(&relays.iter().map(String::as_str).collect::<Vec<_>>()),
     ];
     if !maintainers.is_empty() {
-        let hex: Vec<String> = maintainers.iter().map(|k| k.public_key().to_hex()).collect();
+        let hex: Vec<String> = maintainers
+            .iter()
+            .map(|k| k.public_key().to_hex())
+            .collect();
         let mut m = vec!["maintainers"];
         m.extend(hex.iter().map(String::as_str));
         tags.push(tag(&m));
@@ -59,7 +69,13 @@ pub fn announcement(keys: &Keys, identifier: &str, servers: &[&str], maintainers
 }
 
 /// A 30618 state with `refs` (name, oid) and HEAD pointing at `head` (a branch name).
-pub fn state(keys: &Keys, identifier: &str, refs: &[(&str, &str)], head: Option<&str>, created_offset: i64) -> Event {
+pub fn state(
+    keys: &Keys,
+    identifier: &str,
+    refs: &[(&str, &str)],
+    head: Option<&str>,
+    created_offset: i64,
+) -> Event {
     let mut tags = vec![tag(&["d", identifier])];
     for (name, oid) in refs {
         tags.push(tag(&[name, oid]));
@@ -71,7 +87,13 @@ pub fn state(keys: &Keys, identifier: &str, refs: &[(&str, &str)], head: Option<
 }
 
 /// A 1618 PR for `owner`'s repo with tip `commit`, fetchable from `clone`.
-pub fn pull_request(keys: &Keys, owner: &Keys, identifier: &str, commit: &str, clone: &[&str]) -> Event {
+pub fn pull_request(
+    keys: &Keys,
+    owner: &Keys,
+    identifier: &str,
+    commit: &str,
+    clone: &[&str],
+) -> Event {
     let coordinate = format!("30617:{}:{identifier}", owner.public_key().to_hex());
     let mut c = vec!["clone"];
     c.extend_from_slice(clone);
@@ -110,23 +132,31 @@ impl RelayClient {
     pub fn connect(ws_url: &str) -> RelayClient {
         let (socket, _) = tungstenite::connect(ws_url).expect("websocket connect");
         if let MaybeTlsStream::Plain(s) = socket.get_ref() {
-            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
         }
         RelayClient { socket }
     }
 
     pub fn send(&mut self, msg: Value) {
-        self.socket.send(Message::text(msg.to_string())).expect("send");
+        self.socket
+            .send(Message::text(msg.to_string()))
+            .expect("send");
     }
 
     /// The next relay message, or None once `deadline` passes.
     pub fn recv_until(&mut self, deadline: Instant) -> Option<Value> {
         while Instant::now() < deadline {
             match self.socket.read() {
-                Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).expect("relay sent JSON")),
+                Ok(Message::Text(t)) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("relay sent JSON"))
+                }
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     continue
                 }
@@ -138,7 +168,8 @@ impl RelayClient {
 
     /// Publishes an event and returns the relay's OK reply for it.
     pub fn publish(&mut self, event: &Event) -> OkReply {
-        let event_json: Value = serde_json::from_str(&serde_json::to_string(event).unwrap()).unwrap();
+        let event_json: Value =
+            serde_json::from_str(&serde_json::to_string(event).unwrap()).unwrap();
         self.send(json!(["EVENT", event_json]));
         let id = event.id.to_hex();
         let deadline = Instant::now() + REPLY_TIMEOUT;
@@ -175,7 +206,10 @@ impl RelayClient {
 
     /// Ids of the events a filter returns.
     pub fn query_ids(&mut self, filter: Value) -> Vec<String> {
-        self.query(filter).iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+        self.query(filter)
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Opens a live subscription; use [`RelayClient::wait_for_event`] to read from it.

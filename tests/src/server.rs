@@ -34,7 +34,9 @@ impl Flavor {
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }
-            let status = cmd.status().expect("run cargo build for the server binaries");
+            let status = cmd
+                .status()
+                .expect("run cargo build for the server binaries");
             assert!(status.success(), "building the server binaries failed");
         });
         profile_dir.join(self.package())
@@ -44,7 +46,10 @@ impl Flavor {
 /// `target/<profile>`, found from this test executable (`target/<profile>/deps/<test>`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
 }
 
 /// Extra settings for one server.
@@ -83,7 +88,14 @@ impl Server {
         let data_dir = crate::temp_dir(&format!("{flavor:?}-data").to_lowercase());
         let addr = free_loopback_addr();
         let log_path = data_dir.with_extension("log");
-        let mut server = Server { flavor, addr, data_dir, options, child: None, log_path };
+        let mut server = Server {
+            flavor,
+            addr,
+            data_dir,
+            options,
+            child: None,
+            log_path,
+        };
         server.spawn();
         server
     }
@@ -132,7 +144,7 @@ impl Server {
             let mut log = log.try_clone().unwrap();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("listening on") {
+                    if line.contains("graspd listening") {
                         let _ = ready_tx.send(());
                     }
                     let _ = writeln!(log, "{line}");
@@ -168,7 +180,9 @@ impl Server {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 }
 

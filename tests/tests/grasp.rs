@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use graspd_tests::git::{git, git_fails, git_output, ls_remote, WorkRepo};
 use graspd_tests::http::request;
-use graspd_tests::nostr::{announcement, deletion, eventually, keys, npub, pull_request, state, RelayClient};
+use graspd_tests::nostr::{
+    announcement, deletion, eventually, keys, npub, pull_request, state, RelayClient,
+};
 use graspd_tests::{both_runtimes, temp_dir, Flavor, Server, ServerOptions};
 use serde_json::json;
 
@@ -14,7 +16,10 @@ const SOON: Duration = Duration::from_secs(30);
 const PURGATORY: &str = "purgatory: won't be served until git data arrives";
 
 fn ref_of(url: &str, name: &str) -> Option<String> {
-    ls_remote(url).into_iter().find(|(r, _)| r == name).map(|(_, oid)| oid)
+    ls_remote(url)
+        .into_iter()
+        .find(|(r, _)| r == name)
+        .map(|(_, oid)| oid)
 }
 
 /// A server with one announced repo "demo" of keys(1), with `main` pushed and released.
@@ -31,7 +36,11 @@ fn served_repo(flavor: Flavor) -> (Server, WorkRepo, String) {
     assert!(relay.publish(&st).accepted);
     relay.subscribe("live", json!({"ids": [st.id.to_hex()]}));
     work.git(&["push", "-q", &url, "main"]);
-    assert!(relay.wait_for_event("live", &st.id.to_hex(), SOON), "state not released after push\n{}", server.log());
+    assert!(
+        relay.wait_for_event("live", &st.id.to_hex(), SOON),
+        "state not released after push\n{}",
+        server.log()
+    );
     (server, work, url)
 }
 
@@ -45,8 +54,14 @@ fn announcement_then_push_then_served(flavor: Flavor) {
     let reply = relay.publish(&ann);
     assert!(reply.accepted, "{reply:?}");
     assert_eq!(reply.message, PURGATORY);
-    assert!(relay.query_ids(json!({"kinds": [30617]})).is_empty(), "announcement served from purgatory");
-    assert!(ls_remote(&url).is_empty(), "the repo exists and is empty while its announcement waits");
+    assert!(
+        relay.query_ids(json!({"kinds": [30617]})).is_empty(),
+        "announcement served from purgatory"
+    );
+    assert!(
+        ls_remote(&url).is_empty(),
+        "the repo exists and is empty while its announcement waits"
+    );
 
     let work = WorkRepo::init("work");
     let c1 = work.commit("README", "hello\n");
@@ -55,22 +70,45 @@ fn announcement_then_push_then_served(flavor: Flavor) {
     relay.subscribe("live", json!({"kinds": [30617, 30618]}));
     work.git(&["push", "-q", &url, "main"]);
 
-    assert!(relay.wait_for_event("live", &st.id.to_hex(), SOON), "{}", server.log());
+    assert!(
+        relay.wait_for_event("live", &st.id.to_hex(), SOON),
+        "{}",
+        server.log()
+    );
+    assert!(
+        eventually(SOON, || relay
+            .query_ids(json!({"ids": [ann.id.to_hex()]}))
+            .len()
+            == 1),
+        "announcement not released with its first state"
+    );
     let mut reader = RelayClient::connect(&server.ws_url());
     let served = reader.query_ids(json!({"authors": [owner.public_key().to_hex()]}));
-    assert!(served.contains(&ann.id.to_hex()) && served.contains(&st.id.to_hex()), "{served:?}");
-    assert_eq!(ref_of(&url, "refs/heads/main").as_deref(), Some(c1.as_str()));
+    assert!(
+        served.contains(&ann.id.to_hex()) && served.contains(&st.id.to_hex()),
+        "{served:?}"
+    );
+    assert_eq!(
+        ref_of(&url, "refs/heads/main").as_deref(),
+        Some(c1.as_str())
+    );
     let clone = temp_dir("clone");
     git(&clone, &["clone", "-q", &url, "c"]);
     assert_eq!(git(&clone.join("c"), &["rev-parse", "HEAD"]), c1);
-    assert_eq!(git(&clone.join("c"), &["symbolic-ref", "HEAD"]), "refs/heads/main");
+    assert_eq!(
+        git(&clone.join("c"), &["symbolic-ref", "HEAD"]),
+        "refs/heads/main"
+    );
 }
 
 fn push_without_matching_state_is_rejected_with_reason(flavor: Flavor) {
     let (_server, work, url) = served_repo(flavor);
     work.commit("README", "unannounced\n");
     let stderr = git_fails(&work.dir, &["push", &url, "main"]);
-    assert!(stderr.contains("! [remote rejected] main ("), "{stderr}");
+    assert!(
+        stderr.contains("! [remote rejected] main -> main (no state event in purgatory matches"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("bad band"), "{stderr}");
     let stderr = git_fails(&work.dir, &["push", &url, "main:refs/heads/pr/x"]);
     assert!(stderr.contains("send PRs over nostr"), "{stderr}");
@@ -85,25 +123,52 @@ fn pull_request_before_and_after_its_event(flavor: Flavor) {
     // Pushed before its event: a placeholder, then the event is served at once.
     let c2 = work.commit("a.txt", "pr one\n");
     let pr1 = pull_request(&contributor, &owner, "demo", &c2, &[&url]);
-    work.git(&["push", "-q", &url, &format!("{c2}:refs/nostr/{}", pr1.id.to_hex())]);
+    work.git(&[
+        "push",
+        "-q",
+        &url,
+        &format!("{c2}:refs/nostr/{}", pr1.id.to_hex()),
+    ]);
     let reply = relay.publish(&pr1);
     assert!(reply.accepted, "{reply:?}");
-    assert!(eventually(SOON, || relay.query_ids(json!({"ids": [pr1.id.to_hex()]})).len() == 1));
+    assert!(eventually(SOON, || relay
+        .query_ids(json!({"ids": [pr1.id.to_hex()]}))
+        .len()
+        == 1));
 
     // Event first: waits, then the push releases it.
     let c3 = work.commit("b.txt", "pr two\n");
     let pr2 = pull_request(&contributor, &owner, "demo", &c3, &[&url]);
     assert_eq!(relay.publish(&pr2).message, PURGATORY);
     relay.subscribe("live", json!({"ids": [pr2.id.to_hex()]}));
-    work.git(&["push", "-q", &url, &format!("{c3}:refs/nostr/{}", pr2.id.to_hex())]);
-    assert!(relay.wait_for_event("live", &pr2.id.to_hex(), SOON), "{}", server.log());
-    assert_eq!(ref_of(&url, &format!("refs/nostr/{}", pr2.id.to_hex())), Some(c3.clone()));
+    work.git(&[
+        "push",
+        "-q",
+        &url,
+        &format!("{c3}:refs/nostr/{}", pr2.id.to_hex()),
+    ]);
+    assert!(
+        relay.wait_for_event("live", &pr2.id.to_hex(), SOON),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        ref_of(&url, &format!("refs/nostr/{}", pr2.id.to_hex())),
+        Some(c3.clone())
+    );
 
     // A push whose commit is not the event's `c` is refused.
     let c4 = work.commit("c.txt", "pr three\n");
     let pr3 = pull_request(&contributor, &owner, "demo", &c4, &[&url]);
     relay.publish(&pr3);
-    let stderr = git_fails(&work.dir, &["push", &url, &format!("{c3}:refs/nostr/{}", pr3.id.to_hex())]);
+    let stderr = git_fails(
+        &work.dir,
+        &[
+            "push",
+            &url,
+            &format!("{c3}:refs/nostr/{}", pr3.id.to_hex()),
+        ],
+    );
     assert!(stderr.contains("[remote rejected]"), "{stderr}");
 }
 
@@ -112,10 +177,24 @@ fn state_with_present_data_is_applied_without_push(flavor: Flavor) {
     let owner = keys(1);
     let c1 = work.head();
     let mut relay = RelayClient::connect(&server.ws_url());
-    let st = state(&owner, "demo", &[("refs/heads/main", &c1), ("refs/heads/dev", &c1)], Some("dev"), 1);
+    let st = state(
+        &owner,
+        "demo",
+        &[("refs/heads/main", &c1), ("refs/heads/dev", &c1)],
+        Some("dev"),
+        1,
+    );
     assert!(relay.publish(&st).accepted);
-    assert!(eventually(SOON, || ref_of(&url, "refs/heads/dev").as_deref() == Some(c1.as_str())), "{}", server.log());
-    assert!(eventually(SOON, || relay.query_ids(json!({"ids": [st.id.to_hex()]})).len() == 1));
+    assert!(
+        eventually(SOON, || ref_of(&url, "refs/heads/dev").as_deref()
+            == Some(c1.as_str())),
+        "{}",
+        server.log()
+    );
+    assert!(eventually(SOON, || relay
+        .query_ids(json!({"ids": [st.id.to_hex()]}))
+        .len()
+        == 1));
 }
 
 fn two_maintainers_repos_kept_in_step(flavor: Flavor) {
@@ -128,10 +207,24 @@ fn two_maintainers_repos_kept_in_step(flavor: Flavor) {
     let url_b = server.repo_url(&npub(&b), "shared");
     let work = WorkRepo::init("work");
     let c1 = work.commit("f", "1\n");
-    relay.publish(&state(&b, "shared", &[("refs/heads/main", &c1)], Some("main"), 0));
+    relay.publish(&state(
+        &b,
+        "shared",
+        &[("refs/heads/main", &c1)],
+        Some("main"),
+        0,
+    ));
     work.git(&["push", "-q", &url_b, "main"]);
-    assert!(eventually(SOON, || ref_of(&url_a, "refs/heads/main").as_deref() == Some(c1.as_str())), "{}", server.log());
-    assert_eq!(ref_of(&url_b, "refs/heads/main").as_deref(), Some(c1.as_str()));
+    assert!(
+        eventually(SOON, || ref_of(&url_a, "refs/heads/main").as_deref()
+            == Some(c1.as_str())),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        ref_of(&url_b, "refs/heads/main").as_deref(),
+        Some(c1.as_str())
+    );
 }
 
 fn partial_clone_with_blob_filter(flavor: Flavor) {
@@ -139,26 +232,54 @@ fn partial_clone_with_blob_filter(flavor: Flavor) {
     let dir = temp_dir("partial");
     git(&dir, &["clone", "-q", "--filter=blob:none", &url, "p"]);
     assert_eq!(git(&dir.join("p"), &["rev-parse", "HEAD"]), work.head());
-    assert_eq!(git(&dir.join("p"), &["config", "remote.origin.promisor"]), "true");
+    assert_eq!(
+        git(&dir.join("p"), &["config", "remote.origin.promisor"]),
+        "true"
+    );
 }
 
 fn nip11_and_cors(flavor: Flavor) {
     let server = Server::start(flavor);
-    let r = request(server.addr, "GET", "/", &[("Accept", "application/nostr+json")], b"");
+    let r = request(
+        server.addr,
+        "GET",
+        "/",
+        &[("Accept", "application/nostr+json")],
+        b"",
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     let doc: serde_json::Value = serde_json::from_slice(&r.body).expect("NIP-11 JSON");
-    assert!(doc["supported_grasps"].as_array().is_some_and(|g| g.iter().any(|v| v == "GRASP-01")), "{doc}");
+    assert!(
+        doc["supported_grasps"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|v| v == "GRASP-01")),
+        "{doc}"
+    );
     assert!(doc["repo_acceptance_criteria"].is_string(), "{doc}");
     assert!(doc.get("curation").is_none());
     let r = request(server.addr, "OPTIONS", "/", &[], b"");
     assert_eq!(r.status, 204);
-    assert!(r.header("access-control-allow-methods").is_some_and(|m| m.contains("POST")));
-    let r = request(server.addr, "GET", "/npub1nope/x.git/info/refs?service=git-upload-pack", &[], b"");
+    assert!(r
+        .header("access-control-allow-methods")
+        .is_some_and(|m| m.contains("POST")));
+    let r = request(
+        server.addr,
+        "GET",
+        "/npub1nope/x.git/info/refs?service=git-upload-pack",
+        &[],
+        b"",
+    );
     assert!(r.status == 400 || r.status == 404, "{}", r.status);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     let owner = npub(&keys(1));
-    let r = request(server.addr, "GET", &format!("/{owner}/..%2Fescape.git/info/refs?service=git-upload-pack"), &[], b"");
+    let r = request(
+        server.addr,
+        "GET",
+        &format!("/{owner}/..%2Fescape.git/info/refs?service=git-upload-pack"),
+        &[],
+        b"",
+    );
     assert!(r.status == 400 || r.status == 404, "{}", r.status);
 }
 
@@ -171,7 +292,10 @@ fn deletion_removes_event_from_purgatory(flavor: Flavor) {
     assert_eq!(relay.publish(&st).message, PURGATORY);
     assert!(relay.publish(&deletion(&owner, &[&st])).accepted);
     let stderr = git_fails(&work.dir, &["push", &url, "main"]);
-    assert!(stderr.contains("[remote rejected]"), "deleted state still authorised a push: {stderr}");
+    assert!(
+        stderr.contains("[remote rejected]"),
+        "deleted state still authorised a push: {stderr}"
+    );
 }
 
 fn kill9_and_restart_keep_purgatory_and_store(flavor: Flavor) {
@@ -186,12 +310,27 @@ fn kill9_and_restart_keep_purgatory_and_store(flavor: Flavor) {
     server.kill9();
     server.restart();
     let mut relay = RelayClient::connect(&server.ws_url());
-    assert_eq!(relay.query_ids(json!({"kinds": [30617]})).len(), 1, "stored announcement lost");
-    assert!(relay.query_ids(json!({"ids": [st.id.to_hex()]})).is_empty(), "waiting state served");
+    assert_eq!(
+        relay.query_ids(json!({"kinds": [30617]})).len(),
+        1,
+        "stored announcement lost"
+    );
+    assert!(
+        relay.query_ids(json!({"ids": [st.id.to_hex()]})).is_empty(),
+        "waiting state served"
+    );
     relay.subscribe("live", json!({"ids": [st.id.to_hex()]}));
     let out = git_output(&work.dir, &["push", &url, "main"]);
-    assert!(out.status.success(), "waiting state lost across kill -9: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(relay.wait_for_event("live", &st.id.to_hex(), SOON), "{}", server.log());
+    assert!(
+        out.status.success(),
+        "waiting state lost across kill -9: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        relay.wait_for_event("live", &st.id.to_hex(), SOON),
+        "{}",
+        server.log()
+    );
 }
 
 /// Sync flags that make a user-published event's data hunted quickly, for two-server tests.
@@ -224,16 +363,32 @@ fn second_server_fetches_state_and_pr_data(flavor: Flavor) {
     relay_b.subscribe("live", json!({"kinds": [30618, 1618]}));
     assert_eq!(relay_b.publish(&ann).message, PURGATORY);
     assert_eq!(relay_b.publish(&st).message, PURGATORY);
-    assert!(relay_b.wait_for_event("live", &st.id.to_hex(), SOON), "B did not fetch from A\n{}", b.log());
-    assert_eq!(ref_of(&url_b, "refs/heads/main").as_deref(), Some(c1.as_str()));
+    assert!(
+        relay_b.wait_for_event("live", &st.id.to_hex(), SOON),
+        "B did not fetch from A\n{}",
+        b.log()
+    );
+    assert_eq!(
+        ref_of(&url_b, "refs/heads/main").as_deref(),
+        Some(c1.as_str())
+    );
 
     let contributor = keys(2);
     let c2 = work.commit("pr.txt", "change\n");
     let pr = pull_request(&contributor, &owner, "demo", &c2, &[&url_a]);
-    work.git(&["push", "-q", &url_a, &format!("{c2}:refs/nostr/{}", pr.id.to_hex())]);
+    work.git(&[
+        "push",
+        "-q",
+        &url_a,
+        &format!("{c2}:refs/nostr/{}", pr.id.to_hex()),
+    ]);
     assert!(relay_a.publish(&pr).accepted);
     assert_eq!(relay_b.publish(&pr).message, PURGATORY);
-    assert!(relay_b.wait_for_event("live", &pr.id.to_hex(), SOON), "B did not fetch the PR tip\n{}", b.log());
+    assert!(
+        relay_b.wait_for_event("live", &pr.id.to_hex(), SOON),
+        "B did not fetch the PR tip\n{}",
+        b.log()
+    );
 }
 
 fn remote_down_then_back_up(flavor: Flavor) {
@@ -255,9 +410,16 @@ fn remote_down_then_back_up(flavor: Flavor) {
     relay_b.subscribe("live", json!({"kinds": [30618]}));
     relay_b.publish(&ann);
     relay_b.publish(&st);
-    assert!(!relay_b.wait_for_event("live", &st.id.to_hex(), Duration::from_secs(2)), "released while A was down");
+    assert!(
+        !relay_b.wait_for_event("live", &st.id.to_hex(), Duration::from_secs(2)),
+        "released while A was down"
+    );
     a.restart();
-    assert!(relay_b.wait_for_event("live", &st.id.to_hex(), SOON), "B never retried A\n{}", b.log());
+    assert!(
+        relay_b.wait_for_event("live", &st.id.to_hex(), SOON),
+        "B never retried A\n{}",
+        b.log()
+    );
 }
 
 both_runtimes!(

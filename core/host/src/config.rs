@@ -57,7 +57,11 @@ pub struct EngineLimits {
 
     /// Milliseconds before the first fetch attempt for an event a user published (a push
     /// usually follows, so the server waits for it).
-    #[arg(long, env = "GRASPD_SYNC_DELAY_PUBLISHED_MS", default_value_t = 180_000)]
+    #[arg(
+        long,
+        env = "GRASPD_SYNC_DELAY_PUBLISHED_MS",
+        default_value_t = 180_000
+    )]
     pub sync_delay_published_ms: u64,
 
     /// Milliseconds before the first fetch attempt for an event learned from another server.
@@ -188,13 +192,29 @@ mod tests {
     fn engine_defaults_are_the_established_values() {
         let config = Config::defaults();
         let engine = config.engine_config();
-        let secs = |s: &[u64]| s.iter().map(|&s| Duration::from_secs(s)).collect::<Vec<_>>();
+        let secs = |s: &[u64]| {
+            s.iter()
+                .map(|&s| Duration::from_secs(s))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(engine.backoff, secs(&[20, 40, 80, 120]));
-        assert_eq!(engine.first_attempt_after_published, Duration::from_secs(180));
-        assert_eq!(engine.first_attempt_after_synced, Duration::from_millis(500));
+        assert_eq!(
+            engine.first_attempt_after_published,
+            Duration::from_secs(180)
+        );
+        assert_eq!(
+            engine.first_attempt_after_synced,
+            Duration::from_millis(500)
+        );
         assert_eq!(engine.purgatory_expiry, Duration::from_secs(1800));
         assert_eq!(engine.own_origin.as_deref(), Some("http://127.0.0.1:7334"));
-        let fast = Config::parse_from(["graspd", "--sync-backoff-ms", "300", "--sync-backoff-max-ms", "1000"]);
+        let fast = Config::parse_from([
+            "graspd",
+            "--sync-backoff-ms",
+            "300",
+            "--sync-backoff-max-ms",
+            "1000",
+        ]);
         assert_eq!(
             fast.engine_config().backoff,
             [300, 600, 1000].map(Duration::from_millis).to_vec()

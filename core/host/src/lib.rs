@@ -60,7 +60,8 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     let relay_limits = relay::RelayLimits::default();
     let info = nip11::RelayInfo {
         name: "graspd".to_owned(),
-        description: "A GRASP server: git repositories authorised by signed nostr proofs".to_owned(),
+        description: "A GRASP server: git repositories authorised by signed nostr proofs"
+            .to_owned(),
         domain: public_authority(&config.public_url()),
         ..Default::default()
     };

@@ -66,22 +66,56 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("graspd");
         let waiting = Family::<KindLabel, Gauge>::default();
-        registry.register("purgatory_waiting", "Events waiting for git data, by kind", waiting.clone());
+        registry.register(
+            "purgatory_waiting",
+            "Events waiting for git data, by kind",
+            waiting.clone(),
+        );
         let fetches = Family::<FetchLabels, Counter>::default();
-        registry.register("fetches", "Fetches from other git servers by domain and outcome", fetches.clone());
+        registry.register(
+            "fetches",
+            "Fetches from other git servers by domain and outcome",
+            fetches.clone(),
+        );
         let fetches_in_flight = Family::<DomainLabel, Gauge>::default();
-        registry.register("fetches_in_flight", "Fetches running now, by domain", fetches_in_flight.clone());
+        registry.register(
+            "fetches_in_flight",
+            "Fetches running now, by domain",
+            fetches_in_flight.clone(),
+        );
         let throttle_waits = Counter::default();
-        registry.register("throttle_waits", "Times a fetch waited for a per-domain limit", throttle_waits.clone());
+        registry.register(
+            "throttle_waits",
+            "Times a fetch waited for a per-domain limit",
+            throttle_waits.clone(),
+        );
         let throttle_skips = Counter::default();
-        registry.register("throttle_domain_skips", "Domains skipped after repeated DNS/TLS failures", throttle_skips.clone());
+        registry.register(
+            "throttle_domain_skips",
+            "Domains skipped after repeated DNS/TLS failures",
+            throttle_skips.clone(),
+        );
         let fetch_timeouts = Counter::default();
-        registry.register("fetch_timeouts", "Fetches that missed their deadline", fetch_timeouts.clone());
+        registry.register(
+            "fetch_timeouts",
+            "Fetches that missed their deadline",
+            fetch_timeouts.clone(),
+        );
         let released = Counter::default();
-        registry.register("purgatory_released", "Events released from purgatory", released.clone());
+        registry.register(
+            "purgatory_released",
+            "Events released from purgatory",
+            released.clone(),
+        );
         let expired = Counter::default();
-        registry.register("purgatory_expired", "Events discarded from purgatory without their data", expired.clone());
-        let release_latency = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0]);
+        registry.register(
+            "purgatory_expired",
+            "Events discarded from purgatory without their data",
+            expired.clone(),
+        );
+        let release_latency = Histogram::new([
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0,
+        ]);
         registry.register(
             "release_latency_seconds",
             "Time from an event's arrival to its release",
@@ -122,7 +156,9 @@ impl Metrics {
 
     pub fn fetch_finished(&self, domain: &str, outcome: &'static str) {
         let domain = self.domain_label(domain);
-        self.fetches.get_or_create(&FetchLabels { domain, outcome }).inc();
+        self.fetches
+            .get_or_create(&FetchLabels { domain, outcome })
+            .inc();
     }
 
     pub fn released(&self, waited: std::time::Duration) {
@@ -148,12 +184,16 @@ impl Metrics {
             ("pr", w.prs),
             ("placeholder", w.placeholders),
         ] {
-            self.waiting.get_or_create(&KindLabel { kind }).set(n as i64);
+            self.waiting
+                .get_or_create(&KindLabel { kind })
+                .set(n as i64);
         }
         self.fetches_in_flight.clear();
         for (domain, n) in &stats.fetches_in_flight {
             let domain = self.domain_label(domain);
-            self.fetches_in_flight.get_or_create(&DomainLabel { domain }).set(*n as i64);
+            self.fetches_in_flight
+                .get_or_create(&DomainLabel { domain })
+                .set(*n as i64);
         }
         catch_up(&self.throttle_waits, stats.throttle.waits);
         catch_up(&self.throttle_skips, stats.throttle.skips);
@@ -188,12 +228,26 @@ mod tests {
         metrics.fetch_finished("a.example", "ok");
         metrics.push(false);
         let text = metrics.render(&stats);
-        assert!(text.contains(r#"graspd_purgatory_waiting{kind="state"} 3"#), "{text}");
+        assert!(
+            text.contains(r#"graspd_purgatory_waiting{kind="state"} 3"#),
+            "{text}"
+        );
         assert!(text.contains("graspd_purgatory_released_total 7"), "{text}");
-        assert!(text.contains(r#"graspd_fetches_in_flight{domain="a.example"} 2"#), "{text}");
-        assert!(text.contains(r#"graspd_fetches_total{domain="a.example",outcome="ok"} 1"#), "{text}");
-        assert!(text.contains(r#"graspd_pushes_total{outcome="rejected"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"graspd_fetches_in_flight{domain="a.example"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"graspd_fetches_total{domain="a.example",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"graspd_pushes_total{outcome="rejected"} 1"#),
+            "{text}"
+        );
         stats.released = 9;
-        assert!(metrics.render(&stats).contains("graspd_purgatory_released_total 9"));
+        assert!(metrics
+            .render(&stats)
+            .contains("graspd_purgatory_released_total 9"));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use graspd_core::events::{Coordinate, KIND_ANNOUNCEMENT};
+use graspd_core::events::{Coordinate, GitEvent, KIND_ANNOUNCEMENT};
 use graspd_core::related::{self, KnownEvents};
 use graspd_core::{Arrival, EventId, PublicKey, Verdict};
 use nostr::event::{Event, Kind};
@@ -57,9 +57,18 @@ impl Node {
                     arrival: store_arrival(arrival),
                     expires_at: super::Clock::unix_now() + self.settings.purgatory_expiry.as_secs(),
                 };
+                let repo = announced_repo(&waiting.event);
                 let store = self.store.clone();
                 match unblock(&*self.runtime, move || store.put_waiting(&waiting)).await {
-                    Ok(Ok(())) => relay::Verdict::accepted(Verdict::WAITING_MESSAGE),
+                    Ok(Ok(())) => {
+                        // The git endpoint must work the moment the client hears OK.
+                        if let Some(repo) = repo {
+                            if let Err(error) = self.git.create_repo(&repo).await {
+                                warn!(%repo, %error, "creating the repository failed");
+                            }
+                        }
+                        relay::Verdict::accepted(Verdict::WAITING_MESSAGE)
+                    }
                     Ok(Err(error)) => persist_failed(&error),
                     Err(error) => persist_failed(&error),
                 }
@@ -75,8 +84,7 @@ impl Node {
         let store = self.store.clone();
         let stored = event.clone();
         let decided = unblock(&*self.runtime, move || {
-            related::accept_related(&stored, &StoreView(&store))
-                .map(|()| store.insert(&stored))
+            related::accept_related(&stored, &StoreView(&store)).map(|()| store.insert(&stored))
         })
         .await;
         match decided {
@@ -108,9 +116,9 @@ impl Node {
                 relay::Verdict::accepted("")
             }
             InsertOutcome::Duplicate => relay::Verdict::accepted(DUPLICATE),
-            InsertOutcome::Superseded { by } => {
-                relay::Verdict::accepted(format!("duplicate: a newer version ({by}) is already served"))
-            }
+            InsertOutcome::Superseded { by } => relay::Verdict::accepted(format!(
+                "duplicate: a newer version ({by}) is already served"
+            )),
             InsertOutcome::Deleted => {
                 relay::Verdict::rejected("blocked: its author deleted this event")
             }
@@ -118,9 +126,21 @@ impl Node {
     }
 }
 
+/// The repository an announcement asks for.
+fn announced_repo(event: &Event) -> Option<graspd_core::RepoKey> {
+    match graspd_core::events::parse(event) {
+        Ok(Some(GitEvent::Announcement(a))) => {
+            Some(graspd_core::RepoKey::new(a.owner, a.identifier))
+        }
+        _ => None,
+    }
+}
+
 fn persist_failed(error: &dyn std::fmt::Display) -> relay::Verdict {
     warn!(%error, "could not persist an event");
-    relay::Verdict::rejected(format!("error: could not store the event ({error}); try again"))
+    relay::Verdict::rejected(format!(
+        "error: could not store the event ({error}); try again"
+    ))
 }
 
 pub(super) fn store_arrival(arrival: Arrival) -> store::Arrival {
@@ -142,7 +162,9 @@ struct StoreView<'a>(&'a Store);
 
 impl StoreView<'_> {
     fn any(&self, filter: Filter) -> bool {
-        self.0.query(&[filter.limit(1)], 1).is_ok_and(|found| !found.is_empty())
+        self.0
+            .query(&[filter.limit(1)], 1)
+            .is_ok_and(|found| !found.is_empty())
     }
 }
 
@@ -161,6 +183,10 @@ impl KnownEvents for StoreView<'_> {
     }
 
     fn has_repo(&self, author: &PublicKey) -> bool {
-        self.any(Filter::new().kind(Kind::from(KIND_ANNOUNCEMENT)).author(*author))
+        self.any(
+            Filter::new()
+                .kind(Kind::from(KIND_ANNOUNCEMENT))
+                .author(*author),
+        )
     }
 }

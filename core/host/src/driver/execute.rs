@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use graspd_core::{
-    ApplyError, Command, EngineEvent, FetchError, FetchReport, Input, RepoSnapshot,
-};
+use graspd_core::{ApplyError, Command, EngineEvent, FetchError, FetchReport, Input, RepoSnapshot};
 use tracing::{debug, info, warn};
 
 use super::Node;
@@ -15,7 +13,13 @@ use crate::runtime::unblock;
 impl Node {
     pub(super) async fn execute(self: Arc<Self>, command: Command) {
         match command {
-            Command::Fetch { id, into, url, oids, deadline } => {
+            Command::Fetch {
+                id,
+                into,
+                url,
+                oids,
+                deadline,
+            } => {
                 let limits = FetchLimits {
                     deadline: self.clock.instant(deadline),
                     max_bytes: self.settings.max_fetch_bytes,
@@ -45,7 +49,10 @@ impl Node {
                     .git
                     .inspect(&repo, &oids)
                     .await
-                    .map(|i| RepoSnapshot { present: i.present, refs: i.refs })
+                    .map(|i| RepoSnapshot {
+                        present: i.present,
+                        refs: i.refs,
+                    })
                     .map_err(|e| e.to_string());
                 if let Err(error) = &result {
                     warn!(%id, %repo, %error, "inspect failed");
@@ -53,16 +60,33 @@ impl Node {
                 self.input(Input::Inspected { id, result });
             }
             Command::Apply { id, plan } => {
-                let copy_from = plan.copy_from.as_ref().map(|(source, _)| self.git.repo_path(source));
-                let objects = plan.copy_from.as_ref().map(|(_, oids)| oids.clone()).unwrap_or_default();
+                let copy_from = plan
+                    .copy_from
+                    .as_ref()
+                    .map(|(source, _)| self.git.repo_path(source));
+                let objects = plan
+                    .copy_from
+                    .as_ref()
+                    .map(|(_, oids)| oids.clone())
+                    .unwrap_or_default();
                 let refs: Vec<RefChange> = plan
                     .edits
                     .iter()
-                    .map(|e| RefChange { name: e.name.clone(), expected: e.expected, new: e.new })
+                    .map(|e| RefChange {
+                        name: e.name.clone(),
+                        expected: e.expected,
+                        new: e.new,
+                    })
                     .collect();
                 let result = self
                     .git
-                    .apply(&plan.repo, copy_from.as_deref(), &objects, &refs, plan.head.as_deref())
+                    .apply(
+                        &plan.repo,
+                        copy_from.as_deref(),
+                        &objects,
+                        &refs,
+                        plan.head.as_deref(),
+                    )
                     .await;
                 let result = match result {
                     Ok(()) => {
@@ -86,7 +110,9 @@ impl Node {
                 }
             }
             Command::RemoveRepo { repo } => match self.git.remove_repo(&repo).await {
-                Ok(()) => info!(%repo, "repository removed: its announcement left purgatory without data"),
+                Ok(()) => {
+                    info!(%repo, "repository removed: its announcement left purgatory without data")
+                }
                 Err(error) => warn!(%repo, %error, "removing the repository failed"),
             },
         }
@@ -104,8 +130,12 @@ impl Node {
                         self.metrics.released(waited);
                         self.hub.publish(event);
                     }
-                    Ok(Err(error)) => warn!(id = %event.id, %error, "storing a released event failed; it stays waiting"),
-                    Err(error) => warn!(id = %event.id, %error, "storing a released event failed; it stays waiting"),
+                    Ok(Err(error)) => {
+                        warn!(id = %event.id, %error, "storing a released event failed; it stays waiting")
+                    }
+                    Err(error) => {
+                        warn!(id = %event.id, %error, "storing a released event failed; it stays waiting")
+                    }
                 }
             }
             EngineEvent::Expired { id, kind } => {
@@ -170,5 +200,8 @@ fn fetch_outcome(error: &FetchError) -> &'static str {
 /// The host part of a clone URL, for metric labels.
 fn domain_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split(['/', '?', '#']).next().unwrap_or("").to_ascii_lowercase()
+    rest.split(['/', '?', '#'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }

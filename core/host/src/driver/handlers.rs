@@ -56,7 +56,8 @@ async fn run_session(node: Arc<Node>, socket: WebSocket) {
         })
         .await;
         let frames = match next {
-            Next::Client(Some(Ok(Message::Text(text)))) => match session.handle_text(text.as_str()) {
+            Next::Client(Some(Ok(Message::Text(text)))) => match session.handle_text(text.as_str())
+            {
                 Some(action) => perform(&node, &mut session, action).await,
                 None => Vec::new(),
             },
@@ -72,7 +73,9 @@ async fn run_session(node: Arc<Node>, socket: WebSocket) {
             }
             Next::Live(Live::Event(event)) => session.live_event(&event),
             Next::Live(Live::TooSlow) => {
-                let _ = sink.send(Message::text(messages::notice(messages::TOO_SLOW))).await;
+                let _ = sink
+                    .send(Message::text(messages::notice(messages::TOO_SLOW)))
+                    .await;
                 break;
             }
             Next::Live(Live::Closed) => break,
@@ -101,10 +104,16 @@ async fn perform(node: &Arc<Node>, session: &mut Session, action: Action) -> Vec
             let events = match unblock(&*node.runtime, move || store.query(&filters, cap)).await {
                 Ok(Ok(events)) => events,
                 Ok(Err(error)) => {
-                    return vec![messages::closed(&query.subscription_id, &format!("error: {error}"))]
+                    return vec![messages::closed(
+                        &query.subscription_id,
+                        &format!("error: {error}"),
+                    )]
                 }
                 Err(error) => {
-                    return vec![messages::closed(&query.subscription_id, &format!("error: {error}"))]
+                    return vec![messages::closed(
+                        &query.subscription_id,
+                        &format!("error: {error}"),
+                    )]
                 }
             };
             session.stored_events(query.id, &events)
@@ -137,7 +146,10 @@ impl PushHandler for NodeHooks {
     }
 
     fn on_pushed(&self, repo: &RepoKey, updates: &[RefUpdate]) -> BoxFuture<'static, ()> {
-        self.0.input(Input::Pushed { repo: repo.clone(), updates: updates.to_vec() });
+        self.0.input(Input::Pushed {
+            repo: repo.clone(),
+            updates: updates.to_vec(),
+        });
         Box::pin(async {})
     }
 }

@@ -70,7 +70,10 @@ impl Node {
         let data_dir = config.data_dir.clone();
         let store = crate::runtime::unblock(&*runtime, move || Store::open_in(&data_dir))
             .await
-            .map_err(|error| StoreError::Io { path: config.data_dir.clone(), detail: error.to_string() })??;
+            .map_err(|error| StoreError::Io {
+                path: config.data_dir.clone(),
+                detail: error.to_string(),
+            })??;
         let (wake, woken) = async_channel::bounded(1);
         let node = Arc::new(Node {
             engine: Mutex::new(Engine::new(config.engine_config())),
@@ -87,9 +90,13 @@ impl Node {
         let restorer = Arc::clone(&node);
         crate::runtime::unblock(&*node.runtime, move || restorer.restore())
             .await
-            .map_err(|error| StoreError::Io { path: config.data_dir.clone(), detail: error.to_string() })??;
+            .map_err(|error| StoreError::Io {
+                path: config.data_dir.clone(),
+                detail: error.to_string(),
+            })??;
         let timers = Arc::clone(&node);
-        node.runtime.spawn(Box::pin(async move { timers.run_timers().await }));
+        node.runtime
+            .spawn(Box::pin(async move { timers.run_timers().await }));
         node.pump();
         Ok(node)
     }
@@ -118,7 +125,12 @@ impl Node {
             engine.restore_waiting(now, w.event, accept::engine_arrival(w.arrival), remaining);
             resumed += 1;
         }
-        info!(stored = accepted.len(), waiting = resumed, dropped, "restored from the store");
+        info!(
+            stored = accepted.len(),
+            waiting = resumed,
+            dropped,
+            "restored from the store"
+        );
         Ok(())
     }
 
@@ -149,9 +161,14 @@ impl Node {
             let node = Arc::clone(self);
             self.runtime.spawn(Box::pin(node.execute(command)));
         }
-        for event in events {
+        if !events.is_empty() {
+            // In order: an announcement is stored before the state released with it.
             let node = Arc::clone(self);
-            self.runtime.spawn(Box::pin(node.on_engine_event(event)));
+            self.runtime.spawn(Box::pin(async move {
+                for event in events {
+                    Arc::clone(&node).on_engine_event(event).await;
+                }
+            }));
         }
     }
 
@@ -185,7 +202,11 @@ impl Node {
 
     /// Prometheus text for `/metrics`.
     pub fn render_metrics(&self) -> String {
-        let stats = self.engine.lock().unwrap_or_else(|e| e.into_inner()).stats();
+        let stats = self
+            .engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats();
         self.metrics.render(&stats)
     }
 
