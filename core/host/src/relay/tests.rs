@@ -434,3 +434,107 @@ fn live_feed_wakes_a_waiting_reader() {
     assert_eq!(got, Live::Event(Arc::new(e)));
     assert_eq!(publisher.join().unwrap(), 1);
 }
+
+/// Every reply to any input is one well-formed NOTICE, CLOSED or OK frame, and nothing panics.
+fn replies_are_well_formed(text: &str) -> bool {
+    let (mut s, _feed, _hub) = session();
+    match s.handle_text(text) {
+        None => true,
+        Some(Action::Send(frame)) => {
+            let frame: Value = serde_json::from_str(&frame).unwrap();
+            matches!(frame[0].as_str(), Some("NOTICE" | "CLOSED" | "OK"))
+        }
+        Some(Action::Query(query)) => !query.filters.is_empty(),
+        Some(Action::Accept(event)) => event.verify().is_ok(),
+    }
+}
+
+#[test]
+fn arbitrary_text_never_panics() {
+    fn prop(text: String) -> bool {
+        replies_are_well_formed(&text)
+    }
+    quickcheck::QuickCheck::new()
+        .tests(2_000)
+        .quickcheck(prop as fn(String) -> bool);
+}
+
+#[test]
+fn arbitrary_command_shaped_json_never_panics() {
+    // Pieces that make up near-valid messages, so the property reaches deep into the parser.
+    const PIECES: [&str; 16] = [
+        "\"EVENT\"",
+        "\"REQ\"",
+        "\"CLOSE\"",
+        "\"sub\"",
+        "{}",
+        "{\"kinds\":[1]}",
+        "{\"#e\":[\"x\"]}",
+        "{\"ids\":[]}",
+        "{\"limit\":-1}",
+        "{\"since\":1e99}",
+        "null",
+        "[]",
+        "1",
+        "\"\"",
+        "{\"id\":\"00\"}",
+        "{\"authors\":[\"zz\"]}",
+    ];
+    fn prop(picks: Vec<u8>) -> bool {
+        let parts: Vec<&str> = picks
+            .iter()
+            .map(|p| PIECES[*p as usize % PIECES.len()])
+            .collect();
+        replies_are_well_formed(&format!("[{}]", parts.join(",")))
+    }
+    quickcheck::QuickCheck::new()
+        .tests(2_000)
+        .quickcheck(prop as fn(Vec<u8>) -> bool);
+}
+
+/// The pieces as a driver wires them: EVENT -> store -> hub -> another session's REQ.
+#[test]
+fn session_store_and_hub_work_together() {
+    use crate::store::{InsertOutcome, Store};
+
+    let dir = std::env::temp_dir().join(format!("graspd-relay-wiring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open_in(&dir).unwrap();
+    let hub = Hub::new();
+    let (mut writer, _writer_feed) = Session::new(RelayLimits::default(), &hub);
+    let (mut reader, reader_feed) = Session::new(RelayLimits::default(), &hub);
+
+    let old = event(1621, 1, &[&["a", "30617:x:repo"]]);
+    store.insert(&old).unwrap();
+    let query = expect_query(reader.handle_text(&req("repo", &[json!({"#a": ["30617:x:repo"]})])));
+    let stored = store.query(&query.filters, query.cap).unwrap();
+    let frames = reader.stored_events(query.id, &stored);
+    assert_eq!(frames.len(), 2, "one stored event and EOSE");
+
+    let new = event(1621, 2, &[&["a", "30617:x:repo"]]);
+    let Some(Action::Accept(accepted)) = writer.handle_text(&json!(["EVENT", new]).to_string())
+    else {
+        panic!("valid event not accepted")
+    };
+    let verdict = match store.insert(&accepted).unwrap() {
+        InsertOutcome::Stored { .. } => {
+            hub.publish(*accepted.clone());
+            Verdict::accepted("")
+        }
+        InsertOutcome::Duplicate => Verdict::accepted("duplicate: already have this event"),
+        other => Verdict::rejected(format!("blocked: {other:?}")),
+    };
+    assert_eq!(
+        verdict.message(&accepted.id),
+        messages::ok(&new.id, true, "")
+    );
+    let Some(Live::Event(live)) = reader_feed.try_next() else {
+        panic!("reader should see the new event live")
+    };
+    assert_eq!(
+        reader.live_event(&live),
+        vec![messages::event("repo", &new)]
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
