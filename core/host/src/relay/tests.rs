@@ -538,3 +538,17 @@ fn session_store_and_hub_work_together() {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn pieces_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let hub = Hub::new();
+    let (session, feed) = Session::new(RelayLimits::default(), &hub);
+    send_sync(&hub);
+    send_sync(&session);
+    send_sync(&feed);
+    fn send<T: Send>(_: T) {}
+    send(feed.next());
+    fn send_sync_type<T: Send + Sync>() {}
+    send_sync_type::<crate::store::Store>();
+}
