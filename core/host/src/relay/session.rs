@@ -167,6 +167,22 @@ impl Session {
         frames
     }
 
+    /// Ends the subscription of query `id` after its stored events could not be read: the
+    /// `CLOSED` frame to send, or nothing if the subscription has moved on.
+    pub fn query_failed(&mut self, id: QueryId, reason: &str) -> Option<String> {
+        let subscription_id = self
+            .subscriptions
+            .iter()
+            .find(|(_, sub)| sub.query == id)
+            .map(|(subscription_id, _)| subscription_id.clone())?;
+        self.subscriptions.remove(&subscription_id);
+        self.publish_interest();
+        Some(messages::closed(
+            &subscription_id,
+            &format!("error: {reason}"),
+        ))
+    }
+
     /// Frames delivering a live event to each open subscription it matches.
     pub fn live_event(&self, event: &Event) -> Vec<String> {
         let options = MatchEventOptions::new().nip50(false);

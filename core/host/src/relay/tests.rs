@@ -552,3 +552,181 @@ fn pieces_can_move_between_threads() {
     fn send_sync_type<T: Send + Sync>() {}
     send_sync_type::<crate::store::Store>();
 }
+
+mod connection {
+    //! `run_connection` over an in-memory socket, with a real store behind it.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use async_channel::{Receiver, Sender};
+    use async_tungstenite::tungstenite::{Error as WsError, Message};
+    use futures_lite::future::block_on;
+    use futures_util::{Sink, Stream};
+
+    use super::*;
+    use crate::store::{InsertOutcome, Store};
+
+    /// Frames the test sends in, frames the connection sends out.
+    struct FakeSocket {
+        incoming: Pin<Box<Receiver<Result<Message, WsError>>>>,
+        outgoing: Sender<Message>,
+    }
+
+    impl Stream for FakeSocket {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.as_mut().poll_next(cx)
+        }
+    }
+
+    impl Sink<Message> for FakeSocket {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.outgoing
+                .try_send(item)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            let _ = self.outgoing.try_send(Message::Close(None));
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Backend {
+        store: Store,
+        hub: Hub,
+    }
+
+    impl RelayBackend for Backend {
+        fn decide(&self, event: Event) -> BoxFuture<'static, Verdict> {
+            let (store, hub) = (self.store.clone(), self.hub.clone());
+            Box::pin(async move {
+                match store.insert(&event) {
+                    Ok(InsertOutcome::Stored { .. }) => {
+                        hub.publish(event);
+                        Verdict::accepted("")
+                    }
+                    Ok(InsertOutcome::Duplicate) => Verdict::accepted("duplicate: have it"),
+                    Ok(other) => Verdict::rejected(format!("blocked: {other:?}")),
+                    Err(e) => Verdict::rejected(format!("error: {e}")),
+                }
+            })
+        }
+
+        fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<Event>, String>> {
+            let store = self.store.clone();
+            Box::pin(async move {
+                store
+                    .query(&query.filters, query.cap)
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
+
+    struct Client {
+        to_relay: Sender<Result<Message, WsError>>,
+        from_relay: Receiver<Message>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Client {
+        fn connect(backend: &std::sync::Arc<Backend>) -> Client {
+            let (to_relay, incoming) = async_channel::unbounded();
+            let (outgoing, from_relay) = async_channel::unbounded();
+            let socket = FakeSocket {
+                incoming: Box::pin(incoming),
+                outgoing,
+            };
+            let backend = backend.clone();
+            let thread = std::thread::spawn(move || {
+                block_on(run_connection(
+                    socket,
+                    RelayLimits::default(),
+                    &backend.hub,
+                    &*backend,
+                ))
+            });
+            Client {
+                to_relay,
+                from_relay,
+                thread,
+            }
+        }
+
+        fn send(&self, text: &str) {
+            self.to_relay.try_send(Ok(Message::text(text))).unwrap();
+        }
+
+        fn receive(&self) -> Value {
+            match block_on(self.from_relay.recv()).unwrap() {
+                Message::Text(text) => serde_json::from_str(text.as_str()).unwrap(),
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn two_clients_publish_subscribe_and_leave() {
+        let dir = std::env::temp_dir().join(format!("graspd-relay-conn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backend = std::sync::Arc::new(Backend {
+            store: Store::open_in(&dir).unwrap(),
+            hub: Hub::new(),
+        });
+        let writer = Client::connect(&backend);
+        let reader = Client::connect(&backend);
+
+        reader.send(&req("live", &[json!({"kinds": [1621]})]));
+        assert_eq!(reader.receive(), json!(["EOSE", "live"]));
+
+        let e = event(1621, 7, &[]);
+        writer.send(&json!(["EVENT", e]).to_string());
+        assert_eq!(writer.receive(), json!(["OK", e.id.to_hex(), true, ""]));
+        assert_eq!(reader.receive(), json!(["EVENT", "live", e]));
+
+        writer.send("garbage");
+        assert_eq!(writer.receive()[0], "NOTICE");
+        writer.send(&req("old", &[json!({"ids": [e.id.to_hex()]})]));
+        assert_eq!(writer.receive(), json!(["EVENT", "old", e]));
+        assert_eq!(writer.receive(), json!(["EOSE", "old"]));
+
+        // A client that vanishes ends its connection; one that closes gets its close echoed.
+        drop(writer.to_relay);
+        writer.thread.join().unwrap();
+        reader.to_relay.try_send(Ok(Message::Close(None))).unwrap();
+        assert_eq!(
+            block_on(reader.from_relay.recv()).unwrap(),
+            Message::Close(None)
+        );
+        reader.thread.join().unwrap();
+        assert_eq!(backend.hub.connections(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn shutdown_closes_connections() {
+        let dir = std::env::temp_dir().join(format!("graspd-relay-shut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backend = std::sync::Arc::new(Backend {
+            store: Store::open_in(&dir).unwrap(),
+            hub: Hub::new(),
+        });
+        let client = Client::connect(&backend);
+        client.send(&req("x", &[json!({})]));
+        assert_eq!(client.receive(), json!(["EOSE", "x"]));
+        backend.hub.close_all();
+        assert_eq!(
+            block_on(client.from_relay.recv()).unwrap(),
+            Message::Close(None)
+        );
+        client.thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
