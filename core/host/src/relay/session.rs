@@ -272,6 +272,15 @@ impl Session {
                         "unsupported: search (NIP-50) is not supported by this relay",
                     )
                 }
+                Ok(filter) if largest_field(&filter) > self.limits.max_filter_values => {
+                    return closed(
+                        &subscription_id,
+                        &format!(
+                            "invalid: a filter field lists more than {} values",
+                            self.limits.max_filter_values
+                        ),
+                    )
+                }
                 Ok(filter) => parsed.push(filter),
                 Err(error) => {
                     return closed(
@@ -332,6 +341,15 @@ impl Session {
             .collect();
         self.membership.set_interest(interest);
     }
+}
+
+/// The number of values in the filter's longest list.
+fn largest_field(filter: &Filter) -> usize {
+    let ids = filter.ids.as_ref().map_or(0, |v| v.len());
+    let authors = filter.authors.as_ref().map_or(0, |v| v.len());
+    let kinds = filter.kinds.as_ref().map_or(0, |v| v.len());
+    let tags = filter.generic_tags.values().map(|v| v.len());
+    tags.chain([ids, authors, kinds]).max().unwrap_or(0)
 }
 
 fn notice(message: &str) -> Action {

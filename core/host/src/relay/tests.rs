@@ -279,6 +279,12 @@ fn filters_are_checked() {
         "a",
         "unsupported:",
     );
+    let many: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+    assert_closed(
+        s.handle_text(&req("a", &[json!({ "#t": many })])),
+        "a",
+        "invalid: a filter field lists more than 1000",
+    );
     assert_eq!(s.subscription_count(), 0);
 
     let sixteen: Vec<Value> = (0..16).map(|i| json!({ "kinds": [i] })).collect();
