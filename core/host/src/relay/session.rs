@@ -77,7 +77,7 @@ struct Subscription {
 /// The NIP-01 state of one connection: parses client frames, keeps its subscriptions within
 /// [`RelayLimits`], verifies events, and formats stored and live events for it.
 ///
-/// Driver loop (any runtime):
+/// [`run_connection`](super::run_connection) is the usual driver; in outline (any runtime):
 ///
 /// ```text
 /// let (mut session, feed) = Session::new(limits, &hub);

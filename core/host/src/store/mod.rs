@@ -253,7 +253,8 @@ impl Store {
 
     /// Served events matching any of `filters`, newest first (ties: lower id first), without
     /// duplicates. Each filter returns at most `min(filter.limit, cap)` events (`cap` when it
-    /// has no limit). NIP-50 `search` is ignored. See [`query`](self::query) for the plan.
+    /// has no limit). NIP-50 `search` is ignored. Each filter reads its most selective index:
+    /// `ids`, else one tag (the one with fewest values), else `authors`, else `kinds`, else time.
     pub fn query(&self, filters: &[Filter], cap: usize) -> Result<Vec<Event>, StoreError> {
         let result: Result<_, redb::Error> = (|| {
             let txn = self.db.begin_read()?;
