@@ -72,6 +72,7 @@ pub fn document(info: &RelayInfo, limits: &RelayLimits) -> Value {
             "max_message_length": limits.max_message_bytes,
             "max_subscriptions": limits.max_subscriptions,
             "max_filters": limits.max_filters,
+            "max_filter_values": limits.max_filter_values,
             "max_limit": limits.max_limit,
             "default_limit": limits.max_limit,
             "max_subid_length": limits.max_subscription_id_chars,

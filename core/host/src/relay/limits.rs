@@ -10,6 +10,9 @@ pub struct RelayLimits {
     pub max_subscriptions: usize,
     /// Filters in one REQ.
     pub max_filters: usize,
+    /// Values in one filter field (`ids`, `authors`, `kinds`, each `#x`): bounds the index
+    /// lookups one REQ can cost.
+    pub max_filter_values: usize,
     /// Longest subscription id, in characters (NIP-01 says 64).
     pub max_subscription_id_chars: usize,
     /// Most stored events one filter returns, whatever its `limit`.
@@ -24,6 +27,7 @@ impl Default for RelayLimits {
             max_message_bytes: 512 * 1024,
             max_subscriptions: 32,
             max_filters: 16,
+            max_filter_values: 1000,
             max_subscription_id_chars: 64,
             max_limit: 500,
             live_queue: 1024,

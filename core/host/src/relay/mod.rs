@@ -8,9 +8,13 @@
 //! - [`messages`]: relay-to-client frames (`EVENT`, `OK`, `EOSE`, `CLOSED`, `NOTICE`).
 //! - [`RelayLimits`]: per-connection limits, also published by NIP-11.
 //!
-//! The WebSocket itself (upgrade, frames, ping/pong, close) and the decision on each event
-//! are the driver's; nothing here does IO or reads a clock.
+//! - [`run_connection`]: the whole per-connection loop over an upgraded WebSocket, for any
+//!   runtime; the driver supplies a [`RelayBackend`] (decide an event, read stored events).
+//!
+//! The WebSocket upgrade, the decision on each event and the store reads are the driver's;
+//! apart from `run_connection`'s socket, nothing here does IO or reads a clock.
 
+mod connection;
 mod hub;
 mod limits;
 pub mod messages;
@@ -19,6 +23,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+pub use connection::{run_connection, BoxFuture, RelayBackend};
 pub use hub::{Hub, Live, LiveFeed};
 pub use limits::RelayLimits;
 pub use session::{Action, Query, QueryId, Session, Verdict};

@@ -77,7 +77,7 @@ struct Subscription {
 /// The NIP-01 state of one connection: parses client frames, keeps its subscriptions within
 /// [`RelayLimits`], verifies events, and formats stored and live events for it.
 ///
-/// Driver loop (any runtime):
+/// [`run_connection`](super::run_connection) is the usual driver; in outline (any runtime):
 ///
 /// ```text
 /// let (mut session, feed) = Session::new(limits, &hub);
@@ -165,6 +165,22 @@ impl Session {
             .collect();
         frames.push(messages::eose(subscription_id));
         frames
+    }
+
+    /// Ends the subscription of query `id` after its stored events could not be read: the
+    /// `CLOSED` frame to send, or nothing if the subscription has moved on.
+    pub fn query_failed(&mut self, id: QueryId, reason: &str) -> Option<String> {
+        let subscription_id = self
+            .subscriptions
+            .iter()
+            .find(|(_, sub)| sub.query == id)
+            .map(|(subscription_id, _)| subscription_id.clone())?;
+        self.subscriptions.remove(&subscription_id);
+        self.publish_interest();
+        Some(messages::closed(
+            &subscription_id,
+            &format!("error: {reason}"),
+        ))
     }
 
     /// Frames delivering a live event to each open subscription it matches.
@@ -256,6 +272,15 @@ impl Session {
                         "unsupported: search (NIP-50) is not supported by this relay",
                     )
                 }
+                Ok(filter) if largest_field(&filter) > self.limits.max_filter_values => {
+                    return closed(
+                        &subscription_id,
+                        &format!(
+                            "invalid: a filter field lists more than {} values",
+                            self.limits.max_filter_values
+                        ),
+                    )
+                }
                 Ok(filter) => parsed.push(filter),
                 Err(error) => {
                     return closed(
@@ -316,6 +341,15 @@ impl Session {
             .collect();
         self.membership.set_interest(interest);
     }
+}
+
+/// The number of values in the filter's longest list.
+fn largest_field(filter: &Filter) -> usize {
+    let ids = filter.ids.as_ref().map_or(0, |v| v.len());
+    let authors = filter.authors.as_ref().map_or(0, |v| v.len());
+    let kinds = filter.kinds.as_ref().map_or(0, |v| v.len());
+    let tags = filter.generic_tags.values().map(|v| v.len());
+    tags.chain([ids, authors, kinds]).max().unwrap_or(0)
 }
 
 fn notice(message: &str) -> Action {

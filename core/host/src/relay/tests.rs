@@ -279,6 +279,12 @@ fn filters_are_checked() {
         "a",
         "unsupported:",
     );
+    let many: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+    assert_closed(
+        s.handle_text(&req("a", &[json!({ "#t": many })])),
+        "a",
+        "invalid: a filter field lists more than 1000",
+    );
     assert_eq!(s.subscription_count(), 0);
 
     let sixteen: Vec<Value> = (0..16).map(|i| json!({ "kinds": [i] })).collect();
@@ -433,4 +439,300 @@ fn live_feed_wakes_a_waiting_reader() {
     let got = futures_lite::future::block_on(feed.next());
     assert_eq!(got, Live::Event(Arc::new(e)));
     assert_eq!(publisher.join().unwrap(), 1);
+}
+
+/// Every reply to any input is one well-formed NOTICE, CLOSED or OK frame, and nothing panics.
+fn replies_are_well_formed(text: &str) -> bool {
+    let (mut s, _feed, _hub) = session();
+    match s.handle_text(text) {
+        None => true,
+        Some(Action::Send(frame)) => {
+            let frame: Value = serde_json::from_str(&frame).unwrap();
+            matches!(frame[0].as_str(), Some("NOTICE" | "CLOSED" | "OK"))
+        }
+        Some(Action::Query(query)) => !query.filters.is_empty(),
+        Some(Action::Accept(event)) => event.verify().is_ok(),
+    }
+}
+
+#[test]
+fn arbitrary_text_never_panics() {
+    fn prop(text: String) -> bool {
+        replies_are_well_formed(&text)
+    }
+    quickcheck::QuickCheck::new()
+        .tests(2_000)
+        .quickcheck(prop as fn(String) -> bool);
+}
+
+#[test]
+fn arbitrary_command_shaped_json_never_panics() {
+    // Pieces that make up near-valid messages, so the property reaches deep into the parser.
+    const PIECES: [&str; 16] = [
+        "\"EVENT\"",
+        "\"REQ\"",
+        "\"CLOSE\"",
+        "\"sub\"",
+        "{}",
+        "{\"kinds\":[1]}",
+        "{\"#e\":[\"x\"]}",
+        "{\"ids\":[]}",
+        "{\"limit\":-1}",
+        "{\"since\":1e99}",
+        "null",
+        "[]",
+        "1",
+        "\"\"",
+        "{\"id\":\"00\"}",
+        "{\"authors\":[\"zz\"]}",
+    ];
+    fn prop(picks: Vec<u8>) -> bool {
+        let parts: Vec<&str> = picks
+            .iter()
+            .map(|p| PIECES[*p as usize % PIECES.len()])
+            .collect();
+        replies_are_well_formed(&format!("[{}]", parts.join(",")))
+    }
+    quickcheck::QuickCheck::new()
+        .tests(2_000)
+        .quickcheck(prop as fn(Vec<u8>) -> bool);
+}
+
+/// The pieces as a driver wires them: EVENT -> store -> hub -> another session's REQ.
+#[test]
+fn session_store_and_hub_work_together() {
+    use crate::store::{InsertOutcome, Store};
+
+    let dir = std::env::temp_dir().join(format!("graspd-relay-wiring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open_in(&dir).unwrap();
+    let hub = Hub::new();
+    let (mut writer, _writer_feed) = Session::new(RelayLimits::default(), &hub);
+    let (mut reader, reader_feed) = Session::new(RelayLimits::default(), &hub);
+
+    let old = event(1621, 1, &[&["a", "30617:x:repo"]]);
+    store.insert(&old).unwrap();
+    let query = expect_query(reader.handle_text(&req("repo", &[json!({"#a": ["30617:x:repo"]})])));
+    let stored = store.query(&query.filters, query.cap).unwrap();
+    let frames = reader.stored_events(query.id, &stored);
+    assert_eq!(frames.len(), 2, "one stored event and EOSE");
+
+    let new = event(1621, 2, &[&["a", "30617:x:repo"]]);
+    let Some(Action::Accept(accepted)) = writer.handle_text(&json!(["EVENT", new]).to_string())
+    else {
+        panic!("valid event not accepted")
+    };
+    let verdict = match store.insert(&accepted).unwrap() {
+        InsertOutcome::Stored { .. } => {
+            hub.publish(*accepted.clone());
+            Verdict::accepted("")
+        }
+        InsertOutcome::Duplicate => Verdict::accepted("duplicate: already have this event"),
+        other => Verdict::rejected(format!("blocked: {other:?}")),
+    };
+    assert_eq!(
+        verdict.message(&accepted.id),
+        messages::ok(&new.id, true, "")
+    );
+    let Some(Live::Event(live)) = reader_feed.try_next() else {
+        panic!("reader should see the new event live")
+    };
+    assert_eq!(
+        reader.live_event(&live),
+        vec![messages::event("repo", &new)]
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn pieces_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let hub = Hub::new();
+    let (session, feed) = Session::new(RelayLimits::default(), &hub);
+    send_sync(&hub);
+    send_sync(&session);
+    send_sync(&feed);
+    fn send<T: Send>(_: T) {}
+    send(feed.next());
+    fn send_sync_type<T: Send + Sync>() {}
+    send_sync_type::<crate::store::Store>();
+}
+
+mod connection {
+    //! `run_connection` over an in-memory socket, with a real store behind it.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use async_channel::{Receiver, Sender};
+    use async_tungstenite::tungstenite::{Error as WsError, Message};
+    use futures_lite::future::block_on;
+    use futures_util::{Sink, Stream};
+
+    use super::*;
+    use crate::store::{InsertOutcome, Store};
+
+    /// Frames the test sends in, frames the connection sends out.
+    struct FakeSocket {
+        incoming: Pin<Box<Receiver<Result<Message, WsError>>>>,
+        outgoing: Sender<Message>,
+    }
+
+    impl Stream for FakeSocket {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.as_mut().poll_next(cx)
+        }
+    }
+
+    impl Sink<Message> for FakeSocket {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.outgoing
+                .try_send(item)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            let _ = self.outgoing.try_send(Message::Close(None));
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Backend {
+        store: Store,
+        hub: Hub,
+    }
+
+    impl RelayBackend for Backend {
+        fn decide(&self, event: Event) -> BoxFuture<'static, Verdict> {
+            let (store, hub) = (self.store.clone(), self.hub.clone());
+            Box::pin(async move {
+                match store.insert(&event) {
+                    Ok(InsertOutcome::Stored { .. }) => {
+                        hub.publish(event);
+                        Verdict::accepted("")
+                    }
+                    Ok(InsertOutcome::Duplicate) => Verdict::accepted("duplicate: have it"),
+                    Ok(other) => Verdict::rejected(format!("blocked: {other:?}")),
+                    Err(e) => Verdict::rejected(format!("error: {e}")),
+                }
+            })
+        }
+
+        fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<Event>, String>> {
+            let store = self.store.clone();
+            Box::pin(async move {
+                store
+                    .query(&query.filters, query.cap)
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
+
+    struct Client {
+        to_relay: Sender<Result<Message, WsError>>,
+        from_relay: Receiver<Message>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Client {
+        fn connect(backend: &std::sync::Arc<Backend>) -> Client {
+            let (to_relay, incoming) = async_channel::unbounded();
+            let (outgoing, from_relay) = async_channel::unbounded();
+            let socket = FakeSocket {
+                incoming: Box::pin(incoming),
+                outgoing,
+            };
+            let backend = backend.clone();
+            let thread = std::thread::spawn(move || {
+                block_on(run_connection(
+                    socket,
+                    RelayLimits::default(),
+                    &backend.hub,
+                    &*backend,
+                ))
+            });
+            Client {
+                to_relay,
+                from_relay,
+                thread,
+            }
+        }
+
+        fn send(&self, text: &str) {
+            self.to_relay.try_send(Ok(Message::text(text))).unwrap();
+        }
+
+        fn receive(&self) -> Value {
+            match block_on(self.from_relay.recv()).unwrap() {
+                Message::Text(text) => serde_json::from_str(text.as_str()).unwrap(),
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn two_clients_publish_subscribe_and_leave() {
+        let dir = std::env::temp_dir().join(format!("graspd-relay-conn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backend = std::sync::Arc::new(Backend {
+            store: Store::open_in(&dir).unwrap(),
+            hub: Hub::new(),
+        });
+        let writer = Client::connect(&backend);
+        let reader = Client::connect(&backend);
+
+        reader.send(&req("live", &[json!({"kinds": [1621]})]));
+        assert_eq!(reader.receive(), json!(["EOSE", "live"]));
+
+        let e = event(1621, 7, &[]);
+        writer.send(&json!(["EVENT", e]).to_string());
+        assert_eq!(writer.receive(), json!(["OK", e.id.to_hex(), true, ""]));
+        assert_eq!(reader.receive(), json!(["EVENT", "live", e]));
+
+        writer.send("garbage");
+        assert_eq!(writer.receive()[0], "NOTICE");
+        writer.send(&req("old", &[json!({"ids": [e.id.to_hex()]})]));
+        assert_eq!(writer.receive(), json!(["EVENT", "old", e]));
+        assert_eq!(writer.receive(), json!(["EOSE", "old"]));
+
+        // A client that vanishes ends its connection; one that closes gets its close echoed.
+        drop(writer.to_relay);
+        writer.thread.join().unwrap();
+        reader.to_relay.try_send(Ok(Message::Close(None))).unwrap();
+        assert_eq!(
+            block_on(reader.from_relay.recv()).unwrap(),
+            Message::Close(None)
+        );
+        reader.thread.join().unwrap();
+        assert_eq!(backend.hub.connections(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn shutdown_closes_connections() {
+        let dir = std::env::temp_dir().join(format!("graspd-relay-shut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backend = std::sync::Arc::new(Backend {
+            store: Store::open_in(&dir).unwrap(),
+            hub: Hub::new(),
+        });
+        let client = Client::connect(&backend);
+        client.send(&req("x", &[json!({})]));
+        assert_eq!(client.receive(), json!(["EOSE", "x"]));
+        backend.hub.close_all();
+        assert_eq!(
+            block_on(client.from_relay.recv()).unwrap(),
+            Message::Close(None)
+        );
+        client.thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

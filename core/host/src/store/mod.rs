@@ -159,8 +159,7 @@ impl Store {
     /// Stores `event` for serving, applying NIP-01 replacement and NIP-09 deletion. The
     /// caller has verified its signature and decided it may be served.
     pub fn insert(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
-        let mut outcomes = self.write(|tables| Ok(vec![tables.insert(event)?]))?;
-        Ok(outcomes.remove(0))
+        self.write(|tables| tables.insert(event))
     }
 
     /// Stores many events in one transaction (one fsync): for bulk loads and syncs.
@@ -172,26 +171,22 @@ impl Store {
     /// Moves an event out of purgatory into the served set, atomically: after a crash either
     /// both happened or neither did. Removing a purgatory entry that is not there is fine.
     pub fn release(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
-        let mut outcomes = self.write(|tables| {
+        self.write(|tables| {
             tables.waiting.remove(event.id.to_bytes())?;
-            Ok(vec![tables.insert(event)?])
-        })?;
-        Ok(outcomes.remove(0))
+            tables.insert(event)
+        })
     }
 
     /// Removes a served event (for example on an operator's request). Returns whether it was
     /// there. Kind 5 deletions go through [`Store::insert`] instead.
     pub fn remove(&self, id: &EventId) -> Result<bool, StoreError> {
-        let mut removed = self.write(|tables| {
-            Ok(vec![match tables.load(&id.to_bytes())? {
-                Some(event) => {
-                    tables.remove_served(&event)?;
-                    true
-                }
-                None => false,
-            }])
-        })?;
-        Ok(removed.remove(0))
+        self.write(|tables| match tables.load(&id.to_bytes())? {
+            Some(event) => {
+                tables.remove_served(&event)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        })
     }
 
     /// Puts (or replaces) an event in purgatory.
@@ -206,18 +201,13 @@ impl Store {
                     json.as_bytes(),
                 ),
             )?;
-            Ok(Vec::<()>::new())
-        })?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Drops an event from purgatory (expired, deleted, rejected). Returns whether it was there.
     pub fn remove_waiting(&self, id: &EventId) -> Result<bool, StoreError> {
-        let mut removed = self.write(|tables| {
-            let existed = tables.waiting.remove(id.to_bytes())?.is_some();
-            Ok(vec![existed])
-        })?;
-        Ok(removed.remove(0))
+        self.write(|tables| Ok(tables.waiting.remove(id.to_bytes())?.is_some()))
     }
 
     /// Everything in purgatory, for the start-up restore, ordered by event id. Entries that
@@ -263,7 +253,8 @@ impl Store {
 
     /// Served events matching any of `filters`, newest first (ties: lower id first), without
     /// duplicates. Each filter returns at most `min(filter.limit, cap)` events (`cap` when it
-    /// has no limit). NIP-50 `search` is ignored. See [`query`](self::query) for the plan.
+    /// has no limit). NIP-50 `search` is ignored. Each filter reads its most selective index:
+    /// `ids`, else one tag (the one with fewest values), else `authors`, else `kinds`, else time.
     pub fn query(&self, filters: &[Filter], cap: usize) -> Result<Vec<Event>, StoreError> {
         let result: Result<_, redb::Error> = (|| {
             let txn = self.db.begin_read()?;
@@ -317,8 +308,8 @@ impl Store {
     /// written.
     fn write<T>(
         &self,
-        body: impl FnOnce(&mut write::Tables<'_>) -> Result<Vec<T>, redb::Error>,
-    ) -> Result<Vec<T>, StoreError> {
+        body: impl FnOnce(&mut write::Tables<'_>) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
         let result: Result<_, redb::Error> = (|| {
             let txn = self.db.begin_write()?;
             let out = {
@@ -390,9 +381,8 @@ impl Store {
             if tables.meta.get(META_FORMAT_KEY)?.is_none() {
                 tables.meta.insert(META_FORMAT_KEY, FORMAT_VERSION)?;
             }
-            Ok(Vec::<()>::new())
-        })?;
-        Ok(())
+            Ok(())
+        })
     }
 }
 
