@@ -452,12 +452,16 @@ impl Engine {
         }
     }
 
+    /// The hosted repositories a waiting event concerns.
+    fn targets_of(&self, id: &EventId) -> Vec<RepoKey> {
+        match self.purgatory.get(id) {
+            Some(w) => self.view().targets(&w.parsed),
+            None => Vec::new(),
+        }
+    }
+
     /// Removes a waiting event (released, expired or deleted) and tidies what depended on it.
-    fn remove_waiting(&mut self, id: &EventId) -> Option<(Waiting, Vec<RepoKey>)> {
-        let targets = {
-            let view = self.view();
-            view.targets(&self.purgatory.get(id)?.parsed)
-        };
+    fn remove_waiting(&mut self, id: &EventId) -> Option<Waiting> {
         let waiting = self.purgatory.remove(id)?;
         self.timers.cancel(&TimerReason::Expiry(*id));
         if let GitEvent::Announcement(a) = &waiting.parsed {
@@ -474,11 +478,12 @@ impl Engine {
                 }
             }
         }
-        Some((waiting, targets))
+        Some(waiting)
     }
 
     fn expire(&mut self, now: Time, id: EventId) {
-        let Some((waiting, targets)) = self.remove_waiting(&id) else {
+        let targets = self.targets_of(&id);
+        let Some(waiting) = self.remove_waiting(&id) else {
             return;
         };
         self.purgatory.remember_expired(
@@ -498,7 +503,8 @@ impl Engine {
     fn apply_deletion(&mut self, d: &events::Deletion) {
         let ids = self.purgatory.deletable(d);
         for id in ids {
-            if let Some((waiting, targets)) = self.remove_waiting(&id) {
+            let targets = self.targets_of(&id);
+            if let Some(waiting) = self.remove_waiting(&id) {
                 self.counters.deleted += 1;
                 self.events.push_back(EngineEvent::Deleted { id });
                 self.after_removal(&waiting.parsed, targets);

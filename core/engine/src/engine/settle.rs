@@ -225,7 +225,7 @@ impl Engine {
         }
         let mut released_state = None;
         for id in ids {
-            let Some((waiting, _targets)) = self.remove_waiting(id) else {
+            let Some(waiting) = self.remove_waiting(id) else {
                 continue;
             };
             match &waiting.parsed {
@@ -322,7 +322,7 @@ impl Engine {
         {
             plan.release.extend(waiting_announcements.iter().copied());
         }
-        for id in self.purgatory.prs_for(repo) {
+        for id in &self.purgatory.prs_for(repo) {
             let Some(w) = self.purgatory.get(id) else {
                 continue;
             };

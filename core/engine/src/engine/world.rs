@@ -233,7 +233,7 @@ impl View<'_> {
                 w.oids.extend(required_objects(&e.parsed));
             }
         }
-        for id in self.purgatory.prs_for(repo) {
+        for id in &self.purgatory.prs_for(repo) {
             w.events.push(*id);
             if let Some(e) = self.purgatory.get(id) {
                 w.oids.extend(required_objects(&e.parsed));
@@ -252,10 +252,29 @@ impl View<'_> {
         w
     }
 
-    /// Whether `repo` has anything to do.
+    /// Whether `repo` has anything to do (cheapest checks first).
     pub fn has_work(&self, repo: &RepoKey) -> bool {
-        let w = self.wanted(repo);
-        !w.events.is_empty() || w.catch_up.is_some()
+        if !self.purgatory.prs_for(repo).is_empty()
+            || !self
+                .purgatory
+                .announcements_of(&repo.owner, &repo.identifier)
+                .is_empty()
+        {
+            return true;
+        }
+        let states = self.purgatory.states_with(&repo.identifier);
+        if states.is_empty() && !self.is_hosted(repo) {
+            return false;
+        }
+        let maintainers = self.maintainers(repo);
+        let waiting = states.iter().any(|(author, id)| {
+            maintainers.contains(author)
+                && self
+                    .purgatory
+                    .get(id)
+                    .is_some_and(|w| self.newer_than_held(repo, w.parsed.created_at(), id))
+        });
+        waiting || (self.is_hosted(repo) && self.catch_up(repo, &maintainers).is_some())
     }
 
     /// Candidate clone URLs for `repo`: its maintainers' announcements, then waiting PRs.
@@ -266,7 +285,7 @@ impl View<'_> {
                 out.extend(a.clone.iter().cloned());
             }
         }
-        for id in self.purgatory.prs_for(repo) {
+        for id in &self.purgatory.prs_for(repo) {
             if let Some(GitEvent::Pr(p)) = self.purgatory.get(id).map(|w| &w.parsed) {
                 out.extend(p.clone.iter().cloned());
             }
