@@ -163,9 +163,9 @@ impl Engine {
                 if let Some(w) = self.repos.get_mut(&repo) {
                     w.apply_retries = 0;
                 }
+                // The plan held everything releasable at its Inspect; events that arrived
+                // since have queued another Inspect.
                 self.release(now, &repo, &events, state);
-                // More may be releasable now (another state, PRs): look again.
-                self.request_inspect(repo.clone(), false);
             }
             (ApplyPurpose::Release { .. }, Err(ApplyError::Conflict)) => {
                 self.counters.apply_conflicts += 1;
@@ -243,7 +243,11 @@ impl Engine {
                 waited,
             });
         }
-        if let Some(state) = released_state {
+        let shared = |e: &GitEvent| match e {
+            GitEvent::State(s) => self.view().hosted_owners(&s.identifier).len() > 1,
+            _ => false,
+        };
+        if let Some(state) = released_state.filter(shared) {
             let siblings = self.view().targets(&state);
             for sibling in siblings.into_iter().filter(|s| s != repo) {
                 self.request_inspect(sibling, false);
