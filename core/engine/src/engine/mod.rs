@@ -188,7 +188,7 @@ impl Engine {
         if matches!(parsed, GitEvent::Deletion(_)) {
             return;
         }
-        self.admit(now, event, parsed, arrival, now + remaining);
+        self.admit(now, event, parsed, arrival, now + remaining, true);
     }
 
     /// A new event (signature already verified by the caller).
@@ -274,13 +274,12 @@ impl Engine {
                 "rate-limited: too many events are waiting for git data; try again later".into(),
             );
         }
-        self.admit(
-            now,
-            event,
-            parsed,
-            arrival,
-            now + self.config.purgatory_expiry,
-        );
+        // A published event is inspected at once (its data may be here already); synced ones
+        // wait for their first attempt (500 ms), which starts with an Inspect, so a burst of
+        // synced events costs one Inspect per repository.
+        let inspect_now = arrival == Arrival::Published;
+        let expires = now + self.config.purgatory_expiry;
+        self.admit(now, event, parsed, arrival, expires, inspect_now);
         Verdict::Waiting
     }
 
@@ -404,6 +403,7 @@ impl Engine {
         parsed: GitEvent,
         arrival: Arrival,
         expires: Time,
+        inspect_now: bool,
     ) {
         let id = event.id;
         if let GitEvent::Announcement(a) = &parsed {
@@ -448,7 +448,9 @@ impl Engine {
             work.backoff_step = 0;
             self.timers
                 .set_no_later_than(TimerReason::SyncAttempt(repo.clone()), now + first);
-            self.request_inspect(repo, false);
+            if inspect_now {
+                self.request_inspect(repo, false);
+            }
         }
     }
 
