@@ -47,7 +47,8 @@ pub struct Placeholder {
 
 #[derive(Default, Debug)]
 pub struct Purgatory {
-    entries: BTreeMap<EventId, Waiting>,
+    /// Boxed: B-tree nodes stay small and dense, whatever the size of an event.
+    entries: BTreeMap<EventId, Box<Waiting>>,
     /// Waiting announcements by (owner, identifier).
     announcements: EventIndex<(PublicKey, Identifier)>,
     /// Waiting states by (identifier, author): a range over an identifier finds every author.
@@ -85,7 +86,7 @@ impl Purgatory {
     }
 
     pub fn get(&self, id: &EventId) -> Option<&Waiting> {
-        self.entries.get(id)
+        self.entries.get(id).map(|w| &**w)
     }
 
     /// Adds a waiting event (deletions never wait). Returns false if it is already waiting.
@@ -112,13 +113,13 @@ impl Purgatory {
             }
             GitEvent::Deletion(_) => return false,
         }
-        self.entries.insert(id, waiting);
+        self.entries.insert(id, Box::new(waiting));
         true
     }
 
     /// Removes a waiting event and its index entries.
     pub fn remove(&mut self, id: &EventId) -> Option<Waiting> {
-        let waiting = self.entries.remove(id)?;
+        let waiting = *self.entries.remove(id)?;
         match &waiting.parsed {
             GitEvent::Announcement(a) => {
                 self.announcements

@@ -325,7 +325,7 @@ impl Engine {
 
     /// The next deadline and why.
     pub fn poll_timeout(&self) -> Option<(Time, TimerReason)> {
-        self.timers.next().map(|(t, r)| (t, r.clone()))
+        self.timers.next()
     }
 
     pub fn poll_command(&mut self) -> Option<Command> {
@@ -430,7 +430,7 @@ impl Engine {
         if !inserted {
             return;
         }
-        self.timers.set(TimerReason::Expiry(id), expires);
+        self.timers.set_expiry(id, expires);
         if let Some(commit) = pr_commit {
             self.resolve_placeholders(id, commit);
         }
@@ -465,7 +465,7 @@ impl Engine {
     /// Removes a waiting event (released, expired or deleted) and tidies what depended on it.
     fn remove_waiting(&mut self, id: &EventId) -> Option<Waiting> {
         let waiting = self.purgatory.remove(id)?;
-        self.timers.cancel(&TimerReason::Expiry(*id));
+        self.timers.cancel_expiry(*id, waiting.expires);
         if let GitEvent::Announcement(a) = &waiting.parsed {
             if self
                 .purgatory
