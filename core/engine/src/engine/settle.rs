@@ -281,24 +281,23 @@ impl Engine {
         let mut plan = ReleasePlan::default();
 
         // States, newest first: waiting ones, and the accepted one to catch up with.
-        let mut states: Vec<(&RepoState, Option<&RepoKey>, bool)> = view
+        let catch_up = view
+            .catch_up(repo, &maintainers)
+            .map(|(s, source)| (GitEvent::State(s.clone()), source.as_ref()));
+        let mut states: Vec<(&GitEvent, Option<&RepoKey>, bool)> = view
             .waiting_states(repo, &maintainers)
             .into_iter()
-            .filter_map(|id| match &self.purgatory.get(&id)?.parsed {
-                GitEvent::State(s) => Some((s, None, true)),
-                _ => None,
-            })
+            .filter_map(|id| Some((&self.purgatory.get(&id)?.parsed, None, true)))
             .collect();
-        if let Some((s, source)) = view.catch_up(repo, &maintainers) {
-            states.push((s, source.as_ref(), false));
+        if let Some((event, source)) = &catch_up {
+            states.push((event, *source, false));
         }
-        states.sort_by(|(a, _, _), (b, _, _)| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        for (state, source, waiting) in states {
-            let event = GitEvent::State(state.clone());
+        let key = |e: &GitEvent| (std::cmp::Reverse(e.created_at()), *e.id());
+        states.sort_by_key(|(e, _, _)| key(e));
+        for (event, source, waiting) in states {
+            let GitEvent::State(state) = event else {
+                continue;
+            };
             let all_here = state.refs.values().all(|o| present.contains(o));
             let source = match source {
                 Some(src) if !all_here && src != repo => src,
@@ -307,7 +306,7 @@ impl Engine {
             // Objects of an accepted state are in the repository it was released in.
             let available = |r: &RepoKey, o: &Oid| (r == source && r != repo) || here(r, o);
             let Ok(p) =
-                release::plan_release(&event, source, std::slice::from_ref(&target), available)
+                release::plan_release(event, source, std::slice::from_ref(&target), available)
             else {
                 continue;
             };
