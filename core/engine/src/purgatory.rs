@@ -117,6 +117,13 @@ impl Purgatory {
         true
     }
 
+    /// Moves a waiting event's expiry (the caller re-arms its timer).
+    pub fn set_expires(&mut self, id: &EventId, at: Time) {
+        if let Some(w) = self.entries.get_mut(id) {
+            w.expires = at;
+        }
+    }
+
     /// Removes a waiting event and its index entries.
     pub fn remove(&mut self, id: &EventId) -> Option<Waiting> {
         let waiting = *self.entries.remove(id)?;

@@ -14,6 +14,8 @@ pub enum TimerReason {
     SyncAttempt(RepoKey),
     /// The fetch has not reported: count it failed and free its slot.
     FetchDeadline(CommandId),
+    /// An Inspect or Apply has not reported: count it failed.
+    CommandDeadline(CommandId),
     /// A waiting event's git data did not arrive in time.
     Expiry(EventId),
     /// A `refs/nostr/<id>` push whose event never arrived: delete the ref.

@@ -983,3 +983,81 @@ fn a_rate_limited_remote_cools_its_domain_down_then_drains_by_itself() {
         "the queue drains with nothing in flight"
     );
 }
+
+#[test]
+fn an_unanswered_inspect_times_out_and_never_blocks_the_repository() {
+    let mut kit = Kit::default();
+    let (mut engine, _host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    engine.handle_event(t(0), st, Arrival::Published);
+    let Some(Command::Inspect { id: lost, .. }) = engine.poll_command() else {
+        panic!()
+    };
+    assert_eq!(
+        engine.poll_timeout(),
+        Some((t(60_000), TimerReason::CommandDeadline(lost)))
+    );
+    engine.handle_timeout(t(60_000));
+    // Counted failed: the repository backs off and its next attempt inspects again.
+    let (at, reason) = engine.poll_timeout().unwrap();
+    assert_eq!(
+        (at, reason),
+        (t(80_000), TimerReason::SyncAttempt(repo(1, "r")))
+    );
+    engine.handle_timeout(at);
+    assert!(matches!(engine.poll_command(), Some(Command::Inspect { id, .. }) if id != lost));
+    // The late report is ignored.
+    let snap = graspd_core::RepoSnapshot::default();
+    engine.handle_input(
+        t(80_001),
+        Input::Inspected {
+            id: lost,
+            result: Ok(snap),
+        },
+    );
+    assert!(engine.poll_command().is_none());
+}
+
+#[test]
+fn an_event_whose_apply_is_running_at_its_expiry_waits_for_the_outcome() {
+    let mut kit = Kit::default();
+    let (mut engine, _host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let id = st.id;
+    engine.handle_event(t(0), st, Arrival::Published);
+    let expiry = 30 * 60 * 1000;
+    let Some(Command::Inspect { id: iid, .. }) = engine.poll_command() else {
+        panic!()
+    };
+    // The data arrives just before expiry; the Apply is still running when it comes.
+    let snap = graspd_core::RepoSnapshot {
+        present: vec![oid(1)],
+        refs: Default::default(),
+    };
+    engine.handle_input(
+        t(expiry - 10),
+        Input::Inspected {
+            id: iid,
+            result: Ok(snap),
+        },
+    );
+    let Some(Command::Apply { id: aid, .. }) = engine.poll_command() else {
+        panic!()
+    };
+    engine.handle_timeout(t(expiry));
+    assert!(
+        engine.poll_event().is_none(),
+        "not expired while its Apply runs"
+    );
+    engine.handle_input(
+        t(expiry + 5),
+        Input::Applied {
+            id: aid,
+            result: Ok(()),
+        },
+    );
+    assert!(
+        matches!(engine.poll_event(), Some(EngineEvent::Released { event, .. }) if event.id == id)
+    );
+    assert_eq!(engine.stats().expired, 0);
+}

@@ -47,6 +47,8 @@ pub struct Engine {
     fetches: BTreeMap<CommandId, FetchInFlight>,
     inspects: BTreeMap<CommandId, (RepoKey, Vec<Oid>)>,
     applies: BTreeMap<CommandId, ApplyInFlight>,
+    /// Events an Apply in flight will release: their expiry waits for its outcome.
+    applying: BTreeMap<EventId, CommandId>,
     next_command: u64,
     commands: VecDeque<Command>,
     events: VecDeque<EngineEvent>,
@@ -128,6 +130,7 @@ impl Engine {
             fetches: BTreeMap::new(),
             inspects: BTreeMap::new(),
             applies: BTreeMap::new(),
+            applying: BTreeMap::new(),
             next_command: 0,
             commands: VecDeque::new(),
             events: VecDeque::new(),
@@ -316,6 +319,14 @@ impl Engine {
                     }
                 }
                 TimerReason::Expiry(id) => self.expire(now, id),
+                TimerReason::CommandDeadline(id) => {
+                    if self.inspects.contains_key(&id) {
+                        self.inspected(now, id, Err("the Inspect did not report in time".into()));
+                    } else if self.applies.contains_key(&id) {
+                        let late = ApplyError::Io("the Apply did not report in time".into());
+                        self.applied(now, id, Err(late));
+                    }
+                }
                 TimerReason::PlaceholderExpiry(repo, id) => self.placeholder_expired(repo, id),
                 TimerReason::ThrottleWindow(domain) => self.pump(now, &domain),
             }
@@ -484,6 +495,13 @@ impl Engine {
     }
 
     fn expire(&mut self, now: Time, id: EventId) {
+        if self.applying.contains_key(&id) {
+            // An Apply that releases it is running: its outcome decides (it has a deadline).
+            let later = now + self.config.local_command_timeout;
+            self.purgatory.set_expires(&id, later);
+            self.timers.set_expiry(id, later);
+            return;
+        }
         let targets = self.targets_of(&id);
         let Some(waiting) = self.remove_waiting(&id) else {
             return;
@@ -570,7 +588,7 @@ impl Engine {
                 purpose: ApplyPurpose::RemovePlaceholder(id),
             },
         );
-        self.commands.push_back(Command::Apply { id: cmd, plan });
+        self.issue_apply(cmd, plan);
     }
 
     fn pushed(&mut self, now: Time, repo: RepoKey, updates: Vec<RefUpdate>) {
@@ -621,6 +639,22 @@ impl Engine {
         if newer {
             self.applied.insert(repo, held);
         }
+    }
+
+    /// Emits an Apply (already registered in `applies`) with its deadline.
+    fn issue_apply(&mut self, id: CommandId, plan: ApplyPlan) {
+        if let Some(ApplyInFlight {
+            purpose: ApplyPurpose::Release { events, .. },
+            ..
+        }) = self.applies.get(&id)
+        {
+            for e in events {
+                self.applying.insert(*e, id);
+            }
+        }
+        let deadline = self.now + self.config.local_command_timeout;
+        self.timers.set(TimerReason::CommandDeadline(id), deadline);
+        self.commands.push_back(Command::Apply { id, plan });
     }
 
     /// Forgets a repository's work when nothing waits and nothing runs.

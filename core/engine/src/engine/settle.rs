@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{ApplyInFlight, ApplyPurpose, Engine};
+use crate::engine::types::TimerReason;
 use crate::engine::types::{
     ApplyError, ApplyPlan, Command, EngineEvent, RefDecision, RefEdit, RefUpdate, RepoSnapshot,
 };
@@ -72,6 +73,8 @@ impl Engine {
         work.inspect = Some(id);
         let oids: Vec<Oid> = wanted.oids.into_iter().collect();
         self.inspects.insert(id, (repo.clone(), oids.clone()));
+        let deadline = self.now + self.config.local_command_timeout;
+        self.timers.set(TimerReason::CommandDeadline(id), deadline);
         self.commands.push_back(Command::Inspect { id, repo, oids });
     }
 
@@ -84,6 +87,7 @@ impl Engine {
         let Some((repo, asked)) = self.inspects.remove(&id) else {
             return;
         };
+        self.timers.cancel(&TimerReason::CommandDeadline(id));
         let Some(work) = self.repos.get_mut(&repo) else {
             return;
         };
@@ -123,10 +127,7 @@ impl Engine {
             if let Some(w) = self.repos.get_mut(&repo) {
                 w.apply = Some(cmd);
             }
-            self.commands.push_back(Command::Apply {
-                id: cmd,
-                plan: apply,
-            });
+            self.issue_apply(cmd, apply);
         } else if !plan.release.is_empty() || plan.state.is_some() {
             self.release(now, &repo, &plan.release, plan.state);
         }
@@ -152,6 +153,12 @@ impl Engine {
         let Some(a) = self.applies.remove(&id) else {
             return;
         };
+        self.timers.cancel(&TimerReason::CommandDeadline(id));
+        if let ApplyPurpose::Release { events, .. } = &a.purpose {
+            for e in events {
+                self.applying.remove(e);
+            }
+        }
         let repo = a.repo;
         if let Some(w) = self.repos.get_mut(&repo) {
             if w.apply == Some(id) {
