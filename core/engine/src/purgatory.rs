@@ -52,7 +52,7 @@ pub struct Purgatory {
     /// Waiting announcements by (owner, identifier).
     announcements: EventIndex<(PublicKey, Identifier)>,
     /// Waiting states by (identifier, author): a range over an identifier finds every author.
-    states: EventIndex<(Identifier, PublicKey)>,
+    states: EventIndex<(IdentKey, PublicKey)>,
     /// Waiting PRs and PR updates by target repository.
     prs: EventIndex<RepoKey>,
     placeholders: BTreeMap<(RepoKey, EventId), Placeholder>,
@@ -102,7 +102,8 @@ impl Purgatory {
                 self.counts.announcements += 1;
             }
             GitEvent::State(s) => {
-                self.states.insert((s.identifier.clone(), s.author), id);
+                self.states
+                    .insert((IdentKey::of(&s.identifier), s.author), id);
                 self.counts.states += 1;
             }
             GitEvent::Pr(p) => {
@@ -134,7 +135,8 @@ impl Purgatory {
                 self.counts.announcements -= 1;
             }
             GitEvent::State(s) => {
-                self.states.remove((s.identifier.clone(), s.author), id);
+                self.states
+                    .remove((IdentKey::of(&s.identifier), s.author), id);
                 self.counts.states -= 1;
             }
             GitEvent::Pr(p) => {
@@ -157,10 +159,10 @@ impl Purgatory {
 
     /// Waiting states with `identifier`, any author, as (author, id).
     pub fn states_with(&self, identifier: &Identifier) -> Vec<(PublicKey, EventId)> {
-        let lo = (identifier.clone(), PublicKey::from_byte_array([0; 32]));
+        let key = IdentKey::of(identifier);
         self.states
-            .from(lo)
-            .take_while(|((i, _), _)| i == identifier)
+            .from((key.clone(), PublicKey::from_byte_array([0; 32])))
+            .take_while(|((i, _), _)| *i == key)
             .map(|((_, author), id)| (*author, *id))
             .collect()
     }
@@ -189,7 +191,9 @@ impl Purgatory {
                 KIND_ANNOUNCEMENT => {
                     candidates.extend(self.announcements_of(&c.author, &c.identifier))
                 }
-                KIND_STATE => candidates.extend(self.states.get(&(c.identifier.clone(), c.author))),
+                KIND_STATE => {
+                    candidates.extend(self.states.get(&(IdentKey::of(&c.identifier), c.author)))
+                }
                 _ => {}
             }
         }
@@ -265,6 +269,32 @@ fn remove_indexed<K: Ord, V: Ord>(index: &mut BTreeMap<K, BTreeSet<V>>, key: &K,
         if set.is_empty() {
             index.remove(key);
         }
+    }
+}
+
+/// An identifier as a map key: ordered by an inline prefix first, so comparisons inside large
+/// maps rarely follow the string's heap pointer (a cache miss each at scale). A total order
+/// consistent with equality, though not the lexicographic one.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct IdentKey {
+    prefix: [u8; 16],
+    full: Identifier,
+}
+
+impl IdentKey {
+    pub fn of(identifier: &Identifier) -> IdentKey {
+        let mut prefix = [0u8; 16];
+        let bytes = identifier.as_str().as_bytes();
+        let n = bytes.len().min(16);
+        prefix[..n].copy_from_slice(&bytes[..n]);
+        IdentKey {
+            prefix,
+            full: identifier.clone(),
+        }
+    }
+
+    pub fn identifier(&self) -> &Identifier {
+        &self.full
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 use crate::acceptance::{self, OwnService};
 use crate::config::Config;
 use crate::events::{self, GitEvent, RefName};
-use crate::ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
-use crate::purgatory::{Placeholder, Purgatory, Waiting};
+use crate::ids::{CommandId, EventId, Oid, PublicKey, RepoKey};
+use crate::purgatory::{IdentKey, Placeholder, Purgatory, Waiting};
 use crate::throttle::{Limits, Throttle};
 use crate::time::Time;
 use crate::timers::Timers;
@@ -40,7 +40,7 @@ pub struct Engine {
     purgatory: Purgatory,
     accepted: Accepted,
     /// Owners per identifier with a waiting announcement (every waiting one is hosted).
-    waiting_hosted: BTreeMap<Identifier, BTreeSet<PublicKey>>,
+    waiting_hosted: BTreeMap<IdentKey, BTreeSet<PublicKey>>,
     repos: BTreeMap<RepoKey, RepoWork>,
     /// `(created_at, id)` of the state each hosted repository holds.
     applied: BTreeMap<RepoKey, (u64, EventId)>,
@@ -259,7 +259,10 @@ impl Engine {
                 }
             }
             GitEvent::State(s) => {
-                if let Some((old, _)) = self.accepted.states.get(&(s.identifier.clone(), s.author))
+                if let Some((old, _)) = self
+                    .accepted
+                    .states
+                    .get(&(IdentKey::of(&s.identifier), s.author))
                 {
                     if !world::newer(s.created_at, &s.id, old.created_at, &old.id) {
                         return Verdict::Rejected(
@@ -400,7 +403,7 @@ impl Engine {
             GitEvent::State(s) => self
                 .accepted
                 .states
-                .get(&(s.identifier.clone(), s.author))
+                .get(&(IdentKey::of(&s.identifier), s.author))
                 .is_some_and(|(x, _)| x.id == s.id),
             _ => false,
         }
@@ -423,7 +426,7 @@ impl Engine {
                 self.commands.push_back(Command::CreateRepo { repo });
             }
             self.waiting_hosted
-                .entry(a.identifier.clone())
+                .entry(IdentKey::of(&a.identifier))
                 .or_default()
                 .insert(a.owner);
         }
@@ -483,10 +486,10 @@ impl Engine {
                 .announcements_of(&a.owner, &a.identifier)
                 .is_empty()
             {
-                if let Some(owners) = self.waiting_hosted.get_mut(&a.identifier) {
+                if let Some(owners) = self.waiting_hosted.get_mut(&IdentKey::of(&a.identifier)) {
                     owners.remove(&a.owner);
                     if owners.is_empty() {
-                        self.waiting_hosted.remove(&a.identifier);
+                        self.waiting_hosted.remove(&IdentKey::of(&a.identifier));
                     }
                 }
             }

@@ -7,7 +7,7 @@ use crate::acceptance::KnownRepos;
 use crate::events::{Announcement, GitEvent, RepoState};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
 use crate::maintainers::{maintainer_set, Announcements};
-use crate::purgatory::{pr_repos, Purgatory};
+use crate::purgatory::{pr_repos, IdentKey, Purgatory};
 use crate::satisfy::required_objects;
 
 /// Accepted (stored, served) knowledge, newest per address.
@@ -15,10 +15,10 @@ use crate::satisfy::required_objects;
 pub struct Accepted {
     pub announcements: BTreeMap<RepoKey, Announcement>,
     /// Owners per identifier whose accepted announcement lists this server (repo hosted).
-    pub hosted: BTreeMap<Identifier, BTreeSet<PublicKey>>,
+    pub hosted: BTreeMap<IdentKey, BTreeSet<PublicKey>>,
     /// Newest accepted state per (identifier, author), with the repository it was released
     /// in (objects can be copied from there; `None` when restored).
-    pub states: BTreeMap<(Identifier, PublicKey), (RepoState, Option<RepoKey>)>,
+    pub states: BTreeMap<(IdentKey, PublicKey), (RepoState, Option<RepoKey>)>,
 }
 
 impl Accepted {
@@ -26,7 +26,7 @@ impl Accepted {
         let key = RepoKey::new(ann.owner, ann.identifier.clone());
         if hosted {
             self.hosted
-                .entry(ann.identifier.clone())
+                .entry(IdentKey::of(&ann.identifier))
                 .or_default()
                 .insert(ann.owner);
         }
@@ -39,7 +39,7 @@ impl Accepted {
     }
 
     pub fn add_state(&mut self, state: RepoState, source: Option<RepoKey>) {
-        let key = (state.identifier.clone(), state.author);
+        let key = (IdentKey::of(&state.identifier), state.author);
         match self.states.get(&key) {
             Some((old, _)) if !newer(state.created_at, &state.id, old.created_at, &old.id) => {}
             _ => {
@@ -50,7 +50,7 @@ impl Accepted {
 
     pub fn is_hosted(&self, repo: &RepoKey) -> bool {
         self.hosted
-            .get(&repo.identifier)
+            .get(&IdentKey::of(&repo.identifier))
             .is_some_and(|o| o.contains(&repo.owner))
     }
 }
@@ -65,7 +65,7 @@ pub struct View<'a> {
     pub accepted: &'a Accepted,
     pub purgatory: &'a Purgatory,
     /// Owners per identifier with a waiting announcement that lists this server.
-    pub waiting_hosted: &'a BTreeMap<Identifier, BTreeSet<PublicKey>>,
+    pub waiting_hosted: &'a BTreeMap<IdentKey, BTreeSet<PublicKey>>,
     /// The state each repository holds.
     pub applied: &'a BTreeMap<RepoKey, (u64, EventId)>,
 }
@@ -99,7 +99,7 @@ impl KnownRepos for View<'_> {
     fn accepted_owners(&self, identifier: &Identifier) -> Vec<PublicKey> {
         self.accepted
             .hosted
-            .get(identifier)
+            .get(&IdentKey::of(identifier))
             .map(|o| o.iter().copied().collect())
             .unwrap_or_default()
     }
@@ -112,13 +112,9 @@ impl KnownRepos for View<'_> {
 impl View<'_> {
     /// Owners of repositories with `identifier` hosted here (accepted or waiting).
     pub fn hosted_owners(&self, identifier: &Identifier) -> BTreeSet<PublicKey> {
-        let mut owners = self
-            .accepted
-            .hosted
-            .get(identifier)
-            .cloned()
-            .unwrap_or_default();
-        if let Some(w) = self.waiting_hosted.get(identifier) {
+        let key = IdentKey::of(identifier);
+        let mut owners = self.accepted.hosted.get(&key).cloned().unwrap_or_default();
+        if let Some(w) = self.waiting_hosted.get(&key) {
             owners.extend(w.iter().copied());
         }
         owners
@@ -128,7 +124,7 @@ impl View<'_> {
         self.accepted.is_hosted(repo)
             || self
                 .waiting_hosted
-                .get(&repo.identifier)
+                .get(&IdentKey::of(&repo.identifier))
                 .is_some_and(|o| o.contains(&repo.owner))
     }
 
@@ -169,7 +165,11 @@ impl View<'_> {
     ) -> Option<&(RepoState, Option<RepoKey>)> {
         maintainers
             .iter()
-            .filter_map(|m| self.accepted.states.get(&(repo.identifier.clone(), *m)))
+            .filter_map(|m| {
+                self.accepted
+                    .states
+                    .get(&(IdentKey::of(&repo.identifier), *m))
+            })
             .max_by(|(x, _), (y, _)| {
                 x.created_at
                     .cmp(&y.created_at)
