@@ -72,6 +72,8 @@ impl Engine {
         work.inspect = Some(id);
         let oids: Vec<Oid> = wanted.oids.into_iter().collect();
         self.inspects.insert(id, (repo.clone(), oids.clone()));
+        let deadline = self.now + self.config.local_command_timeout;
+        self.timers.push_command_deadline(id, deadline);
         self.commands.push_back(Command::Inspect { id, repo, oids });
     }
 
@@ -84,6 +86,7 @@ impl Engine {
         let Some((repo, asked)) = self.inspects.remove(&id) else {
             return;
         };
+        self.prune_deadlines();
         let Some(work) = self.repos.get_mut(&repo) else {
             return;
         };
@@ -123,10 +126,7 @@ impl Engine {
             if let Some(w) = self.repos.get_mut(&repo) {
                 w.apply = Some(cmd);
             }
-            self.commands.push_back(Command::Apply {
-                id: cmd,
-                plan: apply,
-            });
+            self.issue_apply(cmd, apply);
         } else if !plan.release.is_empty() || plan.state.is_some() {
             self.release(now, &repo, &plan.release, plan.state);
         }
@@ -152,6 +152,12 @@ impl Engine {
         let Some(a) = self.applies.remove(&id) else {
             return;
         };
+        self.prune_deadlines();
+        if let ApplyPurpose::Release { events, .. } = &a.purpose {
+            for e in events {
+                self.applying.remove(e);
+            }
+        }
         let repo = a.repo;
         if let Some(w) = self.repos.get_mut(&repo) {
             if w.apply == Some(id) {
@@ -163,9 +169,9 @@ impl Engine {
                 if let Some(w) = self.repos.get_mut(&repo) {
                     w.apply_retries = 0;
                 }
+                // The plan held everything releasable at its Inspect; events that arrived
+                // since have queued another Inspect.
                 self.release(now, &repo, &events, state);
-                // More may be releasable now (another state, PRs): look again.
-                self.request_inspect(repo.clone(), false);
             }
             (ApplyPurpose::Release { .. }, Err(ApplyError::Conflict)) => {
                 self.counters.apply_conflicts += 1;
@@ -225,7 +231,7 @@ impl Engine {
         }
         let mut released_state = None;
         for id in ids {
-            let Some((waiting, _targets)) = self.remove_waiting(id) else {
+            let Some(waiting) = self.remove_waiting(id) else {
                 continue;
             };
             match &waiting.parsed {
@@ -243,7 +249,11 @@ impl Engine {
                 waited,
             });
         }
-        if let Some(state) = released_state {
+        let shared = |e: &GitEvent| match e {
+            GitEvent::State(s) => self.view().hosted_owners(&s.identifier).len() > 1,
+            _ => false,
+        };
+        if let Some(state) = released_state.filter(shared) {
             let siblings = self.view().targets(&state);
             for sibling in siblings.into_iter().filter(|s| s != repo) {
                 self.request_inspect(sibling, false);
@@ -277,24 +287,23 @@ impl Engine {
         let mut plan = ReleasePlan::default();
 
         // States, newest first: waiting ones, and the accepted one to catch up with.
-        let mut states: Vec<(&RepoState, Option<&RepoKey>, bool)> = view
+        let catch_up = view
+            .catch_up(repo, &maintainers)
+            .map(|(s, source)| (GitEvent::State(s.clone()), source.as_ref()));
+        let mut states: Vec<(&GitEvent, Option<&RepoKey>, bool)> = view
             .waiting_states(repo, &maintainers)
             .into_iter()
-            .filter_map(|id| match &self.purgatory.get(&id)?.parsed {
-                GitEvent::State(s) => Some((s, None, true)),
-                _ => None,
-            })
+            .filter_map(|id| Some((&self.purgatory.get(&id)?.parsed, None, true)))
             .collect();
-        if let Some((s, source)) = view.catch_up(repo, &maintainers) {
-            states.push((s, source.as_ref(), false));
+        if let Some((event, source)) = &catch_up {
+            states.push((event, *source, false));
         }
-        states.sort_by(|(a, _, _), (b, _, _)| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        for (state, source, waiting) in states {
-            let event = GitEvent::State(state.clone());
+        let key = |e: &GitEvent| (std::cmp::Reverse(e.created_at()), *e.id());
+        states.sort_by_key(|(e, _, _)| key(e));
+        for (event, source, waiting) in states {
+            let GitEvent::State(state) = event else {
+                continue;
+            };
             let all_here = state.refs.values().all(|o| present.contains(o));
             let source = match source {
                 Some(src) if !all_here && src != repo => src,
@@ -303,7 +312,7 @@ impl Engine {
             // Objects of an accepted state are in the repository it was released in.
             let available = |r: &RepoKey, o: &Oid| (r == source && r != repo) || here(r, o);
             let Ok(p) =
-                release::plan_release(&event, source, std::slice::from_ref(&target), available)
+                release::plan_release(event, source, std::slice::from_ref(&target), available)
             else {
                 continue;
             };
@@ -322,7 +331,7 @@ impl Engine {
         {
             plan.release.extend(waiting_announcements.iter().copied());
         }
-        for id in self.purgatory.prs_for(repo) {
+        for id in &self.purgatory.prs_for(repo) {
             let Some(w) = self.purgatory.get(id) else {
                 continue;
             };

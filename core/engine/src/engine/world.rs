@@ -7,7 +7,7 @@ use crate::acceptance::KnownRepos;
 use crate::events::{Announcement, GitEvent, RepoState};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
 use crate::maintainers::{maintainer_set, Announcements};
-use crate::purgatory::{pr_repos, Purgatory};
+use crate::purgatory::{pr_repos, IdentKey, Purgatory};
 use crate::satisfy::required_objects;
 
 /// Accepted (stored, served) knowledge, newest per address.
@@ -15,10 +15,10 @@ use crate::satisfy::required_objects;
 pub struct Accepted {
     pub announcements: BTreeMap<RepoKey, Announcement>,
     /// Owners per identifier whose accepted announcement lists this server (repo hosted).
-    pub hosted: BTreeMap<Identifier, BTreeSet<PublicKey>>,
+    pub hosted: BTreeMap<IdentKey, BTreeSet<PublicKey>>,
     /// Newest accepted state per (identifier, author), with the repository it was released
     /// in (objects can be copied from there; `None` when restored).
-    pub states: BTreeMap<(Identifier, PublicKey), (RepoState, Option<RepoKey>)>,
+    pub states: BTreeMap<(IdentKey, PublicKey), (RepoState, Option<RepoKey>)>,
 }
 
 impl Accepted {
@@ -26,7 +26,7 @@ impl Accepted {
         let key = RepoKey::new(ann.owner, ann.identifier.clone());
         if hosted {
             self.hosted
-                .entry(ann.identifier.clone())
+                .entry(IdentKey::of(&ann.identifier))
                 .or_default()
                 .insert(ann.owner);
         }
@@ -39,7 +39,7 @@ impl Accepted {
     }
 
     pub fn add_state(&mut self, state: RepoState, source: Option<RepoKey>) {
-        let key = (state.identifier.clone(), state.author);
+        let key = (IdentKey::of(&state.identifier), state.author);
         match self.states.get(&key) {
             Some((old, _)) if !newer(state.created_at, &state.id, old.created_at, &old.id) => {}
             _ => {
@@ -50,7 +50,7 @@ impl Accepted {
 
     pub fn is_hosted(&self, repo: &RepoKey) -> bool {
         self.hosted
-            .get(&repo.identifier)
+            .get(&IdentKey::of(&repo.identifier))
             .is_some_and(|o| o.contains(&repo.owner))
     }
 }
@@ -65,7 +65,7 @@ pub struct View<'a> {
     pub accepted: &'a Accepted,
     pub purgatory: &'a Purgatory,
     /// Owners per identifier with a waiting announcement that lists this server.
-    pub waiting_hosted: &'a BTreeMap<Identifier, BTreeSet<PublicKey>>,
+    pub waiting_hosted: &'a BTreeMap<IdentKey, BTreeSet<PublicKey>>,
     /// The state each repository holds.
     pub applied: &'a BTreeMap<RepoKey, (u64, EventId)>,
 }
@@ -99,7 +99,7 @@ impl KnownRepos for View<'_> {
     fn accepted_owners(&self, identifier: &Identifier) -> Vec<PublicKey> {
         self.accepted
             .hosted
-            .get(identifier)
+            .get(&IdentKey::of(identifier))
             .map(|o| o.iter().copied().collect())
             .unwrap_or_default()
     }
@@ -112,13 +112,9 @@ impl KnownRepos for View<'_> {
 impl View<'_> {
     /// Owners of repositories with `identifier` hosted here (accepted or waiting).
     pub fn hosted_owners(&self, identifier: &Identifier) -> BTreeSet<PublicKey> {
-        let mut owners = self
-            .accepted
-            .hosted
-            .get(identifier)
-            .cloned()
-            .unwrap_or_default();
-        if let Some(w) = self.waiting_hosted.get(identifier) {
+        let key = IdentKey::of(identifier);
+        let mut owners = self.accepted.hosted.get(&key).cloned().unwrap_or_default();
+        if let Some(w) = self.waiting_hosted.get(&key) {
             owners.extend(w.iter().copied());
         }
         owners
@@ -128,7 +124,7 @@ impl View<'_> {
         self.accepted.is_hosted(repo)
             || self
                 .waiting_hosted
-                .get(&repo.identifier)
+                .get(&IdentKey::of(&repo.identifier))
                 .is_some_and(|o| o.contains(&repo.owner))
     }
 
@@ -169,7 +165,11 @@ impl View<'_> {
     ) -> Option<&(RepoState, Option<RepoKey>)> {
         maintainers
             .iter()
-            .filter_map(|m| self.accepted.states.get(&(repo.identifier.clone(), *m)))
+            .filter_map(|m| {
+                self.accepted
+                    .states
+                    .get(&(IdentKey::of(&repo.identifier), *m))
+            })
             .max_by(|(x, _), (y, _)| {
                 x.created_at
                     .cmp(&y.created_at)
@@ -233,7 +233,7 @@ impl View<'_> {
                 w.oids.extend(required_objects(&e.parsed));
             }
         }
-        for id in self.purgatory.prs_for(repo) {
+        for id in &self.purgatory.prs_for(repo) {
             w.events.push(*id);
             if let Some(e) = self.purgatory.get(id) {
                 w.oids.extend(required_objects(&e.parsed));
@@ -252,10 +252,29 @@ impl View<'_> {
         w
     }
 
-    /// Whether `repo` has anything to do.
+    /// Whether `repo` has anything to do (cheapest checks first).
     pub fn has_work(&self, repo: &RepoKey) -> bool {
-        let w = self.wanted(repo);
-        !w.events.is_empty() || w.catch_up.is_some()
+        if !self.purgatory.prs_for(repo).is_empty()
+            || !self
+                .purgatory
+                .announcements_of(&repo.owner, &repo.identifier)
+                .is_empty()
+        {
+            return true;
+        }
+        let states = self.purgatory.states_with(&repo.identifier);
+        if states.is_empty() && !self.is_hosted(repo) {
+            return false;
+        }
+        let maintainers = self.maintainers(repo);
+        let waiting = states.iter().any(|(author, id)| {
+            maintainers.contains(author)
+                && self
+                    .purgatory
+                    .get(id)
+                    .is_some_and(|w| self.newer_than_held(repo, w.parsed.created_at(), id))
+        });
+        waiting || (self.is_hosted(repo) && self.catch_up(repo, &maintainers).is_some())
     }
 
     /// Candidate clone URLs for `repo`: its maintainers' announcements, then waiting PRs.
@@ -266,7 +285,7 @@ impl View<'_> {
                 out.extend(a.clone.iter().cloned());
             }
         }
-        for id in self.purgatory.prs_for(repo) {
+        for id in &self.purgatory.prs_for(repo) {
             if let Some(GitEvent::Pr(p)) = self.purgatory.get(id).map(|w| &w.parsed) {
                 out.extend(p.clone.iter().cloned());
             }
