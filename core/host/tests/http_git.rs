@@ -351,9 +351,7 @@ fn large_pushes_and_gzip_fetches_work() {
         let repo = h.create_repo("chunky");
         let url = h.url(&repo);
         let work = work_repo(&h.scratch("work"), 1);
-        let noise: Vec<u8> = (0..1_500_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let noise = noise(1_500_000);
         std::fs::write(work.join("noise.bin"), noise).unwrap();
         git_ok(Some(&work), &["add", "."]);
         git_ok(Some(&work), &["commit", "--quiet", "-m", "noise"]);

@@ -300,3 +300,16 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         key.eq_ignore_ascii_case(name).then(|| value.trim())
     })
 }
+
+/// `len` incompressible bytes (xorshift), so packs are as big as the data.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
