@@ -45,15 +45,27 @@ impl std::error::Error for ServeError {}
 
 /// Runs graspd until the runtime's shutdown signal (SIGINT/SIGTERM).
 pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), ServeError> {
+    // Until the driver and store are wired in, the relay and push decisions are stand-ins
+    // that refuse everything with a clear message.
+    let handlers = unwired::handlers(&config);
+    let git = git::Git::new(Arc::clone(&runtime), &config.data_dir);
+    serve_site(runtime, &config, git, handlers).await
+}
+
+/// Serves the HTTP origin with these handlers until the runtime's shutdown signal. `git`
+/// must be the same handle the driver uses, so pushes and releases share the repo locks.
+pub async fn serve_site(
+    runtime: Arc<dyn Runtime>,
+    config: &Config,
+    git: git::Git,
+    handlers: http::Handlers,
+) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|error| ServeError::DataDir {
         path: config.data_dir.clone(),
         error,
     })?;
-    // Until the driver and store are wired in, the relay and push decisions are stand-ins
-    // that refuse everything with a clear message.
-    let handlers = unwired::handlers(&config);
     let site = http::Site {
-        git: git::Git::new(Arc::clone(&runtime), &config.data_dir),
+        git,
         handlers,
         max_body_bytes: config.max_body_bytes,
         public_url: config.public_url(),
@@ -65,7 +77,12 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
             error,
         })?;
     let addr = server.local_addr().unwrap_or(config.bind);
-    tracing::info!(%addr, public_url = %config.public_url(), data_dir = %config.data_dir.display(), "graspd listening");
+    tracing::info!(
+        %addr,
+        public_url = %config.public_url(),
+        data_dir = %config.data_dir.display(),
+        "graspd listening"
+    );
     server.run(runtime.shutdown_signal()).await;
     tracing::info!("graspd stopped");
     Ok(())

@@ -390,3 +390,53 @@ fn websocket_upgrade_reaches_the_relay() {
         });
     });
 }
+
+#[test]
+fn oversized_push_gets_413_and_lands_nothing() {
+    on_each_runtime(|h| {
+        let repo = h.create_repo("huge");
+        let work = work_repo(&h.scratch("work"), 1);
+        std::fs::write(work.join("noise.bin"), noise(3 * MAX_BODY as usize)).unwrap();
+        git_ok(Some(&work), &["add", "."]);
+        git_ok(Some(&work), &["commit", "--quiet", "-m", "too big"]);
+        let out = git_run(Some(&work), &["push", &h.url(&repo), "main"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("413"), "{:?}: {stderr}", h.flavor);
+        assert!(h
+            .block_on(h.git.inspect(&repo, &[]))
+            .unwrap()
+            .refs
+            .is_empty());
+        assert!(h.policy.pushed.lock().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn server_stops_when_shutdown_completes() {
+    on_each_runtime(|h| {
+        let site = graspd_host::http::Site {
+            git: h.git.clone(),
+            handlers: graspd_host::http::Handlers {
+                relay: std::sync::Arc::new(EchoRelay),
+                push: h.policy.clone(),
+                metrics: std::sync::Arc::new(String::new),
+            },
+            max_body_bytes: MAX_BODY,
+            public_url: String::new(),
+        };
+        let runtime = h.git.runtime().clone();
+        h.block_on(async move {
+            let server =
+                graspd_host::http::Server::bind(runtime, "127.0.0.1:0".parse().unwrap(), site)
+                    .await
+                    .unwrap();
+            let addr = server.local_addr().unwrap();
+            server.run(Box::pin(std::future::ready(()))).await;
+            assert!(
+                std::net::TcpStream::connect(addr).is_err(),
+                "listener closed"
+            );
+        });
+    });
+}
