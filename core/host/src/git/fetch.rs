@@ -89,24 +89,32 @@ pub async fn fetch(
 ) -> Result<Vec<Oid>, FetchError> {
     let target = parse_http_url(url)?;
     let mut command = git(Some(into));
-    command.args([
-        "-c",
-        "protocol.version=2",
-        "-c",
-        "http.followRedirects=false",
-    ]);
+    command.args(["-c", "protocol.version=2"]);
     if !limits.allow_private {
-        // Resolve once, check, and pin curl to that address so a second lookup cannot
-        // rebind the name to a private address.
-        let resolved = resolve_public(runtime, &target).await?;
-        let address = match resolved.ip() {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
-        };
-        command.arg("-c").arg(format!(
-            "http.curloptResolve={}:{}:{address}",
-            target.host, target.port
-        ));
+        // A redirect could point anywhere, including a private address.
+        command.args(["-c", "http.followRedirects=false"]);
+        match target.host.parse::<IpAddr>() {
+            Ok(ip) if !is_public(ip) => {
+                return Err(FetchError::PrivateAddress(format!(
+                    "{} is private",
+                    target.host
+                )))
+            }
+            Ok(_) => {}
+            Err(_) => {
+                // Resolve once, check, and pin curl to that address so a second lookup
+                // cannot rebind the name to a private address.
+                let resolved = resolve_public(runtime, &target).await?;
+                let address = match resolved.ip() {
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                    IpAddr::V4(v4) => v4.to_string(),
+                };
+                command.arg("-c").arg(format!(
+                    "http.curloptResolve={}:{}:{address}",
+                    target.host, target.port
+                ));
+            }
+        }
     }
     // Always keep one pack (never explode into loose objects) so the file-size limit caps
     // the whole transfer.
