@@ -462,3 +462,45 @@ fn server_stops_when_shutdown_completes() {
         });
     });
 }
+
+#[test]
+fn concurrent_clones_and_pushes() {
+    on_each_runtime(|h| {
+        let repo = h.create_repo("busy");
+        let url = h.url(&repo);
+        let work = work_repo(&h.scratch("work"), 3);
+        git_ok(Some(&work), &["push", "--quiet", &url, "main"]);
+        let tip = head_oid(&work, "main");
+        std::thread::scope(|scope| {
+            let clones: Vec<_> = (0..8)
+                .map(|i| {
+                    let (url, dir) = (url.clone(), h.scratch(&format!("clone{i}")));
+                    scope.spawn(move || {
+                        git_ok(None, &["clone", "--quiet", &url, dir.to_str().unwrap()]);
+                        head_oid(&dir, "HEAD")
+                    })
+                })
+                .collect();
+            let pushes: Vec<_> = (0..4)
+                .map(|i| {
+                    let (url, work) = (url.clone(), work.clone());
+                    scope.spawn(move || {
+                        git_ok(
+                            Some(&work),
+                            &["push", "--quiet", &url, &format!("main:refs/heads/b{i}")],
+                        );
+                    })
+                })
+                .collect();
+            for clone in clones {
+                assert_eq!(clone.join().unwrap(), tip);
+            }
+            for push in pushes {
+                push.join().unwrap();
+            }
+        });
+        let refs = h.block_on(h.git.inspect(&repo, &[])).unwrap().refs;
+        assert_eq!(refs.len(), 5, "{:?}: {refs:?}", h.flavor);
+        assert_eq!(h.policy.pushed.lock().unwrap().len(), 5);
+    });
+}
