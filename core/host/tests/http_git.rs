@@ -48,6 +48,21 @@ fn push_then_clone_partial_clone_and_ls_remote_v2() {
         );
         assert_eq!(head_oid(&partial, "HEAD"), tip);
 
+        let v0 = h.scratch("v0");
+        git_ok(
+            None,
+            &[
+                "-c",
+                "protocol.version=0",
+                "clone",
+                "--quiet",
+                "--filter=blob:none",
+                &url,
+                v0.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(head_oid(&v0, "HEAD"), tip);
+
         let listed = git_ok(
             None,
             &["-c", "protocol.version=2", "ls-remote", "--symref", &url],
