@@ -8,7 +8,7 @@ use clap::{Args, Parser};
 
 /// graspd: a GRASP server (a nostr relay and git smart-HTTP on one origin).
 #[derive(Parser, Debug, Clone)]
-#[command(name = "graspd", version, about)]
+#[command(name = "graspd", version)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "GRASPD_BIND", default_value = "127.0.0.1:7334")]

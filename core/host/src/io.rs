@@ -104,3 +104,34 @@ where
         }));
     }
 }
+
+/// A hyper timer on the runtime trait (hyper uses it for the header-read timeout).
+#[derive(Clone, Debug)]
+pub struct RuntimeTimer(pub Arc<dyn Runtime>);
+
+impl hyper::rt::Timer for RuntimeTimer {
+    fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(RuntimeSleep(std::sync::Mutex::new(
+            self.0.sleep_until(deadline),
+        )))
+    }
+}
+
+/// hyper wants `Sync` sleeps; the mutex makes the runtime's `Send` future one (it is only
+/// ever polled by one task, so the lock is uncontended).
+struct RuntimeSleep(std::sync::Mutex<crate::runtime::BoxFuture<'static, ()>>);
+
+impl Future for RuntimeSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut sleep = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        sleep.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for RuntimeSleep {}

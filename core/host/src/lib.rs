@@ -75,9 +75,26 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     let node = driver::Node::start(Arc::clone(&runtime), &config, git.clone(), settings)
         .await
         .map_err(ServeError::Store)?;
+    let served = serve_site(runtime, &config, git, driver::handlers(&node)).await;
+    node.hub().close_all();
+    served
+}
+
+/// Serves the HTTP origin with these handlers until the runtime's shutdown signal. `git`
+/// must be the same handle the driver uses, so pushes and releases share the repo locks.
+pub async fn serve_site(
+    runtime: Arc<dyn Runtime>,
+    config: &Config,
+    git: git::Git,
+    handlers: http::Handlers,
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| ServeError::DataDir {
+        path: config.data_dir.clone(),
+        error,
+    })?;
     let site = http::Site {
         git,
-        handlers: driver::handlers(&node),
+        handlers,
         max_body_bytes: config.max_body_bytes,
         public_url: config.public_url(),
     };
@@ -88,9 +105,13 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
             error,
         })?;
     let addr = server.local_addr().unwrap_or(config.bind);
-    tracing::info!(%addr, public_url = %config.public_url(), data_dir = %config.data_dir.display(), "graspd listening");
+    tracing::info!(
+        %addr,
+        public_url = %config.public_url(),
+        data_dir = %config.data_dir.display(),
+        "graspd listening"
+    );
     server.run(runtime.shutdown_signal()).await;
-    node.hub().close_all();
     tracing::info!("graspd stopped");
     Ok(())
 }

@@ -7,11 +7,10 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
-use std::pin::pin;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
 
-use futures_util::future::{self, Either};
 use graspd_core::Oid;
 
 use super::process::{self, git};
@@ -76,9 +75,6 @@ impl fmt::Display for FetchError {
 
 impl std::error::Error for FetchError {}
 
-/// How often the pack size is checked against the cap.
-const SIZE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
-
 /// Most stderr/stdout kept from a fetch.
 const OUTPUT_CAP: usize = 64 * 1024;
 
@@ -93,25 +89,37 @@ pub async fn fetch(
 ) -> Result<Vec<Oid>, FetchError> {
     let target = parse_http_url(url)?;
     let mut command = git(Some(into));
-    command.args([
-        "-c",
-        "protocol.version=2",
-        "-c",
-        "http.followRedirects=false",
-    ]);
+    command.args(["-c", "protocol.version=2"]);
     if !limits.allow_private {
-        // Resolve once, check, and pin curl to that address so a second lookup cannot
-        // rebind the name to a private address.
-        let resolved = resolve_public(runtime, &target).await?;
-        let address = match resolved.ip() {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
-        };
-        command.arg("-c").arg(format!(
-            "http.curloptResolve={}:{}:{address}",
-            target.host, target.port
-        ));
+        // A redirect could point anywhere, including a private address.
+        command.args(["-c", "http.followRedirects=false"]);
+        match target.host.parse::<IpAddr>() {
+            Ok(ip) if !is_public(ip) => {
+                return Err(FetchError::PrivateAddress(format!(
+                    "{} is private",
+                    target.host
+                )))
+            }
+            Ok(_) => {}
+            Err(_) => {
+                // Resolve once, check, and pin curl to that address so a second lookup
+                // cannot rebind the name to a private address.
+                let resolved = resolve_public(runtime, &target).await?;
+                let address = match resolved.ip() {
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                    IpAddr::V4(v4) => v4.to_string(),
+                };
+                command.arg("-c").arg(format!(
+                    "http.curloptResolve={}:{}:{address}",
+                    target.host, target.port
+                ));
+            }
+        }
     }
+    // Always keep one pack (never explode into loose objects) so the file-size limit caps
+    // the whole transfer.
+    command.args(["-c", "fetch.unpackLimit=1"]);
+    limit_file_size(&mut command, limits.max_bytes);
     command
         .args([
             "fetch",
@@ -122,28 +130,27 @@ pub async fn fetch(
         ])
         .arg(url)
         .args(oids.iter().map(|o| o.to_string()));
-    let run = pin!(process::run(
+    let out = process::run(
         runtime,
         command,
         &b""[..],
         Some(limits.deadline),
-        OUTPUT_CAP
-    ));
-    let watch = pin!(watch_pack_size(runtime, into, limits.max_bytes));
-    let out = match future::select(run, watch).await {
-        Either::Left((out, _)) => out.map_err(|e| FetchError::Other(e.to_string()))?,
-        // Dropping the run future kills git (children are killed on drop).
-        Either::Right(((), _)) => {
-            return Err(FetchError::TooLarge {
-                max_bytes: limits.max_bytes,
-            })
-        }
-    };
+        OUTPUT_CAP,
+    )
+    .await
+    .map_err(|e| FetchError::Other(e.to_string()))?;
     if out.timed_out() {
         return Err(FetchError::Timeout);
     }
     if !out.success() {
-        return Err(classify(&String::from_utf8_lossy(&out.stderr)));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let killed_pack = remove_capped_packs(runtime, into, limits.max_bytes).await;
+        if killed_pack || hit_file_size_limit(&stderr) {
+            return Err(FetchError::TooLarge {
+                max_bytes: limits.max_bytes,
+            });
+        }
+        return Err(classify(&stderr));
     }
     let inspection = repo::inspect(runtime, into, oids)
         .await
@@ -151,33 +158,65 @@ pub async fn fetch(
     Ok(inspection.present)
 }
 
-/// Completes once the temporary packs git is writing under `objects/pack/` exceed `max_bytes`.
-async fn watch_pack_size(runtime: &dyn Runtime, repo: &Path, max_bytes: u64) {
-    let pack_dir = repo.join("objects").join("pack");
-    loop {
-        runtime
-            .sleep_until(Instant::now() + SIZE_CHECK_INTERVAL)
-            .await;
-        let dir = pack_dir.clone();
-        let size = unblock(runtime, move || temporary_pack_bytes(&dir))
-            .await
-            .unwrap_or(0);
-        if size > max_bytes {
-            return;
-        }
+/// Caps every file git (and its index-pack) writes at `max_bytes` with `RLIMIT_FSIZE`: the
+/// kernel stops the pack at the cap (SIGXFSZ), however fast it arrives.
+#[cfg(unix)]
+fn limit_file_size(command: &mut Command, max_bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlim_t::try_from(max_bytes).unwrap_or(libc::RLIM_INFINITY);
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and the
+    // closure only reads a copied value.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
-fn temporary_pack_bytes(dir: &PathBuf) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("tmp_pack_"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
+/// Not enforced off unix.
+#[cfg(not(unix))]
+fn limit_file_size(_command: &mut Command, _max_bytes: u64) {}
+
+/// Removes temporary packs that reached the cap (their writer was killed by the limit and
+/// left them behind); true if there were any. A live pack cannot be bigger than the cap.
+async fn remove_capped_packs(runtime: &dyn Runtime, repo: &Path, max_bytes: u64) -> bool {
+    let pack_dir = repo.join("objects").join("pack");
+    unblock(runtime, move || {
+        let Ok(entries) = std::fs::read_dir(&pack_dir) else {
+            return false;
+        };
+        let mut found = false;
+        for entry in entries.filter_map(Result::ok) {
+            let is_tmp = entry.file_name().to_string_lossy().starts_with("tmp_pack_");
+            if is_tmp && entry.metadata().is_ok_and(|m| m.len() >= max_bytes) {
+                found = true;
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        found
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// True if a git helper was killed by the file-size limit.
+fn hit_file_size_limit(stderr: &str) -> bool {
+    #[cfg(unix)]
+    {
+        stderr.contains(&format!("died of signal {}", libc::SIGXFSZ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = stderr;
+        false
+    }
 }
 
 /// The parts of an http(s) URL a fetch needs.

@@ -73,6 +73,13 @@ fn service_command(
     git_protocol: Option<&str>,
 ) -> std::process::Command {
     let mut command = git(None);
+    if service == Service::UploadPack {
+        // Also set in each repo's config at creation; repeated here so a repo made by other
+        // means still serves GRASP's fetch-by-id and partial clones.
+        command.args(["-c", "uploadpack.allowTipSHA1InWant=true"]);
+        command.args(["-c", "uploadpack.allowReachableSHA1InWant=true"]);
+        command.args(["-c", "uploadpack.allowFilter=true"]);
+    }
     command.arg(service.subcommand()).arg("--stateless-rpc");
     if let Some(protocol) = git_protocol.filter(|p| is_sane_git_protocol(p)) {
         command.env("GIT_PROTOCOL", protocol);

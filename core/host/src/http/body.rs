@@ -3,17 +3,19 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::io::AsyncRead;
-use futures_util::Stream;
+use futures_util::{future, Stream};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming};
 
-use crate::runtime::ChildProcess;
+use crate::runtime::{ChildProcess, Runtime};
 
 /// Every response body.
 pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -65,6 +67,9 @@ impl BodyError {
     }
 }
 
+/// How long an unwanted request body is read and dropped after an early answer.
+pub const LINGER: Duration = Duration::from_secs(30);
+
 /// Compressed input is fed to the decoder in slices this big, so one chunk of a gzip bomb
 /// can only expand so far before the limit is checked.
 const GZIP_SLICE: usize = 8 * 1024;
@@ -90,7 +95,7 @@ impl RequestBody {
     }
 
     /// Reads the whole body into memory.
-    pub async fn collect(mut self) -> Result<Bytes, BodyError> {
+    pub async fn collect(&mut self) -> Result<Bytes, BodyError> {
         use futures_util::StreamExt;
         let mut out = Vec::new();
         while let Some(chunk) = self.next().await {
@@ -99,11 +104,16 @@ impl RequestBody {
         Ok(out.into())
     }
 
-    /// Reads and drops the rest of the body (so the client can read our answer), at most up
-    /// to the limit.
-    pub async fn drain(mut self) {
-        use futures_util::StreamExt;
-        while let Some(Ok(_)) = self.next().await {}
+    /// Reads and drops whatever the client still sends, in the background, for at most
+    /// [`LINGER`]: a client that is still uploading when we answer early (413, a refused
+    /// push) then reads our answer instead of a connection reset (nginx's "lingering close").
+    pub fn linger(self, runtime: &Arc<dyn Runtime>) {
+        let mut incoming = self.incoming;
+        let deadline = runtime.sleep_until(Instant::now() + LINGER);
+        runtime.spawn(Box::pin(async move {
+            let drain = async { while let Some(Ok(_)) = incoming.frame().await {} };
+            future::select(pin!(drain), deadline).await;
+        }));
     }
 
     fn decode(&mut self, data: &[u8]) -> Result<Bytes, BodyError> {

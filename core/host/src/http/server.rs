@@ -13,7 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 
 use super::Site;
-use crate::io::IoCompat;
+use crate::io::{IoCompat, RuntimeTimer};
 use crate::runtime::{BoxFuture, Runtime, TcpListener};
 
 /// Most connections served at once; beyond it new ones are closed at once.
@@ -21,6 +21,9 @@ pub const MAX_CONNECTIONS: usize = 4096;
 
 /// How long in-flight requests may take to finish after shutdown was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request's headers (slow-loris guard).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A bound HTTP server.
 pub struct Server {
@@ -74,8 +77,9 @@ impl Server {
             };
             let site = Arc::clone(&self.site);
             let shutdown = shutdown.clone();
+            let runtime = Arc::clone(&self.runtime);
             self.runtime.spawn(Box::pin(async move {
-                serve_connection(connection, peer, site, shutdown).await;
+                serve_connection(runtime, connection, peer, site, shutdown).await;
                 drop(token);
             }));
         }
@@ -93,6 +97,7 @@ impl Server {
 }
 
 async fn serve_connection(
+    runtime: Arc<dyn Runtime>,
     connection: crate::runtime::Connection,
     peer: SocketAddr,
     site: Arc<Site>,
@@ -103,6 +108,8 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(site.handle(request, peer).await) }
     });
     let mut connection = pin!(http1::Builder::new()
+        .timer(RuntimeTimer(runtime))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(IoCompat(connection), service)
         .with_upgrades());
     let result = match future::select(connection.as_mut(), shutdown).await {

@@ -119,6 +119,7 @@ pub(super) async fn rpc(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|len| len > site.max_body_bytes) {
+        RequestBody::new(request.into_body(), false, 0).linger(site.git.runtime());
         return body_error(&BodyError::TooLarge {
             limit: site.max_body_bytes,
         });
@@ -138,11 +139,13 @@ pub(super) async fn rpc(
         }
     };
     let protocol = git_protocol(&request);
-    let body = RequestBody::new(request.into_body(), gzip, site.max_body_bytes);
+    let mut body = RequestBody::new(request.into_body(), gzip, site.max_body_bytes);
     let mut response = match service {
-        Service::UploadPack => upload_pack(site, &repo, protocol.as_deref(), body).await,
-        Service::ReceivePack => receive_pack(site, &repo, protocol.as_deref(), body).await,
+        Service::UploadPack => upload_pack(site, &repo, protocol.as_deref(), &mut body).await,
+        Service::ReceivePack => receive_pack(site, &repo, protocol.as_deref(), &mut body).await,
     };
+    // Whatever the client is still sending after an early answer (413, a refused push).
+    body.linger(site.git.runtime());
     if response.status() == StatusCode::OK {
         set_type(&mut response, service.result_type());
         no_cache(&mut response);
@@ -154,7 +157,7 @@ async fn upload_pack(
     site: &Site,
     repo: &RepoKey,
     protocol: Option<&str>,
-    body: RequestBody,
+    body: &mut RequestBody,
 ) -> Response<ResponseBody> {
     let request = match body.collect().await {
         Ok(request) => request,
@@ -206,9 +209,9 @@ async fn receive_pack(
     site: &Site,
     repo: &RepoKey,
     protocol: Option<&str>,
-    mut body: RequestBody,
+    body: &mut RequestBody,
 ) -> Response<ResponseBody> {
-    let (commands, head) = match read_commands(&mut body).await {
+    let (commands, head) = match read_commands(body).await {
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
@@ -223,8 +226,6 @@ async fn receive_pack(
     let verdicts = decide(site, repo, &current, &commands).await;
     if verdicts.iter().any(Result::is_err) {
         drop(guard);
-        // The client sends its whole pack before reading our answer.
-        body.drain().await;
         let outcomes: Vec<(&str, Result<(), String>)> = commands
             .updates
             .iter()

@@ -1,0 +1,273 @@
+//! The git operations the driver executes (create, remove, inspect, apply, fetch), against
+//! real repos, on both runtimes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use graspd_core::Oid;
+use graspd_host::git::{FetchError, FetchLimits, GitError, RefChange};
+use support::*;
+
+fn limits(allow_private: bool) -> FetchLimits {
+    FetchLimits {
+        deadline: Instant::now() + Duration::from_secs(30),
+        max_bytes: 64 * 1024 * 1024,
+        allow_private,
+    }
+}
+
+const UNKNOWN: &str = "0123456789abcdef0123456789abcdef01234567";
+
+#[test]
+fn create_is_idempotent_and_configured_remove_is_clean() {
+    on_each_runtime(|h| {
+        let repo = h.create_repo("made");
+        h.create_repo("made");
+        let path = h.git.repo_path(&repo);
+        assert!(h.git.exists(&repo));
+        for key in [
+            "uploadpack.allowTipSHA1InWant",
+            "uploadpack.allowReachableSHA1InWant",
+            "uploadpack.allowFilter",
+        ] {
+            assert_eq!(
+                git_ok(Some(&path), &["config", "--bool", key]).trim(),
+                "true",
+                "{key}"
+            );
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("made.git")]);
+        h.block_on(h.git.remove_repo(&repo)).unwrap();
+        assert!(!h.git.exists(&repo));
+        h.block_on(h.git.remove_repo(&repo)).unwrap();
+    });
+}
+
+#[test]
+fn inspect_fetch_and_apply_align_a_repo() {
+    on_each_runtime(|h| {
+        // The source: a repo on this server with two commits on main.
+        let source = h.create_repo("source");
+        let work = work_repo(&h.scratch("work"), 2);
+        git_ok(Some(&work), &["push", "--quiet", &h.url(&source), "main"]);
+        let tip = head_oid(&work, "main");
+        let parent = head_oid(&work, "main~1");
+        let unknown = Oid::from_hex(UNKNOWN).unwrap();
+
+        let seen = h.block_on(h.git.inspect(&source, &[tip, unknown])).unwrap();
+        assert_eq!(seen.present, vec![tip]);
+        assert_eq!(seen.refs.get("refs/heads/main"), Some(&tip));
+        assert_eq!(seen.head.as_deref(), Some("refs/heads/main"));
+
+        // Fetch a non-tip commit by id over HTTP (allow-reachable-sha1-in-want).
+        let staging = h.create_repo("staging");
+        let staging_path = h.git.repo_path(&staging);
+        let present = h
+            .block_on(
+                h.git
+                    .fetch(&staging_path, &h.url(&source), &[parent], &limits(true)),
+            )
+            .unwrap();
+        assert_eq!(present, vec![parent]);
+        assert!(
+            h.block_on(h.git.inspect(&staging, &[]))
+                .unwrap()
+                .refs
+                .is_empty(),
+            "fetch adds no refs"
+        );
+
+        // Apply into a third repo: copy from staging, create main and a branch, set HEAD.
+        let target = h.create_repo("target");
+        h.block_on(h.git.apply(
+            &target,
+            Some(&staging_path),
+            &[parent],
+            &[
+                RefChange {
+                    name: "refs/heads/main".into(),
+                    expected: None,
+                    new: Some(parent),
+                },
+                RefChange {
+                    name: "refs/heads/dev".into(),
+                    expected: None,
+                    new: Some(parent),
+                },
+            ],
+            Some("refs/heads/dev"),
+        ))
+        .unwrap();
+        let after = h.block_on(h.git.inspect(&target, &[parent])).unwrap();
+        assert_eq!(after.present, vec![parent]);
+        assert_eq!(after.refs.len(), 2);
+        assert_eq!(after.head.as_deref(), Some("refs/heads/dev"));
+
+        // Compare-and-swap: a stale expectation changes nothing, not even the valid edit.
+        let stale = h.block_on(h.git.apply(
+            &target,
+            Some(&h.git.repo_path(&source)),
+            &[tip],
+            &[
+                RefChange {
+                    name: "refs/heads/main".into(),
+                    expected: Some(parent),
+                    new: Some(tip),
+                },
+                RefChange {
+                    name: "refs/heads/dev".into(),
+                    expected: Some(tip),
+                    new: None,
+                },
+            ],
+            None,
+        ));
+        assert!(matches!(stale, Err(GitError::RefConflict(_))), "{stale:?}");
+        let unchanged = h.block_on(h.git.inspect(&target, &[])).unwrap();
+        assert_eq!(unchanged.refs.get("refs/heads/main"), Some(&parent));
+        assert_eq!(unchanged.refs.get("refs/heads/dev"), Some(&parent));
+
+        // A correct expectation moves main and deletes dev in one transaction.
+        h.block_on(h.git.apply(
+            &target,
+            None,
+            &[],
+            &[
+                RefChange {
+                    name: "refs/heads/main".into(),
+                    expected: Some(parent),
+                    new: Some(tip),
+                },
+                RefChange {
+                    name: "refs/heads/dev".into(),
+                    expected: Some(parent),
+                    new: None,
+                },
+            ],
+            Some("refs/heads/main"),
+        ))
+        .unwrap();
+        let moved = h.block_on(h.git.inspect(&target, &[])).unwrap();
+        assert_eq!(
+            moved.refs.keys().collect::<Vec<_>>(),
+            vec!["refs/heads/main"]
+        );
+        assert_eq!(moved.refs["refs/heads/main"], tip);
+        let clone = h.scratch("clone");
+        git_ok(
+            None,
+            &["clone", "--quiet", &h.url(&target), clone.to_str().unwrap()],
+        );
+        assert_eq!(head_oid(&clone, "HEAD"), tip);
+
+        // Objects that are nowhere: refused before any ref moves.
+        let missing = h.block_on(h.git.apply(
+            &target,
+            None,
+            &[],
+            &[RefChange {
+                name: "refs/heads/ghost".into(),
+                expected: None,
+                new: Some(unknown),
+            }],
+            None,
+        ));
+        assert!(
+            matches!(missing, Err(GitError::MissingObjects(ref o)) if o == &vec![unknown]),
+            "{missing:?}"
+        );
+    });
+}
+
+#[test]
+fn fetch_failures_are_classified() {
+    on_each_runtime(|h| {
+        let source = h.create_repo("src");
+        let work = work_repo(&h.scratch("work"), 1);
+        git_ok(Some(&work), &["push", "--quiet", &h.url(&source), "main"]);
+        let into = h.git.repo_path(&h.create_repo("into"));
+        let unknown = Oid::from_hex(UNKNOWN).unwrap();
+        let fetch = |url: &str, oids: &[Oid], limits: FetchLimits| {
+            h.block_on(h.git.fetch(&into, url, oids, &limits))
+        };
+
+        let not_ours = fetch(&h.url(&source), &[unknown], limits(true));
+        assert_eq!(
+            not_ours,
+            Err(FetchError::NotOurRef(vec![unknown])),
+            "{:?}",
+            h.flavor
+        );
+
+        let private = fetch(&h.url(&source), &[unknown], limits(false));
+        assert!(
+            matches!(private, Err(FetchError::PrivateAddress(_))),
+            "{private:?}"
+        );
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let refused = fetch(
+            &format!("http://127.0.0.1:{closed_port}/x.git"),
+            &[unknown],
+            limits(true),
+        );
+        assert!(
+            matches!(refused, Err(FetchError::Refused(_))),
+            "{refused:?}"
+        );
+
+        let missing_repo = fetch(
+            &format!("http://{}/npub1x/none.git", h.addr),
+            &[unknown],
+            limits(true),
+        );
+        assert_eq!(missing_repo, Err(FetchError::HttpStatus(400)));
+
+        assert!(matches!(
+            fetch("file:///etc", &[unknown], limits(true)),
+            Err(FetchError::BadUrl(_))
+        ));
+
+        let mut past = limits(true);
+        past.deadline = Instant::now();
+        assert_eq!(
+            fetch(&h.url(&source), &[head_oid(&work, "main")], past),
+            Err(FetchError::Timeout)
+        );
+    });
+}
+
+#[test]
+fn fetch_stops_at_the_byte_cap() {
+    on_each_runtime(|h| {
+        let source = h.create_repo("big");
+        let work = work_repo(&h.scratch("work"), 1);
+        let noise = noise(2_000_000);
+        std::fs::write(work.join("noise.bin"), noise).unwrap();
+        git_ok(Some(&work), &["add", "."]);
+        git_ok(Some(&work), &["commit", "--quiet", "-m", "noise"]);
+        git_ok(Some(&work), &["push", "--quiet", &h.url(&source), "main"]);
+        let tip = head_oid(&work, "main");
+        let into = h.git.repo_path(&h.create_repo("small"));
+        let mut capped = limits(true);
+        capped.max_bytes = 256 * 1024;
+        let result = h.block_on(h.git.fetch(&into, &h.url(&source), &[tip], &capped));
+        assert_eq!(
+            result,
+            Err(FetchError::TooLarge {
+                max_bytes: 256 * 1024
+            }),
+            "{:?}",
+            h.flavor
+        );
+        let result = h.block_on(h.git.fetch(&into, &h.url(&source), &[tip], &limits(true)));
+        assert_eq!(result, Ok(vec![tip]));
+    });
+}
