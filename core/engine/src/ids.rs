@@ -127,7 +127,10 @@ impl Identifier {
         if s == "." || s == ".." {
             return Err(BadIdentifier::DotPath);
         }
-        if let Some(c) = s.chars().find(|c| matches!(c, '/' | '\\') || c.is_control()) {
+        if let Some(c) = s
+            .chars()
+            .find(|c| matches!(c, '/' | '\\') || c.is_control())
+        {
             return Err(BadIdentifier::ForbiddenChar(c));
         }
         Ok(Identifier(s.to_owned()))

@@ -3,9 +3,26 @@
 //! No IO, no async runtime, no clock, no unseeded randomness: every input carries `now`, every
 //! IO the engine wants is a command with an id, and its outcome comes back as an input.
 
+pub mod acceptance;
+pub mod config;
+pub mod engine;
 pub mod events;
 pub mod ids;
+pub mod maintainers;
+pub mod purgatory;
+pub mod satisfy;
+pub mod throttle;
 pub mod time;
+pub mod timers;
+pub mod urls;
 
+#[cfg(test)]
+mod testkit;
+
+pub use config::Config;
+pub use engine::{
+    ApplyError, ApplyPlan, Arrival, Command, Engine, EngineEvent, FetchError, FetchReport, Input,
+    RefDecision, RefEdit, RefUpdate, RepoSnapshot, Stats, TimerReason, Verdict,
+};
 pub use ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
 pub use time::Time;

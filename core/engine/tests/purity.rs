@@ -5,8 +5,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 const FORBIDDEN_DEPENDENCIES: &[&str] = &[
-    "tokio", "smol", "async-io", "async-std", "async-net", "async-process", "mio", "hyper", "gix",
-    "redb", "rand", "getrandom",
+    "tokio",
+    "smol",
+    "async-io",
+    "async-std",
+    "async-net",
+    "async-process",
+    "mio",
+    "hyper",
+    "gix",
+    "redb",
+    "rand",
+    "getrandom",
 ];
 
 const FORBIDDEN_CALLS: &[&str] = &[
@@ -74,5 +84,9 @@ fn source_reads_no_clock_spawns_nothing_and_iterates_no_hash_map() {
             }
         }
     }
-    assert!(hits.is_empty(), "graspd-core must stay pure:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "graspd-core must stay pure:\n{}",
+        hits.join("\n")
+    );
 }

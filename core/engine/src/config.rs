@@ -1,0 +1,130 @@
+//! Every delay, limit and expiry the engine uses, in one place. Defaults match the established
+//! GRASP server's behaviour (see `shared/design-notes.md`) unless noted.
+
+use std::time::Duration;
+
+/// Engine configuration. `Config::default()` is the production setting; tests and the simulator
+/// override single fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Our own public origin, e.g. `https://relay.example.com` (scheme, host, optional port).
+    /// Clone URLs on exactly this host and port are never fetched from.
+    pub own_origin: Option<String>,
+    /// Fetch from loopback, private and link-local addresses (tests and private deployments).
+    pub allow_private_remotes: bool,
+
+    /// How long an announcement, state, PR or PR update waits for its git data.
+    pub purgatory_expiry: Duration,
+    /// How long a `refs/nostr/<id>` push waits for its event before the ref is deleted.
+    pub placeholder_expiry: Duration,
+    /// At most this many events wait at once; beyond it new events are refused.
+    pub max_waiting: usize,
+    /// At most this many `refs/nostr/<id>` placeholders at once.
+    pub max_placeholders: usize,
+    /// Expired event ids are remembered this long, so a sync re-delivering them is refused.
+    pub remember_expired_for: Duration,
+    /// At most this many expired ids are remembered (oldest forgotten first).
+    pub max_remembered_expired: usize,
+
+    /// First sync attempt after an event that arrived by sync (nobody will push it).
+    pub first_attempt_after_synced: Duration,
+    /// First sync attempt after an event a user published (a push usually follows).
+    pub first_attempt_after_published: Duration,
+    /// Delays between incomplete attempts; the last one repeats.
+    pub backoff: Vec<Duration>,
+    /// A fetch that has not reported by then counts as failed and frees its slot.
+    pub fetch_timeout: Duration,
+    /// Candidate clone URLs considered per repository (first ones win).
+    pub max_urls_per_repo: usize,
+    /// An Apply whose compare-and-swap fails is re-inspected and re-planned this many times.
+    pub max_apply_retries: u32,
+
+    /// Fetches in flight per remote domain.
+    pub max_concurrent_per_domain: usize,
+    /// Fetches started per remote domain in any sliding `rate_window`.
+    pub max_per_minute_per_domain: usize,
+    /// The sliding window `max_per_minute_per_domain` counts in.
+    pub rate_window: Duration,
+    /// A domain answering "rate limited" gets no fetch for this long.
+    pub rate_limited_cooldown: Duration,
+    /// Consecutive DNS or TLS failures after which a domain is skipped.
+    pub bad_domain_failures: u32,
+    /// How long a domain with persistent DNS or TLS failures is skipped.
+    pub bad_domain_skip: Duration,
+    /// At most this many remote domains are tracked; idle ones are evicted first.
+    pub max_domains: usize,
+    /// An idle domain's state (window, failure count) is kept at least this long.
+    pub domain_idle_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            own_origin: None,
+            allow_private_remotes: false,
+            purgatory_expiry: Duration::from_secs(30 * 60),
+            placeholder_expiry: Duration::from_secs(30 * 60),
+            max_waiting: 1_000_000,
+            max_placeholders: 100_000,
+            remember_expired_for: Duration::from_secs(24 * 3600),
+            max_remembered_expired: 100_000,
+            first_attempt_after_synced: Duration::from_millis(500),
+            first_attempt_after_published: Duration::from_secs(180),
+            backoff: vec![
+                Duration::from_secs(20),
+                Duration::from_secs(40),
+                Duration::from_secs(80),
+                Duration::from_secs(120),
+            ],
+            fetch_timeout: Duration::from_secs(120),
+            max_urls_per_repo: 16,
+            max_apply_retries: 3,
+            max_concurrent_per_domain: 5,
+            max_per_minute_per_domain: 60,
+            rate_window: Duration::from_secs(60),
+            rate_limited_cooldown: Duration::from_secs(60),
+            bad_domain_failures: 2,
+            bad_domain_skip: Duration::from_secs(12 * 3600),
+            max_domains: 10_000,
+            domain_idle_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Config {
+    /// The delay before the `step`-th retry (0-based); the last configured delay repeats.
+    pub fn backoff_delay(&self, step: usize) -> Duration {
+        match self.backoff.get(step) {
+            Some(d) => *d,
+            None => self
+                .backoff
+                .last()
+                .copied()
+                .unwrap_or(Duration::from_secs(120)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_established_server() {
+        let c = Config::default();
+        assert_eq!(c.purgatory_expiry, Duration::from_secs(1800));
+        assert_eq!(c.first_attempt_after_synced, Duration::from_millis(500));
+        assert_eq!(c.first_attempt_after_published, Duration::from_secs(180));
+        assert_eq!(c.fetch_timeout, Duration::from_secs(120));
+        assert_eq!(c.max_concurrent_per_domain, 5);
+        assert_eq!(c.max_per_minute_per_domain, 60);
+        assert_eq!(c.bad_domain_skip, Duration::from_secs(12 * 3600));
+    }
+
+    #[test]
+    fn backoff_is_20_40_80_then_120_forever() {
+        let c = Config::default();
+        let secs: Vec<u64> = (0..6).map(|s| c.backoff_delay(s).as_secs()).collect();
+        assert_eq!(secs, [20, 40, 80, 120, 120, 120]);
+    }
+}

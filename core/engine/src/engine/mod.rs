@@ -1,0 +1,640 @@
+//! The engine: one sans-IO state machine over purgatory, sync scheduling, the fetch throttle
+//! and releases. The host feeds it inputs with `now`, runs the commands it emits (each with an
+//! id that comes back on the matching input) and arms one timer at `poll_timeout()`.
+//!
+//! Per repository ([`RepoKey`], never the identifier alone) the cycle is: Inspect (which wanted
+//! objects exist, current refs) -> plan a release -> Apply (object copies, CAS ref edits, HEAD)
+//! -> `Released`. Missing objects start a sync attempt: fetch jobs per remote domain through the
+//! throttle, then Inspect again; an incomplete attempt backs off (20 s, 40 s, 80 s, 120 s...).
+
+mod push_types;
+mod settle;
+mod sync;
+mod types;
+mod world;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use crate::acceptance::{self, OwnService};
+use crate::config::Config;
+use crate::events::{self, GitEvent, RefName};
+use crate::ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
+use crate::purgatory::{Placeholder, Purgatory, Waiting};
+use crate::throttle::{Limits, Throttle};
+use crate::time::Time;
+use crate::timers::Timers;
+use crate::urls::UrlPolicy;
+
+pub use crate::purgatory::Arrival;
+pub use types::*;
+use world::{Accepted, View};
+
+/// The GRASP purgatory engine. See the module documentation.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    own: Option<OwnService>,
+    policy: UrlPolicy,
+    timers: Timers,
+    throttle: Throttle<RepoKey>,
+    purgatory: Purgatory,
+    accepted: Accepted,
+    /// Owners per identifier with a waiting announcement (every waiting one is hosted).
+    waiting_hosted: BTreeMap<Identifier, BTreeSet<PublicKey>>,
+    repos: BTreeMap<RepoKey, RepoWork>,
+    fetches: BTreeMap<CommandId, FetchInFlight>,
+    inspects: BTreeMap<CommandId, (RepoKey, Vec<Oid>)>,
+    applies: BTreeMap<CommandId, ApplyInFlight>,
+    next_command: u64,
+    commands: VecDeque<Command>,
+    events: VecDeque<EngineEvent>,
+    counters: Counters,
+    /// The latest `now` seen, for bookkeeping outside an input's own flow.
+    now: Time,
+}
+
+#[derive(Default, Debug)]
+struct Counters {
+    fetches_started: u64,
+    fetches_failed: u64,
+    fetch_timeouts: u64,
+    released: u64,
+    expired: u64,
+    deleted: u64,
+    apply_conflicts: u64,
+}
+
+/// Work in progress for one repository; removed when nothing waits and nothing runs.
+#[derive(Default, Debug)]
+struct RepoWork {
+    /// Index into `Config::backoff` for the next incomplete attempt.
+    backoff_step: usize,
+    inspect: Option<CommandId>,
+    /// Another Inspect is wanted once the current Inspect/Apply is done.
+    inspect_queued: bool,
+    /// The next Inspect's result starts a sync attempt for what is missing.
+    fetch_after_inspect: bool,
+    apply: Option<CommandId>,
+    apply_retries: u32,
+    attempt: Option<sync::Attempt>,
+    /// The attempt timer fired while an attempt was running: run again when it ends.
+    attempt_due: bool,
+}
+
+#[derive(Debug)]
+struct FetchInFlight {
+    repo: RepoKey,
+    domain: String,
+    url: String,
+    exclude: BTreeSet<Oid>,
+}
+
+#[derive(Debug)]
+struct ApplyInFlight {
+    repo: RepoKey,
+    purpose: ApplyPurpose,
+}
+
+#[derive(Debug)]
+enum ApplyPurpose {
+    /// Release these events when the Apply succeeds.
+    Release(Vec<EventId>),
+    /// Objects copied from a sibling repository; re-inspect after.
+    CopyObjects,
+    /// A `refs/nostr/<id>` placeholder ref deleted.
+    RemovePlaceholder(EventId),
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Engine {
+        let own = config
+            .own_origin
+            .as_deref()
+            .and_then(|o| OwnService::new(o).ok());
+        Engine {
+            policy: UrlPolicy::new(&config),
+            throttle: Throttle::new(Limits::from_config(&config)),
+            own,
+            config,
+            timers: Timers::new(),
+            purgatory: Purgatory::new(),
+            accepted: Accepted::default(),
+            waiting_hosted: BTreeMap::new(),
+            repos: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            inspects: BTreeMap::new(),
+            applies: BTreeMap::new(),
+            next_command: 0,
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            now: Time::ZERO,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Start-up: an announcement or state the store holds as accepted (served).
+    pub fn restore_accepted(&mut self, event: &nostr::event::Event) {
+        match events::parse(event) {
+            Ok(Some(GitEvent::Announcement(a))) => {
+                let hosted = self.lists_us(&a);
+                self.accepted.add_announcement(a, hosted);
+            }
+            Ok(Some(GitEvent::State(s))) => self.accepted.add_state(s),
+            _ => {}
+        }
+    }
+
+    /// Start-up: an event the store holds in purgatory, with its remaining life. It goes
+    /// straight back into scheduling and its repositories are inspected at once.
+    pub fn restore_waiting(
+        &mut self,
+        now: Time,
+        event: nostr::event::Event,
+        arrival: Arrival,
+        remaining: Duration,
+    ) {
+        self.now = self.now.max(now);
+        let Ok(Some(parsed)) = events::parse(&event) else {
+            return;
+        };
+        if matches!(parsed, GitEvent::Deletion(_)) {
+            return;
+        }
+        self.admit(now, event, parsed, arrival, now + remaining);
+    }
+
+    /// A new event (signature already verified by the caller).
+    pub fn handle_event(
+        &mut self,
+        now: Time,
+        event: nostr::event::Event,
+        arrival: Arrival,
+    ) -> Verdict {
+        self.now = self.now.max(now);
+        let parsed = match events::parse(&event) {
+            Err(e) => return Verdict::Rejected(e.to_string()),
+            Ok(None) => {
+                return Verdict::Rejected(format!(
+                    "blocked: kind {} is not a repository announcement, state, PR or deletion",
+                    event.kind.as_u16()
+                ))
+            }
+            Ok(Some(p)) => p,
+        };
+        let id = event.id;
+        if self.purgatory.contains(&id) || self.is_accepted(&parsed) {
+            return Verdict::Duplicate;
+        }
+        if let GitEvent::Deletion(d) = &parsed {
+            self.apply_deletion(d);
+            return Verdict::Accepted;
+        }
+        if self.purgatory.was_expired(now, &id) {
+            match arrival {
+                Arrival::Synced => {
+                    return Verdict::Rejected(
+                        "blocked: this event expired from purgatory without its git data; \
+                         publish it again once the data can be pushed"
+                            .into(),
+                    )
+                }
+                Arrival::Published => self.purgatory.forget_expired(&id),
+            }
+        }
+        let check = {
+            let view = self.view();
+            match (&self.own, &parsed) {
+                (Some(own), _) => acceptance::accept(own, &view, &parsed),
+                (None, GitEvent::State(s)) => acceptance::accept_state(&view, s),
+                (None, GitEvent::Pr(p)) => acceptance::accept_pr(&view, p),
+                (None, _) => Ok(()),
+            }
+        };
+        if let Err(rejection) = check {
+            return Verdict::Rejected(rejection.to_string());
+        }
+        match &parsed {
+            GitEvent::Announcement(a) => {
+                let repo = RepoKey::new(a.owner, a.identifier.clone());
+                if !self.lists_us(a) {
+                    // A maintainer's announcement, taken so the chain can be followed.
+                    self.accepted.add_announcement(a.clone(), false);
+                    return Verdict::Accepted;
+                }
+                if self.accepted.is_hosted(&repo) {
+                    // The repository is served already; this updates its announcement.
+                    self.accepted.add_announcement(a.clone(), true);
+                    return Verdict::Accepted;
+                }
+            }
+            GitEvent::State(s) => {
+                if let Some(old) = self.accepted.states.get(&(s.identifier.clone(), s.author)) {
+                    if !world::newer(s.created_at, &s.id, old.created_at, &old.id) {
+                        return Verdict::Rejected(
+                            "blocked: a newer repository state from this author is already \
+                             accepted"
+                                .into(),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.purgatory.len() >= self.config.max_waiting {
+            return Verdict::Rejected(
+                "rate-limited: too many events are waiting for git data; try again later".into(),
+            );
+        }
+        self.admit(
+            now,
+            event,
+            parsed,
+            arrival,
+            now + self.config.purgatory_expiry,
+        );
+        Verdict::Waiting
+    }
+
+    /// Per ref update of a push to `repo` (whose current heads and tags are `current`):
+    /// accept, or reject with the reason git shows the user.
+    pub fn decide_push(
+        &self,
+        repo: &RepoKey,
+        current: &BTreeMap<RefName, Oid>,
+        updates: &[RefUpdate],
+    ) -> Vec<RefDecision> {
+        settle::decide_push(self, repo, current, updates)
+    }
+
+    pub fn handle_input(&mut self, now: Time, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::FetchDone { id, result } => self.fetch_ended(now, id, result),
+            Input::Inspected { id, result } => self.inspected(now, id, result),
+            Input::Pushed { repo, updates } => self.pushed(now, repo, updates),
+            Input::Applied { id, result } => self.applied(now, id, result),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.now = self.now.max(now);
+        while let Some((_, reason)) = self.timers.pop_due(now) {
+            match reason {
+                TimerReason::SyncAttempt(repo) => self.attempt_due(now, repo),
+                TimerReason::FetchDeadline(id) => {
+                    if self.fetches.contains_key(&id) {
+                        self.counters.fetch_timeouts += 1;
+                        self.fetch_ended(now, id, Err(FetchError::Timeout));
+                    }
+                }
+                TimerReason::Expiry(id) => self.expire(now, id),
+                TimerReason::PlaceholderExpiry(repo, id) => self.placeholder_expired(repo, id),
+                TimerReason::ThrottleWindow(domain) => self.pump(now, &domain),
+            }
+        }
+        self.throttle.evict_idle(now);
+    }
+
+    /// The next deadline and why.
+    pub fn poll_timeout(&self) -> Option<(Time, TimerReason)> {
+        self.timers.next().map(|(t, r)| (t, r.clone()))
+    }
+
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            waiting: self.purgatory.counts(),
+            remembered_expired: self.purgatory.remembered_expired(),
+            fetches_in_flight: self.throttle.in_flight_by_domain(),
+            throttle: self.throttle.counters(),
+            domains_tracked: self.throttle.domain_count(),
+            repos_active: self.repos.len(),
+            timers: self.timers.len(),
+            fetches_started: self.counters.fetches_started,
+            fetches_failed: self.counters.fetches_failed,
+            fetch_timeouts: self.counters.fetch_timeouts,
+            released: self.counters.released,
+            expired: self.counters.expired,
+            deleted: self.counters.deleted,
+            apply_conflicts: self.counters.apply_conflicts,
+        }
+    }
+
+    // --- internals shared by the submodules ---
+
+    fn view(&self) -> View<'_> {
+        View {
+            accepted: &self.accepted,
+            purgatory: &self.purgatory,
+            waiting_hosted: &self.waiting_hosted,
+        }
+    }
+
+    fn next_id(&mut self) -> CommandId {
+        self.next_command += 1;
+        CommandId(self.next_command)
+    }
+
+    fn lists_us(&self, a: &events::Announcement) -> bool {
+        let Some(own) = &self.own else { return true };
+        a.clone
+            .iter()
+            .any(|u| own.is_own_clone_url(u, &a.owner, &a.identifier))
+            && a.relays.iter().any(|u| own.is_own_relay_url(u))
+    }
+
+    fn is_accepted(&self, parsed: &GitEvent) -> bool {
+        match parsed {
+            GitEvent::Announcement(a) => self
+                .accepted
+                .announcements
+                .get(&RepoKey::new(a.owner, a.identifier.clone()))
+                .is_some_and(|x| x.id == a.id),
+            GitEvent::State(s) => self
+                .accepted
+                .states
+                .get(&(s.identifier.clone(), s.author))
+                .is_some_and(|x| x.id == s.id),
+            _ => false,
+        }
+    }
+
+    /// Puts an accepted-for-waiting event into purgatory and schedules its repositories.
+    fn admit(
+        &mut self,
+        now: Time,
+        event: nostr::event::Event,
+        parsed: GitEvent,
+        arrival: Arrival,
+        expires: Time,
+    ) {
+        let id = event.id;
+        if let GitEvent::Announcement(a) = &parsed {
+            let repo = RepoKey::new(a.owner, a.identifier.clone());
+            if !self.view().is_hosted(&repo) {
+                self.commands.push_back(Command::CreateRepo { repo });
+            }
+            self.waiting_hosted
+                .entry(a.identifier.clone())
+                .or_default()
+                .insert(a.owner);
+        }
+        let pr_commit = match &parsed {
+            GitEvent::Pr(p) => Some(p.commit),
+            _ => None,
+        };
+        let inserted = self.purgatory.insert(Waiting {
+            event,
+            parsed,
+            arrival,
+            received: now,
+            expires,
+        });
+        if !inserted {
+            return;
+        }
+        self.timers.set(TimerReason::Expiry(id), expires);
+        if let Some(commit) = pr_commit {
+            self.resolve_placeholders(id, commit);
+        }
+        let targets = {
+            let view = self.view();
+            view.targets(&self.purgatory.get(&id).expect("just inserted").parsed)
+        };
+        let first = match arrival {
+            Arrival::Published => self.config.first_attempt_after_published,
+            Arrival::Synced => self.config.first_attempt_after_synced,
+        };
+        for repo in targets {
+            // A genuinely new event: the backoff starts over (duplicates never get here).
+            let work = self.repos.entry(repo.clone()).or_default();
+            work.backoff_step = 0;
+            self.timers
+                .set_no_later_than(TimerReason::SyncAttempt(repo.clone()), now + first);
+            self.request_inspect(repo, false);
+        }
+    }
+
+    /// Removes a waiting event (released, expired or deleted) and tidies what depended on it.
+    fn remove_waiting(&mut self, id: &EventId) -> Option<(Waiting, Vec<RepoKey>)> {
+        let targets = {
+            let view = self.view();
+            view.targets(&self.purgatory.get(id)?.parsed)
+        };
+        let waiting = self.purgatory.remove(id)?;
+        self.timers.cancel(&TimerReason::Expiry(*id));
+        if let GitEvent::Announcement(a) = &waiting.parsed {
+            if self
+                .purgatory
+                .announcements_of(&a.owner, &a.identifier)
+                .is_empty()
+            {
+                if let Some(owners) = self.waiting_hosted.get_mut(&a.identifier) {
+                    owners.remove(&a.owner);
+                    if owners.is_empty() {
+                        self.waiting_hosted.remove(&a.identifier);
+                    }
+                }
+            }
+        }
+        Some((waiting, targets))
+    }
+
+    fn expire(&mut self, now: Time, id: EventId) {
+        let Some((waiting, targets)) = self.remove_waiting(&id) else {
+            return;
+        };
+        self.purgatory.remember_expired(
+            now,
+            id,
+            self.config.remember_expired_for,
+            self.config.max_remembered_expired,
+        );
+        self.counters.expired += 1;
+        self.events.push_back(EngineEvent::Expired {
+            id,
+            kind: waiting.parsed.kind(),
+        });
+        self.after_removal(&waiting.parsed, targets);
+    }
+
+    fn apply_deletion(&mut self, d: &events::Deletion) {
+        let ids = self
+            .purgatory
+            .deletable(&d.author, d.created_at, &d.event_ids, &d.coordinates);
+        for id in ids {
+            if let Some((waiting, targets)) = self.remove_waiting(&id) {
+                self.counters.deleted += 1;
+                self.events.push_back(EngineEvent::Deleted { id });
+                self.after_removal(&waiting.parsed, targets);
+            }
+        }
+    }
+
+    /// After an event left purgatory without release: drop a repository nobody announces any
+    /// more, and idle repositories that no longer wait for anything.
+    fn after_removal(&mut self, parsed: &GitEvent, targets: Vec<RepoKey>) {
+        if let GitEvent::Announcement(a) = parsed {
+            let repo = RepoKey::new(a.owner, a.identifier.clone());
+            if !self.view().is_hosted(&repo) {
+                self.commands
+                    .push_back(Command::RemoveRepo { repo: repo.clone() });
+            }
+        }
+        for repo in targets {
+            self.maybe_idle(&repo);
+        }
+    }
+
+    /// `refs/nostr/<id>` placeholders for a PR that just arrived: a matching commit means the
+    /// data is here; another commit means the ref is wrong and is deleted.
+    fn resolve_placeholders(&mut self, id: EventId, commit: Oid) {
+        for repo in self.purgatory.placeholder_repos(&id) {
+            let Some(p) = self.purgatory.take_placeholder(&repo, &id) else {
+                continue;
+            };
+            self.timers
+                .cancel(&TimerReason::PlaceholderExpiry(repo.clone(), id));
+            if p.oid != commit {
+                self.delete_placeholder_ref(repo, id, p.oid);
+            }
+        }
+    }
+
+    fn placeholder_expired(&mut self, repo: RepoKey, id: EventId) {
+        if let Some(p) = self.purgatory.take_placeholder(&repo, &id) {
+            self.delete_placeholder_ref(repo, id, p.oid);
+        }
+    }
+
+    fn delete_placeholder_ref(&mut self, repo: RepoKey, id: EventId, oid: Oid) {
+        let edit = RefEdit {
+            name: format!("refs/nostr/{}", id.to_hex()),
+            expected: Some(oid),
+            new: None,
+        };
+        let plan = ApplyPlan {
+            repo: repo.clone(),
+            copy_from: None,
+            edits: vec![edit],
+            head: None,
+        };
+        let cmd = self.next_id();
+        self.applies.insert(
+            cmd,
+            ApplyInFlight {
+                repo,
+                purpose: ApplyPurpose::RemovePlaceholder(id),
+            },
+        );
+        self.commands.push_back(Command::Apply { id: cmd, plan });
+    }
+
+    fn pushed(&mut self, now: Time, repo: RepoKey, updates: Vec<RefUpdate>) {
+        for u in &updates {
+            let Some(hex) = u.name.strip_prefix("refs/nostr/") else {
+                continue;
+            };
+            let Some(id) = events::parse_event_id_hex(hex) else {
+                continue;
+            };
+            if u.new.is_zero() {
+                if self.purgatory.take_placeholder(&repo, &id).is_some() {
+                    self.timers
+                        .cancel(&TimerReason::PlaceholderExpiry(repo.clone(), id));
+                }
+                continue;
+            }
+            if self.purgatory.contains(&id)
+                || self.purgatory.placeholder_count() >= self.config.max_placeholders
+            {
+                continue;
+            }
+            let expires = now + self.config.placeholder_expiry;
+            self.purgatory.add_placeholder(
+                repo.clone(),
+                id,
+                Placeholder {
+                    oid: u.new,
+                    expires,
+                },
+            );
+            self.timers
+                .set(TimerReason::PlaceholderExpiry(repo.clone(), id), expires);
+            self.events.push_back(EngineEvent::PlaceholderCreated {
+                repo: repo.clone(),
+                id,
+            });
+        }
+        self.request_inspect(repo.clone(), false);
+        self.copy_to_siblings(&repo);
+    }
+
+    /// Other repositories here with the same identifier that wait for objects: copy what they
+    /// want from `source` (a push or release just brought data there).
+    fn copy_to_siblings(&mut self, source: &RepoKey) {
+        let siblings: Vec<(RepoKey, Vec<Oid>)> = {
+            let view = self.view();
+            view.hosted_owners(&source.identifier)
+                .into_iter()
+                .filter(|o| *o != source.owner)
+                .map(|o| RepoKey::new(o, source.identifier.clone()))
+                .map(|r| {
+                    let wanted = view.wanted(&r);
+                    (r, wanted.oids.into_iter().collect::<Vec<_>>())
+                })
+                .filter(|(_, oids)| !oids.is_empty())
+                .collect()
+        };
+        for (repo, oids) in siblings {
+            let plan = ApplyPlan {
+                repo: repo.clone(),
+                copy_from: Some((source.clone(), oids)),
+                edits: Vec::new(),
+                head: None,
+            };
+            let cmd = self.next_id();
+            self.applies.insert(
+                cmd,
+                ApplyInFlight {
+                    repo,
+                    purpose: ApplyPurpose::CopyObjects,
+                },
+            );
+            self.commands.push_back(Command::Apply { id: cmd, plan });
+        }
+    }
+
+    /// Forgets a repository's work when nothing waits and nothing runs.
+    fn maybe_idle(&mut self, repo: &RepoKey) {
+        if !self.repos.contains_key(repo) || !self.view().wanted(repo).events.is_empty() {
+            return;
+        }
+        let now = self.now;
+        if let Some(attempt) = self.repos.get_mut(repo).and_then(|w| w.attempt.as_mut()) {
+            let domains: Vec<String> = std::mem::take(&mut attempt.jobs).into_keys().collect();
+            for d in domains {
+                self.throttle.dequeue(now, &d, repo);
+            }
+        }
+        let Some(work) = self.repos.get(repo) else {
+            return;
+        };
+        if work.inspect.is_none() && work.apply.is_none() && work.attempt.is_none() {
+            self.repos.remove(repo);
+            self.timers.cancel(&TimerReason::SyncAttempt(repo.clone()));
+        }
+    }
+}

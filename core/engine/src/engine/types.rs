@@ -1,0 +1,209 @@
+//! The engine's inputs, commands, events and verdicts: the contract with the host.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::events::RefName;
+use crate::ids::{CommandId, EventId, Oid, RepoKey};
+use crate::purgatory::WaitingCounts;
+use crate::throttle;
+use crate::time::Time;
+
+pub use crate::timers::TimerReason;
+
+/// What `handle_event` answers; the host turns it into the NIP-01 `OK` message.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Verdict {
+    /// `OK false` with this complete message (prefix included, e.g. `invalid: ...`).
+    Rejected(String),
+    /// `OK true "purgatory: won't be served until git data arrives"`. The host persists the
+    /// event in its purgatory table before answering.
+    Waiting,
+    /// Store and serve now (deletions; announcements of maintainers or of repos already served).
+    Accepted,
+    /// Already known.
+    Duplicate,
+}
+
+impl Verdict {
+    /// The `OK` message text for a `Waiting` verdict.
+    pub const WAITING_MESSAGE: &'static str = "purgatory: won't be served until git data arrives";
+}
+
+/// One ref update of a push (receive-pack command), and one per-ref decision.
+pub use crate::engine::push_types::{RefDecision, RefUpdate};
+
+/// What a fetch brought.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct FetchReport {
+    /// The wanted oids now present in the fetch's `into` repository.
+    pub present: Vec<Oid>,
+}
+
+/// Why a fetch failed. DNS and TLS failures count towards skipping the domain.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum FetchError {
+    /// Connection refused or reset.
+    Refused,
+    Dns,
+    Tls,
+    Timeout,
+    /// The remote sent more than the host's size cap.
+    TooLarge,
+    Http(u16),
+    /// The remote answered 429 / "too many requests".
+    RateLimited,
+    /// The remote does not have (or will not serve) these oids: retried without them.
+    NotOurRef(Vec<Oid>),
+    Other(String),
+}
+
+/// The objects and refs of one repository, as `Inspect` found them.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct RepoSnapshot {
+    /// Which of the asked oids exist.
+    pub present: Vec<Oid>,
+    /// Current `refs/heads/*`, `refs/tags/*` and `refs/nostr/*`.
+    pub refs: BTreeMap<RefName, Oid>,
+}
+
+/// Why an `Apply` failed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ApplyError {
+    /// A compare-and-swap expectation failed: the repository changed since it was inspected.
+    Conflict,
+    Io(String),
+}
+
+/// One compare-and-swap ref edit: `expected` is the current value (`None`: must not exist),
+/// `new` the value to set (`None`: delete).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct RefEdit {
+    pub name: RefName,
+    pub expected: Option<Oid>,
+    pub new: Option<Oid>,
+}
+
+/// Changes to one repository, applied as: copy objects, then every ref edit in one
+/// compare-and-swap transaction, then HEAD.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ApplyPlan {
+    pub repo: RepoKey,
+    /// Copy these objects (with what they reach) from another repository on this server.
+    pub copy_from: Option<(RepoKey, Vec<Oid>)>,
+    pub edits: Vec<RefEdit>,
+    /// Point HEAD at this branch (`refs/heads/<b>`).
+    pub head: Option<RefName>,
+}
+
+/// An IO outcome, reported with the id of the command that asked for it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Input {
+    FetchDone {
+        id: CommandId,
+        result: Result<FetchReport, FetchError>,
+    },
+    Inspected {
+        id: CommandId,
+        result: Result<RepoSnapshot, String>,
+    },
+    /// receive-pack succeeded with these ref updates.
+    Pushed {
+        repo: RepoKey,
+        updates: Vec<RefUpdate>,
+    },
+    Applied {
+        id: CommandId,
+        result: Result<(), ApplyError>,
+    },
+}
+
+/// IO the engine wants done. Every command with an id is answered by an input with that id.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Command {
+    /// `git fetch <url> <oids>` into `into` (the host may quarantine). Report by `deadline`;
+    /// after it the engine counts the fetch failed and ignores a late report.
+    Fetch {
+        id: CommandId,
+        into: RepoKey,
+        url: String,
+        oids: Vec<Oid>,
+        deadline: Time,
+    },
+    /// Which of `oids` exist in `repo`, and its current refs.
+    Inspect {
+        id: CommandId,
+        repo: RepoKey,
+        oids: Vec<Oid>,
+    },
+    Apply {
+        id: CommandId,
+        plan: ApplyPlan,
+    },
+    /// Create the bare repository (an announcement is waiting: its git endpoint must work).
+    CreateRepo {
+        repo: RepoKey,
+    },
+    /// Remove the bare repository (its announcement expired or was deleted without data).
+    RemoveRepo {
+        repo: RepoKey,
+    },
+}
+
+/// What happened, for the host to persist and serve.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum EngineEvent {
+    /// The event's data is in place: store it, serve it, drop it from the purgatory table (one
+    /// transaction).
+    Released {
+        event: nostr::event::Event,
+        waited: Duration,
+    },
+    /// The event's data never arrived; drop it from the purgatory table.
+    Expired { id: EventId, kind: u16 },
+    /// A kind 5 deletion removed this waiting event; drop it from the purgatory table.
+    Deleted { id: EventId },
+    /// A `refs/nostr/<id>` ref was pushed before its event: the host may look for the event.
+    PlaceholderCreated { repo: RepoKey, id: EventId },
+    /// A placeholder ended: its event never came, or came with another commit (ref deleted).
+    PlaceholderRemoved { repo: RepoKey, id: EventId },
+    /// An Apply failed for good (after retries); the events stay waiting until they expire.
+    ApplyFailed { repo: RepoKey, reason: String },
+}
+
+/// Counts for metrics.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Stats {
+    pub waiting: WaitingCounts,
+    pub remembered_expired: usize,
+    /// Fetches in flight per domain that has any.
+    pub fetches_in_flight: Vec<(String, usize)>,
+    pub throttle: throttle::Counters,
+    pub domains_tracked: usize,
+    pub repos_active: usize,
+    pub timers: usize,
+    pub fetches_started: u64,
+    pub fetches_failed: u64,
+    pub fetch_timeouts: u64,
+    pub released: u64,
+    pub expired: u64,
+    pub deleted: u64,
+    pub apply_conflicts: u64,
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Refused => f.write_str("connection refused"),
+            FetchError::Dns => f.write_str("DNS lookup failed"),
+            FetchError::Tls => f.write_str("TLS handshake failed"),
+            FetchError::Timeout => f.write_str("timed out"),
+            FetchError::TooLarge => f.write_str("response too large"),
+            FetchError::Http(code) => write!(f, "HTTP {code}"),
+            FetchError::RateLimited => f.write_str("rate limited by the remote"),
+            FetchError::NotOurRef(oids) => write!(f, "remote lacks {} wanted objects", oids.len()),
+            FetchError::Other(s) => f.write_str(s),
+        }
+    }
+}

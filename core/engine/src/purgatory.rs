@@ -1,0 +1,314 @@
+//! Purgatory: events acknowledged but not served until their git data arrives, and
+//! `refs/nostr/<id>` placeholders pushed before their event. Pure storage with an index for
+//! every lookup the engine makes; the engine owns the timers and decides what happens.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use crate::events::{Coordinate, GitEvent, KIND_ANNOUNCEMENT, KIND_STATE};
+use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
+use crate::time::Time;
+
+/// Where an event came from; decides how soon the first sync attempt runs.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Arrival {
+    /// A user published it to us: a push usually follows, so wait before fetching.
+    Published,
+    /// We got it from another relay: nobody will push it here, fetch soon.
+    Synced,
+}
+
+/// One waiting event.
+#[derive(Clone, Debug)]
+pub struct Waiting {
+    pub event: nostr::event::Event,
+    pub parsed: GitEvent,
+    pub arrival: Arrival,
+    pub received: Time,
+    pub expires: Time,
+}
+
+/// Counts of waiting entries by kind.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct WaitingCounts {
+    pub announcements: usize,
+    pub states: usize,
+    pub prs: usize,
+    pub placeholders: usize,
+}
+
+/// A `refs/nostr/<id>` ref pushed before its event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placeholder {
+    pub oid: Oid,
+    pub expires: Time,
+}
+
+#[derive(Default, Debug)]
+pub struct Purgatory {
+    entries: BTreeMap<EventId, Waiting>,
+    /// Waiting announcements by (owner, identifier).
+    announcements: BTreeMap<(PublicKey, Identifier), BTreeSet<EventId>>,
+    /// Waiting states by (identifier, author): a range over an identifier finds every author.
+    states: BTreeMap<(Identifier, PublicKey), BTreeSet<EventId>>,
+    /// Waiting PRs and PR updates by target repository.
+    prs: BTreeMap<RepoKey, BTreeSet<EventId>>,
+    placeholders: BTreeMap<(RepoKey, EventId), Placeholder>,
+    placeholders_by_event: BTreeMap<EventId, BTreeSet<RepoKey>>,
+    counts: WaitingCounts,
+    expired: ExpiredMemory,
+}
+
+impl Purgatory {
+    pub fn new() -> Purgatory {
+        Purgatory::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn counts(&self) -> WaitingCounts {
+        WaitingCounts {
+            placeholders: self.placeholders.len(),
+            ..self.counts
+        }
+    }
+
+    pub fn contains(&self, id: &EventId) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    pub fn get(&self, id: &EventId) -> Option<&Waiting> {
+        self.entries.get(id)
+    }
+
+    /// Adds a waiting event (deletions never wait). Returns false if it is already waiting.
+    pub fn insert(&mut self, waiting: Waiting) -> bool {
+        let id = *waiting.parsed.id();
+        if self.entries.contains_key(&id) {
+            return false;
+        }
+        match &waiting.parsed {
+            GitEvent::Announcement(a) => {
+                self.announcements
+                    .entry((a.owner, a.identifier.clone()))
+                    .or_default()
+                    .insert(id);
+                self.counts.announcements += 1;
+            }
+            GitEvent::State(s) => {
+                self.states
+                    .entry((s.identifier.clone(), s.author))
+                    .or_default()
+                    .insert(id);
+                self.counts.states += 1;
+            }
+            GitEvent::Pr(p) => {
+                for repo in pr_repos(&p.repos) {
+                    self.prs.entry(repo).or_default().insert(id);
+                }
+                self.counts.prs += 1;
+            }
+            GitEvent::Deletion(_) => return false,
+        }
+        self.entries.insert(id, waiting);
+        true
+    }
+
+    /// Removes a waiting event and its index entries.
+    pub fn remove(&mut self, id: &EventId) -> Option<Waiting> {
+        let waiting = self.entries.remove(id)?;
+        match &waiting.parsed {
+            GitEvent::Announcement(a) => {
+                remove_indexed(
+                    &mut self.announcements,
+                    &(a.owner, a.identifier.clone()),
+                    id,
+                );
+                self.counts.announcements -= 1;
+            }
+            GitEvent::State(s) => {
+                remove_indexed(&mut self.states, &(s.identifier.clone(), s.author), id);
+                self.counts.states -= 1;
+            }
+            GitEvent::Pr(p) => {
+                for repo in pr_repos(&p.repos) {
+                    remove_indexed(&mut self.prs, &repo, id);
+                }
+                self.counts.prs -= 1;
+            }
+            GitEvent::Deletion(_) => {}
+        }
+        Some(waiting)
+    }
+
+    /// Waiting announcements of `/<owner>/<identifier>.git`.
+    pub fn announcements_of(&self, owner: &PublicKey, identifier: &Identifier) -> Vec<EventId> {
+        self.announcements
+            .get(&(*owner, identifier.clone()))
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waiting states with `identifier`, any author, as (author, id).
+    pub fn states_with(&self, identifier: &Identifier) -> Vec<(PublicKey, EventId)> {
+        let lo = (identifier.clone(), PublicKey::from_byte_array([0; 32]));
+        self.states
+            .range(lo..)
+            .take_while(|((i, _), _)| i == identifier)
+            .flat_map(|((_, author), ids)| ids.iter().map(move |id| (*author, *id)))
+            .collect()
+    }
+
+    /// Waiting PRs and PR updates that target `repo`.
+    pub fn prs_for(&self, repo: &RepoKey) -> impl Iterator<Item = &EventId> {
+        self.prs.get(repo).into_iter().flatten()
+    }
+
+    /// The waiting events a kind 5 deletion by `author` removes: its own events named by id,
+    /// and its own addressable events named by coordinate, created no later than the deletion.
+    pub fn deletable(
+        &self,
+        author: &PublicKey,
+        created_at: u64,
+        ids: &[EventId],
+        coordinates: &[Coordinate],
+    ) -> Vec<EventId> {
+        let mut out = BTreeSet::new();
+        for id in ids {
+            if self
+                .entries
+                .get(id)
+                .is_some_and(|w| w.parsed.author() == author)
+            {
+                out.insert(*id);
+            }
+        }
+        for c in coordinates.iter().filter(|c| c.author == *author) {
+            let found = match c.kind {
+                KIND_ANNOUNCEMENT => self.announcements.get(&(c.author, c.identifier.clone())),
+                KIND_STATE => self.states.get(&(c.identifier.clone(), c.author)),
+                _ => None,
+            };
+            for id in found.into_iter().flatten() {
+                if self.entries[id].parsed.created_at() <= created_at {
+                    out.insert(*id);
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    // --- placeholders ---
+
+    pub fn add_placeholder(&mut self, repo: RepoKey, id: EventId, placeholder: Placeholder) {
+        self.placeholders_by_event
+            .entry(id)
+            .or_default()
+            .insert(repo.clone());
+        self.placeholders.insert((repo, id), placeholder);
+    }
+
+    pub fn placeholder(&self, repo: &RepoKey, id: &EventId) -> Option<Placeholder> {
+        self.placeholders.get(&(repo.clone(), *id)).copied()
+    }
+
+    pub fn take_placeholder(&mut self, repo: &RepoKey, id: &EventId) -> Option<Placeholder> {
+        let p = self.placeholders.remove(&(repo.clone(), *id))?;
+        remove_indexed(&mut self.placeholders_by_event, id, repo);
+        Some(p)
+    }
+
+    /// Repositories holding a placeholder for event `id`.
+    pub fn placeholder_repos(&self, id: &EventId) -> Vec<RepoKey> {
+        self.placeholders_by_event
+            .get(id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn placeholder_count(&self) -> usize {
+        self.placeholders.len()
+    }
+
+    // --- expired ids ---
+
+    pub fn remember_expired(&mut self, now: Time, id: EventId, keep_for: Duration, max: usize) {
+        self.expired.remember(now, id, keep_for, max);
+    }
+
+    pub fn was_expired(&self, now: Time, id: &EventId) -> bool {
+        self.expired.contains(now, id)
+    }
+
+    pub fn forget_expired(&mut self, id: &EventId) {
+        self.expired.forget(id);
+    }
+
+    pub fn remembered_expired(&self) -> usize {
+        self.expired.until.len()
+    }
+}
+
+/// PR target coordinates that name repositories (kind 30617), de-duplicated.
+pub fn pr_repos(coordinates: &[Coordinate]) -> BTreeSet<RepoKey> {
+    coordinates
+        .iter()
+        .filter(|c| c.kind == KIND_ANNOUNCEMENT)
+        .map(|c| RepoKey::new(c.author, c.identifier.clone()))
+        .collect()
+}
+
+fn remove_indexed<K: Ord, V: Ord>(index: &mut BTreeMap<K, BTreeSet<V>>, key: &K, value: &V) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// Ids of events that expired, remembered for a bounded time and count.
+#[derive(Default, Debug)]
+struct ExpiredMemory {
+    until: BTreeMap<EventId, Time>,
+    /// Insertion order; entries whose `until` changed or vanished are stale and skipped.
+    order: VecDeque<(Time, EventId)>,
+}
+
+impl ExpiredMemory {
+    fn remember(&mut self, now: Time, id: EventId, keep_for: Duration, max: usize) {
+        let until = now + keep_for;
+        self.until.insert(id, until);
+        self.order.push_back((until, id));
+        while let Some(&(t, old)) = self.order.front() {
+            let live = self.until.get(&old) == Some(&t);
+            let over = self.until.len() > max;
+            if live && t > now && !over {
+                break;
+            }
+            self.order.pop_front();
+            if live {
+                self.until.remove(&old);
+            }
+        }
+        // Stale entries (forgotten or re-remembered ids) must not pile up either.
+        if self.order.len() > 2 * self.until.len() + 16 {
+            let until = &self.until;
+            self.order.retain(|(t, id)| until.get(id) == Some(t));
+        }
+    }
+
+    fn contains(&self, now: Time, id: &EventId) -> bool {
+        self.until.get(id).is_some_and(|&t| t > now)
+    }
+
+    fn forget(&mut self, id: &EventId) {
+        self.until.remove(id);
+    }
+}

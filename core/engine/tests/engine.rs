@@ -1,0 +1,890 @@
+//! One test per engine rule, against injected time (no sleeps).
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use graspd_core::{
+    Arrival, Command, Config, Engine, EngineEvent, FetchError, Input, RefUpdate, TimerReason,
+    Verdict,
+};
+
+const REMOTE: &str = "https://remote.example/npub/r.git";
+
+/// An engine with an accepted, served repository `/<1>/r.git` whose announcement lists REMOTE.
+fn served(kit: &mut Kit) -> (Engine, Host) {
+    let mut engine = Engine::new(config());
+    let ann = kit.announcement(1, "r", &[], &[REMOTE]);
+    engine.restore_accepted(&ann);
+    (engine, Host::default())
+}
+
+fn fetch_times(host: &Host) -> Vec<u64> {
+    host.commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Fetch { deadline, .. } => Some(deadline.as_millis() - 120_000),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_state_waits_then_is_released_after_apply_only() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let id = st.id;
+    assert_eq!(
+        publish(&mut engine, &mut host, t(0), st, Arrival::Published),
+        Verdict::Waiting
+    );
+    assert!(
+        host.released().is_empty(),
+        "objects absent: nothing released"
+    );
+    // A push brings the objects.
+    host.give(&repo(1, "r"), &[oid(1)]);
+    engine.handle_input(
+        t(10),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![],
+        },
+    );
+    // Run commands by hand to see the order: Inspect, then Apply, and only then Released.
+    let inspect = engine.poll_command().unwrap();
+    let Command::Inspect { id: iid, oids, .. } = inspect else {
+        panic!("{inspect:?}")
+    };
+    assert_eq!(oids, [oid(1)]);
+    let snap = graspd_core::RepoSnapshot {
+        present: vec![oid(1)],
+        refs: Default::default(),
+    };
+    engine.handle_input(
+        t(11),
+        Input::Inspected {
+            id: iid,
+            result: Ok(snap),
+        },
+    );
+    let Some(Command::Apply { id: aid, plan }) = engine.poll_command() else {
+        panic!()
+    };
+    assert_eq!(plan.edits.len(), 1);
+    assert_eq!(plan.edits[0].expected, None);
+    assert_eq!(plan.head.as_deref(), Some("refs/heads/main"));
+    assert!(engine.poll_event().is_none(), "no Released before Applied");
+    engine.handle_input(
+        t(12),
+        Input::Applied {
+            id: aid,
+            result: Ok(()),
+        },
+    );
+    match engine.poll_event() {
+        Some(EngineEvent::Released { event, waited }) => {
+            assert_eq!(event.id, id);
+            assert_eq!(waited, std::time::Duration::from_millis(12));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn apply_conflict_reinspects_and_replans_with_bounded_retries() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    host.give(&repo(1, "r"), &[oid(1)]);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    engine.handle_event(t(0), st, Arrival::Published);
+    let mut applies = 0;
+    // Answer every Apply with Conflict: re-Inspect each time, then give up after the bound.
+    for _ in 0..20 {
+        let Some(cmd) = engine.poll_command() else {
+            break;
+        };
+        match cmd {
+            Command::Inspect { id, oids, .. } => {
+                let snap = graspd_core::RepoSnapshot {
+                    present: oids,
+                    refs: Default::default(),
+                };
+                engine.handle_input(
+                    t(1),
+                    Input::Inspected {
+                        id,
+                        result: Ok(snap),
+                    },
+                );
+            }
+            Command::Apply { id, .. } => {
+                applies += 1;
+                engine.handle_input(
+                    t(1),
+                    Input::Applied {
+                        id,
+                        result: Err(graspd_core::ApplyError::Conflict),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(applies, 1 + Config::default().max_apply_retries as usize);
+    let failed = std::iter::from_fn(|| engine.poll_event())
+        .any(|e| matches!(e, EngineEvent::ApplyFailed { .. }));
+    assert!(failed);
+    assert_eq!(engine.stats().apply_conflicts, 4);
+}
+
+#[test]
+fn first_attempt_delay_depends_on_arrival() {
+    for (arrival, delay) in [(Arrival::Synced, 500), (Arrival::Published, 180_000)] {
+        let mut kit = Kit::default();
+        let (mut engine, mut host) = served(&mut kit);
+        let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+        publish(&mut engine, &mut host, t(0), st, arrival);
+        assert_eq!(
+            engine.poll_timeout().map(|(at, _)| at),
+            Some(t(delay)),
+            "{arrival:?}"
+        );
+        assert!(matches!(
+            engine.poll_timeout().unwrap().1,
+            TimerReason::SyncAttempt(_)
+        ));
+        advance(&mut engine, &mut host, t(delay));
+        assert_eq!(fetch_times(&host), [delay], "{arrival:?}");
+    }
+}
+
+#[test]
+fn backoff_is_20_40_80_120_and_resets_only_on_a_new_event() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let dup = st.clone();
+    publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    let empty = BTreeSet::new();
+    let mut now = 500;
+    let mut starts = Vec::new();
+    for _ in 0..5 {
+        advance(&mut engine, &mut host, t(now));
+        starts.push(now);
+        host.answer_fetch(&mut engine, t(now), &empty)
+            .expect("a fetch per attempt");
+        let (next, _) = engine.poll_timeout().unwrap();
+        now = next.as_millis();
+        if starts.len() == 2 {
+            // A duplicate never resets the backoff.
+            assert_eq!(
+                publish(
+                    &mut engine,
+                    &mut host,
+                    t(starts[1] + 1),
+                    dup.clone(),
+                    Arrival::Synced
+                ),
+                Verdict::Duplicate
+            );
+            assert_eq!(engine.poll_timeout().unwrap().0, t(now));
+        }
+    }
+    let gaps: Vec<u64> = starts.windows(2).map(|w| (w[1] - w[0]) / 1000).collect();
+    assert_eq!(gaps, [20, 40, 80, 120]);
+    // A genuinely new event for the repository resets it.
+    let st2 = kit.state(1, "r", 3000, &[("refs/heads/main", oid(2))]);
+    publish(&mut engine, &mut host, t(now - 1000), st2, Arrival::Synced);
+    assert_eq!(engine.poll_timeout().unwrap().0, t(now - 500));
+    advance(&mut engine, &mut host, t(now - 500));
+    host.answer_fetch(&mut engine, t(now - 500), &empty)
+        .unwrap();
+    assert_eq!(engine.poll_timeout().unwrap().0, t(now - 500 + 20_000));
+}
+
+#[test]
+fn an_event_arriving_during_an_attempt_is_not_lost() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    advance(&mut engine, &mut host, t(500));
+    assert_eq!(host.fetches.len(), 1);
+    // While that fetch runs, a new PR arrives; its attempt timer fires mid-attempt.
+    let pr = kit.pr(7, &repo(1, "r"), oid(9), &[]);
+    publish(&mut engine, &mut host, t(600), pr, Arrival::Synced);
+    advance(&mut engine, &mut host, t(1100));
+    // The attempt finishes (the remote has the PR commit only) ...
+    let remote = BTreeSet::from([oid(9)]);
+    let Some(Command::Fetch { oids, .. }) = host.answer_fetch(&mut engine, t(1200), &remote) else {
+        panic!()
+    };
+    assert_eq!(
+        oids,
+        [oid(1)],
+        "the first attempt asked only for what it knew"
+    );
+    // ... and a new attempt runs at once for what arrived meanwhile.
+    let Some(Command::Fetch { oids, .. }) = host.fetches.first().cloned() else {
+        panic!("lost wake-up")
+    };
+    assert_eq!(oids, [oid(1), oid(9)]);
+    host.answer_fetch(&mut engine, t(1300), &remote).unwrap();
+    assert_eq!(host.released().len(), 1, "the PR is released");
+}
+
+#[test]
+fn a_fetch_missing_its_deadline_fails_frees_its_slot_and_late_reports_are_ignored() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        max_concurrent_per_domain: 1,
+        ..config()
+    });
+    let mut host = Host::default();
+    for (n, id) in [(1u8, "a"), (2, "b")] {
+        engine.restore_accepted(&kit.announcement(n, id, &[], &[REMOTE]));
+        let st = kit.state(n, id, 2000, &[("refs/heads/main", oid(n as u32))]);
+        publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    }
+    advance(&mut engine, &mut host, t(500));
+    assert_eq!(host.fetches.len(), 1, "one slot");
+    let Command::Fetch {
+        id: late, deadline, ..
+    } = host.fetches.remove(0)
+    else {
+        panic!()
+    };
+    assert_eq!(deadline, t(120_500));
+    assert_eq!(
+        engine.poll_timeout().unwrap(),
+        (t(120_500), TimerReason::FetchDeadline(late))
+    );
+    advance(&mut engine, &mut host, t(120_500));
+    assert_eq!(engine.stats().fetch_timeouts, 1);
+    assert_eq!(
+        host.fetches.len(),
+        1,
+        "the slot went to the other repository"
+    );
+    // The late report changes nothing.
+    engine.handle_input(
+        t(130_000),
+        Input::FetchDone {
+            id: late,
+            result: Err(FetchError::Other("x".into())),
+        },
+    );
+    assert_eq!(engine.stats().fetches_failed, 1);
+    assert_eq!(
+        engine.stats().fetches_in_flight,
+        [("remote.example".to_string(), 1)]
+    );
+}
+
+#[test]
+fn purgatory_entries_expire_and_synced_repeats_are_refused_but_republishing_reenters() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let again = st.clone();
+    publish(&mut engine, &mut host, t(0), st.clone(), Arrival::Published);
+    advance(&mut engine, &mut host, t(30 * 60 * 1000));
+    assert!(host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Expired { id, kind: 30618 } if *id == st.id)));
+    assert_eq!(engine.stats().waiting.states, 0);
+    let now = t(30 * 60 * 1000 + 1);
+    assert!(
+        matches!(engine.handle_event(now, again.clone(), Arrival::Synced), Verdict::Rejected(m) if m.starts_with("blocked:"))
+    );
+    assert_eq!(
+        engine.handle_event(now, again, Arrival::Published),
+        Verdict::Waiting
+    );
+}
+
+#[test]
+fn deletion_removes_only_the_same_authors_entries_by_id_or_coordinate() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    engine.restore_accepted(&kit.announcement(1, "r", &[2], &[REMOTE]));
+    let s1 = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let s2 = kit.state(2, "r", 2001, &[("refs/heads/main", oid(2))]);
+    let pr = kit.pr(3, &repo(1, "r"), oid(3), &[]);
+    for e in [s1.clone(), s2.clone(), pr.clone()] {
+        assert_eq!(
+            publish(&mut engine, &mut host, t(0), e, Arrival::Published),
+            Verdict::Waiting
+        );
+    }
+    // Someone else cannot delete them.
+    let foreign = kit.deletion(9, &[s1.id, pr.id], &[format!("30618:{}:r", pk(2).to_hex())]);
+    assert_eq!(
+        publish(&mut engine, &mut host, t(1), foreign, Arrival::Published),
+        Verdict::Accepted
+    );
+    assert_eq!(engine.stats().waiting.states, 2);
+    // The authors can: by id, and by coordinate.
+    let by_id = kit.deletion(3, &[pr.id], &[]);
+    let by_coord = kit.deletion(2, &[], &[format!("30618:{}:r", pk(2).to_hex())]);
+    publish(&mut engine, &mut host, t(2), by_id, Arrival::Published);
+    publish(&mut engine, &mut host, t(2), by_coord, Arrival::Published);
+    let deleted: BTreeSet<_> = host
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Deleted { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, BTreeSet::from([pr.id, s2.id]));
+    assert_eq!(engine.stats().waiting.states, 1);
+    assert_eq!(engine.stats().waiting.prs, 0);
+}
+
+#[test]
+fn a_waiting_announcement_creates_its_repo_and_is_released_only_with_a_state() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    let ann = kit.announcement(1, "r", &[], &[REMOTE]);
+    assert_eq!(
+        publish(
+            &mut engine,
+            &mut host,
+            t(0),
+            ann.clone(),
+            Arrival::Published
+        ),
+        Verdict::Waiting
+    );
+    assert!(host
+        .commands
+        .iter()
+        .any(|c| matches!(c, Command::CreateRepo { repo: r } if *r == repo(1, "r"))));
+    assert!(
+        host.released().is_empty(),
+        "an empty repo does not release its announcement"
+    );
+    host.give(&repo(1, "r"), &[oid(1)]);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    publish(&mut engine, &mut host, t(1), st.clone(), Arrival::Published);
+    assert_eq!(
+        BTreeSet::from_iter(host.released()),
+        BTreeSet::from([ann.id, st.id])
+    );
+    // The repository is served now: a later announcement is accepted at once.
+    let mut ann2 = kit.announcement(1, "r", &[], &[REMOTE]);
+    ann2.created_at = nostr::types::Timestamp::from_secs(5000);
+    assert_eq!(
+        engine.handle_event(t(2), ann2, Arrival::Published),
+        Verdict::Accepted
+    );
+}
+
+#[test]
+fn an_expired_announcement_removes_its_repo() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    publish(
+        &mut engine,
+        &mut host,
+        t(0),
+        kit.announcement(1, "r", &[], &[]),
+        Arrival::Published,
+    );
+    advance(&mut engine, &mut host, t(31 * 60 * 1000));
+    assert!(host
+        .commands
+        .iter()
+        .any(|c| matches!(c, Command::RemoveRepo { repo: r } if *r == repo(1, "r"))));
+    assert_eq!(engine.stats().repos_active, 0);
+    assert_eq!(engine.stats().timers, 0);
+}
+
+#[test]
+fn announcements_not_listing_us_are_refused_unless_from_a_maintainer() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    engine.restore_accepted(&kit.announcement(1, "r", &[2], &[]));
+    let mut foreign_tags = vec![
+        vec!["d".to_string(), "r".to_string()],
+        vec!["clone".to_string(), REMOTE.to_string()],
+    ];
+    let stranger = kit.event(5, 30617, 1000, &foreign_tags);
+    assert!(
+        matches!(engine.handle_event(t(0), stranger, Arrival::Published), Verdict::Rejected(m) if m.starts_with("blocked:"))
+    );
+    foreign_tags.push(vec!["maintainers".to_string(), pk(3).to_hex()]);
+    let maintainer = kit.event(2, 30617, 1000, &foreign_tags);
+    assert_eq!(
+        engine.handle_event(t(0), maintainer, Arrival::Published),
+        Verdict::Accepted
+    );
+    // Now pk(3) is a maintainer of /1/r through pk(2): its state is taken.
+    let st = kit.state(3, "r", 2000, &[("refs/heads/main", oid(1))]);
+    assert_eq!(
+        engine.handle_event(t(0), st, Arrival::Published),
+        Verdict::Waiting
+    );
+    let st = kit.state(4, "r", 2000, &[("refs/heads/main", oid(1))]);
+    assert!(matches!(
+        engine.handle_event(t(0), st, Arrival::Published),
+        Verdict::Rejected(_)
+    ));
+}
+
+#[test]
+fn urls_come_from_maintainer_announcements_and_pr_clone_tags_and_run_on_several_domains() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    engine.restore_accepted(&kit.announcement(
+        1,
+        "r",
+        &[2],
+        &[
+            "https://a.example/x.git/",
+            "http://127.0.0.1/x.git",
+            "git://c.example/x",
+        ],
+    ));
+    let mut m_tags = vec![
+        vec!["d".to_string(), "r".to_string()],
+        vec![
+            "clone".to_string(),
+            "https://B.example:443/x.git".to_string(),
+            "https://a.example/x.git".to_string(),
+        ],
+    ];
+    m_tags.push(vec!["relays".to_string()]);
+    engine.handle_event(t(0), kit.event(2, 30617, 1000, &m_tags), Arrival::Synced);
+    let pr = kit.pr(
+        9,
+        &repo(1, "r"),
+        oid(5),
+        &[
+            "https://pr.example/fork.git",
+            "https://grasp.example/x/y.git",
+        ],
+    );
+    host.give(&repo(1, "r"), &[oid(1)]);
+    let st = kit.state(
+        1,
+        "r",
+        2000,
+        &[("refs/heads/main", oid(1)), ("refs/heads/dev", oid(2))],
+    );
+    publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    publish(&mut engine, &mut host, t(0), pr, Arrival::Synced);
+    advance(&mut engine, &mut host, t(500));
+    let fetched: BTreeSet<(String, Vec<graspd_core::Oid>)> = host
+        .fetches
+        .iter()
+        .map(|c| match c {
+            Command::Fetch { url, oids, .. } => (url.clone(), oids.clone()),
+            _ => unreachable!(),
+        })
+        .collect();
+    let want = vec![oid(2), oid(5)]; // oid(1) is present already: never asked for
+    assert_eq!(
+        fetched,
+        BTreeSet::from([
+            ("https://a.example/x.git".to_string(), want.clone()),
+            ("https://b.example/x.git".to_string(), want.clone()),
+            ("https://pr.example/fork.git".to_string(), want.clone()),
+        ]),
+        "one fetch per domain at once; private, non-http, duplicate and own URLs excluded"
+    );
+}
+
+#[test]
+fn private_remotes_are_fetched_only_when_allowed() {
+    for allow in [false, true] {
+        let mut kit = Kit::default();
+        let mut engine = Engine::new(Config {
+            allow_private_remotes: allow,
+            ..config()
+        });
+        let mut host = Host::default();
+        engine.restore_accepted(&kit.announcement(1, "r", &[], &["http://127.0.0.1:9/x.git"]));
+        let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+        publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+        advance(&mut engine, &mut host, t(500));
+        assert_eq!(host.fetches.len(), usize::from(allow));
+    }
+}
+
+#[test]
+fn same_identifier_different_owners_are_separate_repos() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    engine.restore_accepted(&kit.announcement(1, "r", &[], &["https://one.example/r.git"]));
+    engine.restore_accepted(&kit.announcement(2, "r", &[], &["https://two.example/r.git"]));
+    publish(
+        &mut engine,
+        &mut host,
+        t(0),
+        kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]),
+        Arrival::Synced,
+    );
+    publish(
+        &mut engine,
+        &mut host,
+        t(0),
+        kit.state(2, "r", 2000, &[("refs/heads/main", oid(2))]),
+        Arrival::Synced,
+    );
+    advance(&mut engine, &mut host, t(500));
+    let fetched: BTreeSet<_> = host
+        .fetches
+        .iter()
+        .map(|c| match c {
+            Command::Fetch {
+                into, url, oids, ..
+            } => (into.owner, url.clone(), oids.clone()),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        fetched,
+        BTreeSet::from([
+            (pk(1), "https://one.example/r.git".to_string(), vec![oid(1)]),
+            (pk(2), "https://two.example/r.git".to_string(), vec![oid(2)]),
+        ])
+    );
+}
+
+#[test]
+fn restored_waiting_events_are_inspected_at_once_and_requeued_prs_too() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let pr = kit.pr(5, &repo(1, "r"), oid(3), &["https://fork.example/f.git"]);
+    engine.restore_waiting(t(0), pr.clone(), Arrival::Published, secs(600));
+    host.run(&mut engine, t(0));
+    assert_eq!(host.inspects_of(&repo(1, "r")), 1);
+    assert_eq!(
+        engine.poll_timeout().unwrap(),
+        (t(180_000), TimerReason::SyncAttempt(repo(1, "r")))
+    );
+    advance(&mut engine, &mut host, t(180_000));
+    host.answer_fetch(&mut engine, t(180_001), &BTreeSet::from([oid(3)]))
+        .unwrap();
+    assert_eq!(host.released(), [pr.id]);
+    assert_eq!(
+        host.refs[&repo(1, "r")][&format!("refs/nostr/{}", pr.id.to_hex())],
+        oid(3)
+    );
+    // Remaining life is honoured.
+    let pr2 = kit.pr(5, &repo(1, "r"), oid(4), &[]);
+    engine.restore_waiting(t(200_000), pr2.clone(), Arrival::Published, secs(1));
+    advance(&mut engine, &mut host, t(201_000));
+    assert!(host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Expired { id, .. } if *id == pr2.id)));
+}
+
+#[test]
+fn placeholder_refs_wait_for_their_event_and_are_deleted_when_it_never_comes() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let pr = kit.pr(5, &repo(1, "r"), oid(3), &[]);
+    let name = format!("refs/nostr/{}", pr.id.to_hex());
+    // A push of the PR tip before the PR event: a placeholder after receive-pack succeeded.
+    host.give(&repo(1, "r"), &[oid(3)]);
+    host.refs
+        .entry(repo(1, "r"))
+        .or_default()
+        .insert(name.clone(), oid(3));
+    engine.handle_input(
+        t(0),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![RefUpdate {
+                old: graspd_core::Oid::ZERO,
+                new: oid(3),
+                name: name.clone(),
+            }],
+        },
+    );
+    host.run(&mut engine, t(0));
+    assert_eq!(engine.stats().waiting.placeholders, 1);
+    assert!(host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::PlaceholderCreated { .. })));
+    // The event arrives with the same commit: released at once, placeholder gone.
+    assert_eq!(
+        publish(&mut engine, &mut host, t(5), pr.clone(), Arrival::Published),
+        Verdict::Waiting
+    );
+    assert_eq!(host.released(), [pr.id]);
+    assert_eq!(engine.stats().waiting.placeholders, 0);
+    // Another push whose event never comes: the ref is deleted (CAS on its value) at expiry.
+    let other = kit.pr(5, &repo(1, "r"), oid(4), &[]);
+    let other_name = format!("refs/nostr/{}", other.id.to_hex());
+    host.refs
+        .get_mut(&repo(1, "r"))
+        .unwrap()
+        .insert(other_name.clone(), oid(4));
+    engine.handle_input(
+        t(10),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![RefUpdate {
+                old: graspd_core::Oid::ZERO,
+                new: oid(4),
+                name: other_name.clone(),
+            }],
+        },
+    );
+    host.run(&mut engine, t(10));
+    assert_eq!(
+        engine.poll_timeout().unwrap(),
+        (
+            t(10 + 30 * 60 * 1000),
+            TimerReason::PlaceholderExpiry(repo(1, "r"), other.id)
+        )
+    );
+    advance(&mut engine, &mut host, t(10 + 30 * 60 * 1000));
+    assert!(!host.refs[&repo(1, "r")].contains_key(&other_name));
+    assert!(host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::PlaceholderRemoved { id, .. } if *id == other.id)));
+}
+
+#[test]
+fn a_placeholder_with_another_commit_is_deleted_when_the_event_arrives() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let pr = kit.pr(5, &repo(1, "r"), oid(3), &[]);
+    let name = format!("refs/nostr/{}", pr.id.to_hex());
+    host.refs
+        .entry(repo(1, "r"))
+        .or_default()
+        .insert(name.clone(), oid(8));
+    engine.handle_input(
+        t(0),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![RefUpdate {
+                old: graspd_core::Oid::ZERO,
+                new: oid(8),
+                name: name.clone(),
+            }],
+        },
+    );
+    host.run(&mut engine, t(0));
+    publish(&mut engine, &mut host, t(1), pr, Arrival::Published);
+    assert!(!host.refs[&repo(1, "r")].contains_key(&name));
+}
+
+#[test]
+fn the_throttle_caps_one_domain_across_many_repositories_and_drains_by_itself() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        max_per_minute_per_domain: 6,
+        ..config()
+    });
+    let mut host = Host::default();
+    for n in 1..=20u8 {
+        let id = format!("r{n}");
+        engine.restore_accepted(&kit.announcement(n, &id, &[], &[REMOTE]));
+        publish(
+            &mut engine,
+            &mut host,
+            t(0),
+            kit.state(n, &id, 2000, &[("refs/heads/main", oid(n as u32))]),
+            Arrival::Synced,
+        );
+    }
+    advance(&mut engine, &mut host, t(500));
+    assert_eq!(host.fetches.len(), 5, "max_concurrent");
+    let all = (1..=20).map(oid).collect::<BTreeSet<_>>();
+    while host.answer_fetch(&mut engine, t(1000), &all).is_some() {}
+    assert_eq!(
+        host.released().len(),
+        6,
+        "max_per_minute: 6 starts in the window"
+    );
+    // With nothing in flight, the window frees itself and the queue drains.
+    let (at, reason) = engine.poll_timeout().unwrap();
+    assert_eq!(
+        (at, reason),
+        (
+            t(60_500),
+            TimerReason::ThrottleWindow("remote.example".into())
+        )
+    );
+    let mut now = 60_500;
+    while host.released().len() < 20 {
+        advance(&mut engine, &mut host, t(now));
+        while host.answer_fetch(&mut engine, t(now), &all).is_some() {}
+        now += 60_000;
+        assert!(now < 400_000);
+    }
+}
+
+#[test]
+fn persistent_dns_failures_skip_the_domain_for_other_repositories_too() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        max_concurrent_per_domain: 1,
+        ..config()
+    });
+    let mut host = Host::default();
+    for n in 1..=3u8 {
+        let id = format!("r{n}");
+        engine.restore_accepted(&kit.announcement(n, &id, &[], &[REMOTE]));
+        publish(
+            &mut engine,
+            &mut host,
+            t(0),
+            kit.state(n, &id, 2000, &[("refs/heads/main", oid(n as u32))]),
+            Arrival::Synced,
+        );
+    }
+    advance(&mut engine, &mut host, t(500));
+    for _ in 0..2 {
+        let Command::Fetch { id, .. } = host.fetches.remove(0) else {
+            panic!()
+        };
+        engine.handle_input(
+            t(600),
+            Input::FetchDone {
+                id,
+                result: Err(FetchError::Dns),
+            },
+        );
+        host.run(&mut engine, t(600));
+    }
+    assert!(
+        host.fetches.is_empty(),
+        "the third repository is not sent to a broken domain"
+    );
+    assert_eq!(engine.stats().throttle.skips, 1);
+    advance(&mut engine, &mut host, t(3_600_000));
+    assert!(host.fetches.is_empty(), "still skipped on retries");
+}
+
+#[test]
+fn not_our_ref_retries_without_the_lacking_oids() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    publish(
+        &mut engine,
+        &mut host,
+        t(0),
+        kit.state(
+            1,
+            "r",
+            2000,
+            &[("refs/heads/a", oid(1)), ("refs/heads/b", oid(2))],
+        ),
+        Arrival::Synced,
+    );
+    advance(&mut engine, &mut host, t(500));
+    let Command::Fetch { id, .. } = host.fetches.remove(0) else {
+        panic!()
+    };
+    engine.handle_input(
+        t(600),
+        Input::FetchDone {
+            id,
+            result: Err(FetchError::NotOurRef(vec![oid(1)])),
+        },
+    );
+    host.run(&mut engine, t(600));
+    let Some(Command::Fetch { oids, url, .. }) = host.fetches.first() else {
+        panic!()
+    };
+    assert_eq!((url.as_str(), oids.clone()), (REMOTE, vec![oid(2)]));
+}
+
+#[test]
+fn decide_push_accepts_exactly_a_waiting_state_and_refuses_pr_branches() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    publish(
+        &mut engine,
+        &mut host,
+        t(0),
+        kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]),
+        Arrival::Published,
+    );
+    let current = Default::default();
+    let good = [RefUpdate {
+        old: graspd_core::Oid::ZERO,
+        new: oid(1),
+        name: "refs/heads/main".into(),
+    }];
+    assert_eq!(
+        engine.decide_push(&repo(1, "r"), &current, &good),
+        [graspd_core::RefDecision::Accept]
+    );
+    let bad = [RefUpdate {
+        old: graspd_core::Oid::ZERO,
+        new: oid(2),
+        name: "refs/heads/main".into(),
+    }];
+    assert!(matches!(
+        &engine.decide_push(&repo(1, "r"), &current, &bad)[0],
+        graspd_core::RefDecision::Reject(_)
+    ));
+    let pr = [RefUpdate {
+        old: graspd_core::Oid::ZERO,
+        new: oid(2),
+        name: "refs/heads/pr/x".into(),
+    }];
+    assert!(matches!(
+        &engine.decide_push(&repo(1, "r"), &current, &pr)[0],
+        graspd_core::RefDecision::Reject(_)
+    ));
+}
+
+#[test]
+fn purgatory_size_is_bounded() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        max_waiting: 2,
+        ..config()
+    });
+    engine.restore_accepted(&kit.announcement(1, "r", &[], &[]));
+    for i in 0..2 {
+        let st = kit.state(1, "r", 2000 + i, &[("refs/heads/main", oid(1))]);
+        assert_eq!(
+            engine.handle_event(t(0), st, Arrival::Published),
+            Verdict::Waiting
+        );
+    }
+    let st = kit.state(1, "r", 2005, &[("refs/heads/main", oid(1))]);
+    assert!(
+        matches!(engine.handle_event(t(0), st, Arrival::Published), Verdict::Rejected(m) if m.starts_with("rate-limited:"))
+    );
+}
+
+#[test]
+fn expired_memory_is_bounded() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        max_remembered_expired: 3,
+        ..config()
+    });
+    let mut host = Host::default();
+    engine.restore_accepted(&kit.announcement(1, "r", &[], &[]));
+    for i in 0..10 {
+        let st = kit.state(1, "r", 2000 + i, &[("refs/heads/main", oid(1))]);
+        publish(&mut engine, &mut host, t(i), st, Arrival::Published);
+    }
+    advance(&mut engine, &mut host, t(3_600_000));
+    assert_eq!(engine.stats().remembered_expired, 3);
+}
