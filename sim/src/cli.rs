@@ -8,7 +8,7 @@ use crate::named;
 use crate::runner::FailureKind;
 use crate::scenario::{Scenario, Size};
 use crate::sut::EngineFactory;
-use crate::swarm::{check_determinism, repro_command, report, run_guarded};
+use crate::swarm::{check_determinism, report, repro_command, run_guarded};
 use crate::trace::TraceMode;
 
 pub const USAGE: &str = "\
@@ -75,7 +75,11 @@ pub fn main(args: &[String], factory: &dyn EngineFactory) -> i32 {
             return if e.is_empty() { 0 } else { 64 };
         }
     };
-    let size = if a.small { Size::small() } else { Size::default() };
+    let size = if a.small {
+        Size::small()
+    } else {
+        Size::default()
+    };
     if a.list {
         for (name, what) in named::ALL {
             println!("{name:28} {what}");
@@ -109,12 +113,19 @@ pub fn main(args: &[String], factory: &dyn EngineFactory) -> i32 {
                 0
             }
             Err(f) => {
-                println!("FAILED {f}\n  reproduce: {} --check-determinism", repro_command(&sc));
+                println!(
+                    "FAILED {f}\n  reproduce: {} --check-determinism",
+                    repro_command(&sc)
+                );
                 f.kind.exit_code()
             }
         };
     }
-    let mode = if a.quiet { TraceMode::Tail } else { TraceMode::Print };
+    let mode = if a.quiet {
+        TraceMode::Tail
+    } else {
+        TraceMode::Print
+    };
     let outcome = run_guarded(&sc, factory, mode);
     match &outcome.failure {
         None => {
@@ -155,7 +166,10 @@ fn run_many(
         }
         if determinism {
             if let Err(f) = check_determinism(&sc, factory) {
-                println!("FAILED {f}\n  reproduce: {} --check-determinism", repro_command(&sc));
+                println!(
+                    "FAILED {f}\n  reproduce: {} --check-determinism",
+                    repro_command(&sc)
+                );
                 return f.kind.exit_code();
             }
         }

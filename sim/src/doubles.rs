@@ -18,7 +18,13 @@ pub struct Sloth {
 
 impl EngineUnderTest for Sloth {
     fn restore_accepted(&mut self, _event: &nostr::event::Event) {}
-    fn restore_waiting(&mut self, _now: Time, event: &nostr::event::Event, _via: Via, _remaining: Duration) {
+    fn restore_waiting(
+        &mut self,
+        _now: Time,
+        event: &nostr::event::Event,
+        _via: Via,
+        _remaining: Duration,
+    ) {
         self.waiting.insert(event.id, ());
     }
     fn handle_event(&mut self, _now: Time, event: &nostr::event::Event, _via: Via) -> Verdict {
@@ -34,7 +40,10 @@ impl EngineUnderTest for Sloth {
         _current: &BTreeMap<String, Oid>,
         updates: &[RefEdit],
     ) -> Vec<Result<(), String>> {
-        updates.iter().map(|_| Err("sloth refuses".into())).collect()
+        updates
+            .iter()
+            .map(|_| Err("sloth refuses".into()))
+            .collect()
     }
     fn handle_input(&mut self, _now: Time, _input: Input) {}
     fn handle_timeout(&mut self, _now: Time) {}

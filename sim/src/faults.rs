@@ -83,7 +83,10 @@ pub enum Response {
     Hang,
     /// Answers after `extra_ms` beyond the usual latency; `withhold_percent`% of the held
     /// objects are answered "not our ref".
-    Serve { extra_ms: u64, withhold_percent: u64 },
+    Serve {
+        extra_ms: u64,
+        withhold_percent: u64,
+    },
 }
 
 /// The response of a server with these fault windows at `now`.
@@ -138,7 +141,10 @@ mod tests {
             from: Time::ZERO,
             until: Time::from_millis(1_000),
         }];
-        assert!(matches!(response_at(&w, Time::from_millis(5)), Response::Serve { .. }));
+        assert!(matches!(
+            response_at(&w, Time::from_millis(5)),
+            Response::Serve { .. }
+        ));
         assert_eq!(response_at(&w, Time::from_millis(15)), Response::Refused);
     }
 }

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use graspd_core::{EventId, Oid, PublicKey};
-use nostr::nips::nip19::ToBech32;
 use nostr::event::{Event, Kind, Signature, Tag, Tags};
 use nostr::key::{Keys, SecretKey};
+use nostr::nips::nip19::ToBech32;
 use nostr::types::Timestamp;
 
 use crate::rng::Rng;
@@ -141,7 +141,10 @@ pub fn pull_request(
 }
 
 pub fn deletion(author: &User, created_at: u64, ids: &[EventId], coords: &[String]) -> Event {
-    let mut tags: Vec<Vec<String>> = ids.iter().map(|id| vec!["e".to_owned(), id.to_hex()]).collect();
+    let mut tags: Vec<Vec<String>> = ids
+        .iter()
+        .map(|id| vec!["e".to_owned(), id.to_hex()])
+        .collect();
     tags.extend(coords.iter().map(|a| tag(["a", a])));
     event(author, 5, created_at, tags, "")
 }
@@ -163,8 +166,22 @@ mod tests {
         let u2 = User::generate("alice", &mut r2);
         assert_eq!(u1.pubkey, u2.pubkey);
         assert!(u1.npub.starts_with("npub1"));
-        let e1 = announcement(&u1, 1_700_000_000, "repo", &["https://a/x.git".into()], &[], &[]);
-        let e2 = announcement(&u2, 1_700_000_000, "repo", &["https://a/x.git".into()], &[], &[]);
+        let e1 = announcement(
+            &u1,
+            1_700_000_000,
+            "repo",
+            &["https://a/x.git".into()],
+            &[],
+            &[],
+        );
+        let e2 = announcement(
+            &u2,
+            1_700_000_000,
+            "repo",
+            &["https://a/x.git".into()],
+            &[],
+            &[],
+        );
         assert_eq!(e1.id, e2.id);
         assert!(e1.verify_id());
     }

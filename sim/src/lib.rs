@@ -5,6 +5,7 @@
 //! `graspd-core` through it, and checks safety invariants after every step and liveness after
 //! the world heals. See `README.md`.
 
+pub mod adapter;
 pub mod cli;
 pub mod doubles;
 pub mod faults;
@@ -16,8 +17,8 @@ pub mod rng;
 pub mod runner;
 pub mod scenario;
 pub mod store;
-pub mod swarm;
 pub mod sut;
+pub mod swarm;
 pub mod trace;
 pub mod world;
 

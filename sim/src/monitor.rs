@@ -30,7 +30,9 @@ impl ThrottleMonitor {
     ) -> Result<(), String> {
         let domain = forbidden(url)?;
         if deadline <= now {
-            return Err(format!("fetch {id} from {url} has a deadline {deadline} not after now"));
+            return Err(format!(
+                "fetch {id} from {url} has a deadline {deadline} not after now"
+            ));
         }
         let latest = now + params.fetch_timeout;
         if deadline > latest {
@@ -39,7 +41,11 @@ impl ThrottleMonitor {
             ));
         }
         self.in_flight.retain(|_, (_, d)| *d > now);
-        let in_flight = self.in_flight.values().filter(|(d, _)| *d == domain).count();
+        let in_flight = self
+            .in_flight
+            .values()
+            .filter(|(d, _)| *d == domain)
+            .count();
         if in_flight + 1 > params.max_concurrent_per_domain {
             return Err(format!(
                 "fetch {id}: {} fetches in flight to {domain}, limit {}",
@@ -85,7 +91,9 @@ pub fn forbidden(url: &str) -> Result<String, String> {
         return Err(format!("fetched from our own origin {url:?}"));
     }
     if is_private(&host) {
-        return Err(format!("fetched from a private or loopback address {url:?}"));
+        return Err(format!(
+            "fetched from a private or loopback address {url:?}"
+        ));
     }
     Ok(host)
 }
@@ -116,7 +124,10 @@ mod tests {
         assert!(forbidden("http://127.0.0.1/x").is_err());
         assert!(forbidden("http://10.1.2.3/x").is_err());
         assert!(forbidden("git@d0.example:x.git").is_err());
-        assert_eq!(forbidden("https://grasp.local.evil.example/x").unwrap(), "grasp.local.evil.example");
+        assert_eq!(
+            forbidden("https://grasp.local.evil.example/x").unwrap(),
+            "grasp.local.evil.example"
+        );
     }
 
     #[test]

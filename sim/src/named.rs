@@ -10,22 +10,60 @@ use crate::faults::{Fault, FaultWindow};
 use crate::forge::{self, User};
 use crate::params::Params;
 use crate::rng::Rng;
-use crate::scenario::{end_for, own_url, repo_url, Action, Expect, Scenario, Scheduled, Via, WALL_EPOCH_SECS};
+use crate::scenario::{
+    end_for, own_url, repo_url, Action, Expect, Scenario, Scheduled, Via, WALL_EPOCH_SECS,
+};
 use crate::world::{Domain, Remote, Role, SimEvent, World, OWN_RELAY};
 
 pub const ALL: &[(&str, &str)] = &[
-    ("hung-fetch", "fault 1: a remote that never answers holds a slot only until the fetch deadline"),
-    ("lost-wakeup", "fault 2: states arriving while their repo's fetch completes are not lost"),
-    ("duplicate-backoff", "fault 3: re-delivered duplicates do not reset the backoff"),
-    ("throttle-burst", "fault 4: a burst of repos on one domain never exceeds the throttle"),
-    ("rate-limited-drain", "fault 4: a rate-limited domain with nothing in flight drains its queue"),
-    ("naughty-rearm", "fault 5: a permanently broken domain stays skipped after the skip ends"),
-    ("restored-prs", "fault 7: PRs restored after a crash are fetched and released"),
-    ("crash-storm", "fault 8: nothing acknowledged is lost across repeated crashes"),
-    ("junk-urls", "fault 9: own origin, look-alikes, private and non-http URLs are never fetched"),
-    ("shared-identifier", "fault 10: owners sharing a d tag never share URLs or queues"),
-    ("push-races-apply", "fault 11: a push racing a sync apply is resolved by compare-and-swap"),
-    ("split-data", "partial data: objects spread over two remotes, one answering not-our-ref"),
+    (
+        "hung-fetch",
+        "fault 1: a remote that never answers holds a slot only until the fetch deadline",
+    ),
+    (
+        "lost-wakeup",
+        "fault 2: states arriving while their repo's fetch completes are not lost",
+    ),
+    (
+        "duplicate-backoff",
+        "fault 3: re-delivered duplicates do not reset the backoff",
+    ),
+    (
+        "throttle-burst",
+        "fault 4: a burst of repos on one domain never exceeds the throttle",
+    ),
+    (
+        "rate-limited-drain",
+        "fault 4: a rate-limited domain with nothing in flight drains its queue",
+    ),
+    (
+        "naughty-rearm",
+        "fault 5: a permanently broken domain stays skipped after the skip ends",
+    ),
+    (
+        "restored-prs",
+        "fault 7: PRs restored after a crash are fetched and released",
+    ),
+    (
+        "crash-storm",
+        "fault 8: nothing acknowledged is lost across repeated crashes",
+    ),
+    (
+        "junk-urls",
+        "fault 9: own origin, look-alikes, private and non-http URLs are never fetched",
+    ),
+    (
+        "shared-identifier",
+        "fault 10: owners sharing a d tag never share URLs or queues",
+    ),
+    (
+        "push-races-apply",
+        "fault 11: a push racing a sync apply is resolved by compare-and-swap",
+    ),
+    (
+        "split-data",
+        "partial data: objects spread over two remotes, one answering not-our-ref",
+    ),
 ];
 
 pub fn build(name: &str, seed: u64) -> Option<Scenario> {
@@ -156,7 +194,14 @@ impl B {
         let user = self.world.users[repo.owner].clone();
         let mut clone = vec![own_url(&user, &repo.ident)];
         clone.extend(repo.remotes.iter().cloned());
-        let ev = forge::announcement(&user, created(at_ms), &repo.ident, &clone, &[OWN_RELAY.to_owned()], &[]);
+        let ev = forge::announcement(
+            &user,
+            created(at_ms),
+            &repo.ident,
+            &clone,
+            &[OWN_RELAY.to_owned()],
+            &[],
+        );
         let idx = self.add(SimEvent {
             event: ev,
             role: Role::Announcement {
@@ -177,7 +222,14 @@ impl B {
         self.state_with(repo, at_ms, via, refs, holders)
     }
 
-    fn state_with(&mut self, repo: &Repo, at_ms: u64, via: Via, refs: BTreeMap<String, Oid>, holders: &[usize]) -> usize {
+    fn state_with(
+        &mut self,
+        repo: &Repo,
+        at_ms: u64,
+        via: Via,
+        refs: BTreeMap<String, Oid>,
+        holders: &[usize],
+    ) -> usize {
         let user = self.world.users[repo.owner].clone();
         for &h in holders {
             let url = &repo.remotes[h];
@@ -186,7 +238,13 @@ impl B {
             }
         }
         let n = self.world.events.len() as u64;
-        let ev = forge::state(&user, created(at_ms) + n, &repo.ident, &refs, Some("refs/heads/main"));
+        let ev = forge::state(
+            &user,
+            created(at_ms) + n,
+            &repo.ident,
+            &refs,
+            Some("refs/heads/main"),
+        );
         let idx = self.add(SimEvent {
             event: ev,
             role: Role::State {
@@ -201,10 +259,21 @@ impl B {
     }
 
     /// A PR from `author` to `repo` whose tip is held on a fork at `fork_domain`.
-    fn pr(&mut self, author: usize, repo: &Repo, fork_domain: usize, at_ms: u64, via: Via) -> usize {
+    fn pr(
+        &mut self,
+        author: usize,
+        repo: &Repo,
+        fork_domain: usize,
+        at_ms: u64,
+        via: Via,
+    ) -> usize {
         let user = self.world.users[author].clone();
         let commit = forge::oid(&mut self.rng);
-        let url = repo_url(&self.world.domains[fork_domain].name, &user, &format!("{}-fork", repo.ident));
+        let url = repo_url(
+            &self.world.domains[fork_domain].name,
+            &user,
+            &format!("{}-fork", repo.ident),
+        );
         self.world
             .remotes
             .entry(url.clone())
@@ -386,10 +455,12 @@ fn naughty_rearm(seed: u64) -> Scenario {
     let owner_user = b.world.users[owner].clone();
     let url = format!("{broken}/{}/stale.git", owner_user.npub);
     let repo = b.repo(owner, "stale", &[], &[url]);
-    b.announce(&repo, 0, Via::Synced);
-    let mut t = S;
+    // The owner keeps re-announcing (a fresh event each time) and publishing states, so the
+    // engine always has a reason to try the broken domain again.
+    let mut t = 0;
     while t < run {
-        b.state(&repo, t, Via::Synced, &[]);
+        b.announce(&repo, t, Via::Synced);
+        b.state(&repo, t + S, Via::Synced, &[]);
         t += 10 * MIN;
     }
     // One skip period of 20 min allows `bad_domain_failures` failures plus one probe; over
@@ -420,8 +491,14 @@ fn restored_prs(seed: u64) -> Scenario {
 fn crash_storm(seed: u64) -> Scenario {
     let mut b = B::new("crash-storm", seed, Params::default());
     let owner = b.user();
-    let d0 = b.domain((100, 2_000), &[(Fault::Flapping { period_ms: 7_000 }, 0, 8 * MIN)]);
-    let d1 = b.domain((100, 2_000), &[(Fault::Slow { extra_ms: 20_000 }, 0, 8 * MIN)]);
+    let d0 = b.domain(
+        (100, 2_000),
+        &[(Fault::Flapping { period_ms: 7_000 }, 0, 8 * MIN)],
+    );
+    let d1 = b.domain(
+        (100, 2_000),
+        &[(Fault::Slow { extra_ms: 20_000 }, 0, 8 * MIN)],
+    );
     for i in 0..4 {
         let repo = b.repo(owner, &format!("storm{i}"), &[d0, d1], &[]);
         b.announce(&repo, i * 10 * S, Via::Published);
@@ -505,10 +582,24 @@ fn split_data(seed: u64) -> Scenario {
     b.announce(&repo, 0, Via::Synced);
     let main = forge::oid(&mut b.rng);
     let dev = forge::oid(&mut b.rng);
-    let refs: BTreeMap<String, Oid> = [("refs/heads/main".to_owned(), main), ("refs/heads/dev".to_owned(), dev)].into();
+    let refs: BTreeMap<String, Oid> = [
+        ("refs/heads/main".to_owned(), main),
+        ("refs/heads/dev".to_owned(), dev),
+    ]
+    .into();
     b.state_with(&repo, S, Via::Synced, refs, &[]);
     // main only on d0, dev only on d1.
-    b.world.remotes.get_mut(&repo.remotes[0]).expect("remote").objects.insert(main);
-    b.world.remotes.get_mut(&repo.remotes[1]).expect("remote").objects.insert(dev);
+    b.world
+        .remotes
+        .get_mut(&repo.remotes[0])
+        .expect("remote")
+        .objects
+        .insert(main);
+    b.world
+        .remotes
+        .get_mut(&repo.remotes[1])
+        .expect("remote")
+        .objects
+        .insert(dev);
     b.finish(2 * MIN)
 }

@@ -45,7 +45,11 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} violation at {}: {}", self.kind, self.at, self.message)
+        write!(
+            f,
+            "{:?} violation at {}: {}",
+            self.kind, self.at, self.message
+        )
     }
 }
 
@@ -212,7 +216,33 @@ impl<'a> Sim<'a> {
     }
 
     fn to_sim_time(&self, engine_time: Time) -> Time {
-        Time::from_millis(engine_time.as_millis().saturating_add(self.boot_at.as_millis()))
+        Time::from_millis(
+            engine_time
+                .as_millis()
+                .saturating_add(self.boot_at.as_millis()),
+        )
+    }
+
+    /// `u0/repo1` for a repository key (trace only).
+    fn rk(&self, repo: &RepoKey) -> String {
+        match self.sc.world.users.iter().find(|u| u.pubkey == repo.owner) {
+            Some(u) => format!("{}/{}", u.name, repo.identifier),
+            None => repo.to_string(),
+        }
+    }
+
+    /// Replaces users' hex public keys by their names in an engine-provided string.
+    fn names(&self, s: String) -> String {
+        let mut s = s;
+        for u in &self.sc.world.users {
+            let hex = u.pubkey.to_hex();
+            if s.contains(&hex) {
+                s = s
+                    .replace(&format!("PublicKey({hex})"), &u.name)
+                    .replace(&hex, &u.name);
+            }
+        }
+        s
     }
 
     fn label(&self, idx: usize) -> &str {
@@ -229,8 +259,7 @@ impl<'a> Sim<'a> {
             let next_timer = self
                 .engine
                 .as_mut()
-                .and_then(|e| e.poll_timeout())
-                .map(|(t, why)| (t, why));
+                .and_then(|e| e.poll_timeout());
             let timer_at = next_timer.as_ref().map(|(t, _)| self.to_sim_time(*t));
             let take_item = match (next_item, timer_at) {
                 (None, None) => break,
@@ -251,7 +280,11 @@ impl<'a> Sim<'a> {
                 let (_, item) = self.agenda.pop_first().expect("checked");
                 self.process(item);
             } else {
-                let why = next_timer.as_ref().map(|(_, w)| w.as_str()).unwrap_or_default();
+                let why = next_timer
+                    .as_ref()
+                    .map(|(_, w)| w.clone())
+                    .unwrap_or_default();
+                let why = self.names(why);
                 crate::trace!(self.trace, self.now, "timeout {why}");
                 let now = self.engine_now();
                 if let Some(e) = self.engine.as_mut() {
@@ -275,7 +308,10 @@ impl<'a> Sim<'a> {
                 last_now = self.now;
             }
             if self.stats.steps > MAX_STEPS {
-                self.fail(FailureKind::Liveness, format!("runaway: more than {MAX_STEPS} steps"));
+                self.fail(
+                    FailureKind::Liveness,
+                    format!("runaway: more than {MAX_STEPS} steps"),
+                );
             }
         }
         if self.failure.is_none() {
@@ -294,9 +330,12 @@ impl<'a> Sim<'a> {
                     let n = self
                         .fetch_log
                         .get(domain)
-                        .map_or(0, |v| v.iter().filter(|t| *t < until).count()) as u64;
+                        .map_or(0, |v| v.iter().filter(|t| *t < until).count())
+                        as u64;
                     if n > *max {
-                        let msg = format!("{n} fetches sent to {domain} before {until}, at most {max} expected");
+                        let msg = format!(
+                            "{n} fetches sent to {domain} before {until}, at most {max} expected"
+                        );
                         self.fail(FailureKind::Safety, msg);
                         return;
                     }
@@ -311,7 +350,9 @@ impl<'a> Sim<'a> {
     fn check_candidate(&self, into: &RepoKey, url: &str) -> Result<(), String> {
         let listed = self.sc.world.events.iter().any(|e| match &e.role {
             Role::Announcement { repo, clone } => repo == into && clone.iter().any(|c| c == url),
-            Role::Pr { targets, clone, .. } => targets.contains(into) && clone.iter().any(|c| c == url),
+            Role::Pr { targets, clone, .. } => {
+                targets.contains(into) && clone.iter().any(|c| c == url)
+            }
             _ => false,
         });
         if listed {
@@ -351,7 +392,12 @@ impl<'a> Sim<'a> {
         for row in self.store.waiting.values() {
             // The table holds wall-clock expiry; the engine gets what is left of it.
             let remaining = row.expires_at.saturating_since(self.now);
-            engine.restore_waiting(now, &self.sc.world.events[row.event].event, row.via, remaining);
+            engine.restore_waiting(
+                now,
+                &self.sc.world.events[row.event].event,
+                row.via,
+                remaining,
+            );
             waiting += 1;
         }
         self.engine = Some(engine);
@@ -389,7 +435,11 @@ impl<'a> Sim<'a> {
             Item::Act(Action::Crash { down_ms }) => self.crash(down_ms),
             Item::Restart => {
                 self.calm_since = self.calm_since.max(self.now);
-                let min_end = self.now + self.sc.params.liveness_bound(self.sc.world.events.len() * 2);
+                let min_end = self.now
+                    + self
+                        .sc
+                        .params
+                        .liveness_bound(self.sc.world.events.len() * 2);
                 self.end_at = self.end_at.max(min_end);
                 self.boot();
             }
@@ -412,7 +462,12 @@ impl<'a> Sim<'a> {
                         repo.objects.extend(present.iter().copied());
                     }
                 }
-                crate::trace!(self.trace, self.now, "fetch {id} done: {}", show_fetch(&result));
+                crate::trace!(
+                    self.trace,
+                    self.now,
+                    "fetch {id} done: {}",
+                    show_fetch(&result)
+                );
                 self.input(Input::FetchDone { id, result });
             }
             Item::InspectDone {
@@ -426,7 +481,10 @@ impl<'a> Sim<'a> {
                 }
                 let result = match self.store.repos.get(&repo) {
                     Some(r) => Ok((
-                        oids.iter().filter(|o| r.objects.contains(o)).copied().collect::<Vec<_>>(),
+                        oids.iter()
+                            .filter(|o| r.objects.contains(o))
+                            .copied()
+                            .collect::<Vec<_>>(),
                         r.refs.clone(),
                     )),
                     None => Err(format!("no repository {repo}")),
@@ -436,7 +494,8 @@ impl<'a> Sim<'a> {
                     self.now,
                     "inspect {id} done: {}",
                     match &result {
-                        Ok((p, refs)) => format!("{}/{} present, {} refs", p.len(), oids.len(), refs.len()),
+                        Ok((p, refs)) =>
+                            format!("{}/{} present, {} refs", p.len(), oids.len(), refs.len()),
                         Err(e) => e.clone(),
                     }
                 );
@@ -474,12 +533,20 @@ impl<'a> Sim<'a> {
         let label = self.label(idx).to_owned();
         let now = self.engine_now();
         let Some(engine) = self.engine.as_mut() else {
-            crate::trace!(self.trace, self.now, "deliver {label} {via:?}: server down, lost");
+            crate::trace!(
+                self.trace,
+                self.now,
+                "deliver {label} {via:?}: server down, lost"
+            );
             return;
         };
         let ev = &self.sc.world.events[idx];
         let verdict = engine.handle_event(now, &ev.event, via);
-        crate::trace!(self.trace, self.now, "deliver {label} {via:?} -> {verdict:?}");
+        crate::trace!(
+            self.trace,
+            self.now,
+            "deliver {label} {via:?} -> {verdict:?}"
+        );
         let id = ev.id();
         match verdict {
             Verdict::Waiting => {
@@ -639,10 +706,14 @@ impl<'a> Sim<'a> {
                 crate::trace!(
                     self.trace,
                     self.now,
-                    "fetch {id} {url} {} objects into {into} deadline {deadline}",
-                    oids.len()
+                    "fetch {id} {url} {} objects into {} deadline {deadline}",
+                    oids.len(),
+                    self.rk(&into)
                 );
-                if let Err(why) = self.monitor.on_fetch(self.now, id, &url, deadline, &self.sc.params) {
+                if let Err(why) =
+                    self.monitor
+                        .on_fetch(self.now, id, &url, deadline, &self.sc.params)
+                {
                     self.fail(FailureKind::Safety, why);
                     return;
                 }
@@ -666,7 +737,10 @@ impl<'a> Sim<'a> {
                     );
                     return;
                 }
-                let outcome = self.sc.world.fetch(&url, &oids, self.now, self.healed, &mut self.net);
+                let outcome =
+                    self.sc
+                        .world
+                        .fetch(&url, &oids, self.now, self.healed, &mut self.net);
                 let quick = self.net.range(1, 300);
                 let (delay, result) = match outcome {
                     RemoteOutcome::Refused => (quick, Err(FetchFailure::Refused)),
@@ -680,7 +754,9 @@ impl<'a> Sim<'a> {
                     RemoteOutcome::Served { delay_ms, present } => {
                         // git fails the whole fetch on the first wanted object the remote lacks.
                         match oids.iter().find(|o| !present.contains(o)) {
-                            Some(lacking) => (delay_ms, Err(FetchFailure::NotOurRef(vec![*lacking]))),
+                            Some(lacking) => {
+                                (delay_ms, Err(FetchFailure::NotOurRef(vec![*lacking])))
+                            }
                             None => (delay_ms, Ok(present)),
                         }
                     }
@@ -696,7 +772,13 @@ impl<'a> Sim<'a> {
                 );
             }
             Command::Inspect { id, repo, oids } => {
-                crate::trace!(self.trace, self.now, "inspect {id} {repo} {} objects", oids.len());
+                crate::trace!(
+                    self.trace,
+                    self.now,
+                    "inspect {id} {} {} objects",
+                    self.rk(&repo),
+                    oids.len()
+                );
                 let delay = self.net.range(1, 20);
                 self.at(
                     self.now + Duration::from_millis(delay),
@@ -713,7 +795,7 @@ impl<'a> Sim<'a> {
                     self.trace,
                     self.now,
                     "apply {id} {} edits={} copies={} head={:?}",
-                    plan.repo,
+                    self.rk(&plan.repo),
                     plan.edits.len(),
                     plan.copies.len(),
                     plan.head
@@ -725,17 +807,19 @@ impl<'a> Sim<'a> {
                 );
             }
             Command::CreateRepo { repo } => {
-                crate::trace!(self.trace, self.now, "create repo {repo}");
+                crate::trace!(self.trace, self.now, "create repo {}", self.rk(&repo));
                 self.store.repos.entry(repo).or_default();
             }
             Command::RemoveRepo { repo } => {
-                crate::trace!(self.trace, self.now, "remove repo {repo}");
+                crate::trace!(self.trace, self.now, "remove repo {}", self.rk(&repo));
                 let served: Vec<String> = self
                     .store
                     .served
                     .values()
                     .filter(|idx| match &self.sc.world.events[**idx].role {
-                        Role::Announcement { repo: r, .. } | Role::State { repo: r, .. } => *r == repo,
+                        Role::Announcement { repo: r, .. } | Role::State { repo: r, .. } => {
+                            *r == repo
+                        }
                         _ => false,
                     })
                     .map(|idx| self.label(*idx).to_owned())
@@ -743,7 +827,10 @@ impl<'a> Sim<'a> {
                 if !served.is_empty() {
                     self.fail(
                         FailureKind::Safety,
-                        format!("removed repository {repo} although it serves {}", served.join(", ")),
+                        format!(
+                            "removed repository {repo} although it serves {}",
+                            served.join(", ")
+                        ),
                     );
                 }
                 self.store.repos.remove(&repo);
@@ -775,7 +862,10 @@ impl<'a> Sim<'a> {
                     }
                 }
             }
-            Output::Other(s) => crate::trace!(self.trace, self.now, "engine: {s}"),
+            Output::Other(s) => {
+                let s = self.names(s);
+                crate::trace!(self.trace, self.now, "engine: {s}")
+            }
         }
     }
 
@@ -808,11 +898,17 @@ impl<'a> Sim<'a> {
                 return;
             }
             Status::Expired => {
-                self.fail(FailureKind::Safety, format!("released {label} after it expired"));
+                self.fail(
+                    FailureKind::Safety,
+                    format!("released {label} after it expired"),
+                );
                 return;
             }
             Status::Deleted => {
-                self.fail(FailureKind::Safety, format!("released {label} after it was deleted"));
+                self.fail(
+                    FailureKind::Safety,
+                    format!("released {label} after it was deleted"),
+                );
                 return;
             }
         }
@@ -845,7 +941,11 @@ impl<'a> Sim<'a> {
                     .collect(),
             };
             if !missing.is_empty() {
-                let msg = format!("{what} {} before its data was present: {}", ev.label, missing.join("; "));
+                let msg = format!(
+                    "{what} {} before its data was present: {}",
+                    ev.label,
+                    missing.join("; ")
+                );
                 self.fail(FailureKind::Safety, msg);
                 return;
             }
@@ -868,17 +968,26 @@ impl<'a> Sim<'a> {
         let stats = engine.stats();
         let p = &self.sc.params;
         if let Some(w) = stats.waiting.filter(|w| *w > p.max_waiting) {
-            self.fail(FailureKind::Safety, format!("{w} events waiting, bound {}", p.max_waiting));
+            self.fail(
+                FailureKind::Safety,
+                format!("{w} events waiting, bound {}", p.max_waiting),
+            );
         }
         if let Some(d) = stats.domains.filter(|d| *d > p.max_domains) {
-            self.fail(FailureKind::Safety, format!("{d} domains tracked, bound {}", p.max_domains));
+            self.fail(
+                FailureKind::Safety,
+                format!("{d} domains tracked, bound {}", p.max_domains),
+            );
         }
     }
 
     // ---------------------------------------------------------------- liveness
 
     fn check_liveness(&mut self) {
-        let bound = self.sc.params.liveness_bound(self.sc.world.events.len() * 2);
+        let bound = self
+            .sc
+            .params
+            .liveness_bound(self.sc.world.events.len() * 2);
         let acks: Vec<(EventId, Ack)> = self.acks.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (id, ack) in acks {
             let label = self.label(ack.event).to_owned();
@@ -886,7 +995,10 @@ impl<'a> Sim<'a> {
                 let why = self.why(&id, ack.event);
                 self.fail(
                     FailureKind::Liveness,
-                    format!("{label} is still waiting after its expiry {} (lost?): {why}", ack.expires_at),
+                    format!(
+                        "{label} is still waiting after its expiry {} (lost?): {why}",
+                        ack.expires_at
+                    ),
                 );
                 return;
             }
@@ -897,7 +1009,8 @@ impl<'a> Sim<'a> {
             let Some(reason) = self.obligation(&id, &ack) else {
                 continue;
             };
-            let on_time = ack.status == Status::Served && ack.released_at.is_some_and(|t| t <= deadline);
+            let on_time =
+                ack.status == Status::Served && ack.released_at.is_some_and(|t| t <= deadline);
             if !on_time {
                 let why = self.why(&id, ack.event);
                 self.fail(
@@ -924,14 +1037,37 @@ impl<'a> Sim<'a> {
     /// The announcement of `repo` that the engine holds, if any: its clone URLs are candidates.
     fn announcement_urls(&self, repo: &RepoKey) -> Option<Vec<String>> {
         self.sc.world.events.iter().find_map(|e| match &e.role {
-            Role::Announcement { repo: r, clone } if r == repo && self.alive(&e.id()) => Some(clone.clone()),
+            Role::Announcement { repo: r, clone } if r == repo && self.alive(&e.id()) => {
+                Some(clone.clone())
+            }
             _ => None,
         })
+    }
+
+    /// Remote hosts the world's events name that the engine may fetch from.
+    fn fetchable_hosts(&self) -> usize {
+        let mut hosts = BTreeSet::new();
+        for e in &self.sc.world.events {
+            let urls = match &e.role {
+                Role::Announcement { clone, .. } | Role::Pr { clone, .. } => clone,
+                _ => continue,
+            };
+            hosts.extend(
+                urls.iter()
+                    .filter_map(|u| crate::monitor::forbidden(u).ok()),
+            );
+        }
+        hosts.len()
     }
 
     /// Why this acknowledged event must be released after the heal, or `None` if it need not.
     fn obligation(&self, id: &EventId, ack: &Ack) -> Option<String> {
         if matches!(ack.status, Status::Deleted) {
+            return None;
+        }
+        // A world with more hosts than the engine may track can starve a domain until an idle
+        // one is evicted (the configured trade-off of bounded state): no promise then.
+        if self.fetchable_hosts() > self.sc.params.max_domains {
             return None;
         }
         let ev = &self.sc.world.events[ack.event];

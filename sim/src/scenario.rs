@@ -163,7 +163,15 @@ impl Scenario {
         let mut schedule = Vec::new();
         let n_repos = wr.range(1, size.max_repos);
         for r in 0..n_repos {
-            gen_repo(&mut world, &mut schedule, r, chaos_ms, size, &mut wr, &mut sr);
+            gen_repo(
+                &mut world,
+                &mut schedule,
+                r,
+                chaos_ms,
+                size,
+                &mut wr,
+                &mut sr,
+            );
         }
 
         let n_crashes = if sr.percent(50) { sr.range(1, 3) } else { 0 };
@@ -294,7 +302,10 @@ fn gen_repo(
     let owner_idx = wr.index(world.users.len());
     let owner = world.users[owner_idx].clone();
     let ident = format!("repo{r}");
-    let key = RepoKey::new(owner.pubkey, Identifier::new(&ident).expect("valid identifier"));
+    let key = RepoKey::new(
+        owner.pubkey,
+        Identifier::new(&ident).expect("valid identifier"),
+    );
 
     // States: each moves main, sometimes adds a branch or tag.
     let n_states = wr.range(1, size.max_states) as usize;
@@ -323,19 +334,18 @@ fn gen_repo(
     for &d in hosts.iter().take(n_remotes) {
         let url = crate::scenario::repo_url(&world.domains[d].name, &owner, &ident);
         let upto = wr.range(0, n_states as u64) as usize;
-        let mut objects: BTreeSet<Oid> = states[..upto].iter().flat_map(|s| s.values().copied()).collect();
+        let mut objects: BTreeSet<Oid> = states[..upto]
+            .iter()
+            .flat_map(|s| s.values().copied())
+            .collect();
         if wr.percent(10) {
             if let Some(o) = objects.iter().next().copied() {
                 objects.remove(&o);
             }
         }
-        world.remotes.insert(
-            url.clone(),
-            Remote {
-                domain: d,
-                objects,
-            },
-        );
+        world
+            .remotes
+            .insert(url.clone(), Remote { domain: d, objects });
         clone.push(url);
     }
     // URLs a careful engine must never fetch: non-http, loopback, private, look-alikes of us.
@@ -344,7 +354,10 @@ fn gen_repo(
             format!("git@d0.example:{ident}.git"),
             format!("http://127.0.0.1/{}/{ident}.git", owner.npub),
             format!("http://10.1.2.3/{}/{ident}.git", owner.npub),
-            format!("https://grasp.local.evil.example/{}/{ident}.git", owner.npub),
+            format!(
+                "https://grasp.local.evil.example/{}/{ident}.git",
+                owner.npub
+            ),
             format!("https://GRASP.local/{}/{ident}.git", owner.npub),
         ];
         clone.push(wr.pick(&junk).clone());
@@ -352,8 +365,19 @@ fn gen_repo(
     wr.shuffle(&mut clone[1..]);
 
     let t0 = sr.below(chaos_ms / 2);
-    let announce_via = if sr.percent(80) { Via::Published } else { Via::Synced };
-    let ann = forge::announcement(&owner, created(t0), &ident, &clone, &[OWN_RELAY.to_owned()], &[]);
+    let announce_via = if sr.percent(80) {
+        Via::Published
+    } else {
+        Via::Synced
+    };
+    let ann = forge::announcement(
+        &owner,
+        created(t0),
+        &ident,
+        &clone,
+        &[OWN_RELAY.to_owned()],
+        &[],
+    );
     let ann_label = format!("ann({}/{ident})", owner.name);
     deliver(
         world,
@@ -376,10 +400,24 @@ fn gen_repo(
     let mut state_events = Vec::new();
     for (k, refs) in states.iter().enumerate() {
         // Usually after the announcement, sometimes before it (reordering).
-        let ts = if sr.percent(15) { sr.below(t0 + 1) } else { sr.range(t, chaos_ms - 1) };
+        let ts = if sr.percent(15) {
+            sr.below(t0 + 1)
+        } else {
+            sr.range(t, chaos_ms - 1)
+        };
         t = ts.max(t);
-        let ev = forge::state(&owner, created(ts) + k as u64, &ident, refs, Some("refs/heads/main"));
-        let via = if sr.percent(70) { Via::Published } else { Via::Synced };
+        let ev = forge::state(
+            &owner,
+            created(ts) + k as u64,
+            &ident,
+            refs,
+            Some("refs/heads/main"),
+        );
+        let via = if sr.percent(70) {
+            Via::Published
+        } else {
+            Via::Synced
+        };
         let idx = deliver(
             world,
             schedule,
@@ -422,7 +460,9 @@ fn gen_repo(
             if wr.percent(85) {
                 objects.insert(commit);
             }
-            world.remotes.insert(url.clone(), Remote { domain: d, objects });
+            world
+                .remotes
+                .insert(url.clone(), Remote { domain: d, objects });
             pr_clone.push(url);
         }
         let tp = sr.range(t0, chaos_ms - 1);
@@ -442,7 +482,11 @@ fn gen_repo(
                 label: format!("pr{p}({}->{}/{ident})", author.name, owner.name),
             },
             tp,
-            if sr.percent(50) { Via::Published } else { Via::Synced },
+            if sr.percent(50) {
+                Via::Published
+            } else {
+                Via::Synced
+            },
             chaos_ms,
             sr,
         );
@@ -456,7 +500,14 @@ fn gen_repo(
             }
             let tu = sr.range(tp, chaos_ms - 1);
             let target = forge::coordinate(&owner.pubkey, &ident);
-            let ev = forge::pull_request(&author, created(tu) + 1, &[target], commit2, &pr_clone, Some(pr_id));
+            let ev = forge::pull_request(
+                &author,
+                created(tu) + 1,
+                &[target],
+                commit2,
+                &pr_clone,
+                Some(pr_id),
+            );
             deliver(
                 world,
                 schedule,

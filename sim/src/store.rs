@@ -91,7 +91,9 @@ pub fn diff_refs(current: &BTreeMap<String, Oid>, target: &BTreeMap<String, Oid>
         }
     }
     for (name, old) in current {
-        if !target.contains_key(name) && (name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+        if !target.contains_key(name)
+            && (name.starts_with("refs/heads/") || name.starts_with("refs/tags/"))
+        {
             edits.push(RefEdit {
                 name: name.clone(),
                 old: Some(*old),

@@ -101,9 +101,15 @@ pub enum Input {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Released { id: EventId },
-    Expired { id: EventId },
-    Deleted { id: EventId },
+    Released {
+        id: EventId,
+    },
+    Expired {
+        id: EventId,
+    },
+    Deleted {
+        id: EventId,
+    },
     /// Anything else the engine reports, for the trace.
     Other(String),
 }
@@ -117,7 +123,13 @@ pub struct Stats {
 
 pub trait EngineUnderTest {
     fn restore_accepted(&mut self, event: &nostr::event::Event);
-    fn restore_waiting(&mut self, now: Time, event: &nostr::event::Event, via: Via, remaining: Duration);
+    fn restore_waiting(
+        &mut self,
+        now: Time,
+        event: &nostr::event::Event,
+        via: Via,
+        remaining: Duration,
+    );
     fn handle_event(&mut self, now: Time, event: &nostr::event::Event, via: Via) -> Verdict;
     /// Per update, `Ok` to accept or `Err(reason)`.
     fn decide_push(

@@ -70,7 +70,9 @@ impl SimEvent {
     /// Objects that must be present locally before this event may be released, per repo.
     pub fn needs(&self) -> Vec<(RepoKey, Vec<Oid>)> {
         match &self.role {
-            Role::State { repo, refs, .. } => vec![(repo.clone(), refs.values().copied().collect())],
+            Role::State { repo, refs, .. } => {
+                vec![(repo.clone(), refs.values().copied().collect())]
+            }
             Role::Pr {
                 targets, commit, ..
             } => targets.iter().map(|r| (r.clone(), vec![*commit])).collect(),
@@ -107,7 +109,14 @@ pub struct World {
 
 impl World {
     /// What a fetch of `oids` from `url` sent at `now` meets. `healed` ignores every fault.
-    pub fn fetch(&self, url: &str, oids: &[Oid], now: Time, healed: bool, rng: &mut Rng) -> RemoteOutcome {
+    pub fn fetch(
+        &self,
+        url: &str,
+        oids: &[Oid],
+        now: Time,
+        healed: bool,
+        rng: &mut Rng,
+    ) -> RemoteOutcome {
         let Some(remote) = self.remotes.get(url) else {
             return RemoteOutcome::Unknown;
         };
@@ -153,7 +162,9 @@ impl World {
     }
 
     pub fn domain_of(&self, url: &str) -> Option<&str> {
-        self.remotes.get(url).map(|r| self.domains[r.domain].name.as_str())
+        self.remotes
+            .get(url)
+            .map(|r| self.domains[r.domain].name.as_str())
     }
 }
 
@@ -183,7 +194,10 @@ mod tests {
 
     #[test]
     fn url_host_strips_port_and_userinfo() {
-        assert_eq!(url_host("https://a.example:8443/x/y.git").unwrap(), "a.example");
+        assert_eq!(
+            url_host("https://a.example:8443/x/y.git").unwrap(),
+            "a.example"
+        );
         assert_eq!(url_host("http://u:p@B.example/x").unwrap(), "b.example");
         assert_eq!(url_host("http://[::1]:80/x").unwrap(), "::1");
         assert!(url_host("ssh://a.example/x").is_none());
