@@ -21,6 +21,7 @@ usage: graspd-sim [options]
   --scenarios           run every named scenario
   --list                list the named scenarios
   --small               small worlds (what the CI swarm test uses)
+  --keep-going          with --seeds: run every seed, list every failing one
   --quiet               with --seed: no trace, only the result
 exit codes: 0 ok, 2 safety, 3 liveness, 4 crash (engine panic), 5 determinism, 64 usage";
 
@@ -35,6 +36,7 @@ struct Args {
     list: bool,
     small: bool,
     quiet: bool,
+    keep_going: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -56,6 +58,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--list" => a.list = true,
             "--small" => a.small = true,
             "--quiet" => a.quiet = true,
+            "--keep-going" => a.keep_going = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -102,7 +105,14 @@ pub fn main(args: &[String], factory: &dyn EngineFactory) -> i32 {
         }
     }
     if let Some(k) = a.seeds {
-        return run_many(factory, a.from, k, a.determinism, &scenario_for);
+        return run_many(
+            factory,
+            a.from,
+            k,
+            a.determinism,
+            a.keep_going,
+            &scenario_for,
+        );
     }
     let seed = a.seed.unwrap_or(0);
     let sc = scenario_for(seed).expect("checked above");
@@ -153,13 +163,20 @@ fn run_many(
     from: u64,
     k: u64,
     determinism: bool,
+    keep_going: bool,
     scenario_for: &dyn Fn(u64) -> Option<Scenario>,
 ) -> i32 {
     let started = Instant::now();
+    let mut failed: Vec<(u64, FailureKind)> = Vec::new();
     for seed in from..from + k {
         let sc = scenario_for(seed).expect("checked");
         let outcome = run_guarded(&sc, factory, TraceMode::Tail);
         if let Some(f) = &outcome.failure {
+            if keep_going {
+                println!("seed {seed}: {f}");
+                failed.push((seed, f.kind));
+                continue;
+            }
             print!("{}", report(&sc, &outcome));
             println!("{} seeds passed before seed {seed} failed", seed - from);
             return f.kind.exit_code();
@@ -173,6 +190,16 @@ fn run_many(
                 return f.kind.exit_code();
             }
         }
+    }
+    if let Some(worst) = failed.iter().map(|(_, kind)| *kind).min() {
+        let seeds: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
+        println!(
+            "FAILED {} of {k} seeds in {:.1}s: {}",
+            failed.len(),
+            started.elapsed().as_secs_f64(),
+            seeds.join(" ")
+        );
+        return worst.exit_code();
     }
     println!(
         "OK {k} seeds ({from}..{}) in {:.1}s",

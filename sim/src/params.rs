@@ -4,8 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::faults::Fault;
 use crate::rng::Rng;
-use crate::world::ms;
+use crate::world::{ms, World};
 
 /// The configuration values the simulator draws and checks. `adapter.rs` turns them into the
 /// engine's `Config`.
@@ -81,15 +82,31 @@ impl Params {
     }
 
     /// After the world heals, an event whose data is reachable is released within this long:
-    /// its first attempt, one full backoff step, a skip for a domain marked bad before the heal
-    /// (or a rate-limit cooldown), a fetch that hangs until its deadline, then `fetches` rate
-    /// windows for the queue of one domain to drain, plus slack for latencies and inspections.
-    pub fn liveness_bound(&self, fetches_per_domain: usize) -> Duration {
+    /// its first attempt, two backoff steps, a skip for a domain marked bad before the heal
+    /// (only if some domain had DNS or TLS faults) or a rate-limit cooldown (only if some was
+    /// rate limited), a fetch that hangs until its deadline, then enough rate windows for one
+    /// domain's queue to drain, plus slack for latencies and inspections.
+    pub fn liveness_bound(&self, world: &World) -> Duration {
+        let faults = || {
+            world
+                .domains
+                .iter()
+                .flat_map(|d| d.faults.iter().map(|w| w.fault))
+        };
+        let bad = faults().any(|f| matches!(f, Fault::DnsFailure | Fault::TlsFailure));
+        let limited = faults().any(|f| matches!(f, Fault::RateLimited));
         let first = self
             .first_attempt_after_published
             .max(self.first_attempt_after_synced);
-        let skip = self.bad_domain_skip.max(self.rate_limited_cooldown);
-        let windows = fetches_per_domain.div_ceil(self.max_per_minute_per_domain.max(1)) as u32 + 1;
+        let mut skip = Duration::ZERO;
+        if bad {
+            skip = skip.max(self.bad_domain_skip);
+        }
+        if limited {
+            skip = skip.max(self.rate_limited_cooldown);
+        }
+        let fetches = world.events.len() * 2;
+        let windows = fetches.div_ceil(self.max_per_minute_per_domain.max(1)) as u32 + 1;
         first
             + self.max_backoff() * 2
             + skip

@@ -256,10 +256,7 @@ impl<'a> Sim<'a> {
         let mut last_now = self.now;
         while self.failure.is_none() {
             let next_item = self.agenda.first_key_value().map(|((t, _), _)| *t);
-            let next_timer = self
-                .engine
-                .as_mut()
-                .and_then(|e| e.poll_timeout());
+            let next_timer = self.engine.as_mut().and_then(|e| e.poll_timeout());
             let timer_at = next_timer.as_ref().map(|(t, _)| self.to_sim_time(*t));
             let take_item = match (next_item, timer_at) {
                 (None, None) => break,
@@ -435,11 +432,7 @@ impl<'a> Sim<'a> {
             Item::Act(Action::Crash { down_ms }) => self.crash(down_ms),
             Item::Restart => {
                 self.calm_since = self.calm_since.max(self.now);
-                let min_end = self.now
-                    + self
-                        .sc
-                        .params
-                        .liveness_bound(self.sc.world.events.len() * 2);
+                let min_end = self.now + self.sc.params.liveness_bound(&self.sc.world);
                 self.end_at = self.end_at.max(min_end);
                 self.boot();
             }
@@ -984,10 +977,7 @@ impl<'a> Sim<'a> {
     // ---------------------------------------------------------------- liveness
 
     fn check_liveness(&mut self) {
-        let bound = self
-            .sc
-            .params
-            .liveness_bound(self.sc.world.events.len() * 2);
+        let bound = self.sc.params.liveness_bound(&self.sc.world);
         let acks: Vec<(EventId, Ack)> = self.acks.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (id, ack) in acks {
             let label = self.label(ack.event).to_owned();

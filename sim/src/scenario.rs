@@ -255,8 +255,7 @@ impl Scenario {
 /// The run goes on until liveness can be judged and every event acknowledged before the heal
 /// has expired, so a lost event shows as one still waiting past its expiry.
 pub fn end_for(params: &Params, world: &World, heal_at: Time) -> Time {
-    let fetches = world.events.len() * 2;
-    heal_at + params.liveness_bound(fetches).max(params.purgatory_expiry) + Duration::from_secs(60)
+    heal_at + params.liveness_bound(world).max(params.purgatory_expiry) + Duration::from_secs(60)
 }
 
 /// Adds an event to the world and schedules its deliveries: one first arrival, sometimes
