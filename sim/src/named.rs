@@ -364,9 +364,18 @@ fn lost_wakeup(seed: u64) -> Scenario {
     let mut b = B::new("lost-wakeup", seed, params);
     let owner = b.user();
     let d = b.domain((1_000, 1_000), &[]);
-    let repo = b.repo(owner, "wake", &[d], &[]);
+    // Per repository: state A starts an attempt at +0.5 s whose fetch takes 1 s; state B
+    // arrives meanwhile, so its attempt timer fires while A's attempt runs. B must not be lost.
+    for k in 0..4u64 {
+        let repo = b.repo(owner, &format!("wake{k}"), &[d], &[]);
+        let t0 = k * 10 * S;
+        b.announce(&repo, t0, Via::Synced);
+        b.state(&repo, t0 + 1, Via::Synced, &[0]);
+        b.state(&repo, t0 + 600 + 100 * k, Via::Synced, &[0]);
+    }
+    // And a stream of states landing around the moments fetches complete.
+    let repo = b.repo(owner, "stream", &[d], &[]);
     b.announce(&repo, 0, Via::Synced);
-    // New states land around the moments the previous fetches complete.
     let mut t = 1_000;
     for k in 0..12 {
         b.state(&repo, t + (k % 3), Via::Synced, &[0]);

@@ -926,11 +926,11 @@ impl<'a> Sim<'a> {
         let ev = &self.sc.world.events[idx];
         for (repo, oids) in ev.needs() {
             let missing: Vec<String> = match self.store.repos.get(&repo) {
-                None => vec![format!("repository {repo} does not exist")],
+                None => vec![format!("repository {} does not exist", self.rk(&repo))],
                 Some(r) => oids
                     .iter()
                     .filter(|o| !r.objects.contains(o))
-                    .map(|o| format!("object {o} missing in {repo}"))
+                    .map(|o| format!("object {o} missing in {}", self.rk(&repo)))
                     .collect(),
             };
             if !missing.is_empty() {
@@ -949,7 +949,10 @@ impl<'a> Sim<'a> {
         for (key, repo) in &self.store.repos {
             for (name, oid) in &repo.refs {
                 if !repo.objects.contains(oid) {
-                    let msg = format!("ref {name} of {key} points at missing object {oid}");
+                    let msg = format!(
+                        "ref {name} of {} points at missing object {oid}",
+                        self.rk(key)
+                    );
                     self.fail(FailureKind::Safety, msg);
                     return;
                 }
@@ -996,7 +999,7 @@ impl<'a> Sim<'a> {
             if deadline >= ack.expires_at {
                 continue;
             }
-            let Some(reason) = self.obligation(&id, &ack) else {
+            let Some(reason) = self.obligation(&id, &ack, deadline) else {
                 continue;
             };
             let on_time =
@@ -1018,16 +1021,19 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn alive(&self, id: &EventId) -> bool {
-        self.acks
-            .get(id)
-            .is_some_and(|a| matches!(a.status, Status::Waiting | Status::Served))
+    /// Whether the engine holds `id` (waiting or served) until `by`, unless it is deleted.
+    fn held_until(&self, id: &EventId, by: Time) -> bool {
+        self.acks.get(id).is_some_and(|a| match a.status {
+            Status::Served => true,
+            Status::Waiting | Status::Expired => a.expires_at > by,
+            Status::Deleted => false,
+        })
     }
 
-    /// The announcement of `repo` that the engine holds, if any: its clone URLs are candidates.
-    fn announcement_urls(&self, repo: &RepoKey) -> Option<Vec<String>> {
+    /// The clone URLs of an announcement of `repo` the engine holds until `by`: candidates.
+    fn announcement_urls(&self, repo: &RepoKey, by: Time) -> Option<Vec<String>> {
         self.sc.world.events.iter().find_map(|e| match &e.role {
-            Role::Announcement { repo: r, clone } if r == repo && self.alive(&e.id()) => {
+            Role::Announcement { repo: r, clone } if r == repo && self.held_until(&e.id(), by) => {
                 Some(clone.clone())
             }
             _ => None,
@@ -1051,7 +1057,7 @@ impl<'a> Sim<'a> {
     }
 
     /// Why this acknowledged event must be released after the heal, or `None` if it need not.
-    fn obligation(&self, id: &EventId, ack: &Ack) -> Option<String> {
+    fn obligation(&self, id: &EventId, ack: &Ack, deadline: Time) -> Option<String> {
         if matches!(ack.status, Status::Deleted) {
             return None;
         }
@@ -1075,13 +1081,13 @@ impl<'a> Sim<'a> {
                 if newer {
                     return None;
                 }
-                let urls = self.announcement_urls(repo)?;
+                let urls = self.announcement_urls(repo, deadline)?;
                 self.data_reachable(ev, &urls)
             }
             Role::Pr { targets, clone, .. } => {
                 let mut urls = clone.clone();
                 for t in targets {
-                    urls.extend(self.announcement_urls(t)?);
+                    urls.extend(self.announcement_urls(t, deadline)?);
                 }
                 self.data_reachable(ev, &urls)
             }
