@@ -34,6 +34,9 @@ pub struct Config {
     pub backoff: Vec<Duration>,
     /// A fetch that has not reported by then counts as failed and frees its slot.
     pub fetch_timeout: Duration,
+    /// An Inspect or Apply the host has not reported by then counts as failed (a late report
+    /// is ignored), so a lost local command never blocks a repository.
+    pub local_command_timeout: Duration,
     /// Candidate clone URLs considered per repository (first ones win).
     pub max_urls_per_repo: usize,
     /// An Apply whose compare-and-swap fails is re-inspected and re-planned this many times.
@@ -77,6 +80,7 @@ impl Default for Config {
                 Duration::from_secs(120),
             ],
             fetch_timeout: Duration::from_secs(120),
+            local_command_timeout: Duration::from_secs(60),
             max_urls_per_repo: 16,
             max_apply_retries: 3,
             max_concurrent_per_domain: 5,

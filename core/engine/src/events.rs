@@ -113,6 +113,10 @@ pub enum InvalidEvent {
     BadCoordinate { value: String, why: &'static str },
     /// A PR or PR update has no `a` tag naming a repository announcement (30617).
     NoRepository,
+    /// The event id is not the hash of the event's content.
+    IdMismatch,
+    /// The signature does not verify against the id and pubkey.
+    BadSignature,
 }
 
 impl fmt::Display for InvalidEvent {
@@ -154,6 +158,10 @@ impl fmt::Display for InvalidEvent {
             InvalidEvent::NoRepository => f.write_str(
                 "a PR needs an `a` tag \"30617:<owner pubkey hex>:<identifier>\" naming the repository",
             ),
+            InvalidEvent::IdMismatch => f.write_str("the event id is not the hash of the event"),
+            InvalidEvent::BadSignature => {
+                f.write_str("the signature does not match the event id and pubkey")
+            }
         }
     }
 }
@@ -304,13 +312,13 @@ pub fn parse(event: &nostr::event::Event) -> Result<Option<GitEvent>, InvalidEve
     Ok(Some(parsed))
 }
 
-/// Checks the event id and signature; the Display of the error is an `invalid:` OK message.
-pub fn verify_signature(event: &nostr::event::Event) -> Result<(), String> {
+/// Checks the event id and signature (the host does, before the engine sees the event).
+pub fn verify_signature(event: &nostr::event::Event) -> Result<(), InvalidEvent> {
     if !event.verify_id() {
-        return Err("invalid: the event id is not the hash of the event".to_owned());
+        return Err(InvalidEvent::IdMismatch);
     }
     if !event.verify_signature() {
-        return Err("invalid: the signature does not match the event id and pubkey".to_owned());
+        return Err(InvalidEvent::BadSignature);
     }
     Ok(())
 }
@@ -835,14 +843,24 @@ mod tests {
         assert_eq!(verify_signature(&e), Ok(()));
         let forged =
             nostr::event::Event::new(e.id, pk(2), e.created_at, e.kind, e.tags.clone(), "", e.sig);
-        assert!(verify_signature(&forged)
-            .unwrap_err()
-            .starts_with("invalid: "));
+        assert_eq!(verify_signature(&forged), Err(InvalidEvent::IdMismatch));
+        let other = sign(&keys(2), KIND_STATE, 1, &[&["d", "r"]]);
+        let stolen_sig = nostr::event::Event::new(
+            other.id,
+            other.pubkey,
+            other.created_at,
+            other.kind,
+            other.tags.clone(),
+            "",
+            e.sig,
+        );
+        assert_eq!(
+            verify_signature(&stolen_sig).unwrap_err().to_string(),
+            "invalid: the signature does not match the event id and pubkey"
+        );
         let mut tampered = e.clone();
         tampered.content = "changed".into();
-        assert!(verify_signature(&tampered)
-            .unwrap_err()
-            .contains("event id"));
+        assert_eq!(verify_signature(&tampered), Err(InvalidEvent::IdMismatch));
     }
 
     #[test]

@@ -5,11 +5,14 @@
 
 pub mod acceptance;
 pub mod config;
+pub mod deletion;
 pub mod engine;
 pub mod events;
 pub mod ids;
 pub mod maintainers;
 pub mod purgatory;
+pub mod push;
+pub mod release;
 pub mod satisfy;
 pub mod throttle;
 pub mod time;

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use crate::events::{Coordinate, GitEvent, KIND_ANNOUNCEMENT, KIND_STATE};
+use crate::deletion::deletion_matches;
+use crate::events::{Coordinate, Deletion, GitEvent, KIND_ANNOUNCEMENT, KIND_STATE};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
 use crate::time::Time;
 
@@ -46,13 +47,14 @@ pub struct Placeholder {
 
 #[derive(Default, Debug)]
 pub struct Purgatory {
-    entries: BTreeMap<EventId, Waiting>,
+    /// Boxed: B-tree nodes stay small and dense, whatever the size of an event.
+    entries: BTreeMap<EventId, Box<Waiting>>,
     /// Waiting announcements by (owner, identifier).
-    announcements: BTreeMap<(PublicKey, Identifier), BTreeSet<EventId>>,
+    announcements: EventIndex<(PublicKey, Identifier)>,
     /// Waiting states by (identifier, author): a range over an identifier finds every author.
-    states: BTreeMap<(Identifier, PublicKey), BTreeSet<EventId>>,
+    states: EventIndex<(IdentKey, PublicKey)>,
     /// Waiting PRs and PR updates by target repository.
-    prs: BTreeMap<RepoKey, BTreeSet<EventId>>,
+    prs: EventIndex<RepoKey>,
     placeholders: BTreeMap<(RepoKey, EventId), Placeholder>,
     placeholders_by_event: BTreeMap<EventId, BTreeSet<RepoKey>>,
     counts: WaitingCounts,
@@ -84,7 +86,7 @@ impl Purgatory {
     }
 
     pub fn get(&self, id: &EventId) -> Option<&Waiting> {
-        self.entries.get(id)
+        self.entries.get(id).map(|w| &**w)
     }
 
     /// Adds a waiting event (deletions never wait). Returns false if it is already waiting.
@@ -96,49 +98,50 @@ impl Purgatory {
         match &waiting.parsed {
             GitEvent::Announcement(a) => {
                 self.announcements
-                    .entry((a.owner, a.identifier.clone()))
-                    .or_default()
-                    .insert(id);
+                    .insert((a.owner, a.identifier.clone()), id);
                 self.counts.announcements += 1;
             }
             GitEvent::State(s) => {
                 self.states
-                    .entry((s.identifier.clone(), s.author))
-                    .or_default()
-                    .insert(id);
+                    .insert((IdentKey::of(&s.identifier), s.author), id);
                 self.counts.states += 1;
             }
             GitEvent::Pr(p) => {
                 for repo in pr_repos(&p.repos) {
-                    self.prs.entry(repo).or_default().insert(id);
+                    self.prs.insert(repo, id);
                 }
                 self.counts.prs += 1;
             }
             GitEvent::Deletion(_) => return false,
         }
-        self.entries.insert(id, waiting);
+        self.entries.insert(id, Box::new(waiting));
         true
+    }
+
+    /// Moves a waiting event's expiry (the caller re-arms its timer).
+    pub fn set_expires(&mut self, id: &EventId, at: Time) {
+        if let Some(w) = self.entries.get_mut(id) {
+            w.expires = at;
+        }
     }
 
     /// Removes a waiting event and its index entries.
     pub fn remove(&mut self, id: &EventId) -> Option<Waiting> {
-        let waiting = self.entries.remove(id)?;
+        let waiting = *self.entries.remove(id)?;
         match &waiting.parsed {
             GitEvent::Announcement(a) => {
-                remove_indexed(
-                    &mut self.announcements,
-                    &(a.owner, a.identifier.clone()),
-                    id,
-                );
+                self.announcements
+                    .remove((a.owner, a.identifier.clone()), id);
                 self.counts.announcements -= 1;
             }
             GitEvent::State(s) => {
-                remove_indexed(&mut self.states, &(s.identifier.clone(), s.author), id);
+                self.states
+                    .remove((IdentKey::of(&s.identifier), s.author), id);
                 self.counts.states -= 1;
             }
             GitEvent::Pr(p) => {
                 for repo in pr_repos(&p.repos) {
-                    remove_indexed(&mut self.prs, &repo, id);
+                    self.prs.remove(repo, id);
                 }
                 self.counts.prs -= 1;
             }
@@ -151,57 +154,53 @@ impl Purgatory {
     pub fn announcements_of(&self, owner: &PublicKey, identifier: &Identifier) -> Vec<EventId> {
         self.announcements
             .get(&(*owner, identifier.clone()))
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Waiting states with `identifier`, any author, as (author, id).
     pub fn states_with(&self, identifier: &Identifier) -> Vec<(PublicKey, EventId)> {
-        let lo = (identifier.clone(), PublicKey::from_byte_array([0; 32]));
+        let key = IdentKey::of(identifier);
         self.states
-            .range(lo..)
-            .take_while(|((i, _), _)| i == identifier)
-            .flat_map(|((_, author), ids)| ids.iter().map(move |id| (*author, *id)))
+            .from((key.clone(), PublicKey::from_byte_array([0; 32])))
+            .take_while(|((i, _), _)| *i == key)
+            .map(|((_, author), id)| (*author, *id))
             .collect()
     }
 
     /// Waiting PRs and PR updates that target `repo`.
-    pub fn prs_for(&self, repo: &RepoKey) -> impl Iterator<Item = &EventId> {
-        self.prs.get(repo).into_iter().flatten()
+    pub fn prs_for(&self, repo: &RepoKey) -> Vec<EventId> {
+        self.prs.get(repo).collect()
     }
 
-    /// The waiting events a kind 5 deletion by `author` removes: its own events named by id,
-    /// and its own addressable events named by coordinate, created no later than the deletion.
-    pub fn deletable(
-        &self,
-        author: &PublicKey,
-        created_at: u64,
-        ids: &[EventId],
-        coordinates: &[Coordinate],
-    ) -> Vec<EventId> {
-        let mut out = BTreeSet::new();
-        for id in ids {
-            if self
-                .entries
-                .get(id)
-                .is_some_and(|w| w.parsed.author() == author)
-            {
-                out.insert(*id);
-            }
-        }
-        for c in coordinates.iter().filter(|c| c.author == *author) {
-            let found = match c.kind {
-                KIND_ANNOUNCEMENT => self.announcements.get(&(c.author, c.identifier.clone())),
-                KIND_STATE => self.states.get(&(c.identifier.clone(), c.author)),
-                _ => None,
-            };
-            for id in found.into_iter().flatten() {
-                if self.entries[id].parsed.created_at() <= created_at {
-                    out.insert(*id);
+    /// The waiting events a kind 5 deletion removes (`deletion::deletion_matches`: the
+    /// author's own events, by id or by coordinate), found through the indexes.
+    pub fn deletable(&self, deletion: &Deletion) -> Vec<EventId> {
+        let mut candidates = BTreeSet::new();
+        candidates.extend(
+            deletion
+                .event_ids
+                .iter()
+                .filter(|id| self.entries.contains_key(id)),
+        );
+        for c in deletion
+            .coordinates
+            .iter()
+            .filter(|c| c.author == deletion.author)
+        {
+            match c.kind {
+                KIND_ANNOUNCEMENT => {
+                    candidates.extend(self.announcements_of(&c.author, &c.identifier))
                 }
+                KIND_STATE => {
+                    candidates.extend(self.states.get(&(IdentKey::of(&c.identifier), c.author)))
+                }
+                _ => {}
             }
         }
-        out.into_iter().collect()
+        candidates
+            .into_iter()
+            .filter(|id| deletion_matches(deletion, &self.entries[id].parsed))
+            .collect()
     }
 
     // --- placeholders ---
@@ -270,6 +269,71 @@ fn remove_indexed<K: Ord, V: Ord>(index: &mut BTreeMap<K, BTreeSet<V>>, key: &K,
         if set.is_empty() {
             index.remove(key);
         }
+    }
+}
+
+/// An identifier as a map key: ordered by an inline prefix first, so comparisons inside large
+/// maps rarely follow the string's heap pointer (a cache miss each at scale). A total order
+/// consistent with equality, though not the lexicographic one.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct IdentKey {
+    prefix: [u8; 16],
+    full: Identifier,
+}
+
+impl IdentKey {
+    pub fn of(identifier: &Identifier) -> IdentKey {
+        let mut prefix = [0u8; 16];
+        let bytes = identifier.as_str().as_bytes();
+        let n = bytes.len().min(16);
+        prefix[..n].copy_from_slice(&bytes[..n]);
+        IdentKey {
+            prefix,
+            full: identifier.clone(),
+        }
+    }
+
+    pub fn identifier(&self) -> &Identifier {
+        &self.full
+    }
+}
+
+/// A multimap from `K` to event ids kept as one ordered set of pairs: no node per key, and a
+/// key's ids are one range.
+#[derive(Debug)]
+struct EventIndex<K> {
+    pairs: BTreeSet<(K, EventId)>,
+}
+
+impl<K> Default for EventIndex<K> {
+    fn default() -> Self {
+        EventIndex {
+            pairs: BTreeSet::new(),
+        }
+    }
+}
+
+const LOWEST_ID: EventId = EventId::from_byte_array([0; 32]);
+
+impl<K: Ord + Clone> EventIndex<K> {
+    fn insert(&mut self, key: K, id: EventId) {
+        self.pairs.insert((key, id));
+    }
+
+    fn remove(&mut self, key: K, id: &EventId) {
+        self.pairs.remove(&(key, *id));
+    }
+
+    fn get<'a>(&'a self, key: &'a K) -> impl Iterator<Item = EventId> + 'a {
+        self.pairs
+            .range((key.clone(), LOWEST_ID)..)
+            .take_while(move |(k, _)| k == key)
+            .map(|(_, id)| *id)
+    }
+
+    /// Pairs from `(key, lowest id)` on, for prefix scans over composite keys.
+    fn from(&self, key: K) -> impl Iterator<Item = (&K, &EventId)> {
+        self.pairs.range((key, LOWEST_ID)..).map(|(k, id)| (k, id))
     }
 }
 

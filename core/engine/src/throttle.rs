@@ -286,15 +286,13 @@ impl<K: Ord + Clone> Throttle<K> {
             return None;
         }
         let mut at: Option<Time> = None;
-        let live: Vec<Time> = d
-            .starts
-            .iter()
-            .copied()
-            .filter(|&s| s + self.limits.window > now)
-            .collect();
-        if live.len() >= self.limits.max_per_window {
+        // Starts are in time order: the ones still inside the window are a suffix.
+        let first_live = d.starts.partition_point(|&s| s + self.limits.window <= now);
+        let live = d.starts.len() - first_live;
+        if live >= self.limits.max_per_window {
             // The start that leaves the window first frees one slot.
-            at = Some(live[live.len() - self.limits.max_per_window] + self.limits.window);
+            let freeing = d.starts[d.starts.len() - self.limits.max_per_window];
+            at = Some(freeing + self.limits.window);
         }
         for t in [d.cooldown_until, d.skip_until].into_iter().flatten() {
             if t > now {

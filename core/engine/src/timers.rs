@@ -14,6 +14,8 @@ pub enum TimerReason {
     SyncAttempt(RepoKey),
     /// The fetch has not reported: count it failed and free its slot.
     FetchDeadline(CommandId),
+    /// An Inspect or Apply has not reported: count it failed.
+    CommandDeadline(CommandId),
     /// A waiting event's git data did not arrive in time.
     Expiry(EventId),
     /// A `refs/nostr/<id>` push whose event never arrived: delete the ref.
@@ -23,10 +25,15 @@ pub enum TimerReason {
 }
 
 /// A set of timers, at most one per reason.
+///
+/// Purgatory expiries (one per waiting event, the bulk of all timers) live in their own compact
+/// set keyed by `(deadline, event id)`; the caller knows each event's deadline, so no reverse
+/// map is needed for them.
 #[derive(Default, Debug)]
 pub struct Timers {
     by_time: BTreeSet<(Time, TimerReason)>,
     by_reason: BTreeMap<TimerReason, Time>,
+    expiries: BTreeSet<(Time, EventId)>,
 }
 
 impl Timers {
@@ -60,27 +67,52 @@ impl Timers {
         self.by_reason.get(reason).copied()
     }
 
+    /// Arms the purgatory expiry of event `id` at `at` (one per event; not moved).
+    pub fn set_expiry(&mut self, id: EventId, at: Time) {
+        self.expiries.insert((at, id));
+    }
+
+    /// Cancels the expiry armed by `set_expiry(id, at)`.
+    pub fn cancel_expiry(&mut self, id: EventId, at: Time) {
+        self.expiries.remove(&(at, id));
+    }
+
     /// The earliest timer.
-    pub fn next(&self) -> Option<(Time, &TimerReason)> {
-        self.by_time.first().map(|(t, r)| (*t, r))
+    pub fn next(&self) -> Option<(Time, TimerReason)> {
+        let general = self.by_time.first();
+        let expiry = self.expiries.first();
+        match (general, expiry) {
+            (Some((t, r)), Some((e, _))) if t <= e => Some((*t, r.clone())),
+            (_, Some((e, id))) => Some((*e, TimerReason::Expiry(*id))),
+            (Some((t, r)), None) => Some((*t, r.clone())),
+            (None, None) => None,
+        }
     }
 
     /// Removes and returns the earliest timer due at or before `now`.
     pub fn pop_due(&mut self, now: Time) -> Option<(Time, TimerReason)> {
-        if self.by_time.first()?.0 > now {
+        let (at, reason) = self.next()?;
+        if at > now {
             return None;
         }
-        let (at, reason) = self.by_time.pop_first()?;
-        self.by_reason.remove(&reason);
+        match reason {
+            TimerReason::Expiry(id) if self.expiries.first() == Some(&(at, id)) => {
+                self.expiries.pop_first();
+            }
+            _ => {
+                self.by_time.pop_first();
+                self.by_reason.remove(&reason);
+            }
+        }
         Some((at, reason))
     }
 
     pub fn len(&self) -> usize {
-        self.by_reason.len()
+        self.by_reason.len() + self.expiries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_reason.is_empty()
+        self.len() == 0
     }
 }
 
@@ -123,5 +155,29 @@ mod tests {
         assert_eq!(timers.get(&r), Some(t(60)));
         assert_eq!(timers.cancel(&r), Some(t(60)));
         assert!(timers.next().is_none());
+    }
+
+    #[test]
+    fn expiries_interleave_with_other_timers_by_deadline() {
+        let mut timers = Timers::new();
+        let id = EventId::from_byte_array([1; 32]);
+        timers.set_expiry(id, t(15));
+        timers.set(TimerReason::FetchDeadline(CommandId(1)), t(10));
+        timers.set(TimerReason::FetchDeadline(CommandId(2)), t(20));
+        assert_eq!(timers.len(), 3);
+        let order: Vec<TimerReason> = std::iter::from_fn(|| timers.pop_due(t(30)))
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(
+            order,
+            [
+                TimerReason::FetchDeadline(CommandId(1)),
+                TimerReason::Expiry(id),
+                TimerReason::FetchDeadline(CommandId(2))
+            ]
+        );
+        timers.set_expiry(id, t(40));
+        timers.cancel_expiry(id, t(40));
+        assert!(timers.is_empty());
     }
 }

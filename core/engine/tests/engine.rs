@@ -888,3 +888,176 @@ fn expired_memory_is_bounded() {
     advance(&mut engine, &mut host, t(3_600_000));
     assert_eq!(engine.stats().remembered_expired, 3);
 }
+
+#[test]
+fn a_state_released_in_one_repo_is_copied_into_sibling_repos_it_is_authoritative_for() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    // Owner 1 lists maintainer 2; both host "r" here.
+    engine.restore_accepted(&kit.announcement(1, "r", &[2], &[]));
+    engine.restore_accepted(&kit.announcement(2, "r", &[], &[]));
+    let st = kit.state(2, "r", 2000, &[("refs/heads/main", oid(1))]);
+    publish(&mut engine, &mut host, t(0), st.clone(), Arrival::Published);
+    // Maintainer 2 pushes to its own repository.
+    host.give(&repo(2, "r"), &[oid(1)]);
+    engine.handle_input(
+        t(1),
+        Input::Pushed {
+            repo: repo(2, "r"),
+            updates: vec![],
+        },
+    );
+    host.run(&mut engine, t(1));
+    assert_eq!(host.released(), [st.id]);
+    // Owner 1's repository caught up: objects copied from 2's, refs aligned, HEAD set.
+    let copy = host.commands.iter().find_map(|c| match c {
+        Command::Apply { plan, .. } if plan.repo == repo(1, "r") => Some(plan.clone()),
+        _ => None,
+    });
+    let plan = copy.expect("an Apply for the sibling");
+    assert_eq!(plan.copy_from, Some((repo(2, "r"), vec![oid(1)])));
+    assert_eq!(host.refs[&repo(1, "r")]["refs/heads/main"], oid(1));
+    assert_eq!(host.heads[&repo(1, "r")], "refs/heads/main");
+    assert_eq!(engine.stats().repos_active, 0, "nothing left to do");
+    assert_eq!(engine.poll_timeout(), None);
+}
+
+#[test]
+fn expired_ids_are_forgotten_after_the_configured_time() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        remember_expired_for: secs(3600),
+        ..config()
+    });
+    let mut host = Host::default();
+    engine.restore_accepted(&kit.announcement(1, "r", &[], &[]));
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    publish(&mut engine, &mut host, t(0), st.clone(), Arrival::Published);
+    advance(&mut engine, &mut host, t(1_800_000));
+    assert_eq!(engine.stats().waiting.states, 0);
+    let refused = engine.handle_event(t(1_800_000 + 3_599_000), st.clone(), Arrival::Synced);
+    assert!(matches!(refused, Verdict::Rejected(_)));
+    let later = t(1_800_000 + 3_600_000);
+    assert_eq!(
+        engine.handle_event(later, st, Arrival::Synced),
+        Verdict::Waiting
+    );
+}
+
+#[test]
+fn a_rate_limited_remote_cools_its_domain_down_then_drains_by_itself() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        max_concurrent_per_domain: 1,
+        ..config()
+    });
+    let mut host = Host::default();
+    for n in 1..=2u8 {
+        let id = format!("r{n}");
+        engine.restore_accepted(&kit.announcement(n, &id, &[], &[REMOTE]));
+        let st = kit.state(n, &id, 2000, &[("refs/heads/main", oid(n as u32))]);
+        publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    }
+    advance(&mut engine, &mut host, t(500));
+    let Command::Fetch { id, .. } = host.fetches.remove(0) else {
+        panic!()
+    };
+    engine.handle_input(
+        t(1000),
+        Input::FetchDone {
+            id,
+            result: Err(FetchError::RateLimited),
+        },
+    );
+    host.run(&mut engine, t(1000));
+    assert!(host.fetches.is_empty(), "cooling down");
+    // Nothing starts during the cooldown, even when r1's retry comes due at 21 s ...
+    advance(&mut engine, &mut host, t(60_999));
+    assert!(host.fetches.is_empty(), "still cooling down");
+    // ... and the domain wakes by itself when it ends, with nothing in flight.
+    advance(&mut engine, &mut host, t(61_000));
+    assert_eq!(
+        host.fetches.len(),
+        1,
+        "the queue drains with nothing in flight"
+    );
+}
+
+#[test]
+fn an_unanswered_inspect_times_out_and_never_blocks_the_repository() {
+    let mut kit = Kit::default();
+    let (mut engine, _host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    engine.handle_event(t(0), st, Arrival::Published);
+    let Some(Command::Inspect { id: lost, .. }) = engine.poll_command() else {
+        panic!()
+    };
+    assert_eq!(
+        engine.poll_timeout(),
+        Some((t(60_000), TimerReason::CommandDeadline(lost)))
+    );
+    engine.handle_timeout(t(60_000));
+    // Counted failed: the repository backs off and its next attempt inspects again.
+    let (at, reason) = engine.poll_timeout().unwrap();
+    assert_eq!(
+        (at, reason),
+        (t(80_000), TimerReason::SyncAttempt(repo(1, "r")))
+    );
+    engine.handle_timeout(at);
+    assert!(matches!(engine.poll_command(), Some(Command::Inspect { id, .. }) if id != lost));
+    // The late report is ignored.
+    let snap = graspd_core::RepoSnapshot::default();
+    engine.handle_input(
+        t(80_001),
+        Input::Inspected {
+            id: lost,
+            result: Ok(snap),
+        },
+    );
+    assert!(engine.poll_command().is_none());
+}
+
+#[test]
+fn an_event_whose_apply_is_running_at_its_expiry_waits_for_the_outcome() {
+    let mut kit = Kit::default();
+    let (mut engine, _host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let id = st.id;
+    engine.handle_event(t(0), st, Arrival::Published);
+    let expiry = 30 * 60 * 1000;
+    let Some(Command::Inspect { id: iid, .. }) = engine.poll_command() else {
+        panic!()
+    };
+    // The data arrives just before expiry; the Apply is still running when it comes.
+    let snap = graspd_core::RepoSnapshot {
+        present: vec![oid(1)],
+        refs: Default::default(),
+    };
+    engine.handle_input(
+        t(expiry - 10),
+        Input::Inspected {
+            id: iid,
+            result: Ok(snap),
+        },
+    );
+    let Some(Command::Apply { id: aid, .. }) = engine.poll_command() else {
+        panic!()
+    };
+    engine.handle_timeout(t(expiry));
+    assert!(
+        engine.poll_event().is_none(),
+        "not expired while its Apply runs"
+    );
+    engine.handle_input(
+        t(expiry + 5),
+        Input::Applied {
+            id: aid,
+            result: Ok(()),
+        },
+    );
+    assert!(
+        matches!(engine.poll_event(), Some(EngineEvent::Released { event, .. }) if event.id == id)
+    );
+    assert_eq!(engine.stats().expired, 0);
+}

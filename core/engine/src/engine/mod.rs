@@ -7,7 +7,6 @@
 //! -> `Released`. Missing objects start a sync attempt: fetch jobs per remote domain through the
 //! throttle, then Inspect again; an incomplete attempt backs off (20 s, 40 s, 80 s, 120 s...).
 
-mod push_types;
 mod settle;
 mod sync;
 mod types;
@@ -19,8 +18,8 @@ use std::time::Duration;
 use crate::acceptance::{self, OwnService};
 use crate::config::Config;
 use crate::events::{self, GitEvent, RefName};
-use crate::ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
-use crate::purgatory::{Placeholder, Purgatory, Waiting};
+use crate::ids::{CommandId, EventId, Oid, PublicKey, RepoKey};
+use crate::purgatory::{IdentKey, Placeholder, Purgatory, Waiting};
 use crate::throttle::{Limits, Throttle};
 use crate::time::Time;
 use crate::timers::Timers;
@@ -41,11 +40,15 @@ pub struct Engine {
     purgatory: Purgatory,
     accepted: Accepted,
     /// Owners per identifier with a waiting announcement (every waiting one is hosted).
-    waiting_hosted: BTreeMap<Identifier, BTreeSet<PublicKey>>,
+    waiting_hosted: BTreeMap<IdentKey, BTreeSet<PublicKey>>,
     repos: BTreeMap<RepoKey, RepoWork>,
+    /// `(created_at, id)` of the state each hosted repository holds.
+    applied: BTreeMap<RepoKey, (u64, EventId)>,
     fetches: BTreeMap<CommandId, FetchInFlight>,
     inspects: BTreeMap<CommandId, (RepoKey, Vec<Oid>)>,
     applies: BTreeMap<CommandId, ApplyInFlight>,
+    /// Events an Apply in flight will release: their expiry waits for its outcome.
+    applying: BTreeMap<EventId, CommandId>,
     next_command: u64,
     commands: VecDeque<Command>,
     events: VecDeque<EngineEvent>,
@@ -98,10 +101,11 @@ struct ApplyInFlight {
 
 #[derive(Debug)]
 enum ApplyPurpose {
-    /// Release these events when the Apply succeeds.
-    Release(Vec<EventId>),
-    /// Objects copied from a sibling repository; re-inspect after.
-    CopyObjects,
+    /// Release these events, and record the state the repository now holds, on success.
+    Release {
+        events: Vec<EventId>,
+        state: Option<(u64, EventId)>,
+    },
     /// A `refs/nostr/<id>` placeholder ref deleted.
     RemovePlaceholder(EventId),
 }
@@ -122,9 +126,11 @@ impl Engine {
             accepted: Accepted::default(),
             waiting_hosted: BTreeMap::new(),
             repos: BTreeMap::new(),
+            applied: BTreeMap::new(),
             fetches: BTreeMap::new(),
             inspects: BTreeMap::new(),
             applies: BTreeMap::new(),
+            applying: BTreeMap::new(),
             next_command: 0,
             commands: VecDeque::new(),
             events: VecDeque::new(),
@@ -142,9 +148,29 @@ impl Engine {
         match events::parse(event) {
             Ok(Some(GitEvent::Announcement(a))) => {
                 let hosted = self.lists_us(&a);
+                let repo = RepoKey::new(a.owner, a.identifier.clone());
                 self.accepted.add_announcement(a, hosted);
+                if hosted {
+                    // A stored repository holds its newest accepted authoritative state.
+                    let view = self.view();
+                    let maintainers = view.maintainers(&repo);
+                    if let Some(s) = view.authoritative_state(&repo, &maintainers) {
+                        let held = (s.created_at, s.id);
+                        self.record_applied(repo, held);
+                    }
+                }
             }
-            Ok(Some(GitEvent::State(s))) => self.accepted.add_state(s),
+            Ok(Some(GitEvent::State(s))) => {
+                let held = (s.created_at, s.id);
+                let repos: Vec<RepoKey> = {
+                    let view = self.view();
+                    view.targets(&GitEvent::State(s.clone()))
+                };
+                self.accepted.add_state(s, None);
+                for repo in repos {
+                    self.record_applied(repo, held);
+                }
+            }
             _ => {}
         }
     }
@@ -165,7 +191,7 @@ impl Engine {
         if matches!(parsed, GitEvent::Deletion(_)) {
             return;
         }
-        self.admit(now, event, parsed, arrival, now + remaining);
+        self.admit(now, event, parsed, arrival, now + remaining, true);
     }
 
     /// A new event (signature already verified by the caller).
@@ -233,7 +259,11 @@ impl Engine {
                 }
             }
             GitEvent::State(s) => {
-                if let Some(old) = self.accepted.states.get(&(s.identifier.clone(), s.author)) {
+                if let Some((old, _)) = self
+                    .accepted
+                    .states
+                    .get(&(IdentKey::of(&s.identifier), s.author))
+                {
                     if !world::newer(s.created_at, &s.id, old.created_at, &old.id) {
                         return Verdict::Rejected(
                             "blocked: a newer repository state from this author is already \
@@ -250,13 +280,12 @@ impl Engine {
                 "rate-limited: too many events are waiting for git data; try again later".into(),
             );
         }
-        self.admit(
-            now,
-            event,
-            parsed,
-            arrival,
-            now + self.config.purgatory_expiry,
-        );
+        // A published event is inspected at once (its data may be here already); synced ones
+        // wait for their first attempt (500 ms), which starts with an Inspect, so a burst of
+        // synced events costs one Inspect per repository.
+        let inspect_now = arrival == Arrival::Published;
+        let expires = now + self.config.purgatory_expiry;
+        self.admit(now, event, parsed, arrival, expires, inspect_now);
         Verdict::Waiting
     }
 
@@ -293,6 +322,14 @@ impl Engine {
                     }
                 }
                 TimerReason::Expiry(id) => self.expire(now, id),
+                TimerReason::CommandDeadline(id) => {
+                    if self.inspects.contains_key(&id) {
+                        self.inspected(now, id, Err("the Inspect did not report in time".into()));
+                    } else if self.applies.contains_key(&id) {
+                        let late = ApplyError::Io("the Apply did not report in time".into());
+                        self.applied(now, id, Err(late));
+                    }
+                }
                 TimerReason::PlaceholderExpiry(repo, id) => self.placeholder_expired(repo, id),
                 TimerReason::ThrottleWindow(domain) => self.pump(now, &domain),
             }
@@ -302,7 +339,7 @@ impl Engine {
 
     /// The next deadline and why.
     pub fn poll_timeout(&self) -> Option<(Time, TimerReason)> {
-        self.timers.next().map(|(t, r)| (t, r.clone()))
+        self.timers.next()
     }
 
     pub fn poll_command(&mut self) -> Option<Command> {
@@ -339,6 +376,7 @@ impl Engine {
             accepted: &self.accepted,
             purgatory: &self.purgatory,
             waiting_hosted: &self.waiting_hosted,
+            applied: &self.applied,
         }
     }
 
@@ -365,8 +403,8 @@ impl Engine {
             GitEvent::State(s) => self
                 .accepted
                 .states
-                .get(&(s.identifier.clone(), s.author))
-                .is_some_and(|x| x.id == s.id),
+                .get(&(IdentKey::of(&s.identifier), s.author))
+                .is_some_and(|(x, _)| x.id == s.id),
             _ => false,
         }
     }
@@ -379,6 +417,7 @@ impl Engine {
         parsed: GitEvent,
         arrival: Arrival,
         expires: Time,
+        inspect_now: bool,
     ) {
         let id = event.id;
         if let GitEvent::Announcement(a) = &parsed {
@@ -387,7 +426,7 @@ impl Engine {
                 self.commands.push_back(Command::CreateRepo { repo });
             }
             self.waiting_hosted
-                .entry(a.identifier.clone())
+                .entry(IdentKey::of(&a.identifier))
                 .or_default()
                 .insert(a.owner);
         }
@@ -405,7 +444,7 @@ impl Engine {
         if !inserted {
             return;
         }
-        self.timers.set(TimerReason::Expiry(id), expires);
+        self.timers.set_expiry(id, expires);
         if let Some(commit) = pr_commit {
             self.resolve_placeholders(id, commit);
         }
@@ -423,37 +462,51 @@ impl Engine {
             work.backoff_step = 0;
             self.timers
                 .set_no_later_than(TimerReason::SyncAttempt(repo.clone()), now + first);
-            self.request_inspect(repo, false);
+            if inspect_now {
+                self.request_inspect(repo, false);
+            }
+        }
+    }
+
+    /// The hosted repositories a waiting event concerns.
+    fn targets_of(&self, id: &EventId) -> Vec<RepoKey> {
+        match self.purgatory.get(id) {
+            Some(w) => self.view().targets(&w.parsed),
+            None => Vec::new(),
         }
     }
 
     /// Removes a waiting event (released, expired or deleted) and tidies what depended on it.
-    fn remove_waiting(&mut self, id: &EventId) -> Option<(Waiting, Vec<RepoKey>)> {
-        let targets = {
-            let view = self.view();
-            view.targets(&self.purgatory.get(id)?.parsed)
-        };
+    fn remove_waiting(&mut self, id: &EventId) -> Option<Waiting> {
         let waiting = self.purgatory.remove(id)?;
-        self.timers.cancel(&TimerReason::Expiry(*id));
+        self.timers.cancel_expiry(*id, waiting.expires);
         if let GitEvent::Announcement(a) = &waiting.parsed {
             if self
                 .purgatory
                 .announcements_of(&a.owner, &a.identifier)
                 .is_empty()
             {
-                if let Some(owners) = self.waiting_hosted.get_mut(&a.identifier) {
+                if let Some(owners) = self.waiting_hosted.get_mut(&IdentKey::of(&a.identifier)) {
                     owners.remove(&a.owner);
                     if owners.is_empty() {
-                        self.waiting_hosted.remove(&a.identifier);
+                        self.waiting_hosted.remove(&IdentKey::of(&a.identifier));
                     }
                 }
             }
         }
-        Some((waiting, targets))
+        Some(waiting)
     }
 
     fn expire(&mut self, now: Time, id: EventId) {
-        let Some((waiting, targets)) = self.remove_waiting(&id) else {
+        if self.applying.contains_key(&id) {
+            // An Apply that releases it is running: its outcome decides (it has a deadline).
+            let later = now + self.config.local_command_timeout;
+            self.purgatory.set_expires(&id, later);
+            self.timers.set_expiry(id, later);
+            return;
+        }
+        let targets = self.targets_of(&id);
+        let Some(waiting) = self.remove_waiting(&id) else {
             return;
         };
         self.purgatory.remember_expired(
@@ -471,11 +524,10 @@ impl Engine {
     }
 
     fn apply_deletion(&mut self, d: &events::Deletion) {
-        let ids = self
-            .purgatory
-            .deletable(&d.author, d.created_at, &d.event_ids, &d.coordinates);
+        let ids = self.purgatory.deletable(d);
         for id in ids {
-            if let Some((waiting, targets)) = self.remove_waiting(&id) {
+            let targets = self.targets_of(&id);
+            if let Some(waiting) = self.remove_waiting(&id) {
                 self.counters.deleted += 1;
                 self.events.push_back(EngineEvent::Deleted { id });
                 self.after_removal(&waiting.parsed, targets);
@@ -539,7 +591,7 @@ impl Engine {
                 purpose: ApplyPurpose::RemovePlaceholder(id),
             },
         );
-        self.commands.push_back(Command::Apply { id: cmd, plan });
+        self.issue_apply(cmd, plan);
     }
 
     fn pushed(&mut self, now: Time, repo: RepoKey, updates: Vec<RefUpdate>) {
@@ -578,48 +630,39 @@ impl Engine {
                 id,
             });
         }
-        self.request_inspect(repo.clone(), false);
-        self.copy_to_siblings(&repo);
+        self.request_inspect(repo, false);
     }
 
-    /// Other repositories here with the same identifier that wait for objects: copy what they
-    /// want from `source` (a push or release just brought data there).
-    fn copy_to_siblings(&mut self, source: &RepoKey) {
-        let siblings: Vec<(RepoKey, Vec<Oid>)> = {
-            let view = self.view();
-            view.hosted_owners(&source.identifier)
-                .into_iter()
-                .filter(|o| *o != source.owner)
-                .map(|o| RepoKey::new(o, source.identifier.clone()))
-                .map(|r| {
-                    let wanted = view.wanted(&r);
-                    (r, wanted.oids.into_iter().collect::<Vec<_>>())
-                })
-                .filter(|(_, oids)| !oids.is_empty())
-                .collect()
-        };
-        for (repo, oids) in siblings {
-            let plan = ApplyPlan {
-                repo: repo.clone(),
-                copy_from: Some((source.clone(), oids)),
-                edits: Vec::new(),
-                head: None,
-            };
-            let cmd = self.next_id();
-            self.applies.insert(
-                cmd,
-                ApplyInFlight {
-                    repo,
-                    purpose: ApplyPurpose::CopyObjects,
-                },
-            );
-            self.commands.push_back(Command::Apply { id: cmd, plan });
+    /// Records the state a repository holds, if newer than what it held.
+    fn record_applied(&mut self, repo: RepoKey, held: (u64, EventId)) {
+        let newer = self
+            .applied
+            .get(&repo)
+            .is_none_or(|old| crate::release::supersedes((held.0, &held.1), (old.0, &old.1)));
+        if newer {
+            self.applied.insert(repo, held);
         }
+    }
+
+    /// Emits an Apply (already registered in `applies`) with its deadline.
+    fn issue_apply(&mut self, id: CommandId, plan: ApplyPlan) {
+        if let Some(ApplyInFlight {
+            purpose: ApplyPurpose::Release { events, .. },
+            ..
+        }) = self.applies.get(&id)
+        {
+            for e in events {
+                self.applying.insert(*e, id);
+            }
+        }
+        let deadline = self.now + self.config.local_command_timeout;
+        self.timers.set(TimerReason::CommandDeadline(id), deadline);
+        self.commands.push_back(Command::Apply { id, plan });
     }
 
     /// Forgets a repository's work when nothing waits and nothing runs.
     fn maybe_idle(&mut self, repo: &RepoKey) {
-        if !self.repos.contains_key(repo) || !self.view().wanted(repo).events.is_empty() {
+        if !self.repos.contains_key(repo) || self.view().has_work(repo) {
             return;
         }
         let now = self.now;

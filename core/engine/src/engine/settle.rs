@@ -1,60 +1,52 @@
-//! Inspect -> plan -> Apply -> Released, per repository, and push decisions.
+//! Inspect -> plan (release rules) -> Apply -> Released, per repository; push decisions.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{ApplyInFlight, ApplyPurpose, Engine};
+use crate::engine::types::TimerReason;
 use crate::engine::types::{
     ApplyError, ApplyPlan, Command, EngineEvent, RefDecision, RefEdit, RefUpdate, RepoSnapshot,
 };
-use crate::events::{GitEvent, RefName};
+use crate::events::{GitEvent, RefName, RepoState};
 use crate::ids::{CommandId, EventId, Oid, RepoKey};
-use crate::satisfy::required_objects;
+use crate::push;
+use crate::release::{self, RepoUpdate, Target};
 use crate::time::Time;
 
-/// What one Inspect allows: ref edits and HEAD (if any) and the events released by them.
+/// What one Inspect allows for one repository: an Apply (objects, CAS ref edits, HEAD) and
+/// the events it releases, with the state the repository then holds.
 #[derive(Debug, Default)]
 struct ReleasePlan {
+    copy_from: Option<(RepoKey, Vec<Oid>)>,
     edits: Vec<RefEdit>,
     head: Option<RefName>,
     release: Vec<EventId>,
+    state: Option<(u64, EventId)>,
 }
 
-fn is_branch_or_tag(name: &str) -> bool {
-    name.starts_with("refs/heads/") || name.starts_with("refs/tags/")
-}
+impl ReleasePlan {
+    fn needs_apply(&self) -> bool {
+        self.copy_from.is_some() || !self.edits.is_empty() || self.head.is_some()
+    }
 
-/// Compare-and-swap edits taking the branches and tags in `current` to exactly `target`.
-fn align(current: &BTreeMap<RefName, Oid>, target: &BTreeMap<RefName, Oid>) -> Vec<RefEdit> {
-    let mut edits = Vec::new();
-    for (name, oid) in current.iter().filter(|(n, _)| is_branch_or_tag(n)) {
-        match target.get(name) {
-            Some(t) if t == oid => {}
-            Some(t) => edits.push(RefEdit {
-                name: name.clone(),
-                expected: Some(*oid),
-                new: Some(*t),
-            }),
-            None => edits.push(RefEdit {
-                name: name.clone(),
-                expected: Some(*oid),
-                new: None,
-            }),
+    fn take(&mut self, update: RepoUpdate) {
+        if let Some(from) = update.copy_from {
+            let objects = &mut self.copy_from.get_or_insert_with(|| (from, Vec::new())).1;
+            objects.extend(update.objects);
+        }
+        self.edits.extend(update.edits);
+        if update.head.is_some() {
+            self.head = update.head;
+        }
+        if update.applied_state.is_some() {
+            self.state = update.applied_state;
         }
     }
-    for (name, oid) in target {
-        if !current.contains_key(name) {
-            edits.push(RefEdit {
-                name: name.clone(),
-                expected: None,
-                new: Some(*oid),
-            });
-        }
-    }
-    edits
 }
 
 impl Engine {
-    /// Asks for an Inspect of `repo` (coalesced: at most one in flight per repository).
+    /// Asks for an Inspect of `repo` (coalesced: at most one in flight per repository, and
+    /// none while an Apply runs; a request meanwhile is queued, never lost).
     pub(super) fn request_inspect(&mut self, repo: RepoKey, then_fetch: bool) {
         let work = self.repos.entry(repo.clone()).or_default();
         work.fetch_after_inspect |= then_fetch;
@@ -71,7 +63,7 @@ impl Engine {
             return;
         };
         work.inspect_queued = false;
-        if wanted.events.is_empty() {
+        if wanted.events.is_empty() && wanted.catch_up.is_none() {
             work.fetch_after_inspect = false;
             self.maybe_idle(&repo);
             return;
@@ -81,6 +73,8 @@ impl Engine {
         work.inspect = Some(id);
         let oids: Vec<Oid> = wanted.oids.into_iter().collect();
         self.inspects.insert(id, (repo.clone(), oids.clone()));
+        let deadline = self.now + self.config.local_command_timeout;
+        self.timers.set(TimerReason::CommandDeadline(id), deadline);
         self.commands.push_back(Command::Inspect { id, repo, oids });
     }
 
@@ -93,6 +87,7 @@ impl Engine {
         let Some((repo, asked)) = self.inspects.remove(&id) else {
             return;
         };
+        self.timers.cancel(&TimerReason::CommandDeadline(id));
         let Some(work) = self.repos.get_mut(&repo) else {
             return;
         };
@@ -110,30 +105,31 @@ impl Engine {
         };
         let present: BTreeSet<Oid> = snapshot.present.iter().copied().collect();
         let plan = self.plan_release(&repo, &snapshot, &present);
-        if !plan.edits.is_empty() || plan.head.is_some() {
+        if plan.needs_apply() {
             let cmd = self.next_id();
             let apply = ApplyPlan {
                 repo: repo.clone(),
-                copy_from: None,
+                copy_from: plan.copy_from,
                 edits: plan.edits,
                 head: plan.head,
+            };
+            let purpose = ApplyPurpose::Release {
+                events: plan.release,
+                state: plan.state,
             };
             self.applies.insert(
                 cmd,
                 ApplyInFlight {
                     repo: repo.clone(),
-                    purpose: ApplyPurpose::Release(plan.release),
+                    purpose,
                 },
             );
             if let Some(w) = self.repos.get_mut(&repo) {
                 w.apply = Some(cmd);
             }
-            self.commands.push_back(Command::Apply {
-                id: cmd,
-                plan: apply,
-            });
-        } else if !plan.release.is_empty() {
-            self.release(now, &repo, &plan.release);
+            self.issue_apply(cmd, apply);
+        } else if !plan.release.is_empty() || plan.state.is_some() {
+            self.release(now, &repo, &plan.release, plan.state);
         }
         let missing: BTreeSet<Oid> = asked.into_iter().filter(|o| !present.contains(o)).collect();
         let running = self.repos.get_mut(&repo).and_then(|w| w.attempt.as_mut());
@@ -157,6 +153,12 @@ impl Engine {
         let Some(a) = self.applies.remove(&id) else {
             return;
         };
+        self.timers.cancel(&TimerReason::CommandDeadline(id));
+        if let ApplyPurpose::Release { events, .. } = &a.purpose {
+            for e in events {
+                self.applying.remove(e);
+            }
+        }
         let repo = a.repo;
         if let Some(w) = self.repos.get_mut(&repo) {
             if w.apply == Some(id) {
@@ -164,15 +166,15 @@ impl Engine {
             }
         }
         match (a.purpose, result) {
-            (ApplyPurpose::Release(ids), Ok(())) => {
+            (ApplyPurpose::Release { events, state }, Ok(())) => {
                 if let Some(w) = self.repos.get_mut(&repo) {
                     w.apply_retries = 0;
                 }
-                self.release(now, &repo, &ids);
-                // More may be releasable now (another state, PRs): look again.
-                self.request_inspect(repo.clone(), false);
+                // The plan held everything releasable at its Inspect; events that arrived
+                // since have queued another Inspect.
+                self.release(now, &repo, &events, state);
             }
-            (ApplyPurpose::Release(_), Err(ApplyError::Conflict)) => {
+            (ApplyPurpose::Release { .. }, Err(ApplyError::Conflict)) => {
                 self.counters.apply_conflicts += 1;
                 let w = self.repos.entry(repo.clone()).or_default();
                 if w.apply_retries < self.config.max_apply_retries {
@@ -187,19 +189,12 @@ impl Engine {
                     self.schedule_backoff(now, &repo);
                 }
             }
-            (ApplyPurpose::Release(_), Err(ApplyError::Io(reason))) => {
+            (ApplyPurpose::Release { .. }, Err(ApplyError::Io(reason))) => {
                 self.events.push_back(EngineEvent::ApplyFailed {
                     repo: repo.clone(),
                     reason,
                 });
                 self.schedule_backoff(now, &repo);
-            }
-            (ApplyPurpose::CopyObjects, Ok(())) => self.request_inspect(repo.clone(), false),
-            (ApplyPurpose::CopyObjects, Err(e)) => {
-                self.events.push_back(EngineEvent::ApplyFailed {
-                    repo: repo.clone(),
-                    reason: format!("copying objects from a sibling repository failed: {e:?}"),
-                });
             }
             (ApplyPurpose::RemovePlaceholder(eid), _) => {
                 self.events.push_back(EngineEvent::PlaceholderRemoved {
@@ -223,18 +218,28 @@ impl Engine {
         }
     }
 
-    /// Emits `Released` for each still-waiting event and records what is now accepted.
-    fn release(&mut self, now: Time, repo: &RepoKey, ids: &[EventId]) {
-        let mut released_state = false;
+    /// Emits `Released` for each still-waiting event, records what is now accepted and what
+    /// `repo` holds, and lets sibling repositories catch up to a newly accepted state.
+    fn release(
+        &mut self,
+        now: Time,
+        repo: &RepoKey,
+        ids: &[EventId],
+        state: Option<(u64, EventId)>,
+    ) {
+        if let Some(held) = state {
+            self.record_applied(repo.clone(), held);
+        }
+        let mut released_state = None;
         for id in ids {
-            let Some((waiting, _targets)) = self.remove_waiting(id) else {
+            let Some(waiting) = self.remove_waiting(id) else {
                 continue;
             };
             match &waiting.parsed {
                 GitEvent::Announcement(a) => self.accepted.add_announcement(a.clone(), true),
                 GitEvent::State(s) => {
-                    released_state = true;
-                    self.accepted.add_state(s.clone());
+                    released_state = Some(waiting.parsed.clone());
+                    self.accepted.add_state(s.clone(), Some(repo.clone()));
                 }
                 _ => {}
             }
@@ -245,14 +250,22 @@ impl Engine {
                 waited,
             });
         }
-        if released_state {
-            self.copy_to_siblings(repo);
+        let shared = |e: &GitEvent| match e {
+            GitEvent::State(s) => self.view().hosted_owners(&s.identifier).len() > 1,
+            _ => false,
+        };
+        if let Some(state) = released_state.filter(shared) {
+            let siblings = self.view().targets(&state);
+            for sibling in siblings.into_iter().filter(|s| s != repo) {
+                self.request_inspect(sibling, false);
+            }
         }
     }
 
-    /// Which waiting events of `repo` the snapshot satisfies, and the ref edits that serve
-    /// them: the newest satisfiable state of the maintainer set (if newer than the accepted
-    /// one), the announcement with it, and PRs whose commit is present (`refs/nostr/<id>`).
+    /// Plans with the release rules (`release::plan_release`) for this one repository, whose
+    /// snapshot says which wanted objects it has: the newest releasable state (waiting, or an
+    /// accepted one it has not caught up with, copied from where it was released), PRs whose
+    /// commit is here, and the announcement once the repository has data.
     fn plan_release(
         &self,
         repo: &RepoKey,
@@ -261,73 +274,84 @@ impl Engine {
     ) -> ReleasePlan {
         let view = self.view();
         let maintainers = view.maintainers(repo);
-        let accepted = view.authoritative_state(repo, &maintainers);
+        let waiting_announcements = self
+            .purgatory
+            .announcements_of(&repo.owner, &repo.identifier);
+        let target = Target {
+            repo: repo.clone(),
+            refs: &snap.refs,
+            applied_state: self.applied.get(repo).copied(),
+            maintainers: &maintainers,
+            waiting_announcement: waiting_announcements.last().copied(),
+        };
+        let here = |r: &RepoKey, o: &Oid| r == repo && present.contains(o);
         let mut plan = ReleasePlan::default();
-        let newest_waiting = view
+
+        // States, newest first: waiting ones, and the accepted one to catch up with.
+        let catch_up = view
+            .catch_up(repo, &maintainers)
+            .map(|(s, source)| (GitEvent::State(s.clone()), source.as_ref()));
+        let mut states: Vec<(&GitEvent, Option<&RepoKey>, bool)> = view
             .waiting_states(repo, &maintainers)
             .into_iter()
-            .filter_map(|id| match &self.purgatory.get(&id)?.parsed {
-                GitEvent::State(s) => Some(s),
-                _ => None,
-            })
-            .filter(|s| s.refs.values().all(|o| present.contains(o)))
-            .filter(|s| {
-                accepted
-                    .is_none_or(|a| super::world::newer(s.created_at, &s.id, a.created_at, &a.id))
-            })
-            .max_by(|x, y| {
-                x.created_at
-                    .cmp(&y.created_at)
-                    .then_with(|| y.id.cmp(&x.id))
-            });
-        let target = match newest_waiting {
-            Some(s) => {
-                plan.release.push(s.id);
-                plan.head = s.head.clone();
-                Some(s)
-            }
-            None => accepted.filter(|a| a.refs.values().all(|o| present.contains(o))),
-        };
-        if let Some(state) = target {
-            plan.edits = align(&snap.refs, &state.refs);
-            if newest_waiting.is_none() && !plan.edits.is_empty() {
-                plan.head = state.head.clone();
-            }
-            plan.release.extend(
-                self.purgatory
-                    .announcements_of(&repo.owner, &repo.identifier),
-            );
+            .filter_map(|id| Some((&self.purgatory.get(&id)?.parsed, None, true)))
+            .collect();
+        if let Some((event, source)) = &catch_up {
+            states.push((event, *source, false));
         }
-        for id in self.purgatory.prs_for(repo) {
+        let key = |e: &GitEvent| (std::cmp::Reverse(e.created_at()), *e.id());
+        states.sort_by_key(|(e, _, _)| key(e));
+        for (event, source, waiting) in states {
+            let GitEvent::State(state) = event else {
+                continue;
+            };
+            let all_here = state.refs.values().all(|o| present.contains(o));
+            let source = match source {
+                Some(src) if !all_here && src != repo => src,
+                _ => repo,
+            };
+            // Objects of an accepted state are in the repository it was released in.
+            let available = |r: &RepoKey, o: &Oid| (r == source && r != repo) || here(r, o);
+            let Ok(p) =
+                release::plan_release(event, source, std::slice::from_ref(&target), available)
+            else {
+                continue;
+            };
+            for update in p.updates.into_iter().filter(|u| u.repo == *repo) {
+                plan.take(update);
+            }
+            if waiting {
+                plan.release.push(state.id);
+            }
+            plan.release.extend(p.announcements);
+            break;
+        }
+        if plan.release.is_empty()
+            && plan.state.is_none()
+            && release::announcement_ready(&snap.refs)
+        {
+            plan.release.extend(waiting_announcements.iter().copied());
+        }
+        for id in &self.purgatory.prs_for(repo) {
             let Some(w) = self.purgatory.get(id) else {
                 continue;
             };
-            if !required_objects(&w.parsed)
-                .iter()
-                .all(|o| present.contains(o))
-            {
+            let Ok(p) = release::plan_release(&w.parsed, repo, std::slice::from_ref(&target), here)
+            else {
                 continue;
+            };
+            for update in p.updates.into_iter().filter(|u| u.repo == *repo) {
+                plan.take(update);
             }
-            if let GitEvent::Pr(p) = &w.parsed {
-                let name = format!("refs/nostr/{}", id.to_hex());
-                let current = snap.refs.get(&name).copied();
-                if current != Some(p.commit) {
-                    plan.edits.push(RefEdit {
-                        name,
-                        expected: current,
-                        new: Some(p.commit),
-                    });
-                }
-                plan.release.push(*id);
-            }
+            plan.release.push(*id);
         }
+        plan.release.sort();
+        plan.release.dedup();
         plan
     }
 }
 
-/// Interim push rule until `push.rs` lands: `refs/heads/pr/*` refused; `refs/nostr/<id>` must
-/// match a known PR's commit; branches and tags must end exactly at a waiting state of the
-/// maintainer set.
+/// Push decisions by the push rules over this repository's waiting states and known PRs.
 pub(super) fn decide_push(
     engine: &Engine,
     repo: &RepoKey,
@@ -336,49 +360,19 @@ pub(super) fn decide_push(
 ) -> Vec<RefDecision> {
     let view = engine.view();
     let maintainers = view.maintainers(repo);
-    let mut after: BTreeMap<RefName, Oid> = current
-        .iter()
-        .filter(|(n, _)| is_branch_or_tag(n))
-        .map(|(n, o)| (n.clone(), *o))
-        .collect();
-    for u in updates.iter().filter(|u| is_branch_or_tag(&u.name)) {
-        if u.new.is_zero() {
-            after.remove(&u.name);
-        } else {
-            after.insert(u.name.clone(), u.new);
-        }
-    }
-    let noop = updates.iter().all(|u| u.old == u.new);
-    let state_matches = view.waiting_states(repo, &maintainers).iter().any(|id| {
-        matches!(engine.purgatory.get(id).map(|w| &w.parsed), Some(GitEvent::State(s)) if s.refs == after)
-    });
-    updates
-        .iter()
-        .map(|u| {
-            if u.name.starts_with("refs/heads/pr/") {
-                return RefDecision::Reject("send PRs over nostr (kind 1618), not as refs/heads/pr/*".into());
-            }
-            if let Some(hex) = u.name.strip_prefix("refs/nostr/") {
-                let Some(id) = crate::events::parse_event_id_hex(hex) else {
-                    return RefDecision::Reject("refs/nostr/<id> needs a 64-hex event id".into());
-                };
-                return match engine.purgatory.get(&id).map(|w| &w.parsed) {
-                    Some(GitEvent::Pr(p)) if p.commit != u.new && !u.new.is_zero() => RefDecision::Reject(
-                        format!("PR {hex} points at {}, not {}", p.commit, u.new),
-                    ),
-                    _ => RefDecision::Accept,
-                };
-            }
-            if !is_branch_or_tag(&u.name) {
-                return RefDecision::Reject("only refs/heads/*, refs/tags/* and refs/nostr/* may be pushed".into());
-            }
-            if noop || state_matches {
-                RefDecision::Accept
-            } else {
-                RefDecision::Reject(
-                    "no repository state (kind 30618) from a maintainer matches the refs after this push; publish the state first".into(),
-                )
-            }
+    let states: Vec<&RepoState> = engine
+        .purgatory
+        .states_with(&repo.identifier)
+        .into_iter()
+        .filter(|(author, _)| maintainers.contains(author))
+        .filter_map(|(_, id)| match &engine.purgatory.get(&id)?.parsed {
+            GitEvent::State(s) => Some(s),
+            _ => None,
         })
-        .collect()
+        .collect();
+    let known_pr_commit = |id: &EventId| match engine.purgatory.get(id).map(|w| &w.parsed) {
+        Some(GitEvent::Pr(p)) => Some(p.commit),
+        _ => None,
+    };
+    push::decide_push(current, updates, &states, known_pr_commit)
 }

@@ -32,7 +32,9 @@ impl Verdict {
 }
 
 /// One ref update of a push (receive-pack command), and one per-ref decision.
-pub use crate::engine::push_types::{RefDecision, RefUpdate};
+pub use crate::push::{RefDecision, RefUpdate};
+/// One compare-and-swap ref edit (`expected` current value, `new` value; `None`: absent).
+pub use crate::release::RefEdit;
 
 /// What a fetch brought.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -74,15 +76,6 @@ pub enum ApplyError {
     /// A compare-and-swap expectation failed: the repository changed since it was inspected.
     Conflict,
     Io(String),
-}
-
-/// One compare-and-swap ref edit: `expected` is the current value (`None`: must not exist),
-/// `new` the value to set (`None`: delete).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub struct RefEdit {
-    pub name: RefName,
-    pub expected: Option<Oid>,
-    pub new: Option<Oid>,
 }
 
 /// Changes to one repository, applied as: copy objects, then every ref edit in one

@@ -7,7 +7,7 @@ use crate::acceptance::KnownRepos;
 use crate::events::{Announcement, GitEvent, RepoState};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
 use crate::maintainers::{maintainer_set, Announcements};
-use crate::purgatory::{pr_repos, Purgatory};
+use crate::purgatory::{pr_repos, IdentKey, Purgatory};
 use crate::satisfy::required_objects;
 
 /// Accepted (stored, served) knowledge, newest per address.
@@ -15,9 +15,10 @@ use crate::satisfy::required_objects;
 pub struct Accepted {
     pub announcements: BTreeMap<RepoKey, Announcement>,
     /// Owners per identifier whose accepted announcement lists this server (repo hosted).
-    pub hosted: BTreeMap<Identifier, BTreeSet<PublicKey>>,
-    /// Newest accepted state per (identifier, author).
-    pub states: BTreeMap<(Identifier, PublicKey), RepoState>,
+    pub hosted: BTreeMap<IdentKey, BTreeSet<PublicKey>>,
+    /// Newest accepted state per (identifier, author), with the repository it was released
+    /// in (objects can be copied from there; `None` when restored).
+    pub states: BTreeMap<(IdentKey, PublicKey), (RepoState, Option<RepoKey>)>,
 }
 
 impl Accepted {
@@ -25,7 +26,7 @@ impl Accepted {
         let key = RepoKey::new(ann.owner, ann.identifier.clone());
         if hosted {
             self.hosted
-                .entry(ann.identifier.clone())
+                .entry(IdentKey::of(&ann.identifier))
                 .or_default()
                 .insert(ann.owner);
         }
@@ -37,19 +38,19 @@ impl Accepted {
         }
     }
 
-    pub fn add_state(&mut self, state: RepoState) {
-        let key = (state.identifier.clone(), state.author);
+    pub fn add_state(&mut self, state: RepoState, source: Option<RepoKey>) {
+        let key = (IdentKey::of(&state.identifier), state.author);
         match self.states.get(&key) {
-            Some(old) if !newer(state.created_at, &state.id, old.created_at, &old.id) => {}
+            Some((old, _)) if !newer(state.created_at, &state.id, old.created_at, &old.id) => {}
             _ => {
-                self.states.insert(key, state);
+                self.states.insert(key, (state, source));
             }
         }
     }
 
     pub fn is_hosted(&self, repo: &RepoKey) -> bool {
         self.hosted
-            .get(&repo.identifier)
+            .get(&IdentKey::of(&repo.identifier))
             .is_some_and(|o| o.contains(&repo.owner))
     }
 }
@@ -64,7 +65,9 @@ pub struct View<'a> {
     pub accepted: &'a Accepted,
     pub purgatory: &'a Purgatory,
     /// Owners per identifier with a waiting announcement that lists this server.
-    pub waiting_hosted: &'a BTreeMap<Identifier, BTreeSet<PublicKey>>,
+    pub waiting_hosted: &'a BTreeMap<IdentKey, BTreeSet<PublicKey>>,
+    /// The state each repository holds.
+    pub applied: &'a BTreeMap<RepoKey, (u64, EventId)>,
 }
 
 impl Announcements for View<'_> {
@@ -96,7 +99,7 @@ impl KnownRepos for View<'_> {
     fn accepted_owners(&self, identifier: &Identifier) -> Vec<PublicKey> {
         self.accepted
             .hosted
-            .get(identifier)
+            .get(&IdentKey::of(identifier))
             .map(|o| o.iter().copied().collect())
             .unwrap_or_default()
     }
@@ -109,13 +112,9 @@ impl KnownRepos for View<'_> {
 impl View<'_> {
     /// Owners of repositories with `identifier` hosted here (accepted or waiting).
     pub fn hosted_owners(&self, identifier: &Identifier) -> BTreeSet<PublicKey> {
-        let mut owners = self
-            .accepted
-            .hosted
-            .get(identifier)
-            .cloned()
-            .unwrap_or_default();
-        if let Some(w) = self.waiting_hosted.get(identifier) {
+        let key = IdentKey::of(identifier);
+        let mut owners = self.accepted.hosted.get(&key).cloned().unwrap_or_default();
+        if let Some(w) = self.waiting_hosted.get(&key) {
             owners.extend(w.iter().copied());
         }
         owners
@@ -125,7 +124,7 @@ impl View<'_> {
         self.accepted.is_hosted(repo)
             || self
                 .waiting_hosted
-                .get(&repo.identifier)
+                .get(&IdentKey::of(&repo.identifier))
                 .is_some_and(|o| o.contains(&repo.owner))
     }
 
@@ -158,23 +157,54 @@ impl View<'_> {
         }
     }
 
-    /// The newest accepted state authoritative for `repo`.
-    pub fn authoritative_state(
+    /// The newest accepted state authoritative for `repo`, with where it was released.
+    pub fn authoritative(
         &self,
         repo: &RepoKey,
         maintainers: &BTreeSet<PublicKey>,
-    ) -> Option<&RepoState> {
+    ) -> Option<&(RepoState, Option<RepoKey>)> {
         maintainers
             .iter()
-            .filter_map(|m| self.accepted.states.get(&(repo.identifier.clone(), *m)))
-            .max_by(|x, y| {
+            .filter_map(|m| {
+                self.accepted
+                    .states
+                    .get(&(IdentKey::of(&repo.identifier), *m))
+            })
+            .max_by(|(x, _), (y, _)| {
                 x.created_at
                     .cmp(&y.created_at)
                     .then_with(|| y.id.cmp(&x.id))
             })
     }
 
-    /// Waiting states authoritative for `repo` (authored by its maintainers).
+    pub fn authoritative_state(
+        &self,
+        repo: &RepoKey,
+        maintainers: &BTreeSet<PublicKey>,
+    ) -> Option<&RepoState> {
+        self.authoritative(repo, maintainers).map(|(s, _)| s)
+    }
+
+    /// Whether a state `(created_at, id)` is newer than what `repo` holds.
+    pub fn newer_than_held(&self, repo: &RepoKey, created_at: u64, id: &EventId) -> bool {
+        self.applied
+            .get(repo)
+            .is_none_or(|(at, held)| newer(created_at, id, *at, held))
+    }
+
+    /// The accepted authoritative state `repo` does not hold yet (it was released elsewhere,
+    /// or the repository is new): the repository catches up to it.
+    pub fn catch_up(
+        &self,
+        repo: &RepoKey,
+        maintainers: &BTreeSet<PublicKey>,
+    ) -> Option<&(RepoState, Option<RepoKey>)> {
+        self.authoritative(repo, maintainers)
+            .filter(|(s, _)| self.newer_than_held(repo, s.created_at, &s.id))
+    }
+
+    /// Waiting states authoritative for `repo` (authored by its maintainers) and newer than
+    /// what it holds.
     pub fn waiting_states(
         &self,
         repo: &RepoKey,
@@ -184,6 +214,11 @@ impl View<'_> {
             .states_with(&repo.identifier)
             .into_iter()
             .filter(|(author, _)| maintainers.contains(author))
+            .filter(|(_, id)| {
+                self.purgatory
+                    .get(id)
+                    .is_some_and(|w| self.newer_than_held(repo, w.parsed.created_at(), id))
+            })
             .map(|(_, id)| id)
             .collect()
     }
@@ -198,23 +233,48 @@ impl View<'_> {
                 w.oids.extend(required_objects(&e.parsed));
             }
         }
-        for id in self.purgatory.prs_for(repo) {
+        for id in &self.purgatory.prs_for(repo) {
             w.events.push(*id);
             if let Some(e) = self.purgatory.get(id) {
                 w.oids.extend(required_objects(&e.parsed));
             }
         }
-        let announcements = self
-            .purgatory
-            .announcements_of(&repo.owner, &repo.identifier);
-        if !announcements.is_empty() {
-            w.events.extend(announcements);
-            // A new announcement is released with an authoritative state: want its objects.
-            if let Some(s) = self.authoritative_state(repo, &maintainers) {
+        w.events.extend(
+            self.purgatory
+                .announcements_of(&repo.owner, &repo.identifier),
+        );
+        if self.is_hosted(repo) {
+            if let Some((s, _)) = self.catch_up(repo, &maintainers) {
+                w.catch_up = Some(s.id);
                 w.oids.extend(s.refs.values().copied());
             }
         }
         w
+    }
+
+    /// Whether `repo` has anything to do (cheapest checks first).
+    pub fn has_work(&self, repo: &RepoKey) -> bool {
+        if !self.purgatory.prs_for(repo).is_empty()
+            || !self
+                .purgatory
+                .announcements_of(&repo.owner, &repo.identifier)
+                .is_empty()
+        {
+            return true;
+        }
+        let states = self.purgatory.states_with(&repo.identifier);
+        if states.is_empty() && !self.is_hosted(repo) {
+            return false;
+        }
+        let maintainers = self.maintainers(repo);
+        let waiting = states.iter().any(|(author, id)| {
+            maintainers.contains(author)
+                && self
+                    .purgatory
+                    .get(id)
+                    .is_some_and(|w| self.newer_than_held(repo, w.parsed.created_at(), id))
+        });
+        waiting || (self.is_hosted(repo) && self.catch_up(repo, &maintainers).is_some())
     }
 
     /// Candidate clone URLs for `repo`: its maintainers' announcements, then waiting PRs.
@@ -225,7 +285,7 @@ impl View<'_> {
                 out.extend(a.clone.iter().cloned());
             }
         }
-        for id in self.purgatory.prs_for(repo) {
+        for id in &self.purgatory.prs_for(repo) {
             if let Some(GitEvent::Pr(p)) = self.purgatory.get(id).map(|w| &w.parsed) {
                 out.extend(p.clone.iter().cloned());
             }
@@ -238,5 +298,7 @@ impl View<'_> {
 #[derive(Default, Debug)]
 pub struct Wanted {
     pub events: Vec<EventId>,
+    /// An accepted state the repository should be brought to.
+    pub catch_up: Option<EventId>,
     pub oids: BTreeSet<Oid>,
 }

@@ -1,0 +1,337 @@
+//! Scale benchmark: 10^3 .. 10^6 waiting events over proportionally many repositories (4 per
+//! repository: 2 states, 2 PRs; 100 repositories per remote domain). Prints, per size: time
+//! per event insert (with its Inspect round trip), per attempt start, per fetch completion
+//! (through Inspect, Apply and Released; a tenth of the repositories), per timeout (expiries and
+//! fetch deadlines, one `handle_timeout` call), and heap bytes per waiting event (counting global
+//! allocator). Sizes up to 10^4 report the best of 5 runs.
+//!
+//! Run: `cargo bench -p graspd-core --bench scale` (add `-- 100000` to cap the largest size).
+
+// The benchmark measures wall time; the engine itself never reads a clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use graspd_core::{
+    Arrival, Command, Config, Engine, EngineEvent, FetchReport, Input, Oid, PublicKey, RepoKey,
+    RepoSnapshot, Time,
+};
+use nostr::event::{Event, EventId, Kind, Signature, Tag};
+use nostr::nips::nip19::ToBech32;
+use nostr::types::Timestamp;
+
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const ORIGIN: &str = "https://grasp.example";
+const EVENTS_PER_REPO: usize = 4;
+const REPOS_PER_DOMAIN: usize = 100;
+/// Fetch completions measured: this share of repositories, so every size does the same mix.
+const COMPLETED_SHARE: usize = 10;
+
+fn pk(n: usize) -> PublicKey {
+    let mut b = [7u8; 32];
+    b[..8].copy_from_slice(&(n as u64).to_be_bytes());
+    PublicKey::from_byte_array(b)
+}
+
+fn oid(n: usize) -> Oid {
+    let mut b = [3u8; 20];
+    b[..8].copy_from_slice(&(n as u64).to_be_bytes());
+    Oid::from_bytes(b)
+}
+
+fn event(
+    seq: &mut u64,
+    author: PublicKey,
+    kind: u16,
+    created_at: u64,
+    tags: Vec<Vec<String>>,
+) -> Event {
+    *seq += 1;
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&seq.to_be_bytes());
+    let tags: Vec<Tag> = tags.into_iter().map(|t| Tag::parse(t).unwrap()).collect();
+    Event::new(
+        EventId::from_byte_array(id),
+        author,
+        Timestamp::from_secs(created_at),
+        Kind::from_u16(kind),
+        tags,
+        "",
+        Signature::from_byte_array([1; 64]),
+    )
+}
+
+fn s(v: &str) -> String {
+    v.to_owned()
+}
+
+fn announcement(seq: &mut u64, r: usize) -> Event {
+    let owner = pk(r);
+    let npub = owner.to_bech32().unwrap();
+    let domain = r / REPOS_PER_DOMAIN;
+    let tags = vec![
+        vec![s("d"), format!("r{r}")],
+        vec![
+            s("clone"),
+            format!("{ORIGIN}/{npub}/r{r}.git"),
+            format!("https://d{domain}.example/r{r}.git"),
+        ],
+        vec![s("relays"), s("wss://grasp.example")],
+    ];
+    event(seq, owner, 30617, 1000, tags)
+}
+
+/// The `i`-th event of repository `r`: two states, then two PRs.
+fn waiting_event(seq: &mut u64, r: usize, i: usize) -> Event {
+    let o = oid(r * EVENTS_PER_REPO + i);
+    if i < 2 {
+        let tags = vec![
+            vec![s("d"), format!("r{r}")],
+            vec![s("refs/heads/main"), o.to_string()],
+            vec![s("HEAD"), s("ref: refs/heads/main")],
+        ];
+        event(seq, pk(r), 30618, 2000 + i as u64, tags)
+    } else {
+        let tags = vec![
+            vec![s("a"), format!("30617:{}:r{r}", pk(r).to_hex())],
+            vec![s("c"), o.to_string()],
+        ];
+        event(seq, pk(1_000_000_000 + r), 1618, 3000, tags)
+    }
+}
+
+/// Runs the engine's commands: Inspect and Apply answered at once from `have` (objects the
+/// benchmark says are present), fetches collected.
+fn drain(
+    engine: &mut Engine,
+    now: Time,
+    have: &dyn Fn(&RepoKey, &Oid) -> bool,
+    fetches: &mut Vec<Command>,
+) -> usize {
+    let mut released = 0;
+    loop {
+        let mut busy = false;
+        while let Some(cmd) = engine.poll_command() {
+            busy = true;
+            match cmd {
+                Command::Inspect { id, repo, oids } => {
+                    let present = oids.into_iter().filter(|o| have(&repo, o)).collect();
+                    let snap = RepoSnapshot {
+                        present,
+                        refs: Default::default(),
+                    };
+                    engine.handle_input(
+                        now,
+                        Input::Inspected {
+                            id,
+                            result: Ok(snap),
+                        },
+                    );
+                }
+                Command::Apply { id, .. } => {
+                    engine.handle_input(now, Input::Applied { id, result: Ok(()) })
+                }
+                Command::Fetch { .. } => fetches.push(cmd),
+                _ => {}
+            }
+        }
+        while let Some(e) = engine.poll_event() {
+            busy = true;
+            if matches!(e, EngineEvent::Released { .. }) {
+                released += 1;
+            }
+        }
+        if !busy {
+            return released;
+        }
+    }
+}
+
+struct Row {
+    events: usize,
+    repos: usize,
+    insert: Duration,
+    attempt: Duration,
+    fetch: Duration,
+    fetches: usize,
+    released: usize,
+    timeout: Duration,
+    timeouts: usize,
+    bytes_per_event: f64,
+}
+
+fn per(d: Duration, n: usize) -> f64 {
+    d.as_nanos() as f64 / n.max(1) as f64 / 1000.0
+}
+
+fn measure(n: usize) -> Row {
+    let repos = n / EVENTS_PER_REPO;
+    let config = Config {
+        own_origin: Some(ORIGIN.into()),
+        max_waiting: n + 1,
+        // Fetch starts are bounded by concurrency only, so completions measure the engine.
+        max_per_minute_per_domain: usize::MAX / 2,
+        ..Config::default()
+    };
+    let mut seq = 0;
+    let mut engine = Engine::new(config);
+    for r in 0..repos {
+        engine.restore_accepted(&announcement(&mut seq, r));
+    }
+    let nothing = |_: &RepoKey, _: &Oid| false;
+    let mut fetches = Vec::new();
+
+    // Insert: every event arrives by sync; its Inspect is answered "absent". Events are built
+    // in batches outside the timed part; every byte they hold ends up owned by the engine.
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let mut insert = Duration::ZERO;
+    let t0 = Time::from_millis(0);
+    for i in 0..EVENTS_PER_REPO {
+        for first in (0..repos).step_by(10_000) {
+            let batch = first..(first + 10_000).min(repos);
+            let events: Vec<Event> = batch.map(|r| waiting_event(&mut seq, r, i)).collect();
+            let start = Instant::now();
+            for e in events {
+                engine.handle_event(t0, e, Arrival::Synced);
+                drain(&mut engine, t0, &nothing, &mut fetches);
+            }
+            insert += start.elapsed();
+        }
+    }
+    let bytes = LIVE_BYTES.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        engine.stats().waiting.states + engine.stats().waiting.prs,
+        n
+    );
+
+    // Attempt start: every repository's first attempt (Inspect, URL plan, throttle queue).
+    let t1 = Time::from_millis(500);
+    let start = Instant::now();
+    engine.handle_timeout(t1);
+    drain(&mut engine, t1, &nothing, &mut fetches);
+    let attempt = start.elapsed();
+
+    // Fetch completion: the remote had everything; Inspect, Apply, Released follow, and the
+    // freed slot starts the next repository's fetch.
+    let everything = |_: &RepoKey, _: &Oid| true;
+    let mut done = 0;
+    let mut released = 0;
+    let start = Instant::now();
+    while done < repos / COMPLETED_SHARE {
+        let Some(Command::Fetch { id, oids, .. }) = fetches.pop() else {
+            break;
+        };
+        engine.handle_input(
+            t1,
+            Input::FetchDone {
+                id,
+                result: Ok(FetchReport { present: oids }),
+            },
+        );
+        released += drain(&mut engine, t1, &everything, &mut fetches);
+        done += 1;
+    }
+    let fetch = start.elapsed();
+
+    // Timeouts: jump past every fetch deadline and every expiry in one call.
+    let t2 = Time::from_millis(31 * 60 * 1000);
+    let timers_before = engine.stats();
+    let start = Instant::now();
+    engine.handle_timeout(t2);
+    let timeout = start.elapsed();
+    let after = engine.stats();
+    let timeouts = (after.expired - timers_before.expired) as usize
+        + (after.fetch_timeouts - timers_before.fetch_timeouts) as usize;
+    drop(engine);
+
+    Row {
+        events: n,
+        repos,
+        insert,
+        attempt,
+        fetch,
+        fetches: done,
+        released,
+        timeout,
+        timeouts,
+        bytes_per_event: bytes as f64 / n as f64,
+    }
+}
+
+fn main() {
+    let cap: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let sizes: Vec<usize> = [1_000, 10_000, 100_000, 1_000_000]
+        .into_iter()
+        .filter(|n| *n <= cap)
+        .collect();
+    println!(
+        "| waiting events | repos | insert µs/event | attempt start µs/repo | fetch completion µs/fetch | timeout µs/timer | bytes/waiting event |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for n in sizes {
+        // Small sizes run in microseconds and suffer most from noise: best of several runs.
+        let runs = if n <= 10_000 { 5 } else { 1 };
+        let mut row = measure(n);
+        for _ in 1..runs {
+            let again = measure(n);
+            row.insert = row.insert.min(again.insert);
+            row.attempt = row.attempt.min(again.attempt);
+            row.fetch = row.fetch.min(again.fetch);
+            row.timeout = row.timeout.min(again.timeout);
+        }
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} ({} fetches, {} released) | {:.2} ({} timers) | {:.0} |",
+            row.events,
+            row.repos,
+            per(row.insert, row.events),
+            per(row.attempt, row.repos),
+            per(row.fetch, row.fetches),
+            row.fetches,
+            row.released,
+            per(row.timeout, row.timeouts),
+            row.timeouts,
+            row.bytes_per_event,
+        );
+        rows.push(row);
+    }
+    if let (Some(small), Some(large)) = (rows.first(), rows.last()) {
+        let ratio = |f: fn(&Row) -> f64| f(large) / f(small);
+        println!(
+            "\nlargest/smallest time per op: insert {:.2}x, attempt {:.2}x, fetch {:.2}x, timeout {:.2}x",
+            ratio(|r| per(r.insert, r.events)),
+            ratio(|r| per(r.attempt, r.repos)),
+            ratio(|r| per(r.fetch, r.fetches)),
+            ratio(|r| per(r.timeout, r.timeouts)),
+        );
+    }
+}
