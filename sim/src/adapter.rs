@@ -33,6 +33,7 @@ pub fn config(p: &Params) -> Config {
         max_waiting: p.max_waiting,
         max_domains: p.max_domains,
         domain_idle_ttl: p.domain_idle_ttl,
+        placeholder_expiry: p.placeholder_expiry,
         ..Config::default()
     }
 }

@@ -64,6 +64,10 @@ pub const ALL: &[(&str, &str)] = &[
         "split-data",
         "partial data: objects spread over two remotes, one answering not-our-ref",
     ),
+    (
+        "placeholders",
+        "fault 6: refs/nostr refs whose PR never comes or names another commit are deleted",
+    ),
 ];
 
 pub fn build(name: &str, seed: u64) -> Option<Scenario> {
@@ -80,6 +84,7 @@ pub fn build(name: &str, seed: u64) -> Option<Scenario> {
         "shared-identifier" => shared_identifier(seed),
         "push-races-apply" => push_races_apply(seed),
         "split-data" => split_data(seed),
+        "placeholders" => placeholders(seed),
         _ => return None,
     };
     Some(sc)
@@ -267,6 +272,32 @@ impl B {
         at_ms: u64,
         via: Via,
     ) -> usize {
+        let idx = self.pr_event(author, repo, fork_domain, at_ms);
+        self.deliver(idx, at_ms, via);
+        idx
+    }
+
+    /// The tip the PR `events[pr]` names.
+    fn pr_commit(&self, pr: usize) -> Oid {
+        match &self.world.events[pr].role {
+            Role::Pr { commit, .. } => *commit,
+            _ => unreachable!("not a PR"),
+        }
+    }
+
+    fn placeholder(&mut self, pr: usize, repo: &Repo, commit: Oid, at_ms: u64) {
+        self.schedule.push(Scheduled {
+            at: Time::from_millis(at_ms),
+            action: Action::PushPlaceholder {
+                pr,
+                repo: repo.key.clone(),
+                commit,
+            },
+        });
+    }
+
+    /// A PR event that is not delivered (yet).
+    fn pr_event(&mut self, author: usize, repo: &Repo, fork_domain: usize, at_ms: u64) -> usize {
         let user = self.world.users[author].clone();
         let commit = forge::oid(&mut self.rng);
         let url = repo_url(
@@ -299,9 +330,13 @@ impl B {
                 commit,
                 clone: vec![url],
             },
-            label: format!("pr({}->{})", user.name, repo.ident),
+            label: format!(
+                "pr{}({}->{})",
+                self.world.events.len(),
+                user.name,
+                repo.ident
+            ),
         });
-        self.deliver(idx, at_ms, via);
         idx
     }
 
@@ -610,5 +645,41 @@ fn split_data(seed: u64) -> Scenario {
         .expect("remote")
         .objects
         .insert(dev);
+    b.finish(2 * MIN)
+}
+
+fn placeholders(seed: u64) -> Scenario {
+    let params = Params {
+        placeholder_expiry: Duration::from_secs(5 * 60),
+        ..Params::default()
+    };
+    let mut b = B::new("placeholders", seed, params);
+    let owner = b.user();
+    let contributor = b.user();
+    let home = b.domain((50, 200), &[]);
+    let forks = b.domain((50, 200), &[]);
+    let repo = b.repo(owner, "pp", &[home], &[]);
+    b.announce(&repo, 0, Via::Published);
+    let st = b.state(&repo, S, Via::Published, &[0]);
+    b.push(st, 2 * S);
+    // Pushed, then published with the same commit: the ref stays (it is the PR's).
+    let good = b.pr_event(contributor, &repo, forks, 20 * S);
+    let c = b.pr_commit(good);
+    b.placeholder(good, &repo, c, 10 * S);
+    b.deliver(good, 20 * S, Via::Published);
+    // Pushed, never published: deleted after placeholder_expiry.
+    let ghost = b.pr_event(contributor, &repo, forks, 30 * S);
+    let c = b.pr_commit(ghost);
+    b.placeholder(ghost, &repo, c, 30 * S);
+    // Pushed at another commit than the PR names: deleted when the PR arrives.
+    let wrong = b.pr_event(contributor, &repo, forks, 50 * S);
+    let other = forge::oid(&mut b.rng);
+    b.placeholder(wrong, &repo, other, 40 * S);
+    b.deliver(wrong, 50 * S, Via::Published);
+    // Pushed, never published, and the server crashes: still deleted after the restart.
+    let lost = b.pr_event(contributor, &repo, forks, 70 * S);
+    let c = b.pr_commit(lost);
+    b.placeholder(lost, &repo, c, 70 * S);
+    b.crash(80 * S, 10 * S);
     b.finish(2 * MIN)
 }

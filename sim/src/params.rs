@@ -26,6 +26,7 @@ pub struct Params {
     pub max_waiting: usize,
     pub max_domains: usize,
     pub domain_idle_ttl: Duration,
+    pub placeholder_expiry: Duration,
 }
 
 impl Default for Params {
@@ -46,6 +47,7 @@ impl Default for Params {
             max_waiting: 1_000_000,
             max_domains: 10_000,
             domain_idle_ttl: Duration::from_secs(3600),
+            placeholder_expiry: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -74,6 +76,7 @@ impl Params {
         p.max_waiting = *rng.pick(&[8, 30, 1_000]);
         p.max_domains = *rng.pick(&[2, 4, 1_000]);
         p.domain_idle_ttl = Duration::from_secs(rng.range(60, 3_600));
+        p.placeholder_expiry = Duration::from_secs(rng.range(5, 30) * 60);
         p
     }
 
@@ -123,7 +126,7 @@ impl fmt::Display for Params {
             f,
             "expiry={}s first_synced={}ms first_published={}s backoff=[{}]ms fetch_timeout={}s \
              max_inflight={} max_per_window={} window={}s ratelimit_cooldown={}s bad_after={} \
-             bad_skip={}s max_waiting={} max_domains={} domain_ttl={}s",
+             bad_skip={}s max_waiting={} max_domains={} domain_ttl={}s placeholder_expiry={}s",
             self.purgatory_expiry.as_secs(),
             ms(self.first_attempt_after_synced),
             self.first_attempt_after_published.as_secs(),
@@ -138,6 +141,7 @@ impl fmt::Display for Params {
             self.max_waiting,
             self.max_domains,
             self.domain_idle_ttl.as_secs(),
+            self.placeholder_expiry.as_secs(),
         )
     }
 }

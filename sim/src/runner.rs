@@ -142,6 +142,10 @@ pub struct Sim<'a> {
     monitor: ThrottleMonitor,
     failure: Option<Failure>,
     healed: bool,
+    /// Events released or accepted at least once (a later re-delivery may make one wait again).
+    ever_served: BTreeSet<EventId>,
+    /// When each `refs/nostr/<id>` ref was pushed (by repository and ref name).
+    placeholders: BTreeMap<(RepoKey, String), Time>,
     /// Fetch start times per domain (for scenario expectations).
     fetch_log: BTreeMap<String, Vec<Time>>,
     /// Liveness is measured from the later of the heal and the last restart.
@@ -181,6 +185,8 @@ impl<'a> Sim<'a> {
             by_id,
             monitor: ThrottleMonitor::default(),
             fetch_log: BTreeMap::new(),
+            placeholders: BTreeMap::new(),
+            ever_served: BTreeSet::new(),
             failure: None,
             healed: false,
             calm_since: sc.heal_at,
@@ -399,6 +405,38 @@ impl<'a> Sim<'a> {
         }
         self.engine = Some(engine);
         self.monitor = ThrottleMonitor::default();
+        // The engine keeps no placeholder state across a restart, so the host reports every
+        // `refs/nostr/<id>` ref whose event it does not serve as if just pushed: the engine
+        // re-arms its expiry (or matches it to the event when that arrives).
+        let mut replays = Vec::new();
+        for (key, repo) in &self.store.repos {
+            let updates: Vec<crate::sut::RefEdit> = repo
+                .refs
+                .iter()
+                .filter(|(name, _)| {
+                    name.strip_prefix("refs/nostr/")
+                        .is_some_and(|hex| !self.store.served.keys().any(|id| id.to_hex() == hex))
+                })
+                .map(|(name, oid)| crate::sut::RefEdit {
+                    name: name.clone(),
+                    old: None,
+                    new: Some(*oid),
+                })
+                .collect();
+            if !updates.is_empty() {
+                replays.push((key.clone(), updates));
+            }
+        }
+        for (repo, updates) in replays {
+            crate::trace!(
+                self.trace,
+                self.now,
+                "boot: report {} placeholder refs of {}",
+                updates.len(),
+                self.rk(&repo)
+            );
+            self.input(Input::Pushed { repo, updates });
+        }
         crate::trace!(
             self.trace,
             self.now,
@@ -430,6 +468,9 @@ impl<'a> Sim<'a> {
             Item::Act(Action::Deliver { event, via }) => self.deliver(event, via),
             Item::Act(Action::Push { state, retries }) => self.push(state, retries),
             Item::Act(Action::Crash { down_ms }) => self.crash(down_ms),
+            Item::Act(Action::PushPlaceholder { pr, repo, commit }) => {
+                self.push_placeholder(pr, repo, commit)
+            }
             Item::Restart => {
                 self.calm_since = self.calm_since.max(self.now);
                 let min_end = self.now + self.sc.params.liveness_bound(&self.sc.world);
@@ -569,6 +610,7 @@ impl<'a> Sim<'a> {
             }
             Verdict::Accepted => {
                 self.check_data_present(idx, "accepted");
+                self.ever_served.insert(id);
                 self.store.served.insert(id, idx);
                 self.store.waiting.remove(&id);
                 self.acks.insert(
@@ -656,6 +698,51 @@ impl<'a> Sim<'a> {
             repo,
             updates: accepted,
         });
+    }
+
+    fn push_placeholder(&mut self, pr: usize, repo: RepoKey, commit: Oid) {
+        let label = self.label(pr).to_owned();
+        let name = format!("refs/nostr/{}", self.sc.world.events[pr].id().to_hex());
+        let Some(local) = self.store.repos.get(&repo) else {
+            crate::trace!(
+                self.trace,
+                self.now,
+                "push {name} ({label}): repository not found"
+            );
+            return;
+        };
+        let Some(engine) = self.engine.as_mut() else {
+            crate::trace!(self.trace, self.now, "push {name} ({label}): server down");
+            return;
+        };
+        let current = local.refs.clone();
+        let edit = crate::sut::RefEdit {
+            name: name.clone(),
+            old: current.get(&name).copied(),
+            new: Some(commit),
+        };
+        let decision = engine.decide_push(&repo, &current, std::slice::from_ref(&edit));
+        match decision.first() {
+            Some(Ok(())) => {
+                let r = self.store.repos.get_mut(&repo).expect("checked");
+                r.objects.insert(commit);
+                apply_edits(r, std::slice::from_ref(&edit));
+                self.placeholders
+                    .insert((repo.clone(), name.clone()), self.now);
+                crate::trace!(
+                    self.trace,
+                    self.now,
+                    "push {name} ({label}) at {commit}: accepted"
+                );
+                self.input(Input::Pushed {
+                    repo,
+                    updates: vec![edit],
+                });
+            }
+            other => {
+                crate::trace!(self.trace, self.now, "push {name} ({label}): {other:?}");
+            }
+        }
     }
 
     // ---------------------------------------------------------------- the host executes
@@ -915,6 +1002,7 @@ impl<'a> Sim<'a> {
         self.check_data_present(ack.event, "released");
         self.store.served.insert(id, ack.event);
         self.store.waiting.remove(&id);
+        self.ever_served.insert(id);
         let ack = self.acks.get_mut(&id).expect("checked");
         ack.status = Status::Served;
         ack.released_at = Some(self.now);
@@ -979,7 +1067,56 @@ impl<'a> Sim<'a> {
 
     // ---------------------------------------------------------------- liveness
 
+    /// A `refs/nostr/<id>` ref survives only if its PR was released with that commit; any
+    /// other is deleted within `placeholder_expiry` (plus the liveness bound for the Apply) of
+    /// its push, crashes included (design notes, fault 6).
+    fn check_placeholders(&mut self) {
+        let grace =
+            self.sc.params.placeholder_expiry + self.sc.params.liveness_bound(&self.sc.world);
+        for (key, repo) in &self.store.repos {
+            for (name, oid) in &repo.refs {
+                let Some(hex) = name.strip_prefix("refs/nostr/") else {
+                    continue;
+                };
+                let legit = self.sc.world.events.iter().any(|e| {
+                    e.id().to_hex() == hex
+                        && matches!(&e.role, Role::Pr { commit, .. } if commit == oid)
+                        && self.ever_served.contains(&e.id())
+                });
+                if legit {
+                    continue;
+                }
+                let pushed = self
+                    .placeholders
+                    .get(&(key.clone(), name.clone()))
+                    .copied()
+                    .unwrap_or(Time::ZERO);
+                let due = self.calm_since.max(pushed) + grace;
+                if self.now > due {
+                    let label = self
+                        .sc
+                        .world
+                        .events
+                        .iter()
+                        .find(|e| e.id().to_hex() == hex)
+                        .map_or("an unknown event", |e| e.label.as_str())
+                        .to_owned();
+                    let msg = format!(
+                        "placeholder {name} ({label}) at {oid} in {} pushed at {pushed} still exists after {due}: its event never arrived or named another commit",
+                        self.rk(key)
+                    );
+                    self.fail(FailureKind::Liveness, msg);
+                    return;
+                }
+            }
+        }
+    }
+
     fn check_liveness(&mut self) {
+        self.check_placeholders();
+        if self.failure.is_some() {
+            return;
+        }
         let bound = self.sc.params.liveness_bound(&self.sc.world);
         let acks: Vec<(EventId, Ack)> = self.acks.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (id, ack) in acks {

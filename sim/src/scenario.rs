@@ -32,6 +32,13 @@ pub enum Action {
     /// The owner pushes the refs of state `events[state]` (with its objects) to our server;
     /// a rejected push is retried `retries` more times, 30 s apart.
     Push { state: usize, retries: u32 },
+    /// A PR author pushes `refs/nostr/<id of events[pr]>` at `commit` (with the object) to
+    /// `repo`, usually before publishing the PR; the PR may never come, or name another commit.
+    PushPlaceholder {
+        pr: usize,
+        repo: RepoKey,
+        commit: Oid,
+    },
     /// Our server crashes and restarts `down_ms` later from what it persisted.
     Crash { down_ms: u64 },
 }
@@ -78,6 +85,10 @@ pub struct Size {
 }
 
 impl Size {
+    pub fn is_small(&self) -> bool {
+        self.max_repos == Size::small().max_repos && self.max_domains == Size::small().max_domains
+    }
+
     /// Small worlds: what the CI swarm test runs 1000 of.
     pub fn small() -> Size {
         Size {
@@ -187,7 +198,12 @@ impl Scenario {
         let heal_at = at(chaos_ms);
         let end_at = end_for(&params, &world, heal_at);
         Scenario {
-            name: "random".into(),
+            name: if size.is_small() {
+                "random-small"
+            } else {
+                "random"
+            }
+            .into(),
             seed,
             params,
             world,
@@ -230,7 +246,12 @@ impl Scenario {
         let pushes = self
             .schedule
             .iter()
-            .filter(|s| matches!(s.action, Action::Push { .. }))
+            .filter(|s| {
+                matches!(
+                    s.action,
+                    Action::Push { .. } | Action::PushPlaceholder { .. }
+                )
+            })
             .count();
         let deliveries = self
             .schedule
@@ -255,7 +276,8 @@ impl Scenario {
 /// The run goes on until liveness can be judged and every event acknowledged before the heal
 /// has expired, so a lost event shows as one still waiting past its expiry.
 pub fn end_for(params: &Params, world: &World, heal_at: Time) -> Time {
-    heal_at + params.liveness_bound(world).max(params.purgatory_expiry) + Duration::from_secs(60)
+    let longest_life = params.purgatory_expiry.max(params.placeholder_expiry);
+    heal_at + longest_life + params.liveness_bound(world) + Duration::from_secs(60)
 }
 
 /// Adds an event to the world and schedules its deliveries: one first arrival, sometimes
@@ -490,6 +512,32 @@ fn gen_repo(
             sr,
         );
         prs.push((idx, tp, author.clone()));
+        // Clients push the tip to refs/nostr/<id> before publishing; sometimes the PR then never
+        // comes (the event is not delivered: a ghost), sometimes the pushed commit is another.
+        if sr.percent(35) {
+            let ghost = sr.percent(25);
+            let push_commit = if sr.percent(15) {
+                forge::oid(wr)
+            } else {
+                commit
+            };
+            let target = idx;
+            if ghost {
+                // Keep the world's event but drop its deliveries.
+                schedule.retain(
+                    |s| !matches!(s.action, Action::Deliver { event, .. } if event == target),
+                );
+                world.events[target].label = format!("ghost-{}", world.events[target].label);
+            }
+            schedule.push(Scheduled {
+                at: at(tp.saturating_sub(sr.range(0, 30_000))),
+                action: Action::PushPlaceholder {
+                    pr: target,
+                    repo: key.clone(),
+                    commit: push_commit,
+                },
+            });
+        }
         if wr.percent(30) {
             let commit2 = forge::oid(wr);
             for url in &pr_clone {

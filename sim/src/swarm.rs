@@ -60,6 +60,11 @@ pub fn check_determinism(sc: &Scenario, factory: &dyn EngineFactory) -> Result<u
 pub fn repro_command(sc: &Scenario) -> String {
     if sc.name == "random" {
         format!("cargo run -p graspd-sim --release -- --seed {}", sc.seed)
+    } else if sc.name == "random-small" {
+        format!(
+            "cargo run -p graspd-sim --release -- --small --seed {}",
+            sc.seed
+        )
     } else {
         format!(
             "cargo run -p graspd-sim --release -- --scenario {} --seed {}",
