@@ -1,0 +1,227 @@
+//! Command line: `--seed N` (one run, full trace), `--seeds K` (swarm), `--check-determinism`,
+//! `--scenario NAME` / `--scenarios` (named fault scenarios). Exit codes: 0 ok, 2 safety,
+//! 3 liveness, 4 crash (the engine panicked), 5 determinism, 64 usage.
+
+use std::time::Instant;
+
+use crate::named;
+use crate::runner::FailureKind;
+use crate::scenario::{Scenario, Size};
+use crate::sut::EngineFactory;
+use crate::swarm::{check_determinism, report, repro_command, run_guarded};
+use crate::trace::TraceMode;
+
+pub const USAGE: &str = "\
+usage: graspd-sim [options]
+  --seed N              run seed N with a readable trace (with --scenario: that scenario)
+  --seeds K             run K seeds (from --from, default 0), quiet; stop at the first failure
+  --from S              first seed for --seeds
+  --check-determinism   run each seed twice and compare trace hashes
+  --scenario NAME       run a named fault scenario (see --list)
+  --scenarios           run every named scenario
+  --list                list the named scenarios
+  --small               small worlds (what the CI swarm test uses)
+  --keep-going          with --seeds: run every seed, list every failing one
+  --quiet               with --seed: no trace, only the result
+exit codes: 0 ok, 2 safety, 3 liveness, 4 crash (engine panic), 5 determinism, 64 usage";
+
+#[derive(Debug, Default)]
+struct Args {
+    seed: Option<u64>,
+    seeds: Option<u64>,
+    from: u64,
+    determinism: bool,
+    scenario: Option<String>,
+    scenarios: bool,
+    list: bool,
+    small: bool,
+    quiet: bool,
+    keep_going: bool,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut it = args.iter();
+    let num = |v: Option<&String>, flag: &str| -> Result<u64, String> {
+        v.ok_or(format!("{flag} needs a number"))?
+            .parse()
+            .map_err(|_| format!("{flag} needs a number"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seed" => a.seed = Some(num(it.next(), "--seed")?),
+            "--seeds" => a.seeds = Some(num(it.next(), "--seeds")?),
+            "--from" => a.from = num(it.next(), "--from")?,
+            "--check-determinism" => a.determinism = true,
+            "--scenario" => a.scenario = Some(it.next().ok_or("--scenario needs a name")?.clone()),
+            "--scenarios" => a.scenarios = true,
+            "--list" => a.list = true,
+            "--small" => a.small = true,
+            "--quiet" => a.quiet = true,
+            "--keep-going" => a.keep_going = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main(args: &[String], factory: &dyn EngineFactory) -> i32 {
+    let a = match parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("{e}");
+            }
+            eprintln!("{USAGE}");
+            return if e.is_empty() { 0 } else { 64 };
+        }
+    };
+    let size = if a.small {
+        Size::small()
+    } else {
+        Size::default()
+    };
+    if a.list {
+        for (name, what) in named::ALL {
+            println!("{name:28} {what}");
+        }
+        return 0;
+    }
+    if a.scenarios {
+        return run_named_all(factory, a.seed.unwrap_or(1));
+    }
+    let scenario_for = |seed: u64| -> Option<Scenario> {
+        match &a.scenario {
+            Some(name) => named::build(name, seed),
+            None => Some(Scenario::random(seed, size)),
+        }
+    };
+    if let Some(name) = &a.scenario {
+        if named::build(name, 0).is_none() {
+            eprintln!("no scenario named {name:?}; --list shows them");
+            return 64;
+        }
+    }
+    if let Some(k) = a.seeds {
+        return run_many(
+            factory,
+            a.from,
+            k,
+            a.determinism,
+            a.keep_going,
+            &scenario_for,
+        );
+    }
+    let seed = a.seed.unwrap_or(0);
+    let sc = scenario_for(seed).expect("checked above");
+    if a.determinism {
+        return match check_determinism(&sc, factory) {
+            Ok(hash) => {
+                println!("seed {seed}: deterministic, trace hash {hash:016x}");
+                0
+            }
+            Err(f) => {
+                println!(
+                    "FAILED {f}\n  reproduce: {} --check-determinism",
+                    repro_command(&sc)
+                );
+                f.kind.exit_code()
+            }
+        };
+    }
+    let mode = if a.quiet {
+        TraceMode::Tail
+    } else {
+        TraceMode::Print
+    };
+    let outcome = run_guarded(&sc, factory, mode);
+    match &outcome.failure {
+        None => {
+            println!(
+                "OK seed={seed} trace_hash={:016x} lines={} steps={} fetches={} released={} expired={} crashes={}",
+                outcome.hash,
+                outcome.lines,
+                outcome.stats.steps,
+                outcome.stats.fetches,
+                outcome.stats.released,
+                outcome.stats.expired,
+                outcome.stats.crashes
+            );
+            0
+        }
+        Some(f) => {
+            print!("{}", report(&sc, &outcome));
+            f.kind.exit_code()
+        }
+    }
+}
+
+fn run_many(
+    factory: &dyn EngineFactory,
+    from: u64,
+    k: u64,
+    determinism: bool,
+    keep_going: bool,
+    scenario_for: &dyn Fn(u64) -> Option<Scenario>,
+) -> i32 {
+    let started = Instant::now();
+    let mut failed: Vec<(u64, FailureKind)> = Vec::new();
+    for seed in from..from + k {
+        let sc = scenario_for(seed).expect("checked");
+        let outcome = run_guarded(&sc, factory, TraceMode::Tail);
+        if let Some(f) = &outcome.failure {
+            if keep_going {
+                println!("seed {seed}: {f}");
+                failed.push((seed, f.kind));
+                continue;
+            }
+            print!("{}", report(&sc, &outcome));
+            println!("{} seeds passed before seed {seed} failed", seed - from);
+            return f.kind.exit_code();
+        }
+        if determinism {
+            if let Err(f) = check_determinism(&sc, factory) {
+                println!(
+                    "FAILED {f}\n  reproduce: {} --check-determinism",
+                    repro_command(&sc)
+                );
+                return f.kind.exit_code();
+            }
+        }
+    }
+    if let Some(worst) = failed.iter().map(|(_, kind)| *kind).min() {
+        let seeds: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
+        println!(
+            "FAILED {} of {k} seeds in {:.1}s: {}",
+            failed.len(),
+            started.elapsed().as_secs_f64(),
+            seeds.join(" ")
+        );
+        return worst.exit_code();
+    }
+    println!(
+        "OK {k} seeds ({from}..{}) in {:.1}s",
+        from + k,
+        started.elapsed().as_secs_f64()
+    );
+    0
+}
+
+fn run_named_all(factory: &dyn EngineFactory, seed: u64) -> i32 {
+    let mut worst: Option<FailureKind> = None;
+    for (name, _) in named::ALL {
+        let sc = named::build(name, seed).expect("listed");
+        let outcome = run_guarded(&sc, factory, TraceMode::Tail);
+        match &outcome.failure {
+            None => println!("ok   {name}"),
+            Some(f) => {
+                println!("FAIL {name}");
+                print!("{}", report(&sc, &outcome));
+                worst = Some(worst.map_or(f.kind, |w| w.min(f.kind)));
+            }
+        }
+    }
+    worst.map_or(0, FailureKind::exit_code)
+}

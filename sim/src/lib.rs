@@ -1,0 +1,26 @@
+//! graspd-sim: a deterministic simulator for the graspd engine.
+//!
+//! One thread, virtual time, one root seed. The simulator plays the world (users, remote GRASP
+//! servers with faults) and our host (store, purgatory table, crashes and restarts), drives
+//! `graspd-core` through it, and checks safety invariants after every step and liveness after
+//! the world heals. See `README.md`.
+
+pub mod adapter;
+pub mod cli;
+pub mod doubles;
+pub mod faults;
+pub mod forge;
+pub mod monitor;
+pub mod named;
+pub mod params;
+pub mod rng;
+pub mod runner;
+pub mod scenario;
+pub mod store;
+pub mod sut;
+pub mod swarm;
+pub mod trace;
+pub mod world;
+
+pub use runner::{run, Failure, FailureKind, Outcome};
+pub use scenario::{Scenario, Size};

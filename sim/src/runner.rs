@@ -1,0 +1,1293 @@
+//! One run: the virtual-time loop that drives the engine through a scenario, plays the host
+//! (executing commands against the modelled store and world), and checks the invariants after
+//! every step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use graspd_core::{EventId, Oid, RepoKey, Time};
+
+use crate::monitor::ThrottleMonitor;
+use crate::rng::Rng;
+use crate::scenario::{Action, Scenario, Via};
+use crate::store::{apply_edits, diff_refs, LocalRepo, Store, WaitingRow};
+use crate::sut::{Command, EngineFactory, EngineUnderTest, FetchFailure, Input, Output, Verdict};
+use crate::trace::{Trace, TraceMode};
+use crate::world::{RemoteOutcome, Role};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailureKind {
+    Safety,
+    Liveness,
+    /// The engine panicked.
+    Crash,
+    Determinism,
+}
+
+impl FailureKind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            FailureKind::Safety => 2,
+            FailureKind::Liveness => 3,
+            FailureKind::Crash => 4,
+            FailureKind::Determinism => 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub at: Time,
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} violation at {}: {}",
+            self.kind, self.at, self.message
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    pub steps: u64,
+    pub fetches: u64,
+    pub released: u64,
+    pub expired: u64,
+    pub crashes: u64,
+}
+
+pub struct Outcome {
+    pub summary: String,
+    pub hash: u64,
+    pub lines: u64,
+    pub failure: Option<Failure>,
+    pub stats: RunStats,
+    /// The last trace lines (Tail mode).
+    pub tail: Vec<String>,
+}
+
+/// Steps after which a run counts as a runaway engine (commands or timers without end).
+const MAX_STEPS: u64 = 2_000_000;
+/// Engine outputs drained in one step before it counts as a busy loop.
+const MAX_DRAIN: u32 = 100_000;
+/// Steps at one instant before `poll_timeout` counts as a busy loop.
+const MAX_SAME_INSTANT: u32 = 100_000;
+
+#[derive(Clone, Debug)]
+enum Item {
+    Act(Action),
+    Restart,
+    Heal,
+    FetchDone {
+        epoch: u64,
+        id: u64,
+        into: RepoKey,
+        result: Result<Vec<Oid>, FetchFailure>,
+    },
+    InspectDone {
+        epoch: u64,
+        id: u64,
+        repo: RepoKey,
+        oids: Vec<Oid>,
+    },
+    ApplyExec {
+        epoch: u64,
+        id: u64,
+        plan: crate::sut::ApplyPlan,
+    },
+    ApplyDone {
+        epoch: u64,
+        id: u64,
+        result: Result<(), String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Waiting,
+    Served,
+    Expired,
+    Deleted,
+}
+
+#[derive(Clone, Debug)]
+struct Ack {
+    event: usize,
+    status: Status,
+    acked_at: Time,
+    expires_at: Time,
+    released_at: Option<Time>,
+}
+
+pub struct Sim<'a> {
+    sc: &'a Scenario,
+    factory: &'a dyn EngineFactory,
+    trace: Trace,
+    now: Time,
+    agenda: BTreeMap<(Time, u64), Item>,
+    seq: u64,
+    store: Store,
+    engine: Option<Box<dyn EngineUnderTest>>,
+    epoch: u64,
+    boot_at: Time,
+    net: Rng,
+    acks: BTreeMap<EventId, Ack>,
+    by_id: BTreeMap<EventId, usize>,
+    monitor: ThrottleMonitor,
+    failure: Option<Failure>,
+    healed: bool,
+    /// Events released or accepted at least once (a later re-delivery may make one wait again).
+    ever_served: BTreeSet<EventId>,
+    /// When each `refs/nostr/<id>` ref was pushed (by repository and ref name).
+    placeholders: BTreeMap<(RepoKey, String), Time>,
+    /// Fetch start times per domain (for scenario expectations).
+    fetch_log: BTreeMap<String, Vec<Time>>,
+    /// Liveness is measured from the later of the heal and the last restart.
+    calm_since: Time,
+    end_at: Time,
+    stats: RunStats,
+}
+
+pub fn run(sc: &Scenario, factory: &dyn EngineFactory, mode: TraceMode) -> Outcome {
+    let mut sim = Sim::new(sc, factory, mode);
+    sim.run();
+    sim.finish()
+}
+
+impl<'a> Sim<'a> {
+    fn new(sc: &'a Scenario, factory: &'a dyn EngineFactory, mode: TraceMode) -> Sim<'a> {
+        let by_id = sc
+            .world
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.id(), i))
+            .collect();
+        let mut sim = Sim {
+            sc,
+            factory,
+            trace: Trace::new(mode),
+            now: Time::ZERO,
+            agenda: BTreeMap::new(),
+            seq: 0,
+            store: Store::default(),
+            engine: None,
+            epoch: 0,
+            boot_at: Time::ZERO,
+            net: Rng::new(sc.seed).child("network"),
+            acks: BTreeMap::new(),
+            by_id,
+            monitor: ThrottleMonitor::default(),
+            fetch_log: BTreeMap::new(),
+            placeholders: BTreeMap::new(),
+            ever_served: BTreeSet::new(),
+            failure: None,
+            healed: false,
+            calm_since: sc.heal_at,
+            end_at: sc.end_at,
+            stats: RunStats::default(),
+        };
+        for s in &sc.schedule {
+            sim.at(s.at, Item::Act(s.action.clone()));
+        }
+        sim.at(sc.heal_at, Item::Heal);
+        sim
+    }
+
+    fn at(&mut self, t: Time, item: Item) {
+        self.seq += 1;
+        self.agenda.insert((t, self.seq), item);
+    }
+
+    fn fail(&mut self, kind: FailureKind, message: String) {
+        if self.failure.is_none() {
+            crate::trace!(self.trace, self.now, "FAIL {kind:?}: {message}");
+            self.failure = Some(Failure {
+                kind,
+                at: self.now,
+                message,
+            });
+        }
+    }
+
+    /// The engine's clock: milliseconds since this process started.
+    fn engine_now(&self) -> Time {
+        Time::from_millis(self.now.as_millis() - self.boot_at.as_millis())
+    }
+
+    fn to_sim_time(&self, engine_time: Time) -> Time {
+        Time::from_millis(
+            engine_time
+                .as_millis()
+                .saturating_add(self.boot_at.as_millis()),
+        )
+    }
+
+    /// `u0/repo1` for a repository key (trace only).
+    fn rk(&self, repo: &RepoKey) -> String {
+        match self.sc.world.users.iter().find(|u| u.pubkey == repo.owner) {
+            Some(u) => format!("{}/{}", u.name, repo.identifier),
+            None => repo.to_string(),
+        }
+    }
+
+    /// Replaces users' hex public keys by their names in an engine-provided string.
+    fn names(&self, s: String) -> String {
+        let mut s = s;
+        for u in &self.sc.world.users {
+            let hex = u.pubkey.to_hex();
+            if s.contains(&hex) {
+                s = s
+                    .replace(&format!("PublicKey({hex})"), &u.name)
+                    .replace(&hex, &u.name);
+            }
+        }
+        s
+    }
+
+    fn label(&self, idx: usize) -> &str {
+        &self.sc.world.events[idx].label
+    }
+
+    fn run(&mut self) {
+        crate::trace!(self.trace, self.now, "{}", self.sc.summary());
+        self.boot();
+        let mut same_instant = 0u32;
+        let mut last_now = self.now;
+        while self.failure.is_none() {
+            let next_item = self.agenda.first_key_value().map(|((t, _), _)| *t);
+            let next_timer = self.engine.as_mut().and_then(|e| e.poll_timeout());
+            let timer_at = next_timer.as_ref().map(|(t, _)| self.to_sim_time(*t));
+            let take_item = match (next_item, timer_at) {
+                (None, None) => break,
+                (Some(i), Some(t)) => i <= t.max(self.now),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            let next = if take_item {
+                next_item.expect("checked")
+            } else {
+                timer_at.expect("checked").max(self.now)
+            };
+            if next > self.end_at {
+                break;
+            }
+            self.now = next.max(self.now);
+            if take_item {
+                let (_, item) = self.agenda.pop_first().expect("checked");
+                self.process(item);
+            } else {
+                let why = next_timer
+                    .as_ref()
+                    .map(|(_, w)| w.clone())
+                    .unwrap_or_default();
+                let why = self.names(why);
+                crate::trace!(self.trace, self.now, "timeout {why}");
+                let now = self.engine_now();
+                if let Some(e) = self.engine.as_mut() {
+                    e.handle_timeout(now);
+                }
+            }
+            self.drain();
+            self.check_step();
+            self.stats.steps += 1;
+            if self.now == last_now {
+                same_instant += 1;
+                if same_instant > MAX_SAME_INSTANT {
+                    let why = next_timer.map(|(_, w)| w).unwrap_or_default();
+                    self.fail(
+                        FailureKind::Liveness,
+                        format!("busy loop: {MAX_SAME_INSTANT} steps without time advancing (timer: {why})"),
+                    );
+                }
+            } else {
+                same_instant = 0;
+                last_now = self.now;
+            }
+            if self.stats.steps > MAX_STEPS {
+                self.fail(
+                    FailureKind::Liveness,
+                    format!("runaway: more than {MAX_STEPS} steps"),
+                );
+            }
+        }
+        if self.failure.is_none() {
+            self.now = self.now.max(self.end_at);
+            self.check_liveness();
+        }
+        if self.failure.is_none() {
+            self.check_expectations();
+        }
+    }
+
+    fn check_expectations(&mut self) {
+        for e in &self.sc.expect {
+            match e {
+                crate::scenario::Expect::MaxFetchesTo { domain, max, until } => {
+                    let n = self
+                        .fetch_log
+                        .get(domain)
+                        .map_or(0, |v| v.iter().filter(|t| *t < until).count())
+                        as u64;
+                    if n > *max {
+                        let msg = format!(
+                            "{n} fetches sent to {domain} before {until}, at most {max} expected"
+                        );
+                        self.fail(FailureKind::Safety, msg);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fetch into `into` may only use URLs that an announcement of that repository (by its
+    /// owner) or a PR targeting it lists: unrelated owners sharing an identifier never share
+    /// URLs (design notes, fault 10).
+    fn check_candidate(&self, into: &RepoKey, url: &str) -> Result<(), String> {
+        let listed = self.sc.world.events.iter().any(|e| match &e.role {
+            Role::Announcement { repo, clone } => repo == into && clone.iter().any(|c| c == url),
+            Role::Pr { targets, clone, .. } => {
+                targets.contains(into) && clone.iter().any(|c| c == url)
+            }
+            _ => false,
+        });
+        if listed {
+            Ok(())
+        } else {
+            Err(format!("fetched {url} into {into}, but no announcement of that repository nor PR to it lists that URL"))
+        }
+    }
+
+    fn finish(self) -> Outcome {
+        Outcome {
+            summary: self.sc.summary(),
+            hash: self.trace.hash(),
+            lines: self.trace.line_count(),
+            failure: self.failure,
+            stats: self.stats,
+            tail: self.trace.tail().map(str::to_owned).collect(),
+        }
+    }
+
+    // ---------------------------------------------------------------- start-up and crash
+
+    fn boot(&mut self) {
+        self.boot_at = self.now;
+        let mut engine = self.factory.build(&self.sc.params);
+        let now = Time::ZERO;
+        let mut restored = 0;
+        for (id, idx) in &self.store.served {
+            let ev = &self.sc.world.events[*idx];
+            if matches!(ev.role, Role::Announcement { .. } | Role::State { .. }) {
+                engine.restore_accepted(&ev.event);
+                restored += 1;
+                let _ = id;
+            }
+        }
+        let mut waiting = 0;
+        for row in self.store.waiting.values() {
+            // The table holds wall-clock expiry; the engine gets what is left of it.
+            let remaining = row.expires_at.saturating_since(self.now);
+            engine.restore_waiting(
+                now,
+                &self.sc.world.events[row.event].event,
+                row.via,
+                remaining,
+            );
+            waiting += 1;
+        }
+        self.engine = Some(engine);
+        self.monitor = ThrottleMonitor::default();
+        // The engine keeps no placeholder state across a restart, so the host reports every
+        // `refs/nostr/<id>` ref whose event it does not serve as if just pushed: the engine
+        // re-arms its expiry (or matches it to the event when that arrives).
+        let mut replays = Vec::new();
+        for (key, repo) in &self.store.repos {
+            let updates: Vec<crate::sut::RefEdit> = repo
+                .refs
+                .iter()
+                .filter(|(name, _)| {
+                    name.strip_prefix("refs/nostr/")
+                        .is_some_and(|hex| !self.store.served.keys().any(|id| id.to_hex() == hex))
+                })
+                .map(|(name, oid)| crate::sut::RefEdit {
+                    name: name.clone(),
+                    old: None,
+                    new: Some(*oid),
+                })
+                .collect();
+            if !updates.is_empty() {
+                replays.push((key.clone(), updates));
+            }
+        }
+        for (repo, updates) in replays {
+            crate::trace!(
+                self.trace,
+                self.now,
+                "boot: report {} placeholder refs of {}",
+                updates.len(),
+                self.rk(&repo)
+            );
+            self.input(Input::Pushed { repo, updates });
+        }
+        crate::trace!(
+            self.trace,
+            self.now,
+            "boot epoch={} engine={} restored accepted={} waiting={}",
+            self.epoch,
+            self.factory.name(),
+            restored,
+            waiting
+        );
+        self.drain();
+    }
+
+    fn crash(&mut self, down_ms: u64) {
+        if self.engine.is_none() {
+            return;
+        }
+        self.engine = None;
+        self.epoch += 1;
+        self.stats.crashes += 1;
+        crate::trace!(self.trace, self.now, "CRASH down for {down_ms}ms");
+        let back = self.now + Duration::from_millis(down_ms);
+        self.at(back, Item::Restart);
+    }
+
+    // ---------------------------------------------------------------- the world acts
+
+    fn process(&mut self, item: Item) {
+        match item {
+            Item::Act(Action::Deliver { event, via }) => self.deliver(event, via),
+            Item::Act(Action::Push { state, retries }) => self.push(state, retries),
+            Item::Act(Action::Crash { down_ms }) => self.crash(down_ms),
+            Item::Act(Action::PushPlaceholder { pr, repo, commit }) => {
+                self.push_placeholder(pr, repo, commit)
+            }
+            Item::Restart => {
+                self.calm_since = self.calm_since.max(self.now);
+                let min_end = self.now + self.sc.params.liveness_bound(&self.sc.world);
+                self.end_at = self.end_at.max(min_end);
+                self.boot();
+            }
+            Item::Heal => {
+                self.healed = true;
+                crate::trace!(self.trace, self.now, "HEAL: every fault stops");
+            }
+            Item::FetchDone {
+                epoch,
+                id,
+                into,
+                result,
+            } => {
+                if epoch != self.epoch {
+                    return;
+                }
+                self.monitor.on_done(id);
+                if let Ok(present) = &result {
+                    if let Some(repo) = self.store.repos.get_mut(&into) {
+                        repo.objects.extend(present.iter().copied());
+                    }
+                }
+                crate::trace!(
+                    self.trace,
+                    self.now,
+                    "fetch {id} done: {}",
+                    show_fetch(&result)
+                );
+                self.input(Input::FetchDone { id, result });
+            }
+            Item::InspectDone {
+                epoch,
+                id,
+                repo,
+                oids,
+            } => {
+                if epoch != self.epoch {
+                    return;
+                }
+                let result = match self.store.repos.get(&repo) {
+                    Some(r) => Ok((
+                        oids.iter()
+                            .filter(|o| r.objects.contains(o))
+                            .copied()
+                            .collect::<Vec<_>>(),
+                        r.refs.clone(),
+                    )),
+                    None => Err(format!("no repository {repo}")),
+                };
+                crate::trace!(
+                    self.trace,
+                    self.now,
+                    "inspect {id} done: {}",
+                    match &result {
+                        Ok((p, refs)) =>
+                            format!("{}/{} present, {} refs", p.len(), oids.len(), refs.len()),
+                        Err(e) => e.clone(),
+                    }
+                );
+                self.input(Input::Inspected { id, result });
+            }
+            Item::ApplyExec { epoch, id, plan } => {
+                if epoch != self.epoch {
+                    return;
+                }
+                let result = self.store.apply(&plan);
+                crate::trace!(self.trace, self.now, "apply {id} executed: {result:?}");
+                let delay = self.net.range(1, 20);
+                self.at(
+                    self.now + Duration::from_millis(delay),
+                    Item::ApplyDone { epoch, id, result },
+                );
+            }
+            Item::ApplyDone { epoch, id, result } => {
+                if epoch != self.epoch {
+                    return;
+                }
+                self.input(Input::Applied { id, result });
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.engine_now();
+        if let Some(e) = self.engine.as_mut() {
+            e.handle_input(now, input);
+        }
+    }
+
+    fn deliver(&mut self, idx: usize, via: Via) {
+        let label = self.label(idx).to_owned();
+        let now = self.engine_now();
+        let Some(engine) = self.engine.as_mut() else {
+            crate::trace!(
+                self.trace,
+                self.now,
+                "deliver {label} {via:?}: server down, lost"
+            );
+            return;
+        };
+        let ev = &self.sc.world.events[idx];
+        let verdict = engine.handle_event(now, &ev.event, via);
+        crate::trace!(
+            self.trace,
+            self.now,
+            "deliver {label} {via:?} -> {verdict:?}"
+        );
+        let id = ev.id();
+        match verdict {
+            Verdict::Waiting => {
+                let expires_at = self.now + self.sc.params.purgatory_expiry;
+                let row = self.store.waiting.entry(id).or_insert(WaitingRow {
+                    event: idx,
+                    via,
+                    expires_at,
+                });
+                let expires_at = row.expires_at;
+                let ack = self.acks.entry(id).or_insert(Ack {
+                    event: idx,
+                    status: Status::Waiting,
+                    acked_at: self.now,
+                    expires_at,
+                    released_at: None,
+                });
+                if ack.status != Status::Waiting {
+                    *ack = Ack {
+                        event: idx,
+                        status: Status::Waiting,
+                        acked_at: self.now,
+                        expires_at,
+                        released_at: None,
+                    };
+                }
+            }
+            Verdict::Accepted => {
+                self.check_data_present(idx, "accepted");
+                self.ever_served.insert(id);
+                self.store.served.insert(id, idx);
+                self.store.waiting.remove(&id);
+                self.acks.insert(
+                    id,
+                    Ack {
+                        event: idx,
+                        status: Status::Served,
+                        acked_at: self.now,
+                        expires_at: self.now + self.sc.params.purgatory_expiry,
+                        released_at: Some(self.now),
+                    },
+                );
+            }
+            Verdict::Rejected(_) | Verdict::Duplicate => {}
+        }
+    }
+
+    fn push(&mut self, state_idx: usize, retries: u32) {
+        let ev = &self.sc.world.events[state_idx];
+        let Role::State { repo, refs, .. } = &ev.role else {
+            return;
+        };
+        let label = ev.label.clone();
+        let retry = |sim: &mut Sim<'_>, why: &str| {
+            crate::trace!(sim.trace, sim.now, "push {label}: {why}");
+            if retries > 0 {
+                sim.at(
+                    sim.now + Duration::from_secs(30),
+                    Item::Act(Action::Push {
+                        state: state_idx,
+                        retries: retries - 1,
+                    }),
+                );
+            }
+        };
+        if self.engine.is_none() {
+            return retry(self, "server down");
+        }
+        let Some(local) = self.store.repos.get(repo) else {
+            return retry(self, "repository not found");
+        };
+        let current = local.refs.clone();
+        let edits = diff_refs(&current, refs);
+        let decisions = self
+            .engine
+            .as_mut()
+            .expect("checked")
+            .decide_push(repo, &current, &edits);
+        if decisions.len() != edits.len() {
+            self.fail(
+                FailureKind::Safety,
+                format!(
+                    "decide_push returned {} decisions for {} updates",
+                    decisions.len(),
+                    edits.len()
+                ),
+            );
+            return;
+        }
+        let accepted: Vec<_> = edits
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| d.is_ok())
+            .map(|(e, _)| e.clone())
+            .collect();
+        if accepted.is_empty() && !edits.is_empty() {
+            let why = decisions
+                .iter()
+                .find_map(|d| d.clone().err())
+                .unwrap_or_default();
+            return retry(self, &format!("rejected: {why}"));
+        }
+        let repo_mut: &mut LocalRepo = self.store.repos.get_mut(repo).expect("checked");
+        repo_mut.objects.extend(refs.values().copied());
+        apply_edits(repo_mut, &accepted);
+        crate::trace!(
+            self.trace,
+            self.now,
+            "push {label}: {} of {} ref updates accepted",
+            accepted.len(),
+            edits.len()
+        );
+        let repo = repo.clone();
+        self.input(Input::Pushed {
+            repo,
+            updates: accepted,
+        });
+    }
+
+    fn push_placeholder(&mut self, pr: usize, repo: RepoKey, commit: Oid) {
+        let label = self.label(pr).to_owned();
+        let name = format!("refs/nostr/{}", self.sc.world.events[pr].id().to_hex());
+        let Some(local) = self.store.repos.get(&repo) else {
+            crate::trace!(
+                self.trace,
+                self.now,
+                "push {name} ({label}): repository not found"
+            );
+            return;
+        };
+        let Some(engine) = self.engine.as_mut() else {
+            crate::trace!(self.trace, self.now, "push {name} ({label}): server down");
+            return;
+        };
+        let current = local.refs.clone();
+        let edit = crate::sut::RefEdit {
+            name: name.clone(),
+            old: current.get(&name).copied(),
+            new: Some(commit),
+        };
+        let decision = engine.decide_push(&repo, &current, std::slice::from_ref(&edit));
+        match decision.first() {
+            Some(Ok(())) => {
+                let r = self.store.repos.get_mut(&repo).expect("checked");
+                r.objects.insert(commit);
+                apply_edits(r, std::slice::from_ref(&edit));
+                self.placeholders
+                    .insert((repo.clone(), name.clone()), self.now);
+                crate::trace!(
+                    self.trace,
+                    self.now,
+                    "push {name} ({label}) at {commit}: accepted"
+                );
+                self.input(Input::Pushed {
+                    repo,
+                    updates: vec![edit],
+                });
+            }
+            other => {
+                crate::trace!(self.trace, self.now, "push {name} ({label}): {other:?}");
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- the host executes
+
+    fn drain(&mut self) {
+        let mut rounds = 0u32;
+        loop {
+            let Some(engine) = self.engine.as_mut() else {
+                return;
+            };
+            if let Some(cmd) = engine.poll_command() {
+                self.execute(cmd);
+            } else if let Some(out) = engine.poll_output() {
+                self.output(out);
+            } else {
+                return;
+            }
+            rounds += 1;
+            if rounds > MAX_DRAIN {
+                self.fail(
+                    FailureKind::Liveness,
+                    format!("busy loop: more than {MAX_DRAIN} commands and events in one step"),
+                );
+                return;
+            }
+        }
+    }
+
+    fn execute(&mut self, cmd: Command) {
+        let epoch = self.epoch;
+        match cmd {
+            Command::Fetch {
+                id,
+                into,
+                url,
+                oids,
+                deadline,
+            } => {
+                self.stats.fetches += 1;
+                let deadline = self.to_sim_time(deadline);
+                crate::trace!(
+                    self.trace,
+                    self.now,
+                    "fetch {id} {url} {} objects into {} deadline {deadline}",
+                    oids.len(),
+                    self.rk(&into)
+                );
+                if let Err(why) =
+                    self.monitor
+                        .on_fetch(self.now, id, &url, deadline, &self.sc.params)
+                {
+                    self.fail(FailureKind::Safety, why);
+                    return;
+                }
+                if let Err(why) = self.check_candidate(&into, &url) {
+                    self.fail(FailureKind::Safety, why);
+                    return;
+                }
+                if let Some(host) = crate::world::url_host(&url) {
+                    self.fetch_log.entry(host).or_default().push(self.now);
+                }
+                if !self.store.repos.contains_key(&into) {
+                    let delay = self.net.range(1, 10);
+                    self.at(
+                        self.now + Duration::from_millis(delay),
+                        Item::FetchDone {
+                            epoch,
+                            id,
+                            into,
+                            result: Err(FetchFailure::Other),
+                        },
+                    );
+                    return;
+                }
+                let outcome =
+                    self.sc
+                        .world
+                        .fetch(&url, &oids, self.now, self.healed, &mut self.net);
+                let quick = self.net.range(1, 300);
+                let (delay, result) = match outcome {
+                    RemoteOutcome::Refused => (quick, Err(FetchFailure::Refused)),
+                    RemoteOutcome::Dns | RemoteOutcome::Unknown => (quick, Err(FetchFailure::Dns)),
+                    RemoteOutcome::Tls => (quick, Err(FetchFailure::Tls)),
+                    RemoteOutcome::RateLimited => (quick, Err(FetchFailure::RateLimited)),
+                    RemoteOutcome::Hang => {
+                        crate::trace!(self.trace, self.now, "fetch {id} hangs");
+                        return;
+                    }
+                    RemoteOutcome::Served { delay_ms, present } => {
+                        // git fails the whole fetch on the first wanted object the remote lacks.
+                        match oids.iter().find(|o| !present.contains(o)) {
+                            Some(lacking) => {
+                                (delay_ms, Err(FetchFailure::NotOurRef(vec![*lacking])))
+                            }
+                            None => (delay_ms, Ok(present)),
+                        }
+                    }
+                };
+                self.at(
+                    self.now + Duration::from_millis(delay),
+                    Item::FetchDone {
+                        epoch,
+                        id,
+                        into,
+                        result,
+                    },
+                );
+            }
+            Command::Inspect { id, repo, oids } => {
+                crate::trace!(
+                    self.trace,
+                    self.now,
+                    "inspect {id} {} {} objects",
+                    self.rk(&repo),
+                    oids.len()
+                );
+                let delay = self.net.range(1, 20);
+                self.at(
+                    self.now + Duration::from_millis(delay),
+                    Item::InspectDone {
+                        epoch,
+                        id,
+                        repo,
+                        oids,
+                    },
+                );
+            }
+            Command::Apply { id, plan } => {
+                crate::trace!(
+                    self.trace,
+                    self.now,
+                    "apply {id} {} edits={} copies={} head={:?}",
+                    self.rk(&plan.repo),
+                    plan.edits.len(),
+                    plan.copies.len(),
+                    plan.head
+                );
+                let delay = self.net.range(1, 20);
+                self.at(
+                    self.now + Duration::from_millis(delay),
+                    Item::ApplyExec { epoch, id, plan },
+                );
+            }
+            Command::CreateRepo { repo } => {
+                crate::trace!(self.trace, self.now, "create repo {}", self.rk(&repo));
+                self.store.repos.entry(repo).or_default();
+            }
+            Command::RemoveRepo { repo } => {
+                crate::trace!(self.trace, self.now, "remove repo {}", self.rk(&repo));
+                let served: Vec<String> = self
+                    .store
+                    .served
+                    .values()
+                    .filter(|idx| match &self.sc.world.events[**idx].role {
+                        Role::Announcement { repo: r, .. } | Role::State { repo: r, .. } => {
+                            *r == repo
+                        }
+                        _ => false,
+                    })
+                    .map(|idx| self.label(*idx).to_owned())
+                    .collect();
+                if !served.is_empty() {
+                    self.fail(
+                        FailureKind::Safety,
+                        format!(
+                            "removed repository {repo} although it serves {}",
+                            served.join(", ")
+                        ),
+                    );
+                }
+                self.store.repos.remove(&repo);
+            }
+        }
+    }
+
+    fn output(&mut self, out: Output) {
+        match out {
+            Output::Released { id } => self.released(id),
+            Output::Expired { id } => {
+                self.stats.expired += 1;
+                let label = self.id_label(&id);
+                crate::trace!(self.trace, self.now, "expired {label}");
+                self.store.waiting.remove(&id);
+                if let Some(ack) = self.acks.get_mut(&id) {
+                    if ack.status == Status::Waiting {
+                        ack.status = Status::Expired;
+                    }
+                }
+            }
+            Output::Deleted { id } => {
+                let label = self.id_label(&id);
+                crate::trace!(self.trace, self.now, "deleted {label}");
+                self.store.waiting.remove(&id);
+                if let Some(ack) = self.acks.get_mut(&id) {
+                    if ack.status == Status::Waiting {
+                        ack.status = Status::Deleted;
+                    }
+                }
+            }
+            Output::Other(s) => {
+                let s = self.names(s);
+                crate::trace!(self.trace, self.now, "engine: {s}")
+            }
+        }
+    }
+
+    fn id_label(&self, id: &EventId) -> String {
+        match self.by_id.get(id) {
+            Some(idx) => self.label(*idx).to_owned(),
+            None => format!("unknown event {}", id.to_hex()),
+        }
+    }
+
+    fn released(&mut self, id: EventId) {
+        self.stats.released += 1;
+        let label = self.id_label(&id);
+        crate::trace!(self.trace, self.now, "released {label}");
+        let Some(ack) = self.acks.get(&id).cloned() else {
+            self.fail(
+                FailureKind::Safety,
+                format!("released {label}, which was never acknowledged as waiting"),
+            );
+            return;
+        };
+        match ack.status {
+            Status::Waiting => {}
+            Status::Served => {
+                // Released again in a later lifetime is harmless (the store write is idempotent);
+                // twice in one lifetime is a bug.
+                if ack.released_at.is_some_and(|t| t >= self.boot_at) {
+                    self.fail(FailureKind::Safety, format!("released {label} twice"));
+                }
+                return;
+            }
+            Status::Expired => {
+                self.fail(
+                    FailureKind::Safety,
+                    format!("released {label} after it expired"),
+                );
+                return;
+            }
+            Status::Deleted => {
+                self.fail(
+                    FailureKind::Safety,
+                    format!("released {label} after it was deleted"),
+                );
+                return;
+            }
+        }
+        if self.now >= ack.expires_at {
+            self.fail(
+                FailureKind::Safety,
+                format!("released {label} at or after its expiry {}", ack.expires_at),
+            );
+            return;
+        }
+        self.check_data_present(ack.event, "released");
+        self.store.served.insert(id, ack.event);
+        self.store.waiting.remove(&id);
+        self.ever_served.insert(id);
+        let ack = self.acks.get_mut(&id).expect("checked");
+        ack.status = Status::Served;
+        ack.released_at = Some(self.now);
+    }
+
+    // ---------------------------------------------------------------- safety
+
+    fn check_data_present(&mut self, idx: usize, what: &str) {
+        let ev = &self.sc.world.events[idx];
+        for (repo, oids) in ev.needs() {
+            let missing: Vec<String> = match self.store.repos.get(&repo) {
+                None => vec![format!("repository {} does not exist", self.rk(&repo))],
+                Some(r) => oids
+                    .iter()
+                    .filter(|o| !r.objects.contains(o))
+                    .map(|o| format!("object {o} missing in {}", self.rk(&repo)))
+                    .collect(),
+            };
+            if !missing.is_empty() {
+                let msg = format!(
+                    "{what} {} before its data was present: {}",
+                    ev.label,
+                    missing.join("; ")
+                );
+                self.fail(FailureKind::Safety, msg);
+                return;
+            }
+        }
+    }
+
+    fn check_step(&mut self) {
+        for (key, repo) in &self.store.repos {
+            for (name, oid) in &repo.refs {
+                if !repo.objects.contains(oid) {
+                    let msg = format!(
+                        "ref {name} of {} points at missing object {oid}",
+                        self.rk(key)
+                    );
+                    self.fail(FailureKind::Safety, msg);
+                    return;
+                }
+            }
+        }
+        let Some(engine) = self.engine.as_ref() else {
+            return;
+        };
+        let stats = engine.stats();
+        let p = &self.sc.params;
+        if let Some(w) = stats.waiting.filter(|w| *w > p.max_waiting) {
+            self.fail(
+                FailureKind::Safety,
+                format!("{w} events waiting, bound {}", p.max_waiting),
+            );
+        }
+        if let Some(d) = stats.domains.filter(|d| *d > p.max_domains) {
+            self.fail(
+                FailureKind::Safety,
+                format!("{d} domains tracked, bound {}", p.max_domains),
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- liveness
+
+    /// A `refs/nostr/<id>` ref survives only if its PR was released with that commit; any
+    /// other is deleted within `placeholder_expiry` (plus the liveness bound for the Apply) of
+    /// its push, crashes included (design notes, fault 6).
+    fn check_placeholders(&mut self) {
+        let grace =
+            self.sc.params.placeholder_expiry + self.sc.params.liveness_bound(&self.sc.world);
+        for (key, repo) in &self.store.repos {
+            for (name, oid) in &repo.refs {
+                let Some(hex) = name.strip_prefix("refs/nostr/") else {
+                    continue;
+                };
+                let legit = self.sc.world.events.iter().any(|e| {
+                    e.id().to_hex() == hex
+                        && matches!(&e.role, Role::Pr { commit, .. } if commit == oid)
+                        && self.ever_served.contains(&e.id())
+                });
+                if legit {
+                    continue;
+                }
+                let pushed = self
+                    .placeholders
+                    .get(&(key.clone(), name.clone()))
+                    .copied()
+                    .unwrap_or(Time::ZERO);
+                let due = self.calm_since.max(pushed) + grace;
+                if self.now > due {
+                    let label = self
+                        .sc
+                        .world
+                        .events
+                        .iter()
+                        .find(|e| e.id().to_hex() == hex)
+                        .map_or("an unknown event", |e| e.label.as_str())
+                        .to_owned();
+                    let msg = format!(
+                        "placeholder {name} ({label}) at {oid} in {} pushed at {pushed} still exists after {due}: its event never arrived or named another commit",
+                        self.rk(key)
+                    );
+                    self.fail(FailureKind::Liveness, msg);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn check_liveness(&mut self) {
+        self.check_placeholders();
+        if self.failure.is_some() {
+            return;
+        }
+        let bound = self.sc.params.liveness_bound(&self.sc.world);
+        let acks: Vec<(EventId, Ack)> = self.acks.iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (id, ack) in acks {
+            let label = self.label(ack.event).to_owned();
+            if ack.status == Status::Waiting && ack.expires_at <= self.now {
+                let why = self.why(&id, ack.event);
+                self.fail(
+                    FailureKind::Liveness,
+                    format!(
+                        "{label} is still waiting after its expiry {} (lost?): {why}",
+                        ack.expires_at
+                    ),
+                );
+                return;
+            }
+            let deadline = self.calm_since.max(ack.acked_at) + bound;
+            if deadline >= ack.expires_at {
+                continue;
+            }
+            let Some(reason) = self.obligation(&id, &ack, deadline) else {
+                continue;
+            };
+            let on_time =
+                ack.status == Status::Served && ack.released_at.is_some_and(|t| t <= deadline);
+            if !on_time {
+                let why = self.why(&id, ack.event);
+                self.fail(
+                    FailureKind::Liveness,
+                    format!(
+                        "{label} ({}) not released by {deadline} (healed at {}, bound {}s) although {reason}; status {:?}: {why}",
+                        id.to_hex(),
+                        self.calm_since,
+                        bound.as_secs(),
+                        ack.status
+                    ),
+                );
+                return;
+            }
+        }
+    }
+
+    /// Whether the engine holds `id` (waiting or served) until `by`, unless it is deleted.
+    fn held_until(&self, id: &EventId, by: Time) -> bool {
+        self.acks.get(id).is_some_and(|a| match a.status {
+            Status::Served => true,
+            Status::Waiting | Status::Expired => a.expires_at > by,
+            Status::Deleted => false,
+        })
+    }
+
+    /// The clone URLs of an announcement of `repo` the engine holds until `by`: candidates.
+    fn announcement_urls(&self, repo: &RepoKey, by: Time) -> Option<Vec<String>> {
+        self.sc.world.events.iter().find_map(|e| match &e.role {
+            Role::Announcement { repo: r, clone } if r == repo && self.held_until(&e.id(), by) => {
+                Some(clone.clone())
+            }
+            _ => None,
+        })
+    }
+
+    /// Remote hosts the world's events name that the engine may fetch from.
+    fn fetchable_hosts(&self) -> usize {
+        let mut hosts = BTreeSet::new();
+        for e in &self.sc.world.events {
+            let urls = match &e.role {
+                Role::Announcement { clone, .. } | Role::Pr { clone, .. } => clone,
+                _ => continue,
+            };
+            hosts.extend(
+                urls.iter()
+                    .filter_map(|u| crate::monitor::forbidden(u).ok()),
+            );
+        }
+        hosts.len()
+    }
+
+    /// Why this acknowledged event must be released after the heal, or `None` if it need not.
+    fn obligation(&self, id: &EventId, ack: &Ack, deadline: Time) -> Option<String> {
+        if matches!(ack.status, Status::Deleted) {
+            return None;
+        }
+        // A world with more hosts than the engine may track can starve a domain until an idle
+        // one is evicted (the configured trade-off of bounded state): no promise then.
+        if self.fetchable_hosts() > self.sc.params.max_domains {
+            return None;
+        }
+        let ev = &self.sc.world.events[ack.event];
+        match &ev.role {
+            Role::State { repo, .. } => {
+                // Only the newest live state of a repository must be released.
+                let newer = self.acks.iter().any(|(oid, a)| {
+                    let other = &self.sc.world.events[a.event];
+                    matches!(&other.role, Role::State { repo: r, .. } if r == repo)
+                        && oid != id
+                        && a.status != Status::Deleted
+                        && (other.event.created_at, std::cmp::Reverse(other.id()))
+                            > (ev.event.created_at, std::cmp::Reverse(ev.id()))
+                });
+                if newer {
+                    return None;
+                }
+                let urls = self.announcement_urls(repo, deadline)?;
+                self.data_reachable(ev, &urls)
+            }
+            Role::Pr { targets, clone, .. } => {
+                let mut urls = clone.clone();
+                for t in targets {
+                    urls.extend(self.announcement_urls(t, deadline)?);
+                }
+                self.data_reachable(ev, &urls)
+            }
+            Role::Announcement { .. } | Role::Deletion { .. } => None,
+        }
+    }
+
+    fn data_reachable(&self, ev: &crate::world::SimEvent, urls: &[String]) -> Option<String> {
+        for (repo, oids) in ev.needs() {
+            let local = self.store.repos.get(&repo);
+            for o in oids {
+                let here = local.is_some_and(|r| r.objects.contains(&o));
+                if !here && !self.sc.world.reachable(urls, &o) {
+                    return None;
+                }
+            }
+        }
+        Some("its data is present or reachable".into())
+    }
+
+    fn why(&self, id: &EventId, idx: usize) -> String {
+        let ev = &self.sc.world.events[idx];
+        let mut parts = Vec::new();
+        for (repo, oids) in ev.needs() {
+            let local = self.store.repos.get(&repo);
+            for o in oids {
+                let here = local.is_some_and(|r| r.objects.contains(&o));
+                let holders: Vec<&str> = self
+                    .sc
+                    .world
+                    .remotes
+                    .iter()
+                    .filter(|(_, r)| r.objects.contains(&o))
+                    .map(|(u, _)| u.as_str())
+                    .collect();
+                parts.push(format!(
+                    "{o}: {} locally, held by [{}]",
+                    if here { "present" } else { "missing" },
+                    holders.join(", ")
+                ));
+            }
+        }
+        let engine = self
+            .engine
+            .as_ref()
+            .and_then(|e| e.explain(id))
+            .unwrap_or_else(|| "engine gives no explanation".into());
+        format!("{}; engine: {engine}", parts.join("; "))
+    }
+}
+
+fn show_fetch(r: &Result<Vec<Oid>, FetchFailure>) -> String {
+    match r {
+        Ok(p) => format!("{} objects", p.len()),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// The set of repos an event's release touches (for reports).
+pub fn repos_of(role: &Role) -> BTreeSet<RepoKey> {
+    match role {
+        Role::Announcement { repo, .. } | Role::State { repo, .. } => [repo.clone()].into(),
+        Role::Pr { targets, .. } => targets.iter().cloned().collect(),
+        Role::Deletion { .. } => BTreeSet::new(),
+    }
+}
