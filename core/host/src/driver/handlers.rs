@@ -4,15 +4,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_tungstenite::tungstenite::Message;
-use futures_util::StreamExt;
 use graspd_core::{Arrival, Input, Oid, RefDecision, RepoKey};
+use nostr::event::Event;
 use tracing::{debug, info};
 
 use super::Node;
 use crate::git::RefUpdate;
 use crate::http::{Handlers, PushHandler, RelayHandler, WebSocket};
-use crate::relay::{messages, Action, Live, Session};
+use crate::relay::{run_connection, Query, RelayBackend, Verdict};
 use crate::runtime::{unblock, BoxFuture};
 
 /// The hooks of one [`Node`], for [`crate::http::Site`].
@@ -27,11 +26,6 @@ pub fn handlers(node: &Arc<Node>) -> Handlers {
 
 struct NodeHooks(Arc<Node>);
 
-enum Next {
-    Client(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
-    Live(Live),
-}
-
 impl RelayHandler for NodeHooks {
     fn information_document(&self) -> String {
         self.0.settings.information_document.clone()
@@ -41,83 +35,30 @@ impl RelayHandler for NodeHooks {
         let node = Arc::clone(&self.0);
         Box::pin(async move {
             debug!(%peer, "relay session opened");
-            run_session(node, socket).await;
+            let limits = node.settings.relay_limits.clone();
+            let backend = NodeHooks(Arc::clone(&node));
+            run_connection(socket, limits, &node.hub, &backend).await;
             debug!(%peer, "relay session closed");
         })
     }
 }
 
-async fn run_session(node: Arc<Node>, socket: WebSocket) {
-    let (mut session, feed) = Session::new(node.settings.relay_limits.clone(), &node.hub);
-    let (mut sink, mut stream) = socket.split();
-    loop {
-        let next = futures_lite::future::or(async { Next::Client(stream.next().await) }, async {
-            Next::Live(feed.next().await)
-        })
-        .await;
-        let frames = match next {
-            Next::Client(Some(Ok(Message::Text(text)))) => match session.handle_text(text.as_str())
-            {
-                Some(action) => perform(&node, &mut session, action).await,
-                None => Vec::new(),
-            },
-            Next::Client(Some(Ok(Message::Binary(_)))) => {
-                let action = session.handle_binary();
-                perform(&node, &mut session, action).await
-            }
-            Next::Client(Some(Ok(Message::Close(_)))) | Next::Client(None) => break,
-            Next::Client(Some(Ok(_))) => Vec::new(),
-            Next::Client(Some(Err(error))) => {
-                debug!(%error, "relay session read failed");
-                break;
-            }
-            Next::Live(Live::Event(event)) => session.live_event(&event),
-            Next::Live(Live::TooSlow) => {
-                let _ = sink
-                    .send(Message::text(messages::notice(messages::TOO_SLOW)))
-                    .await;
-                break;
-            }
-            Next::Live(Live::Closed) => break,
-        };
-        for frame in frames {
-            if sink.send(Message::text(frame)).await.is_err() {
-                return;
-            }
-        }
+impl RelayBackend for NodeHooks {
+    fn decide(&self, event: Event) -> BoxFuture<'static, Verdict> {
+        let node = Arc::clone(&self.0);
+        Box::pin(async move { node.accept(event, Arrival::Published).await })
     }
-    let _ = sink.close(None).await;
-}
 
-async fn perform(node: &Arc<Node>, session: &mut Session, action: Action) -> Vec<String> {
-    match action {
-        Action::Send(frame) => vec![frame],
-        Action::Accept(event) => {
-            let id = event.id;
-            let verdict = node.accept(*event, Arrival::Published).await;
-            vec![verdict.message(&id)]
-        }
-        Action::Query(query) => {
+    fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<Event>, String>> {
+        let node = Arc::clone(&self.0);
+        Box::pin(async move {
             let store = node.store.clone();
-            let filters = query.filters.clone();
-            let cap = query.cap;
-            let events = match unblock(&*node.runtime, move || store.query(&filters, cap)).await {
-                Ok(Ok(events)) => events,
-                Ok(Err(error)) => {
-                    return vec![messages::closed(
-                        &query.subscription_id,
-                        &format!("error: {error}"),
-                    )]
-                }
-                Err(error) => {
-                    return vec![messages::closed(
-                        &query.subscription_id,
-                        &format!("error: {error}"),
-                    )]
-                }
-            };
-            session.stored_events(query.id, &events)
-        }
+            match unblock(&*node.runtime, move || store.query(&query.filters, query.cap)).await {
+                Ok(Ok(events)) => Ok(events),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(error) => Err(error.to_string()),
+            }
+        })
     }
 }
 
