@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use super::Node;
 use crate::relay;
 use crate::runtime::unblock;
-use crate::store::{self, InsertOutcome, Store, WaitingEvent};
+use crate::store::{InsertOutcome, Store, WaitingEvent};
 
 const DUPLICATE: &str = "duplicate: already have this event";
 
@@ -54,7 +54,7 @@ impl Node {
                 self.metrics.event("waiting");
                 let waiting = WaitingEvent {
                     event,
-                    arrival: store_arrival(arrival),
+                    arrival,
                     expires_at: super::Clock::unix_now() + self.settings.purgatory_expiry.as_secs(),
                 };
                 let repo = announced_repo(&waiting.event);
@@ -141,20 +141,6 @@ fn persist_failed(error: &dyn std::fmt::Display) -> relay::Verdict {
     relay::Verdict::rejected(format!(
         "error: could not store the event ({error}); try again"
     ))
-}
-
-pub(super) fn store_arrival(arrival: Arrival) -> store::Arrival {
-    match arrival {
-        Arrival::Published => store::Arrival::Published,
-        Arrival::Synced => store::Arrival::Synced,
-    }
-}
-
-pub(super) fn engine_arrival(arrival: store::Arrival) -> Arrival {
-    match arrival {
-        store::Arrival::Published => Arrival::Published,
-        store::Arrival::Synced => Arrival::Synced,
-    }
 }
 
 /// What the store knows, for related-event acceptance (runs on a blocking thread).

@@ -7,7 +7,7 @@ use graspd_core::{ApplyError, Command, EngineEvent, FetchError, FetchReport, Inp
 use tracing::{debug, info, warn};
 
 use super::Node;
-use crate::git::{self, FetchLimits, GitError, RefChange};
+use crate::git::{self, FetchLimits, GitError};
 use crate::runtime::unblock;
 
 impl Node {
@@ -69,15 +69,7 @@ impl Node {
                     .as_ref()
                     .map(|(_, oids)| oids.clone())
                     .unwrap_or_default();
-                let refs: Vec<RefChange> = plan
-                    .edits
-                    .iter()
-                    .map(|e| RefChange {
-                        name: e.name.clone(),
-                        expected: e.expected,
-                        new: e.new,
-                    })
-                    .collect();
+                let refs = &plan.edits;
                 let result = self
                     .git
                     .apply(

@@ -53,7 +53,11 @@ impl RelayBackend for NodeHooks {
         let node = Arc::clone(&self.0);
         Box::pin(async move {
             let store = node.store.clone();
-            match unblock(&*node.runtime, move || store.query(&query.filters, query.cap)).await {
+            match unblock(&*node.runtime, move || {
+                store.query(&query.filters, query.cap)
+            })
+            .await
+            {
                 Ok(Ok(events)) => Ok(events),
                 Ok(Err(error)) => Err(error.to_string()),
                 Err(error) => Err(error.to_string()),

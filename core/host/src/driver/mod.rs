@@ -122,7 +122,7 @@ impl Node {
                 continue;
             }
             let remaining = Duration::from_secs(w.expires_at - unix_now);
-            engine.restore_waiting(now, w.event, accept::engine_arrival(w.arrival), remaining);
+            engine.restore_waiting(now, w.event, w.arrival, remaining);
             resumed += 1;
         }
         info!(

@@ -36,15 +36,8 @@ pub struct Inspection {
     pub head: Option<String>,
 }
 
-/// One ref edit with its compare-and-swap expectation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefChange {
-    pub name: String,
-    /// The value the ref must have now; `None` = it must not exist.
-    pub expected: Option<Oid>,
-    /// The value to set; `None` = delete.
-    pub new: Option<Oid>,
-}
+/// One ref edit with its compare-and-swap expectation: the engine's own type.
+pub use graspd_core::RefEdit as RefChange;
 
 /// Everything one release does to a repo.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

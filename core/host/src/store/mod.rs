@@ -46,14 +46,7 @@ pub const FILE_NAME: &str = "graspd.redb";
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a waiting event reached us; the engine times its first fetch differently for each.
-/// Mirrors the engine's `purgatory::Arrival`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Arrival {
-    /// A client published it to us (a push is probably on its way).
-    Published,
-    /// We learned it from another server.
-    Synced,
-}
+pub use graspd_core::Arrival;
 
 // Codes on disk; part of the format. Free functions so `Arrival` can become a re-export of
 // the engine's identical type without touching the encoding.
