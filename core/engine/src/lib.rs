@@ -6,6 +6,7 @@
 pub mod acceptance;
 pub mod deletion;
 pub mod events;
+pub mod follow;
 pub mod ids;
 pub mod maintainers;
 pub mod push;
