@@ -1,1 +1,5 @@
 //! placeholder
+
+pub mod nip11;
+pub mod relay;
+pub mod store;

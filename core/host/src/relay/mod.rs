@@ -1,0 +1,24 @@
+//! The NIP-01 relay at `/`, runtime-agnostic and sans-IO.
+//!
+//! - [`Session`]: one connection. Feed it text frames ([`Session::handle_text`]); it answers
+//!   with an [`Action`]: a frame to send, an event to decide ([`Action::Accept`], already id-
+//!   and signature-verified), or a stored-events query to run ([`Action::Query`]).
+//! - [`Hub`]: one per server. The driver [`publish`](Hub::publish)es every event the moment
+//!   it becomes served; each session's [`LiveFeed`] yields the ones it subscribed to.
+//! - [`messages`]: relay-to-client frames (`EVENT`, `OK`, `EOSE`, `CLOSED`, `NOTICE`).
+//! - [`RelayLimits`]: per-connection limits, also published by NIP-11.
+//!
+//! The WebSocket itself (upgrade, frames, ping/pong, close) and the decision on each event
+//! are the driver's; nothing here does IO or reads a clock.
+
+mod hub;
+mod limits;
+pub mod messages;
+mod session;
+
+#[cfg(test)]
+mod tests;
+
+pub use hub::{Hub, Live, LiveFeed};
+pub use limits::RelayLimits;
+pub use session::{Action, Query, QueryId, Session, Verdict};

@@ -1,0 +1,336 @@
+//! One WebSocket connection's NIP-01 state, sans-IO.
+
+use std::collections::BTreeMap;
+
+use nostr::prelude::{Event, EventId, Filter, MatchEventOptions};
+use serde_json::Value;
+
+use super::hub::{Hub, LiveFeed, Membership};
+use super::{messages, RelayLimits};
+
+/// Correlates a [`Query`] with its results (a REQ may be replaced or closed while its stored
+/// events are being read).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct QueryId(pub u64);
+
+/// What the driver must do about one client message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send this text frame to the client.
+    Send(String),
+    /// A well-formed event whose id and signature are verified. Decide it (engine, store),
+    /// then send [`Verdict::message`] for it. Nothing has been answered yet.
+    Accept(Box<Event>),
+    /// A subscription was opened (already live: matching events published from now on are
+    /// delivered). Read its stored events off the async thread with
+    /// `store.query(&query.filters, query.cap)` and send what
+    /// [`Session::stored_events`] returns for them (the events, then EOSE).
+    Query(Query),
+}
+
+/// The stored-events half of a REQ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub id: QueryId,
+    pub subscription_id: String,
+    pub filters: Vec<Filter>,
+    /// Most events per filter ([`RelayLimits::max_limit`]).
+    pub cap: usize,
+}
+
+/// The answer to an EVENT, as the driver decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub accepted: bool,
+    /// Empty, or a NIP-01 machine-readable prefix and a human text, e.g.
+    /// `"purgatory: won't be served until git data arrives"`, `"duplicate: already have this
+    /// event"`, `"blocked: not related to any repository on this server"`.
+    pub message: String,
+}
+
+impl Verdict {
+    pub fn accepted(message: impl Into<String>) -> Verdict {
+        Verdict {
+            accepted: true,
+            message: message.into(),
+        }
+    }
+
+    pub fn rejected(message: impl Into<String>) -> Verdict {
+        Verdict {
+            accepted: false,
+            message: message.into(),
+        }
+    }
+
+    /// The `OK` frame answering `event_id`.
+    pub fn message(&self, event_id: &EventId) -> String {
+        messages::ok(event_id, self.accepted, &self.message)
+    }
+}
+
+struct Subscription {
+    filters: Vec<Filter>,
+    query: QueryId,
+}
+
+/// The NIP-01 state of one connection: parses client frames, keeps its subscriptions within
+/// [`RelayLimits`], verifies events, and formats stored and live events for it.
+///
+/// Driver loop (any runtime):
+///
+/// ```text
+/// let (mut session, feed) = Session::new(limits, &hub);
+/// loop { select {
+///   text frame  => match session.handle_text(&text) {
+///       Some(Action::Send(frame))  => send(frame),
+///       Some(Action::Accept(event)) => { let v = decide(*event).await; send(v.message(&id)) }
+///       Some(Action::Query(q))     => { let events = blocking(store.query(&q.filters, q.cap)).await;
+///                                       for f in session.stored_events(q.id, &events) { send(f) } }
+///       None => {} }
+///   binary frame => send(session.handle_binary())
+///   feed.next()  => match live { Live::Event(e) => for f in session.live_event(&e) { send(f) },
+///                                Live::TooSlow  => { send(messages::notice(messages::TOO_SLOW)); close },
+///                                Live::Closed   => close } } }
+/// ```
+pub struct Session {
+    limits: RelayLimits,
+    subscriptions: BTreeMap<String, Subscription>,
+    next_query: u64,
+    membership: Membership,
+}
+
+impl Session {
+    /// A new connection, registered with the hub; the feed yields its live events.
+    pub fn new(limits: RelayLimits, hub: &Hub) -> (Session, LiveFeed) {
+        let (membership, feed) = hub.join(limits.live_queue);
+        let session = Session {
+            limits,
+            subscriptions: BTreeMap::new(),
+            next_query: 0,
+            membership,
+        };
+        (session, feed)
+    }
+
+    /// Handles one text frame from the client.
+    pub fn handle_text(&mut self, text: &str) -> Option<Action> {
+        if text.len() > self.limits.max_message_bytes {
+            return Some(notice(&format!(
+                "invalid: message of {} bytes is over the {} byte limit",
+                text.len(),
+                self.limits.max_message_bytes
+            )));
+        }
+        let Ok(Value::Array(mut items)) = serde_json::from_str::<Value>(text) else {
+            return Some(notice("invalid: a message must be a JSON array"));
+        };
+        let command = match items.first() {
+            Some(Value::String(command)) => command.clone(),
+            _ => {
+                return Some(notice(
+                    "invalid: a message must start with a command string",
+                ))
+            }
+        };
+        match command.as_str() {
+            "EVENT" => Some(self.handle_event(&mut items)),
+            "REQ" => Some(self.handle_req(&mut items)),
+            "CLOSE" => self.handle_close(&items),
+            "AUTH" | "COUNT" | "NEG-OPEN" | "NEG-MSG" | "NEG-CLOSE" => Some(notice(&format!(
+                "unsupported: {command} is not supported by this relay"
+            ))),
+            _ => Some(notice(&format!(
+                "invalid: unknown command {:?}",
+                truncate(&command, 32)
+            ))),
+        }
+    }
+
+    /// Handles a binary frame: NIP-01 is text only.
+    pub fn handle_binary(&mut self) -> Action {
+        notice("invalid: binary messages are not supported; send JSON text")
+    }
+
+    /// Frames for the stored events of query `id`: each event, then EOSE. Nothing if the
+    /// subscription has since been closed or replaced by a newer REQ with the same id.
+    pub fn stored_events(&self, id: QueryId, events: &[Event]) -> Vec<String> {
+        let Some((subscription_id, _)) = self.subscriptions.iter().find(|(_, sub)| sub.query == id)
+        else {
+            return Vec::new();
+        };
+        let mut frames: Vec<String> = events
+            .iter()
+            .map(|event| messages::event(subscription_id, event))
+            .collect();
+        frames.push(messages::eose(subscription_id));
+        frames
+    }
+
+    /// Frames delivering a live event to each open subscription it matches.
+    pub fn live_event(&self, event: &Event) -> Vec<String> {
+        let options = MatchEventOptions::new().nip50(false);
+        self.subscriptions
+            .iter()
+            .filter(|(_, sub)| sub.filters.iter().any(|f| f.match_event(event, options)))
+            .map(|(id, _)| messages::event(id, event))
+            .collect()
+    }
+
+    /// Open subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    fn handle_event(&mut self, items: &mut [Value]) -> Action {
+        if items.len() != 2 {
+            return notice("invalid: EVENT takes exactly one event");
+        }
+        let raw = items[1].take();
+        let claimed_id = raw
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|id| EventId::from_hex(id).ok());
+        let event: Event = match serde_json::from_value(raw) {
+            Ok(event) => event,
+            Err(error) => {
+                let reason = format!(
+                    "invalid: malformed event: {}",
+                    truncate(&error.to_string(), 120)
+                );
+                return match claimed_id {
+                    Some(id) => Action::Send(messages::ok(&id, false, &reason)),
+                    None => notice(&reason),
+                };
+            }
+        };
+        if !event.verify_id() {
+            return Action::Send(messages::ok(&event.id, false, "invalid: bad event id"));
+        }
+        if !event.verify_signature() {
+            return Action::Send(messages::ok(&event.id, false, "invalid: bad signature"));
+        }
+        Action::Accept(Box::new(event))
+    }
+
+    fn handle_req(&mut self, items: &mut [Value]) -> Action {
+        let Some(subscription_id) = self.subscription_id(items.get(1)) else {
+            return notice(&format!(
+                "invalid: REQ needs a subscription id of 1 to {} characters",
+                self.limits.max_subscription_id_chars
+            ));
+        };
+        let filters = &mut items[2..];
+        if filters.is_empty() {
+            return closed(&subscription_id, "invalid: REQ needs at least one filter");
+        }
+        if filters.len() > self.limits.max_filters {
+            return closed(
+                &subscription_id,
+                &format!(
+                    "invalid: {} filters in one REQ, the limit is {}",
+                    filters.len(),
+                    self.limits.max_filters
+                ),
+            );
+        }
+        let is_new = !self.subscriptions.contains_key(&subscription_id);
+        if is_new && self.subscriptions.len() >= self.limits.max_subscriptions {
+            return closed(
+                &subscription_id,
+                &format!(
+                    "error: too many open subscriptions (limit {}); CLOSE one first",
+                    self.limits.max_subscriptions
+                ),
+            );
+        }
+        let mut parsed = Vec::with_capacity(filters.len());
+        for raw in filters {
+            if !raw.is_object() {
+                return closed(&subscription_id, "invalid: a filter must be a JSON object");
+            }
+            match serde_json::from_value::<Filter>(raw.take()) {
+                Ok(filter) if filter.search.is_some() => {
+                    return closed(
+                        &subscription_id,
+                        "unsupported: search (NIP-50) is not supported by this relay",
+                    )
+                }
+                Ok(filter) => parsed.push(filter),
+                Err(error) => {
+                    return closed(
+                        &subscription_id,
+                        &format!("invalid: bad filter: {}", truncate(&error.to_string(), 120)),
+                    )
+                }
+            }
+        }
+        let id = QueryId(self.next_query);
+        self.next_query += 1;
+        self.subscriptions.insert(
+            subscription_id.clone(),
+            Subscription {
+                filters: parsed.clone(),
+                query: id,
+            },
+        );
+        self.publish_interest();
+        Action::Query(Query {
+            id,
+            subscription_id,
+            filters: parsed,
+            cap: self.limits.max_limit,
+        })
+    }
+
+    fn handle_close(&mut self, items: &[Value]) -> Option<Action> {
+        if items.len() != 2 {
+            return Some(notice("invalid: CLOSE takes exactly one subscription id"));
+        }
+        let Some(subscription_id) = self.subscription_id(items.get(1)) else {
+            return Some(notice(&format!(
+                "invalid: CLOSE needs a subscription id of 1 to {} characters",
+                self.limits.max_subscription_id_chars
+            )));
+        };
+        if self.subscriptions.remove(&subscription_id).is_some() {
+            self.publish_interest();
+        }
+        None
+    }
+
+    fn subscription_id(&self, value: Option<&Value>) -> Option<String> {
+        let id = value?.as_str()?;
+        let chars = id.chars().count();
+        (1..=self.limits.max_subscription_id_chars)
+            .contains(&chars)
+            .then(|| id.to_owned())
+    }
+
+    /// Tells the hub every filter this connection has open, so it only queues matches.
+    fn publish_interest(&self) {
+        let interest = self
+            .subscriptions
+            .values()
+            .flat_map(|sub| sub.filters.iter().cloned())
+            .collect();
+        self.membership.set_interest(interest);
+    }
+}
+
+fn notice(message: &str) -> Action {
+    Action::Send(messages::notice(message))
+}
+
+fn closed(subscription_id: &str, message: &str) -> Action {
+    Action::Send(messages::closed(subscription_id, message))
+}
+
+/// At most `max` characters of untrusted text, for echoing it back.
+fn truncate(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}

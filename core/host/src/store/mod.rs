@@ -1,0 +1,442 @@
+//! The crash-safe event store: served events with NIP-01 filter indexes, and purgatory.
+//!
+//! One redb file, `<data-dir>/graspd.redb` ([`FILE_NAME`]). Every write method commits a
+//! durable redb transaction before it returns, so the caller may answer `OK` as soon as it gets
+//! `Ok(..)`: nothing acknowledged is lost on `kill -9` or power loss.
+//!
+//! Every method blocks on disk IO (a commit is an fsync): call them from the runtime's
+//! blocking pool, not from an async task. [`Store`] is cheap to clone (an `Arc`) and `Send +
+//! Sync`; redb serialises writers and lets readers run alongside them.
+//!
+//! ```text
+//! served:    insert / insert_many / release  -> InsertOutcome      query(filters, cap) -> events
+//! purgatory: put_waiting / remove_waiting / waiting_all (start-up restore)
+//!            release(event) = serve it + drop it from purgatory, in one transaction
+//! ```
+//!
+//! Start-up restore: `query(&[Filter::new().kinds([30617, 30618])], usize::MAX)` gives the
+//! served announcements and states (`engine.restore_accepted`), and `waiting_all()` the
+//! purgatory with each entry's unix deadline (`engine.restore_waiting` with the remaining
+//! life).
+
+mod error;
+mod query;
+mod schema;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nostr::prelude::{Event, EventId, Filter};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableError};
+
+pub use error::StoreError;
+pub use schema::FORMAT_VERSION;
+
+use schema::*;
+
+/// The store's file name inside the data directory.
+pub const FILE_NAME: &str = "graspd.redb";
+
+/// redb page cache. Small next to redb's 1 GiB default: the server's working set is the
+/// newest events and the indexes' upper levels.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How a waiting event reached us; the engine times its first fetch differently for each.
+/// Mirrors the engine's `purgatory::Arrival`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Arrival {
+    /// A client published it to us (a push is probably on its way).
+    Published,
+    /// We learned it from another server.
+    Synced,
+}
+
+// Codes on disk; part of the format. Free functions so `Arrival` can become a re-export of
+// the engine's identical type without touching the encoding.
+fn arrival_code(arrival: Arrival) -> u8 {
+    match arrival {
+        Arrival::Published => 1,
+        Arrival::Synced => 2,
+    }
+}
+
+fn arrival_from_code(code: u8) -> Option<Arrival> {
+    match code {
+        1 => Some(Arrival::Published),
+        2 => Some(Arrival::Synced),
+        _ => None,
+    }
+}
+
+/// An event in purgatory as stored: acknowledged, not served, with its wall-clock deadline.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct WaitingEvent {
+    pub event: Event,
+    pub arrival: Arrival,
+    /// Unix seconds after which it is discarded. At start-up the driver hands the engine
+    /// `expires_at - now_unix` (zero if past) as the remaining life.
+    pub expires_at: u64,
+}
+
+/// What storing an event for serving did.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum InsertOutcome {
+    /// Stored and served from now on. `removed` lists served events this one took away: the
+    /// older version of a replaceable/addressable event, or the targets of a kind 5 deletion.
+    Stored { removed: Vec<EventId> },
+    /// Already stored; nothing changed.
+    Duplicate,
+    /// A preferred version of this replaceable/addressable event is already served (newer
+    /// `created_at`, or the same `created_at` and a lower id); this one was not stored.
+    Superseded { by: EventId },
+    /// Its author deleted it (kind 5) earlier; it is not stored again.
+    Deleted,
+}
+
+/// How much space the store uses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DiskUsage {
+    /// Size of the file.
+    pub file_bytes: u64,
+    /// Pages in use.
+    pub allocated_bytes: u64,
+    /// Keys and values themselves.
+    pub stored_bytes: u64,
+    /// Unused space inside allocated pages.
+    pub fragmented_bytes: u64,
+}
+
+/// The event store. See the module documentation.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/graspd.redb`, creating `data_dir` if needed.
+    pub fn open_in(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io {
+            path: data_dir.to_owned(),
+            detail: format!("cannot create the data directory: {e}"),
+        })?;
+        Store::open(&data_dir.join(FILE_NAME))
+    }
+
+    /// Opens the store file at `path`, creating it if it does not exist or is empty.
+    ///
+    /// A file that is not a redb database, is damaged (every page checksum is verified on
+    /// open), or lacks graspd's format marker gives [`StoreError::Unreadable`]; one from a
+    /// newer graspd gives [`StoreError::NewerFormat`]. The file is never modified in those
+    /// cases.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = open_database(path)?;
+        let store = Store {
+            db: Arc::new(db),
+            path: Arc::new(path.to_owned()),
+        };
+        store.check_format()?;
+        store.create_tables()?;
+        tracing::info!(path = %path.display(), "event store open");
+        Ok(store)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores `event` for serving, applying NIP-01 replacement and NIP-09 deletion. The
+    /// caller has verified its signature and decided it may be served.
+    pub fn insert(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
+        let mut outcomes = self.write(|tables| Ok(vec![tables.insert(event)?]))?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// Stores many events in one transaction (one fsync): for bulk loads and syncs.
+    /// Outcomes are in input order.
+    pub fn insert_many(&self, events: &[Event]) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.write(|tables| events.iter().map(|e| tables.insert(e)).collect())
+    }
+
+    /// Moves an event out of purgatory into the served set, atomically: after a crash either
+    /// both happened or neither did. Removing a purgatory entry that is not there is fine.
+    pub fn release(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
+        let mut outcomes = self.write(|tables| {
+            tables.waiting.remove(event.id.to_bytes())?;
+            Ok(vec![tables.insert(event)?])
+        })?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// Removes a served event (for example on an operator's request). Returns whether it was
+    /// there. Kind 5 deletions go through [`Store::insert`] instead.
+    pub fn remove(&self, id: &EventId) -> Result<bool, StoreError> {
+        let mut removed = self.write(|tables| {
+            Ok(vec![match tables.load(&id.to_bytes())? {
+                Some(event) => {
+                    tables.remove_served(&event)?;
+                    true
+                }
+                None => false,
+            }])
+        })?;
+        Ok(removed.remove(0))
+    }
+
+    /// Puts (or replaces) an event in purgatory.
+    pub fn put_waiting(&self, waiting: &WaitingEvent) -> Result<(), StoreError> {
+        let json = waiting.event.as_json();
+        self.write(|tables| {
+            tables.waiting.insert(
+                waiting.event.id.to_bytes(),
+                (
+                    arrival_code(waiting.arrival),
+                    waiting.expires_at,
+                    json.as_bytes(),
+                ),
+            )?;
+            Ok(Vec::<()>::new())
+        })?;
+        Ok(())
+    }
+
+    /// Drops an event from purgatory (expired, deleted, rejected). Returns whether it was there.
+    pub fn remove_waiting(&self, id: &EventId) -> Result<bool, StoreError> {
+        let mut removed = self.write(|tables| {
+            let existed = tables.waiting.remove(id.to_bytes())?.is_some();
+            Ok(vec![existed])
+        })?;
+        Ok(removed.remove(0))
+    }
+
+    /// Everything in purgatory, for the start-up restore, ordered by event id. Entries that
+    /// cannot be decoded are logged and skipped (they stay in the file).
+    pub fn waiting_all(&self) -> Result<Vec<WaitingEvent>, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(WAITING)?;
+            let mut all = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let (code, expires_at, json) = value.value();
+                let event = Event::from_json(json);
+                match (event, arrival_from_code(code)) {
+                    (Ok(event), Some(arrival)) => all.push(WaitingEvent {
+                        event,
+                        arrival,
+                        expires_at,
+                    }),
+                    (event, _) => tracing::error!(
+                        path = %self.path.display(),
+                        id = %hex(&key.value()),
+                        error = ?event.err(),
+                        arrival_code = code,
+                        "skipping an undecodable purgatory entry"
+                    ),
+                }
+            }
+            Ok(all)
+        })();
+        result.map_err(|e| self.io(e))
+    }
+
+    /// A served event by id.
+    pub fn get(&self, id: &EventId) -> Result<Option<Event>, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_read()?;
+            let events = txn.open_table(EVENTS)?;
+            query::load(&events, &id.to_bytes())
+        })();
+        result.map_err(|e| self.io(e))
+    }
+
+    /// Served events matching any of `filters`, newest first (ties: lower id first), without
+    /// duplicates. Each filter returns at most `min(filter.limit, cap)` events (`cap` when it
+    /// has no limit). NIP-50 `search` is ignored. See [`query`](self::query) for the plan.
+    pub fn query(&self, filters: &[Filter], cap: usize) -> Result<Vec<Event>, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_read()?;
+            query::run(&txn, filters, cap)
+        })();
+        result.map_err(|e| self.io(e))
+    }
+
+    /// How many events are served.
+    pub fn served_count(&self) -> Result<u64, StoreError> {
+        self.count(EVENTS)
+    }
+
+    /// How many events wait in purgatory.
+    pub fn waiting_count(&self) -> Result<u64, StoreError> {
+        self.count(WAITING)
+    }
+
+    /// Space use, for metrics and the bench.
+    pub fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_write()?;
+            let stats = txn.stats()?;
+            txn.abort()?;
+            Ok(stats)
+        })();
+        let stats = result.map_err(|e| self.io(e))?;
+        let file_bytes = std::fs::metadata(self.path.as_ref())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(DiskUsage {
+            file_bytes,
+            allocated_bytes: stats.allocated_pages() * stats.page_size() as u64,
+            stored_bytes: stats.stored_bytes(),
+            fragmented_bytes: stats.fragmented_bytes(),
+        })
+    }
+
+    fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: redb::TableDefinition<K, V>,
+    ) -> Result<u64, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_read()?;
+            Ok(txn.open_table(table)?.len()?)
+        })();
+        result.map_err(|e| self.io(e))
+    }
+
+    /// Runs `body` in one write transaction and commits it durably; on error nothing is
+    /// written.
+    fn write<T>(
+        &self,
+        body: impl FnOnce(&mut write::Tables<'_>) -> Result<Vec<T>, redb::Error>,
+    ) -> Result<Vec<T>, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_write()?;
+            let out = {
+                let mut tables = write::Tables::open(&txn)?;
+                body(&mut tables)?
+            };
+            txn.commit()?;
+            Ok(out)
+        })();
+        result.map_err(|e| self.io(e))
+    }
+
+    fn io(&self, e: redb::Error) -> StoreError {
+        tracing::error!(path = %self.path.display(), error = %e, "event store failure");
+        StoreError::Io {
+            path: self.path.as_ref().clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Refuses files without graspd's format marker (unless brand new) and newer formats,
+    /// before anything is written to them.
+    fn check_format(&self) -> Result<(), StoreError> {
+        let unreadable = |detail: String| StoreError::Unreadable {
+            path: self.path.as_ref().clone(),
+            detail,
+        };
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| unreadable(e.to_string()))?;
+        match txn.open_table(META) {
+            Ok(meta) => {
+                let found = meta
+                    .get(META_FORMAT_KEY)
+                    .map_err(|e| unreadable(e.to_string()))?
+                    .map(|v| v.value());
+                match found {
+                    Some(found) if found > FORMAT_VERSION => Err(StoreError::NewerFormat {
+                        path: self.path.as_ref().clone(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    }),
+                    Some(_) => Ok(()),
+                    None => Err(unreadable("its format marker is missing".into())),
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {
+                let has_tables = txn
+                    .list_tables()
+                    .map_err(|e| unreadable(e.to_string()))?
+                    .next()
+                    .is_some();
+                if has_tables {
+                    Err(unreadable(
+                        "it is a redb database but not a graspd event store".into(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(unreadable(e.to_string())),
+        }
+    }
+
+    /// Creates missing tables and writes the format marker of a new store.
+    fn create_tables(&self) -> Result<(), StoreError> {
+        self.write(|tables| {
+            if tables.meta.get(META_FORMAT_KEY)?.is_none() {
+                tables.meta.insert(META_FORMAT_KEY, FORMAT_VERSION)?;
+            }
+            Ok(Vec::<()>::new())
+        })?;
+        Ok(())
+    }
+}
+
+/// Opens the redb file without ever re-initialising a non-empty one. redb may panic on a file
+/// damaged outside it; that is turned into [`StoreError::Unreadable`] as well.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let exists_non_empty = std::fs::metadata(path)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false);
+    let mut builder = Database::builder();
+    builder
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(true);
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if exists_non_empty {
+            builder.open(path)
+        } else {
+            builder.create(path)
+        }
+    }));
+    let unreadable = |detail: String| StoreError::Unreadable {
+        path: path.to_owned(),
+        detail,
+    };
+    match attempt {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::InUse {
+            path: path.to_owned(),
+        }),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if !exists_non_empty || e.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            Err(StoreError::Io {
+                path: path.to_owned(),
+                detail: format!("cannot open the file: {e}"),
+            })
+        }
+        Ok(Err(e)) => Err(unreadable(e.to_string())),
+        Err(_) => Err(unreadable(
+            "the database library failed while reading it (the file is probably damaged)".into(),
+        )),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

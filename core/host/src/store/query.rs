@@ -1,0 +1,162 @@
+//! Answering NIP-01 filters from the indexes.
+//!
+//! Each filter is served from its most selective index: `ids` (point lookups), else one tag
+//! letter (the one with the fewest values), else `authors`, else `kinds`, else time alone.
+//! Every index key ends in `(created_at, id)`, so for each value the scan walks one key range
+//! bounded by `since`/`until` newest first and stops after `limit` matches; the other fields
+//! of the filter are checked on the decoded event. A filter's answer is the newest `limit` of
+//! the union of those per-value answers, and a query's is the union of its filters'.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use nostr::prelude::MatchEventOptions;
+use nostr::prelude::{Event, Filter};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, StorageError};
+
+use super::schema::*;
+
+/// Newest first, then lowest id: the order results are returned in.
+type Order = (Reverse<u64>, Id);
+
+pub fn run(
+    txn: &ReadTransaction,
+    filters: &[Filter],
+    cap: usize,
+) -> Result<Vec<Event>, redb::Error> {
+    let events = txn.open_table(EVENTS)?;
+    let mut found: BTreeMap<Order, Event> = BTreeMap::new();
+    for filter in filters {
+        let limit = filter.limit.unwrap_or(cap).min(cap);
+        if limit == 0 || matches_nothing(filter) {
+            continue;
+        }
+        for event in run_one(txn, &events, filter, limit)? {
+            found.insert(order(&event), event);
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
+fn order(event: &Event) -> Order {
+    (Reverse(event.created_at.as_secs()), event.id.to_bytes())
+}
+
+/// The newest `limit` events matching one filter.
+fn run_one(
+    txn: &ReadTransaction,
+    events: &ReadOnlyTable<Id, &'static [u8]>,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Vec<Event>, redb::Error> {
+    let since = filter.since.map_or(0, |t| t.as_secs());
+    let until = filter.until.map_or(u64::MAX, |t| t.as_secs());
+    if since > until {
+        return Ok(Vec::new());
+    }
+    let mut scan = Scan {
+        events,
+        filter,
+        limit,
+        found: BTreeMap::new(),
+    };
+    const LOW: Id = [0; 32];
+    const HIGH: Id = [0xff; 32];
+
+    if let Some(ids) = filter.ids.as_ref().filter(|ids| !ids.is_empty()) {
+        for id in ids {
+            scan.consider(Ok(id.to_bytes()))?;
+        }
+    } else if let Some((letter, values)) = filter
+        .generic_tags
+        .iter()
+        .min_by_key(|(_, values)| values.len())
+    {
+        let table = txn.open_table(BY_TAG)?;
+        let letter = letter_byte(*letter);
+        for value in values {
+            let value = indexed_tag_value(value);
+            let range = table.range((letter, value, since, LOW)..=(letter, value, until, HIGH))?;
+            scan.take_newest(range.rev().map(|entry| entry.map(|(key, _)| key.value().3)))?;
+        }
+    } else if let Some(authors) = filter.authors.as_ref().filter(|a| !a.is_empty()) {
+        let table = txn.open_table(BY_AUTHOR)?;
+        for author in authors {
+            let author = author.to_bytes();
+            let range = table.range((author, since, LOW)..=(author, until, HIGH))?;
+            scan.take_newest(range.rev().map(|entry| entry.map(|(key, _)| key.value().2)))?;
+        }
+    } else if let Some(kinds) = filter.kinds.as_ref().filter(|k| !k.is_empty()) {
+        let table = txn.open_table(BY_KIND)?;
+        for kind in kinds {
+            let kind = kind.as_u16();
+            let range = table.range((kind, since, LOW)..=(kind, until, HIGH))?;
+            scan.take_newest(range.rev().map(|entry| entry.map(|(key, _)| key.value().2)))?;
+        }
+    } else {
+        let table = txn.open_table(BY_TIME)?;
+        let range = table.range((since, LOW)..=(until, HIGH))?;
+        scan.take_newest(range.rev().map(|entry| entry.map(|(key, _)| key.value().1)))?;
+    }
+    Ok(scan.found.into_values().take(limit).collect())
+}
+
+/// Collects matching events from candidate ids.
+struct Scan<'a> {
+    events: &'a ReadOnlyTable<Id, &'static [u8]>,
+    filter: &'a Filter,
+    limit: usize,
+    found: BTreeMap<Order, Event>,
+}
+
+impl Scan<'_> {
+    /// Takes up to `limit` matches from candidates that come newest first.
+    fn take_newest(
+        &mut self,
+        candidates: impl Iterator<Item = Result<Id, StorageError>>,
+    ) -> Result<(), redb::Error> {
+        let mut taken = 0;
+        for id in candidates {
+            if self.consider(id)? {
+                taken += 1;
+                if taken >= self.limit {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the candidate if it matches; returns whether it did.
+    fn consider(&mut self, id: Result<Id, StorageError>) -> Result<bool, redb::Error> {
+        let Some(event) = load(self.events, &id?)? else {
+            return Ok(false);
+        };
+        // NIP-50 search is not offered; it is ignored rather than scanned for.
+        let matches = self
+            .filter
+            .match_event(&event, MatchEventOptions::new().nip50(false));
+        if matches {
+            self.found.insert(order(&event), event);
+        }
+        Ok(matches)
+    }
+}
+
+/// Reads and decodes one served event. A record that does not decode is logged and treated
+/// as absent rather than failing every query that touches it.
+pub fn load(
+    events: &impl ReadableTable<Id, &'static [u8]>,
+    id: &Id,
+) -> Result<Option<Event>, redb::Error> {
+    let Some(json) = events.get(id)? else {
+        return Ok(None);
+    };
+    match Event::from_json(json.value()) {
+        Ok(event) => Ok(Some(event)),
+        Err(error) => {
+            tracing::error!(id = %super::hex(id), %error, "stored event does not decode; skipped");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Store tests on real files in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nostr::prelude::{
+    EventBuilder, Filter, FinalizeEvent, Keys, Kind, SingleLetterTag, Tag, Timestamp,
+};
+
+use super::*;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "graspd-store-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn file(&self) -> PathBuf {
+        self.0.join(FILE_NAME)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn keys(n: u8) -> Keys {
+    Keys::parse(&format!("{:064x}", u64::from(n) + 1)).unwrap()
+}
+
+fn event(keys: &Keys, kind: u16, created_at: u64, tags: &[&[&str]], content: &str) -> Event {
+    let tags = tags.iter().map(|t| Tag::parse(t.iter().copied()).unwrap());
+    EventBuilder::new(Kind::from(kind), content)
+        .tags(tags)
+        .custom_created_at(Timestamp::from(created_at))
+        .finalize(keys)
+        .unwrap()
+}
+
+fn ids(events: &[Event]) -> Vec<EventId> {
+    events.iter().map(|e| e.id).collect()
+}
+
+fn open(dir: &TempDir) -> Store {
+    Store::open(&dir.file()).unwrap()
+}
+
+fn stored() -> InsertOutcome {
+    InsertOutcome::Stored { removed: vec![] }
+}
+
+#[test]
+fn reopening_keeps_served_and_waiting_events() {
+    let dir = TempDir::new("reopen");
+    let alice = keys(1);
+    let served = event(&alice, 1, 100, &[&["t", "x"]], "served");
+    let waiting = event(&alice, 30618, 200, &[&["d", "repo"]], "waiting");
+    {
+        let store = Store::open_in(&dir.0).unwrap();
+        assert_eq!(store.insert(&served).unwrap(), stored());
+        store
+            .put_waiting(&WaitingEvent {
+                event: waiting.clone(),
+                arrival: Arrival::Synced,
+                expires_at: 1_700_000_000,
+            })
+            .unwrap();
+    }
+    let store = Store::open_in(&dir.0).unwrap();
+    assert_eq!(store.get(&served.id).unwrap(), Some(served.clone()));
+    assert_eq!(
+        store.waiting_all().unwrap(),
+        vec![WaitingEvent {
+            event: waiting.clone(),
+            arrival: Arrival::Synced,
+            expires_at: 1_700_000_000
+        }]
+    );
+    // Waiting events are never served.
+    assert_eq!(
+        ids(&store.query(&[Filter::new()], 100).unwrap()),
+        vec![served.id]
+    );
+    assert_eq!(store.served_count().unwrap(), 1);
+    assert_eq!(store.waiting_count().unwrap(), 1);
+}
+
+#[test]
+fn release_serves_and_leaves_purgatory_in_one_step() {
+    let dir = TempDir::new("release");
+    let store = open(&dir);
+    let state = event(&keys(1), 30618, 10, &[&["d", "repo"]], "");
+    store
+        .put_waiting(&WaitingEvent {
+            event: state.clone(),
+            arrival: Arrival::Published,
+            expires_at: 5,
+        })
+        .unwrap();
+    assert_eq!(store.release(&state).unwrap(), stored());
+    assert!(store.waiting_all().unwrap().is_empty());
+    assert_eq!(store.get(&state.id).unwrap(), Some(state.clone()));
+    assert!(!store.remove_waiting(&state.id).unwrap());
+    assert_eq!(store.release(&state).unwrap(), InsertOutcome::Duplicate);
+}
+
+#[test]
+fn remove_waiting_reports_presence() {
+    let dir = TempDir::new("remove-waiting");
+    let store = open(&dir);
+    let pr = event(&keys(1), 1618, 10, &[], "");
+    store
+        .put_waiting(&WaitingEvent {
+            event: pr.clone(),
+            arrival: Arrival::Published,
+            expires_at: 5,
+        })
+        .unwrap();
+    assert!(store.remove_waiting(&pr.id).unwrap());
+    assert!(!store.remove_waiting(&pr.id).unwrap());
+}
+
+/// The child half of the crash test: writes, reports each acknowledged write, then dies
+/// without any shutdown. Only runs when the parent sets the variable.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var("GRASPD_STORE_CRASH_DIR") else {
+        return;
+    };
+    let store = Store::open_in(Path::new(&dir)).unwrap();
+    let alice = keys(1);
+    for i in 0..20u64 {
+        let e = event(&alice, 1, 1000 + i, &[], &format!("note {i}"));
+        store.insert(&e).unwrap();
+        let w = event(&alice, 1618, 2000 + i, &[], &format!("pr {i}"));
+        store
+            .put_waiting(&WaitingEvent {
+                event: w,
+                arrival: Arrival::Published,
+                expires_at: 3000 + i,
+            })
+            .unwrap();
+        println!("acked {i}");
+    }
+    std::process::abort();
+}
+
+#[test]
+fn acknowledged_writes_survive_a_process_abort() {
+    let dir = TempDir::new("crash");
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "store::tests::crash_child", "--nocapture"])
+        .env("GRASPD_STORE_CRASH_DIR", &dir.0)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the child should have aborted");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let acked = stdout.lines().filter(|l| l.starts_with("acked ")).count();
+    assert_eq!(acked, 20, "child output: {stdout}");
+
+    let store = Store::open_in(&dir.0).unwrap();
+    assert_eq!(store.served_count().unwrap(), 20);
+    let waiting = store.waiting_all().unwrap();
+    assert_eq!(waiting.len(), 20);
+    assert!(waiting.iter().all(|w| w.arrival == Arrival::Published));
+    let served = store
+        .query(&[Filter::new().kind(Kind::from(1))], 100)
+        .unwrap();
+    assert_eq!(served.len(), 20);
+    assert_eq!(served[0].content, "note 19");
+}
+
+#[test]
+fn a_garbage_file_is_reported_and_left_alone() {
+    let dir = TempDir::new("garbage");
+    let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(dir.file(), &garbage).unwrap();
+    let err = Store::open(&dir.file()).unwrap_err();
+    assert!(matches!(err, StoreError::Unreadable { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&dir.file().display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("move it aside"), "{message}");
+    assert_eq!(std::fs::read(dir.file()).unwrap(), garbage);
+}
+
+#[test]
+fn a_newer_format_is_reported_and_not_downgraded() {
+    let dir = TempDir::new("newer");
+    drop(open(&dir));
+    {
+        let db = redb::Database::open(dir.file()).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_FORMAT_KEY, FORMAT_VERSION + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&dir.file()).unwrap_err();
+    match &err {
+        StoreError::NewerFormat {
+            found, supported, ..
+        } => {
+            assert_eq!((*found, *supported), (FORMAT_VERSION + 1, FORMAT_VERSION));
+        }
+        other => panic!("expected NewerFormat, got {other:?}"),
+    }
+    assert!(err.to_string().contains("newer graspd"), "{err}");
+    // Still the newer version: nothing was rewritten.
+    let db = redb::Database::open(dir.file()).unwrap();
+    let txn = db.begin_read().unwrap();
+    let version = txn
+        .open_table(META)
+        .unwrap()
+        .get(META_FORMAT_KEY)
+        .unwrap()
+        .unwrap()
+        .value();
+    assert_eq!(version, FORMAT_VERSION + 1);
+}
+
+#[test]
+fn a_foreign_redb_file_is_refused() {
+    let dir = TempDir::new("foreign");
+    {
+        let db = redb::Database::create(dir.file()).unwrap();
+        let txn = db.begin_write().unwrap();
+        let def: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("someone_else");
+        txn.open_table(def).unwrap().insert("k", "v").unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&dir.file()).unwrap_err();
+    assert!(
+        err.to_string().contains("not a graspd event store"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_open_of_the_same_file_is_refused() {
+    let dir = TempDir::new("in-use");
+    let _first = open(&dir);
+    let err = Store::open(&dir.file()).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+}
+
+/// Twelve events by two authors over three kinds with tags, created at 1..=12.
+fn corpus(store: &Store) -> Vec<Event> {
+    let (alice, bob) = (keys(1), keys(2));
+    let mut all = Vec::new();
+    for i in 1..=12u64 {
+        let author = if i % 2 == 0 { &alice } else { &bob };
+        let kind = [1, 1621, 1630][(i % 3) as usize];
+        let topic = if i <= 6 { "early" } else { "late" };
+        let e = event(
+            author,
+            kind,
+            i,
+            &[&["t", topic], &["n", &i.to_string()]],
+            "",
+        );
+        all.push(e);
+    }
+    assert!(store
+        .insert_many(&all)
+        .unwrap()
+        .iter()
+        .all(|o| *o == stored()));
+    all
+}
+
+#[test]
+fn queries_answer_each_filter_field_newest_first() {
+    let dir = TempDir::new("filters");
+    let store = open(&dir);
+    let all = corpus(&store);
+    let by_n = |ns: &[usize]| -> Vec<EventId> { ns.iter().map(|n| all[n - 1].id).collect() };
+    let q = |f: Filter| ids(&store.query(&[f], 100).unwrap());
+
+    assert_eq!(
+        q(Filter::new()),
+        by_n(&[12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1])
+    );
+    assert_eq!(q(Filter::new().limit(3)), by_n(&[12, 11, 10]));
+    assert_eq!(q(Filter::new().ids([all[2].id, all[4].id])), by_n(&[5, 3]));
+    assert_eq!(
+        q(Filter::new().author(keys(1).public_key()).limit(2)),
+        by_n(&[12, 10])
+    );
+    assert_eq!(
+        q(Filter::new().kind(Kind::from(1621))),
+        by_n(&[10, 7, 4, 1])
+    );
+    assert_eq!(
+        q(Filter::new()
+            .kinds([Kind::from(1621), Kind::from(1630)])
+            .limit(3)),
+        by_n(&[11, 10, 8])
+    );
+    assert_eq!(q(Filter::new().hashtag("early").limit(2)), by_n(&[6, 5]));
+    assert_eq!(
+        q(Filter::new().custom_tags(SingleLetterTag::LOWERCASE_N, ["3", "9"])),
+        by_n(&[9, 3])
+    );
+    // Tags AND the other fields.
+    assert_eq!(
+        q(Filter::new().hashtag("late").author(keys(2).public_key())),
+        by_n(&[11, 9, 7])
+    );
+    assert_eq!(
+        q(Filter::new()
+            .since(Timestamp::from(4))
+            .until(Timestamp::from(6))),
+        by_n(&[6, 5, 4])
+    );
+    assert_eq!(
+        q(Filter::new().hashtag("late").until(Timestamp::from(8))),
+        by_n(&[8, 7])
+    );
+    assert_eq!(
+        q(Filter::new()
+            .since(Timestamp::from(9))
+            .until(Timestamp::from(2))),
+        by_n(&[])
+    );
+    assert_eq!(q(Filter::new().hashtag("nope")), by_n(&[]));
+    // An empty value list matches nothing.
+    assert_eq!(
+        q(Filter::new().custom_tags(SingleLetterTag::LOWERCASE_T, Vec::<String>::new())),
+        by_n(&[])
+    );
+}
+
+#[test]
+fn several_filters_are_a_union_and_cap_bounds_each() {
+    let dir = TempDir::new("union");
+    let store = open(&dir);
+    let all = corpus(&store);
+    let found = store
+        .query(
+            &[
+                Filter::new().hashtag("early").limit(1),
+                Filter::new().kind(Kind::from(1621)),
+                Filter::new().id(all[5].id),
+            ],
+            100,
+        )
+        .unwrap();
+    let expected: Vec<EventId> = [10, 7, 6, 4, 1].iter().map(|n| all[n - 1].id).collect();
+    assert_eq!(ids(&found), expected);
+    assert_eq!(store.query(&[Filter::new()], 5).unwrap().len(), 5);
+    assert_eq!(store.query(&[Filter::new().limit(50)], 5).unwrap().len(), 5);
+    assert!(store
+        .query(&[Filter::new().limit(0)], 5)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn equal_timestamps_order_by_lowest_id() {
+    let dir = TempDir::new("ties");
+    let store = open(&dir);
+    let alice = keys(1);
+    let mut same: Vec<Event> = (0..5)
+        .map(|i| event(&alice, 1, 50, &[], &format!("same {i}")))
+        .collect();
+    store.insert_many(&same).unwrap();
+    same.sort_by_key(|e| e.id);
+    assert_eq!(ids(&store.query(&[Filter::new()], 10).unwrap()), ids(&same));
+}
+
+#[test]
+fn long_tag_values_are_found_exactly() {
+    let dir = TempDir::new("long-tags");
+    let store = open(&dir);
+    let prefix = "x".repeat(300);
+    let a = event(&keys(1), 1, 1, &[&["r", &format!("{prefix}a")]], "");
+    let b = event(&keys(1), 1, 2, &[&["r", &format!("{prefix}b")]], "");
+    store.insert_many(&[a.clone(), b]).unwrap();
+    let found = store
+        .query(&[Filter::new().reference(format!("{prefix}a"))], 10)
+        .unwrap();
+    assert_eq!(ids(&found), vec![a.id]);
+}
+
+#[test]
+fn replaceable_events_keep_only_the_preferred_version() {
+    let dir = TempDir::new("replaceable");
+    let store = open(&dir);
+    let alice = keys(1);
+    let v1 = event(&alice, 0, 10, &[], "v1");
+    let v2 = event(&alice, 0, 20, &[], "v2");
+    let other_author = event(&keys(2), 0, 5, &[], "bob");
+    assert_eq!(store.insert(&v1).unwrap(), stored());
+    assert_eq!(
+        store.insert(&v2).unwrap(),
+        InsertOutcome::Stored {
+            removed: vec![v1.id]
+        }
+    );
+    assert_eq!(
+        store.insert(&v1).unwrap(),
+        InsertOutcome::Superseded { by: v2.id }
+    );
+    assert_eq!(store.insert(&other_author).unwrap(), stored());
+    let kind0 = Filter::new().kind(Kind::from(0));
+    assert_eq!(
+        ids(&store.query(&[kind0], 10).unwrap()),
+        vec![v2.id, other_author.id]
+    );
+    assert_eq!(store.get(&v1.id).unwrap(), None);
+    // Old version is gone from every index.
+    assert!(store
+        .query(&[Filter::new().id(v1.id)], 10)
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .query(
+            &[Filter::new()
+                .author(alice.public_key())
+                .until(Timestamp::from(15))],
+            10
+        )
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn replaceable_ties_go_to_the_lowest_id_in_either_order() {
+    let alice = keys(1);
+    let x = event(&alice, 10002, 30, &[], "x");
+    let y = event(&alice, 10002, 30, &[], "y");
+    let (low, high) = if x.id < y.id { (x, y) } else { (y, x) };
+    for order in [[&low, &high], [&high, &low]] {
+        let dir = TempDir::new("ties-replaceable");
+        let store = open(&dir);
+        for e in order {
+            store.insert(e).unwrap();
+        }
+        let found = store
+            .query(&[Filter::new().kind(Kind::from(10002))], 10)
+            .unwrap();
+        assert_eq!(ids(&found), vec![low.id]);
+    }
+}
+
+#[test]
+fn addressable_events_replace_per_identifier() {
+    let dir = TempDir::new("addressable");
+    let store = open(&dir);
+    let alice = keys(1);
+    let a1 = event(&alice, 30617, 10, &[&["d", "a"]], "");
+    let b1 = event(&alice, 30617, 11, &[&["d", "b"]], "");
+    let a2 = event(&alice, 30617, 12, &[&["d", "a"]], "");
+    store.insert_many(&[a1.clone(), b1.clone()]).unwrap();
+    assert_eq!(
+        store.insert(&a2).unwrap(),
+        InsertOutcome::Stored {
+            removed: vec![a1.id]
+        }
+    );
+    let found = store
+        .query(&[Filter::new().kind(Kind::from(30617))], 10)
+        .unwrap();
+    assert_eq!(ids(&found), vec![a2.id, b1.id]);
+    assert_eq!(
+        ids(&store.query(&[Filter::new().identifier("a")], 10).unwrap()),
+        vec![a2.id]
+    );
+}
+
+#[test]
+fn deletion_by_id_removes_only_the_authors_events_and_sticks() {
+    let dir = TempDir::new("delete-id");
+    let store = open(&dir);
+    let (alice, bob) = (keys(1), keys(2));
+    let mine = event(&alice, 1621, 10, &[], "mine");
+    let theirs = event(&bob, 1621, 10, &[], "theirs");
+    store.insert_many(&[mine.clone(), theirs.clone()]).unwrap();
+    let deletion = event(
+        &alice,
+        5,
+        20,
+        &[&["e", &mine.id.to_hex()], &["e", &theirs.id.to_hex()]],
+        "",
+    );
+    assert_eq!(
+        store.insert(&deletion).unwrap(),
+        InsertOutcome::Stored {
+            removed: vec![mine.id]
+        }
+    );
+    assert_eq!(store.get(&mine.id).unwrap(), None);
+    assert_eq!(store.get(&theirs.id).unwrap(), Some(theirs.clone()));
+    assert_eq!(store.get(&deletion.id).unwrap(), Some(deletion.clone()));
+    assert_eq!(store.insert(&mine).unwrap(), InsertOutcome::Deleted);
+    // A deletion that arrives before its target still keeps the target out.
+    let later = event(&alice, 1621, 30, &[], "later");
+    let pre_deletion = event(&alice, 5, 31, &[&["e", &later.id.to_hex()]], "");
+    store.insert(&pre_deletion).unwrap();
+    assert_eq!(store.insert(&later).unwrap(), InsertOutcome::Deleted);
+}
+
+#[test]
+fn deletion_by_coordinate_removes_versions_up_to_its_time() {
+    let dir = TempDir::new("delete-a");
+    let store = open(&dir);
+    let alice = keys(1);
+    let announcement = event(&alice, 30617, 10, &[&["d", "repo:x"]], "");
+    store.insert(&announcement).unwrap();
+    let coordinate = format!("30617:{}:repo:x", alice.public_key().to_hex());
+    let deletion = event(&alice, 5, 20, &[&["a", &coordinate]], "");
+    assert_eq!(
+        store.insert(&deletion).unwrap(),
+        InsertOutcome::Stored {
+            removed: vec![announcement.id]
+        }
+    );
+    let older = event(&alice, 30617, 15, &[&["d", "repo:x"]], "older");
+    assert_eq!(store.insert(&older).unwrap(), InsertOutcome::Deleted);
+    let newer = event(&alice, 30617, 25, &[&["d", "repo:x"]], "newer");
+    assert_eq!(store.insert(&newer).unwrap(), stored());
+    // Someone else's deletion of alice's coordinate does nothing.
+    let forged = event(&keys(2), 5, 30, &[&["a", &coordinate]], "");
+    assert_eq!(store.insert(&forged).unwrap(), stored());
+    assert_eq!(store.get(&newer.id).unwrap(), Some(newer));
+}
+
+fn filled_store(dir: &TempDir) {
+    let store = open(dir);
+    let alice = keys(1);
+    let events: Vec<Event> = (0..300u64)
+        .map(|i| event(&alice, 1, i, &[&["t", "x"]], &"y".repeat(500)))
+        .collect();
+    store.insert_many(&events).unwrap();
+}
+
+#[test]
+fn a_damaged_page_is_reported_not_trusted() {
+    let dir = TempDir::new("bitflip");
+    filled_store(&dir);
+    let mut bytes = std::fs::read(dir.file()).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[len / 3..len / 3 + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(dir.file(), &bytes).unwrap();
+    let err = Store::open(&dir.file()).unwrap_err();
+    assert!(matches!(err, StoreError::Unreadable { .. }), "{err:?}");
+    assert!(err.to_string().contains("corrupted"), "{err}");
+    assert_eq!(std::fs::read(dir.file()).unwrap(), bytes, "file left alone");
+}
+
+#[test]
+fn a_truncated_file_is_reported_not_trusted() {
+    let dir = TempDir::new("truncated");
+    filled_store(&dir);
+    let bytes = std::fs::read(dir.file()).unwrap();
+    let kept = bytes[..bytes.len() / 2].to_vec();
+    std::fs::write(dir.file(), &kept).unwrap();
+    let err = Store::open(&dir.file()).unwrap_err();
+    assert!(matches!(err, StoreError::Unreadable { .. }), "{err:?}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert_eq!(std::fs::read(dir.file()).unwrap(), kept, "file left alone");
+}
