@@ -1,0 +1,173 @@
+//! The git bridge: smart-HTTP services, pushes decided before git runs, and the repo
+//! operations the driver executes (create, remove, inspect, apply, fetch).
+//!
+//! [`Git`] is the handle the HTTP layer and the driver share: it maps a [`RepoKey`] to
+//! `<data-dir>/<npub>/<identifier>.git` and serialises writes per repo.
+
+pub mod fetch;
+pub mod locks;
+pub mod pktline;
+pub mod process;
+pub mod receive;
+pub mod repo;
+pub mod smart;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use graspd_core::{Oid, RepoKey};
+use nostr::nips::nip19::ToBech32;
+
+pub use fetch::{FetchError, FetchLimits};
+pub use locks::{RepoGuard, RepoLocks, TooManyLocks};
+pub use receive::RefUpdate;
+pub use repo::{ApplyPlan, Inspection, RefChange};
+
+use crate::runtime::Runtime;
+
+/// Why a repo operation failed.
+#[derive(Debug)]
+pub enum GitError {
+    Io(io::Error),
+    /// git or gix reported an error (message included).
+    Git(String),
+    /// These objects are not in the repo (and could not be copied).
+    MissingObjects(Vec<Oid>),
+    /// A ref was not at its expected value; nothing was changed.
+    RefConflict(String),
+    /// Too many repos busy at once.
+    Busy(TooManyLocks),
+}
+
+impl fmt::Display for GitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GitError::Io(e) => write!(f, "io error: {e}"),
+            GitError::Git(m) => f.write_str(m),
+            GitError::MissingObjects(oids) => write!(f, "{} object(s) missing", oids.len()),
+            GitError::RefConflict(m) => write!(f, "ref transaction refused: {m}"),
+            GitError::Busy(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for GitError {}
+
+impl From<io::Error> for GitError {
+    fn from(e: io::Error) -> GitError {
+        GitError::Io(e)
+    }
+}
+
+impl From<TooManyLocks> for GitError {
+    fn from(e: TooManyLocks) -> GitError {
+        GitError::Busy(e)
+    }
+}
+
+/// Most repos locked (or awaited) at once.
+pub const MAX_BUSY_REPOS: usize = 4096;
+
+/// The shared git handle: data directory, runtime, per-repo locks.
+#[derive(Clone, Debug)]
+pub struct Git {
+    runtime: Arc<dyn Runtime>,
+    data_dir: PathBuf,
+    locks: RepoLocks,
+}
+
+impl Git {
+    pub fn new(runtime: Arc<dyn Runtime>, data_dir: impl Into<PathBuf>) -> Git {
+        Git {
+            runtime,
+            data_dir: data_dir.into(),
+            locks: RepoLocks::new(MAX_BUSY_REPOS),
+        }
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `<data-dir>/<npub>/<identifier>.git`. Safe by construction: the npub is re-encoded
+    /// from the key and [`graspd_core::Identifier`] cannot contain a path separator or be a
+    /// dot path.
+    pub fn repo_path(&self, repo: &RepoKey) -> PathBuf {
+        let npub = repo
+            .owner
+            .to_bech32()
+            .expect("bech32 encoding of a public key cannot fail");
+        self.data_dir
+            .join(npub)
+            .join(format!("{}.git", repo.identifier))
+    }
+
+    /// True if the repo exists on disk.
+    pub fn exists(&self, repo: &RepoKey) -> bool {
+        repo::is_repo(&self.repo_path(repo))
+    }
+
+    /// Waits for the repo's lock: held while a push is decided and run, or a release applied.
+    pub async fn lock(&self, repo: &RepoKey) -> Result<RepoGuard, TooManyLocks> {
+        self.locks.lock(&self.repo_path(repo)).await
+    }
+
+    /// Creates the bare repo (idempotent).
+    pub async fn create_repo(&self, repo: &RepoKey) -> Result<(), GitError> {
+        let path = self.repo_path(repo);
+        let _guard = self.locks.lock(&path).await?;
+        repo::create_bare_repo(&*self.runtime, &path).await
+    }
+
+    /// Removes the repo (idempotent).
+    pub async fn remove_repo(&self, repo: &RepoKey) -> Result<(), GitError> {
+        let path = self.repo_path(repo);
+        let _guard = self.locks.lock(&path).await?;
+        repo::remove_repo(&*self.runtime, &path).await
+    }
+
+    /// Which of `oids` the repo has, its refs and HEAD. Reads only; takes no lock.
+    pub async fn inspect(&self, repo: &RepoKey, oids: &[Oid]) -> Result<Inspection, GitError> {
+        repo::inspect(&*self.runtime, &self.repo_path(repo), oids).await
+    }
+
+    /// Copies missing `objects` from the local repo `copy_from` (another hosted repo or a
+    /// staging repo a fetch filled), then applies ref changes and HEAD
+    /// in one compare-and-swap transaction, under the repo's lock.
+    pub async fn apply(
+        &self,
+        repo: &RepoKey,
+        copy_from: Option<&Path>,
+        objects: &[Oid],
+        refs: &[RefChange],
+        head: Option<&str>,
+    ) -> Result<(), GitError> {
+        let plan = ApplyPlan {
+            copy_from: copy_from.map(Path::to_owned),
+            objects: objects.to_vec(),
+            refs: refs.to_vec(),
+            head: head.map(str::to_owned),
+        };
+        let path = self.repo_path(repo);
+        let _guard = self.locks.lock(&path).await?;
+        repo::apply(&*self.runtime, &path, &plan).await
+    }
+
+    /// Fetches `oids` from `url` into the repo at `into` (any path, e.g. a staging repo).
+    /// Adds objects only, so it takes no lock.
+    pub async fn fetch(
+        &self,
+        into: &Path,
+        url: &str,
+        oids: &[Oid],
+        limits: &FetchLimits,
+    ) -> Result<Vec<Oid>, FetchError> {
+        fetch::fetch(&*self.runtime, into, url, oids, limits).await
+    }
+}

@@ -1,0 +1,169 @@
+//! git's smart-HTTP services on a bare repo: the ref advertisement, upload-pack (streamed)
+//! and receive-pack (buffered answer), each `--stateless-rpc`.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::io::{AsyncRead, AsyncWriteExt};
+
+use super::pktline;
+use super::process::{self, git, GitOutput};
+use crate::runtime::{ChildProcess, Runtime};
+
+/// The two smart-HTTP services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    UploadPack,
+    ReceivePack,
+}
+
+impl Service {
+    /// `git-upload-pack` / `git-receive-pack`, as in URLs and `?service=`.
+    pub fn from_name(name: &str) -> Option<Service> {
+        match name {
+            "git-upload-pack" => Some(Service::UploadPack),
+            "git-receive-pack" => Some(Service::ReceivePack),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::UploadPack => "git-upload-pack",
+            Service::ReceivePack => "git-receive-pack",
+        }
+    }
+
+    fn subcommand(self) -> &'static str {
+        &self.name()["git-".len()..]
+    }
+
+    pub fn advertisement_type(self) -> &'static str {
+        match self {
+            Service::UploadPack => "application/x-git-upload-pack-advertisement",
+            Service::ReceivePack => "application/x-git-receive-pack-advertisement",
+        }
+    }
+
+    pub fn result_type(self) -> &'static str {
+        match self {
+            Service::UploadPack => "application/x-git-upload-pack-result",
+            Service::ReceivePack => "application/x-git-receive-pack-result",
+        }
+    }
+}
+
+/// Most bytes kept from a ref advertisement or a receive-pack answer.
+const ANSWER_CAP: usize = 64 * 1024 * 1024;
+
+/// True for a `Git-Protocol` header value we pass on (`version=2`, `key=value:key`...).
+pub fn is_sane_git_protocol(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 256
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=:._-".contains(&b))
+}
+
+fn service_command(
+    service: Service,
+    repo: &Path,
+    git_protocol: Option<&str>,
+) -> std::process::Command {
+    let mut command = git(None);
+    command.arg(service.subcommand()).arg("--stateless-rpc");
+    if let Some(protocol) = git_protocol.filter(|p| is_sane_git_protocol(p)) {
+        command.env("GIT_PROTOCOL", protocol);
+    }
+    command.arg(repo);
+    command
+}
+
+fn wants_v2(git_protocol: Option<&str>) -> bool {
+    git_protocol.is_some_and(|p| p.split(':').any(|kv| kv == "version=2"))
+}
+
+/// The `info/refs?service=` body: `# service=...` preamble (except for protocol v2, as git
+/// http-backend does) and git's `--advertise-refs` output.
+pub async fn advertise(
+    runtime: &dyn Runtime,
+    repo: &Path,
+    service: Service,
+    git_protocol: Option<&str>,
+) -> io::Result<Vec<u8>> {
+    let mut command = service_command(service, repo, git_protocol);
+    command.arg("--advertise-refs");
+    let out = process::run(runtime, command, &b""[..], None, ANSWER_CAP).await?;
+    if !out.success() || out.truncated {
+        return Err(io::Error::other(format!(
+            "git {} --advertise-refs failed: {}",
+            service.subcommand(),
+            out.stderr_tail()
+        )));
+    }
+    let mut body = Vec::with_capacity(out.stdout.len() + 40);
+    if !(service == Service::UploadPack && wants_v2(git_protocol)) {
+        pktline::write(
+            &mut body,
+            format!("# service={}\n", service.name()).as_bytes(),
+        );
+        pktline::write_flush(&mut body);
+    }
+    body.extend_from_slice(&out.stdout);
+    Ok(body)
+}
+
+/// A running upload-pack whose stdout is the response body. Dropping it kills git.
+pub struct UploadPack {
+    pub stdout: Box<dyn AsyncRead + Send + Unpin>,
+    pub process: Box<dyn ChildProcess>,
+}
+
+/// Starts `git upload-pack --stateless-rpc` on `repo`, feeding it `request` in the
+/// background; stderr is logged.
+pub fn upload_pack(
+    runtime: &Arc<dyn Runtime>,
+    repo: &Path,
+    git_protocol: Option<&str>,
+    request: Bytes,
+) -> io::Result<UploadPack> {
+    let mut child =
+        runtime.spawn_process(service_command(Service::UploadPack, repo, git_protocol))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("upload-pack has no stdout"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        runtime.spawn(Box::pin(async move {
+            let _ = stdin.write_all(&request).await;
+            let _ = stdin.close().await;
+        }));
+    }
+    let stderr = child.stderr.take();
+    let repo_name = repo.display().to_string();
+    runtime.spawn(Box::pin(async move {
+        let (text, _) = process::read_capped(stderr, 16 * 1024).await;
+        if !text.is_empty() {
+            tracing::debug!(repo = %repo_name, stderr = %String::from_utf8_lossy(&text).trim(), "upload-pack");
+        }
+    }));
+    Ok(UploadPack {
+        stdout,
+        process: child.process,
+    })
+}
+
+/// Runs `git receive-pack --stateless-rpc` on `repo` with everything read from `input` (the
+/// whole request, commands included) and returns its answer. An error reading `input` is
+/// reported in [`GitOutput::input_error`].
+pub async fn receive_pack(
+    runtime: &dyn Runtime,
+    repo: &Path,
+    git_protocol: Option<&str>,
+    input: impl AsyncRead + Unpin,
+) -> io::Result<GitOutput> {
+    let command = service_command(Service::ReceivePack, repo, git_protocol);
+    process::run(runtime, command, input, None, ANSWER_CAP).await
+}

@@ -1,0 +1,196 @@
+//! The HTTP origin: one hyper 1 service for the relay (`/`), metrics and git smart-HTTP.
+//!
+//! What the rest of graspd plugs in is [`Handlers`]: the relay (store engineer), the push
+//! decision (driver) and metrics. Everything else here is routing, CORS and git.
+
+pub mod body;
+pub mod route;
+pub mod server;
+mod smart;
+mod websocket;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use graspd_core::{Oid, RepoKey};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::git::{Git, RefUpdate};
+use crate::runtime::BoxFuture;
+use body::{empty, full, ResponseBody};
+use route::Route;
+
+pub use server::Server;
+pub use websocket::WebSocket;
+
+/// The nostr relay behind `/`.
+pub trait RelayHandler: Send + Sync + 'static {
+    /// The NIP-11 relay information document (JSON text).
+    fn information_document(&self) -> String;
+
+    /// Runs one relay session on an accepted WebSocket until it ends.
+    fn on_websocket(&self, socket: WebSocket, peer: SocketAddr) -> BoxFuture<'static, ()>;
+}
+
+/// Decides pushes and hears about the ones that landed.
+pub trait PushHandler: Send + Sync + 'static {
+    /// One verdict per update, in order: `Ok(())` to accept, `Err(reason)` to refuse
+    /// (`reason` is shown to the user). `current_refs` are the repo's refs now. Called with
+    /// the repo's lock held: the future must not wait for anything that takes that lock
+    /// (e.g. [`Git::apply`] on the same repo).
+    fn decide_push(
+        &self,
+        repo: &RepoKey,
+        current_refs: &BTreeMap<String, Oid>,
+        updates: &[RefUpdate],
+    ) -> BoxFuture<'static, Vec<Result<(), String>>>;
+
+    /// Called after receive-pack, with the updates that are now in the repo. The repo's lock
+    /// is released by then.
+    fn on_pushed(&self, repo: &RepoKey, updates: &[RefUpdate]) -> BoxFuture<'static, ()>;
+}
+
+/// Renders the Prometheus text exposition for `/metrics`.
+pub type MetricsHandler = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the HTTP origin serves besides git.
+#[derive(Clone)]
+pub struct Handlers {
+    pub relay: Arc<dyn RelayHandler>,
+    pub push: Arc<dyn PushHandler>,
+    pub metrics: MetricsHandler,
+}
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct Site {
+    pub git: Git,
+    pub handlers: Handlers,
+    /// Largest request body (after gzip decoding).
+    pub max_body_bytes: u64,
+    pub public_url: String,
+}
+
+const CORS_METHODS: &str = "GET, POST, OPTIONS, HEAD";
+const CORS_HEADERS: &str = "Content-Type, Git-Protocol, Content-Encoding, Authorization, Accept";
+
+impl Site {
+    /// Answers one request; every answer carries the CORS headers.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let mut response = self.route(request, peer).await;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(CORS_METHODS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_HEADERS),
+        );
+        response
+    }
+
+    async fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        if request.method() == Method::OPTIONS {
+            return status(StatusCode::NO_CONTENT, "");
+        }
+        let route = match route::route(request.uri().path()) {
+            Ok(route) => route,
+            Err(bad) => return status(StatusCode::BAD_REQUEST, &format!("{}\n", bad.0)),
+        };
+        match route {
+            Route::Root => self.root(request, peer),
+            Route::Metrics if is_get_or_head(&request) => {
+                let mut response = Response::new(full((self.handlers.metrics)()));
+                set_type(&mut response, "text/plain; version=0.0.4; charset=utf-8");
+                response
+            }
+            Route::InfoRefs(repo) => smart::info_refs(self, request, repo).await,
+            Route::Rpc(repo, service) => smart::rpc(self, request, repo, service).await,
+            Route::NotFound => status(StatusCode::NOT_FOUND, "not found\n"),
+            Route::Metrics => method_not_allowed(),
+        }
+    }
+
+    fn root(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        if websocket::is_upgrade(&request) {
+            return websocket::accept(self, request, peer);
+        }
+        if !is_get_or_head(&request) {
+            return method_not_allowed();
+        }
+        let wants_nip11 = request
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("application/nostr+json"));
+        if wants_nip11 {
+            let mut response = Response::new(full(self.handlers.relay.information_document()));
+            set_type(&mut response, "application/nostr+json");
+            return response;
+        }
+        let mut response = Response::new(full(landing_page(&self.public_url)));
+        set_type(&mut response, "text/html; charset=utf-8");
+        response
+    }
+}
+
+fn is_get_or_head<B>(request: &Request<B>) -> bool {
+    request.method() == Method::GET || request.method() == Method::HEAD
+}
+
+/// A plain-text answer with `code`.
+pub(crate) fn status(code: StatusCode, message: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(if message.is_empty() {
+        empty()
+    } else {
+        full(message.to_owned())
+    });
+    *response.status_mut() = code;
+    if !message.is_empty() {
+        set_type(&mut response, "text/plain; charset=utf-8");
+    }
+    response
+}
+
+fn method_not_allowed() -> Response<ResponseBody> {
+    status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+}
+
+pub(crate) fn set_type<B>(response: &mut Response<B>, content_type: &'static str) {
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+}
+
+fn landing_page(public_url: &str) -> String {
+    let url = html_escape(public_url);
+    let ws = html_escape(&public_url.replacen("http", "ws", 1));
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>graspd</title></head>\n\
+         <body><h1>graspd</h1>\n\
+         <p>A GRASP server: a nostr relay at <code>{ws}</code> and git over HTTP at \
+         <code>{url}/&lt;npub&gt;/&lt;identifier&gt;.git</code>.</p>\n\
+         <p>Repositories are announced with NIP-34 events; pushes must match a signed state \
+         event.</p></body></html>\n"
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

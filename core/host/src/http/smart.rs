@@ -1,0 +1,311 @@
+//! git smart-HTTP handlers: `info/refs`, `git-upload-pack`, `git-receive-pack`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures_util::io::AsyncReadExt;
+use futures_util::{StreamExt, TryStreamExt};
+use graspd_core::RepoKey;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::body::{full, BodyError, ProcessBody, RequestBody, ResponseBody};
+use super::{set_type, status, Site};
+use crate::git::receive::{self, PushCommands};
+use crate::git::smart::{self as git_smart, Service};
+
+/// Most bytes of a push's command list (before the pack).
+const MAX_COMMAND_BYTES: usize = 4 * 1024 * 1024;
+
+/// Said about accepted refs when another ref in the same push was refused.
+const OTHER_REF_REJECTED: &str = "another ref in this push was rejected";
+
+fn git_protocol(request: &Request<Incoming>) -> Option<String> {
+    let value = request.headers().get("git-protocol")?.to_str().ok()?;
+    git_smart::is_sane_git_protocol(value).then(|| value.to_owned())
+}
+
+fn no_cache(response: &mut Response<ResponseBody>) {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
+    );
+    headers.insert(
+        header::EXPIRES,
+        HeaderValue::from_static("Fri, 01 Jan 1980 00:00:00 GMT"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+fn not_found(repo: &RepoKey) -> Response<ResponseBody> {
+    status(
+        StatusCode::NOT_FOUND,
+        &format!("repository {} not found\n", repo.identifier),
+    )
+}
+
+fn git_failure(what: &str, error: impl std::fmt::Display) -> Response<ResponseBody> {
+    tracing::warn!(%error, "{what}");
+    status(StatusCode::INTERNAL_SERVER_ERROR, &format!("{what}\n"))
+}
+
+fn body_error(error: &BodyError) -> Response<ResponseBody> {
+    let code = match error {
+        BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::BadGzip(_) | BodyError::Read(_) => StatusCode::BAD_REQUEST,
+    };
+    status(code, &format!("{error}\n"))
+}
+
+pub(super) async fn info_refs(
+    site: &Site,
+    request: Request<Incoming>,
+    repo: RepoKey,
+) -> Response<ResponseBody> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let service = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("service="))
+        .and_then(Service::from_name);
+    let Some(service) = service else {
+        return status(
+            StatusCode::FORBIDDEN,
+            "only smart HTTP is served: use ?service=git-upload-pack or ?service=git-receive-pack\n",
+        );
+    };
+    if !site.git.exists(&repo) {
+        return not_found(&repo);
+    }
+    let body = if request.method() == Method::HEAD {
+        full(Bytes::new())
+    } else {
+        let path = site.git.repo_path(&repo);
+        let protocol = git_protocol(&request);
+        match git_smart::advertise(&**site.git.runtime(), &path, service, protocol.as_deref()).await
+        {
+            Ok(advertisement) => full(advertisement),
+            Err(e) => return git_failure("listing the repository's refs failed", e),
+        }
+    };
+    let mut response = Response::new(body);
+    set_type(&mut response, service.advertisement_type());
+    no_cache(&mut response);
+    response
+}
+
+pub(super) async fn rpc(
+    site: &Site,
+    request: Request<Incoming>,
+    repo: RepoKey,
+    service: Service,
+) -> Response<ResponseBody> {
+    if request.method() != Method::POST {
+        return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    if !site.git.exists(&repo) {
+        return not_found(&repo);
+    }
+    let declared_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > site.max_body_bytes) {
+        return body_error(&BodyError::TooLarge {
+            limit: site.max_body_bytes,
+        });
+    }
+    let gzip = match request
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.as_bytes())
+    {
+        None | Some(b"identity") => false,
+        Some(b"gzip" | b"x-gzip") => true,
+        Some(_) => {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported Content-Encoding\n",
+            )
+        }
+    };
+    let protocol = git_protocol(&request);
+    let body = RequestBody::new(request.into_body(), gzip, site.max_body_bytes);
+    let mut response = match service {
+        Service::UploadPack => upload_pack(site, &repo, protocol.as_deref(), body).await,
+        Service::ReceivePack => receive_pack(site, &repo, protocol.as_deref(), body).await,
+    };
+    if response.status() == StatusCode::OK {
+        set_type(&mut response, service.result_type());
+        no_cache(&mut response);
+    }
+    response
+}
+
+async fn upload_pack(
+    site: &Site,
+    repo: &RepoKey,
+    protocol: Option<&str>,
+    body: RequestBody,
+) -> Response<ResponseBody> {
+    let request = match body.collect().await {
+        Ok(request) => request,
+        Err(e) => return body_error(&e),
+    };
+    let path = site.git.repo_path(repo);
+    match git_smart::upload_pack(site.git.runtime(), &path, protocol, request) {
+        Ok(run) => Response::new(ProcessBody::new(run.stdout, run.process).boxed_unsync()),
+        Err(e) => git_failure("starting git upload-pack failed", e),
+    }
+}
+
+/// Reads the push's command list (and whatever part of the pack came with it).
+async fn read_commands(
+    body: &mut RequestBody,
+) -> Result<(PushCommands, Vec<u8>), Response<ResponseBody>> {
+    let mut head = Vec::new();
+    loop {
+        match receive::parse_commands(&head) {
+            Ok(Some(commands)) => return Ok((commands, head)),
+            Ok(None) => {}
+            Err(e) => return Err(status(StatusCode::BAD_REQUEST, &format!("{e}\n"))),
+        }
+        if head.len() > MAX_COMMAND_BYTES {
+            return Err(status(
+                StatusCode::BAD_REQUEST,
+                "push command list too long\n",
+            ));
+        }
+        match body.next().await {
+            Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+            Some(Err(e)) => {
+                let error = BodyError::from_io(&e)
+                    .cloned()
+                    .unwrap_or(BodyError::Read(e.to_string()));
+                return Err(body_error(&error));
+            }
+            None => {
+                return Err(status(
+                    StatusCode::BAD_REQUEST,
+                    "push request ended before its command list\n",
+                ))
+            }
+        }
+    }
+}
+
+async fn receive_pack(
+    site: &Site,
+    repo: &RepoKey,
+    protocol: Option<&str>,
+    mut body: RequestBody,
+) -> Response<ResponseBody> {
+    let (commands, head) = match read_commands(&mut body).await {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let guard = match site.git.lock(repo).await {
+        Ok(guard) => guard,
+        Err(busy) => return status(StatusCode::SERVICE_UNAVAILABLE, &format!("{busy}\n")),
+    };
+    let current = match site.git.inspect(repo, &[]).await {
+        Ok(inspection) => inspection.refs,
+        Err(e) => return git_failure("reading the repository's refs failed", e),
+    };
+    let verdicts = decide(site, repo, &current, &commands).await;
+    if verdicts.iter().any(Result::is_err) {
+        drop(guard);
+        // The client sends its whole pack before reading our answer.
+        body.drain().await;
+        let outcomes: Vec<(&str, Result<(), String>)> = commands
+            .updates
+            .iter()
+            .zip(verdicts)
+            .map(|(update, verdict)| {
+                (
+                    update.name.as_str(),
+                    verdict.and(Err(OTHER_REF_REJECTED.to_owned())),
+                )
+            })
+            .collect();
+        for (name, outcome) in &outcomes {
+            tracing::info!(%repo, %name, reason = ?outcome.as_ref().err(), "push refused");
+        }
+        return Response::new(full(receive::report_status(
+            commands.capabilities,
+            &outcomes,
+        )));
+    }
+    let path = site.git.repo_path(repo);
+    let input = futures_util::io::Cursor::new(head).chain(body.into_async_read());
+    let out = match git_smart::receive_pack(&**site.git.runtime(), &path, protocol, input).await {
+        Ok(out) => out,
+        Err(e) => return git_failure("running git receive-pack failed", e),
+    };
+    if let Some(e) = &out.input_error {
+        let error = BodyError::from_io(e)
+            .cloned()
+            .unwrap_or(BodyError::Read(e.to_string()));
+        return body_error(&error);
+    }
+    if !out.success() {
+        tracing::warn!(%repo, stderr = %out.stderr_tail(), "git receive-pack failed");
+    }
+    let landed = landed_updates(site, repo, &commands).await;
+    drop(guard);
+    if !landed.is_empty() {
+        site.handlers.push.on_pushed(repo, &landed).await;
+    }
+    Response::new(full(out.stdout))
+}
+
+/// The push handler's verdicts, one per update (a short answer counts as refusals).
+async fn decide(
+    site: &Site,
+    repo: &RepoKey,
+    current: &BTreeMap<String, graspd_core::Oid>,
+    commands: &PushCommands,
+) -> Vec<Result<(), String>> {
+    let mut verdicts = site
+        .handlers
+        .push
+        .decide_push(repo, current, &commands.updates)
+        .await;
+    verdicts.resize(
+        commands.updates.len(),
+        Err("internal error: no decision for this ref".to_owned()),
+    );
+    verdicts
+}
+
+/// The updates that are now true in the repo (receive-pack may refuse some by itself).
+async fn landed_updates(
+    site: &Site,
+    repo: &RepoKey,
+    commands: &PushCommands,
+) -> Vec<crate::git::RefUpdate> {
+    let refs = match site.git.inspect(repo, &[]).await {
+        Ok(inspection) => inspection.refs,
+        Err(e) => {
+            tracing::warn!(%repo, error = %e, "cannot read refs after a push");
+            return Vec::new();
+        }
+    };
+    commands
+        .updates
+        .iter()
+        .filter(|u| match refs.get(&u.name) {
+            Some(now) => *now == u.new,
+            None => u.new.is_zero(),
+        })
+        .cloned()
+        .collect()
+}
