@@ -4,6 +4,7 @@
 //! and call [`serve`].
 
 pub mod config;
+pub mod follow;
 pub mod git;
 pub mod http;
 pub mod io;

@@ -1,0 +1,245 @@
+//! The relay follower against a real WebSocket relay on loopback, on tokio and on smol: history
+//! paged until EOSE, then live events; duplicates and forged events never reach the callback.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Message;
+use futures_util::StreamExt;
+use graspd_core::acceptance::OwnService;
+use graspd_core::events::{self, GitEvent};
+use graspd_core::follow::{FollowConfig, RelayFollower};
+use graspd_host::follow::{spawn_follower, ClientLimits, FollowerHandle, HistoryLimits};
+use graspd_host::Runtime;
+use nostr::prelude::*;
+use serde_json::{json, Value};
+
+/// A relay that answers every history REQ with its stored events (newest first, honouring
+/// `until` and `limit`), every live REQ with EOSE, and then pushes `live` once.
+struct FakeRelay {
+    stored: Vec<Event>,
+    live: Vec<Event>,
+    /// Every REQ received, as JSON text.
+    reqs: Mutex<Vec<String>>,
+}
+
+async fn serve_relay(runtime: Arc<dyn Runtime>, relay: Arc<FakeRelay>) -> SocketAddr {
+    let listener = runtime
+        .bind_tcp("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spawner = Arc::clone(&runtime);
+    runtime.spawn(Box::pin(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let relay = Arc::clone(&relay);
+            spawner.spawn(Box::pin(async move {
+                let Ok(mut ws) = async_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                let mut pushed_live = false;
+                while let Some(Ok(message)) = ws.next().await {
+                    let Message::Text(text) = message else {
+                        continue;
+                    };
+                    relay.reqs.lock().unwrap().push(text.to_string());
+                    let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if value[0] != "REQ" {
+                        continue;
+                    }
+                    let sub = value[1].as_str().unwrap().to_owned();
+                    let limit = value[2]["limit"].as_u64().unwrap_or(u64::MAX);
+                    let until = value[2]["until"].as_u64().unwrap_or(u64::MAX);
+                    let mut out = Vec::new();
+                    if limit > 0 {
+                        let mut matching: Vec<&Event> = relay
+                            .stored
+                            .iter()
+                            .filter(|e| e.created_at.as_secs() <= until)
+                            .collect();
+                        matching.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+                        for e in matching.into_iter().take(limit as usize) {
+                            out.push(json!(["EVENT", sub, e]).to_string());
+                        }
+                    }
+                    out.push(json!(["EOSE", sub]).to_string());
+                    if limit == 0 && !pushed_live {
+                        pushed_live = true;
+                        for e in &relay.live {
+                            out.push(json!(["EVENT", sub, e]).to_string());
+                        }
+                    }
+                    for frame in out {
+                        if ws.send(Message::text(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+    }));
+    addr
+}
+
+fn signed(keys: &Keys, kind: u16, created_at: u64, tags: Vec<Vec<String>>) -> Event {
+    let tags: Vec<Tag> = tags.into_iter().map(|t| Tag::parse(t).unwrap()).collect();
+    EventBuilder::new(Kind::from_u16(kind), "")
+        .tags(tags)
+        .custom_created_at(Timestamp::from_secs(created_at))
+        .finalize(keys)
+        .unwrap()
+}
+
+/// Runs a test body to completion on the runtime under test.
+type BlockOn<'a> = &'a dyn Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>);
+
+fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>) {
+    let owner = Keys::generate();
+    let coordinate = format!("30617:{}:demo", owner.public_key().to_hex());
+    // History: 7 issues tagging the repository, read in pages of 3; one forged.
+    let mut stored: Vec<Event> = (0..7)
+        .map(|i| {
+            signed(
+                &Keys::generate(),
+                1621,
+                1_000 + i,
+                vec![vec!["a".into(), coordinate.clone()]],
+            )
+        })
+        .collect();
+    let mut forged = signed(
+        &Keys::generate(),
+        1621,
+        900,
+        vec![vec!["a".into(), coordinate.clone()]],
+    );
+    forged.content = "tampered".into();
+    stored.push(forged);
+    // Live: one new event and one the history already had.
+    let fresh = signed(
+        &Keys::generate(),
+        1621,
+        2_000,
+        vec![vec!["a".into(), coordinate.clone()]],
+    );
+    let relay = Arc::new(FakeRelay {
+        stored: stored.clone(),
+        live: vec![fresh.clone(), stored[0].clone()],
+        reqs: Mutex::new(Vec::new()),
+    });
+
+    let received: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let runtime2 = Arc::clone(&runtime);
+    let relay2 = Arc::clone(&relay);
+    let received2 = Arc::clone(&received);
+    block_on(Box::pin(async move {
+        let addr = serve_relay(Arc::clone(&runtime2), relay2).await;
+        let announcement = signed(
+            &owner,
+            30617,
+            1,
+            vec![
+                vec!["d".into(), "demo".into()],
+                vec![
+                    "relays".into(),
+                    "ws://grasp.test".into(),
+                    format!("ws://{addr}"),
+                ],
+            ],
+        );
+        let GitEvent::Announcement(announcement) = events::parse(&announcement).unwrap().unwrap()
+        else {
+            panic!("not an announcement")
+        };
+        let follower = RelayFollower::new(
+            FollowConfig {
+                allow_private_relays: true,
+                ..FollowConfig::default()
+            },
+            OwnService::new("http://grasp.test").unwrap(),
+        );
+        let handle = FollowerHandle::new(
+            follower,
+            ClientLimits {
+                history: HistoryLimits {
+                    page_limit: 3,
+                    max_pages: 10,
+                },
+                ..ClientLimits::default()
+            },
+        );
+        let sink = Arc::clone(&received2);
+        spawn_follower(Arc::clone(&runtime2), handle.clone(), move |event| {
+            sink.lock().unwrap().push(event)
+        });
+        handle.announcement(announcement);
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while received2.lock().unwrap().len() < 8 || handle.stats().relays_connected < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "follower did not learn the events in 20 s"
+            );
+            runtime2
+                .sleep_until(Instant::now() + Duration::from_millis(20))
+                .await;
+        }
+        // Let the trailing duplicate arrive.
+        let settle = Instant::now() + Duration::from_secs(20);
+        while handle.metrics().duplicates.load(Ordering::Relaxed) < 1 {
+            assert!(Instant::now() < settle, "duplicate was never seen");
+            runtime2
+                .sleep_until(Instant::now() + Duration::from_millis(20))
+                .await;
+        }
+        let metrics = handle.metrics();
+        assert_eq!(metrics.invalid_events.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.events_learned.load(Ordering::Relaxed), 8);
+        assert_eq!(metrics.relays_connected.load(Ordering::Relaxed), 1);
+        let per_relay = metrics.per_relay();
+        assert_eq!(per_relay.len(), 1);
+        assert_eq!(per_relay[0].1.learned, 8);
+        assert_eq!(handle.stats().repositories_followed, 1);
+    }));
+
+    let got = received.lock().unwrap();
+    let mut ids: Vec<EventId> = got.iter().map(|e| e.id).collect();
+    ids.sort();
+    let mut want: Vec<EventId> = stored[..7].iter().map(|e| e.id).chain([fresh.id]).collect();
+    want.sort();
+    assert_eq!(ids, want, "exactly the valid events, once each");
+
+    let reqs = relay.reqs.lock().unwrap();
+    let live = reqs
+        .iter()
+        .find(|r| r.contains(r#""limit":0"#))
+        .expect("a live REQ");
+    assert!(
+        live.contains(&coordinate) && live.contains(r##""#d":["demo"]"##),
+        "{live}"
+    );
+    // History was paged backwards with `until`.
+    assert!(
+        reqs.iter().any(|r| r.contains(r#""until":1004"#)),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn follows_a_relay_on_tokio() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime: Arc<dyn Runtime> = Arc::new(graspd_tokio::TokioRuntime::new(rt.handle().clone()));
+    run(runtime, &|f| rt.block_on(f));
+}
+
+#[test]
+fn follows_a_relay_on_smol() {
+    let runtime: Arc<dyn Runtime> = Arc::new(graspd_smol::SmolRuntime);
+    run(runtime, &|f| smol::block_on(f));
+}
