@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use graspd_core::acceptance::OwnService;
 use graspd_core::events::{self, GitEvent};
 use graspd_core::follow::{FollowConfig, RelayFollower};
-use graspd_host::follow::{spawn_follower, ClientLimits, FollowerHandle, HistoryLimits};
+use graspd_host::follow::{
+    spawn_follower, tls_config, ClientLimits, FollowerHandle, HistoryLimits,
+};
 use graspd_host::Runtime;
 use nostr::prelude::*;
 use serde_json::{json, Value};
@@ -25,7 +27,118 @@ struct FakeRelay {
     reqs: Mutex<Vec<String>>,
 }
 
-async fn serve_relay(runtime: Arc<dyn Runtime>, relay: Arc<FakeRelay>) -> SocketAddr {
+/// A test CA and a certificate for 127.0.0.1 it signed, made by the `openssl` binary:
+/// (CA cert DER, leaf cert DER, leaf key PKCS#8 DER).
+fn test_certificates() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "graspd-follow-tls-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("the openssl binary is needed for the TLS test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=graspd test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=relay.test",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-outform",
+        "DER",
+        "-out",
+        "leaf.der",
+    ]);
+    run(&["x509", "-in", "ca.pem", "-outform", "DER", "-out", "ca.der"]);
+    run(&[
+        "pkcs8", "-topk8", "-nocrypt", "-in", "leaf.key", "-outform", "DER", "-out", "key.der",
+    ]);
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let certificates = (read("ca.der"), read("leaf.der"), read("key.der"));
+    let _ = std::fs::remove_dir_all(&dir);
+    certificates
+}
+
+fn tls_acceptor(cert: &[u8], key: &[u8]) -> futures_rustls::TlsAcceptor {
+    use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use futures_rustls::rustls::ServerConfig;
+    let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+        )
+        .unwrap();
+    futures_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn serve_relay(
+    runtime: Arc<dyn Runtime>,
+    relay: Arc<FakeRelay>,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) -> SocketAddr {
     let listener = runtime
         .bind_tcp("127.0.0.1:0".parse().unwrap())
         .await
@@ -35,7 +148,15 @@ async fn serve_relay(runtime: Arc<dyn Runtime>, relay: Arc<FakeRelay>) -> Socket
     runtime.spawn(Box::pin(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let relay = Arc::clone(&relay);
+            let tls = tls.clone();
             spawner.spawn(Box::pin(async move {
+                let stream: graspd_host::runtime::Connection = match tls {
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(tls) => Box::new(tls),
+                        Err(_) => return,
+                    },
+                    None => stream,
+                };
                 let Ok(mut ws) = async_tungstenite::accept_async(stream).await else {
                     return;
                 };
@@ -95,7 +216,9 @@ fn signed(keys: &Keys, kind: u16, created_at: u64, tags: Vec<Vec<String>>) -> Ev
 /// Runs a test body to completion on the runtime under test.
 type BlockOn<'a> = &'a dyn Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>);
 
-fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>) {
+fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>, tls: bool) {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let certificate = tls.then(test_certificates);
     let owner = Keys::generate();
     let coordinate = format!("30617:{}:demo", owner.public_key().to_hex());
     // History: 7 issues tagging the repository, read in pages of 3; one forged.
@@ -135,7 +258,11 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>) {
     let relay2 = Arc::clone(&relay);
     let received2 = Arc::clone(&received);
     block_on(Box::pin(async move {
-        let addr = serve_relay(Arc::clone(&runtime2), relay2).await;
+        let acceptor = certificate
+            .as_ref()
+            .map(|(_, cert, key)| tls_acceptor(cert, key));
+        let addr = serve_relay(Arc::clone(&runtime2), relay2, acceptor).await;
+        let scheme = if tls { "wss" } else { "ws" };
         let announcement = signed(
             &owner,
             30617,
@@ -145,7 +272,7 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>) {
                 vec![
                     "relays".into(),
                     "ws://grasp.test".into(),
-                    format!("ws://{addr}"),
+                    format!("{scheme}://{addr}"),
                 ],
             ],
         );
@@ -160,7 +287,11 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>) {
             },
             OwnService::new("http://grasp.test").unwrap(),
         );
-        let handle = FollowerHandle::new(
+        let mut roots = futures_rustls::rustls::RootCertStore::empty();
+        if let Some((ca, _, _)) = &certificate {
+            roots.add(ca.clone().into()).unwrap();
+        }
+        let handle = FollowerHandle::with_tls(
             follower,
             ClientLimits {
                 history: HistoryLimits {
@@ -169,6 +300,7 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>) {
                 },
                 ..ClientLimits::default()
             },
+            tls_config(roots),
         );
         let sink = Arc::clone(&received2);
         spawn_follower(Arc::clone(&runtime2), handle.clone(), move |event| {
@@ -235,11 +367,28 @@ fn follows_a_relay_on_tokio() {
         .build()
         .unwrap();
     let runtime: Arc<dyn Runtime> = Arc::new(graspd_tokio::TokioRuntime::new(rt.handle().clone()));
-    run(runtime, &|f| rt.block_on(f));
+    run(runtime, &|f| rt.block_on(f), false);
 }
 
 #[test]
 fn follows_a_relay_on_smol() {
     let runtime: Arc<dyn Runtime> = Arc::new(graspd_smol::SmolRuntime);
-    run(runtime, &|f| smol::block_on(f));
+    run(runtime, &|f| smol::block_on(f), false);
+}
+
+#[test]
+fn follows_a_wss_relay_on_tokio() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime: Arc<dyn Runtime> = Arc::new(graspd_tokio::TokioRuntime::new(rt.handle().clone()));
+    run(runtime, &|f| rt.block_on(f), true);
+}
+
+#[test]
+fn follows_a_wss_relay_on_smol() {
+    let runtime: Arc<dyn Runtime> = Arc::new(graspd_smol::SmolRuntime);
+    run(runtime, &|f| smol::block_on(f), true);
 }

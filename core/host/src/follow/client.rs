@@ -25,7 +25,10 @@ use nostr::types::url::{Host, Url};
 use super::metrics::FollowMetrics;
 use super::rate::TokenBucket;
 use super::session::{ConnectionSession, HistoryLimits, Output};
-use crate::runtime::{unblock, Runtime};
+use crate::runtime::{unblock, Connection, Runtime};
+use futures_rustls::pki_types::ServerName;
+use futures_rustls::rustls::{ClientConfig, RootCertStore};
+use futures_rustls::TlsConnector;
 
 /// Bounds of the IO side (the core's [`FollowConfig`] bounds relays and subscriptions).
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +102,7 @@ pub struct FollowerHandle {
 
 struct Shared {
     follower: Mutex<RelayFollower>,
+    tls: Arc<ClientConfig>,
     epoch: Instant,
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
@@ -121,8 +125,35 @@ impl Shared {
     }
 }
 
+/// TLS for `wss://` relays: the Mozilla roots shipped in `webpki-roots`, ring crypto.
+pub fn default_tls_config() -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    tls_config(roots)
+}
+
+/// A client TLS configuration trusting `roots` (tests add their own).
+pub fn tls_config(roots: RootCertStore) -> Arc<ClientConfig> {
+    let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 impl FollowerHandle {
     pub fn new(follower: RelayFollower, limits: ClientLimits) -> FollowerHandle {
+        FollowerHandle::with_tls(follower, limits, default_tls_config())
+    }
+
+    /// Like [`FollowerHandle::new`], with the TLS configuration for `wss://` relays given.
+    pub fn with_tls(
+        follower: RelayFollower,
+        limits: ClientLimits,
+        tls: Arc<ClientConfig>,
+    ) -> FollowerHandle {
         // One pending wake-up is enough: the driver polls everything when it wakes.
         let (wake_tx, wake_rx) = async_channel::bounded(1);
         let allow_private = follower.config().allow_private_relays;
@@ -130,6 +161,7 @@ impl FollowerHandle {
         FollowerHandle {
             shared: Arc::new(Shared {
                 follower: Mutex::new(follower),
+                tls,
                 epoch: Instant::now(),
                 wake_tx,
                 wake_rx,
@@ -400,16 +432,17 @@ impl RelayConnection {
     async fn connect_and_follow(&self, subscriptions: Vec<Subscription>) -> Result<(), String> {
         let limits = self.shared.limits;
         let url = Url::parse(&self.url).map_err(|e| format!("bad relay URL: {e}"))?;
-        if url.scheme() == "wss" {
-            return Err(
-                "wss:// relays need TLS, which this build of graspd does not include".into(),
-            );
-        }
         let addrs = self.resolve(&url).await?;
-        let stream = self
+        let mut stream = self
             .until_disconnected(self.connect_any(&addrs))
             .await
             .ok_or("disconnected while connecting")??;
+        if url.scheme() == "wss" {
+            stream = self
+                .until_disconnected(self.tls_handshake(&url, stream))
+                .await
+                .ok_or("disconnected during the TLS handshake")??;
+        }
         let config = WebSocketConfig::default()
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes));
@@ -531,6 +564,22 @@ impl RelayConnection {
         Ok(())
     }
 
+    async fn tls_handshake(&self, url: &Url, stream: Connection) -> Result<Connection, String> {
+        let name = match url.host() {
+            Some(Host::Domain(d)) => ServerName::try_from(d.to_owned())
+                .map_err(|e| format!("{d:?} is not a TLS server name: {e}"))?,
+            Some(Host::Ipv4(ip)) => ServerName::from(std::net::IpAddr::from(ip)),
+            Some(Host::Ipv6(ip)) => ServerName::from(std::net::IpAddr::from(ip)),
+            None => return Err("relay URL has no host".into()),
+        };
+        let connector = TlsConnector::from(Arc::clone(&self.shared.tls));
+        let tls = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        Ok(Box::new(tls))
+    }
+
     /// The relay's addresses, without private ones unless they are allowed.
     async fn resolve(&self, url: &Url) -> Result<Vec<SocketAddr>, String> {
         let port = url.port_or_known_default().unwrap_or(80);
@@ -563,10 +612,7 @@ impl RelayConnection {
         Ok(allowed)
     }
 
-    async fn connect_any(
-        &self,
-        addrs: &[SocketAddr],
-    ) -> Result<crate::runtime::Connection, String> {
+    async fn connect_any(&self, addrs: &[SocketAddr]) -> Result<Connection, String> {
         let mut last = String::new();
         for addr in addrs {
             match self.runtime.connect_tcp(*addr).await {

@@ -18,7 +18,9 @@ mod rate;
 mod session;
 mod wire;
 
-pub use client::{spawn_follower, ClientLimits, FollowArgs, FollowerHandle};
+pub use client::{
+    default_tls_config, spawn_follower, tls_config, ClientLimits, FollowArgs, FollowerHandle,
+};
 pub use graspd_core::follow::{FollowConfig, FollowStats, RelayFollower, RelayStatus};
 pub use metrics::{FollowMetrics, RelayCounters, OTHER_RELAYS};
 pub use session::HistoryLimits;
