@@ -25,6 +25,8 @@ struct FakeRelay {
     live: Vec<Event>,
     /// Every REQ received, as JSON text.
     reqs: Mutex<Vec<String>>,
+    /// Drop the connection once, right after answering the first history REQ.
+    drop_once_after_history: std::sync::atomic::AtomicBool,
 }
 
 /// A test CA and a certificate for 127.0.0.1 it signed, made by the `openssl` binary:
@@ -197,6 +199,10 @@ async fn serve_relay(
                             return;
                         }
                     }
+                    if limit > 0 && relay.drop_once_after_history.swap(false, Ordering::SeqCst) {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
                 }
             }));
         }
@@ -251,6 +257,7 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>, tls: bool) {
         stored: stored.clone(),
         live: vec![fresh.clone(), stored[0].clone()],
         reqs: Mutex::new(Vec::new()),
+        drop_once_after_history: false.into(),
     });
 
     let received: Arc<Mutex<Vec<Event>>> = Arc::default();
@@ -297,6 +304,7 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>, tls: bool) {
                 history: HistoryLimits {
                     page_limit: 3,
                     max_pages: 10,
+                    ..HistoryLimits::default()
                 },
                 ..ClientLimits::default()
             },
@@ -391,4 +399,75 @@ fn follows_a_wss_relay_on_tokio() {
 fn follows_a_wss_relay_on_smol() {
     let runtime: Arc<dyn Runtime> = Arc::new(graspd_smol::SmolRuntime);
     run(runtime, &|f| smol::block_on(f), true);
+}
+
+/// A relay that drops the connection after a complete history: the follower reconnects after
+/// the initial backoff and reads only the recent history again (`since`); nothing is passed on
+/// twice.
+#[test]
+fn reconnects_and_rereads_only_recent_history() {
+    let runtime: Arc<dyn Runtime> = Arc::new(graspd_smol::SmolRuntime);
+    let owner = Keys::generate();
+    let coordinate = format!("30617:{}:demo", owner.public_key().to_hex());
+    let stored: Vec<Event> = (0..5)
+        .map(|i| {
+            signed(
+                &Keys::generate(),
+                1621,
+                1_000 + i,
+                vec![vec!["a".into(), coordinate.clone()]],
+            )
+        })
+        .collect();
+    let relay = Arc::new(FakeRelay {
+        stored: stored.clone(),
+        live: Vec::new(),
+        reqs: Mutex::new(Vec::new()),
+        drop_once_after_history: true.into(),
+    });
+    smol::block_on(async {
+        let addr = serve_relay(Arc::clone(&runtime), Arc::clone(&relay), None).await;
+        let announcement = signed(
+            &owner,
+            30617,
+            1,
+            vec![
+                vec!["d".into(), "demo".into()],
+                vec!["relays".into(), format!("ws://{addr}")],
+            ],
+        );
+        let Ok(Some(GitEvent::Announcement(announcement))) = events::parse(&announcement) else {
+            panic!("not an announcement")
+        };
+        let follower = RelayFollower::new(
+            FollowConfig {
+                allow_private_relays: true,
+                backoff_initial: Duration::from_millis(50),
+                ..FollowConfig::default()
+            },
+            OwnService::new("http://grasp.test").unwrap(),
+        );
+        let handle = FollowerHandle::new(follower, ClientLimits::default());
+        let learned: Arc<Mutex<Vec<EventId>>> = Arc::default();
+        let sink = Arc::clone(&learned);
+        spawn_follower(Arc::clone(&runtime), handle.clone(), move |e| {
+            sink.lock().unwrap().push(e.id)
+        });
+        handle.announcement(announcement);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while handle.metrics().duplicates.load(Ordering::Relaxed) < 5 {
+            assert!(Instant::now() < deadline, "no second history read in 20 s");
+            runtime
+                .sleep_until(Instant::now() + Duration::from_millis(20))
+                .await;
+        }
+        assert_eq!(learned.lock().unwrap().len(), 5);
+        assert_eq!(handle.stats().reconnects, 1);
+        assert_eq!(handle.relay_statuses()[0].consecutive_failures, 0);
+        assert_eq!(handle.metrics().per_relay()[0].1.connects, 2);
+    });
+    let reqs = relay.reqs.lock().unwrap();
+    let histories: Vec<&String> = reqs.iter().filter(|r| r.contains("-h\"")).collect();
+    assert!(!histories[0].contains("since"), "{histories:?}");
+    assert!(histories[1].contains("since"), "{histories:?}");
 }

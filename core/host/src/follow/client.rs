@@ -24,7 +24,7 @@ use nostr::types::url::{Host, Url};
 
 use super::metrics::FollowMetrics;
 use super::rate::TokenBucket;
-use super::session::{ConnectionSession, HistoryLimits, Output};
+use super::session::{ConnectionSession, HistoryLimits, HistoryMark, HistoryMarks, Output};
 use crate::runtime::{unblock, Connection, Runtime};
 use futures_rustls::pki_types::ServerName;
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
@@ -102,6 +102,10 @@ pub struct FollowerHandle {
 
 struct Shared {
     follower: Mutex<RelayFollower>,
+    /// How far each relay's subscriptions were read, kept across reconnects (at most
+    /// `max_relays` relays).
+    marks: Mutex<BTreeMap<String, HistoryMarks>>,
+    max_relays: usize,
     tls: Arc<ClientConfig>,
     epoch: Instant,
     wake_tx: Sender<()>,
@@ -123,6 +127,25 @@ impl Shared {
     fn instant(&self, at: Time) -> Instant {
         self.epoch + Duration::from_millis(at.as_millis())
     }
+
+    fn marks_of(&self, url: &str) -> HistoryMarks {
+        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        marks.get(url).cloned().unwrap_or_default()
+    }
+
+    fn remember_mark(&self, url: &str, key: SubKey, mark: HistoryMark) {
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        if marks.contains_key(url) || marks.len() < self.max_relays {
+            marks.entry(url.to_owned()).or_default().insert(key, mark);
+        }
+    }
+}
+
+/// Unix seconds, for `since` on re-reads (relays filter on wall-clock `created_at`).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// TLS for `wss://` relays: the Mozilla roots shipped in `webpki-roots`, ring crypto.
@@ -161,6 +184,8 @@ impl FollowerHandle {
         FollowerHandle {
             shared: Arc::new(Shared {
                 follower: Mutex::new(follower),
+                marks: Mutex::new(BTreeMap::new()),
+                max_relays,
                 tls,
                 epoch: Instant::now(),
                 wake_tx,
@@ -463,7 +488,12 @@ impl RelayConnection {
         let _ = self.reports.send(Input::Connected { id: self.id }).await;
         tracing::info!(relay = %self.url, id = %self.id, "following relay");
 
-        let mut session = ConnectionSession::new(subscriptions, limits.history);
+        let mut session = ConnectionSession::new(
+            subscriptions,
+            limits.history,
+            self.shared.marks_of(&self.url),
+            unix_now(),
+        );
         let mut bucket = TokenBucket::new(limits.events_per_second, Instant::now());
         let mut last_heard = Instant::now();
         let mut pinged = false;
@@ -477,6 +507,7 @@ impl RelayConnection {
                 Either::Left((Either::Left((frame, _)), _)) => {
                     last_heard = Instant::now();
                     pinged = false;
+                    session.set_now(unix_now());
                     match frame {
                         Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()),
                         Some(Ok(Message::Close(_))) | None => return Ok(()),
@@ -485,7 +516,10 @@ impl RelayConnection {
                     }
                 }
                 Either::Left((Either::Right((control, _)), _)) => match control {
-                    Ok(Control::Update { open, close }) => session.update(open, close),
+                    Ok(Control::Update { open, close }) => {
+                        session.set_now(unix_now());
+                        session.update(open, close);
+                    }
                     Err(_) => {
                         let _ = ws.close(None).await;
                         return Ok(());
@@ -549,7 +583,8 @@ impl RelayConnection {
                         return Err("the event consumer has stopped".into());
                     }
                 }
-                Output::HistoryComplete(subscription) => {
+                Output::HistoryComplete(subscription, mark) => {
+                    self.shared.remember_mark(&self.url, subscription, mark);
                     let _ = self
                         .reports
                         .send(Input::Eose {

@@ -23,4 +23,4 @@ pub use client::{
 };
 pub use graspd_core::follow::{FollowConfig, FollowStats, RelayFollower, RelayStatus};
 pub use metrics::{FollowMetrics, RelayCounters, OTHER_RELAYS};
-pub use session::HistoryLimits;
+pub use session::{HistoryLimits, HistoryMark};

@@ -3,14 +3,16 @@
 //!
 //! Every subscription is opened live at once (`limit: 0`, id `<key>`), so nothing published
 //! while history is read is missed; its stored history is then read one subscription at a
-//! time (id `<key>-h`), in pages of `page_limit` events walking back with `until`.
+//! time (id `<key>-h`), in pages of `page_limit` events walking back with `until`. A
+//! subscription whose history was read before with the same filters (an earlier connection to
+//! the same relay) only reads back to then, less `overlap`.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use graspd_core::follow::{Filter, SubKey, Subscription};
 use nostr::event::Event;
 
-use super::wire::{self, RelayMessage};
+use super::wire::{self, RelayMessage, Window};
 
 /// Bounds on reading one relay's history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,13 +21,27 @@ pub struct HistoryLimits {
     pub page_limit: usize,
     /// Pages read per subscription before its history is taken as complete.
     pub max_pages: usize,
+    /// How far before an earlier complete read a re-read starts (late and backdated events).
+    pub overlap_secs: u64,
 }
+
+/// How far a subscription's history was read: its filters then, and the unix time (seconds)
+/// the read began.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryMark {
+    pub filters: Vec<Filter>,
+    pub read_from: u64,
+}
+
+/// The marks of one relay.
+pub type HistoryMarks = BTreeMap<SubKey, HistoryMark>;
 
 impl Default for HistoryLimits {
     fn default() -> HistoryLimits {
         HistoryLimits {
             page_limit: 500,
             max_pages: 200,
+            overlap_secs: 3600,
         }
     }
 }
@@ -37,8 +53,8 @@ pub enum Output {
     Send(String),
     /// An event the relay sent on one of our subscriptions (not yet verified).
     Deliver(Box<Event>),
-    /// The stored history of this subscription has been read.
-    HistoryComplete(SubKey),
+    /// The stored history of this subscription has been read (as far as `max_pages` allow).
+    HistoryComplete(SubKey, HistoryMark),
     /// Something worth a log line (relay NOTICE, refused subscription, malformed frame).
     Note(String),
 }
@@ -48,6 +64,8 @@ struct History {
     key: SubKey,
     id: String,
     filters: Vec<Filter>,
+    since: Option<u64>,
+    started_at: u64,
     until: Option<u64>,
     oldest: Option<u64>,
     received: usize,
@@ -61,20 +79,35 @@ pub struct ConnectionSession {
     waiting_history: VecDeque<SubKey>,
     history: Option<History>,
     limits: HistoryLimits,
+    marks: HistoryMarks,
+    now_unix: u64,
     out: VecDeque<Output>,
 }
 
 impl ConnectionSession {
-    pub fn new(subscriptions: Vec<Subscription>, limits: HistoryLimits) -> ConnectionSession {
+    /// A session opening `subscriptions`, knowing how far this relay was read before.
+    pub fn new(
+        subscriptions: Vec<Subscription>,
+        limits: HistoryLimits,
+        marks: HistoryMarks,
+        now_unix: u64,
+    ) -> ConnectionSession {
         let mut session = ConnectionSession {
             live: BTreeMap::new(),
             waiting_history: VecDeque::new(),
             history: None,
             limits,
+            marks,
+            now_unix,
             out: VecDeque::new(),
         };
         session.update(subscriptions, Vec::new());
         session
+    }
+
+    /// The wall clock (unix seconds) for the marks of histories started from now on.
+    pub fn set_now(&mut self, now_unix: u64) {
+        self.now_unix = now_unix;
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -95,8 +128,12 @@ impl ConnectionSession {
             if self.live.contains_key(&sub.key) {
                 self.out.push_back(Output::Send(wire::close(&id)));
             }
+            let live = Window {
+                limit: Some(0),
+                ..Window::default()
+            };
             self.out
-                .push_back(Output::Send(wire::req(&id, &sub.filters, None, Some(0))));
+                .push_back(Output::Send(wire::req(&id, &sub.filters, live)));
             self.live.insert(sub.key, (id, sub.filters));
             self.waiting_history.push_back(sub.key);
         }
@@ -176,12 +213,13 @@ impl ConnectionSession {
             h.until = Some(next);
             h.received = 0;
             h.oldest = None;
-            self.out.push_back(Output::Send(wire::req(
-                &h.id,
-                &h.filters,
-                Some(next),
-                Some(limits.page_limit),
-            )));
+            let window = Window {
+                since: h.since,
+                until: Some(next),
+                limit: Some(limits.page_limit),
+            };
+            self.out
+                .push_back(Output::Send(wire::req(&h.id, &h.filters, window)));
             return;
         }
         if full {
@@ -190,10 +228,14 @@ impl ConnectionSession {
                 h.key, h.pages
             )));
         }
-        let key = h.key;
+        let h = self.history.take().expect("checked above");
+        let mark = HistoryMark {
+            filters: h.filters,
+            read_from: h.started_at,
+        };
+        self.marks.insert(h.key, mark.clone());
         self.out.push_back(Output::Send(wire::close(&h.id)));
-        self.out.push_back(Output::HistoryComplete(key));
-        self.history = None;
+        self.out.push_back(Output::HistoryComplete(h.key, mark));
         self.start_next_history();
     }
 
@@ -214,16 +256,24 @@ impl ConnectionSession {
                 continue;
             };
             let id = format!("{key}-h");
-            self.out.push_back(Output::Send(wire::req(
-                &id,
-                filters,
-                None,
-                Some(self.limits.page_limit),
-            )));
+            let since = self
+                .marks
+                .get(&key)
+                .filter(|m| m.filters == *filters)
+                .map(|m| m.read_from.saturating_sub(self.limits.overlap_secs));
+            let window = Window {
+                since,
+                until: None,
+                limit: Some(self.limits.page_limit),
+            };
+            self.out
+                .push_back(Output::Send(wire::req(&id, filters, window)));
             self.history = Some(History {
                 key,
                 id,
                 filters: filters.clone(),
+                since,
+                started_at: self.now_unix,
                 until: None,
                 oldest: None,
                 received: 0,
@@ -270,7 +320,7 @@ mod tests {
             .map(|o| match o {
                 Output::Send(text) => text,
                 Output::Deliver(e) => format!("deliver@{}", e.created_at.as_secs()),
-                Output::HistoryComplete(k) => format!("complete {k}"),
+                Output::HistoryComplete(k, _) => format!("complete {k}"),
                 Output::Note(n) => format!("note {n}"),
             })
             .collect()
@@ -281,10 +331,13 @@ mod tests {
         let limits = HistoryLimits {
             page_limit: 2,
             max_pages: 10,
+            ..HistoryLimits::default()
         };
         let mut s = ConnectionSession::new(
             vec![sub(SubKey::Repos(0), "a"), sub(SubKey::Repos(1), "b")],
             limits,
+            HistoryMarks::new(),
+            5_000,
         );
         assert_eq!(
             drain(&mut s),
@@ -330,8 +383,12 @@ mod tests {
 
     #[test]
     fn replacing_and_closing_subscriptions() {
-        let mut s =
-            ConnectionSession::new(vec![sub(SubKey::Repos(0), "a")], HistoryLimits::default());
+        let mut s = ConnectionSession::new(
+            vec![sub(SubKey::Repos(0), "a")],
+            HistoryLimits::default(),
+            HistoryMarks::new(),
+            5_000,
+        );
         drain(&mut s);
         s.update(vec![sub(SubKey::Repos(0), "a2")], vec![]);
         assert_eq!(
@@ -360,10 +417,13 @@ mod tests {
         let limits = HistoryLimits {
             page_limit: 1,
             max_pages: 2,
+            ..HistoryLimits::default()
         };
         let mut s = ConnectionSession::new(
             vec![sub(SubKey::Repos(0), "a"), sub(SubKey::Repos(1), "b")],
             limits,
+            HistoryMarks::new(),
+            5_000,
         );
         drain(&mut s);
         for t in [10, 9] {
@@ -383,5 +443,38 @@ mod tests {
         assert!(!s.reading_history());
         s.handle_text("not json");
         assert_eq!(drain(&mut s).len(), 1);
+    }
+
+    #[test]
+    fn a_relay_read_before_is_read_again_only_from_then() {
+        let limits = HistoryLimits {
+            overlap_secs: 100,
+            ..HistoryLimits::default()
+        };
+        let mut first = ConnectionSession::new(
+            vec![sub(SubKey::Repos(0), "a")],
+            limits,
+            HistoryMarks::new(),
+            5_000,
+        );
+        first.handle_text(r#"["EOSE","graspd-repos-0-h"]"#);
+        let mut marks = HistoryMarks::new();
+        while let Some(output) = first.poll_output() {
+            if let Output::HistoryComplete(key, mark) = output {
+                assert_eq!(mark.read_from, 5_000);
+                marks.insert(key, mark);
+            }
+        }
+        // Same filters: from the mark less the overlap. Changed filters: everything again.
+        let mut again = ConnectionSession::new(
+            vec![sub(SubKey::Repos(0), "a"), sub(SubKey::Repos(1), "b")],
+            limits,
+            marks.clone(),
+            9_000,
+        );
+        assert!(drain(&mut again)[2].contains(r#""since":4900"#));
+        let mut changed =
+            ConnectionSession::new(vec![sub(SubKey::Repos(0), "a2")], limits, marks, 9_000);
+        assert!(!drain(&mut changed)[1].contains("since"));
     }
 }

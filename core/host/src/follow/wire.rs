@@ -4,8 +4,16 @@ use graspd_core::follow::Filter;
 use nostr::event::Event;
 use serde_json::{json, Map, Value};
 
-/// One filter as JSON, with optional `until` and `limit`.
-pub fn filter_json(filter: &Filter, until: Option<u64>, limit: Option<usize>) -> Value {
+/// The `since`, `until` and `limit` added to every filter of a REQ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// One filter as JSON, within `window`.
+pub fn filter_json(filter: &Filter, window: Window) -> Value {
     let mut object = Map::new();
     if !filter.kinds.is_empty() {
         object.insert("kinds".into(), json!(filter.kinds));
@@ -13,19 +21,22 @@ pub fn filter_json(filter: &Filter, until: Option<u64>, limit: Option<usize>) ->
     if let Some(tag) = &filter.tag {
         object.insert(format!("#{}", tag.letter), json!(tag.values));
     }
-    if let Some(until) = until {
+    if let Some(since) = window.since {
+        object.insert("since".into(), json!(since));
+    }
+    if let Some(until) = window.until {
         object.insert("until".into(), json!(until));
     }
-    if let Some(limit) = limit {
+    if let Some(limit) = window.limit {
         object.insert("limit".into(), json!(limit));
     }
     Value::Object(object)
 }
 
 /// `["REQ", <id>, <filter>...]`.
-pub fn req(sub_id: &str, filters: &[Filter], until: Option<u64>, limit: Option<usize>) -> String {
+pub fn req(sub_id: &str, filters: &[Filter], window: Window) -> String {
     let mut message = vec![json!("REQ"), json!(sub_id)];
-    message.extend(filters.iter().map(|f| filter_json(f, until, limit)));
+    message.extend(filters.iter().map(|f| filter_json(f, window)));
     Value::Array(message).to_string()
 }
 
@@ -119,10 +130,15 @@ mod tests {
             kinds: vec![],
             tag: None,
         };
-        let text = req("graspd-repos-0-h", &[filter, any], Some(1700), Some(500));
+        let window = Window {
+            since: Some(1000),
+            until: Some(1700),
+            limit: Some(500),
+        };
+        let text = req("graspd-repos-0-h", &[filter, any], window);
         assert_eq!(
             text,
-            r##"["REQ","graspd-repos-0-h",{"#d":["a","b"],"kinds":[30617,30618],"limit":500,"until":1700},{"limit":500,"until":1700}]"##
+            r##"["REQ","graspd-repos-0-h",{"#d":["a","b"],"kinds":[30617,30618],"limit":500,"since":1000,"until":1700},{"limit":500,"since":1000,"until":1700}]"##
         );
         assert_eq!(close("x"), r#"["CLOSE","x"]"#);
     }
