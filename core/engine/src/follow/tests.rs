@@ -607,3 +607,156 @@ fn backoff_delay_is_capped_for_huge_failure_counts() {
     assert_eq!(c.backoff_delay(1), Duration::from_secs(5));
     assert_eq!(c.backoff_delay(u32::MAX), Duration::from_secs(3600));
 }
+
+/// Random announcements, removals, threads, connection outcomes and clock jumps never break
+/// the bounds, and every command refers to a connection the follower opened.
+#[test]
+fn random_histories_respect_every_bound() {
+    fn prop(script: Vec<(u8, u8, u8)>) -> bool {
+        let config = FollowConfig {
+            max_connections: 3,
+            max_relays: 6,
+            max_subscriptions_per_relay: 2,
+            chunk_size: 2,
+            max_threads: 4,
+            bootstrap_relays: vec!["wss://boot.example".into()],
+            ..FollowConfig::default()
+        };
+        let mut f = follower(config.clone());
+        let mut now = t(0);
+        let mut open: std::collections::BTreeSet<ConnectionId> = Default::default();
+        let mut up: std::collections::BTreeSet<ConnectionId> = Default::default();
+        let mut seen_ids: std::collections::BTreeSet<ConnectionId> = Default::default();
+        for (op, a, b) in script {
+            let relay = format!("wss://r{}.example", a % 8);
+            match op % 8 {
+                0 | 1 => f.handle_input(
+                    now,
+                    Input::Announcement(ann(
+                        a % 4 + 1,
+                        &format!("x{}", b % 6),
+                        u64::from(b),
+                        &[&relay],
+                    )),
+                ),
+                2 => f.handle_input(
+                    now,
+                    Input::RepositoryRemoved(repo(a % 4 + 1, &format!("x{}", b % 6))),
+                ),
+                3 => f.handle_input(
+                    now,
+                    Input::Thread {
+                        repo: repo(a % 4 + 1, &format!("x{}", b % 6)),
+                        root: EventId::from_byte_array([b; 32]),
+                    },
+                ),
+                4 => {
+                    if let Some(&id) = open.iter().nth(usize::from(b) % open.len().max(1)) {
+                        f.handle_input(now, Input::Connected { id });
+                        up.insert(id);
+                    }
+                }
+                5 => {
+                    if let Some(&id) = open.iter().nth(usize::from(b) % open.len().max(1)) {
+                        let input = if a % 2 == 0 {
+                            Input::Failed {
+                                id,
+                                reason: "x".into(),
+                            }
+                        } else {
+                            Input::Closed { id }
+                        };
+                        f.handle_input(now, input);
+                        open.remove(&id);
+                        up.remove(&id);
+                    }
+                }
+                6 => {
+                    now = now + Duration::from_secs(u64::from(b) * 7);
+                    f.handle_timeout(now);
+                }
+                _ => {
+                    if let Some(&id) = up.iter().next() {
+                        f.handle_input(
+                            now,
+                            Input::Eose {
+                                id,
+                                subscription: SubKey::Repos(0),
+                            },
+                        );
+                    }
+                }
+            }
+            while let Some(command) = f.poll_command() {
+                match command {
+                    Command::Connect {
+                        id, subscriptions, ..
+                    } => {
+                        if !seen_ids.insert(id)
+                            || subscriptions.len() > config.max_subscriptions_per_relay + 1
+                        {
+                            return false;
+                        }
+                        open.insert(id);
+                    }
+                    Command::UpdateSubscriptions { id, open: subs, .. } => {
+                        if !up.contains(&id) || subs.len() > config.max_subscriptions_per_relay + 1
+                        {
+                            return false;
+                        }
+                    }
+                    Command::Disconnect { id } => {
+                        if !open.remove(&id) {
+                            return false;
+                        }
+                        up.remove(&id);
+                    }
+                }
+            }
+            let stats = f.stats();
+            if open.len() > config.max_connections
+                || stats.relays_connected + stats.relays_connecting != open.len()
+                || stats.relays_tracked > config.max_relays
+                || stats.threads_followed > config.max_threads
+                || f.relay_statuses().any(|r| r.repositories > 4)
+            {
+                return false;
+            }
+        }
+        true
+    }
+    quickcheck::QuickCheck::new()
+        .tests(300)
+        .quickcheck(prop as fn(Vec<(u8, u8, u8)>) -> bool);
+}
+
+/// Ten thousand repositories spread over 50 relays: one Connect per relay, each within the
+/// subscription budget, and re-adding every announcement emits nothing.
+#[test]
+fn ten_thousand_repositories() {
+    let mut f = follower(FollowConfig::default());
+    let relays: Vec<String> = (0..50).map(|i| format!("wss://relay{i}.example")).collect();
+    let announcements: Vec<Announcement> = (0..10_000u32)
+        .map(|i| {
+            let a = &relays[(i % 50) as usize];
+            let b = &relays[((i / 50) % 50) as usize];
+            ann((i % 200) as u8 + 1, &format!("repo-{i}"), 1, &[a, b])
+        })
+        .collect();
+    for a in &announcements {
+        f.handle_input(t(0), Input::Announcement(a.clone()));
+    }
+    let commands = drain(&mut f);
+    assert_eq!(connects(&commands).len(), 50);
+    for c in &commands {
+        let Command::Connect { subscriptions, .. } = c else {
+            panic!("{c:?}")
+        };
+        assert!(subscriptions.len() <= 16);
+    }
+    assert_eq!(f.stats().values_over_budget, 0);
+    for a in announcements {
+        f.handle_input(t(1), Input::Announcement(a));
+    }
+    assert!(drain(&mut f).is_empty());
+}
