@@ -670,3 +670,43 @@ impl RelayConnection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        follow: FollowArgs,
+    }
+
+    #[test]
+    fn bootstrap_relays_are_repeatable_and_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "graspd",
+            "--bootstrap-relay",
+            "wss://a.example",
+            "--bootstrap-relay",
+            "wss://b.example,wss://c.example",
+        ])
+        .unwrap();
+        let config = cli.follow.config();
+        assert_eq!(
+            config.bootstrap_relays,
+            ["wss://a.example", "wss://b.example", "wss://c.example"]
+        );
+        assert!(!config.allow_private_relays);
+    }
+
+    #[test]
+    fn recent_ids_forget_the_oldest() {
+        let mut recent = RecentIds::new(2);
+        let id = |n: u8| EventId::from_byte_array([n; 32]);
+        assert!(recent.insert(id(1)) && recent.insert(id(2)));
+        assert!(!recent.insert(id(1)));
+        assert!(recent.insert(id(3)));
+        assert!(recent.insert(id(1)), "1 was forgotten when 3 came");
+    }
+}
