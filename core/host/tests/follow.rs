@@ -463,6 +463,7 @@ fn reconnects_and_rereads_only_recent_history() {
         }
         assert_eq!(learned.lock().unwrap().len(), 5);
         assert_eq!(handle.stats().reconnects, 1);
+        assert_eq!(handle.metrics().reconnects.load(Ordering::Relaxed), 1);
         assert_eq!(handle.relay_statuses()[0].consecutive_failures, 0);
         assert_eq!(handle.metrics().per_relay()[0].1.connects, 2);
     });

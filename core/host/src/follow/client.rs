@@ -338,8 +338,18 @@ impl Driver {
                     std::iter::from_fn(|| follower.poll_command()).collect();
                 (commands, follower.poll_timeout())
             };
+            let connects = commands
+                .iter()
+                .any(|c| matches!(c, Command::Connect { .. }));
             for command in commands {
                 self.execute(command);
+            }
+            if connects {
+                let reconnects = self.shared.follower().stats().reconnects;
+                self.shared
+                    .metrics
+                    .reconnects
+                    .store(reconnects, std::sync::atomic::Ordering::Relaxed);
             }
             let deadline = match timeout {
                 Some((at, _)) => self.shared.instant(at),
