@@ -12,7 +12,7 @@ use graspd_core::acceptance::OwnService;
 use graspd_core::events::{self, GitEvent};
 use graspd_core::follow::{FollowConfig, RelayFollower};
 use graspd_host::follow::{
-    spawn_follower, tls_config, ClientLimits, FollowerHandle, HistoryLimits,
+    spawn_follower, spawn_follower_async, tls_config, ClientLimits, FollowerHandle, HistoryLimits,
 };
 use graspd_host::Runtime;
 use nostr::prelude::*;
@@ -450,8 +450,9 @@ fn reconnects_and_rereads_only_recent_history() {
         let handle = FollowerHandle::new(follower, ClientLimits::default());
         let learned: Arc<Mutex<Vec<EventId>>> = Arc::default();
         let sink = Arc::clone(&learned);
-        spawn_follower(Arc::clone(&runtime), handle.clone(), move |e| {
-            sink.lock().unwrap().push(e.id)
+        spawn_follower_async(Arc::clone(&runtime), handle.clone(), move |e| {
+            let sink = Arc::clone(&sink);
+            Box::pin(async move { sink.lock().unwrap().push(e.id) })
         });
         handle.announcement(announcement);
         let deadline = Instant::now() + Duration::from_secs(20);

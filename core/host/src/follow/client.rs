@@ -25,7 +25,7 @@ use nostr::types::url::{Host, Url};
 use super::metrics::FollowMetrics;
 use super::rate::TokenBucket;
 use super::session::{ConnectionSession, HistoryLimits, HistoryMark, HistoryMarks, Output};
-use crate::runtime::{unblock, Connection, Runtime};
+use crate::runtime::{unblock, BoxFuture, Connection, Runtime};
 use futures_rustls::pki_types::ServerName;
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
@@ -239,6 +239,19 @@ pub fn spawn_follower<F>(runtime: Arc<dyn Runtime>, handle: FollowerHandle, on_e
 where
     F: Fn(Event) + Send + Sync + 'static,
 {
+    spawn_follower_async(runtime, handle, move |event| {
+        on_event(event);
+        Box::pin(std::future::ready(()))
+    });
+}
+
+/// Like [`spawn_follower`], for an acceptance path that is async: the next event waits until
+/// the future of the previous one completed (so a slow store slows the relays down, through
+/// the bounded queue, instead of piling events up).
+pub fn spawn_follower_async<F>(runtime: Arc<dyn Runtime>, handle: FollowerHandle, on_event: F)
+where
+    F: Fn(Event) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+{
     let limits = handle.shared.limits;
     let (events_tx, events_rx) = async_channel::bounded(limits.event_queue.max(1));
     let (reports_tx, reports_rx) = async_channel::bounded(limits.report_queue.max(1));
@@ -261,7 +274,10 @@ where
 type Delivery = (Arc<str>, Box<Event>);
 
 /// Drops events already passed on, then calls `on_event`.
-async fn deliver<F: Fn(Event)>(shared: Arc<Shared>, events: Receiver<Delivery>, on_event: F) {
+async fn deliver<F>(shared: Arc<Shared>, events: Receiver<Delivery>, on_event: F)
+where
+    F: Fn(Event) -> BoxFuture<'static, ()>,
+{
     let mut recent = RecentIds::new(shared.limits.recent_ids);
     let metrics = &shared.metrics;
     while let Ok((relay, event)) = events.recv().await {
@@ -272,7 +288,7 @@ async fn deliver<F: Fn(Event)>(shared: Arc<Shared>, events: Receiver<Delivery>, 
         }
         FollowMetrics::add(&metrics.events_learned);
         metrics.relay(&relay, |c| c.learned += 1);
-        on_event(*event);
+        on_event(*event).await;
     }
 }
 

@@ -19,7 +19,8 @@ mod session;
 mod wire;
 
 pub use client::{
-    default_tls_config, spawn_follower, tls_config, ClientLimits, FollowArgs, FollowerHandle,
+    default_tls_config, spawn_follower, spawn_follower_async, tls_config, ClientLimits, FollowArgs,
+    FollowerHandle,
 };
 pub use graspd_core::follow::{FollowConfig, FollowStats, RelayFollower, RelayStatus};
 pub use metrics::{FollowMetrics, RelayCounters, OTHER_RELAYS};
