@@ -473,3 +473,73 @@ fn reconnects_and_rereads_only_recent_history() {
     assert!(!histories[0].contains("since"), "{histories:?}");
     assert!(histories[1].contains("since"), "{histories:?}");
 }
+
+/// Throughput of one relay connection on loopback (history of 20 000 events, no rate bound).
+/// `cargo test --release -p graspd-host --test follow -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement"]
+fn measure_history_throughput() {
+    let runtime: Arc<dyn Runtime> = Arc::new(graspd_smol::SmolRuntime);
+    let owner = Keys::generate();
+    let coordinate = format!("30617:{}:demo", owner.public_key().to_hex());
+    let author = Keys::generate();
+    let stored: Vec<Event> = (0..20_000)
+        .map(|i| {
+            signed(
+                &author,
+                1621,
+                1_000 + i,
+                vec![vec!["a".into(), coordinate.clone()]],
+            )
+        })
+        .collect();
+    let relay = Arc::new(FakeRelay {
+        stored,
+        live: Vec::new(),
+        reqs: Mutex::new(Vec::new()),
+        drop_once_after_history: false.into(),
+    });
+    smol::block_on(async {
+        let addr = serve_relay(Arc::clone(&runtime), Arc::clone(&relay), None).await;
+        let announcement = signed(
+            &owner,
+            30617,
+            1,
+            vec![
+                vec!["d".into(), "demo".into()],
+                vec!["relays".into(), format!("ws://{addr}")],
+            ],
+        );
+        let Ok(Some(GitEvent::Announcement(announcement))) = events::parse(&announcement) else {
+            panic!("not an announcement")
+        };
+        let follower = RelayFollower::new(
+            FollowConfig {
+                allow_private_relays: true,
+                ..FollowConfig::default()
+            },
+            OwnService::new("http://grasp.test").unwrap(),
+        );
+        let handle = FollowerHandle::new(
+            follower,
+            ClientLimits {
+                events_per_second: 1_000_000,
+                ..ClientLimits::default()
+            },
+        );
+        spawn_follower(Arc::clone(&runtime), handle.clone(), |_| {});
+        let start = Instant::now();
+        handle.announcement(announcement);
+        while handle.metrics().events_learned.load(Ordering::Relaxed) < 20_000 {
+            assert!(start.elapsed() < Duration::from_secs(300));
+            runtime
+                .sleep_until(Instant::now() + Duration::from_millis(5))
+                .await;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "20000 events in {secs:.2} s: {:.0} events/s",
+            20_000.0 / secs
+        );
+    });
+}
