@@ -33,6 +33,14 @@ impl Runtime for SmolRuntime {
         })
     }
 
+    fn connect_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Connection>> {
+        Box::pin(async move {
+            let stream = async_net::TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream) as Connection)
+        })
+    }
+
     fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send>) -> BoxFuture<'static, io::Result<()>> {
         Box::pin(async move {
             blocking::unblock(move || catch_unwind(AssertUnwindSafe(work)))

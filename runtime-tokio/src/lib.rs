@@ -46,6 +46,15 @@ impl Runtime for TokioRuntime {
         })
     }
 
+    fn connect_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Connection>> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let stream = handle.spawn(tokio::net::TcpStream::connect(addr)).await??;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(Compat(stream)) as Connection)
+        })
+    }
+
     fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send>) -> BoxFuture<'static, io::Result<()>> {
         let task = self.handle.spawn_blocking(work);
         Box::pin(async move { task.await.map_err(io::Error::other) })

@@ -8,6 +8,7 @@ pub mod config;
 pub mod deletion;
 pub mod engine;
 pub mod events;
+pub mod follow;
 pub mod ids;
 pub mod maintainers;
 pub mod purgatory;

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod follow;
 pub mod git;
 pub mod http;
 pub mod io;

@@ -74,6 +74,10 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Binds a TCP listener.
     fn bind_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn TcpListener>>>;
 
+    /// Opens an outbound TCP connection (the relay follower's WebSockets). Name resolution is
+    /// the caller's, so it can refuse private addresses before connecting.
+    fn connect_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Connection>>;
+
     /// Runs a blocking closure (filesystem, gix) off the async threads; completes when it
     /// returned. Returns an error if the closure panicked.
     fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send>) -> BoxFuture<'static, io::Result<()>>;

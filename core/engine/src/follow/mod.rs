@@ -1,0 +1,816 @@
+//! GRASP-02 event sync, the deciding half: which relays to follow, with which subscriptions,
+//! when to connect and when to back off. Sans-IO like the engine: every input carries `now`,
+//! connections are commands with ids, their outcomes come back as inputs.
+//!
+//! The relays followed are the `relays` of every accepted announcement (and of its
+//! maintainers' announcements, which the host adds the same way), minus this server, plus the
+//! bootstrap relays from the configuration. Each relay is asked for announcements and states
+//! with our identifiers (`#d`), events tagging our repositories (`#a`) and events tagging the
+//! events we follow (`#e`, `#E`), in chunks, so many repositories are few subscriptions.
+//!
+//! ```text
+//! follower.handle_input(now, Input::Announcement(announcement));
+//! while let Some(command) = follower.poll_command() { /* Connect / UpdateSubscriptions / Disconnect */ }
+//! follower.handle_input(now, Input::Connected { id });
+//! if let Some((at, _reason)) = follower.poll_timeout() { /* wake at `at`, then */ }
+//! follower.handle_timeout(now);
+//! ```
+
+mod config;
+mod filters;
+pub mod relay_url;
+mod timers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use crate::acceptance::OwnService;
+use crate::events::Announcement;
+use crate::ids::{EventId, RepoKey};
+use crate::time::Time;
+
+pub use config::{parse_relay_list, FollowConfig};
+pub use filters::{Filter, SubKey, Subscription, TagFilter};
+pub use timers::FollowTimer;
+
+use filters::{Chunks, Inserted};
+use timers::Timers;
+
+/// Correlates a `Connect` with the inputs reporting on that connection. A new connection to
+/// the same relay gets a new id, so reports about an old one are ignored.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "relay-conn#{}", self.0)
+    }
+}
+
+/// What the host tells the follower.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// An announcement was accepted (stored or released), or a maintainer's announcement of an
+    /// accepted repository was. Older versions and duplicates change nothing.
+    Announcement(Announcement),
+    /// The repository is no longer hosted (deleted, or expired without data).
+    RepositoryRemoved(RepoKey),
+    /// An accepted event tagging `repo` (PR, issue, patch): follow the events tagging it too.
+    Thread { repo: RepoKey, root: EventId },
+    /// The WebSocket handshake completed; the subscriptions of the `Connect` are being sent.
+    Connected { id: ConnectionId },
+    /// The connection could not be made, or broke with an error.
+    Failed { id: ConnectionId, reason: String },
+    /// The relay closed the connection (or the host did after a `Disconnect`).
+    Closed { id: ConnectionId },
+    /// One event arrived on the connection (counted; the host checks and stores it).
+    EventReceived { id: ConnectionId },
+    /// A subscription's stored history is complete (NIP-01 `EOSE`).
+    Eose {
+        id: ConnectionId,
+        subscription: SubKey,
+    },
+}
+
+/// What the follower asks the host to do.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Command {
+    /// Open a WebSocket to `url` and, once connected, send these subscriptions.
+    Connect {
+        id: ConnectionId,
+        url: String,
+        subscriptions: Vec<Subscription>,
+    },
+    /// Replace or add the `open` subscriptions (same key: CLOSE the old REQ first) and CLOSE
+    /// the `close` ones.
+    UpdateSubscriptions {
+        id: ConnectionId,
+        open: Vec<Subscription>,
+        close: Vec<SubKey>,
+    },
+    /// Close the connection; a `Closed` for it is neither needed nor harmful.
+    Disconnect { id: ConnectionId },
+}
+
+/// Counters and gauges for metrics.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct FollowStats {
+    pub relays_tracked: usize,
+    pub relays_connected: usize,
+    pub relays_connecting: usize,
+    pub repositories_followed: usize,
+    pub threads_followed: usize,
+    pub connects: u64,
+    /// Connects to a relay that had been connected (or tried) before.
+    pub reconnects: u64,
+    pub failures: u64,
+    pub events_received: u64,
+    /// Values not followed because a relay's subscription budget was full.
+    pub values_over_budget: u64,
+    /// Relays not followed because `max_relays` were tracked.
+    pub relays_refused: u64,
+    /// `relays` values that are not followable URLs (or are this server).
+    pub relay_urls_ignored: u64,
+}
+
+/// One relay as metrics see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayStatus {
+    pub url: String,
+    pub bootstrap: bool,
+    pub connected: bool,
+    pub consecutive_failures: u32,
+    pub retry_at: Option<Time>,
+    pub repositories: usize,
+    pub threads: usize,
+    pub events_received: u64,
+    pub connects: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Down,
+    Connecting {
+        id: ConnectionId,
+    },
+    Up {
+        id: ConnectionId,
+        since: Time,
+        history_complete: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Relay {
+    bootstrap: bool,
+    repos: Chunks<RepoKey>,
+    threads: Chunks<EventId>,
+    link: Link,
+    consecutive_failures: u32,
+    /// While down: not before this time (`None`: whenever a connection slot is free).
+    retry_at: Option<Time>,
+    /// What the relay was last sent, and when.
+    sent: BTreeMap<SubKey, Subscription>,
+    last_sent: Time,
+    /// Repositories or threads changed since `sent`.
+    dirty: bool,
+    events_received: u64,
+    connects: u64,
+}
+
+impl Relay {
+    fn new(bootstrap: bool) -> Relay {
+        Relay {
+            bootstrap,
+            repos: Chunks::default(),
+            threads: Chunks::default(),
+            link: Link::Down,
+            consecutive_failures: 0,
+            retry_at: None,
+            sent: BTreeMap::new(),
+            last_sent: Time::ZERO,
+            dirty: false,
+            events_received: 0,
+            connects: 0,
+        }
+    }
+
+    fn wanted(&self) -> bool {
+        self.bootstrap || !self.repos.is_empty() || !self.threads.is_empty()
+    }
+
+    fn subscription_count(&self) -> usize {
+        usize::from(self.bootstrap) + self.repos.chunk_count() + self.threads.chunk_count()
+    }
+
+    fn link_id(&self) -> Option<ConnectionId> {
+        match self.link {
+            Link::Down => None,
+            Link::Connecting { id } | Link::Up { id, .. } => Some(id),
+        }
+    }
+
+    fn desired(&self) -> BTreeMap<SubKey, Subscription> {
+        let mut subs = BTreeMap::new();
+        if self.bootstrap {
+            subs.insert(SubKey::Discovery, filters::discovery());
+        }
+        for (i, chunk) in self.repos.iter() {
+            subs.insert(SubKey::Repos(i), filters::repos(i, chunk));
+        }
+        for (i, chunk) in self.threads.iter() {
+            subs.insert(SubKey::Threads(i), filters::threads(i, chunk));
+        }
+        subs
+    }
+}
+
+#[derive(Debug)]
+struct FollowedRepo {
+    id: EventId,
+    created_at: u64,
+    /// Announced relays actually tracked for it (normalised, not this server).
+    relays: BTreeSet<String>,
+}
+
+/// The relay-following state machine. See the module documentation.
+pub struct RelayFollower {
+    config: FollowConfig,
+    own: OwnService,
+    now: Time,
+    next_id: u64,
+    bootstrap: BTreeSet<String>,
+    repos: BTreeMap<RepoKey, FollowedRepo>,
+    threads: BTreeMap<EventId, (RepoKey, u64)>,
+    thread_order: BTreeMap<u64, EventId>,
+    threads_by_repo: BTreeMap<RepoKey, BTreeSet<EventId>>,
+    next_thread_seq: u64,
+    relays: BTreeMap<String, Relay>,
+    connections: BTreeMap<ConnectionId, String>,
+    timers: Timers,
+    commands: VecDeque<Command>,
+    needs_pump: bool,
+    stats: FollowStats,
+}
+
+impl RelayFollower {
+    /// A follower for the server at `own`; bootstrap relays are followed from the start.
+    pub fn new(config: FollowConfig, own: OwnService) -> RelayFollower {
+        let mut follower = RelayFollower {
+            own,
+            now: Time::ZERO,
+            next_id: 0,
+            bootstrap: BTreeSet::new(),
+            repos: BTreeMap::new(),
+            threads: BTreeMap::new(),
+            thread_order: BTreeMap::new(),
+            threads_by_repo: BTreeMap::new(),
+            next_thread_seq: 0,
+            relays: BTreeMap::new(),
+            connections: BTreeMap::new(),
+            timers: Timers::default(),
+            commands: VecDeque::new(),
+            needs_pump: true,
+            stats: FollowStats::default(),
+            config,
+        };
+        for raw in follower.config.bootstrap_relays.clone() {
+            if let Some(url) = follower.followable(&raw) {
+                if follower.bootstrap.len() < follower.config.max_relays {
+                    follower.bootstrap.insert(url.clone());
+                    follower.relays.insert(url, Relay::new(true));
+                }
+            }
+        }
+        follower
+    }
+
+    pub fn config(&self) -> &FollowConfig {
+        &self.config
+    }
+
+    pub fn handle_input(&mut self, now: Time, input: Input) {
+        self.advance(now);
+        match input {
+            Input::Announcement(a) => self.follow_announcement(a),
+            Input::RepositoryRemoved(repo) => self.forget_repo(&repo),
+            Input::Thread { repo, root } => self.follow_thread(repo, root),
+            Input::Connected { id } => self.on_connected(id),
+            Input::Failed { id, reason: _ } => {
+                if let Some(url) = self.connections.get(&id).cloned() {
+                    self.link_down(&url, true);
+                }
+            }
+            Input::Closed { id } => {
+                if let Some(url) = self.connections.get(&id).cloned() {
+                    self.link_down(&url, false);
+                }
+            }
+            Input::EventReceived { id } => {
+                if let Some(relay) = self.relay_of(id) {
+                    relay.events_received += 1;
+                    self.stats.events_received += 1;
+                }
+            }
+            Input::Eose {
+                id,
+                subscription: _,
+            } => {
+                if let Some(relay) = self.relay_of(id) {
+                    if let Link::Up {
+                        history_complete, ..
+                    } = &mut relay.link
+                    {
+                        *history_complete = true;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.advance(now);
+        // Inputs since the last poll may have armed timers that are already due.
+        self.pump();
+        while let Some(reason) = self.timers.pop_due(now) {
+            match reason {
+                // The relay's `retry_at` has passed; the pump connects it if still wanted.
+                FollowTimer::Reconnect(_) => self.needs_pump = true,
+                FollowTimer::ConnectDeadline(id) => {
+                    if let Some(url) = self.connections.get(&id).cloned() {
+                        if matches!(self.relays[&url].link, Link::Connecting { .. }) {
+                            self.commands.push_back(Command::Disconnect { id });
+                            self.link_down(&url, true);
+                        }
+                    }
+                }
+                FollowTimer::Resubscribe(url) => self.resubscribe(&url),
+            }
+        }
+    }
+
+    /// The next command for the host, after acting on everything fed in so far.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.pump();
+        self.commands.pop_front()
+    }
+
+    /// When to call `handle_timeout` next, and why.
+    pub fn poll_timeout(&mut self) -> Option<(Time, FollowTimer)> {
+        self.pump();
+        self.timers.next().map(|(t, r)| (t, r.clone()))
+    }
+
+    pub fn stats(&self) -> FollowStats {
+        let mut stats = self.stats.clone();
+        stats.relays_tracked = self.relays.len();
+        stats.relays_connected = self
+            .relays
+            .values()
+            .filter(|r| matches!(r.link, Link::Up { .. }))
+            .count();
+        stats.relays_connecting = self
+            .relays
+            .values()
+            .filter(|r| matches!(r.link, Link::Connecting { .. }))
+            .count();
+        stats.repositories_followed = self.repos.len();
+        stats.threads_followed = self.threads.len();
+        stats
+    }
+
+    /// Every tracked relay, in URL order.
+    pub fn relay_statuses(&self) -> impl Iterator<Item = RelayStatus> + '_ {
+        self.relays.iter().map(|(url, r)| RelayStatus {
+            url: url.clone(),
+            bootstrap: r.bootstrap,
+            connected: matches!(r.link, Link::Up { .. }),
+            consecutive_failures: r.consecutive_failures,
+            retry_at: r.retry_at,
+            repositories: r.repos.len(),
+            threads: r.threads.len(),
+            events_received: r.events_received,
+            connects: r.connects,
+        })
+    }
+
+    /// The relay a connection belongs to, if it is still that relay's connection.
+    pub fn connection_url(&self, id: ConnectionId) -> Option<&str> {
+        self.connections.get(&id).map(String::as_str)
+    }
+
+    fn advance(&mut self, now: Time) {
+        self.now = self.now.max(now);
+    }
+
+    fn relay_of(&mut self, id: ConnectionId) -> Option<&mut Relay> {
+        let url = self.connections.get(&id)?;
+        self.relays.get_mut(url)
+    }
+
+    /// The canonical URL if `raw` may be followed: a public ws(s) URL that is not this server.
+    fn followable(&mut self, raw: &str) -> Option<String> {
+        // Any URL on our own origin is us, whatever its path: never follow ourselves.
+        if self.own.is_own_origin(raw) || self.own.is_own_relay_url(raw) {
+            self.stats.relay_urls_ignored += 1;
+            return None;
+        }
+        match relay_url::normalise(raw, self.config.allow_private_relays) {
+            Ok(url) if !self.own.is_own_origin(&url) => Some(url),
+            _ => {
+                self.stats.relay_urls_ignored += 1;
+                None
+            }
+        }
+    }
+
+    fn follow_announcement(&mut self, a: Announcement) {
+        let key = RepoKey::new(a.owner, a.identifier.clone());
+        if let Some(old) = self.repos.get(&key) {
+            let newer =
+                a.created_at > old.created_at || (a.created_at == old.created_at && a.id < old.id);
+            if !newer {
+                return;
+            }
+        }
+        let mut wanted = BTreeSet::new();
+        for raw in &a.relays {
+            if wanted.len() >= self.config.max_relays_per_announcement {
+                break;
+            }
+            if let Some(url) = self.followable(raw) {
+                wanted.insert(url);
+            }
+        }
+        let old = match self.repos.get_mut(&key) {
+            Some(entry) => {
+                entry.id = a.id;
+                entry.created_at = a.created_at;
+                std::mem::take(&mut entry.relays)
+            }
+            None => {
+                self.repos.insert(
+                    key.clone(),
+                    FollowedRepo {
+                        id: a.id,
+                        created_at: a.created_at,
+                        relays: BTreeSet::new(),
+                    },
+                );
+                // A new repository is followed on every bootstrap relay.
+                for url in self.bootstrap.clone() {
+                    self.attach(&key, &url);
+                }
+                BTreeSet::new()
+            }
+        };
+        for url in old.difference(&wanted) {
+            self.detach(&key, url);
+        }
+        let mut tracked = BTreeSet::new();
+        for url in wanted {
+            if old.contains(&url) || self.track(&url) {
+                if !old.contains(&url) {
+                    self.attach(&key, &url);
+                }
+                tracked.insert(url);
+            }
+        }
+        if let Some(entry) = self.repos.get_mut(&key) {
+            entry.relays = tracked;
+        }
+    }
+
+    fn forget_repo(&mut self, key: &RepoKey) {
+        let Some(entry) = self.repos.remove(key) else {
+            return;
+        };
+        for id in self.threads_by_repo.remove(key).unwrap_or_default() {
+            if let Some((_, seq)) = self.threads.remove(&id) {
+                self.thread_order.remove(&seq);
+            }
+        }
+        for url in entry.relays.iter().chain(self.bootstrap.clone().iter()) {
+            if let Some(relay) = self.relays.get_mut(url) {
+                relay.repos.remove(key);
+                // Threads were removed from the maps above; drop them from the relay too.
+                relay.dirty = true;
+            }
+        }
+        self.rebuild_relay_threads(entry.relays.iter().chain(self.bootstrap.clone().iter()));
+        self.needs_pump = true;
+    }
+
+    /// Recomputes the thread sets of `urls` after threads were forgotten in bulk.
+    fn rebuild_relay_threads<'a>(&mut self, urls: impl Iterator<Item = &'a String>) {
+        for url in urls {
+            let Some(relay) = self.relays.get_mut(url) else {
+                continue;
+            };
+            let stale: Vec<EventId> = relay
+                .threads
+                .iter()
+                .flat_map(|(_, c)| c.iter().copied())
+                .filter(|id| !self.threads.contains_key(id))
+                .collect();
+            for id in stale {
+                relay.threads.remove(&id);
+            }
+        }
+    }
+
+    fn follow_thread(&mut self, repo: RepoKey, root: EventId) {
+        if !self.repos.contains_key(&repo) || self.threads.contains_key(&root) {
+            return;
+        }
+        if self.threads.len() >= self.config.max_threads {
+            if let Some((_, oldest)) = self.thread_order.pop_first() {
+                self.forget_thread(&oldest);
+            }
+        }
+        let seq = self.next_thread_seq;
+        self.next_thread_seq += 1;
+        self.threads.insert(root, (repo.clone(), seq));
+        self.thread_order.insert(seq, root);
+        self.threads_by_repo
+            .entry(repo.clone())
+            .or_default()
+            .insert(root);
+        for url in self.relays_of(&repo) {
+            self.insert_thread(&url, root);
+        }
+    }
+
+    fn forget_thread(&mut self, root: &EventId) {
+        let Some((repo, seq)) = self.threads.remove(root) else {
+            return;
+        };
+        self.thread_order.remove(&seq);
+        if let Some(set) = self.threads_by_repo.get_mut(&repo) {
+            set.remove(root);
+            if set.is_empty() {
+                self.threads_by_repo.remove(&repo);
+            }
+        }
+        for url in self.relays_of(&repo) {
+            if let Some(relay) = self.relays.get_mut(&url) {
+                if relay.threads.remove(root) {
+                    relay.dirty = true;
+                }
+            }
+        }
+        self.needs_pump = true;
+    }
+
+    /// Announced relays of `repo` plus the bootstrap relays.
+    fn relays_of(&self, repo: &RepoKey) -> BTreeSet<String> {
+        let mut urls = self.bootstrap.clone();
+        if let Some(entry) = self.repos.get(repo) {
+            urls.extend(entry.relays.iter().cloned());
+        }
+        urls
+    }
+
+    /// Makes sure `url` is tracked; false if `max_relays` are and none can be forgotten.
+    fn track(&mut self, url: &str) -> bool {
+        if self.relays.contains_key(url) {
+            return true;
+        }
+        if self.relays.len() >= self.config.max_relays {
+            let idle = self
+                .relays
+                .iter()
+                .find(|(_, r)| !r.wanted() && r.link == Link::Down)
+                .map(|(u, _)| u.clone());
+            match idle {
+                Some(idle) => {
+                    self.relays.remove(&idle);
+                    self.timers.cancel(&FollowTimer::Reconnect(idle.clone()));
+                    self.timers.cancel(&FollowTimer::Resubscribe(idle));
+                }
+                None => {
+                    self.stats.relays_refused += 1;
+                    return false;
+                }
+            }
+        }
+        self.relays.insert(url.to_owned(), Relay::new(false));
+        true
+    }
+
+    /// Follows `repo` (and its threads) on `url`.
+    fn attach(&mut self, repo: &RepoKey, url: &str) {
+        let chunk = self.config.chunk_size;
+        let max_subs = self.config.max_subscriptions_per_relay;
+        let threads: Vec<EventId> = self
+            .threads_by_repo
+            .get(repo)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let Some(relay) = self.relays.get_mut(url) else {
+            return;
+        };
+        let may_open = relay.subscription_count() < max_subs;
+        match relay.repos.insert(repo.clone(), chunk, may_open) {
+            Inserted::New => relay.dirty = true,
+            Inserted::AlreadyThere => {}
+            Inserted::NoRoom => self.stats.values_over_budget += 1,
+        }
+        for id in threads {
+            self.insert_thread(url, id);
+        }
+        self.needs_pump = true;
+    }
+
+    fn insert_thread(&mut self, url: &str, id: EventId) {
+        let chunk = self.config.chunk_size;
+        let max_subs = self.config.max_subscriptions_per_relay;
+        let Some(relay) = self.relays.get_mut(url) else {
+            return;
+        };
+        let may_open = relay.subscription_count() < max_subs;
+        match relay.threads.insert(id, chunk, may_open) {
+            Inserted::New => relay.dirty = true,
+            Inserted::AlreadyThere => {}
+            Inserted::NoRoom => self.stats.values_over_budget += 1,
+        }
+        self.needs_pump = true;
+    }
+
+    /// Stops following `repo` (and its threads) on `url`, unless `url` is a bootstrap relay,
+    /// which follows every repository.
+    fn detach(&mut self, repo: &RepoKey, url: &str) {
+        if self.bootstrap.contains(url) {
+            return;
+        }
+        let threads: Vec<EventId> = self
+            .threads_by_repo
+            .get(repo)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let Some(relay) = self.relays.get_mut(url) else {
+            return;
+        };
+        if relay.repos.remove(repo) {
+            relay.dirty = true;
+        }
+        for id in threads {
+            if relay.threads.remove(&id) {
+                relay.dirty = true;
+            }
+        }
+        self.needs_pump = true;
+    }
+
+    fn on_connected(&mut self, id: ConnectionId) {
+        let now = self.now;
+        let Some(url) = self.connections.get(&id).cloned() else {
+            return;
+        };
+        let relay = self
+            .relays
+            .get_mut(&url)
+            .expect("connections index tracked relays");
+        if relay.link != (Link::Connecting { id }) {
+            return;
+        }
+        relay.link = Link::Up {
+            id,
+            since: now,
+            history_complete: false,
+        };
+        self.timers.cancel(&FollowTimer::ConnectDeadline(id));
+        self.needs_pump = true;
+    }
+
+    /// The connection of `url` ended; `failed` if it ended in an error. A connection that had
+    /// been healthy resets the backoff; one that never was counts as another failure.
+    fn link_down(&mut self, url: &str, failed: bool) {
+        let now = self.now;
+        let config = &self.config;
+        let relay = self
+            .relays
+            .get_mut(url)
+            .expect("connections index tracked relays");
+        let healthy = match relay.link {
+            Link::Up {
+                since,
+                history_complete,
+                ..
+            } => history_complete || now.saturating_since(since) >= config.stable_after,
+            _ => false,
+        };
+        if let Some(id) = relay.link_id() {
+            self.connections.remove(&id);
+            self.timers.cancel(&FollowTimer::ConnectDeadline(id));
+        }
+        self.timers
+            .cancel(&FollowTimer::Resubscribe(url.to_owned()));
+        if healthy {
+            relay.consecutive_failures = 0;
+        }
+        if failed || !healthy {
+            relay.consecutive_failures = relay.consecutive_failures.saturating_add(1);
+            self.stats.failures += 1;
+        }
+        let delay = match relay.consecutive_failures {
+            0 => config.backoff_initial,
+            n => config.backoff_delay(n),
+        };
+        relay.link = Link::Down;
+        relay.sent.clear();
+        relay.retry_at = Some(now + delay);
+        self.timers
+            .set(FollowTimer::Reconnect(url.to_owned()), now + delay);
+        self.needs_pump = true;
+    }
+
+    fn resubscribe(&mut self, url: &str) {
+        let now = self.now;
+        let Some(relay) = self.relays.get_mut(url) else {
+            return;
+        };
+        let Link::Up { id, .. } = relay.link else {
+            return;
+        };
+        let desired = relay.desired();
+        let open: Vec<Subscription> = desired
+            .values()
+            .filter(|s| relay.sent.get(&s.key) != Some(s))
+            .cloned()
+            .collect();
+        let close: Vec<SubKey> = relay
+            .sent
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        relay.dirty = false;
+        if open.is_empty() && close.is_empty() {
+            return;
+        }
+        relay.sent = desired;
+        relay.last_sent = now;
+        self.commands
+            .push_back(Command::UpdateSubscriptions { id, open, close });
+    }
+
+    /// Acts on everything that changed: disconnects relays nobody wants, schedules subscription
+    /// updates, and connects the wanted relays that may connect, up to `max_connections`.
+    fn pump(&mut self) {
+        if !std::mem::take(&mut self.needs_pump) {
+            return;
+        }
+        let now = self.now;
+        let mut open = 0;
+        let mut candidates = Vec::new();
+        for (url, relay) in &mut self.relays {
+            match relay.link {
+                Link::Connecting { id } | Link::Up { id, .. } if !relay.wanted() => {
+                    self.commands.push_back(Command::Disconnect { id });
+                    self.connections.remove(&id);
+                    self.timers.cancel(&FollowTimer::ConnectDeadline(id));
+                    self.timers.cancel(&FollowTimer::Resubscribe(url.clone()));
+                    relay.link = Link::Down;
+                    relay.sent.clear();
+                    relay.retry_at = None;
+                }
+                Link::Connecting { .. } => open += 1,
+                Link::Up { .. } => {
+                    open += 1;
+                    if relay.dirty {
+                        let at = now.max(relay.last_sent + self.config.resubscribe_interval);
+                        self.timers
+                            .set_if_unarmed(FollowTimer::Resubscribe(url.clone()), at);
+                    }
+                }
+                Link::Down => {
+                    if relay.wanted() && relay.retry_at.is_none_or(|t| t <= now) {
+                        candidates.push((
+                            !relay.bootstrap,
+                            std::cmp::Reverse(relay.repos.len()),
+                            url.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        candidates.sort();
+        let free = self.config.max_connections.saturating_sub(open);
+        for (_, _, url) in candidates.into_iter().take(free) {
+            self.connect(&url);
+        }
+    }
+
+    fn connect(&mut self, url: &str) {
+        let now = self.now;
+        let id = ConnectionId(self.next_id);
+        self.next_id += 1;
+        let relay = self.relays.get_mut(url).expect("candidates are tracked");
+        let desired = relay.desired();
+        if relay.connects > 0 {
+            self.stats.reconnects += 1;
+        }
+        relay.connects += 1;
+        relay.link = Link::Connecting { id };
+        relay.retry_at = None;
+        relay.dirty = false;
+        relay.last_sent = now;
+        relay.sent = desired.clone();
+        self.stats.connects += 1;
+        self.connections.insert(id, url.to_owned());
+        self.timers.cancel(&FollowTimer::Reconnect(url.to_owned()));
+        self.timers.set(
+            FollowTimer::ConnectDeadline(id),
+            now + self.config.connect_timeout,
+        );
+        self.commands.push_back(Command::Connect {
+            id,
+            url: url.to_owned(),
+            subscriptions: desired.into_values().collect(),
+        });
+    }
+}

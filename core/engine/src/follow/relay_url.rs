@@ -1,0 +1,140 @@
+//! Which `relays` values the follower may connect to, spelled one way so one relay is one entry.
+
+use std::fmt;
+// `core::net`: plain address types, no sockets (the purity check forbids `std::net`).
+use core::net::IpAddr;
+
+use nostr::types::url::{Host, Url};
+
+/// Why a relay URL is not followed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum BadRelayUrl {
+    NotAUrl,
+    NotWebSocket,
+    HasCredentials,
+    NoHost,
+    /// Loopback, private, link-local or unspecified address, and private relays are not allowed.
+    Private,
+    /// This server itself.
+    Own,
+}
+
+impl fmt::Display for BadRelayUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadRelayUrl::NotAUrl => "not a URL",
+            BadRelayUrl::NotWebSocket => "not a ws:// or wss:// URL",
+            BadRelayUrl::HasCredentials => "carries a user name or password",
+            BadRelayUrl::NoHost => "has no host",
+            BadRelayUrl::Private => "points at a private address (see --allow-private-relays)",
+            BadRelayUrl::Own => "is this server",
+        })
+    }
+}
+
+/// The canonical spelling of a relay URL: lowercase scheme and host, default port dropped, no
+/// trailing `/` on an empty path, no fragment.
+pub fn normalise(raw: &str, allow_private: bool) -> Result<String, BadRelayUrl> {
+    let mut url = Url::parse(raw.trim()).map_err(|_| BadRelayUrl::NotAUrl)?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(BadRelayUrl::NotWebSocket);
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(BadRelayUrl::HasCredentials);
+    }
+    let private = match url.host() {
+        None => return Err(BadRelayUrl::NoHost),
+        Some(Host::Domain(d)) => {
+            let d = d.strip_suffix('.').unwrap_or(d);
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(Host::Ipv4(ip)) => is_private(IpAddr::V4(ip)),
+        Some(Host::Ipv6(ip)) => is_private(IpAddr::V6(ip)),
+    };
+    if private && !allow_private {
+        return Err(BadRelayUrl::Private);
+    }
+    url.set_fragment(None);
+    let mut s = url.to_string();
+    if url.path() == "/" && url.query().is_none() {
+        s.pop();
+    }
+    Ok(s)
+}
+
+/// Addresses a relay named in a public announcement must not make us connect to.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // CGNAT 100.64/10
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link local
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_spelling_per_relay() {
+        for raw in [
+            "wss://Relay.Example/",
+            "wss://relay.example",
+            "WSS://relay.example:443/#x",
+        ] {
+            assert_eq!(normalise(raw, false).unwrap(), "wss://relay.example");
+        }
+        assert_eq!(
+            normalise("ws://relay.example:8080/nostr", false).unwrap(),
+            "ws://relay.example:8080/nostr"
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_public_relay() {
+        assert_eq!(
+            normalise("https://relay.example", false),
+            Err(BadRelayUrl::NotWebSocket)
+        );
+        assert_eq!(normalise("relay.example", false), Err(BadRelayUrl::NotAUrl));
+        assert_eq!(
+            normalise("wss://u:p@relay.example", false),
+            Err(BadRelayUrl::HasCredentials)
+        );
+        for private in [
+            "ws://127.0.0.1:7777",
+            "ws://localhost",
+            "ws://10.1.2.3",
+            "ws://192.168.0.1",
+            "ws://169.254.169.254",
+            "ws://[::1]",
+            "ws://[fd00::1]",
+            "ws://[::ffff:127.0.0.1]",
+        ] {
+            assert_eq!(
+                normalise(private, false),
+                Err(BadRelayUrl::Private),
+                "{private}"
+            );
+        }
+        assert_eq!(
+            normalise("ws://127.0.0.1:7777/", true).unwrap(),
+            "ws://127.0.0.1:7777"
+        );
+    }
+}

@@ -1,0 +1,762 @@
+//! The follower against injected time: backoff, caps, batching, bootstrap, own relay.
+
+use std::time::Duration;
+
+use super::*;
+use crate::ids::Identifier;
+use crate::testkit::pk;
+
+const OWN: &str = "https://grasp.example";
+
+fn t(secs: u64) -> Time {
+    Time::from_millis(secs * 1000)
+}
+
+fn ann(owner: u8, identifier: &str, created_at: u64, relays: &[&str]) -> Announcement {
+    let mut id = [owner; 32];
+    id[31] = created_at as u8;
+    id[30] = identifier.len() as u8;
+    Announcement {
+        id: EventId::from_byte_array(id),
+        owner: pk(owner),
+        created_at,
+        identifier: Identifier::new(identifier).unwrap(),
+        clone: Vec::new(),
+        relays: relays.iter().map(|r| r.to_string()).collect(),
+        maintainers: Vec::new(),
+    }
+}
+
+fn repo(owner: u8, identifier: &str) -> RepoKey {
+    RepoKey::new(pk(owner), Identifier::new(identifier).unwrap())
+}
+
+fn follower(config: FollowConfig) -> RelayFollower {
+    RelayFollower::new(config, OwnService::new(OWN).unwrap())
+}
+
+fn drain(f: &mut RelayFollower) -> Vec<Command> {
+    std::iter::from_fn(|| f.poll_command()).collect()
+}
+
+fn connects(commands: &[Command]) -> Vec<(ConnectionId, String)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Connect { id, url, .. } => Some((*id, url.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs timers until `until`, returning every command emitted on the way with its time.
+fn run_until(f: &mut RelayFollower, until: Time) -> Vec<(Time, Command)> {
+    let mut out: Vec<(Time, Command)> = drain(f).into_iter().map(|c| (f.now, c)).collect();
+    while let Some((at, _)) = f.poll_timeout() {
+        if at > until {
+            break;
+        }
+        f.handle_timeout(at);
+        out.extend(drain(f).into_iter().map(|c| (at, c)));
+    }
+    out
+}
+
+fn only_connect(commands: &[Command]) -> (ConnectionId, Vec<Subscription>) {
+    match commands {
+        [Command::Connect {
+            id, subscriptions, ..
+        }] => (*id, subscriptions.clone()),
+        other => panic!("expected one Connect, got {other:?}"),
+    }
+}
+
+#[test]
+fn announced_relays_are_followed_without_our_own() {
+    let mut f = follower(FollowConfig::default());
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(
+            1,
+            "repo",
+            100,
+            &[
+                "wss://grasp.example",
+                "wss://GRASP.example/",
+                "wss://relay.one/",
+                "https://web.example",
+                "ws://127.0.0.1",
+            ],
+        )),
+    );
+    let commands = drain(&mut f);
+    assert_eq!(
+        connects(&commands)
+            .into_iter()
+            .map(|c| c.1)
+            .collect::<Vec<_>>(),
+        ["wss://relay.one"]
+    );
+    let (_, subs) = only_connect(&commands);
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].key, SubKey::Repos(0));
+    let coordinate = format!("30617:{}:repo", pk(1).to_hex());
+    assert_eq!(
+        subs[0].filters,
+        [
+            Filter {
+                kinds: vec![30617, 30618],
+                tag: Some(TagFilter {
+                    letter: 'd',
+                    values: vec!["repo".into()]
+                })
+            },
+            Filter {
+                kinds: vec![],
+                tag: Some(TagFilter {
+                    letter: 'a',
+                    values: vec![coordinate]
+                })
+            },
+        ]
+    );
+    assert_eq!(f.stats().relay_urls_ignored, 4);
+}
+
+#[test]
+fn failing_relay_backs_off_from_5s_doubling_to_an_hour() {
+    let mut f = follower(FollowConfig::default());
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "r", 1, &["wss://down.example"])),
+    );
+    let mut now = t(0);
+    let mut delays = Vec::new();
+    for _ in 0..13 {
+        let commands = drain(&mut f);
+        let (id, _) = only_connect(&commands);
+        f.handle_input(
+            now,
+            Input::Failed {
+                id,
+                reason: "refused".into(),
+            },
+        );
+        assert!(f.poll_command().is_none(), "no connect before the backoff");
+        let (at, reason) = f.poll_timeout().unwrap();
+        assert_eq!(reason, FollowTimer::Reconnect("wss://down.example".into()));
+        delays.push(at.saturating_since(now).as_secs());
+        now = at;
+        f.handle_timeout(now);
+    }
+    assert_eq!(
+        delays,
+        [5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600, 3600]
+    );
+    assert_eq!(f.stats().failures, 13);
+    assert_eq!(f.stats().reconnects, 12);
+}
+
+#[test]
+fn a_healthy_connection_resets_the_backoff() {
+    let mut f = follower(FollowConfig::default());
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "r", 1, &["wss://flaky.example"])),
+    );
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(
+        t(0),
+        Input::Failed {
+            id,
+            reason: "x".into(),
+        },
+    );
+    f.handle_timeout(t(5));
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(
+        t(5),
+        Input::Failed {
+            id,
+            reason: "x".into(),
+        },
+    );
+    assert_eq!(f.poll_timeout().unwrap().0, t(15));
+    f.handle_timeout(t(15));
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(t(16), Input::Connected { id });
+    // Connected but closed at once, before any history: still failing (10 s -> 20 s).
+    f.handle_input(t(17), Input::Closed { id });
+    assert_eq!(f.poll_timeout().unwrap().0, t(37));
+    f.handle_timeout(t(37));
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(t(38), Input::Connected { id });
+    f.handle_input(
+        t(39),
+        Input::Eose {
+            id,
+            subscription: SubKey::Repos(0),
+        },
+    );
+    f.handle_input(t(500), Input::Closed { id });
+    // After a success: reconnect after the initial delay, and failures start from 5 s again.
+    assert_eq!(f.poll_timeout().unwrap().0, t(505));
+    f.handle_timeout(t(505));
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(
+        t(505),
+        Input::Failed {
+            id,
+            reason: "x".into(),
+        },
+    );
+    assert_eq!(f.poll_timeout().unwrap().0, t(510));
+    let status = f.relay_statuses().next().unwrap();
+    assert_eq!(status.consecutive_failures, 1);
+    assert_eq!(status.connects, 5);
+}
+
+#[test]
+fn a_connection_that_lived_long_enough_counts_as_success_without_eose() {
+    let mut f = follower(FollowConfig::default());
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "r", 1, &["wss://quiet.example"])),
+    );
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(t(1), Input::Connected { id });
+    f.handle_input(
+        t(61),
+        Input::Failed {
+            id,
+            reason: "reset".into(),
+        },
+    );
+    // The failure after a stable connection is the first one: 5 s.
+    assert_eq!(f.poll_timeout().unwrap().0, t(66));
+}
+
+#[test]
+fn connect_timeout_counts_as_failure_and_disconnects() {
+    let mut f = follower(FollowConfig::default());
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "r", 1, &["wss://slow.example"])),
+    );
+    let (id, _) = only_connect(&drain(&mut f));
+    assert_eq!(
+        f.poll_timeout().unwrap(),
+        (t(30), FollowTimer::ConnectDeadline(id))
+    );
+    f.handle_timeout(t(30));
+    assert_eq!(drain(&mut f), [Command::Disconnect { id }]);
+    // A late report about the abandoned connection changes nothing.
+    f.handle_input(t(31), Input::Connected { id });
+    assert_eq!(f.stats().relays_connected, 0);
+    assert_eq!(
+        f.poll_timeout().unwrap(),
+        (t(35), FollowTimer::Reconnect("wss://slow.example".into()))
+    );
+}
+
+#[test]
+fn duplicate_and_older_announcements_change_nothing() {
+    let mut f = follower(FollowConfig::default());
+    let a = ann(1, "r", 10, &["wss://relay.one"]);
+    f.handle_input(t(0), Input::Announcement(a.clone()));
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(
+        t(0),
+        Input::Failed {
+            id,
+            reason: "x".into(),
+        },
+    );
+    f.handle_timeout(t(5));
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(
+        t(5),
+        Input::Failed {
+            id,
+            reason: "x".into(),
+        },
+    );
+    let timeout = f.poll_timeout();
+    assert_eq!(timeout.as_ref().unwrap().0, t(15));
+    // The same announcement again, and an older one naming another relay: nothing moves.
+    f.handle_input(t(6), Input::Announcement(a));
+    f.handle_input(
+        t(7),
+        Input::Announcement(ann(1, "r", 9, &["wss://relay.two"])),
+    );
+    assert!(drain(&mut f).is_empty());
+    assert_eq!(f.poll_timeout(), timeout);
+    assert_eq!(f.relay_statuses().next().unwrap().consecutive_failures, 2);
+    assert_eq!(f.stats().relays_tracked, 1);
+}
+
+#[test]
+fn newer_announcement_moves_the_repository_to_its_new_relays() {
+    let mut f = follower(FollowConfig::default());
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "r", 10, &["wss://relay.one"])),
+    );
+    let (old, _) = only_connect(&drain(&mut f));
+    f.handle_input(t(1), Input::Connected { id: old });
+    f.handle_input(
+        t(2),
+        Input::Announcement(ann(1, "r", 11, &["wss://relay.two"])),
+    );
+    let commands = drain(&mut f);
+    assert_eq!(commands[0], Command::Disconnect { id: old });
+    assert_eq!(connects(&commands)[0].1, "wss://relay.two");
+    f.handle_input(t(3), Input::RepositoryRemoved(repo(1, "r")));
+    assert!(matches!(drain(&mut f)[..], [Command::Disconnect { .. }]));
+    assert_eq!(f.stats().repositories_followed, 0);
+}
+
+#[test]
+fn thousands_of_repositories_are_a_few_subscriptions_and_one_update_batch() {
+    let mut f = follower(FollowConfig::default());
+    for i in 0..600 {
+        f.handle_input(
+            t(0),
+            Input::Announcement(ann(1, &format!("repo-{i:04}"), 1, &["wss://big.example"])),
+        );
+    }
+    let (id, subs) = only_connect(&drain(&mut f));
+    let sizes: Vec<usize> = subs
+        .iter()
+        .map(|s| s.filters[0].tag.as_ref().unwrap().values.len())
+        .collect();
+    assert_eq!(sizes, [256, 256, 88]);
+    f.handle_input(t(1), Input::Connected { id });
+    // A burst of new repositories during the interval becomes one update of the last chunk.
+    for i in 600..610 {
+        f.handle_input(
+            t(2),
+            Input::Announcement(ann(1, &format!("repo-{i:04}"), 1, &["wss://big.example"])),
+        );
+    }
+    assert!(drain(&mut f).is_empty());
+    let (at, reason) = f.poll_timeout().unwrap();
+    assert_eq!(
+        (at, reason),
+        (t(10), FollowTimer::Resubscribe("wss://big.example".into()))
+    );
+    f.handle_timeout(at);
+    match &drain(&mut f)[..] {
+        [Command::UpdateSubscriptions {
+            id: got,
+            open,
+            close,
+        }] => {
+            assert_eq!(*got, id);
+            assert!(close.is_empty());
+            assert_eq!(open.len(), 1);
+            assert_eq!(open[0].key, SubKey::Repos(2));
+            assert_eq!(open[0].filters[1].tag.as_ref().unwrap().values.len(), 98);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Removing a repository from the first chunk changes that chunk only.
+    f.handle_input(t(11), Input::RepositoryRemoved(repo(1, "repo-0000")));
+    f.handle_timeout(t(20));
+    match &drain(&mut f)[..] {
+        [Command::UpdateSubscriptions { open, close, .. }] => {
+            assert_eq!(
+                open.iter().map(|s| s.key).collect::<Vec<_>>(),
+                [SubKey::Repos(0)]
+            );
+            assert!(close.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn subscription_budget_caps_what_one_relay_is_asked() {
+    let mut f = follower(FollowConfig {
+        chunk_size: 2,
+        max_subscriptions_per_relay: 2,
+        ..FollowConfig::default()
+    });
+    for i in 0..5 {
+        f.handle_input(
+            t(0),
+            Input::Announcement(ann(1, &format!("r{i}"), 1, &["wss://r.example"])),
+        );
+    }
+    let (_, subs) = only_connect(&drain(&mut f));
+    assert_eq!(subs.len(), 2);
+    assert_eq!(f.stats().values_over_budget, 1);
+}
+
+#[test]
+fn open_connections_are_capped_and_freed_slots_reused() {
+    let mut f = follower(FollowConfig {
+        max_connections: 2,
+        ..FollowConfig::default()
+    });
+    // relay.c is named by two repositories, so it goes first.
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "x", 1, &["wss://relay.a", "wss://relay.c"])),
+    );
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(2, "y", 1, &["wss://relay.b", "wss://relay.c"])),
+    );
+    let first = connects(&drain(&mut f));
+    assert_eq!(
+        first.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(),
+        ["wss://relay.c", "wss://relay.a"]
+    );
+    f.handle_input(
+        t(1),
+        Input::Failed {
+            id: first[1].0,
+            reason: "x".into(),
+        },
+    );
+    let next = connects(&drain(&mut f));
+    assert_eq!(
+        next.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(),
+        ["wss://relay.b"]
+    );
+    assert_eq!(f.stats().relays_connecting, 2);
+}
+
+#[test]
+fn tracked_relays_are_capped_and_idle_ones_forgotten_first() {
+    let mut f = follower(FollowConfig {
+        max_relays: 2,
+        ..FollowConfig::default()
+    });
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(
+            1,
+            "x",
+            1,
+            &["wss://relay.a", "wss://relay.b", "wss://relay.c"],
+        )),
+    );
+    assert_eq!(f.stats().relays_tracked, 2);
+    assert_eq!(f.stats().relays_refused, 1);
+    // Once a repository leaves relay.a, relay.a is idle and makes room.
+    f.handle_input(
+        t(1),
+        Input::Announcement(ann(1, "x", 2, &["wss://relay.b"])),
+    );
+    f.handle_input(
+        t(1),
+        Input::Announcement(ann(2, "y", 1, &["wss://relay.d"])),
+    );
+    let urls: Vec<String> = f.relay_statuses().map(|s| s.url).collect();
+    assert_eq!(urls, ["wss://relay.b", "wss://relay.d"]);
+}
+
+#[test]
+fn bootstrap_relays_discover_announcements_and_follow_every_repository() {
+    let mut f = follower(FollowConfig {
+        bootstrap_relays: parse_relay_list(
+            "wss://boot.example, wss://grasp.example  ws://10.0.0.1",
+        ),
+        ..FollowConfig::default()
+    });
+    let (id, subs) = only_connect(&drain(&mut f));
+    assert_eq!(
+        subs.iter().map(|s| s.key).collect::<Vec<_>>(),
+        [SubKey::Discovery]
+    );
+    assert_eq!(subs[0].filters[0].kinds, [30617]);
+    f.handle_input(t(1), Input::Connected { id });
+    f.handle_input(t(2), Input::Announcement(ann(1, "x", 1, &[])));
+    f.handle_timeout(t(10));
+    match &drain(&mut f)[..] {
+        [Command::UpdateSubscriptions { open, .. }] => {
+            assert_eq!(
+                open.iter().map(|s| s.key).collect::<Vec<_>>(),
+                [SubKey::Repos(0)]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // Bootstrap relays stay wanted with no repository at all.
+    f.handle_input(t(11), Input::RepositoryRemoved(repo(1, "x")));
+    f.handle_timeout(t(20));
+    match &drain(&mut f)[..] {
+        [Command::UpdateSubscriptions { open, close, .. }] => {
+            assert!(open.is_empty());
+            assert_eq!(close, &[SubKey::Repos(0)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.stats().relays_connected, 1);
+}
+
+#[test]
+fn threads_are_followed_by_event_id_on_their_repositorys_relays() {
+    let mut f = follower(FollowConfig {
+        max_threads: 2,
+        ..FollowConfig::default()
+    });
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "x", 1, &["wss://relay.a"])),
+    );
+    let root = |n: u8| EventId::from_byte_array([n; 32]);
+    for n in 1..=3 {
+        f.handle_input(
+            t(0),
+            Input::Thread {
+                repo: repo(1, "x"),
+                root: root(n),
+            },
+        );
+    }
+    // A thread of an unknown repository is ignored.
+    f.handle_input(
+        t(0),
+        Input::Thread {
+            repo: repo(9, "nope"),
+            root: root(9),
+        },
+    );
+    let (_, subs) = only_connect(&drain(&mut f));
+    let threads = subs.iter().find(|s| s.key == SubKey::Threads(0)).unwrap();
+    let wanted = vec![root(2).to_hex(), root(3).to_hex()];
+    assert_eq!(threads.filters.len(), 2);
+    for (filter, letter) in threads.filters.iter().zip(['e', 'E']) {
+        let tag = filter.tag.as_ref().unwrap();
+        assert_eq!((tag.letter, &tag.values), (letter, &wanted));
+    }
+    assert_eq!(f.stats().threads_followed, 2);
+}
+
+#[test]
+fn stale_connection_reports_are_ignored() {
+    let mut f = follower(FollowConfig::default());
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "x", 1, &["wss://relay.a"])),
+    );
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(
+        t(0),
+        Input::Failed {
+            id,
+            reason: "x".into(),
+        },
+    );
+    for input in [
+        Input::Connected { id },
+        Input::Closed { id },
+        Input::Failed {
+            id,
+            reason: "again".into(),
+        },
+        Input::EventReceived { id },
+        Input::Connected {
+            id: ConnectionId(77),
+        },
+    ] {
+        f.handle_input(t(1), input);
+    }
+    assert_eq!(f.stats().failures, 1);
+    assert_eq!(f.stats().events_received, 0);
+    assert_eq!(f.poll_timeout().unwrap().0, t(5));
+}
+
+#[test]
+fn same_inputs_same_commands() {
+    let script = |f: &mut RelayFollower| {
+        for i in 0..50u8 {
+            let relay = format!("wss://relay{}.example", i % 7);
+            f.handle_input(
+                t(0),
+                Input::Announcement(ann(i % 5 + 1, &format!("r{i}"), 1, &[&relay])),
+            );
+        }
+        let mut all = run_until(f, t(0));
+        for (_, c) in all.clone() {
+            if let Command::Connect { id, .. } = c {
+                f.handle_input(
+                    t(1),
+                    Input::Failed {
+                        id,
+                        reason: "x".into(),
+                    },
+                );
+            }
+        }
+        all.extend(run_until(f, t(3600)));
+        all
+    };
+    let a = script(&mut follower(FollowConfig::default()));
+    let b = script(&mut follower(FollowConfig::default()));
+    assert!(a.len() > 7);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn backoff_delay_is_capped_for_huge_failure_counts() {
+    let c = FollowConfig::default();
+    assert_eq!(c.backoff_delay(1), Duration::from_secs(5));
+    assert_eq!(c.backoff_delay(u32::MAX), Duration::from_secs(3600));
+}
+
+/// Random announcements, removals, threads, connection outcomes and clock jumps never break
+/// the bounds, and every command refers to a connection the follower opened.
+#[test]
+fn random_histories_respect_every_bound() {
+    fn prop(script: Vec<(u8, u8, u8)>) -> bool {
+        let config = FollowConfig {
+            max_connections: 3,
+            max_relays: 6,
+            max_subscriptions_per_relay: 2,
+            chunk_size: 2,
+            max_threads: 4,
+            bootstrap_relays: vec!["wss://boot.example".into()],
+            ..FollowConfig::default()
+        };
+        let mut f = follower(config.clone());
+        let mut now = t(0);
+        let mut open: std::collections::BTreeSet<ConnectionId> = Default::default();
+        let mut up: std::collections::BTreeSet<ConnectionId> = Default::default();
+        let mut seen_ids: std::collections::BTreeSet<ConnectionId> = Default::default();
+        for (op, a, b) in script {
+            let relay = format!("wss://r{}.example", a % 8);
+            match op % 8 {
+                0 | 1 => f.handle_input(
+                    now,
+                    Input::Announcement(ann(
+                        a % 4 + 1,
+                        &format!("x{}", b % 6),
+                        u64::from(b),
+                        &[&relay],
+                    )),
+                ),
+                2 => f.handle_input(
+                    now,
+                    Input::RepositoryRemoved(repo(a % 4 + 1, &format!("x{}", b % 6))),
+                ),
+                3 => f.handle_input(
+                    now,
+                    Input::Thread {
+                        repo: repo(a % 4 + 1, &format!("x{}", b % 6)),
+                        root: EventId::from_byte_array([b; 32]),
+                    },
+                ),
+                4 => {
+                    if let Some(&id) = open.iter().nth(usize::from(b) % open.len().max(1)) {
+                        f.handle_input(now, Input::Connected { id });
+                        up.insert(id);
+                    }
+                }
+                5 => {
+                    if let Some(&id) = open.iter().nth(usize::from(b) % open.len().max(1)) {
+                        let input = if a % 2 == 0 {
+                            Input::Failed {
+                                id,
+                                reason: "x".into(),
+                            }
+                        } else {
+                            Input::Closed { id }
+                        };
+                        f.handle_input(now, input);
+                        open.remove(&id);
+                        up.remove(&id);
+                    }
+                }
+                6 => {
+                    now = now + Duration::from_secs(u64::from(b) * 7);
+                    f.handle_timeout(now);
+                }
+                _ => {
+                    if let Some(&id) = up.iter().next() {
+                        f.handle_input(
+                            now,
+                            Input::Eose {
+                                id,
+                                subscription: SubKey::Repos(0),
+                            },
+                        );
+                    }
+                }
+            }
+            while let Some(command) = f.poll_command() {
+                match command {
+                    Command::Connect {
+                        id, subscriptions, ..
+                    } => {
+                        if !seen_ids.insert(id)
+                            || subscriptions.len() > config.max_subscriptions_per_relay + 1
+                        {
+                            return false;
+                        }
+                        open.insert(id);
+                    }
+                    Command::UpdateSubscriptions { id, open: subs, .. } => {
+                        if !up.contains(&id) || subs.len() > config.max_subscriptions_per_relay + 1
+                        {
+                            return false;
+                        }
+                    }
+                    Command::Disconnect { id } => {
+                        if !open.remove(&id) {
+                            return false;
+                        }
+                        up.remove(&id);
+                    }
+                }
+            }
+            let stats = f.stats();
+            if open.len() > config.max_connections
+                || stats.relays_connected + stats.relays_connecting != open.len()
+                || stats.relays_tracked > config.max_relays
+                || stats.threads_followed > config.max_threads
+                || f.relay_statuses().any(|r| r.repositories > 4)
+            {
+                return false;
+            }
+        }
+        true
+    }
+    quickcheck::QuickCheck::new()
+        .tests(300)
+        .quickcheck(prop as fn(Vec<(u8, u8, u8)>) -> bool);
+}
+
+/// Ten thousand repositories spread over 50 relays: one Connect per relay, each within the
+/// subscription budget, and re-adding every announcement emits nothing.
+#[test]
+fn ten_thousand_repositories() {
+    let mut f = follower(FollowConfig::default());
+    let relays: Vec<String> = (0..50).map(|i| format!("wss://relay{i}.example")).collect();
+    let announcements: Vec<Announcement> = (0..10_000u32)
+        .map(|i| {
+            let a = &relays[(i % 50) as usize];
+            let b = &relays[((i / 50) % 50) as usize];
+            ann((i % 200) as u8 + 1, &format!("repo-{i}"), 1, &[a, b])
+        })
+        .collect();
+    for a in &announcements {
+        f.handle_input(t(0), Input::Announcement(a.clone()));
+    }
+    let commands = drain(&mut f);
+    assert_eq!(connects(&commands).len(), 50);
+    for c in &commands {
+        let Command::Connect { subscriptions, .. } = c else {
+            panic!("{c:?}")
+        };
+        assert!(subscriptions.len() <= 16);
+    }
+    assert_eq!(f.stats().values_over_budget, 0);
+    for a in announcements {
+        f.handle_input(t(1), Input::Announcement(a));
+    }
+    assert!(drain(&mut f).is_empty());
+}
