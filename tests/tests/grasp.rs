@@ -422,7 +422,52 @@ fn remote_down_then_back_up(flavor: Flavor) {
     );
 }
 
+/// GRASP-02 event sync: B learns the announcement and the state from A's relay (its bootstrap
+/// relay), then fetches the data from A's clone URL, with nothing sent to B directly.
+fn events_and_data_reach_a_server_that_follows_another(flavor: Flavor) {
+    let a = Server::start(flavor);
+    let b = Server::start_with(
+        flavor,
+        fast_sync()
+            .arg("--sync-delay-synced-ms")
+            .arg("100")
+            .arg("--bootstrap-relay")
+            .arg(a.ws_url())
+            .arg("--allow-private-relays"),
+    );
+    let owner = keys(1);
+    let work = WorkRepo::init("work");
+    let c1 = work.commit("README", "followed\n");
+    let ann = announcement(&owner, "demo", &[&a.http_url(), &b.http_url()], &[]);
+    let st = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
+    let mut relay_a = RelayClient::connect(&a.ws_url());
+    relay_a.publish(&ann);
+    relay_a.publish(&st);
+    let pushed = std::time::Instant::now();
+    work.git(&["push", "-q", &a.repo_url(&npub(&owner), "demo"), "main"]);
+
+    let url_b = b.repo_url(&npub(&owner), "demo");
+    let mut relay_b = RelayClient::connect(&b.ws_url());
+    let served = eventually(Duration::from_secs(60), || {
+        relay_b
+            .query_ids(json!({"ids": [st.id.to_hex(), ann.id.to_hex()]}))
+            .len()
+            == 2
+    });
+    assert!(
+        served,
+        "B did not learn and release the events\n{}",
+        b.log()
+    );
+    eprintln!("push on A to state served on B: {:?}", pushed.elapsed());
+    assert_eq!(
+        ref_of(&url_b, "refs/heads/main").as_deref(),
+        Some(c1.as_str())
+    );
+}
+
 both_runtimes!(
+    events_and_data_reach_a_server_that_follows_another,
     announcement_then_push_then_served,
     push_without_matching_state_is_rejected_with_reason,
     pull_request_before_and_after_its_event,

@@ -4,7 +4,7 @@
 
 use crate::acceptance::{RejectPrefix, Rejection};
 use crate::events::{Coordinate, KIND_ANNOUNCEMENT};
-use crate::ids::{EventId, PublicKey};
+use crate::ids::{EventId, PublicKey, RepoKey};
 
 pub const KIND_PATCH: u16 = 1617;
 pub const KIND_ISSUE: u16 = 1621;
@@ -70,6 +70,21 @@ pub fn accept_related(
         "this event tags no repository, issue, patch or PR hosted here; publish it to a relay \
          of the repository it belongs to",
     ))
+}
+
+/// The repository a patch or issue opens a thread in (its first `a` tag naming an
+/// announcement), so the events that answer it can be followed.
+pub fn thread_root_repo(event: &nostr::event::Event) -> Option<RepoKey> {
+    if !matches!(event.kind.as_u16(), KIND_PATCH | KIND_ISSUE) {
+        return None;
+    }
+    event.tags.iter().find_map(|tag| match tag.as_slice() {
+        [name, value, ..] if name == "a" => Coordinate::parse(value)
+            .ok()
+            .filter(|c| c.kind == KIND_ANNOUNCEMENT)
+            .map(|c| RepoKey::new(c.author, c.identifier)),
+        _ => None,
+    })
 }
 
 fn refused(message: &str) -> Rejection {
@@ -142,6 +157,11 @@ mod tests {
             let refusal = accept_related(event, &empty).unwrap_err().to_string();
             assert!(refusal.starts_with("blocked: "), "{what}: {refusal}");
         }
+        assert_eq!(
+            thread_root_repo(&issue),
+            Some(RepoKey::new(owner.public_key(), repo.identifier.clone()))
+        );
+        assert_eq!(thread_root_repo(&comment), None);
         assert!(!is_related_kind(1));
         assert!(!is_related_kind(30618));
     }

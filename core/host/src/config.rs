@@ -45,6 +45,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub engine: EngineLimits,
+
+    #[command(flatten)]
+    pub follow: crate::follow::FollowArgs,
 }
 
 /// Engine limits and delays (purgatory expiry, sync timing, per-domain throttle). Defaults are

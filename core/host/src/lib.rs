@@ -35,6 +35,8 @@ pub enum ServeError {
     },
     /// The event store could not be opened (corrupt, newer format, unreadable).
     Store(store::StoreError),
+    /// `--public-url` is not an http(s) origin.
+    PublicUrl(String),
 }
 
 impl fmt::Display for ServeError {
@@ -45,6 +47,7 @@ impl fmt::Display for ServeError {
                 write!(f, "cannot use data directory {}: {error}", path.display())
             }
             ServeError::Store(error) => write!(f, "cannot open the event store: {error}"),
+            ServeError::PublicUrl(error) => write!(f, "bad --public-url: {error}"),
         }
     }
 }
@@ -73,9 +76,26 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         information_document: nip11::document_json(&info, &relay_limits),
         relay_limits,
     };
-    let node = driver::Node::start(Arc::clone(&runtime), &config, git.clone(), settings)
-        .await
-        .map_err(ServeError::Store)?;
+    let own = graspd_core::acceptance::OwnService::new(&config.public_url())
+        .map_err(ServeError::PublicUrl)?;
+    let follower = follow::FollowerHandle::new(
+        follow::RelayFollower::new(config.follow.config(), own),
+        follow::ClientLimits::default(),
+    );
+    let node = driver::Node::start(
+        Arc::clone(&runtime),
+        &config,
+        git.clone(),
+        settings,
+        follower.clone(),
+    )
+    .await
+    .map_err(ServeError::Store)?;
+    let synced = Arc::clone(&node);
+    follow::spawn_follower_async(Arc::clone(&runtime), follower, move |event| {
+        let node = Arc::clone(&synced);
+        Box::pin(async move { node.accept_synced(event).await })
+    });
     let served = serve_site(runtime, &config, git, driver::handlers(&node)).await;
     node.hub().close_all();
     served

@@ -4,9 +4,11 @@
 //! recorded as they happen; gauges that mirror engine state (waiting events, fetches in
 //! flight) are refreshed from [`graspd_core::Stats`] at every scrape, so they cannot drift.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use graspd_core::Stats;
+
+use crate::follow::FollowMetrics;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +34,11 @@ struct DomainLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelayLabel {
+    relay: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -53,6 +60,12 @@ pub struct Metrics {
     release_latency: Histogram,
     pushes: Family<OutcomeLabel, Counter>,
     events: Family<OutcomeLabel, Counter>,
+    relays_connected: Gauge,
+    relay_reconnects: Counter<u64, AtomicU64>,
+    relay_connect_failures: Counter<u64, AtomicU64>,
+    synced_events: Family<RelayLabel, Counter>,
+    synced_duplicates: Family<RelayLabel, Counter>,
+    synced_invalid: Family<RelayLabel, Counter>,
     domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -125,8 +138,50 @@ impl Metrics {
         registry.register("pushes", "Pushes by outcome", pushes.clone());
         let events = Family::<OutcomeLabel, Counter>::default();
         registry.register("events", "EVENT messages by verdict", events.clone());
+        let relays_connected = Gauge::default();
+        registry.register(
+            "follow_relays_connected",
+            "Relays the GRASP-02 follower is connected to",
+            relays_connected.clone(),
+        );
+        let relay_reconnects = Counter::default();
+        registry.register(
+            "follow_reconnects",
+            "Reconnections to relays tried before",
+            relay_reconnects.clone(),
+        );
+        let relay_connect_failures = Counter::default();
+        registry.register(
+            "follow_connect_failures",
+            "Relay connections that failed",
+            relay_connect_failures.clone(),
+        );
+        let synced_events = Family::<RelayLabel, Counter>::default();
+        registry.register(
+            "follow_events_learned",
+            "Events first learned from each relay",
+            synced_events.clone(),
+        );
+        let synced_duplicates = Family::<RelayLabel, Counter>::default();
+        registry.register(
+            "follow_duplicates",
+            "Events a relay sent that were already known",
+            synced_duplicates.clone(),
+        );
+        let synced_invalid = Family::<RelayLabel, Counter>::default();
+        registry.register(
+            "follow_invalid_events",
+            "Events with a bad id or signature, by relay",
+            synced_invalid.clone(),
+        );
         Metrics {
             registry,
+            relays_connected,
+            relay_reconnects,
+            relay_connect_failures,
+            synced_events,
+            synced_duplicates,
+            synced_invalid,
             waiting,
             fetches,
             fetches_in_flight,
@@ -175,8 +230,28 @@ impl Metrics {
         self.events.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    /// The text exposition, with engine gauges refreshed from `stats`.
-    pub fn render(&self, stats: &Stats) -> String {
+    /// The text exposition, with engine gauges refreshed from `stats` and the relay
+    /// follower's counters from `follow`.
+    pub fn render(&self, stats: &Stats, follow: &FollowMetrics) -> String {
+        self.relays_connected
+            .set(follow.relays_connected.load(Ordering::Relaxed));
+        catch_up(
+            &self.relay_reconnects,
+            follow.reconnects.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.relay_connect_failures,
+            follow.connect_failures.load(Ordering::Relaxed),
+        );
+        for (relay, counters) in follow.per_relay() {
+            let label = RelayLabel { relay };
+            catch_up(&self.synced_events.get_or_create(&label), counters.learned);
+            catch_up(
+                &self.synced_duplicates.get_or_create(&label),
+                counters.duplicates,
+            );
+            catch_up(&self.synced_invalid.get_or_create(&label), counters.invalid);
+        }
         let w = &stats.waiting;
         for (kind, n) in [
             ("announcement", w.announcements),
@@ -227,7 +302,10 @@ mod tests {
         stats.fetches_in_flight = vec![("a.example".into(), 2)];
         metrics.fetch_finished("a.example", "ok");
         metrics.push(false);
-        let text = metrics.render(&stats);
+        let follow = FollowMetrics::new(8);
+        follow.relays_connected.store(2, Ordering::Relaxed);
+        let text = metrics.render(&stats, &follow);
+        assert!(text.contains("graspd_follow_relays_connected 2"), "{text}");
         assert!(
             text.contains(r#"graspd_purgatory_waiting{kind="state"} 3"#),
             "{text}"
@@ -247,7 +325,7 @@ mod tests {
         );
         stats.released = 9;
         assert!(metrics
-            .render(&stats)
+            .render(&stats, &follow)
             .contains("graspd_purgatory_released_total 9"));
     }
 }

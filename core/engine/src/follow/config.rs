@@ -56,7 +56,7 @@ impl Default for FollowConfig {
             max_threads: 100_000,
             chunk_size: 256,
             max_subscriptions_per_relay: 16,
-            resubscribe_interval: Duration::from_secs(10),
+            resubscribe_interval: Duration::from_secs(1),
         }
     }
 }

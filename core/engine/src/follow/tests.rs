@@ -318,7 +318,10 @@ fn newer_announcement_moves_the_repository_to_its_new_relays() {
 
 #[test]
 fn thousands_of_repositories_are_a_few_subscriptions_and_one_update_batch() {
-    let mut f = follower(FollowConfig::default());
+    let mut f = follower(FollowConfig {
+        resubscribe_interval: Duration::from_secs(10),
+        ..FollowConfig::default()
+    });
     for i in 0..600 {
         f.handle_input(
             t(0),

@@ -32,6 +32,13 @@ impl Node {
         verdict
     }
 
+    /// An event the relay follower learned from another relay (id and signature checked).
+    pub async fn accept_synced(self: &Arc<Self>, event: Event) {
+        let id = event.id;
+        let verdict = self.accept(event, Arrival::Synced).await;
+        debug!(%id, accepted = verdict.accepted, message = %verdict.message, "synced event decided");
+    }
+
     async fn accept_git_event(self: &Arc<Self>, event: Event, arrival: Arrival) -> relay::Verdict {
         let verdict = {
             let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
@@ -58,9 +65,11 @@ impl Node {
                     expires_at: super::Clock::unix_now() + self.settings.purgatory_expiry.as_secs(),
                 };
                 let repo = announced_repo(&waiting.event);
+                let event_for_follow = waiting.event.clone();
                 let store = self.store.clone();
                 match unblock(&*self.runtime, move || store.put_waiting(&waiting)).await {
                     Ok(Ok(())) => {
+                        self.follow(&event_for_follow);
                         // The git endpoint must work the moment the client hears OK.
                         if let Some(repo) = repo {
                             if let Err(error) = self.git.create_repo(&repo).await {
@@ -112,6 +121,7 @@ impl Node {
         match outcome {
             InsertOutcome::Stored { .. } => {
                 self.metrics.event("accepted");
+                self.follow(&event);
                 self.hub.publish(event);
                 relay::Verdict::accepted("")
             }

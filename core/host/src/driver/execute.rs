@@ -101,7 +101,10 @@ impl Node {
                     warn!(%repo, %error, "creating the repository failed");
                 }
             }
-            Command::RemoveRepo { repo } => match self.git.remove_repo(&repo).await {
+            Command::RemoveRepo { repo } => match {
+                self.follower.repository_removed(repo.clone());
+                self.git.remove_repo(&repo).await
+            } {
                 Ok(()) => {
                     info!(%repo, "repository removed: its announcement left purgatory without data")
                 }
@@ -120,6 +123,7 @@ impl Node {
                     Ok(Ok(outcome)) => {
                         info!(id = %event.id, kind = event.kind.as_u16(), waited_ms = waited.as_millis() as u64, ?outcome, "released from purgatory");
                         self.metrics.released(waited);
+                        self.follow(&event);
                         self.hub.publish(event);
                     }
                     Ok(Err(error)) => {

@@ -14,8 +14,9 @@ mod handlers;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use graspd_core::events::GitEvent;
 use graspd_core::events::{KIND_ANNOUNCEMENT, KIND_STATE};
-use graspd_core::{Engine, Input};
+use graspd_core::{Engine, Input, RepoKey};
 use nostr::event::Kind;
 use nostr::filter::Filter;
 use tracing::{info, warn};
@@ -24,6 +25,7 @@ pub use clock::Clock;
 pub use handlers::handlers;
 
 use crate::config::Config;
+use crate::follow::FollowerHandle;
 use crate::git::Git;
 use crate::metrics::Metrics;
 use crate::relay::{Hub, RelayLimits};
@@ -53,6 +55,8 @@ pub struct Node {
     settings: Settings,
     wake: async_channel::Sender<()>,
     woken: async_channel::Receiver<()>,
+    /// The GRASP-02 relay follower: told about every hosted repository and thread.
+    follower: FollowerHandle,
 }
 
 /// How long the timer task sleeps when the engine has no deadline at all.
@@ -66,6 +70,7 @@ impl Node {
         config: &Config,
         git: Git,
         settings: Settings,
+        follower: FollowerHandle,
     ) -> Result<Arc<Node>, StoreError> {
         let data_dir = config.data_dir.clone();
         let store = crate::runtime::unblock(&*runtime, move || Store::open_in(&data_dir))
@@ -86,6 +91,7 @@ impl Node {
             wake,
             woken,
             runtime,
+            follower,
         });
         let restorer = Arc::clone(&node);
         crate::runtime::unblock(&*node.runtime, move || restorer.restore())
@@ -112,6 +118,7 @@ impl Node {
         let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
         for event in &accepted {
             engine.restore_accepted(event);
+            self.follow(event);
         }
         let (mut resumed, mut dropped) = (0usize, 0usize);
         for w in waiting {
@@ -122,6 +129,7 @@ impl Node {
                 continue;
             }
             let remaining = Duration::from_secs(w.expires_at - unix_now);
+            self.follow(&w.event);
             engine.restore_waiting(now, w.event, w.arrival, remaining);
             resumed += 1;
         }
@@ -200,6 +208,26 @@ impl Node {
         }
     }
 
+    /// Tells the relay follower about an event that is now hosted here (served or waiting):
+    /// an announcement's repository is followed on its relays, a PR, patch or issue's thread
+    /// on the relays of the repository it tags.
+    fn follow(&self, event: &nostr::event::Event) {
+        match graspd_core::events::parse(event) {
+            Ok(Some(GitEvent::Announcement(a))) => self.follower.announcement(a),
+            Ok(Some(GitEvent::Pr(pr))) => {
+                if let Some(c) = pr.repos.first() {
+                    let repo = RepoKey::new(c.author, c.identifier.clone());
+                    self.follower.thread(repo, pr.id);
+                }
+            }
+            _ => {
+                if let Some(repo) = graspd_core::related::thread_root_repo(event) {
+                    self.follower.thread(repo, event.id);
+                }
+            }
+        }
+    }
+
     /// Prometheus text for `/metrics`.
     pub fn render_metrics(&self) -> String {
         let stats = self
@@ -207,7 +235,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .stats();
-        self.metrics.render(&stats)
+        self.metrics.render(&stats, self.follower.metrics())
     }
 
     pub fn hub(&self) -> &Hub {
