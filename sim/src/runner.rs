@@ -575,6 +575,16 @@ impl<'a> Sim<'a> {
             return;
         };
         let ev = &self.sc.world.events[idx];
+        if self.store.served.contains_key(&ev.id()) {
+            // The relay stores events by id: one it already serves is a duplicate before the
+            // engine ever sees it.
+            crate::trace!(
+                self.trace,
+                self.now,
+                "deliver {label} {via:?} -> already served"
+            );
+            return;
+        }
         let verdict = engine.handle_event(now, &ev.event, via);
         crate::trace!(
             self.trace,
