@@ -2,7 +2,7 @@
 //! earliest (`poll_timeout`). Both directions are indexed, so arming, moving, cancelling and
 //! popping cost O(log n) whatever the number of timers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::ids::{CommandId, EventId, RepoKey};
 use crate::time::Time;
@@ -29,11 +29,23 @@ pub enum TimerReason {
 /// Purgatory expiries (one per waiting event, the bulk of all timers) live in their own compact
 /// set keyed by `(deadline, event id)`; the caller knows each event's deadline, so no reverse
 /// map is needed for them.
+///
+/// Command deadlines (fetches; Inspect and Apply) are `issue time + a constant`, so each kind
+/// is a FIFO in deadline order: O(1) to arm. A completed command's entry is dropped lazily
+/// (`prune_deadlines`), so the front is always a command still running.
 #[derive(Default, Debug)]
 pub struct Timers {
     by_time: BTreeSet<(Time, TimerReason)>,
     by_reason: BTreeMap<TimerReason, Time>,
     expiries: BTreeSet<(Time, EventId)>,
+    fetch_deadlines: VecDeque<(Time, CommandId)>,
+    command_deadlines: VecDeque<(Time, CommandId)>,
+}
+
+/// Appends to a deadline FIFO, keeping it sorted (a deadline is never earlier than the last).
+fn push_sorted(fifo: &mut VecDeque<(Time, CommandId)>, at: Time, id: CommandId) {
+    let at = fifo.back().map_or(at, |(last, _)| at.max(*last));
+    fifo.push_back((at, id));
 }
 
 impl Timers {
@@ -77,16 +89,48 @@ impl Timers {
         self.expiries.remove(&(at, id));
     }
 
+    /// Arms the deadline of fetch `id` (deadlines arrive in non-decreasing order).
+    pub fn push_fetch_deadline(&mut self, id: CommandId, at: Time) {
+        push_sorted(&mut self.fetch_deadlines, at, id);
+    }
+
+    /// Arms the deadline of Inspect/Apply `id` (deadlines arrive in non-decreasing order).
+    pub fn push_command_deadline(&mut self, id: CommandId, at: Time) {
+        push_sorted(&mut self.command_deadlines, at, id);
+    }
+
+    /// Drops deadlines of commands that are no longer running from the fronts of the FIFOs,
+    /// and compacts them when finished commands pile up behind a long-running one.
+    pub fn prune_deadlines(&mut self, running: impl Fn(CommandId) -> bool, live: usize) {
+        for fifo in [&mut self.fetch_deadlines, &mut self.command_deadlines] {
+            while fifo.front().is_some_and(|(_, id)| !running(*id)) {
+                fifo.pop_front();
+            }
+            if fifo.len() > 2 * live + 1024 {
+                fifo.retain(|(_, id)| running(*id));
+            }
+        }
+    }
+
     /// The earliest timer.
     pub fn next(&self) -> Option<(Time, TimerReason)> {
-        let general = self.by_time.first();
-        let expiry = self.expiries.first();
-        match (general, expiry) {
-            (Some((t, r)), Some((e, _))) if t <= e => Some((*t, r.clone())),
-            (_, Some((e, id))) => Some((*e, TimerReason::Expiry(*id))),
-            (Some((t, r)), None) => Some((*t, r.clone())),
-            (None, None) => None,
+        let mut best: Option<(Time, TimerReason)> =
+            self.by_time.first().map(|(t, r)| (*t, r.clone()));
+        let mut consider = |at: Time, reason: TimerReason| {
+            if best.as_ref().is_none_or(|(b, _)| at < *b) {
+                best = Some((at, reason));
+            }
+        };
+        if let Some((at, id)) = self.expiries.first() {
+            consider(*at, TimerReason::Expiry(*id));
         }
+        if let Some((at, id)) = self.fetch_deadlines.front() {
+            consider(*at, TimerReason::FetchDeadline(*id));
+        }
+        if let Some((at, id)) = self.command_deadlines.front() {
+            consider(*at, TimerReason::CommandDeadline(*id));
+        }
+        best
     }
 
     /// Removes and returns the earliest timer due at or before `now`.
@@ -95,9 +139,19 @@ impl Timers {
         if at > now {
             return None;
         }
-        match reason {
-            TimerReason::Expiry(id) if self.expiries.first() == Some(&(at, id)) => {
+        match &reason {
+            TimerReason::Expiry(id) if self.expiries.first() == Some(&(at, *id)) => {
                 self.expiries.pop_first();
+            }
+            TimerReason::FetchDeadline(id)
+                if self.fetch_deadlines.front().map(|(t, i)| (*t, *i)) == Some((at, *id)) =>
+            {
+                self.fetch_deadlines.pop_front();
+            }
+            TimerReason::CommandDeadline(id)
+                if self.command_deadlines.front().map(|(t, i)| (*t, *i)) == Some((at, *id)) =>
+            {
+                self.command_deadlines.pop_front();
             }
             _ => {
                 self.by_time.pop_first();
@@ -107,8 +161,12 @@ impl Timers {
         Some((at, reason))
     }
 
+    /// Timers armed (command deadlines counted until pruned).
     pub fn len(&self) -> usize {
-        self.by_reason.len() + self.expiries.len()
+        self.by_reason.len()
+            + self.expiries.len()
+            + self.fetch_deadlines.len()
+            + self.command_deadlines.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -179,5 +237,36 @@ mod tests {
         timers.set_expiry(id, t(40));
         timers.cancel_expiry(id, t(40));
         assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn command_deadlines_are_fifos_pruned_of_finished_commands() {
+        let mut timers = Timers::new();
+        timers.push_fetch_deadline(CommandId(1), t(100));
+        timers.push_fetch_deadline(CommandId(2), t(110));
+        timers.push_command_deadline(CommandId(3), t(105));
+        // A deadline is never earlier than the one before it.
+        timers.push_fetch_deadline(CommandId(4), t(90));
+        assert_eq!(
+            timers.next(),
+            Some((t(100), TimerReason::FetchDeadline(CommandId(1))))
+        );
+        // Command 1 finished: its deadline disappears from the front.
+        timers.prune_deadlines(|id| id != CommandId(1), 3);
+        assert_eq!(
+            timers.next(),
+            Some((t(105), TimerReason::CommandDeadline(CommandId(3))))
+        );
+        let due: Vec<TimerReason> = std::iter::from_fn(|| timers.pop_due(t(200)))
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(
+            due,
+            [
+                TimerReason::CommandDeadline(CommandId(3)),
+                TimerReason::FetchDeadline(CommandId(2)),
+                TimerReason::FetchDeadline(CommandId(4)),
+            ]
+        );
     }
 }

@@ -644,6 +644,16 @@ impl Engine {
         }
     }
 
+    /// Drops deadlines of finished commands from the front of the deadline queues.
+    fn prune_deadlines(&mut self) {
+        let (fetches, inspects, applies) = (&self.fetches, &self.inspects, &self.applies);
+        let running = |id: CommandId| {
+            fetches.contains_key(&id) || inspects.contains_key(&id) || applies.contains_key(&id)
+        };
+        let live = fetches.len() + inspects.len() + applies.len();
+        self.timers.prune_deadlines(running, live);
+    }
+
     /// Emits an Apply (already registered in `applies`) with its deadline.
     fn issue_apply(&mut self, id: CommandId, plan: ApplyPlan) {
         if let Some(ApplyInFlight {
@@ -656,7 +666,7 @@ impl Engine {
             }
         }
         let deadline = self.now + self.config.local_command_timeout;
-        self.timers.set(TimerReason::CommandDeadline(id), deadline);
+        self.timers.push_command_deadline(id, deadline);
         self.commands.push_back(Command::Apply { id, plan });
     }
 

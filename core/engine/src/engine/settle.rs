@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{ApplyInFlight, ApplyPurpose, Engine};
-use crate::engine::types::TimerReason;
 use crate::engine::types::{
     ApplyError, ApplyPlan, Command, EngineEvent, RefDecision, RefEdit, RefUpdate, RepoSnapshot,
 };
@@ -74,7 +73,7 @@ impl Engine {
         let oids: Vec<Oid> = wanted.oids.into_iter().collect();
         self.inspects.insert(id, (repo.clone(), oids.clone()));
         let deadline = self.now + self.config.local_command_timeout;
-        self.timers.set(TimerReason::CommandDeadline(id), deadline);
+        self.timers.push_command_deadline(id, deadline);
         self.commands.push_back(Command::Inspect { id, repo, oids });
     }
 
@@ -87,7 +86,7 @@ impl Engine {
         let Some((repo, asked)) = self.inspects.remove(&id) else {
             return;
         };
-        self.timers.cancel(&TimerReason::CommandDeadline(id));
+        self.prune_deadlines();
         let Some(work) = self.repos.get_mut(&repo) else {
             return;
         };
@@ -153,7 +152,7 @@ impl Engine {
         let Some(a) = self.applies.remove(&id) else {
             return;
         };
-        self.timers.cancel(&TimerReason::CommandDeadline(id));
+        self.prune_deadlines();
         if let ApplyPurpose::Release { events, .. } = &a.purpose {
             for e in events {
                 self.applying.remove(e);

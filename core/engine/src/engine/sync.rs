@@ -135,7 +135,7 @@ impl Engine {
                     exclude: job.exclude,
                 },
             );
-            self.timers.set(TimerReason::FetchDeadline(id), deadline);
+            self.timers.push_fetch_deadline(id, deadline);
             self.counters.fetches_started += 1;
             self.commands.push_back(Command::Fetch {
                 id,
@@ -164,7 +164,7 @@ impl Engine {
         let Some(f) = self.fetches.remove(&id) else {
             return;
         };
-        self.timers.cancel(&TimerReason::FetchDeadline(id));
+        self.prune_deadlines();
         if result.is_err() {
             self.counters.fetches_failed += 1;
         }
