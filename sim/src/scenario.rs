@@ -62,6 +62,9 @@ pub struct Scenario {
     pub end_at: Time,
     /// Extra checks a named scenario makes.
     pub expect: Vec<Expect>,
+    /// Before the heal, this percentage of local git commands (Inspect, Apply) never report:
+    /// a hung local process the engine must time out.
+    pub local_hang_percent: u64,
 }
 
 /// A scenario-specific check, made at the end of the run.
@@ -195,6 +198,7 @@ impl Scenario {
             });
         }
 
+        let local_hang_percent = if fr.percent(30) { fr.range(1, 5) } else { 0 };
         let heal_at = at(chaos_ms);
         let end_at = end_for(&params, &world, heal_at);
         Scenario {
@@ -211,6 +215,7 @@ impl Scenario {
             heal_at,
             end_at,
             expect: Vec::new(),
+            local_hang_percent,
         }
     }
 
@@ -260,13 +265,14 @@ impl Scenario {
             .count();
         let _ = write!(
             s,
-            "] users={} remotes={} events={} deliveries={} pushes={} crashes={} config: {}",
+            "] users={} remotes={} events={} deliveries={} pushes={} crashes={} local_hangs={}% config: {}",
             self.world.users.len(),
             self.world.remotes.len(),
             self.world.events.len(),
             deliveries,
             pushes,
             crashes,
+            self.local_hang_percent,
             self.params
         );
         s
