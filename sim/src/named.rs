@@ -366,6 +366,7 @@ impl B {
             heal_at,
             end_at,
             expect: self.expect,
+            local_hang_percent: 0,
         }
     }
 }

@@ -575,6 +575,16 @@ impl<'a> Sim<'a> {
             return;
         };
         let ev = &self.sc.world.events[idx];
+        if self.store.served.contains_key(&ev.id()) {
+            // The relay stores events by id: one it already serves is a duplicate before the
+            // engine ever sees it.
+            crate::trace!(
+                self.trace,
+                self.now,
+                "deliver {label} {via:?} -> already served"
+            );
+            return;
+        }
         let verdict = engine.handle_event(now, &ev.event, via);
         crate::trace!(
             self.trace,
@@ -859,6 +869,10 @@ impl<'a> Sim<'a> {
                     self.rk(&repo),
                     oids.len()
                 );
+                if self.local_hangs() {
+                    crate::trace!(self.trace, self.now, "inspect {id} hangs");
+                    return;
+                }
                 let delay = self.net.range(1, 20);
                 self.at(
                     self.now + Duration::from_millis(delay),
@@ -880,6 +894,10 @@ impl<'a> Sim<'a> {
                     plan.copies.len(),
                     plan.head
                 );
+                if self.local_hangs() {
+                    crate::trace!(self.trace, self.now, "apply {id} hangs before it starts");
+                    return;
+                }
                 let delay = self.net.range(1, 20);
                 self.at(
                     self.now + Duration::from_millis(delay),
@@ -916,6 +934,12 @@ impl<'a> Sim<'a> {
                 self.store.repos.remove(&repo);
             }
         }
+    }
+
+    /// Whether this local git command hangs (only before the heal).
+    fn local_hangs(&mut self) -> bool {
+        let p = self.sc.local_hang_percent;
+        p > 0 && !self.healed && self.net.percent(p)
     }
 
     fn output(&mut self, out: Output) {
@@ -1067,9 +1091,11 @@ impl<'a> Sim<'a> {
 
     // ---------------------------------------------------------------- liveness
 
-    /// A `refs/nostr/<id>` ref survives only if its PR was released with that commit; any
-    /// other is deleted within `placeholder_expiry` (plus the liveness bound for the Apply) of
-    /// its push, crashes included (design notes, fault 6).
+    /// A `refs/nostr/<id>` ref survives only if its PR arrived naming that commit (GRASP:
+    /// "delete the ref if no matching event arrives in time, or if the event arrives with a
+    /// different c"); any other is deleted within `placeholder_expiry` (plus the liveness bound
+    /// for the Apply) of its push, crashes included (design notes, fault 6). A matching PR that
+    /// is deleted later may leave its ref: the spec does not say otherwise.
     fn check_placeholders(&mut self) {
         let grace =
             self.sc.params.placeholder_expiry + self.sc.params.liveness_bound(&self.sc.world);
@@ -1081,7 +1107,7 @@ impl<'a> Sim<'a> {
                 let legit = self.sc.world.events.iter().any(|e| {
                     e.id().to_hex() == hex
                         && matches!(&e.role, Role::Pr { commit, .. } if commit == oid)
-                        && self.ever_served.contains(&e.id())
+                        && (self.ever_served.contains(&e.id()) || self.acks.contains_key(&e.id()))
                 });
                 if legit {
                     continue;

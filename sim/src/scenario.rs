@@ -62,6 +62,9 @@ pub struct Scenario {
     pub end_at: Time,
     /// Extra checks a named scenario makes.
     pub expect: Vec<Expect>,
+    /// Before the heal, this percentage of local git commands (Inspect, Apply) never report:
+    /// a hung local process the engine must time out.
+    pub local_hang_percent: u64,
 }
 
 /// A scenario-specific check, made at the end of the run.
@@ -195,6 +198,7 @@ impl Scenario {
             });
         }
 
+        let local_hang_percent = if fr.percent(30) { fr.range(1, 5) } else { 0 };
         let heal_at = at(chaos_ms);
         let end_at = end_for(&params, &world, heal_at);
         Scenario {
@@ -211,6 +215,7 @@ impl Scenario {
             heal_at,
             end_at,
             expect: Vec::new(),
+            local_hang_percent,
         }
     }
 
@@ -260,13 +265,14 @@ impl Scenario {
             .count();
         let _ = write!(
             s,
-            "] users={} remotes={} events={} deliveries={} pushes={} crashes={} config: {}",
+            "] users={} remotes={} events={} deliveries={} pushes={} crashes={} local_hangs={}% config: {}",
             self.world.users.len(),
             self.world.remotes.len(),
             self.world.events.len(),
             deliveries,
             pushes,
             crashes,
+            self.local_hang_percent,
             self.params
         );
         s
@@ -391,13 +397,21 @@ fn gen_repo(
     } else {
         Via::Synced
     };
+    // Sometimes the owner names a maintainer, who then publishes (and pushes) some states.
+    let maintainer = if world.users.len() > 1 && wr.percent(25) {
+        let others: Vec<usize> = (0..world.users.len()).filter(|u| *u != owner_idx).collect();
+        Some(world.users[*wr.pick(&others)].clone())
+    } else {
+        None
+    };
+    let listed: Vec<_> = maintainer.iter().map(|m| m.pubkey).collect();
     let ann = forge::announcement(
         &owner,
         created(t0),
         &ident,
         &clone,
         &[OWN_RELAY.to_owned()],
-        &[],
+        &listed,
     );
     let ann_label = format!("ann({}/{ident})", owner.name);
     deliver(
@@ -427,8 +441,12 @@ fn gen_repo(
             sr.range(t, chaos_ms - 1)
         };
         t = ts.max(t);
+        let author = match &maintainer {
+            Some(m) if wr.percent(40) => m.clone(),
+            _ => owner.clone(),
+        };
         let ev = forge::state(
-            &owner,
+            &author,
             created(ts) + k as u64,
             &ident,
             refs,
@@ -449,14 +467,18 @@ fn gen_repo(
                     refs: refs.clone(),
                     head: Some("refs/heads/main".into()),
                 },
-                label: format!("state{k}({}/{ident})", owner.name),
+                label: if author.pubkey == owner.pubkey {
+                    format!("state{k}({}/{ident})", owner.name)
+                } else {
+                    format!("state{k}({}/{ident} by {})", owner.name, author.name)
+                },
             },
             ts,
             via,
             chaos_ms,
             sr,
         );
-        state_events.push((idx, ts));
+        state_events.push((idx, ts, author));
         if via == Via::Published && sr.percent(60) {
             schedule.push(Scheduled {
                 at: at(ts + sr.range(0, 200_000)),
@@ -577,10 +599,10 @@ fn gen_repo(
 
     // Sometimes the owner deletes a state; sometimes a PR author deletes the PR.
     if sr.percent(15) {
-        let (idx, ts) = state_events[sr.index(state_events.len())];
+        let (idx, ts, author) = state_events[sr.index(state_events.len())].clone();
         let id = world.events[idx].id();
         let td = sr.range(ts, chaos_ms - 1);
-        let ev = forge::deletion(&owner, created(td) + 2, &[id], &[]);
+        let ev = forge::deletion(&author, created(td) + 2, &[id], &[]);
         let label = format!("delete({})", world.events[idx].label);
         deliver(
             world,
