@@ -466,6 +466,39 @@ fn events_and_data_reach_a_server_that_follows_another(flavor: Flavor) {
     );
 }
 
+/// Issue 6: the two runtimes interoperate. A smol server syncs a state from a tokio server, and
+/// a tokio server syncs one from a smol server.
+#[test]
+fn mixed_runtimes_sync_from_each_other() {
+    for (source, sink) in [(Flavor::Tokio, Flavor::Smol), (Flavor::Smol, Flavor::Tokio)] {
+        let a = Server::start(source);
+        let b = Server::start_with(sink, fast_sync());
+        let owner = keys(1);
+        let ann = announcement(&owner, "demo", &[&a.http_url(), &b.http_url()], &[]);
+        let work = WorkRepo::init("work");
+        let c1 = work.commit("README", &format!("from {source:?} to {sink:?}\n"));
+        let st = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
+        let mut relay_a = RelayClient::connect(&a.ws_url());
+        relay_a.publish(&ann);
+        relay_a.publish(&st);
+        work.git(&["push", "-q", &a.repo_url(&npub(&owner), "demo"), "main"]);
+
+        let mut relay_b = RelayClient::connect(&b.ws_url());
+        relay_b.subscribe("live", json!({"kinds": [30618]}));
+        assert_eq!(relay_b.publish(&ann).message, PURGATORY);
+        assert_eq!(relay_b.publish(&st).message, PURGATORY);
+        assert!(
+            relay_b.wait_for_event("live", &st.id.to_hex(), SOON),
+            "{sink:?} did not fetch from {source:?}\n{}",
+            b.log()
+        );
+        assert_eq!(
+            ref_of(&b.repo_url(&npub(&owner), "demo"), "refs/heads/main").as_deref(),
+            Some(c1.as_str())
+        );
+    }
+}
+
 both_runtimes!(
     events_and_data_reach_a_server_that_follows_another,
     announcement_then_push_then_served,

@@ -1,0 +1,424 @@
+//! graspd benchmarks: both server binaries on loopback, real git, real WebSocket clients.
+//! Prints one Markdown table (plus the core scale benchmark's own output).
+//!
+//! Run: `cargo run --release -p graspd-tests --bin graspd-bench [-- --quick] [-- --only push,sync]`
+//! Sections: binary, memory, push, relay, sync, load, scale.
+
+// A measuring tool: it reads the wall clock by design.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod fixtures;
+mod load;
+mod memory;
+mod push;
+mod relay;
+mod report;
+mod sync;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use graspd_tests::{Flavor, Server};
+
+use report::{fmt_p, percentiles_ms, Table};
+
+const FLAVORS: [Flavor; 2] = [Flavor::Tokio, Flavor::Smol];
+
+/// Sizes of every measurement; `--quick` shrinks them.
+struct Plan {
+    quick: bool,
+    pushes: usize,
+    throughput_events: [(usize, usize); 3],
+    req_store: usize,
+    req_queries: usize,
+    waiting_steps: Vec<usize>,
+    sync_runs: usize,
+    large_commits: usize,
+    load: load::LoadSettings,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                pushes: 30,
+                throughput_events: [(1, 500), (10, 1000), (100, 1000)],
+                req_store: 20_000,
+                req_queries: 50,
+                waiting_steps: vec![10_000],
+                sync_runs: 2,
+                large_commits: 10_000,
+                load: load::LoadSettings {
+                    repos: 100,
+                    max_per_domain: 2,
+                    max_per_minute: 60,
+                    timeout: Duration::from_secs(60),
+                },
+            }
+        } else {
+            Plan {
+                quick,
+                pushes: 200,
+                throughput_events: [(1, 2000), (10, 5000), (100, 5000)],
+                req_store: 100_000,
+                req_queries: 200,
+                waiting_steps: vec![10_000, 100_000],
+                sync_runs: 5,
+                large_commits: 10_000,
+                load: load::LoadSettings {
+                    repos: 1000,
+                    max_per_domain: 4,
+                    max_per_minute: 240,
+                    timeout: Duration::from_secs(300),
+                },
+            }
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_owned).collect());
+    let wanted = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+    // Build (or find) both release binaries before any clock starts.
+    for f in FLAVORS {
+        f.binary();
+    }
+    let mut table = Table::default();
+    let mut scale_output = None;
+
+    if wanted("binary") {
+        step("binary sizes");
+        let [t, s] = FLAVORS.map(memory::binary_sizes);
+        table.both(
+            "6 footprint",
+            "binary MiB, unstripped",
+            f1(t.0),
+            f1(s.0),
+            "release, line-tables debug info",
+        );
+        table.both(
+            "6 footprint",
+            "binary MiB, stripped",
+            f1(t.1),
+            f1(s.1),
+            "`strip`",
+        );
+    }
+    if wanted("memory") {
+        step("memory");
+        let [t, s] = FLAVORS.map(|f| memory::footprint(f, &plan.waiting_steps));
+        table.both(
+            "6 footprint",
+            "idle RSS MiB",
+            f1(t.idle_rss),
+            f1(s.idle_rss),
+            "after start, 1 s settle",
+        );
+        table.both(
+            "6 footprint",
+            "idle threads",
+            t.idle_threads.to_string(),
+            s.idle_threads.to_string(),
+            "/proc/<pid>/status Threads",
+        );
+        table.both(
+            "6 memory",
+            &format!("RSS MiB, {} waiting, published live", t.live.0),
+            f1(t.live.1),
+            f1(s.live.1),
+            "kind 1618 PRs whose tips nobody has",
+        );
+        table.both(
+            "6 memory",
+            &format!("threads, {} waiting, live", t.live.0),
+            t.live.2.to_string(),
+            s.live.2.to_string(),
+            "",
+        );
+        table.both(
+            "6 memory",
+            &format!("waiting EVENTs/s (to {})", t.live.0),
+            f0(t.live_rate),
+            f0(s.live_rate),
+            "10 connections, 32 in flight each; one fsync'd store write per event",
+        );
+        for (tw, sw) in t.restored.iter().zip(&s.restored) {
+            table.both(
+                "6 memory",
+                &format!("RSS MiB, {} waiting, after restart", tw.0),
+                f1(tw.1),
+                f1(sw.1),
+                "restored from the store at start-up",
+            );
+        }
+    }
+    if wanted("push") {
+        step("push-to-release");
+        let [t, s] = FLAVORS.map(|f| {
+            let server = Server::start(f);
+            push::measure(&server, plan.pushes)
+        });
+        let n = plan.pushes;
+        table.both(
+            "1 push",
+            &format!("push returned -> live EVENT, ms p50/p99 (n={n})"),
+            fmt_p(percentiles_ms(&t.after_push)),
+            fmt_p(percentiles_ms(&s.after_push)),
+            "negative: delivered before `git push` exited",
+        );
+        table.both(
+            "1 push",
+            "`git push` command, ms p50/p99",
+            fmt_p(percentiles_ms(&t.push_command)),
+            fmt_p(percentiles_ms(&s.push_command)),
+            "one commit each, same repo",
+        );
+    }
+    if wanted("relay") {
+        step("relay throughput and REQ latency");
+        let total: usize = plan.throughput_events.iter().map(|(_, n)| n).sum();
+        let store_events = plan.req_store.max(total);
+        let issues = fixtures::issues("relay-bench", store_events, 1000);
+        let results = FLAVORS.map(|f| {
+            let mut server = memory::quiet_server(f);
+            fixtures::served_repo(&server, "relay-bench");
+            let mut offset = 0;
+            let mut rates = Vec::new();
+            for (conns, n) in plan.throughput_events {
+                let p = relay::throughput(&server, &issues[offset..offset + n], conns);
+                offset += n;
+                rates.push(p.per_second());
+            }
+            relay::bulk_load(&mut server, &issues);
+            let (lat, returned) =
+                relay::req_latency(&server, &relay::tag_filters(plan.req_queries, 1000));
+            let (lat_a, returned_a) = relay::req_latency(
+                &server,
+                &[serde_json::json!({"#a": [fixtures::coordinate("relay-bench")], "limit": 500})],
+            );
+            (rates, lat, returned, lat_a, returned_a)
+        });
+        for (i, (conns, n)) in plan.throughput_events.iter().enumerate() {
+            table.both(
+                "4 relay",
+                &format!("EVENTs/s accepted, {conns} conn ({n} events)"),
+                f0(results[0].0[i]),
+                f0(results[1].0[i]),
+                "kind 1621 issues tagging an accepted repo: verify, accept, store (fsync) each",
+            );
+        }
+        let n = plan.req_store;
+        table.both(
+            "4 relay",
+            &format!(
+                "REQ #t (≈{} hits) over {n} events, ms p50/p99",
+                results[0].2
+            ),
+            fmt_p(percentiles_ms(&results[0].1)),
+            fmt_p(percentiles_ms(&results[1].1)),
+            "to EOSE, one connection",
+        );
+        table.both(
+            "4 relay",
+            &format!("REQ #a limit 500 over {n} events, ms"),
+            fmt_p(percentiles_ms(&results[0].3)),
+            fmt_p(percentiles_ms(&results[1].3)),
+            &format!("{} returned", results[0].4),
+        );
+    }
+    if wanted("sync") {
+        step("sync-to-release");
+        let small = sync::linear_repo(1);
+        let large = sync::linear_repo(plan.large_commits);
+        for f in FLAVORS {
+            let a = Server::start(f);
+            let b = memory_fast_sync(f);
+            for (label, work) in [
+                ("1 commit", &small),
+                (&*format!("{} commits", plan.large_commits), &large),
+            ] {
+                let r = sync::measure(&a, &b, work, &label.replace(' ', "-"), plan.sync_runs);
+                let (rel, _) = percentiles_ms(&r.release);
+                let (floor, _) = percentiles_ms(&r.floor);
+                let (t, s) = (
+                    format!("{rel:.0} ms vs {floor:.0} ms = {:.2}x", rel / floor),
+                    "".to_owned(),
+                );
+                let note = format!(
+                    "median of {}; release on B / `git fetch <A> <oid>` floor",
+                    plan.sync_runs
+                );
+                match f {
+                    Flavor::Tokio => {
+                        table.both("2 sync", &format!("sync-to-release, {label}"), t, s, &note)
+                    }
+                    Flavor::Smol => {
+                        let row = table
+                            .rows
+                            .iter_mut()
+                            .rev()
+                            .find(|r| r.measure == format!("sync-to-release, {label}"))
+                            .unwrap();
+                        row.smol = t;
+                    }
+                }
+            }
+        }
+    }
+    if wanted("load") {
+        step("sync under load");
+        let l = &plan.load;
+        let r = load::measure(Flavor::Tokio, l);
+        table.single(
+            "3 load",
+            &format!("{} repos on 5 domains: reachable released", l.repos),
+            format!(
+                "{}/{} in {:.1} s",
+                r.released,
+                r.reachable,
+                r.elapsed.as_secs_f64()
+            ),
+            &format!(
+                "tokio B; --max-fetches-per-domain {} --max-fetches-per-minute {}",
+                l.max_per_domain, l.max_per_minute
+            ),
+        );
+        table.single(
+            "3 load",
+            "max fetches in flight per domain",
+            fmt_map(&r.max_in_flight),
+            &format!(
+                "limit {}; {} scrapes of /metrics, 500 ms apart",
+                l.max_per_domain, r.scrapes
+            ),
+        );
+        table.single(
+            "3 load",
+            "max fetches per sliding 60 s per domain",
+            fmt_map(&r.max_per_minute),
+            &format!(
+                "limit {} started/min (completions counted)",
+                l.max_per_minute
+            ),
+        );
+        let outcomes = r
+            .outcomes
+            .iter()
+            .map(|(d, o)| {
+                format!(
+                    "{d}: {}",
+                    o.iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        table.single(
+            "3 load",
+            "fetch outcomes",
+            outcomes,
+            &format!("throttle waits {}", r.throttle_waits),
+        );
+    }
+    if wanted("scale") {
+        step("core scale benchmark");
+        scale_output = Some(run_scale(plan.quick));
+    }
+
+    println!();
+    println!(
+        "graspd benchmarks ({}), {}",
+        if plan.quick { "quick" } else { "full" },
+        machine()
+    );
+    println!();
+    print!("{}", table.render());
+    if let Some(out) = scale_output {
+        println!(
+            "\n5 core scale (`cargo bench -p graspd-core --bench scale`):\n\n```\n{}```",
+            out
+        );
+    }
+    println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// B in the sync measurement: hunts a user-published event's data at once.
+fn memory_fast_sync(flavor: Flavor) -> Server {
+    Server::start_with(
+        flavor,
+        graspd_tests::ServerOptions::default()
+            .arg("--sync-delay-published-ms")
+            .arg("0")
+            .arg("--sync-backoff-ms")
+            .arg("200")
+            .arg("--sync-backoff-max-ms")
+            .arg("1000"),
+    )
+}
+
+fn run_scale(quick: bool) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["bench", "-q", "-p", "graspd-core", "--bench", "scale"]);
+    if quick {
+        cmd.args(["--", "10000"]);
+    }
+    let out = cmd.output().expect("run cargo bench");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return format!(
+            "{text}\n(failed: {})\n",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text
+}
+
+fn step(name: &str) {
+    eprintln!("[graspd-bench] {name} (load {})", report::load_average());
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{date}, {cores} cores ({cpu}), loopback; load column = 1-min load average when the row was recorded")
+}
+
+fn f0(v: f64) -> String {
+    format!("{v:.0}")
+}
+
+fn f1(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+fn fmt_map(m: &std::collections::BTreeMap<String, f64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,121 @@
+//! Sync-to-release latency: server B is told of a state whose data is on server A and fetches
+//! it; compared with a plain `git fetch <url> <oid>` of the same objects (the physical floor).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use graspd_tests::git::{git, WorkRepo};
+use graspd_tests::nostr::{announcement, npub, state, RelayClient};
+use graspd_tests::{temp_dir, Server};
+use serde_json::json;
+
+use crate::fixtures::owner;
+use crate::report::ms;
+
+/// A repository of `commits` linear commits, built with `git fast-import` (seconds, not
+/// minutes, for 10,000). Each commit changes one of 100 files.
+pub fn linear_repo(commits: usize) -> WorkRepo {
+    let work = WorkRepo::init("bench-sync");
+    let mut stream = String::new();
+    for i in 1..=commits {
+        let msg = format!("commit {i}\n");
+        let body = format!("line {i}\n");
+        stream.push_str(&format!(
+            "commit refs/heads/main\nmark :{i}\ncommitter bench <bench@graspd.invalid> {} +0000\n\
+             data {}\n{msg}",
+            1_700_000_000 + i,
+            msg.len()
+        ));
+        if i > 1 {
+            stream.push_str(&format!("from :{}\n", i - 1));
+        }
+        stream.push_str(&format!(
+            "M 644 inline f{}\ndata {}\n{body}\n",
+            i % 100,
+            body.len()
+        ));
+    }
+    let mut child = Command::new("git")
+        .current_dir(&work.dir)
+        .args(["fast-import", "--quiet"])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run git fast-import");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stream.as_bytes())
+        .expect("feed fast-import");
+    assert!(child.wait().expect("fast-import").success());
+    work.git(&["reset", "-q", "--hard", "main"]);
+    work
+}
+
+pub struct SyncLatency {
+    /// Milliseconds from publishing the state on B to B serving it.
+    pub release: Vec<f64>,
+    /// Milliseconds `git fetch <A> <oid>` takes into an empty bare repository.
+    pub floor: Vec<f64>,
+}
+
+/// `runs` fresh repositories with the content of `work`, each pushed to A and then synced by B.
+pub fn measure(a: &Server, b: &Server, work: &WorkRepo, label: &str, runs: usize) -> SyncLatency {
+    let owner = owner();
+    let head = work.head();
+    let mut result = SyncLatency {
+        release: Vec::new(),
+        floor: Vec::new(),
+    };
+    let mut relay_a = RelayClient::connect(&a.ws_url());
+    let mut relay_b = RelayClient::connect(&b.ws_url());
+    relay_b.subscribe("live", json!({"kinds": [30618], "limit": 0}));
+    for run in 0..runs {
+        let identifier = format!("sync-{label}-{run}-{}", std::process::id());
+        let ann = announcement(&owner, &identifier, &[&a.http_url(), &b.http_url()], &[]);
+        let st = state(
+            &owner,
+            &identifier,
+            &[("refs/heads/main", &head)],
+            Some("main"),
+            -10,
+        );
+        relay_a.publish(&ann);
+        relay_a.publish(&st);
+        let url_a = a.repo_url(&npub(&owner), &identifier);
+        work.git(&["push", "-q", &url_a, "main"]);
+
+        result.floor.push(floor_fetch(&url_a, &head));
+
+        relay_b.publish(&ann);
+        let started = Instant::now();
+        let reply = relay_b.publish(&st);
+        assert!(reply.accepted, "B refused the state: {reply:?}");
+        assert!(
+            relay_b.wait_for_event("live", &st.id.to_hex(), Duration::from_secs(120)),
+            "B did not sync {identifier}\n{}",
+            b.log()
+        );
+        result.release.push(ms(started.elapsed()));
+    }
+    result
+}
+
+/// Time of `git fetch -q <url> <oid>` into a new bare repository.
+fn floor_fetch(url: &str, oid: &str) -> f64 {
+    let dir = temp_dir("bench-floor");
+    git(&dir, &["init", "-q", "--bare"]);
+    let started = Instant::now();
+    git(&dir, &["fetch", "-q", url, oid]);
+    let took = ms(started.elapsed());
+    remove(&dir);
+    took
+}
+
+fn remove(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
