@@ -30,13 +30,26 @@ impl Flavor {
         BUILT.get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--bins", "-p", "graspd-tokio", "-p", "graspd-smol"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                // The benchmark: only the two servers, optimised.
+                cmd.args([
+                    "build",
+                    "--release",
+                    "--bins",
+                    "-p",
+                    "graspd-tokio",
+                    "-p",
+                    "graspd-smol",
+                ]);
+            } else {
+                // Under `cargo test --workspace` the dependencies were built with the whole
+                // workspace's features; asking for the same targets reuses them (a `-p` build
+                // would resolve other features and rebuild gix and friends).
+                cmd.args(["build", "--workspace", "--lib", "--bins", "--tests"]);
+            }
             // Into the target directory this executable runs from, whatever the environment.
             if let Some(target_dir) = profile_dir.parent() {
                 cmd.arg("--target-dir").arg(target_dir);
-            }
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
             }
             let status = cmd
                 .status()
