@@ -31,6 +31,10 @@ impl RelayHandler for NodeHooks {
         self.0.settings.information_document.clone()
     }
 
+    fn max_message_bytes(&self) -> usize {
+        self.0.settings.relay_limits.max_message_bytes
+    }
+
     fn on_websocket(&self, socket: WebSocket, peer: SocketAddr) -> BoxFuture<'static, ()> {
         let node = Arc::clone(&self.0);
         Box::pin(async move {
