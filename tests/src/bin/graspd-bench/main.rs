@@ -2,7 +2,8 @@
 //! Prints one Markdown table (plus the core scale benchmark's own output).
 //!
 //! Run: `cargo run --release -p graspd-tests --bin graspd-bench [-- --quick] [-- --only push,sync]`
-//! Sections: binary, memory, push, relay, sync, load, scale.
+//! Sections: binary, memory, push, relay, sync, load, scale. `--profile` runs tiny sizes, for
+//! `valgrind --tool=callgrind --trace-children=yes --trace-children-skip='*git*,*cargo*'`.
 
 // A measuring tool: it reads the wall clock by design.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -38,6 +39,26 @@ struct Plan {
 }
 
 impl Plan {
+    /// Tiny sizes for running under `valgrind --tool=callgrind` (roughly 50x slower).
+    fn profile() -> Plan {
+        Plan {
+            quick: true,
+            pushes: 10,
+            throughput_events: [(1, 100), (10, 200), (100, 200)],
+            req_store: 2000,
+            req_queries: 20,
+            waiting_steps: vec![1000],
+            sync_runs: 1,
+            large_commits: 1000,
+            load: load::LoadSettings {
+                repos: 20,
+                max_per_domain: 2,
+                max_per_minute: 60,
+                timeout: Duration::from_secs(120),
+            },
+        }
+    }
+
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
@@ -86,7 +107,11 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(str::to_owned).collect());
     let wanted = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
-    let plan = Plan::new(quick);
+    let plan = if args.iter().any(|a| a == "--profile") {
+        Plan::profile()
+    } else {
+        Plan::new(quick)
+    };
     let started = Instant::now();
     // Build (or find) both release binaries before any clock starts.
     for f in FLAVORS {
