@@ -1061,3 +1061,43 @@ fn an_event_whose_apply_is_running_at_its_expiry_waits_for_the_outcome() {
     );
     assert_eq!(engine.stats().expired, 0);
 }
+
+#[test]
+fn an_attempt_whose_events_left_while_it_waited_for_the_rate_window_ends() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        max_per_minute_per_domain: 1,
+        ..config()
+    });
+    engine.restore_accepted(&kit.announcement(1, "r", &[], &[REMOTE]));
+    let mut host = Host::default();
+    let refs = [("refs/heads/a", oid(1)), ("refs/heads/b", oid(2))];
+    let st = kit.state(1, "r", 2000, &refs);
+    let st_id = st.id;
+    publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    advance(&mut engine, &mut host, t(500));
+    let Command::Fetch { id, .. } = host.fetches.remove(0) else {
+        panic!()
+    };
+    // The retry without oid(1) waits for the rate window (one start per minute).
+    engine.handle_input(
+        t(600),
+        Input::FetchDone {
+            id,
+            result: Err(FetchError::NotOurRef(vec![oid(1)])),
+        },
+    );
+    host.run(&mut engine, t(600));
+    assert!(host.fetches.is_empty());
+    // The state is deleted while its attempt waits: nothing is in flight or queued any more.
+    let del = kit.deletion(1, &[st_id], &[]);
+    publish(&mut engine, &mut host, t(700), del, Arrival::Published);
+    // A new PR must get its own attempt (not wait for its expiry behind the old one).
+    let pr = kit.pr(7, &repo(1, "r"), oid(9), &[]);
+    publish(&mut engine, &mut host, t(800), pr, Arrival::Synced);
+    advance(&mut engine, &mut host, t(120_000));
+    let Some(Command::Fetch { oids, .. }) = host.fetches.first() else {
+        panic!("the PR never got a sync attempt")
+    };
+    assert_eq!(oids, &[oid(9)]);
+}

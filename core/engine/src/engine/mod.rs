@@ -682,6 +682,18 @@ impl Engine {
                 self.throttle.dequeue(now, &d, repo);
             }
         }
+        if let Some(work) = self.repos.get_mut(repo) {
+            // Nothing in flight and nothing queued: the attempt is over, or nothing would ever
+            // end it and a later attempt timer would only mark it due.
+            if work
+                .attempt
+                .as_ref()
+                .is_some_and(|a| a.in_flight.is_empty())
+            {
+                work.attempt = None;
+                work.attempt_due = false;
+            }
+        }
         let Some(work) = self.repos.get(repo) else {
             return;
         };
