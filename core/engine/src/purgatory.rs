@@ -43,6 +43,8 @@ pub struct WaitingCounts {
 pub struct Placeholder {
     pub oid: Oid,
     pub expires: Time,
+    /// Deletes of the ref that failed so far (retried a bounded number of times).
+    pub failed_deletes: u32,
 }
 
 #[derive(Default, Debug)]

@@ -1101,3 +1101,54 @@ fn an_attempt_whose_events_left_while_it_waited_for_the_rate_window_ends() {
     };
     assert_eq!(oids, &[oid(9)]);
 }
+
+#[test]
+fn a_failed_placeholder_delete_is_retried_and_reported_only_once_done() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let ghost = kit.pr(5, &repo(1, "r"), oid(4), &[]);
+    let name = format!("refs/nostr/{}", ghost.id.to_hex());
+    host.give(&repo(1, "r"), &[oid(4)]);
+    host.refs
+        .entry(repo(1, "r"))
+        .or_default()
+        .insert(name.clone(), oid(4));
+    engine.handle_input(
+        t(0),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![RefUpdate {
+                old: graspd_core::Oid::ZERO,
+                new: oid(4),
+                name: name.clone(),
+            }],
+        },
+    );
+    host.run(&mut engine, t(0));
+    host.events.clear();
+    // At expiry the delete is issued, and hangs: the host never answers it.
+    let expiry = 30 * 60 * 1000;
+    engine.handle_timeout(t(expiry));
+    let mut deletes = 0;
+    while let Some(cmd) = engine.poll_command() {
+        deletes += usize::from(matches!(cmd, Command::Apply { .. }));
+    }
+    assert_eq!(deletes, 1);
+    // Its deadline passes: not removed (the ref is still there), tried again later.
+    engine.handle_timeout(t(expiry + 60_000));
+    host.run(&mut engine, t(expiry + 60_000));
+    assert!(!host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::PlaceholderRemoved { .. })));
+    assert!(host.refs[&repo(1, "r")].contains_key(&name));
+    advance(&mut engine, &mut host, t(expiry + 10 * 60_000));
+    assert!(!host.refs[&repo(1, "r")].contains_key(&name));
+    let removed = host
+        .events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::PlaceholderRemoved { id, .. } if *id == ghost.id))
+        .count();
+    assert_eq!(removed, 1);
+    assert_eq!(engine.stats().waiting.placeholders, 0);
+}

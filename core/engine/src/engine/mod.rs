@@ -107,7 +107,7 @@ enum ApplyPurpose {
         state: Option<(u64, EventId)>,
     },
     /// A `refs/nostr/<id>` placeholder ref deleted.
-    RemovePlaceholder(EventId),
+    RemovePlaceholder(EventId, Placeholder),
 }
 
 impl Engine {
@@ -560,21 +560,21 @@ impl Engine {
             self.timers
                 .cancel(&TimerReason::PlaceholderExpiry(repo.clone(), id));
             if p.oid != commit {
-                self.delete_placeholder_ref(repo, id, p.oid);
+                self.delete_placeholder_ref(repo, id, p);
             }
         }
     }
 
     fn placeholder_expired(&mut self, repo: RepoKey, id: EventId) {
         if let Some(p) = self.purgatory.take_placeholder(&repo, &id) {
-            self.delete_placeholder_ref(repo, id, p.oid);
+            self.delete_placeholder_ref(repo, id, p);
         }
     }
 
-    fn delete_placeholder_ref(&mut self, repo: RepoKey, id: EventId, oid: Oid) {
+    fn delete_placeholder_ref(&mut self, repo: RepoKey, id: EventId, p: Placeholder) {
         let edit = RefEdit {
             name: format!("refs/nostr/{}", id.to_hex()),
-            expected: Some(oid),
+            expected: Some(p.oid),
             new: None,
         };
         let plan = ApplyPlan {
@@ -588,10 +588,46 @@ impl Engine {
             cmd,
             ApplyInFlight {
                 repo,
-                purpose: ApplyPurpose::RemovePlaceholder(id),
+                purpose: ApplyPurpose::RemovePlaceholder(id, p),
             },
         );
         self.issue_apply(cmd, plan);
+    }
+
+    /// A placeholder's ref delete failed (or hung): the placeholder is tracked again and the
+    /// delete retried after a backoff, a bounded number of times.
+    fn placeholder_delete_failed(
+        &mut self,
+        now: Time,
+        repo: RepoKey,
+        id: EventId,
+        p: Placeholder,
+        reason: String,
+    ) {
+        if self.purgatory.placeholder(&repo, &id).is_some() {
+            // Pushed again meanwhile: the new placeholder governs the ref.
+            return;
+        }
+        if p.failed_deletes >= self.config.max_apply_retries {
+            self.events.push_back(EngineEvent::ApplyFailed {
+                repo,
+                reason: format!(
+                    "could not delete refs/nostr/{} after {} tries ({reason}); delete it by hand",
+                    id.to_hex(),
+                    p.failed_deletes + 1
+                ),
+            });
+            return;
+        }
+        let expires = now + self.config.backoff_delay(p.failed_deletes as usize);
+        let retry = Placeholder {
+            expires,
+            failed_deletes: p.failed_deletes + 1,
+            ..p
+        };
+        self.purgatory.add_placeholder(repo.clone(), id, retry);
+        self.timers
+            .set(TimerReason::PlaceholderExpiry(repo, id), expires);
     }
 
     fn pushed(&mut self, now: Time, repo: RepoKey, updates: Vec<RefUpdate>) {
@@ -621,6 +657,7 @@ impl Engine {
                 Placeholder {
                     oid: u.new,
                     expires,
+                    failed_deletes: 0,
                 },
             );
             self.timers

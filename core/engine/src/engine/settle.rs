@@ -195,11 +195,24 @@ impl Engine {
                 });
                 self.schedule_backoff(now, &repo);
             }
-            (ApplyPurpose::RemovePlaceholder(eid), _) => {
+            (ApplyPurpose::RemovePlaceholder(eid, _), Ok(())) => {
                 self.events.push_back(EngineEvent::PlaceholderRemoved {
                     repo: repo.clone(),
                     id: eid,
                 });
+            }
+            (ApplyPurpose::RemovePlaceholder(eid, _), Err(ApplyError::Conflict)) => {
+                // The ref no longer holds that commit: deleted, or pushed again (and then
+                // tracked as a new placeholder).
+                if self.purgatory.placeholder(&repo, &eid).is_none() {
+                    self.events.push_back(EngineEvent::PlaceholderRemoved {
+                        repo: repo.clone(),
+                        id: eid,
+                    });
+                }
+            }
+            (ApplyPurpose::RemovePlaceholder(eid, p), Err(ApplyError::Io(reason))) => {
+                self.placeholder_delete_failed(now, repo.clone(), eid, p, reason);
             }
         }
         self.after_settle_step(&repo);
