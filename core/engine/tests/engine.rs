@@ -1019,7 +1019,7 @@ fn an_unanswered_inspect_times_out_and_never_blocks_the_repository() {
 }
 
 #[test]
-fn an_event_whose_apply_is_running_at_its_expiry_waits_for_the_outcome() {
+fn an_event_whose_apply_succeeds_only_after_its_expiry_waits_for_it_then_expires() {
     let mut kit = Kit::default();
     let (mut engine, _host) = served(&mut kit);
     let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
@@ -1056,10 +1056,11 @@ fn an_event_whose_apply_is_running_at_its_expiry_waits_for_the_outcome() {
             result: Ok(()),
         },
     );
-    assert!(
-        matches!(engine.poll_event(), Some(EngineEvent::Released { event, .. }) if event.id == id)
-    );
-    assert_eq!(engine.stats().expired, 0);
+    // Its success came after the expiry: the event expires (never served after its expiry;
+    // the repository keeps the refs, and a republished event is released at once).
+    assert!(matches!(engine.poll_event(), Some(EngineEvent::Expired { id: x, .. }) if x == id));
+    assert_eq!(engine.stats().expired, 1);
+    assert_eq!(engine.stats().released, 0);
 }
 
 #[test]
@@ -1151,4 +1152,49 @@ fn a_failed_placeholder_delete_is_retried_and_reported_only_once_done() {
         .count();
     assert_eq!(removed, 1);
     assert_eq!(engine.stats().waiting.placeholders, 0);
+}
+
+/// Rule: an event is released only when the Apply releasing it reports success before the
+/// event's expiry. At its expiry an event whose Apply still runs waits for that Apply to end
+/// (it has a deadline), then expires whatever the outcome; it is never planned again.
+#[test]
+fn an_event_whose_apply_hangs_over_its_expiry_expires_when_the_apply_ends() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let id = st.id;
+    engine.handle_event(t(0), st, Arrival::Published);
+    let expiry = 30 * 60 * 1000;
+    let Some(Command::Inspect { id: iid, .. }) = engine.poll_command() else {
+        panic!()
+    };
+    host.give(&repo(1, "r"), &[oid(1)]);
+    let snap = graspd_core::RepoSnapshot {
+        present: vec![oid(1)],
+        refs: Default::default(),
+    };
+    engine.handle_input(
+        t(expiry - 10),
+        Input::Inspected {
+            id: iid,
+            result: Ok(snap),
+        },
+    );
+    let Some(Command::Apply { .. }) = engine.poll_command() else {
+        panic!()
+    };
+    // The Apply hangs; the expiry passes, then the Apply's deadline.
+    engine.handle_timeout(t(expiry));
+    assert!(engine.poll_event().is_none(), "waits for the running Apply");
+    advance(&mut engine, &mut host, t(expiry + 10 * 60_000));
+    assert!(
+        host.released().is_empty(),
+        "never released after its expiry"
+    );
+    assert!(host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Expired { id: x, .. } if *x == id)));
+    assert_eq!(engine.stats().expired, 1);
+    assert_eq!(engine.stats().waiting.states, 0);
 }

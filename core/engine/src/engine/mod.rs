@@ -499,10 +499,8 @@ impl Engine {
 
     fn expire(&mut self, now: Time, id: EventId) {
         if self.applying.contains_key(&id) {
-            // An Apply that releases it is running: its outcome decides (it has a deadline).
-            let later = now + self.config.local_command_timeout;
-            self.purgatory.set_expires(&id, later);
-            self.timers.set_expiry(id, later);
+            // An Apply that would release it is running: the event expires when that Apply
+            // ends (it has a deadline), whatever the outcome; it is never released after now.
             return;
         }
         let targets = self.targets_of(&id);

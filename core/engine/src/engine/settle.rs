@@ -157,6 +157,12 @@ impl Engine {
             for e in events {
                 self.applying.remove(e);
             }
+            // Events whose expiry passed while this Apply ran expire now, whatever it did.
+            for e in events {
+                if self.purgatory.get(e).is_some_and(|w| w.expires <= now) {
+                    self.expire(now, *e);
+                }
+            }
         }
         let repo = a.repo;
         if let Some(w) = self.repos.get_mut(&repo) {
@@ -244,6 +250,11 @@ impl Engine {
         }
         let mut released_state = None;
         for id in ids {
+            if self.purgatory.get(id).is_some_and(|w| w.expires <= now) {
+                // Never released at or after its expiry (its expiry timer may not have run).
+                self.expire(now, *id);
+                continue;
+            }
             let Some(waiting) = self.remove_waiting(id) else {
                 continue;
             };
