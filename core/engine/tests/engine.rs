@@ -1198,3 +1198,24 @@ fn an_event_whose_apply_hangs_over_its_expiry_expires_when_the_apply_ends() {
     assert_eq!(engine.stats().expired, 1);
     assert_eq!(engine.stats().waiting.states, 0);
 }
+
+#[test]
+fn a_released_pr_delivered_again_is_a_duplicate() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    host.give(&repo(1, "r"), &[oid(3)]);
+    let pr = kit.pr(5, &repo(1, "r"), oid(3), &[]);
+    assert_eq!(
+        publish(&mut engine, &mut host, t(0), pr.clone(), Arrival::Published),
+        Verdict::Waiting
+    );
+    assert_eq!(host.released(), [pr.id]);
+    for arrival in [Arrival::Synced, Arrival::Published] {
+        assert_eq!(
+            publish(&mut engine, &mut host, t(10), pr.clone(), arrival),
+            Verdict::Duplicate
+        );
+    }
+    assert_eq!(host.released(), [pr.id], "not released twice");
+    assert_eq!(engine.stats().waiting.prs, 0);
+}

@@ -213,7 +213,10 @@ impl Engine {
             Ok(Some(p)) => p,
         };
         let id = event.id;
-        if self.purgatory.contains(&id) || self.is_accepted(&parsed) {
+        if self.purgatory.contains(&id)
+            || self.is_accepted(&parsed)
+            || self.purgatory.was_released_pr(now, &id)
+        {
             return Verdict::Duplicate;
         }
         if let GitEvent::Deletion(d) = &parsed {

@@ -264,7 +264,13 @@ impl Engine {
                     released_state = Some(waiting.parsed.clone());
                     self.accepted.add_state(s.clone(), Some(repo.clone()));
                 }
-                _ => {}
+                GitEvent::Pr(_) => self.purgatory.remember_released_pr(
+                    now,
+                    *id,
+                    self.config.remember_expired_for,
+                    self.config.max_remembered_expired,
+                ),
+                GitEvent::Deletion(_) => {}
             }
             self.counters.released += 1;
             let waited = now.saturating_since(waiting.received);
