@@ -43,6 +43,8 @@ pub struct WaitingCounts {
 pub struct Placeholder {
     pub oid: Oid,
     pub expires: Time,
+    /// Deletes of the ref that failed so far (retried a bounded number of times).
+    pub failed_deletes: u32,
 }
 
 #[derive(Default, Debug)]
@@ -59,6 +61,8 @@ pub struct Purgatory {
     placeholders_by_event: BTreeMap<EventId, BTreeSet<RepoKey>>,
     counts: WaitingCounts,
     expired: ExpiredMemory,
+    /// Released PRs and PR updates (not kept as accepted state): re-deliveries are duplicates.
+    released_prs: ExpiredMemory,
 }
 
 impl Purgatory {
@@ -251,6 +255,16 @@ impl Purgatory {
 
     pub fn remembered_expired(&self) -> usize {
         self.expired.until.len()
+    }
+
+    // --- released PR ids ---
+
+    pub fn remember_released_pr(&mut self, now: Time, id: EventId, keep_for: Duration, max: usize) {
+        self.released_prs.remember(now, id, keep_for, max);
+    }
+
+    pub fn was_released_pr(&self, now: Time, id: &EventId) -> bool {
+        self.released_prs.contains(now, id)
     }
 }
 

@@ -1019,7 +1019,7 @@ fn an_unanswered_inspect_times_out_and_never_blocks_the_repository() {
 }
 
 #[test]
-fn an_event_whose_apply_is_running_at_its_expiry_waits_for_the_outcome() {
+fn an_event_whose_apply_succeeds_only_after_its_expiry_waits_for_it_then_expires() {
     let mut kit = Kit::default();
     let (mut engine, _host) = served(&mut kit);
     let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
@@ -1056,8 +1056,166 @@ fn an_event_whose_apply_is_running_at_its_expiry_waits_for_the_outcome() {
             result: Ok(()),
         },
     );
-    assert!(
-        matches!(engine.poll_event(), Some(EngineEvent::Released { event, .. }) if event.id == id)
+    // Its success came after the expiry: the event expires (never served after its expiry;
+    // the repository keeps the refs, and a republished event is released at once).
+    assert!(matches!(engine.poll_event(), Some(EngineEvent::Expired { id: x, .. }) if x == id));
+    assert_eq!(engine.stats().expired, 1);
+    assert_eq!(engine.stats().released, 0);
+}
+
+#[test]
+fn an_attempt_whose_events_left_while_it_waited_for_the_rate_window_ends() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        max_per_minute_per_domain: 1,
+        ..config()
+    });
+    engine.restore_accepted(&kit.announcement(1, "r", &[], &[REMOTE]));
+    let mut host = Host::default();
+    let refs = [("refs/heads/a", oid(1)), ("refs/heads/b", oid(2))];
+    let st = kit.state(1, "r", 2000, &refs);
+    let st_id = st.id;
+    publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    advance(&mut engine, &mut host, t(500));
+    let Command::Fetch { id, .. } = host.fetches.remove(0) else {
+        panic!()
+    };
+    // The retry without oid(1) waits for the rate window (one start per minute).
+    engine.handle_input(
+        t(600),
+        Input::FetchDone {
+            id,
+            result: Err(FetchError::NotOurRef(vec![oid(1)])),
+        },
     );
-    assert_eq!(engine.stats().expired, 0);
+    host.run(&mut engine, t(600));
+    assert!(host.fetches.is_empty());
+    // The state is deleted while its attempt waits: nothing is in flight or queued any more.
+    let del = kit.deletion(1, &[st_id], &[]);
+    publish(&mut engine, &mut host, t(700), del, Arrival::Published);
+    // A new PR must get its own attempt (not wait for its expiry behind the old one).
+    let pr = kit.pr(7, &repo(1, "r"), oid(9), &[]);
+    publish(&mut engine, &mut host, t(800), pr, Arrival::Synced);
+    advance(&mut engine, &mut host, t(120_000));
+    let Some(Command::Fetch { oids, .. }) = host.fetches.first() else {
+        panic!("the PR never got a sync attempt")
+    };
+    assert_eq!(oids, &[oid(9)]);
+}
+
+#[test]
+fn a_failed_placeholder_delete_is_retried_and_reported_only_once_done() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let ghost = kit.pr(5, &repo(1, "r"), oid(4), &[]);
+    let name = format!("refs/nostr/{}", ghost.id.to_hex());
+    host.give(&repo(1, "r"), &[oid(4)]);
+    host.refs
+        .entry(repo(1, "r"))
+        .or_default()
+        .insert(name.clone(), oid(4));
+    engine.handle_input(
+        t(0),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![RefUpdate {
+                old: graspd_core::Oid::ZERO,
+                new: oid(4),
+                name: name.clone(),
+            }],
+        },
+    );
+    host.run(&mut engine, t(0));
+    host.events.clear();
+    // At expiry the delete is issued, and hangs: the host never answers it.
+    let expiry = 30 * 60 * 1000;
+    engine.handle_timeout(t(expiry));
+    let mut deletes = 0;
+    while let Some(cmd) = engine.poll_command() {
+        deletes += usize::from(matches!(cmd, Command::Apply { .. }));
+    }
+    assert_eq!(deletes, 1);
+    // Its deadline passes: not removed (the ref is still there), tried again later.
+    engine.handle_timeout(t(expiry + 60_000));
+    host.run(&mut engine, t(expiry + 60_000));
+    assert!(!host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::PlaceholderRemoved { .. })));
+    assert!(host.refs[&repo(1, "r")].contains_key(&name));
+    advance(&mut engine, &mut host, t(expiry + 10 * 60_000));
+    assert!(!host.refs[&repo(1, "r")].contains_key(&name));
+    let removed = host
+        .events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::PlaceholderRemoved { id, .. } if *id == ghost.id))
+        .count();
+    assert_eq!(removed, 1);
+    assert_eq!(engine.stats().waiting.placeholders, 0);
+}
+
+/// Rule: an event is released only when the Apply releasing it reports success before the
+/// event's expiry. At its expiry an event whose Apply still runs waits for that Apply to end
+/// (it has a deadline), then expires whatever the outcome; it is never planned again.
+#[test]
+fn an_event_whose_apply_hangs_over_its_expiry_expires_when_the_apply_ends() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let id = st.id;
+    engine.handle_event(t(0), st, Arrival::Published);
+    let expiry = 30 * 60 * 1000;
+    let Some(Command::Inspect { id: iid, .. }) = engine.poll_command() else {
+        panic!()
+    };
+    host.give(&repo(1, "r"), &[oid(1)]);
+    let snap = graspd_core::RepoSnapshot {
+        present: vec![oid(1)],
+        refs: Default::default(),
+    };
+    engine.handle_input(
+        t(expiry - 10),
+        Input::Inspected {
+            id: iid,
+            result: Ok(snap),
+        },
+    );
+    let Some(Command::Apply { .. }) = engine.poll_command() else {
+        panic!()
+    };
+    // The Apply hangs; the expiry passes, then the Apply's deadline.
+    engine.handle_timeout(t(expiry));
+    assert!(engine.poll_event().is_none(), "waits for the running Apply");
+    advance(&mut engine, &mut host, t(expiry + 10 * 60_000));
+    assert!(
+        host.released().is_empty(),
+        "never released after its expiry"
+    );
+    assert!(host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Expired { id: x, .. } if *x == id)));
+    assert_eq!(engine.stats().expired, 1);
+    assert_eq!(engine.stats().waiting.states, 0);
+}
+
+#[test]
+fn a_released_pr_delivered_again_is_a_duplicate() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    host.give(&repo(1, "r"), &[oid(3)]);
+    let pr = kit.pr(5, &repo(1, "r"), oid(3), &[]);
+    assert_eq!(
+        publish(&mut engine, &mut host, t(0), pr.clone(), Arrival::Published),
+        Verdict::Waiting
+    );
+    assert_eq!(host.released(), [pr.id]);
+    for arrival in [Arrival::Synced, Arrival::Published] {
+        assert_eq!(
+            publish(&mut engine, &mut host, t(10), pr.clone(), arrival),
+            Verdict::Duplicate
+        );
+    }
+    assert_eq!(host.released(), [pr.id], "not released twice");
+    assert_eq!(engine.stats().waiting.prs, 0);
 }

@@ -107,7 +107,7 @@ enum ApplyPurpose {
         state: Option<(u64, EventId)>,
     },
     /// A `refs/nostr/<id>` placeholder ref deleted.
-    RemovePlaceholder(EventId),
+    RemovePlaceholder(EventId, Placeholder),
 }
 
 impl Engine {
@@ -213,7 +213,10 @@ impl Engine {
             Ok(Some(p)) => p,
         };
         let id = event.id;
-        if self.purgatory.contains(&id) || self.is_accepted(&parsed) {
+        if self.purgatory.contains(&id)
+            || self.is_accepted(&parsed)
+            || self.purgatory.was_released_pr(now, &id)
+        {
             return Verdict::Duplicate;
         }
         if let GitEvent::Deletion(d) = &parsed {
@@ -499,10 +502,8 @@ impl Engine {
 
     fn expire(&mut self, now: Time, id: EventId) {
         if self.applying.contains_key(&id) {
-            // An Apply that releases it is running: its outcome decides (it has a deadline).
-            let later = now + self.config.local_command_timeout;
-            self.purgatory.set_expires(&id, later);
-            self.timers.set_expiry(id, later);
+            // An Apply that would release it is running: the event expires when that Apply
+            // ends (it has a deadline), whatever the outcome; it is never released after now.
             return;
         }
         let targets = self.targets_of(&id);
@@ -560,21 +561,21 @@ impl Engine {
             self.timers
                 .cancel(&TimerReason::PlaceholderExpiry(repo.clone(), id));
             if p.oid != commit {
-                self.delete_placeholder_ref(repo, id, p.oid);
+                self.delete_placeholder_ref(repo, id, p);
             }
         }
     }
 
     fn placeholder_expired(&mut self, repo: RepoKey, id: EventId) {
         if let Some(p) = self.purgatory.take_placeholder(&repo, &id) {
-            self.delete_placeholder_ref(repo, id, p.oid);
+            self.delete_placeholder_ref(repo, id, p);
         }
     }
 
-    fn delete_placeholder_ref(&mut self, repo: RepoKey, id: EventId, oid: Oid) {
+    fn delete_placeholder_ref(&mut self, repo: RepoKey, id: EventId, p: Placeholder) {
         let edit = RefEdit {
             name: format!("refs/nostr/{}", id.to_hex()),
-            expected: Some(oid),
+            expected: Some(p.oid),
             new: None,
         };
         let plan = ApplyPlan {
@@ -588,10 +589,46 @@ impl Engine {
             cmd,
             ApplyInFlight {
                 repo,
-                purpose: ApplyPurpose::RemovePlaceholder(id),
+                purpose: ApplyPurpose::RemovePlaceholder(id, p),
             },
         );
         self.issue_apply(cmd, plan);
+    }
+
+    /// A placeholder's ref delete failed (or hung): the placeholder is tracked again and the
+    /// delete retried after a backoff, a bounded number of times.
+    fn placeholder_delete_failed(
+        &mut self,
+        now: Time,
+        repo: RepoKey,
+        id: EventId,
+        p: Placeholder,
+        reason: String,
+    ) {
+        if self.purgatory.placeholder(&repo, &id).is_some() {
+            // Pushed again meanwhile: the new placeholder governs the ref.
+            return;
+        }
+        if p.failed_deletes >= self.config.max_apply_retries {
+            self.events.push_back(EngineEvent::ApplyFailed {
+                repo,
+                reason: format!(
+                    "could not delete refs/nostr/{} after {} tries ({reason}); delete it by hand",
+                    id.to_hex(),
+                    p.failed_deletes + 1
+                ),
+            });
+            return;
+        }
+        let expires = now + self.config.backoff_delay(p.failed_deletes as usize);
+        let retry = Placeholder {
+            expires,
+            failed_deletes: p.failed_deletes + 1,
+            ..p
+        };
+        self.purgatory.add_placeholder(repo.clone(), id, retry);
+        self.timers
+            .set(TimerReason::PlaceholderExpiry(repo, id), expires);
     }
 
     fn pushed(&mut self, now: Time, repo: RepoKey, updates: Vec<RefUpdate>) {
@@ -621,6 +658,7 @@ impl Engine {
                 Placeholder {
                     oid: u.new,
                     expires,
+                    failed_deletes: 0,
                 },
             );
             self.timers
@@ -680,6 +718,18 @@ impl Engine {
             let domains: Vec<String> = std::mem::take(&mut attempt.jobs).into_keys().collect();
             for d in domains {
                 self.throttle.dequeue(now, &d, repo);
+            }
+        }
+        if let Some(work) = self.repos.get_mut(repo) {
+            // Nothing in flight and nothing queued: the attempt is over, or nothing would ever
+            // end it and a later attempt timer would only mark it due.
+            if work
+                .attempt
+                .as_ref()
+                .is_some_and(|a| a.in_flight.is_empty())
+            {
+                work.attempt = None;
+                work.attempt_due = false;
             }
         }
         let Some(work) = self.repos.get(repo) else {

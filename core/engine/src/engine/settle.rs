@@ -157,6 +157,12 @@ impl Engine {
             for e in events {
                 self.applying.remove(e);
             }
+            // Events whose expiry passed while this Apply ran expire now, whatever it did.
+            for e in events {
+                if self.purgatory.get(e).is_some_and(|w| w.expires <= now) {
+                    self.expire(now, *e);
+                }
+            }
         }
         let repo = a.repo;
         if let Some(w) = self.repos.get_mut(&repo) {
@@ -195,11 +201,24 @@ impl Engine {
                 });
                 self.schedule_backoff(now, &repo);
             }
-            (ApplyPurpose::RemovePlaceholder(eid), _) => {
+            (ApplyPurpose::RemovePlaceholder(eid, _), Ok(())) => {
                 self.events.push_back(EngineEvent::PlaceholderRemoved {
                     repo: repo.clone(),
                     id: eid,
                 });
+            }
+            (ApplyPurpose::RemovePlaceholder(eid, _), Err(ApplyError::Conflict)) => {
+                // The ref no longer holds that commit: deleted, or pushed again (and then
+                // tracked as a new placeholder).
+                if self.purgatory.placeholder(&repo, &eid).is_none() {
+                    self.events.push_back(EngineEvent::PlaceholderRemoved {
+                        repo: repo.clone(),
+                        id: eid,
+                    });
+                }
+            }
+            (ApplyPurpose::RemovePlaceholder(eid, p), Err(ApplyError::Io(reason))) => {
+                self.placeholder_delete_failed(now, repo.clone(), eid, p, reason);
             }
         }
         self.after_settle_step(&repo);
@@ -231,6 +250,11 @@ impl Engine {
         }
         let mut released_state = None;
         for id in ids {
+            if self.purgatory.get(id).is_some_and(|w| w.expires <= now) {
+                // Never released at or after its expiry (its expiry timer may not have run).
+                self.expire(now, *id);
+                continue;
+            }
             let Some(waiting) = self.remove_waiting(id) else {
                 continue;
             };
@@ -240,7 +264,13 @@ impl Engine {
                     released_state = Some(waiting.parsed.clone());
                     self.accepted.add_state(s.clone(), Some(repo.clone()));
                 }
-                _ => {}
+                GitEvent::Pr(_) => self.purgatory.remember_released_pr(
+                    now,
+                    *id,
+                    self.config.remember_expired_for,
+                    self.config.max_remembered_expired,
+                ),
+                GitEvent::Deletion(_) => {}
             }
             self.counters.released += 1;
             let waited = now.saturating_since(waiting.received);

@@ -40,13 +40,15 @@ fn outcome_of(result: &Result<FetchReport, FetchError>) -> Outcome {
 
 impl Engine {
     /// The repository's attempt timer fired.
-    pub(super) fn attempt_due(&mut self, _now: Time, repo: RepoKey) {
+    pub(super) fn attempt_due(&mut self, now: Time, repo: RepoKey) {
         let Some(work) = self.repos.get_mut(&repo) else {
             return;
         };
         if work.attempt.is_some() {
-            // Never lose the wake-up: run again as soon as the current attempt ends.
+            // Never lose the wake-up: run again as soon as the current attempt ends (now, if
+            // nothing is in flight or queued any more).
             work.attempt_due = true;
+            self.check_attempt_end(now, &repo);
             return;
         }
         self.request_inspect(repo, true);
