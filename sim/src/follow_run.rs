@@ -54,6 +54,9 @@ pub struct RelayStats {
     pub rejected: u64,
     /// Older announcement versions accepted again after a newer one (engine finding).
     pub superseded_reaccepted: u64,
+    /// 1 if the world fit every budget, so full liveness (each listed relay connected and
+    /// covering each repository) was checked rather than "every slot filled".
+    pub full_liveness: u64,
 }
 
 #[derive(Debug)]
@@ -844,6 +847,7 @@ impl Host<'_> {
             }
             return Ok(());
         }
+        self.stats.full_liveness = 1;
         for (url, repos) in &wanted {
             let Some(conn) = connected.get(url.as_str()) else {
                 return Err(self.fail(

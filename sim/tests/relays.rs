@@ -33,18 +33,20 @@ fn relay_worlds_pass() {
     let mut failures = Vec::new();
     let mut delivered = 0;
     let mut bad = 0;
+    let mut full = 0;
     for seed in 0..SEEDS {
         let world = RelayWorld::random(seed);
         let outcome = follow_run::run(&world, TraceMode::Tail);
         delivered += outcome.stats.events_delivered;
         bad += outcome.stats.bad_signatures;
+        full += outcome.stats.full_liveness;
         if outcome.failure.is_some() {
             failures.push(report(&world, &outcome));
         }
     }
     eprintln!(
         "{SEEDS} relay seeds in {:.1}s ({delivered} events delivered, {bad} bad signatures \
-         dropped), {} failed",
+         dropped, {full} with full liveness), {} failed",
         started.elapsed().as_secs_f64(),
         failures.len()
     );
@@ -55,6 +57,10 @@ fn relay_worlds_pass() {
         failures[0]
     );
     assert!(bad > 0, "no lying relay in {SEEDS} seeds");
+    assert!(
+        full >= SEEDS / 10,
+        "only {full} seeds fit the budgets for full liveness"
+    );
 }
 
 #[test]
