@@ -282,8 +282,8 @@ fn main() {
                     "".to_owned(),
                 );
                 let note = format!(
-                    "median of {}; release on B / `git fetch <A> <oid>` floor",
-                    plan.sync_runs
+                    "median of {}; release on B / `git fetch <A> <oid>` floor; stuck runs {}",
+                    plan.sync_runs, r.stuck
                 );
                 match f {
                     Flavor::Tokio => {
