@@ -190,7 +190,9 @@ fn main() {
         step("push-to-release");
         let [t, s] = FLAVORS.map(|f| {
             let server = Server::start(f);
-            push::measure(&server, plan.pushes)
+            let r = push::measure(&server, plan.pushes);
+            stop_gracefully(server);
+            r
         });
         let n = plan.pushes;
         table.both(
@@ -230,6 +232,7 @@ fn main() {
                 &server,
                 &[serde_json::json!({"#a": [fixtures::coordinate("relay-bench")], "limit": 500})],
             );
+            stop_gracefully(server);
             (rates, lat, returned, lat_a, returned_a)
         });
         for (i, (conns, n)) in plan.throughput_events.iter().enumerate() {
@@ -279,8 +282,8 @@ fn main() {
                     "".to_owned(),
                 );
                 let note = format!(
-                    "median of {}; release on B / `git fetch <A> <oid>` floor",
-                    plan.sync_runs
+                    "median of {}; release on B / `git fetch <A> <oid>` floor; stuck runs {}",
+                    plan.sync_runs, r.stuck
                 );
                 match f {
                     Flavor::Tokio => {
@@ -297,6 +300,7 @@ fn main() {
                     }
                 }
             }
+            stop_gracefully(b);
         }
     }
     if wanted("load") {
@@ -376,6 +380,20 @@ fn main() {
         );
     }
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// SIGTERM and a short wait, so a server under `valgrind --tool=callgrind` writes its profile
+/// (the harness's SIGKILL would lose it).
+fn stop_gracefully(mut server: Server) {
+    if let Some(pid) = server.pid() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// B in the sync measurement: hunts a user-published event's data at once.
