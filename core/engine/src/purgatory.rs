@@ -168,6 +168,32 @@ impl Purgatory {
     }
 
     /// Waiting PRs and PR updates that target `repo`.
+    /// Whether any announcement by `owner` for `identifier` waits (no allocation beyond the key).
+    pub fn has_announcements_of(&self, owner: &PublicKey, identifier: &Identifier) -> bool {
+        self.announcements
+            .get(&(*owner, identifier.clone()))
+            .next()
+            .is_some()
+    }
+
+    /// Whether any PR for `repo` waits.
+    pub fn has_prs_for(&self, repo: &RepoKey) -> bool {
+        self.prs.get(repo).next().is_some()
+    }
+
+    /// Whether any waiting state with `identifier` satisfies `f(author, id)`, without collecting.
+    pub fn any_state_with(
+        &self,
+        identifier: &Identifier,
+        mut f: impl FnMut(&PublicKey, &EventId) -> bool,
+    ) -> bool {
+        let key = IdentKey::of(identifier);
+        self.states
+            .from((key.clone(), PublicKey::from_byte_array([0; 32])))
+            .take_while(|((i, _), _)| *i == key)
+            .any(|((_, author), id)| f(author, id))
+    }
+
     pub fn prs_for(&self, repo: &RepoKey) -> Vec<EventId> {
         self.prs.get(repo).collect()
     }
