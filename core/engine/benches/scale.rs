@@ -305,10 +305,12 @@ fn main() {
     for n in sizes {
         // Every size reports the median of its runs (not the best, which would favour the
         // sizes that run more often); small sizes run more often because they are noisier.
-        let runs = match n {
-            ..=10_000 => 5,
-            ..=100_000 => 3,
-            _ => 1,
+        let runs = if n <= 10_000 {
+            5
+        } else if n <= 100_000 {
+            3
+        } else {
+            1
         };
         let all: Vec<Row> = (0..runs).map(|_| measure(n)).collect();
         let median = |f: fn(&Row) -> Duration| {
