@@ -298,23 +298,16 @@ fn remove_indexed<K: Ord, V: Ord>(index: &mut BTreeMap<K, BTreeSet<V>>, key: &K,
     }
 }
 
-/// An identifier as a map key: ordered by an inline prefix first, so comparisons inside large
-/// maps rarely follow the string's heap pointer (a cache miss each at scale). A total order
-/// consistent with equality, though not the lexicographic one.
+/// An identifier as a map key. [`Identifier`] itself compares its inline first bytes before
+/// following the heap pointer, so this adds nothing to the key; it names the role.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub struct IdentKey {
-    prefix: [u8; 16],
     full: Identifier,
 }
 
 impl IdentKey {
     pub fn of(identifier: &Identifier) -> IdentKey {
-        let mut prefix = [0u8; 16];
-        let bytes = identifier.as_str().as_bytes();
-        let n = bytes.len().min(16);
-        prefix[..n].copy_from_slice(&bytes[..n]);
         IdentKey {
-            prefix,
             full: identifier.clone(),
         }
     }
