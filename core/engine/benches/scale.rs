@@ -4,7 +4,8 @@
 //! start (Inspect, URL plan, throttle queue, first fetches), per fetch completion
 //! (through Inspect, Apply and Released; a tenth of the repositories), per timeout (expiries and
 //! fetch deadlines, one `handle_timeout` call), and heap bytes per waiting event (counting global
-//! allocator). Sizes up to 10^4 report the best of 5 runs.
+//! allocator). Every size reports the median of its runs (5 up to 10^4, 3 at 10^5, 1 at
+//! 10^6), after one discarded warm-up run.
 //!
 //! Run: `cargo bench -p graspd-core --bench scale` (add `-- 100000` to cap the largest size).
 
@@ -298,18 +299,36 @@ fn main() {
         "| waiting events | repos | insert µs/event | attempt start µs/repo | fetch completion µs/fetch | timeout µs/timer | bytes/waiting event |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
+    // Warm-up: the first engine in a process pays for growing the heap and faulting in pages.
+    let _ = measure(1_000);
     let mut rows = Vec::new();
     for n in sizes {
-        // Small sizes run in microseconds and suffer most from noise: best of several runs.
-        let runs = if n <= 10_000 { 5 } else { 1 };
-        let mut row = measure(n);
-        for _ in 1..runs {
-            let again = measure(n);
-            row.insert = row.insert.min(again.insert);
-            row.attempt = row.attempt.min(again.attempt);
-            row.fetch = row.fetch.min(again.fetch);
-            row.timeout = row.timeout.min(again.timeout);
-        }
+        // Every size reports the median of its runs (not the best, which would favour the
+        // sizes that run more often); small sizes run more often because they are noisier.
+        let runs = if n <= 10_000 {
+            5
+        } else if n <= 100_000 {
+            3
+        } else {
+            1
+        };
+        let all: Vec<Row> = (0..runs).map(|_| measure(n)).collect();
+        let median = |f: fn(&Row) -> Duration| {
+            let mut v: Vec<Duration> = all.iter().map(f).collect();
+            v.sort();
+            v[v.len() / 2]
+        };
+        let (insert, attempt, fetch, timeout) = (
+            median(|r| r.insert),
+            median(|r| r.attempt),
+            median(|r| r.fetch),
+            median(|r| r.timeout),
+        );
+        let mut row = all.into_iter().next().expect("at least one run");
+        row.insert = insert;
+        row.attempt = attempt;
+        row.fetch = fetch;
+        row.timeout = timeout;
         println!(
             "| {} | {} | {:.2} | {:.2} | {:.2} ({} fetches, {} released) | {:.2} ({} timers) | {:.0} |",
             row.events,

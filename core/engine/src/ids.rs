@@ -85,8 +85,56 @@ impl fmt::Debug for Oid {
 /// Valid identifiers are non-empty, at most [`Identifier::MAX_LEN`] bytes, not `.` or `..`, and
 /// contain no `/`, `\`, NUL or other control characters, so `<data>/<npub>/<id>.git` can never
 /// escape its directory.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Identifier(String);
+///
+/// The first [`INLINE`] bytes are also kept inline (zero-padded), so the comparisons in the
+/// engine's ordered indexes rarely follow the pointer to the heap: a B-tree search over keys
+/// holding identifiers would otherwise touch one more cache line per comparison. The order is
+/// exactly the string order: no identifier contains NUL, so the zero padding sorts a shorter
+/// identifier before any longer one it is a prefix of.
+#[derive(Clone)]
+pub struct Identifier {
+    inline: [u8; INLINE],
+    full: String,
+}
+
+/// Bytes of an identifier kept inline for comparisons.
+const INLINE: usize = 16;
+
+impl PartialEq for Identifier {
+    fn eq(&self, other: &Identifier) -> bool {
+        // Equal inline bytes and equal lengths up to INLINE mean equal strings (no NUL).
+        self.inline == other.inline
+            && self.full.len() == other.full.len()
+            && (self.full.len() <= INLINE || self.full == other.full)
+    }
+}
+
+impl Eq for Identifier {}
+
+impl PartialOrd for Identifier {
+    fn partial_cmp(&self, other: &Identifier) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Identifier {
+    fn cmp(&self, other: &Identifier) -> std::cmp::Ordering {
+        self.inline.cmp(&other.inline).then_with(|| {
+            if self.full.len() <= INLINE && other.full.len() <= INLINE {
+                // Same inline bytes, both short: the same string.
+                std::cmp::Ordering::Equal
+            } else {
+                self.full.cmp(&other.full)
+            }
+        })
+    }
+}
+
+impl std::hash::Hash for Identifier {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.full.hash(state);
+    }
+}
 
 /// Why a string cannot be a repository identifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,23 +181,29 @@ impl Identifier {
         {
             return Err(BadIdentifier::ForbiddenChar(c));
         }
-        Ok(Identifier(s.to_owned()))
+        let mut inline = [0u8; INLINE];
+        let n = s.len().min(INLINE);
+        inline[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Ok(Identifier {
+            inline,
+            full: s.to_owned(),
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.full
     }
 }
 
 impl fmt::Display for Identifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.full)
     }
 }
 
 impl fmt::Debug for Identifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
+        write!(f, "{:?}", self.full)
     }
 }
 
@@ -193,6 +247,31 @@ mod tests {
         assert_eq!(Oid::from_hex(&hex.to_uppercase()), Err(BadOid));
         assert_eq!(Oid::from_hex(&hex[..39]), Err(BadOid));
         assert!(Oid::from_hex(&"0".repeat(40)).unwrap().is_zero());
+    }
+
+    #[test]
+    fn identifier_order_and_equality_are_the_string_order() {
+        let names = [
+            "a",
+            "ab",
+            "abcdefghijklmnop",
+            "abcdefghijklmnopq",
+            "abcdefghijklmnopr",
+            "abcdefghijklmno",
+            "abcdefghijklmnopqrstuvwxyz",
+            "b",
+            "r10",
+            "r2",
+            "ünïcode",
+            "ünïcodeünïcodeünïcode",
+        ];
+        for x in names {
+            for y in names {
+                let (a, b) = (Identifier::new(x).unwrap(), Identifier::new(y).unwrap());
+                assert_eq!(a.cmp(&b), x.cmp(y), "{x:?} vs {y:?}");
+                assert_eq!(a == b, x == y, "{x:?} == {y:?}");
+            }
+        }
     }
 
     #[test]

@@ -172,6 +172,32 @@ impl Purgatory {
     }
 
     /// Waiting PRs and PR updates that target `repo`.
+    /// Whether any announcement by `owner` for `identifier` waits (no allocation beyond the key).
+    pub fn has_announcements_of(&self, owner: &PublicKey, identifier: &Identifier) -> bool {
+        self.announcements
+            .get(&(*owner, identifier.clone()))
+            .next()
+            .is_some()
+    }
+
+    /// Whether any PR for `repo` waits.
+    pub fn has_prs_for(&self, repo: &RepoKey) -> bool {
+        self.prs.get(repo).next().is_some()
+    }
+
+    /// Whether any waiting state with `identifier` satisfies `f(author, id)`, without collecting.
+    pub fn any_state_with(
+        &self,
+        identifier: &Identifier,
+        mut f: impl FnMut(&PublicKey, &EventId) -> bool,
+    ) -> bool {
+        let key = IdentKey::of(identifier);
+        self.states
+            .from((key.clone(), PublicKey::from_byte_array([0; 32])))
+            .take_while(|((i, _), _)| *i == key)
+            .any(|((_, author), id)| f(author, id))
+    }
+
     pub fn prs_for(&self, repo: &RepoKey) -> Vec<EventId> {
         self.prs.get(repo).collect()
     }
@@ -286,23 +312,16 @@ fn remove_indexed<K: Ord, V: Ord>(index: &mut BTreeMap<K, BTreeSet<V>>, key: &K,
     }
 }
 
-/// An identifier as a map key: ordered by an inline prefix first, so comparisons inside large
-/// maps rarely follow the string's heap pointer (a cache miss each at scale). A total order
-/// consistent with equality, though not the lexicographic one.
+/// An identifier as a map key. [`Identifier`] itself compares its inline first bytes before
+/// following the heap pointer, so this adds nothing to the key; it names the role.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub struct IdentKey {
-    prefix: [u8; 16],
     full: Identifier,
 }
 
 impl IdentKey {
     pub fn of(identifier: &Identifier) -> IdentKey {
-        let mut prefix = [0u8; 16];
-        let bytes = identifier.as_str().as_bytes();
-        let n = bytes.len().min(16);
-        prefix[..n].copy_from_slice(&bytes[..n]);
         IdentKey {
-            prefix,
             full: identifier.clone(),
         }
     }

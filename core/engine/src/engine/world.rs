@@ -254,27 +254,34 @@ impl View<'_> {
 
     /// Whether `repo` has anything to do (cheapest checks first).
     pub fn has_work(&self, repo: &RepoKey) -> bool {
-        if !self.purgatory.prs_for(repo).is_empty()
-            || !self
+        if self.purgatory.has_prs_for(repo)
+            || self
                 .purgatory
-                .announcements_of(&repo.owner, &repo.identifier)
-                .is_empty()
+                .has_announcements_of(&repo.owner, &repo.identifier)
         {
             return true;
         }
-        let states = self.purgatory.states_with(&repo.identifier);
-        if states.is_empty() && !self.is_hosted(repo) {
-            return false;
+        // Computed at most once, and only when a state or the hosted check needs it.
+        let mut maintainers: Option<BTreeSet<PublicKey>> = None;
+        let waiting = self
+            .purgatory
+            .any_state_with(&repo.identifier, |author, id| {
+                maintainers
+                    .get_or_insert_with(|| self.maintainers(repo))
+                    .contains(author)
+                    && self
+                        .purgatory
+                        .get(id)
+                        .is_some_and(|w| self.newer_than_held(repo, w.parsed.created_at(), id))
+            });
+        if waiting {
+            return true;
         }
-        let maintainers = self.maintainers(repo);
-        let waiting = states.iter().any(|(author, id)| {
-            maintainers.contains(author)
-                && self
-                    .purgatory
-                    .get(id)
-                    .is_some_and(|w| self.newer_than_held(repo, w.parsed.created_at(), id))
-        });
-        waiting || (self.is_hosted(repo) && self.catch_up(repo, &maintainers).is_some())
+        // Nothing waits: only a hosted repository's catch-up remains.
+        self.is_hosted(repo) && {
+            let maintainers = maintainers.unwrap_or_else(|| self.maintainers(repo));
+            self.catch_up(repo, &maintainers).is_some()
+        }
     }
 
     /// Candidate clone URLs for `repo`: its maintainers' announcements, then waiting PRs.
