@@ -5,6 +5,8 @@
 use std::time::Instant;
 
 use crate::named;
+use crate::relay_cli;
+use crate::relays;
 use crate::runner::FailureKind;
 use crate::scenario::{Scenario, Size};
 use crate::sut::EngineFactory;
@@ -20,6 +22,8 @@ usage: graspd-sim [options]
   --scenario NAME       run a named fault scenario (see --list)
   --scenarios           run every named scenario
   --list                list the named scenarios
+  --relays              relay-follower worlds instead of engine worlds (with --seed/--seeds);
+                        --scenario relay-* implies it
   --small               small worlds (what the CI swarm test uses)
   --keep-going          with --seeds: run every seed, list every failing one
   --quiet               with --seed: no trace, only the result
@@ -37,6 +41,7 @@ struct Args {
     small: bool,
     quiet: bool,
     keep_going: bool,
+    relays: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -59,6 +64,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--small" => a.small = true,
             "--quiet" => a.quiet = true,
             "--keep-going" => a.keep_going = true,
+            "--relays" => a.relays = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -84,13 +90,29 @@ pub fn main(args: &[String], factory: &dyn EngineFactory) -> i32 {
         Size::default()
     };
     if a.list {
-        for (name, what) in named::ALL {
+        for (name, what) in named::ALL.iter().chain(relays::NAMED) {
             println!("{name:28} {what}");
         }
         return 0;
     }
     if a.scenarios {
-        return run_named_all(factory, a.seed.unwrap_or(1));
+        let engine = run_named_all(factory, a.seed.unwrap_or(1));
+        let relays = relay_cli::run_named_all(a.seed.unwrap_or(1));
+        return [engine, relays]
+            .into_iter()
+            .filter(|c| *c != 0)
+            .min()
+            .unwrap_or(0);
+    }
+    let relay_scenario = a
+        .scenario
+        .as_deref()
+        .filter(|n| relay_cli::is_relay_scenario(n));
+    if a.relays || relay_scenario.is_some() {
+        return match a.seeds {
+            Some(k) => relay_cli::run_many(relay_scenario, a.from, k, a.determinism, a.keep_going),
+            None => relay_cli::run_one(relay_scenario, a.seed.unwrap_or(0), a.quiet, a.determinism),
+        };
     }
     let scenario_for = |seed: u64| -> Option<Scenario> {
         match &a.scenario {

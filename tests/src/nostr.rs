@@ -144,6 +144,37 @@ impl RelayClient {
             .expect("send");
     }
 
+    /// Sends a raw text frame.
+    pub fn send_text(&mut self, text: &str) {
+        self.try_send_text(text).expect("send");
+    }
+
+    /// Sends a raw text frame; the server may close the connection while it is being sent.
+    pub fn try_send_text(&mut self, text: &str) -> Result<(), tungstenite::Error> {
+        self.socket.send(Message::text(text))
+    }
+
+    /// Whether the server closes the connection before `timeout` passes.
+    pub fn is_closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.socket.read() {
+                Ok(Message::Close(_)) => return true,
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
     /// The next relay message, or None once `deadline` passes.
     pub fn recv_until(&mut self, deadline: Instant) -> Option<Value> {
         while Instant::now() < deadline {

@@ -499,7 +499,47 @@ fn mixed_runtimes_sync_from_each_other() {
     }
 }
 
+fn hostile_relay_input_gets_clear_errors(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let owner = keys(1);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    // A signed event altered after signing.
+    let ann = announcement(&owner, "demo", &[&server.http_url()], &[]);
+    let mut forged: serde_json::Value = serde_json::to_value(&ann).unwrap();
+    forged["content"] = json!("changed after signing");
+    relay.send(json!(["EVENT", forged]));
+    let deadline = std::time::Instant::now() + SOON;
+    let reply = relay
+        .recv_until(deadline)
+        .expect("an answer to a forged event");
+    assert_eq!(reply[0], "OK", "{reply}");
+    assert_eq!(reply[2], false, "{reply}");
+    assert!(
+        reply[3].as_str().unwrap().starts_with("invalid: "),
+        "{reply}"
+    );
+    // An announcement that does not list this server.
+    let elsewhere = announcement(&owner, "other", &["http://elsewhere.example"], &[]);
+    let reply = relay.publish(&elsewhere);
+    assert!(!reply.accepted && reply.message.contains(':'), "{reply:?}");
+    // Not JSON at all.
+    relay.send_text("this is not json");
+    let reply = relay
+        .recv_until(std::time::Instant::now() + SOON)
+        .expect("a NOTICE");
+    assert_eq!(reply[0], "NOTICE", "{reply}");
+    // A frame over the message limit closes the connection; the server keeps serving.
+    let sent = relay.try_send_text(&"x".repeat(2 * 1024 * 1024));
+    assert!(
+        sent.is_err() || relay.is_closed_within(SOON),
+        "an oversized frame was accepted"
+    );
+    let mut fresh = RelayClient::connect(&server.ws_url());
+    assert_eq!(fresh.publish(&ann).message, PURGATORY);
+}
+
 both_runtimes!(
+    hostile_relay_input_gets_clear_errors,
     events_and_data_reach_a_server_that_follows_another,
     announcement_then_push_then_served,
     push_without_matching_state_is_rejected_with_reason,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use graspd_core::{Arrival, Input, Oid, RefDecision, RepoKey};
 use nostr::event::Event;
-use tracing::{debug, info};
+use tracing::{debug, info, info_span, Instrument};
 
 use super::Node;
 use crate::git::RefUpdate;
@@ -31,15 +31,22 @@ impl RelayHandler for NodeHooks {
         self.0.settings.information_document.clone()
     }
 
+    fn max_message_bytes(&self) -> usize {
+        self.0.settings.relay_limits.max_message_bytes
+    }
+
     fn on_websocket(&self, socket: WebSocket, peer: SocketAddr) -> BoxFuture<'static, ()> {
         let node = Arc::clone(&self.0);
-        Box::pin(async move {
-            debug!(%peer, "relay session opened");
-            let limits = node.settings.relay_limits.clone();
-            let backend = NodeHooks(Arc::clone(&node));
-            run_connection(socket, limits, &node.hub, &backend).await;
-            debug!(%peer, "relay session closed");
-        })
+        Box::pin(
+            async move {
+                debug!("relay session opened");
+                let limits = node.settings.relay_limits.clone();
+                let backend = NodeHooks(Arc::clone(&node));
+                run_connection(socket, limits, &node.hub, &backend).await;
+                debug!("relay session closed");
+            }
+            .instrument(info_span!("relay", %peer)),
+        )
     }
 }
 

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use graspd_core::events::GitEvent;
 use graspd_core::events::{KIND_ANNOUNCEMENT, KIND_STATE};
-use graspd_core::{Engine, Input, RepoKey};
+use graspd_core::{Command, Engine, Input, RepoKey};
 use nostr::event::Kind;
 use nostr::filter::Filter;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 pub use clock::Clock;
 pub use handlers::handlers;
@@ -57,6 +57,19 @@ pub struct Node {
     woken: async_channel::Receiver<()>,
     /// The GRASP-02 relay follower: told about every hosted repository and thread.
     follower: FollowerHandle,
+}
+
+/// A span per command, so every log line of its execution names the command and repository.
+fn command_span(command: &Command) -> tracing::Span {
+    match command {
+        Command::Fetch { id, into, url, .. } => {
+            info_span!("fetch", %id, repo = %into, %url)
+        }
+        Command::Inspect { id, repo, .. } => info_span!("inspect", %id, %repo),
+        Command::Apply { id, plan } => info_span!("apply", %id, repo = %plan.repo),
+        Command::CreateRepo { repo } => info_span!("create_repo", %repo),
+        Command::RemoveRepo { repo } => info_span!("remove_repo", %repo),
+    }
 }
 
 /// How long the timer task sleeps when the engine has no deadline at all.
@@ -167,7 +180,9 @@ impl Node {
         };
         for command in commands {
             let node = Arc::clone(self);
-            self.runtime.spawn(Box::pin(node.execute(command)));
+            let span = command_span(&command);
+            self.runtime
+                .spawn(Box::pin(node.execute(command).instrument(span)));
         }
         if !events.is_empty() {
             // In order: an announcement is stored before the state released with it.

@@ -31,6 +31,11 @@ pub trait RelayHandler: Send + Sync + 'static {
     /// The NIP-11 relay information document (JSON text).
     fn information_document(&self) -> String;
 
+    /// Largest WebSocket message a client may send, in bytes.
+    fn max_message_bytes(&self) -> usize {
+        crate::relay::RelayLimits::default().max_message_bytes
+    }
+
     /// Runs one relay session on an accepted WebSocket until it ends.
     fn on_websocket(&self, socket: WebSocket, peer: SocketAddr) -> BoxFuture<'static, ()>;
 }

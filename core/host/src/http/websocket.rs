@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
-use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -56,11 +56,20 @@ pub(super) fn accept(
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let relay = site.handlers.relay.clone();
+    // Larger frames are refused by the WebSocket layer before they are buffered.
+    let limit = Some(relay.max_message_bytes());
+    let config = WebSocketConfig::default()
+        .max_message_size(limit)
+        .max_frame_size(limit);
     site.git.runtime().spawn(Box::pin(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket =
-                    WebSocketStream::from_raw_socket(IoCompat(upgraded), Role::Server, None).await;
+                let socket = WebSocketStream::from_raw_socket(
+                    IoCompat(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 relay.on_websocket(socket, peer).await;
             }
             Err(e) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),

@@ -2,7 +2,8 @@
 //! Prints one Markdown table (plus the core scale benchmark's own output).
 //!
 //! Run: `cargo run --release -p graspd-tests --bin graspd-bench [-- --quick] [-- --only push,sync]`
-//! Sections: binary, memory, push, relay, sync, load, scale.
+//! Sections: binary, memory, push, relay, sync, load, scale. `--profile` runs tiny sizes, for
+//! `valgrind --tool=callgrind --trace-children=yes --trace-children-skip='*git*,*cargo*'`.
 
 // A measuring tool: it reads the wall clock by design.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -38,6 +39,26 @@ struct Plan {
 }
 
 impl Plan {
+    /// Tiny sizes for running under `valgrind --tool=callgrind` (roughly 50x slower).
+    fn profile() -> Plan {
+        Plan {
+            quick: true,
+            pushes: 10,
+            throughput_events: [(1, 100), (10, 200), (100, 200)],
+            req_store: 2000,
+            req_queries: 20,
+            waiting_steps: vec![1000],
+            sync_runs: 1,
+            large_commits: 1000,
+            load: load::LoadSettings {
+                repos: 20,
+                max_per_domain: 2,
+                max_per_minute: 60,
+                timeout: Duration::from_secs(120),
+            },
+        }
+    }
+
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
@@ -86,7 +107,11 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(str::to_owned).collect());
     let wanted = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
-    let plan = Plan::new(quick);
+    let plan = if args.iter().any(|a| a == "--profile") {
+        Plan::profile()
+    } else {
+        Plan::new(quick)
+    };
     let started = Instant::now();
     // Build (or find) both release binaries before any clock starts.
     for f in FLAVORS {
@@ -165,7 +190,9 @@ fn main() {
         step("push-to-release");
         let [t, s] = FLAVORS.map(|f| {
             let server = Server::start(f);
-            push::measure(&server, plan.pushes)
+            let r = push::measure(&server, plan.pushes);
+            stop_gracefully(server);
+            r
         });
         let n = plan.pushes;
         table.both(
@@ -205,6 +232,7 @@ fn main() {
                 &server,
                 &[serde_json::json!({"#a": [fixtures::coordinate("relay-bench")], "limit": 500})],
             );
+            stop_gracefully(server);
             (rates, lat, returned, lat_a, returned_a)
         });
         for (i, (conns, n)) in plan.throughput_events.iter().enumerate() {
@@ -254,8 +282,8 @@ fn main() {
                     "".to_owned(),
                 );
                 let note = format!(
-                    "median of {}; release on B / `git fetch <A> <oid>` floor",
-                    plan.sync_runs
+                    "median of {}; release on B / `git fetch <A> <oid>` floor; stuck runs {}",
+                    plan.sync_runs, r.stuck
                 );
                 match f {
                     Flavor::Tokio => {
@@ -272,6 +300,7 @@ fn main() {
                     }
                 }
             }
+            stop_gracefully(b);
         }
     }
     if wanted("load") {
@@ -351,6 +380,20 @@ fn main() {
         );
     }
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// SIGTERM and a short wait, so a server under `valgrind --tool=callgrind` writes its profile
+/// (the harness's SIGKILL would lose it).
+fn stop_gracefully(mut server: Server) {
+    if let Some(pid) = server.pid() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// B in the sync measurement: hunts a user-published event's data at once.

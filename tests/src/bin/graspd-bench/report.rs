@@ -32,6 +32,8 @@ impl Table {
         smol: String,
         note: &str,
     ) {
+        // Printed as recorded too, so a later failure loses nothing.
+        eprintln!("[graspd-bench] {section} | {measure} | {tokio} | {smol}");
         self.rows.push(Row {
             section,
             measure: measure.to_owned(),

@@ -1,0 +1,133 @@
+//! Command line for the relay-follower worlds: `--relays --seed N`, `--relays --seeds K`,
+//! `--scenario relay-*`.
+
+use std::time::Instant;
+
+use crate::follow_run::{self, report, RelayOutcome};
+use crate::relays::{self, RelayWorld};
+use crate::runner::FailureKind;
+use crate::trace::TraceMode;
+
+/// True if `name` is a relay scenario.
+pub fn is_relay_scenario(name: &str) -> bool {
+    relays::NAMED.iter().any(|(n, _)| *n == name)
+}
+
+fn world_for(scenario: Option<&str>, seed: u64) -> RelayWorld {
+    match scenario {
+        Some(name) => relays::named(name, seed).expect("checked by the caller"),
+        None => RelayWorld::random(seed),
+    }
+}
+
+fn exit_code(outcome: &RelayOutcome) -> i32 {
+    outcome.failure.as_ref().map_or(0, |f| f.kind.exit_code())
+}
+
+/// One seed with a trace (`quiet`: only the result), or a determinism check.
+pub fn run_one(scenario: Option<&str>, seed: u64, quiet: bool, determinism: bool) -> i32 {
+    let world = world_for(scenario, seed);
+    if determinism {
+        return match follow_run::check_determinism(&world) {
+            Ok(hash) => {
+                println!("seed {seed}: deterministic, trace hash {hash:016x}");
+                0
+            }
+            Err(e) => {
+                println!("FAILED {e}");
+                FailureKind::Determinism.exit_code()
+            }
+        };
+    }
+    let mode = if quiet {
+        TraceMode::Tail
+    } else {
+        TraceMode::Print
+    };
+    let outcome = follow_run::run(&world, mode);
+    match &outcome.failure {
+        None => {
+            let s = &outcome.stats;
+            println!(
+                "OK seed={seed} trace_hash={:016x} lines={} steps={} connects={} delivered={} \
+                 bad_signatures={} accepted={} duplicates={} rejected={}",
+                outcome.hash,
+                outcome.lines,
+                s.steps,
+                s.connects,
+                s.events_delivered,
+                s.bad_signatures,
+                s.accepted,
+                s.duplicates,
+                s.rejected
+            );
+        }
+        Some(_) => print!("{}", report(&world, &outcome)),
+    }
+    exit_code(&outcome)
+}
+
+/// Seeds `from..from + k`; stops at the first failure unless `keep_going`.
+pub fn run_many(
+    scenario: Option<&str>,
+    from: u64,
+    k: u64,
+    determinism: bool,
+    keep_going: bool,
+) -> i32 {
+    let started = Instant::now();
+    let mut failed: Vec<(u64, FailureKind)> = Vec::new();
+    for seed in from..from + k {
+        let world = world_for(scenario, seed);
+        let outcome = follow_run::run(&world, TraceMode::Tail);
+        if let Some(f) = &outcome.failure {
+            if !keep_going {
+                print!("{}", report(&world, &outcome));
+                println!("{} seeds passed before seed {seed} failed", seed - from);
+                return f.kind.exit_code();
+            }
+            println!("seed {seed}: {:?} {}", f.kind, f.message);
+            failed.push((seed, f.kind));
+            continue;
+        }
+        if determinism {
+            if let Err(e) = follow_run::check_determinism(&world) {
+                println!("FAILED {e}");
+                return FailureKind::Determinism.exit_code();
+            }
+        }
+    }
+    if let Some(worst) = failed.iter().map(|(_, kind)| *kind).min() {
+        let seeds: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
+        println!(
+            "FAILED {} of {k} relay seeds: {}",
+            failed.len(),
+            seeds.join(" ")
+        );
+        return worst.exit_code();
+    }
+    println!(
+        "OK {k} relay seeds ({from}..{}) in {:.1}s",
+        from + k,
+        started.elapsed().as_secs_f64()
+    );
+    0
+}
+
+/// Every named relay scenario at `seed`; returns the worst exit code.
+pub fn run_named_all(seed: u64) -> i32 {
+    let mut worst = 0;
+    for (name, _) in relays::NAMED {
+        let world = relays::named(name, seed).expect("listed");
+        let outcome = follow_run::run(&world, TraceMode::Tail);
+        if outcome.failure.is_some() {
+            println!("FAIL {name}");
+            print!("{}", report(&world, &outcome));
+            let code = exit_code(&outcome);
+            worst = if worst == 0 { code } else { worst.min(code) };
+        } else {
+            println!("ok   {name}");
+        }
+    }
+    worst
+}

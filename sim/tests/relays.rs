@@ -1,0 +1,83 @@
+//! CI's relay-follower run: the named relay scenarios, 500 seeds of the relay world, the
+//! determinism check, and proof that the checks bite. Reproduce a failure with
+//! `cargo run -p graspd-sim --release -- --relays --seed N` (or `--scenario NAME --seed N`).
+
+use std::time::Instant;
+
+use graspd_sim::follow_run::{self, check_determinism, report, run_with, HostChecks};
+use graspd_sim::relays::{self, RelayWorld};
+use graspd_sim::trace::TraceMode;
+use graspd_sim::FailureKind;
+
+/// Seeds CI runs. Never lower this below 500; make worlds smaller instead.
+const SEEDS: u64 = 500;
+
+#[test]
+fn named_relay_scenarios_pass() {
+    let mut failures = String::new();
+    for (name, _) in relays::NAMED {
+        for seed in [1, 2, 3] {
+            let world = relays::named(name, seed).expect("listed");
+            let outcome = follow_run::run(&world, TraceMode::Tail);
+            if outcome.failure.is_some() {
+                failures.push_str(&format!("scenario {name}:\n{}", report(&world, &outcome)));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures}");
+}
+
+#[test]
+fn relay_worlds_pass() {
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut delivered = 0;
+    let mut bad = 0;
+    let mut full = 0;
+    for seed in 0..SEEDS {
+        let world = RelayWorld::random(seed);
+        let outcome = follow_run::run(&world, TraceMode::Tail);
+        delivered += outcome.stats.events_delivered;
+        bad += outcome.stats.bad_signatures;
+        full += outcome.stats.full_liveness;
+        if outcome.failure.is_some() {
+            failures.push(report(&world, &outcome));
+        }
+    }
+    eprintln!(
+        "{SEEDS} relay seeds in {:.1}s ({delivered} events delivered, {bad} bad signatures \
+         dropped, {full} with full liveness), {} failed",
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {SEEDS} relay seeds failed; the first:\n{}",
+        failures.len(),
+        failures[0]
+    );
+    assert!(bad > 0, "no lying relay in {SEEDS} seeds");
+    assert!(
+        full >= SEEDS / 10,
+        "only {full} seeds fit the budgets for full liveness"
+    );
+}
+
+#[test]
+fn relay_runs_are_deterministic() {
+    for seed in [0, 1, 7, 42, 499] {
+        check_determinism(&RelayWorld::random(seed)).expect("deterministic");
+    }
+    for (name, _) in relays::NAMED {
+        check_determinism(&relays::named(name, 5).expect("listed")).expect("deterministic");
+    }
+}
+
+#[test]
+fn a_host_skipping_signature_checks_is_caught() {
+    // The checks must bite: without `verify_signature`, a lying relay's forgeries get in.
+    let world = relays::named("relay-liar", 1).expect("listed");
+    let outcome = run_with(&world, TraceMode::Quiet, HostChecks::SkipVerify);
+    let failure = outcome.failure.expect("forged events must be caught");
+    assert_eq!(failure.kind, FailureKind::Safety, "{}", failure.message);
+}
