@@ -1259,3 +1259,55 @@ fn placeholders_restored_at_boot_keep_their_remaining_life_and_match_their_event
     assert!(!refs.contains_key(&format!("refs/nostr/{}", ghost.id.to_hex())));
     assert_eq!(engine.stats().waiting.placeholders, 0);
 }
+
+#[test]
+fn nothing_is_released_into_a_repository_removed_while_its_apply_ran() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let ann = kit.announcement(1, "r", &[], &[REMOTE]);
+    engine.handle_event(t(0), ann, Arrival::Published);
+    let pr = kit.pr(5, &repo(1, "r"), oid(3), &[]);
+    let minute = 60_000;
+    engine.handle_event(t(29 * minute + 30_000), pr, Arrival::Published);
+    let mut apply = None;
+    while let Some(cmd) = engine.poll_command() {
+        match cmd {
+            Command::Inspect { id, .. } => {
+                let snap = graspd_core::RepoSnapshot {
+                    present: vec![oid(3)],
+                    refs: Default::default(),
+                };
+                engine.handle_input(
+                    t(29 * minute + 30_000),
+                    Input::Inspected {
+                        id,
+                        result: Ok(snap),
+                    },
+                );
+            }
+            Command::Apply { id, .. } => apply = Some(id),
+            _ => {}
+        }
+    }
+    let apply = apply.expect("the PR's ref is applied");
+    // The announcement expires while that Apply runs: its repository is removed.
+    engine.handle_timeout(t(30 * minute));
+    let mut removed = false;
+    while let Some(cmd) = engine.poll_command() {
+        removed |= matches!(cmd, Command::RemoveRepo { .. });
+    }
+    assert!(removed);
+    engine.handle_input(
+        t(30 * minute + 5),
+        Input::Applied {
+            id: apply,
+            result: Ok(()),
+        },
+    );
+    while let Some(e) = engine.poll_event() {
+        assert!(
+            !matches!(e, EngineEvent::Released { .. }),
+            "released into a removed repository"
+        );
+    }
+}
