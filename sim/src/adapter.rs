@@ -67,6 +67,18 @@ impl EngineUnderTest for Core {
             .restore_waiting(now, event.clone(), arrival(via), remaining);
     }
 
+    fn restore_placeholder(
+        &mut self,
+        now: Time,
+        repo: &RepoKey,
+        id: EventId,
+        oid: Oid,
+        remaining: Duration,
+    ) {
+        self.0
+            .restore_placeholder(now, repo.clone(), id, oid, remaining);
+    }
+
     fn handle_event(&mut self, now: Time, event: &nostr::event::Event, via: Via) -> sut::Verdict {
         match self.0.handle_event(now, event.clone(), arrival(via)) {
             graspd_core::Verdict::Rejected(r) => sut::Verdict::Rejected(r),

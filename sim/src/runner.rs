@@ -403,40 +403,36 @@ impl<'a> Sim<'a> {
             );
             waiting += 1;
         }
-        self.engine = Some(engine);
-        self.monitor = ThrottleMonitor::default();
-        // The engine keeps no placeholder state across a restart, so the host reports every
-        // `refs/nostr/<id>` ref whose event it does not serve as if just pushed: the engine
-        // re-arms its expiry (or matches it to the event when that arrives).
-        let mut replays = Vec::new();
+        // Every `refs/nostr/<id>` ref whose event the store does not serve is a placeholder
+        // again, with what is left of its life since its push.
+        let mut placeholders = 0;
         for (key, repo) in &self.store.repos {
-            let updates: Vec<crate::sut::RefEdit> = repo
-                .refs
-                .iter()
-                .filter(|(name, _)| {
-                    name.strip_prefix("refs/nostr/")
-                        .is_some_and(|hex| !self.store.served.keys().any(|id| id.to_hex() == hex))
-                })
-                .map(|(name, oid)| crate::sut::RefEdit {
-                    name: name.clone(),
-                    old: None,
-                    new: Some(*oid),
-                })
-                .collect();
-            if !updates.is_empty() {
-                replays.push((key.clone(), updates));
+            for (name, oid) in &repo.refs {
+                let Some(id) = name
+                    .strip_prefix("refs/nostr/")
+                    .and_then(|hex| EventId::from_hex(hex).ok())
+                else {
+                    continue;
+                };
+                if self.store.served.contains_key(&id) {
+                    continue;
+                }
+                let life = self.sc.params.placeholder_expiry;
+                let remaining = match self.placeholders.get(&(key.clone(), name.clone())) {
+                    Some(pushed) => (*pushed + life).saturating_since(self.now),
+                    None => life,
+                };
+                engine.restore_placeholder(now, key, id, *oid, remaining);
+                placeholders += 1;
             }
         }
-        for (repo, updates) in replays {
-            crate::trace!(
-                self.trace,
-                self.now,
-                "boot: report {} placeholder refs of {}",
-                updates.len(),
-                self.rk(&repo)
-            );
-            self.input(Input::Pushed { repo, updates });
-        }
+        self.engine = Some(engine);
+        self.monitor = ThrottleMonitor::default();
+        crate::trace!(
+            self.trace,
+            self.now,
+            "boot: restored {placeholders} placeholder refs"
+        );
         crate::trace!(
             self.trace,
             self.now,

@@ -130,6 +130,16 @@ pub trait EngineUnderTest {
         via: Via,
         remaining: Duration,
     );
+    /// A `refs/nostr/<id>` ref at `oid` whose event the store does not serve, at boot.
+    fn restore_placeholder(
+        &mut self,
+        _now: Time,
+        _repo: &RepoKey,
+        _id: EventId,
+        _oid: Oid,
+        _remaining: Duration,
+    ) {
+    }
     fn handle_event(&mut self, now: Time, event: &nostr::event::Event, via: Via) -> Verdict;
     /// Per update, `Ok` to accept or `Err(reason)`.
     fn decide_push(

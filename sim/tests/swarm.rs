@@ -1,5 +1,6 @@
-//! CI's simulator run: every named fault scenario, 1000 random seeds (small worlds), and the
-//! determinism check. `cargo run -p graspd-sim --release -- --seed N` reproduces a failure.
+//! CI's simulator run: every named fault scenario, 1000 random seeds (small worlds), 200
+//! default-size ones, and the determinism check. `cargo run -p graspd-sim --release -- --seed N`
+//! reproduces a failure (add `--small` for a small-world seed).
 
 use std::time::Instant;
 
@@ -13,6 +14,8 @@ use graspd_sim::FailureKind;
 
 /// Seeds CI runs. Never lower this below 1000; make worlds smaller instead.
 const SEEDS: u64 = 1_000;
+/// Default-size worlds (more users, events and remotes), fewer of them.
+const DEFAULT_SIZE_SEEDS: u64 = 200;
 
 #[test]
 fn named_scenarios_pass() {
@@ -29,22 +32,31 @@ fn named_scenarios_pass() {
 
 #[test]
 fn swarm_of_random_seeds_passes() {
+    swarm(SEEDS, Size::small(), "small");
+}
+
+#[test]
+fn swarm_of_default_size_seeds_passes() {
+    swarm(DEFAULT_SIZE_SEEDS, Size::default(), "default-size");
+}
+
+fn swarm(seeds: u64, size: Size, what: &str) {
     let started = Instant::now();
     let mut failures = Vec::new();
-    for seed in 0..SEEDS {
-        let outcome = run_seed(seed, Size::small(), &CoreFactory, TraceMode::Tail);
+    for seed in 0..seeds {
+        let outcome = run_seed(seed, size, &CoreFactory, TraceMode::Tail);
         if outcome.failure.is_some() {
-            failures.push(report(&Scenario::random(seed, Size::small()), &outcome));
+            failures.push(report(&Scenario::random(seed, size), &outcome));
         }
     }
     eprintln!(
-        "{SEEDS} seeds in {:.1}s, {} failed",
+        "{seeds} {what} seeds in {:.1}s, {} failed",
         started.elapsed().as_secs_f64(),
         failures.len()
     );
     assert!(
         failures.is_empty(),
-        "{} of {SEEDS} seeds failed; the first:\n{}",
+        "{} of {seeds} {what} seeds failed; the first:\n{}",
         failures.len(),
         failures[0]
     );

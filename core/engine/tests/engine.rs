@@ -1219,3 +1219,95 @@ fn a_released_pr_delivered_again_is_a_duplicate() {
     assert_eq!(host.released(), [pr.id], "not released twice");
     assert_eq!(engine.stats().waiting.prs, 0);
 }
+
+#[test]
+fn placeholders_restored_at_boot_keep_their_remaining_life_and_match_their_event() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let r = repo(1, "r");
+    let pr = kit.pr(5, &r, oid(3), &[]);
+    let ghost = kit.pr(6, &r, oid(4), &[]);
+    host.give(&r, &[oid(3), oid(4)]);
+    let refs = host.refs.entry(r.clone()).or_default();
+    for (e, o) in [(&pr, oid(3)), (&ghost, oid(4))] {
+        refs.insert(format!("refs/nostr/{}", e.id.to_hex()), o);
+    }
+    // The host restarts: the refs were pushed before, with 100 s and 200 s of life left.
+    engine.restore_placeholder(t(0), r.clone(), ghost.id, oid(4), secs(100));
+    engine.restore_placeholder(t(0), r.clone(), pr.id, oid(3), secs(200));
+    assert_eq!(engine.stats().waiting.placeholders, 2);
+    assert_eq!(
+        engine.poll_timeout().unwrap(),
+        (
+            t(100_000),
+            TimerReason::PlaceholderExpiry(r.clone(), ghost.id)
+        )
+    );
+    // The PR arrives with that commit: released, its ref kept.
+    publish(
+        &mut engine,
+        &mut host,
+        t(10),
+        pr.clone(),
+        Arrival::Published,
+    );
+    assert_eq!(host.released(), [pr.id]);
+    // The ghost's ref goes at its (restored) expiry.
+    advance(&mut engine, &mut host, t(100_000));
+    let refs = &host.refs[&r];
+    assert!(refs.contains_key(&format!("refs/nostr/{}", pr.id.to_hex())));
+    assert!(!refs.contains_key(&format!("refs/nostr/{}", ghost.id.to_hex())));
+    assert_eq!(engine.stats().waiting.placeholders, 0);
+}
+
+#[test]
+fn nothing_is_released_into_a_repository_removed_while_its_apply_ran() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let ann = kit.announcement(1, "r", &[], &[REMOTE]);
+    engine.handle_event(t(0), ann, Arrival::Published);
+    let pr = kit.pr(5, &repo(1, "r"), oid(3), &[]);
+    let minute = 60_000;
+    engine.handle_event(t(29 * minute + 30_000), pr, Arrival::Published);
+    let mut apply = None;
+    while let Some(cmd) = engine.poll_command() {
+        match cmd {
+            Command::Inspect { id, .. } => {
+                let snap = graspd_core::RepoSnapshot {
+                    present: vec![oid(3)],
+                    refs: Default::default(),
+                };
+                engine.handle_input(
+                    t(29 * minute + 30_000),
+                    Input::Inspected {
+                        id,
+                        result: Ok(snap),
+                    },
+                );
+            }
+            Command::Apply { id, .. } => apply = Some(id),
+            _ => {}
+        }
+    }
+    let apply = apply.expect("the PR's ref is applied");
+    // The announcement expires while that Apply runs: its repository is removed.
+    engine.handle_timeout(t(30 * minute));
+    let mut removed = false;
+    while let Some(cmd) = engine.poll_command() {
+        removed |= matches!(cmd, Command::RemoveRepo { .. });
+    }
+    assert!(removed);
+    engine.handle_input(
+        t(30 * minute + 5),
+        Input::Applied {
+            id: apply,
+            result: Ok(()),
+        },
+    );
+    while let Some(e) = engine.poll_event() {
+        assert!(
+            !matches!(e, EngineEvent::Released { .. }),
+            "released into a removed repository"
+        );
+    }
+}

@@ -194,6 +194,42 @@ impl Engine {
         self.admit(now, event, parsed, arrival, now + remaining, true);
     }
 
+    /// Start-up: a `refs/nostr/<id>` ref of `repo` at `oid` whose event the store does not
+    /// hold as served, with its remaining life (the placeholder expiry counted from its push).
+    /// It is tracked as if just pushed, without `PlaceholderCreated`; a waiting PR with that
+    /// id settles it at once (kept if it names `oid`, deleted otherwise).
+    pub fn restore_placeholder(
+        &mut self,
+        now: Time,
+        repo: RepoKey,
+        id: EventId,
+        oid: Oid,
+        remaining: Duration,
+    ) {
+        self.now = self.now.max(now);
+        if self.purgatory.placeholder_count() >= self.config.max_placeholders
+            && self.purgatory.placeholder(&repo, &id).is_none()
+        {
+            return;
+        }
+        let expires = now + remaining;
+        self.purgatory.add_placeholder(
+            repo.clone(),
+            id,
+            Placeholder {
+                oid,
+                expires,
+                failed_deletes: 0,
+            },
+        );
+        self.timers
+            .set(TimerReason::PlaceholderExpiry(repo, id), expires);
+        if let Some(GitEvent::Pr(p)) = self.purgatory.get(&id).map(|w| &w.parsed) {
+            let commit = p.commit;
+            self.resolve_placeholders(id, commit);
+        }
+    }
+
     /// A new event (signature already verified by the caller).
     pub fn handle_event(
         &mut self,

@@ -245,6 +245,10 @@ impl Engine {
         ids: &[EventId],
         state: Option<(u64, EventId)>,
     ) {
+        if !self.view().is_hosted(repo) {
+            // Its announcement left while the Inspect or Apply ran: the repository was removed.
+            return;
+        }
         if let Some(held) = state {
             self.record_applied(repo.clone(), held);
         }
