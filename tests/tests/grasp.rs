@@ -538,7 +538,48 @@ fn hostile_relay_input_gets_clear_errors(flavor: Flavor) {
     assert_eq!(fresh.publish(&ann).message, PURGATORY);
 }
 
+/// A `refs/nostr/<id>` pushed before its event is still a placeholder after `kill -9`: when no
+/// event comes, the ref is deleted at its expiry.
+fn placeholder_ref_expires_across_restart(flavor: Flavor) {
+    let mut server = Server::start_with(
+        flavor,
+        ServerOptions::default()
+            .arg("--purgatory-expiry-secs")
+            .arg("20"),
+    );
+    let owner = keys(1);
+    let url = server.repo_url(&npub(&owner), "demo");
+    let mut relay = RelayClient::connect(&server.ws_url());
+    relay.publish(&announcement(&owner, "demo", &[&server.http_url()], &[]));
+    let work = WorkRepo::init("work");
+    let c1 = work.commit("README", "one\n");
+    relay.publish(&state(
+        &owner,
+        "demo",
+        &[("refs/heads/main", &c1)],
+        Some("main"),
+        0,
+    ));
+    work.git(&["push", "-q", &url, "main"]);
+    let c2 = work.commit("pr.txt", "never announced\n");
+    let ghost = pull_request(&keys(2), &owner, "demo", &c2, &[&url]);
+    let ghost_ref = format!("refs/nostr/{}", ghost.id.to_hex());
+    work.git(&["push", "-q", &url, &format!("{c2}:{ghost_ref}")]);
+    assert_eq!(ref_of(&url, &ghost_ref), Some(c2.clone()));
+    drop(relay);
+    server.kill9();
+    server.restart();
+    assert!(
+        eventually(Duration::from_secs(60), || ref_of(&url, &ghost_ref)
+            .is_none()),
+        "the placeholder ref outlived its expiry after a restart\n{}",
+        server.log()
+    );
+    assert_eq!(ref_of(&url, "refs/heads/main"), Some(c1));
+}
+
 both_runtimes!(
+    placeholder_ref_expires_across_restart,
     hostile_relay_input_gets_clear_errors,
     events_and_data_reach_a_server_that_follows_another,
     announcement_then_push_then_served,

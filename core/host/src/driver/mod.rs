@@ -59,6 +59,39 @@ pub struct Node {
     follower: FollowerHandle,
 }
 
+/// Every `<data-dir>/<npub>/<identifier>.git` directory that names a valid repository.
+fn hosted_repos(data_dir: &std::path::Path) -> Vec<RepoKey> {
+    use nostr::nips::nip19::FromBech32;
+    let mut repos = Vec::new();
+    let Ok(owners) = std::fs::read_dir(data_dir) else {
+        return repos;
+    };
+    for owner_dir in owners.flatten() {
+        let name = owner_dir.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| nostr::key::PublicKey::from_bech32(n).ok())
+        else {
+            continue;
+        };
+        let Ok(entries) = std::fs::read_dir(owner_dir.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(identifier) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".git"))
+                .and_then(|n| graspd_core::Identifier::new(n).ok())
+            else {
+                continue;
+            };
+            repos.push(RepoKey::new(owner, identifier));
+        }
+    }
+    repos
+}
+
 /// A span per command, so every log line of its execution names the command and repository.
 fn command_span(command: &Command) -> tracing::Span {
     match command {
@@ -113,6 +146,7 @@ impl Node {
                 path: config.data_dir.clone(),
                 detail: error.to_string(),
             })??;
+        node.restore_placeholders().await;
         let timers = Arc::clone(&node);
         node.runtime
             .spawn(Box::pin(async move { timers.run_timers().await }));
@@ -153,6 +187,49 @@ impl Node {
             "restored from the store"
         );
         Ok(())
+    }
+
+    /// Start-up: every `refs/nostr/<id>` ref whose event is not served is a placeholder again,
+    /// so it is still deleted if its event never comes. Push times are not stored, so each
+    /// gets a full placeholder life from now.
+    async fn restore_placeholders(self: &Arc<Self>) {
+        let data_dir = self.git.data_dir().to_owned();
+        let repos =
+            match crate::runtime::unblock(&*self.runtime, move || hosted_repos(&data_dir)).await {
+                Ok(repos) => repos,
+                Err(error) => {
+                    warn!(%error, "listing repositories for placeholders failed");
+                    return;
+                }
+            };
+        let life = self.settings.purgatory_expiry;
+        let mut restored = 0usize;
+        for repo in repos {
+            let refs = match self.git.inspect(&repo, &[]).await {
+                Ok(inspection) => inspection.refs,
+                Err(error) => {
+                    warn!(%repo, %error, "reading refs for placeholders failed");
+                    continue;
+                }
+            };
+            for (name, oid) in refs {
+                let Some(id) = name
+                    .strip_prefix("refs/nostr/")
+                    .and_then(graspd_core::events::parse_event_id_hex)
+                else {
+                    continue;
+                };
+                if self.store.get(&id).is_ok_and(|served| served.is_some()) {
+                    continue;
+                }
+                let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+                engine.restore_placeholder(self.clock.now(), repo.clone(), id, oid, life);
+                restored += 1;
+            }
+        }
+        if restored > 0 {
+            info!(placeholders = restored, "restored refs/nostr placeholders");
+        }
     }
 
     /// Feeds an IO outcome to the engine and runs what follows.
