@@ -451,8 +451,9 @@ impl RelayFollower {
             self.detach(&key, url);
         }
         let mut tracked = BTreeSet::new();
+        let wanted_urls = wanted.clone();
         for url in wanted {
-            if old.contains(&url) || self.track(&url) {
+            if old.contains(&url) || self.track(&url, &wanted_urls) {
                 if !old.contains(&url) {
                     self.attach(&key, &url);
                 }
@@ -555,7 +556,9 @@ impl RelayFollower {
     }
 
     /// Makes sure `url` is tracked; false if `max_relays` are and none can be forgotten.
-    fn track(&mut self, url: &str) -> bool {
+    /// Relays in `keep` (the ones the same announcement lists) are not forgotten to make room:
+    /// that would reset their backoff and hand their slot straight back.
+    fn track(&mut self, url: &str, keep: &BTreeSet<String>) -> bool {
         if self.relays.contains_key(url) {
             return true;
         }
@@ -563,7 +566,7 @@ impl RelayFollower {
             let idle = self
                 .relays
                 .iter()
-                .find(|(_, r)| !r.wanted() && r.link == Link::Down)
+                .find(|(u, r)| !r.wanted() && r.link == Link::Down && !keep.contains(*u))
                 .map(|(u, _)| u.clone());
             match idle {
                 Some(idle) => {

@@ -462,6 +462,42 @@ fn tracked_relays_are_capped_and_idle_ones_forgotten_first() {
 }
 
 #[test]
+fn making_room_never_forgets_a_relay_the_same_announcement_lists() {
+    // Found by graspd-sim (relay world, seed 11928): a relay that failed, went idle and was
+    // listed again was forgotten to make room for its neighbour in the same announcement,
+    // then tracked afresh, so its backoff restarted at 5 s.
+    let mut f = follower(FollowConfig {
+        max_relays: 2,
+        ..FollowConfig::default()
+    });
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "x", 1, &["wss://relay.b", "wss://relay.c"])),
+    );
+    let ids: Vec<ConnectionId> = connects(&drain(&mut f)).into_iter().map(|c| c.0).collect();
+    for id in &ids {
+        f.handle_input(
+            t(0),
+            Input::Failed {
+                id: *id,
+                reason: "refused".into(),
+            },
+        );
+    }
+    f.handle_input(t(1), Input::RepositoryRemoved(repo(1, "x")));
+    f.handle_input(
+        t(2),
+        Input::Announcement(ann(2, "y", 1, &["wss://relay.a", "wss://relay.b"])),
+    );
+    let b = f
+        .relay_statuses()
+        .find(|s| s.url == "wss://relay.b")
+        .expect("relay.b still tracked");
+    assert_eq!(b.consecutive_failures, 1, "relay.b's backoff was forgotten");
+    assert_eq!(b.retry_at, Some(t(5)));
+}
+
+#[test]
 fn bootstrap_relays_discover_announcements_and_follow_every_repository() {
     let mut f = follower(FollowConfig {
         bootstrap_relays: parse_relay_list(
