@@ -40,6 +40,55 @@ impl User {
     }
 }
 
+/// The parts every simulated event is made of, with its correct id.
+pub struct Unsigned {
+    pub id: EventId,
+    pub pubkey: PublicKey,
+    pub created_at: Timestamp,
+    pub kind: Kind,
+    pub tags: Tags,
+    pub content: String,
+}
+
+impl Unsigned {
+    pub fn new(
+        pubkey: PublicKey,
+        kind: u16,
+        created_at: u64,
+        tags: Vec<Vec<String>>,
+        content: &str,
+    ) -> Unsigned {
+        let tags = Tags::from_list(
+            tags.into_iter()
+                .map(|t| Tag::parse(t).expect("non-empty tag"))
+                .collect(),
+        );
+        let created_at = Timestamp::from_secs(created_at);
+        let kind = Kind::from(kind);
+        let id = EventId::compute(&pubkey, &created_at, &kind, &tags, content);
+        Unsigned {
+            id,
+            pubkey,
+            created_at,
+            kind,
+            tags,
+            content: content.to_owned(),
+        }
+    }
+
+    pub fn with_signature(self, sig: Signature) -> Event {
+        Event::new(
+            self.id,
+            self.pubkey,
+            self.created_at,
+            self.kind,
+            self.tags,
+            self.content,
+            sig,
+        )
+    }
+}
+
 /// An unsigned event with a correct id and a zero signature.
 pub fn event(
     author: &User,
@@ -48,24 +97,8 @@ pub fn event(
     tags: Vec<Vec<String>>,
     content: &str,
 ) -> Event {
-    let tags = Tags::from_list(
-        tags.into_iter()
-            .map(|t| Tag::parse(t).expect("non-empty tag"))
-            .collect(),
-    );
-    let created_at = Timestamp::from_secs(created_at);
-    let kind = Kind::from(kind);
-    let id = EventId::compute(&author.pubkey, &created_at, &kind, &tags, content);
     let sig = Signature::from_slice(&[0u8; 64]).expect("64 bytes");
-    Event::new(
-        id,
-        author.pubkey,
-        created_at,
-        kind,
-        tags,
-        content.to_owned(),
-        sig,
-    )
+    Unsigned::new(author.pubkey, kind, created_at, tags, content).with_signature(sig)
 }
 
 fn tag<const N: usize>(parts: [&str; N]) -> Vec<String> {

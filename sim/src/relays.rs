@@ -12,9 +12,8 @@ use graspd_core::events::{self, Announcement, GitEvent};
 use graspd_core::follow::relay_url;
 use graspd_core::follow::FollowConfig;
 use graspd_core::{Identifier, Time};
-use nostr::event::{Event, Kind, Tag, Tags};
+use nostr::event::Event;
 use nostr::key::{Keys, SecretKey};
-use nostr::types::Timestamp;
 
 use crate::rng::Rng;
 use crate::world::OWN_ORIGIN;
@@ -165,18 +164,10 @@ pub fn signed(
     tags: Vec<Vec<String>>,
     content: &str,
 ) -> Event {
-    let tags = Tags::from_list(
-        tags.into_iter()
-            .map(|t| Tag::parse(t).expect("non-empty tag"))
-            .collect(),
-    );
-    let created_at = Timestamp::from_secs(created_at);
-    let kind = Kind::from(kind);
-    let pubkey = keys.public_key();
-    let id = nostr::event::EventId::compute(&pubkey, &created_at, &kind, &tags, content);
+    let unsigned = crate::forge::Unsigned::new(keys.public_key(), kind, created_at, tags, content);
     let secp = secp256k1::Secp256k1::new();
-    let sig = keys.sign_schnorr_with_aux_rand(&secp, id.as_bytes(), &[7; 32]);
-    Event::new(id, pubkey, created_at, kind, tags, content.to_owned(), sig)
+    let sig = keys.sign_schnorr_with_aux_rand(&secp, unsigned.id.as_bytes(), &[7; 32]);
+    unsigned.with_signature(sig)
 }
 
 fn strs(parts: &[&str]) -> Vec<String> {
