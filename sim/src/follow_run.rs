@@ -57,6 +57,10 @@ pub struct RelayStats {
     /// 1 if the world fit every budget, so full liveness (each listed relay connected and
     /// covering each repository) was checked rather than "every slot filled".
     pub full_liveness: u64,
+    /// The follower's own counts at the end: relays refused for `max_relays`, values refused
+    /// for the subscription budget.
+    pub relays_refused: u64,
+    pub values_over_budget: u64,
 }
 
 #[derive(Debug)]
@@ -251,6 +255,9 @@ impl Host<'_> {
             }
         }
         self.now = self.now.max(w.end_at);
+        let fs = self.follower.stats();
+        self.stats.relays_refused = fs.relays_refused;
+        self.stats.values_over_budget = fs.values_over_budget;
         self.check_liveness()
     }
 
