@@ -57,6 +57,10 @@ pub struct RelayStats {
     /// 1 if the world fit every budget, so full liveness (each listed relay connected and
     /// covering each repository) was checked rather than "every slot filled".
     pub full_liveness: u64,
+    /// The follower's own counts at the end: relays refused for `max_relays`, values refused
+    /// for the subscription budget.
+    pub relays_refused: u64,
+    pub values_over_budget: u64,
 }
 
 #[derive(Debug)]
@@ -251,6 +255,9 @@ impl Host<'_> {
             }
         }
         self.now = self.now.max(w.end_at);
+        let fs = self.follower.stats();
+        self.stats.relays_refused = fs.relays_refused;
+        self.stats.values_over_budget = fs.values_over_budget;
         self.check_liveness()
     }
 
@@ -772,18 +779,21 @@ impl Host<'_> {
                 }
             }
         }
-        let repos = self.world.publications.len();
+        let repos = self
+            .world
+            .publications
+            .iter()
+            .map(|p| p.repo + 1)
+            .max()
+            .unwrap_or(0);
         let budget_ok = ever.len() <= c.max_relays.min(c.max_connections)
             && ever.iter().all(|(url, listed)| {
-                let n = if bootstrap.contains(url) {
-                    repos
-                } else {
-                    listed.len()
-                };
-                let slots = c
-                    .max_subscriptions_per_relay
-                    .saturating_sub(usize::from(bootstrap.contains(url)));
-                n <= slots * c.chunk_size
+                let boot = bootstrap.contains(url);
+                let on_relay = |repo: &usize| boot || listed.contains(repo);
+                let n = (0..repos).filter(|r| on_relay(r)).count();
+                let threads = self.world.pr_repos.iter().filter(|r| on_relay(r)).count();
+                let chunks = n.div_ceil(c.chunk_size) + threads.div_ceil(c.chunk_size);
+                chunks + usize::from(boot) <= c.max_subscriptions_per_relay
             })
             && self
                 .world

@@ -50,7 +50,9 @@ pub fn run_one(scenario: Option<&str>, seed: u64, quiet: bool, determinism: bool
             let s = &outcome.stats;
             println!(
                 "OK seed={seed} trace_hash={:016x} lines={} steps={} connects={} delivered={} \
-                 bad_signatures={} accepted={} duplicates={} rejected={}",
+                 bad_signatures={} accepted={} duplicates={} rejected={} \
+                 superseded_reaccepted={} relays_refused={} values_over_budget={} \
+                 full_liveness={}",
                 outcome.hash,
                 outcome.lines,
                 s.steps,
@@ -59,7 +61,11 @@ pub fn run_one(scenario: Option<&str>, seed: u64, quiet: bool, determinism: bool
                 s.bad_signatures,
                 s.accepted,
                 s.duplicates,
-                s.rejected
+                s.rejected,
+                s.superseded_reaccepted,
+                s.relays_refused,
+                s.values_over_budget,
+                s.full_liveness
             );
         }
         Some(_) => print!("{}", report(&world, &outcome)),

@@ -115,6 +115,8 @@ pub struct RelayWorld {
     pub removals: Vec<(Time, usize)>,
     /// Events on every relay (announcements, states, strangers' events).
     pub held: Vec<Held>,
+    /// The repository of each PR held (PR threads share a relay's subscription budget).
+    pub pr_repos: Vec<usize>,
     pub heal_at: Time,
     pub end_at: Time,
 }
@@ -195,6 +197,10 @@ fn forgeries(genuine: &Event, other: &Event, stranger: &Keys) -> Vec<Event> {
         format!("{} (tampered)", genuine.content),
         genuine.sig,
     );
+    if genuine.pubkey == stranger.public_key() {
+        // The stranger's own events: re-signing them would be genuine, not a lie.
+        return vec![borrowed_sig, tampered];
+    }
     // The author's name on an event the stranger signed: id right, signature wrong key.
     let mut tags: Vec<Vec<String>> = genuine.tags.iter().map(|t| t.as_slice().to_vec()).collect();
     tags.push(strs(&["t", "forged"]));
@@ -261,6 +267,7 @@ impl RelayWorld {
         let mut rng = root.child("relays");
         let mut cfg_rng = root.child("config");
         let mut ev_rng = root.child("events");
+        let mut pr_rng = root.child("prs");
 
         let n_relays = if shape.relays > 0 {
             shape.relays
@@ -328,6 +335,7 @@ impl RelayWorld {
         let mut removals = Vec::new();
         let mut held: Vec<Held> = Vec::new();
         let mut genuine: Vec<Event> = Vec::new();
+        let mut pr_repos = Vec::new();
         for repo in 0..n_repos as usize {
             let owner = &owners[rng.index(owners.len())];
             let identifier = format!("repo-{repo}");
@@ -399,6 +407,27 @@ impl RelayWorld {
                 state_tags,
                 "",
             ));
+            // Sometimes a stranger's PR to the repository (waits for data; its thread is then
+            // followed, so thread subscriptions share the relay's budget).
+            if pr_rng.percent(50) {
+                pr_repos.push(repo);
+                let coordinate = format!(
+                    "{}:{}:{identifier}",
+                    events::KIND_ANNOUNCEMENT,
+                    owner.public_key().to_hex()
+                );
+                genuine.push(signed(
+                    &stranger,
+                    events::KIND_PR,
+                    EPOCH_SECS + 102 + repo as u64,
+                    vec![
+                        strs(&["a", &coordinate]),
+                        strs(&["c", &format!("{:040x}", pr_rng.next_u64())]),
+                        strs(&["clone", "https://git.example.net/pr.git"]),
+                    ],
+                    "",
+                ));
+            }
         }
         for (i, event) in genuine.iter().enumerate() {
             let other = &genuine[(i + 1) % genuine.len()];
@@ -431,6 +460,7 @@ impl RelayWorld {
             publications,
             removals,
             held,
+            pr_repos,
             heal_at,
             end_at,
         }
