@@ -173,7 +173,10 @@ pub fn init_tracing(filter: &str) {
             tracing_subscriber::EnvFilter::new("info")
         }
     };
+    // Colours only on a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let _ = tracing_subscriber::fmt()
+        .with_ansi(ansi)
         .with_env_filter(env_filter)
         .try_init();
 }
