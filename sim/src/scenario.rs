@@ -598,30 +598,13 @@ fn gen_repo(
     }
 
     // Sometimes the owner deletes a state; sometimes a PR author deletes the PR.
-    if sr.percent(15) {
-        let (idx, ts, author) = state_events[sr.index(state_events.len())].clone();
+    for pool in [&state_events, &prs] {
+        if pool.is_empty() || !sr.percent(15) {
+            continue;
+        }
+        let (idx, t_published, author) = pool[sr.index(pool.len())].clone();
         let id = world.events[idx].id();
-        let td = sr.range(ts, chaos_ms - 1);
-        let ev = forge::deletion(&author, created(td) + 2, &[id], &[]);
-        let label = format!("delete({})", world.events[idx].label);
-        deliver(
-            world,
-            schedule,
-            SimEvent {
-                event: ev,
-                role: Role::Deletion { targets: vec![id] },
-                label,
-            },
-            td,
-            Via::Published,
-            chaos_ms,
-            sr,
-        );
-    }
-    if !prs.is_empty() && sr.percent(15) {
-        let (idx, tp, author) = prs[sr.index(prs.len())].clone();
-        let id = world.events[idx].id();
-        let td = sr.range(tp, chaos_ms - 1);
+        let td = sr.range(t_published, chaos_ms - 1);
         let ev = forge::deletion(&author, created(td) + 2, &[id], &[]);
         let label = format!("delete({})", world.events[idx].label);
         deliver(
