@@ -193,11 +193,7 @@ fn fetch_outcome(error: &FetchError) -> &'static str {
     }
 }
 
-/// The host part of a clone URL, for metric labels.
+/// The throttle's domain key of a clone URL, so metric labels match the limits they report.
 fn domain_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split(['/', '?', '#'])
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase()
+    graspd_core::urls::RemoteUrl::parse(url).map_or_else(|_| "invalid".to_owned(), |u| u.domain())
 }
