@@ -4,10 +4,11 @@
 //! start (Inspect, URL plan, throttle queue, first fetches), per fetch completion
 //! (through Inspect, Apply and Released; a tenth of the repositories), per timeout (expiries and
 //! fetch deadlines, one `handle_timeout` call), and heap bytes per waiting event (counting global
-//! allocator). Every size reports the median of its runs (5 up to 10^4, 3 at 10^5, 1 at
-//! 10^6), after one discarded warm-up run.
+//! allocator). Every size reports the median of its runs (5 up to 10^4, 3 above), after one
+//! discarded warm-up run.
 //!
-//! Run: `cargo bench -p graspd-core --bench scale` (add `-- 100000` to cap the largest size).
+//! Run: `cargo bench -p graspd-core --bench scale` (add `-- 100000` to cap the largest size,
+//! `-- --only 1000000 --runs 3` for one size).
 
 // The benchmark measures wall time; the engine itself never reads a clock.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -55,16 +56,38 @@ const REPOS_PER_DOMAIN: usize = 100;
 /// Fetch completions measured: this share of repositories, so every size does the same mix.
 const COMPLETED_SHARE: usize = 10;
 
+/// SplitMix64: spreads sequential numbers over the key space, as hashes are in real traffic
+/// (event ids, public keys and object ids are SHA-256 or curve points, never sequential).
+fn mix(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn spread<const N: usize>(n: u64, salt: u64) -> [u8; N] {
+    let mut b = [0u8; N];
+    for (i, chunk) in b.chunks_mut(8).enumerate() {
+        let word = mix(n ^ mix(salt + i as u64)).to_be_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    b
+}
+
 fn pk(n: usize) -> PublicKey {
-    let mut b = [7u8; 32];
-    b[..8].copy_from_slice(&(n as u64).to_be_bytes());
-    PublicKey::from_byte_array(b)
+    PublicKey::from_byte_array(spread(n as u64, 1))
 }
 
 fn oid(n: usize) -> Oid {
-    let mut b = [3u8; 20];
-    b[..8].copy_from_slice(&(n as u64).to_be_bytes());
-    Oid::from_bytes(b)
+    Oid::from_bytes(spread(n as u64, 2))
+}
+
+/// A seeded Fisher-Yates shuffle: events arrive in no particular repository order.
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    for i in (1..items.len()).rev() {
+        let j = (mix(seed ^ i as u64) % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
 }
 
 fn event(
@@ -75,8 +98,7 @@ fn event(
     tags: Vec<Vec<String>>,
 ) -> Event {
     *seq += 1;
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&seq.to_be_bytes());
+    let id: [u8; 32] = spread(*seq, 3);
     let tags: Vec<Tag> = tags.into_iter().map(|t| Tag::parse(t).unwrap()).collect();
     Event::new(
         EventId::from_byte_array(id),
@@ -217,7 +239,8 @@ fn measure(n: usize) -> Row {
     for i in 0..EVENTS_PER_REPO {
         for first in (0..repos).step_by(10_000) {
             let batch = first..(first + 10_000).min(repos);
-            let events: Vec<Event> = batch.map(|r| waiting_event(&mut seq, r, i)).collect();
+            let mut events: Vec<Event> = batch.map(|r| waiting_event(&mut seq, r, i)).collect();
+            shuffle(&mut events, seq);
             let start = Instant::now();
             for e in events {
                 engine.handle_event(t0, e, Arrival::Synced);
@@ -287,14 +310,24 @@ fn measure(n: usize) -> Row {
 }
 
 fn main() {
-    let cap: usize = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cap: usize = args
+        .iter()
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let sizes: Vec<usize> = [1_000, 10_000, 100_000, 1_000_000]
-        .into_iter()
-        .filter(|n| *n <= cap)
-        .collect();
+    // `--only N`: one size (for profiling); `--runs R`: runs per size instead of 5/3/1.
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+    };
+    let sizes: Vec<usize> = match flag("--only") {
+        Some(n) => vec![n],
+        None => [1_000, 10_000, 100_000, 1_000_000]
+            .into_iter()
+            .filter(|n| *n <= cap)
+            .collect(),
+    };
     println!(
         "| waiting events | repos | insert µs/event | attempt start µs/repo | fetch completion µs/fetch | timeout µs/timer | bytes/waiting event |"
     );
@@ -305,13 +338,9 @@ fn main() {
     for n in sizes {
         // Every size reports the median of its runs (not the best, which would favour the
         // sizes that run more often); small sizes run more often because they are noisier.
-        let runs = if n <= 10_000 {
-            5
-        } else if n <= 100_000 {
-            3
-        } else {
-            1
-        };
+        // Three runs at the large sizes: the first run to reach a new heap size pays the
+        // kernel for fresh zeroed pages, and the median is the engine's steady state.
+        let runs = flag("--runs").unwrap_or(if n <= 10_000 { 5 } else { 3 });
         let all: Vec<Row> = (0..runs).map(|_| measure(n)).collect();
         let median = |f: fn(&Row) -> Duration| {
             let mut v: Vec<Duration> = all.iter().map(f).collect();

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 pub use nostr::event::EventId;
 pub use nostr::key::PublicKey;
@@ -91,10 +92,13 @@ impl fmt::Debug for Oid {
 /// holding identifiers would otherwise touch one more cache line per comparison. The order is
 /// exactly the string order: no identifier contains NUL, so the zero padding sorts a shorter
 /// identifier before any longer one it is a prefix of.
+///
+/// The full string is shared (`Arc<str>`): identifiers are cloned into every index key and
+/// repository key, and a clone must not cost an allocation.
 #[derive(Clone)]
 pub struct Identifier {
     inline: [u8; INLINE],
-    full: String,
+    full: Arc<str>,
 }
 
 /// Bytes of an identifier kept inline for comparisons.
@@ -105,7 +109,9 @@ impl PartialEq for Identifier {
         // Equal inline bytes and equal lengths up to INLINE mean equal strings (no NUL).
         self.inline == other.inline
             && self.full.len() == other.full.len()
-            && (self.full.len() <= INLINE || self.full == other.full)
+            && (self.full.len() <= INLINE
+                || Arc::ptr_eq(&self.full, &other.full)
+                || self.full == other.full)
     }
 }
 
@@ -186,7 +192,7 @@ impl Identifier {
         inline[..n].copy_from_slice(&s.as_bytes()[..n]);
         Ok(Identifier {
             inline,
-            full: s.to_owned(),
+            full: Arc::from(s),
         })
     }
 

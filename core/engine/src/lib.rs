@@ -10,6 +10,7 @@ pub mod engine;
 pub mod events;
 pub mod follow;
 pub mod ids;
+pub mod lookup;
 pub mod maintainers;
 pub mod purgatory;
 pub mod push;

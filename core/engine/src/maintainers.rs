@@ -36,6 +36,57 @@ impl Announcements for [Announcement] {
     }
 }
 
+/// The pubkeys authorised for one repository. Most repositories have no co-maintainers, and
+/// the set is computed on every event and attempt, so the owner-only set is held inline
+/// rather than as a one-element B-tree (an allocation of a whole node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MaintainerSet {
+    Owner(PublicKey),
+    Chain(BTreeSet<PublicKey>),
+}
+
+impl MaintainerSet {
+    pub fn contains(&self, key: &PublicKey) -> bool {
+        match self {
+            MaintainerSet::Owner(owner) => owner == key,
+            MaintainerSet::Chain(set) => set.contains(key),
+        }
+    }
+
+    /// In ascending key order.
+    pub fn iter(&self) -> impl Iterator<Item = &PublicKey> {
+        let (one, many) = match self {
+            MaintainerSet::Owner(owner) => (Some(owner), None),
+            MaintainerSet::Chain(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            MaintainerSet::Owner(_) => 1,
+            MaintainerSet::Chain(set) => set.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn to_set(&self) -> BTreeSet<PublicKey> {
+        self.iter().copied().collect()
+    }
+}
+
+impl From<BTreeSet<PublicKey>> for MaintainerSet {
+    fn from(set: BTreeSet<PublicKey>) -> MaintainerSet {
+        match set.first() {
+            Some(only) if set.len() == 1 => MaintainerSet::Owner(*only),
+            _ => MaintainerSet::Chain(set),
+        }
+    }
+}
+
 /// Everyone authorised for `/<owner>/<identifier>.git`: the owner, the maintainers its
 /// announcement lists, theirs in turn, and so on. Directional (A listing B gives B rights on A's
 /// repository, not A on B's), cycle-safe, and capped at [`MAX_MAINTAINERS`].
@@ -43,7 +94,7 @@ pub fn maintainer_set(
     a: &(impl Announcements + ?Sized),
     owner: &PublicKey,
     identifier: &Identifier,
-) -> BTreeSet<PublicKey> {
+) -> MaintainerSet {
     maintainer_set_capped(a, owner, identifier, MAX_MAINTAINERS)
 }
 
@@ -53,7 +104,14 @@ pub fn maintainer_set_capped(
     owner: &PublicKey,
     identifier: &Identifier,
     cap: usize,
-) -> BTreeSet<PublicKey> {
+) -> MaintainerSet {
+    // The common case without a walk: no announcement, or one listing nobody but the owner.
+    let lists_others = a
+        .announcement(owner, identifier)
+        .is_some_and(|ann| ann.maintainers.iter().any(|m| m != owner));
+    if !lists_others || cap <= 1 {
+        return MaintainerSet::Owner(*owner);
+    }
     let mut set = BTreeSet::from([*owner]);
     let mut queue = VecDeque::from([*owner]);
     while let Some(p) = queue.pop_front() {
@@ -62,14 +120,14 @@ pub fn maintainer_set_capped(
         };
         for m in &ann.maintainers {
             if set.len() >= cap {
-                return set;
+                return MaintainerSet::from(set);
             }
             if set.insert(*m) {
                 queue.push_back(*m);
             }
         }
     }
-    set
+    MaintainerSet::from(set)
 }
 
 /// Whether `author` may publish the state of `/<owner>/<identifier>.git`.
@@ -158,7 +216,9 @@ mod tests {
         ];
         for (name, entries, owner, want) in cases {
             let got = maintainer_set(&world(entries), &pk(*owner), &ident("r"));
-            assert_eq!(got, set_of(want), "{name}");
+            assert_eq!(got.to_set(), set_of(want), "{name}");
+            assert_eq!(got.len(), want.len(), "{name}");
+            assert!(got.iter().is_sorted(), "{name}");
         }
     }
 
@@ -167,17 +227,20 @@ mod tests {
         let mut w = world(&[(1, &[2])]);
         let other = announcement(2, "other", &[3], 1);
         w.insert(RepoKey::new(pk(2), ident("other")), other);
-        assert_eq!(maintainer_set(&w, &pk(1), &ident("r")), set_of(&[1, 2]));
+        assert_eq!(
+            maintainer_set(&w, &pk(1), &ident("r")).to_set(),
+            set_of(&[1, 2])
+        );
     }
 
     #[test]
     fn cap_bounds_the_set_breadth_first() {
         let w = world(&[(1, &[2, 3]), (2, &[4, 5]), (3, &[6])]);
         let capped = maintainer_set_capped(&w, &pk(1), &ident("r"), 3);
-        assert_eq!(capped, set_of(&[1, 2, 3]));
+        assert_eq!(capped.to_set(), set_of(&[1, 2, 3]));
         assert_eq!(
             maintainer_set_capped(&w, &pk(1), &ident("r"), 0),
-            set_of(&[1])
+            MaintainerSet::Owner(pk(1))
         );
     }
 
@@ -187,7 +250,7 @@ mod tests {
         let new = announcement(1, "r", &[3], 2);
         let list = [new, old];
         assert_eq!(
-            maintainer_set(&list[..], &pk(1), &ident("r")),
+            maintainer_set(&list[..], &pk(1), &ident("r")).to_set(),
             set_of(&[1, 3])
         );
         assert!(is_maintainer(&list[..], &pk(1), &ident("r"), &pk(3)));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::deletion::deletion_matches;
 use crate::events::{Coordinate, Deletion, GitEvent, KIND_ANNOUNCEMENT, KIND_STATE};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
+use crate::lookup::LookupMap;
 use crate::time::Time;
 
 /// Where an event came from; decides how soon the first sync attempt runs.
@@ -50,7 +51,7 @@ pub struct Placeholder {
 #[derive(Default, Debug)]
 pub struct Purgatory {
     /// Boxed: B-tree nodes stay small and dense, whatever the size of an event.
-    entries: BTreeMap<EventId, Box<Waiting>>,
+    entries: LookupMap<EventId, Box<Waiting>>,
     /// Waiting announcements by (owner, identifier).
     announcements: EventIndex<(PublicKey, Identifier)>,
     /// Waiting states by (identifier, author): a range over an identifier finds every author.
@@ -314,7 +315,7 @@ fn remove_indexed<K: Ord, V: Ord>(index: &mut BTreeMap<K, BTreeSet<V>>, key: &K,
 
 /// An identifier as a map key. [`Identifier`] itself compares its inline first bytes before
 /// following the heap pointer, so this adds nothing to the key; it names the role.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct IdentKey {
     full: Identifier,
 }
@@ -373,7 +374,7 @@ impl<K: Ord + Clone> EventIndex<K> {
 /// Ids of events that expired, remembered for a bounded time and count.
 #[derive(Default, Debug)]
 struct ExpiredMemory {
-    until: BTreeMap<EventId, Time>,
+    until: LookupMap<EventId, Time>,
     /// Insertion order; entries whose `until` changed or vanished are stale and skipped.
     order: VecDeque<(Time, EventId)>,
 }

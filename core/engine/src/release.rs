@@ -5,10 +5,11 @@
 //! One pure planner for both ways git data arrives (a push, or a fetch from another server):
 //! the host executes the plan, then reports success, and only then is the event served.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::events::{GitEvent, PullRequest, RefName, RepoState, KIND_ANNOUNCEMENT};
-use crate::ids::{EventId, Oid, PublicKey, RepoKey};
+use crate::ids::{EventId, Oid, RepoKey};
+use crate::maintainers::MaintainerSet;
 use crate::satisfy;
 
 /// One compare-and-swap ref change: `expected` is the value the ref must still have (`None`:
@@ -78,7 +79,7 @@ pub struct Target<'a> {
     /// `(created_at, id)` of the state applied there, if any.
     pub applied_state: Option<(u64, EventId)>,
     /// The recursive maintainer set of the repo's owner for this identifier.
-    pub maintainers: &'a BTreeSet<PublicKey>,
+    pub maintainers: &'a MaintainerSet,
     /// The owner's announcement if it still waits in purgatory.
     pub waiting_announcement: Option<EventId>,
 }
@@ -262,6 +263,8 @@ mod tests {
     use super::*;
     use crate::events::KIND_PR;
     use crate::ids::Identifier;
+    use std::collections::BTreeSet;
+
     use crate::maintainers::maintainer_set;
     use crate::testkit::{announcement, ident, keys, oid, parsed, pk, refs, sign, state};
 
@@ -362,7 +365,7 @@ mod tests {
         key: RepoKey,
         refs: BTreeMap<RefName, Oid>,
         applied: Option<(u64, EventId)>,
-        maintainers: BTreeSet<PublicKey>,
+        maintainers: MaintainerSet,
         waiting: Option<EventId>,
         objects: BTreeSet<Oid>,
     }

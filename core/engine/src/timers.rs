@@ -2,13 +2,14 @@
 //! earliest (`poll_timeout`). Both directions are indexed, so arming, moving, cancelling and
 //! popping cost O(log n) whatever the number of timers.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use crate::ids::{CommandId, EventId, RepoKey};
+use crate::lookup::LookupMap;
 use crate::time::Time;
 
 /// Why the engine wants to be woken.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum TimerReason {
     /// Start the next sync attempt for this repository.
     SyncAttempt(RepoKey),
@@ -36,7 +37,7 @@ pub enum TimerReason {
 #[derive(Default, Debug)]
 pub struct Timers {
     by_time: BTreeSet<(Time, TimerReason)>,
-    by_reason: BTreeMap<TimerReason, Time>,
+    by_reason: LookupMap<TimerReason, Time>,
     expiries: BTreeSet<(Time, EventId)>,
     fetch_deadlines: VecDeque<(Time, CommandId)>,
     command_deadlines: VecDeque<(Time, CommandId)>,

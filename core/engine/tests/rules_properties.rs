@@ -170,7 +170,8 @@ fn maintainer_set_contains_the_owner_is_capped_and_closed() {
                 .collect(),
         );
         let cap = cap as usize % 10;
-        let set: BTreeSet<PublicKey> = maintainer_set_capped(&graph, &key(owner), &id, cap);
+        let set: BTreeSet<PublicKey> =
+            maintainer_set_capped(&graph, &key(owner), &id, cap).to_set();
         let capped = set.len() <= cap.max(1);
         let closed = set.len() >= cap
             || set.iter().all(|p| {

@@ -2,10 +2,10 @@
 //! chains at the cap. Checks results, not time (the engine has no clock); timed by hand with
 //! `cargo test --release --test rules_scale`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use graspd_core::events::{Announcement, GitEvent, RefName, RepoState};
-use graspd_core::maintainers::{maintainer_set, MAX_MAINTAINERS};
+use graspd_core::maintainers::{maintainer_set, MaintainerSet, MAX_MAINTAINERS};
 use graspd_core::push::{decide_push, RefDecision, RefUpdate};
 use graspd_core::release::{align_refs, plan_release, Target};
 use graspd_core::{EventId, Identifier, Oid, PublicKey, RepoKey};
@@ -70,7 +70,7 @@ fn twenty_thousand_refs_align_push_and_plan() {
     assert!(decisions.iter().all(|d| *d == RefDecision::Accept));
 
     let owner = RepoKey::new(key(0), Identifier::new("big").unwrap());
-    let sets: Vec<BTreeSet<PublicKey>> = (0..50).map(|n| BTreeSet::from([key(n)])).collect();
+    let sets: Vec<MaintainerSet> = (0..50).map(|n| MaintainerSet::Owner(key(n))).collect();
     let targets: Vec<Target<'_>> = (0..50)
         .map(|n| Target {
             repo: RepoKey::new(key(n), owner.identifier.clone()),

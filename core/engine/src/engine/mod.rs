@@ -19,6 +19,7 @@ use crate::acceptance::{self, OwnService};
 use crate::config::Config;
 use crate::events::{self, GitEvent, RefName};
 use crate::ids::{CommandId, EventId, Oid, PublicKey, RepoKey};
+use crate::lookup::LookupMap;
 use crate::purgatory::{IdentKey, Placeholder, Purgatory, Waiting};
 use crate::throttle::{Limits, Throttle};
 use crate::time::Time;
@@ -40,10 +41,10 @@ pub struct Engine {
     purgatory: Purgatory,
     accepted: Accepted,
     /// Owners per identifier with a waiting announcement (every waiting one is hosted).
-    waiting_hosted: BTreeMap<IdentKey, BTreeSet<PublicKey>>,
-    repos: BTreeMap<RepoKey, RepoWork>,
+    waiting_hosted: LookupMap<IdentKey, BTreeSet<PublicKey>>,
+    repos: LookupMap<RepoKey, RepoWork>,
     /// `(created_at, id)` of the state each hosted repository holds.
-    applied: BTreeMap<RepoKey, (u64, EventId)>,
+    applied: LookupMap<RepoKey, (u64, EventId)>,
     fetches: BTreeMap<CommandId, FetchInFlight>,
     inspects: BTreeMap<CommandId, (RepoKey, Vec<Oid>)>,
     applies: BTreeMap<CommandId, ApplyInFlight>,
@@ -124,9 +125,9 @@ impl Engine {
             timers: Timers::new(),
             purgatory: Purgatory::new(),
             accepted: Accepted::default(),
-            waiting_hosted: BTreeMap::new(),
-            repos: BTreeMap::new(),
-            applied: BTreeMap::new(),
+            waiting_hosted: LookupMap::new(),
+            repos: LookupMap::new(),
+            applied: LookupMap::new(),
             fetches: BTreeMap::new(),
             inspects: BTreeMap::new(),
             applies: BTreeMap::new(),
@@ -465,8 +466,7 @@ impl Engine {
                 self.commands.push_back(Command::CreateRepo { repo });
             }
             self.waiting_hosted
-                .entry(IdentKey::of(&a.identifier))
-                .or_default()
+                .get_or_default(IdentKey::of(&a.identifier))
                 .insert(a.owner);
         }
         let pr_commit = match &parsed {
@@ -497,7 +497,7 @@ impl Engine {
         };
         for repo in targets {
             // A genuinely new event: the backoff starts over (duplicates never get here).
-            let work = self.repos.entry(repo.clone()).or_default();
+            let work = self.repos.get_or_default(repo.clone());
             work.backoff_step = 0;
             self.timers
                 .set_no_later_than(TimerReason::SyncAttempt(repo.clone()), now + first);

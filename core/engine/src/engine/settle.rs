@@ -47,7 +47,7 @@ impl Engine {
     /// Asks for an Inspect of `repo` (coalesced: at most one in flight per repository, and
     /// none while an Apply runs; a request meanwhile is queued, never lost).
     pub(super) fn request_inspect(&mut self, repo: RepoKey, then_fetch: bool) {
-        let work = self.repos.entry(repo.clone()).or_default();
+        let work = self.repos.get_or_default(repo.clone());
         work.fetch_after_inspect |= then_fetch;
         if work.inspect.is_some() || work.apply.is_some() {
             work.inspect_queued = true;
@@ -181,7 +181,7 @@ impl Engine {
             }
             (ApplyPurpose::Release { .. }, Err(ApplyError::Conflict)) => {
                 self.counters.apply_conflicts += 1;
-                let w = self.repos.entry(repo.clone()).or_default();
+                let w = self.repos.get_or_default(repo.clone());
                 if w.apply_retries < self.config.max_apply_retries {
                     w.apply_retries += 1;
                     self.request_inspect(repo.clone(), false);
@@ -279,12 +279,12 @@ impl Engine {
             self.counters.released += 1;
             let waited = now.saturating_since(waiting.received);
             self.events.push_back(EngineEvent::Released {
-                event: waiting.event,
+                event: Box::new(waiting.event),
                 waited,
             });
         }
         let shared = |e: &GitEvent| match e {
-            GitEvent::State(s) => self.view().hosted_owners(&s.identifier).len() > 1,
+            GitEvent::State(s) => self.view().hosted_owners(&s.identifier).nth(1).is_some(),
             _ => false,
         };
         if let Some(state) = released_state.filter(shared) {

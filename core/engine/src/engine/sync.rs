@@ -87,7 +87,7 @@ impl Engine {
                 }
             }
         }
-        self.repos.entry(repo.clone()).or_default().attempt = Some(attempt);
+        self.repos.get_or_default(repo.clone()).attempt = Some(attempt);
         for domain in &domains {
             self.pump(now, domain);
         }
@@ -272,7 +272,7 @@ impl Engine {
 
     /// Arms the next attempt after an incomplete one (never later than an armed one).
     pub(super) fn schedule_backoff(&mut self, now: Time, repo: &RepoKey) {
-        let work: &mut RepoWork = self.repos.entry(repo.clone()).or_default();
+        let work: &mut RepoWork = self.repos.get_or_default(repo.clone());
         let delay = self.config.backoff_delay(work.backoff_step);
         work.backoff_step = work.backoff_step.saturating_add(1);
         self.timers

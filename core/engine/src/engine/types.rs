@@ -149,8 +149,9 @@ pub enum Command {
 pub enum EngineEvent {
     /// The event's data is in place: store it, serve it, drop it from the purgatory table (one
     /// transaction).
+    /// (Boxed: the queue of engine events stays small when a timeout expires many at once.)
     Released {
-        event: nostr::event::Event,
+        event: Box<nostr::event::Event>,
         waited: Duration,
     },
     /// The event's data never arrived; drop it from the purgatory table.

@@ -1,24 +1,25 @@
 //! What the engine knows about repositories: accepted announcements and states, which
 //! repositories are hosted here, maintainer sets, and what each repository waits for.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::acceptance::KnownRepos;
 use crate::events::{Announcement, GitEvent, RepoState};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
-use crate::maintainers::{maintainer_set, Announcements};
+use crate::lookup::LookupMap;
+use crate::maintainers::{maintainer_set, Announcements, MaintainerSet};
 use crate::purgatory::{pr_repos, IdentKey, Purgatory};
 use crate::satisfy::required_objects;
 
 /// Accepted (stored, served) knowledge, newest per address.
 #[derive(Default, Debug)]
 pub struct Accepted {
-    pub announcements: BTreeMap<RepoKey, Announcement>,
+    pub announcements: LookupMap<RepoKey, Announcement>,
     /// Owners per identifier whose accepted announcement lists this server (repo hosted).
-    pub hosted: BTreeMap<IdentKey, BTreeSet<PublicKey>>,
+    pub hosted: LookupMap<IdentKey, BTreeSet<PublicKey>>,
     /// Newest accepted state per (identifier, author), with the repository it was released
     /// in (objects can be copied from there; `None` when restored).
-    pub states: BTreeMap<(IdentKey, PublicKey), (RepoState, Option<RepoKey>)>,
+    pub states: LookupMap<(IdentKey, PublicKey), (RepoState, Option<RepoKey>)>,
 }
 
 impl Accepted {
@@ -26,8 +27,7 @@ impl Accepted {
         let key = RepoKey::new(ann.owner, ann.identifier.clone());
         if hosted {
             self.hosted
-                .entry(IdentKey::of(&ann.identifier))
-                .or_default()
+                .get_or_default(IdentKey::of(&ann.identifier))
                 .insert(ann.owner);
         }
         match self.announcements.get(&key) {
@@ -65,9 +65,9 @@ pub struct View<'a> {
     pub accepted: &'a Accepted,
     pub purgatory: &'a Purgatory,
     /// Owners per identifier with a waiting announcement that lists this server.
-    pub waiting_hosted: &'a BTreeMap<IdentKey, BTreeSet<PublicKey>>,
+    pub waiting_hosted: &'a LookupMap<IdentKey, BTreeSet<PublicKey>>,
     /// The state each repository holds.
-    pub applied: &'a BTreeMap<RepoKey, (u64, EventId)>,
+    pub applied: &'a LookupMap<RepoKey, (u64, EventId)>,
 }
 
 impl Announcements for View<'_> {
@@ -105,19 +105,19 @@ impl KnownRepos for View<'_> {
     }
 
     fn known_owners(&self, identifier: &Identifier) -> Vec<PublicKey> {
-        self.hosted_owners(identifier).into_iter().collect()
+        self.hosted_owners(identifier).collect()
     }
 }
 
 impl View<'_> {
-    /// Owners of repositories with `identifier` hosted here (accepted or waiting).
-    pub fn hosted_owners(&self, identifier: &Identifier) -> BTreeSet<PublicKey> {
+    /// Owners of repositories with `identifier` hosted here (accepted or waiting), in
+    /// ascending order, each once; nothing is copied.
+    pub fn hosted_owners(&self, identifier: &Identifier) -> impl Iterator<Item = PublicKey> + '_ {
+        static NONE: BTreeSet<PublicKey> = BTreeSet::new();
         let key = IdentKey::of(identifier);
-        let mut owners = self.accepted.hosted.get(&key).cloned().unwrap_or_default();
-        if let Some(w) = self.waiting_hosted.get(&key) {
-            owners.extend(w.iter().copied());
-        }
-        owners
+        let accepted = self.accepted.hosted.get(&key).unwrap_or(&NONE);
+        let waiting = self.waiting_hosted.get(&key).unwrap_or(&NONE);
+        accepted.union(waiting).copied()
     }
 
     pub fn is_hosted(&self, repo: &RepoKey) -> bool {
@@ -128,7 +128,7 @@ impl View<'_> {
                 .is_some_and(|o| o.contains(&repo.owner))
     }
 
-    pub fn maintainers(&self, repo: &RepoKey) -> BTreeSet<PublicKey> {
+    pub fn maintainers(&self, repo: &RepoKey) -> MaintainerSet {
         maintainer_set(self, &repo.owner, &repo.identifier)
     }
 
@@ -145,7 +145,6 @@ impl View<'_> {
             }
             GitEvent::State(s) => self
                 .hosted_owners(&s.identifier)
-                .into_iter()
                 .map(|owner| RepoKey::new(owner, s.identifier.clone()))
                 .filter(|repo| self.maintainers(repo).contains(&s.author))
                 .collect(),
@@ -161,7 +160,7 @@ impl View<'_> {
     pub fn authoritative(
         &self,
         repo: &RepoKey,
-        maintainers: &BTreeSet<PublicKey>,
+        maintainers: &MaintainerSet,
     ) -> Option<&(RepoState, Option<RepoKey>)> {
         maintainers
             .iter()
@@ -180,7 +179,7 @@ impl View<'_> {
     pub fn authoritative_state(
         &self,
         repo: &RepoKey,
-        maintainers: &BTreeSet<PublicKey>,
+        maintainers: &MaintainerSet,
     ) -> Option<&RepoState> {
         self.authoritative(repo, maintainers).map(|(s, _)| s)
     }
@@ -197,7 +196,7 @@ impl View<'_> {
     pub fn catch_up(
         &self,
         repo: &RepoKey,
-        maintainers: &BTreeSet<PublicKey>,
+        maintainers: &MaintainerSet,
     ) -> Option<&(RepoState, Option<RepoKey>)> {
         self.authoritative(repo, maintainers)
             .filter(|(s, _)| self.newer_than_held(repo, s.created_at, &s.id))
@@ -205,11 +204,7 @@ impl View<'_> {
 
     /// Waiting states authoritative for `repo` (authored by its maintainers) and newer than
     /// what it holds.
-    pub fn waiting_states(
-        &self,
-        repo: &RepoKey,
-        maintainers: &BTreeSet<PublicKey>,
-    ) -> Vec<EventId> {
+    pub fn waiting_states(&self, repo: &RepoKey, maintainers: &MaintainerSet) -> Vec<EventId> {
         self.purgatory
             .states_with(&repo.identifier)
             .into_iter()
@@ -262,7 +257,7 @@ impl View<'_> {
             return true;
         }
         // Computed at most once, and only when a state or the hosted check needs it.
-        let mut maintainers: Option<BTreeSet<PublicKey>> = None;
+        let mut maintainers: Option<MaintainerSet> = None;
         let waiting = self
             .purgatory
             .any_state_with(&repo.identifier, |author, id| {
@@ -287,7 +282,7 @@ impl View<'_> {
     /// Candidate clone URLs for `repo`: its maintainers' announcements, then waiting PRs.
     pub fn clone_candidates(&self, repo: &RepoKey) -> Vec<String> {
         let mut out = Vec::new();
-        for m in self.maintainers(repo) {
+        for m in self.maintainers(repo).iter() {
             if let Some(a) = self.announcement(&m, &repo.identifier) {
                 out.extend(a.clone.iter().cloned());
             }

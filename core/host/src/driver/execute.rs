@@ -76,7 +76,7 @@ impl Node {
                         &plan.repo,
                         copy_from.as_deref(),
                         &objects,
-                        &refs,
+                        refs,
                         plan.head.as_deref(),
                     )
                     .await;
@@ -101,15 +101,15 @@ impl Node {
                     warn!(%repo, %error, "creating the repository failed");
                 }
             }
-            Command::RemoveRepo { repo } => match {
+            Command::RemoveRepo { repo } => {
                 self.follower.repository_removed(repo.clone());
-                self.git.remove_repo(&repo).await
-            } {
-                Ok(()) => {
-                    info!(%repo, "repository removed: its announcement left purgatory without data")
+                match self.git.remove_repo(&repo).await {
+                    Ok(()) => {
+                        info!(%repo, "repository removed: its announcement left purgatory without data")
+                    }
+                    Err(error) => warn!(%repo, %error, "removing the repository failed"),
                 }
-                Err(error) => warn!(%repo, %error, "removing the repository failed"),
-            },
+            }
         }
     }
 
@@ -124,7 +124,7 @@ impl Node {
                         info!(id = %event.id, kind = event.kind.as_u16(), waited_ms = waited.as_millis() as u64, ?outcome, "released from purgatory");
                         self.metrics.released(waited);
                         self.follow(&event);
-                        self.hub.publish(event);
+                        self.hub.publish(*event);
                     }
                     Ok(Err(error)) => {
                         warn!(id = %event.id, %error, "storing a released event failed; it stays waiting")

@@ -1,0 +1,182 @@
+//! [`LookupMap`]: a hash index for point lookups that cannot be iterated.
+//!
+//! The engine's largest maps (waiting events by id, per-repository work, accepted
+//! announcements...) are only ever asked "what is stored under this key". An ordered B-tree
+//! answers in O(log n) comparisons of 32-byte keys, each a likely cache miss once the map
+//! outgrows the cache; a hash table answers in O(1). Iteration order of a hash table is the one
+//! thing that could make the engine's outputs depend on hashing, so this type has no iteration
+//! at all: a map that must be walked stays a `BTreeMap`. The hasher has a fixed seed (no
+//! process randomness): the same inputs give the same table, and tests stay reproducible.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
+
+/// Seed of every lookup map's hasher. Keys are event ids, public keys and repository names,
+/// which a client chooses; grinding collisions against a public seed would need many
+/// signed events per colliding bucket, each of which purgatory caps and expires.
+const SEED: u64 = 0x6772_6173_7064_0001;
+
+/// A hash map with point operations only. See the module documentation.
+pub struct LookupMap<K, V> {
+    table: HashTable<(K, V)>,
+    hasher: FixedState,
+}
+
+impl<K, V> Default for LookupMap<K, V> {
+    fn default() -> Self {
+        LookupMap {
+            table: HashTable::new(),
+            hasher: FixedState::with_seed(SEED),
+        }
+    }
+}
+
+impl<K, V> fmt::Debug for LookupMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No entries: listing them would be iteration in hash order.
+        write!(f, "LookupMap({} entries)", self.table.len())
+    }
+}
+
+impl<K: Hash + Eq, V> LookupMap<K, V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.table
+            .find(self.hash(key), |(k, _)| k.borrow() == key)
+            .map(|(_, v)| v)
+    }
+
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.table
+            .find_mut(hash, |(k, _)| k.borrow() == key)
+            .map(|(_, v)| v)
+    }
+
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
+    /// Stores `value` under `key`; returns the value it replaced.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let hash = self.hash(&key);
+        if let Some((_, v)) = self.table.find_mut(hash, |(k, _)| *k == key) {
+            return Some(std::mem::replace(v, value));
+        }
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(hash, (key, value), |(k, _)| hasher.hash_one(k));
+        None
+    }
+
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let entry = self
+            .table
+            .find_entry(hash, |(k, _)| k.borrow() == key)
+            .ok()?;
+        let ((_, v), _) = entry.remove();
+        Some(v)
+    }
+
+    /// The value under `key`, inserted with `make` if absent.
+    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        let hash = self.hash(&key);
+        let hasher = &self.hasher;
+        let entry = self
+            .table
+            .entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k));
+        &mut entry.or_insert_with(|| (key, make())).into_mut().1
+    }
+
+    /// The value under `key`, inserted as `V::default()` if absent.
+    pub fn get_or_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        self.get_or_insert_with(key, V::default)
+    }
+}
+
+impl<K: Hash + Eq + Borrow<Q>, Q: Hash + Eq + ?Sized, V> std::ops::Index<&Q> for LookupMap<K, V> {
+    type Output = V;
+
+    fn index(&self, key: &Q) -> &V {
+        self.get(key).expect("no entry for this key")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_operations() {
+        let mut m: LookupMap<String, u32> = LookupMap::new();
+        assert!(m.is_empty());
+        assert_eq!(m.insert("a".into(), 1), None);
+        assert_eq!(m.insert("a".into(), 2), Some(1));
+        *m.get_or_default("b".into()) += 5;
+        *m.get_or_insert_with("b".into(), || 100) += 1;
+        assert_eq!(m.get("a"), Some(&2));
+        assert_eq!(m["b"], 6);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.remove("a"), Some(2));
+        assert_eq!(m.remove("a"), None);
+        assert!(!m.contains_key("a"));
+        if let Some(v) = m.get_mut("b") {
+            *v = 7;
+        }
+        assert_eq!(m.get("b"), Some(&7));
+    }
+
+    #[test]
+    fn survives_growth_and_churn() {
+        let mut m: LookupMap<u64, u64> = LookupMap::new();
+        for i in 0..10_000 {
+            m.insert(i, i * 2);
+        }
+        for i in (0..10_000).step_by(2) {
+            assert_eq!(m.remove(&i), Some(i * 2));
+        }
+        for i in 0..10_000 {
+            assert_eq!(m.get(&i).copied(), (i % 2 == 1).then_some(i * 2));
+        }
+        assert_eq!(m.len(), 5_000);
+    }
+}
