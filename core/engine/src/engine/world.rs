@@ -283,7 +283,7 @@ impl View<'_> {
     pub fn clone_candidates(&self, repo: &RepoKey) -> Vec<String> {
         let mut out = Vec::new();
         for m in self.maintainers(repo).iter() {
-            if let Some(a) = self.announcement(&m, &repo.identifier) {
+            if let Some(a) = self.announcement(m, &repo.identifier) {
                 out.extend(a.clone.iter().cloned());
             }
         }
