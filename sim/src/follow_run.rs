@@ -54,13 +54,16 @@ pub struct RelayStats {
     pub rejected: u64,
     /// Older announcement versions accepted again after a newer one (engine finding).
     pub superseded_reaccepted: u64,
-    /// 1 if the world fit every budget, so full liveness (each listed relay connected and
-    /// covering each repository) was checked rather than "every slot filled".
+    /// 1 if at the end everything wanted fit every budget, so each wanted relay had to be
+    /// connected and covering each of its repositories and threads.
     pub full_liveness: u64,
     /// The follower's own counts at the end: relays refused for `max_relays`, values refused
     /// for the subscription budget.
     pub relays_refused: u64,
     pub values_over_budget: u64,
+    /// Refused relays and values admitted later, when room freed.
+    pub relays_admitted_late: u64,
+    pub values_admitted_late: u64,
 }
 
 #[derive(Debug)]
@@ -127,6 +130,9 @@ struct Host<'w> {
     /// Every (id, signature) a key holder really produced.
     genuine: BTreeSet<(EventId, [u8; 64])>,
     hosted: BTreeMap<usize, usize>,
+    /// Threads the follower was given and keeps (root -> hosted repository), mirrored from
+    /// the `Thread` inputs: a thread of a repository not hosted then is ignored.
+    threads: BTreeMap<EventId, usize>,
     /// Newest announcement version taken per (owner, identifier).
     newest: BTreeMap<(PublicKey, String), (u64, EventId)>,
     trace: Trace,
@@ -163,6 +169,7 @@ pub fn run_with(world: &RelayWorld, mode: TraceMode, checks: HostChecks) -> Rela
             .map(|h| (h.genuine.id, h.genuine.sig.to_bytes()))
             .collect(),
         hosted: BTreeMap::new(),
+        threads: BTreeMap::new(),
         newest: BTreeMap::new(),
         trace: Trace::new(mode),
         stats: RelayStats::default(),
@@ -258,6 +265,8 @@ impl Host<'_> {
         let fs = self.follower.stats();
         self.stats.relays_refused = fs.relays_refused;
         self.stats.values_over_budget = fs.values_over_budget;
+        self.stats.relays_admitted_late = fs.relays_admitted_late;
+        self.stats.values_admitted_late = fs.values_admitted_late;
         self.check_liveness()
     }
 
@@ -301,6 +310,7 @@ impl Host<'_> {
                 if let Some(i) = self.hosted.remove(&repo) {
                     let a = &self.world.publications[i].announcement;
                     trace!(self.trace, self.now, "remove repo-{repo}");
+                    self.threads.retain(|_, r| *r != repo);
                     self.follower.handle_input(
                         self.now,
                         Input::RepositoryRemoved(RepoKey::new(a.owner, a.identifier.clone())),
@@ -526,6 +536,9 @@ impl Host<'_> {
                 if let Ok(Some(events::GitEvent::Pr(pr))) = events::parse(event) {
                     for c in pr.repos {
                         let repo = RepoKey::new(c.author, c.identifier);
+                        if let Some(index) = self.hosted_index(&repo) {
+                            self.threads.entry(pr.id).or_insert(index);
+                        }
                         self.follower
                             .handle_input(self.now, Input::Thread { repo, root: pr.id });
                     }
@@ -533,6 +546,14 @@ impl Host<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The hosted repository `key` names.
+    fn hosted_index(&self, key: &RepoKey) -> Option<usize> {
+        self.hosted.iter().find_map(|(repo, i)| {
+            let a = &self.world.publications[*i].announcement;
+            (a.owner == key.owner && a.identifier == key.identifier).then_some(*repo)
+        })
     }
 
     /// An announcement older than the newest version taken (published or synced).
@@ -749,71 +770,36 @@ impl Host<'_> {
         Ok(())
     }
 
-    /// After the heal every relay is healthy: each one a hosted announcement lists must be
-    /// connected with a subscription covering that repository, if the budgets allow it.
+    /// After the heal every relay is healthy and the follower has had time to act on every
+    /// freeing of room. What it must follow is computed here from the world, as the follower
+    /// is documented to choose it (bootstrap relays, then each hosted announcement's first
+    /// `max_relays_per_announcement` followable relays):
+    /// - no relay stays connected that nothing wants;
+    /// - relay slots: a wanted relay is untracked only if every `max_relays` slot holds a
+    ///   wanted relay (a slot held by an unwanted relay is room: the waiting relay must have
+    ///   taken it);
+    /// - connections: every tracked wanted relay is connected, or `max_connections` are;
+    /// - values: a connected relay whose repositories and threads fit its subscription budget
+    ///   covers each (`#d`, `#a`, `#e`); one that does not fit uses its whole budget.
     fn check_liveness(&mut self) -> Step {
         let c = &self.world.config;
-        let own = own_service();
-        let bootstrap: BTreeSet<String> = c
-            .bootstrap_relays
-            .iter()
-            .filter_map(|r| relay_url::normalise(r, c.allow_private_relays).ok())
-            .collect();
-        // Relays ever followable, and the repositories ever listing each.
-        let mut ever: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-        for b in &bootstrap {
-            ever.entry(b.clone()).or_default();
-        }
-        for p in &self.world.publications {
-            for raw in p
-                .announcement
-                .relays
-                .iter()
-                .take(c.max_relays_per_announcement)
-            {
-                if own.is_own_origin(raw) {
-                    continue;
-                }
-                if let Ok(url) = relay_url::normalise(raw, c.allow_private_relays) {
-                    ever.entry(url).or_default().insert(p.repo);
-                }
+        let mut bootstrap: BTreeSet<String> = BTreeSet::new();
+        for raw in &c.bootstrap_relays {
+            if bootstrap.len() < c.max_relays {
+                bootstrap.extend(followable(c, raw));
             }
         }
-        let repos = self
-            .world
-            .publications
-            .iter()
-            .map(|p| p.repo + 1)
-            .max()
-            .unwrap_or(0);
-        let budget_ok = ever.len() <= c.max_relays.min(c.max_connections)
-            && ever.iter().all(|(url, listed)| {
-                let boot = bootstrap.contains(url);
-                let on_relay = |repo: &usize| boot || listed.contains(repo);
-                let n = (0..repos).filter(|r| on_relay(r)).count();
-                let threads = self.world.pr_repos.iter().filter(|r| on_relay(r)).count();
-                let chunks = n.div_ceil(c.chunk_size) + threads.div_ceil(c.chunk_size);
-                chunks + usize::from(boot) <= c.max_subscriptions_per_relay
-            })
-            && self
-                .world
-                .publications
-                .iter()
-                .all(|p| p.announcement.relays.len() <= c.max_relays_per_announcement);
-        let mut wanted: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // Wanted relay -> the hosted repositories it follows.
+        let mut wanted: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
         for b in &bootstrap {
             wanted.insert(b.clone(), self.hosted.keys().copied().collect());
         }
         for (repo, i) in &self.hosted {
-            for raw in &self.world.publications[*i].announcement.relays {
-                if own.is_own_origin(raw) {
-                    continue;
-                }
-                if let Ok(url) = relay_url::normalise(raw, c.allow_private_relays) {
-                    wanted.entry(url).or_default().push(*repo);
-                }
+            for url in listed(c, &self.world.publications[*i].announcement.relays) {
+                wanted.entry(url).or_default().insert(*repo);
             }
         }
+        let tracked: BTreeSet<String> = self.follower.relay_statuses().map(|s| s.url).collect();
         let connected: BTreeMap<&str, &Conn> = self
             .conns
             .values()
@@ -828,59 +814,137 @@ impl Host<'_> {
                 ));
             }
         }
-        if !budget_ok {
-            // Over a budget: relays refused for `max_relays` are not retried when room frees
-            // (follower finding, see README), so only tracked wanted relays must fill slots.
-            // Likewise values refused for the subscription budget are not retried, so a relay
-            // counts only if the follower still follows something on it.
-            let tracked: BTreeSet<String> = self
-                .follower
-                .relay_statuses()
-                .filter(|s| s.bootstrap || s.repositories > 0 || s.threads > 0)
-                .map(|s| s.url)
+
+        if let Some((url, repos)) = wanted.iter().find(|(u, _)| !tracked.contains(*u)) {
+            let unwanted: Vec<&String> = tracked
+                .iter()
+                .filter(|u| !wanted.contains_key(*u))
                 .collect();
-            let expect = wanted
-                .keys()
-                .filter(|u| tracked.contains(*u))
-                .count()
-                .min(c.max_connections);
-            if connected.len() < expect {
+            if tracked.len() < c.max_relays || !unwanted.is_empty() {
                 return Err(self.fail(
                     FailureKind::Liveness,
                     format!(
-                        "{} relays connected after the heal, {} wanted, max_connections {}",
-                        connected.len(),
-                        wanted.len(),
-                        c.max_connections
+                        "{url} (listed for {repos:?}) not tracked after the heal, though {} of \
+                         max_relays {} slots are used and {unwanted:?} are no longer wanted; \
+                         follower {:?}",
+                        tracked.len(),
+                        c.max_relays,
+                        self.follower.stats()
                     ),
                 ));
             }
-            return Ok(());
         }
-        self.stats.full_liveness = 1;
-        for (url, repos) in &wanted {
-            let Some(conn) = connected.get(url.as_str()) else {
+
+        let wanted_tracked: Vec<&String> = wanted.keys().filter(|u| tracked.contains(*u)).collect();
+        if wanted_tracked.len() <= c.max_connections {
+            if let Some(url) = wanted_tracked
+                .iter()
+                .find(|u| !connected.contains_key(u.as_str()))
+            {
                 return Err(self.fail(
                     FailureKind::Liveness,
                     format!(
-                        "{url} (listed for {repos:?}) not connected after the heal; follower {:?}",
-                        self.follower.relay_statuses().find(|s| &s.url == url)
+                        "{url} (listed for {:?}) not connected after the heal; follower {:?}",
+                        wanted[*url],
+                        self.follower.relay_statuses().find(|s| &s.url == *url)
                     ),
                 ));
-            };
+            }
+        } else if connected.len() < c.max_connections {
+            return Err(self.fail(
+                FailureKind::Liveness,
+                format!(
+                    "{} relays connected after the heal, {} wanted and tracked, \
+                     max_connections {}",
+                    connected.len(),
+                    wanted_tracked.len(),
+                    c.max_connections
+                ),
+            ));
+        }
+
+        let mut everything_followed =
+            wanted_tracked.len() == wanted.len() && wanted.len() <= c.max_connections;
+        for (url, conn) in &connected {
+            let repos = &wanted[*url];
+            let threads: Vec<EventId> = self
+                .threads
+                .iter()
+                .filter(|(_, repo)| repos.contains(repo))
+                .map(|(root, _)| *root)
+                .collect();
+            let boot = usize::from(bootstrap.contains(*url));
+            let needed =
+                boot + repos.len().div_ceil(c.chunk_size) + threads.len().div_ceil(c.chunk_size);
+            if needed > c.max_subscriptions_per_relay {
+                everything_followed = false;
+                if conn.subs.len() < c.max_subscriptions_per_relay {
+                    return Err(self.fail(
+                        FailureKind::Liveness,
+                        format!(
+                            "{url} needs {needed} subscriptions for {repos:?} and {} threads \
+                             but has {} of {} after the heal",
+                            threads.len(),
+                            conn.subs.len(),
+                            c.max_subscriptions_per_relay
+                        ),
+                    ));
+                }
+                continue;
+            }
             for repo in repos {
                 let a = &self.world.publications[self.hosted[repo]].announcement;
                 let coordinate = format!("30617:{}:{}", a.owner.to_hex(), a.identifier);
                 if !covers(&conn.subs, a.identifier.as_str(), &coordinate) {
                     return Err(self.fail(
                         FailureKind::Liveness,
-                        format!("{url} connected but no subscription covers repo-{repo}"),
+                        format!(
+                            "{url} connected, its budget fits, but no subscription covers \
+                             repo-{repo}; follower {:?}",
+                            self.follower.relay_statuses().find(|s| s.url == **url)
+                        ),
+                    ));
+                }
+            }
+            for root in &threads {
+                if !covers_thread(&conn.subs, &root.to_hex()) {
+                    return Err(self.fail(
+                        FailureKind::Liveness,
+                        format!(
+                            "{url} connected, its budget fits, but no subscription covers \
+                             thread {root}"
+                        ),
                     ));
                 }
             }
         }
+        self.stats.full_liveness = u64::from(everything_followed);
         Ok(())
     }
+}
+
+/// The canonical URL of `raw` if the follower may follow it (as `RelayFollower` decides).
+fn followable(c: &FollowConfig, raw: &str) -> Option<String> {
+    let own = own_service();
+    if own.is_own_origin(raw) || own.is_own_relay_url(raw) {
+        return None;
+    }
+    relay_url::normalise(raw, c.allow_private_relays)
+        .ok()
+        .filter(|url| !own.is_own_origin(url))
+}
+
+/// The relays an announcement's `relays` values make the follower want: the first
+/// `max_relays_per_announcement` followable ones.
+fn listed(c: &FollowConfig, relays: &[String]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for raw in relays {
+        if out.len() >= c.max_relays_per_announcement {
+            break;
+        }
+        out.extend(followable(c, raw));
+    }
+    out
 }
 
 /// The backoff the follower must respect after `failures` consecutive failures: 5 s doubling
@@ -906,6 +970,14 @@ fn covers(subs: &BTreeMap<SubKey, Subscription>, identifier: &str, coordinate: &
             .is_some_and(|t| t.letter == 'a' && t.values.iter().any(|v| v == coordinate))
     });
     d && a
+}
+
+fn covers_thread(subs: &BTreeMap<SubKey, Subscription>, root: &str) -> bool {
+    subs.values().flat_map(|s| &s.filters).any(|f| {
+        f.tag
+            .as_ref()
+            .is_some_and(|t| t.letter == 'e' && t.values.iter().any(|v| v == root))
+    })
 }
 
 fn drain_engine(engine: &mut Engine) {

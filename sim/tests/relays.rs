@@ -1,5 +1,6 @@
 //! CI's relay-follower run: the named relay scenarios, 500 seeds of the relay world, the
-//! determinism check, and proof that the checks bite. Reproduce a failure with
+//! seeds that found the missing late admission (42, 347), the determinism check, and proof
+//! that the checks bite. Reproduce a failure with
 //! `cargo run -p graspd-sim --release -- --relays --seed N` (or `--scenario NAME --seed N`).
 
 use std::time::Instant;
@@ -34,19 +35,21 @@ fn relay_worlds_pass() {
     let mut delivered = 0;
     let mut bad = 0;
     let mut full = 0;
+    let mut late = 0;
     for seed in 0..SEEDS {
         let world = RelayWorld::random(seed);
         let outcome = follow_run::run(&world, TraceMode::Tail);
         delivered += outcome.stats.events_delivered;
         bad += outcome.stats.bad_signatures;
         full += outcome.stats.full_liveness;
+        late += outcome.stats.relays_admitted_late + outcome.stats.values_admitted_late;
         if outcome.failure.is_some() {
             failures.push(report(&world, &outcome));
         }
     }
     eprintln!(
         "{SEEDS} relay seeds in {:.1}s ({delivered} events delivered, {bad} bad signatures \
-         dropped, {full} with full liveness), {} failed",
+         dropped, {full} with full liveness, {late} late admissions), {} failed",
         started.elapsed().as_secs_f64(),
         failures.len()
     );
@@ -61,11 +64,36 @@ fn relay_worlds_pass() {
         full >= SEEDS / 10,
         "only {full} seeds fit the budgets for full liveness"
     );
+    assert!(
+        late > 0,
+        "no refusal was ever admitted late in {SEEDS} seeds"
+    );
+}
+
+/// Seeds where a relay (42) or a repository (347) was refused for lack of room that freed
+/// later: both must end fully followed, through a late admission.
+#[test]
+fn refusals_are_admitted_when_room_frees() {
+    for (seed, relay) in [(42, true), (347, false)] {
+        let world = RelayWorld::random(seed);
+        let outcome = follow_run::run(&world, TraceMode::Tail);
+        assert!(outcome.failure.is_none(), "{}", report(&world, &outcome));
+        let s = &outcome.stats;
+        assert_eq!(s.full_liveness, 1, "seed {seed}: {s:?}");
+        if relay {
+            assert!(s.relays_refused > 0 && s.relays_admitted_late > 0, "{s:?}");
+        } else {
+            assert!(
+                s.values_over_budget > 0 && s.values_admitted_late > 0,
+                "{s:?}"
+            );
+        }
+    }
 }
 
 #[test]
 fn relay_runs_are_deterministic() {
-    for seed in [0, 1, 7, 42, 499] {
+    for seed in [0, 1, 7, 42, 347, 499] {
         check_determinism(&RelayWorld::random(seed)).expect("deterministic");
     }
     for (name, _) in relays::NAMED {

@@ -163,6 +163,39 @@ impl<T: Ord + Clone> Chunks<T> {
         true
     }
 
+    pub fn contains(&self, value: &T) -> bool {
+        self.index.contains_key(value)
+    }
+
+    /// Moves values from the last chunk into earlier chunks with room, as long as that empties
+    /// it, so the values use as few subscriptions as they can (`ceil(len / size)`). Done only
+    /// when a value finds no room, since it changes the subscriptions it touches. True if a
+    /// chunk was freed.
+    pub fn compact(&mut self, size: usize) -> bool {
+        let before = self.chunks.len();
+        loop {
+            while self.chunks.last().is_some_and(BTreeSet::is_empty) {
+                self.chunks.pop();
+            }
+            let Some((last, earlier)) = self.chunks.split_last_mut() else {
+                break;
+            };
+            let room: usize = earlier.iter().map(|c| size.saturating_sub(c.len())).sum();
+            if room < last.len() {
+                break;
+            }
+            while let Some(value) = last.pop_first() {
+                let slot = earlier
+                    .iter()
+                    .position(|c| c.len() < size)
+                    .expect("room was counted");
+                earlier[slot].insert(value.clone());
+                self.index.insert(value, slot);
+            }
+        }
+        self.chunks.len() < before
+    }
+
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -207,5 +240,28 @@ mod tests {
         assert_eq!(c.insert(11, 2, false), Inserted::NoRoom);
         assert!(c.remove(&4) && c.remove(&10));
         assert_eq!(c.chunk_count(), 2);
+    }
+
+    #[test]
+    fn compaction_empties_trailing_chunks_into_holes_only_when_it_frees_one() {
+        let mut c = Chunks::default();
+        for v in 0..7 {
+            c.insert(v, 3, true);
+        }
+        // [0 1 2] [3 4 5] [6]: full but the last; nothing to gain.
+        assert!(!c.compact(3));
+        assert!(c.remove(&1) && c.remove(&4));
+        // [0 2] [3 5] [6]: 6 moves into the first hole, its chunk goes.
+        assert!(c.compact(3));
+        let chunks: Vec<Vec<i32>> = c.iter().map(|(_, s)| s.iter().copied().collect()).collect();
+        assert_eq!(chunks, [vec![0, 2, 6], vec![3, 5]]);
+        assert_eq!(c.chunk_count(), 2);
+        assert!(c.contains(&6) && c.remove(&6));
+        // An empty chunk in the middle is a hole too.
+        assert!(c.remove(&0) && c.remove(&2));
+        assert_eq!(c.chunk_count(), 2);
+        assert!(c.compact(3));
+        assert_eq!(c.chunk_count(), 1);
+        assert_eq!(c.len(), 2);
     }
 }

@@ -8,6 +8,11 @@
 //! with our identifiers (`#d`), events tagging our repositories (`#a`) and events tagging the
 //! events we follow (`#e`, `#E`), in chunks, so many repositories are few subscriptions.
 //!
+//! What does not fit (a relay when `max_relays` are tracked, a value when a relay's
+//! subscription budget is full) waits in a bounded list and is admitted, oldest refusal first,
+//! when an input frees room: a relay forgotten, a repository or thread dropped. Never on a
+//! timer, so nothing is retried in a loop.
+//!
 //! ```text
 //! follower.handle_input(now, Input::Announcement(announcement));
 //! while let Some(command) = follower.poll_command() { /* Connect / UpdateSubscriptions / Disconnect */ }
@@ -16,10 +21,12 @@
 //! follower.handle_timeout(now);
 //! ```
 
+mod admission;
 mod config;
 mod filters;
 pub mod relay_url;
 mod timers;
+mod waitlist;
 
 #[cfg(test)]
 mod tests;
@@ -38,6 +45,7 @@ pub use timers::FollowTimer;
 
 use filters::{Chunks, Inserted};
 use timers::Timers;
+use waitlist::{Remembered, Waitlist};
 
 /// Correlates a `Connect` with the inputs reporting on that connection. A new connection to
 /// the same relay gets a new id, so reports about an old one are ignored.
@@ -108,10 +116,23 @@ pub struct FollowStats {
     pub reconnects: u64,
     pub failures: u64,
     pub events_received: u64,
-    /// Values not followed because a relay's subscription budget was full.
+    /// Values not followed because a relay's subscription budget was full (each refusal; the
+    /// value then waits for room).
     pub values_over_budget: u64,
-    /// Relays not followed because `max_relays` were tracked.
+    /// Relays not followed because `max_relays` were tracked (each refusal; the relay then
+    /// waits for room).
     pub relays_refused: u64,
+    /// Relays waiting for a slot in the relay table now.
+    pub relays_waiting: usize,
+    /// Values waiting for room in a relay's subscription budget now.
+    pub values_waiting: usize,
+    /// Waiting relays admitted when a slot freed.
+    pub relays_admitted_late: u64,
+    /// Waiting values admitted when a subscription had room again.
+    pub values_admitted_late: u64,
+    /// Refusals not remembered because their waiting list was full (found again by a scan of
+    /// the follower's own state when room frees).
+    pub refusals_dropped: u64,
     /// `relays` values that are not followable URLs (or are this server).
     pub relay_urls_ignored: u64,
 }
@@ -126,8 +147,17 @@ pub struct RelayStatus {
     pub retry_at: Option<Time>,
     pub repositories: usize,
     pub threads: usize,
+    /// Repositories and threads waiting for room in this relay's subscription budget.
+    pub values_waiting: usize,
     pub events_received: u64,
     pub connects: u64,
+}
+
+/// One value a relay is asked about: a repository (`#d`/`#a`) or a followed event (`#e`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Value {
+    Repo(RepoKey),
+    Thread(EventId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,16 +187,24 @@ struct Relay {
     last_sent: Time,
     /// Repositories or threads changed since `sent`.
     dirty: bool,
+    /// Values refused for the subscription budget, waiting for room.
+    waiting: Waitlist<Value>,
     events_received: u64,
     connects: u64,
 }
 
 impl Relay {
-    fn new(bootstrap: bool) -> Relay {
+    fn new(bootstrap: bool, config: &FollowConfig) -> Relay {
+        // At most what the relay could ever be asked at once.
+        let cap = config
+            .chunk_size
+            .saturating_mul(config.max_subscriptions_per_relay)
+            .max(1);
         Relay {
             bootstrap,
             repos: Chunks::default(),
             threads: Chunks::default(),
+            waiting: Waitlist::new(cap),
             link: Link::Down,
             consecutive_failures: 0,
             retry_at: None,
@@ -184,6 +222,37 @@ impl Relay {
 
     fn subscription_count(&self) -> usize {
         usize::from(self.bootstrap) + self.repos.chunk_count() + self.threads.chunk_count()
+    }
+
+    fn follows(&self, value: &Value) -> bool {
+        match value {
+            Value::Repo(key) => self.repos.contains(key),
+            Value::Thread(id) => self.threads.contains(id),
+        }
+    }
+
+    /// Inserts `value` within the subscription budget. On no room, packs both kinds into as
+    /// few subscriptions as they fit (holes left by removals) and tries once more.
+    fn insert(&mut self, value: &Value, size: usize, max_subs: usize) -> Inserted {
+        let inserted = self.try_insert(value, size, max_subs);
+        if inserted != Inserted::NoRoom {
+            return inserted;
+        }
+        // Both, not short-circuited: either kind's holes may make room.
+        let freed = self.repos.compact(size) | self.threads.compact(size);
+        if !freed {
+            return Inserted::NoRoom;
+        }
+        self.dirty = true;
+        self.try_insert(value, size, max_subs)
+    }
+
+    fn try_insert(&mut self, value: &Value, size: usize, max_subs: usize) -> Inserted {
+        let may_open = self.subscription_count() < max_subs;
+        match value {
+            Value::Repo(key) => self.repos.insert(key.clone(), size, may_open),
+            Value::Thread(id) => self.threads.insert(*id, size, may_open),
+        }
     }
 
     fn link_id(&self) -> Option<ConnectionId> {
@@ -212,7 +281,10 @@ impl Relay {
 struct FollowedRepo {
     id: EventId,
     created_at: u64,
-    /// Announced relays actually tracked for it (normalised, not this server).
+    /// Followable relays its announcement lists (normalised, not this server, at most
+    /// `max_relays_per_announcement`).
+    listed: BTreeSet<String>,
+    /// The listed relays actually tracked for it; the others wait for room.
     relays: BTreeSet<String>,
 }
 
@@ -229,6 +301,15 @@ pub struct RelayFollower {
     threads_by_repo: BTreeMap<RepoKey, BTreeSet<EventId>>,
     next_thread_seq: u64,
     relays: BTreeMap<String, Relay>,
+    /// Repositories listing each relay (`FollowedRepo::listed`, inverted). A tracked relay is
+    /// in the `relays` of every repository listing it.
+    listers: BTreeMap<String, BTreeSet<RepoKey>>,
+    /// Listed relays refused for `max_relays`, waiting for a slot (at most `max_relays`).
+    waiting_relays: Waitlist<String>,
+    /// A relay lost a value since the last pump, so it may be idle (a slot to reuse).
+    slot_may_have_freed: bool,
+    /// Relays that lost a value since the last pump: their waiting values may fit.
+    budget_freed: BTreeSet<String>,
     connections: BTreeMap<ConnectionId, String>,
     timers: Timers,
     commands: VecDeque<Command>,
@@ -250,6 +331,10 @@ impl RelayFollower {
             threads_by_repo: BTreeMap::new(),
             next_thread_seq: 0,
             relays: BTreeMap::new(),
+            listers: BTreeMap::new(),
+            waiting_relays: Waitlist::new(config.max_relays),
+            slot_may_have_freed: false,
+            budget_freed: BTreeSet::new(),
             connections: BTreeMap::new(),
             timers: Timers::default(),
             commands: VecDeque::new(),
@@ -261,7 +346,8 @@ impl RelayFollower {
             if let Some(url) = follower.followable(&raw) {
                 if follower.bootstrap.len() < follower.config.max_relays {
                     follower.bootstrap.insert(url.clone());
-                    follower.relays.insert(url, Relay::new(true));
+                    let relay = Relay::new(true, &follower.config);
+                    follower.relays.insert(url, relay);
                 }
             }
         }
@@ -359,6 +445,8 @@ impl RelayFollower {
             .count();
         stats.repositories_followed = self.repos.len();
         stats.threads_followed = self.threads.len();
+        stats.relays_waiting = self.waiting_relays.len();
+        stats.values_waiting = self.relays.values().map(|r| r.waiting.len()).sum();
         stats
     }
 
@@ -372,6 +460,7 @@ impl RelayFollower {
             retry_at: r.retry_at,
             repositories: r.repos.len(),
             threads: r.threads.len(),
+            values_waiting: r.waiting.len(),
             events_received: r.events_received,
             connects: r.connects,
         })
@@ -416,20 +505,23 @@ impl RelayFollower {
                 return;
             }
         }
-        let mut wanted = BTreeSet::new();
+        let mut listed = BTreeSet::new();
         for raw in &a.relays {
-            if wanted.len() >= self.config.max_relays_per_announcement {
+            if listed.len() >= self.config.max_relays_per_announcement {
                 break;
             }
             if let Some(url) = self.followable(raw) {
-                wanted.insert(url);
+                listed.insert(url);
             }
         }
-        let old = match self.repos.get_mut(&key) {
+        let (old_listed, old_tracked) = match self.repos.get_mut(&key) {
             Some(entry) => {
                 entry.id = a.id;
                 entry.created_at = a.created_at;
-                std::mem::take(&mut entry.relays)
+                (
+                    std::mem::take(&mut entry.listed),
+                    std::mem::take(&mut entry.relays),
+                )
             }
             None => {
                 self.repos.insert(
@@ -437,6 +529,7 @@ impl RelayFollower {
                     FollowedRepo {
                         id: a.id,
                         created_at: a.created_at,
+                        listed: BTreeSet::new(),
                         relays: BTreeSet::new(),
                     },
                 );
@@ -444,24 +537,70 @@ impl RelayFollower {
                 for url in self.bootstrap.clone() {
                     self.attach(&key, &url);
                 }
-                BTreeSet::new()
+                (BTreeSet::new(), BTreeSet::new())
             }
         };
-        for url in old.difference(&wanted) {
+        for url in old_listed.difference(&listed) {
+            self.unlist(&key, url);
+        }
+        for url in old_tracked.difference(&listed) {
             self.detach(&key, url);
         }
-        let mut tracked = BTreeSet::new();
-        let wanted_urls = wanted.clone();
-        for url in wanted {
-            if old.contains(&url) || self.track(&url, &wanted_urls) {
-                if !old.contains(&url) {
-                    self.attach(&key, &url);
+        for url in &listed {
+            self.listers
+                .entry(url.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        let entry = self.repos.get_mut(&key).expect("inserted above");
+        entry.relays = old_tracked.intersection(&listed).cloned().collect();
+        entry.listed = listed.clone();
+        // Relays already tracked first: they need no slot, and once attached they are not
+        // idle, so making room for the others cannot forget them (seed 11928).
+        let (tracked, untracked): (Vec<String>, Vec<String>) = listed
+            .into_iter()
+            .partition(|url| self.relays.contains_key(url));
+        for url in tracked {
+            self.attach_listers(&url);
+        }
+        for url in untracked {
+            if self.track(&url) {
+                self.waiting_relays.remove(&url);
+                self.attach_listers(&url);
+            } else {
+                self.stats.relays_refused += 1;
+                if self.waiting_relays.remember(url) == Remembered::Dropped {
+                    self.stats.refusals_dropped += 1;
                 }
-                tracked.insert(url);
             }
         }
-        if let Some(entry) = self.repos.get_mut(&key) {
-            entry.relays = tracked;
+    }
+
+    /// `key` no longer lists `url`; a relay nobody lists stops waiting for a slot.
+    fn unlist(&mut self, key: &RepoKey, url: &str) {
+        if let Some(keys) = self.listers.get_mut(url) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.listers.remove(url);
+                self.waiting_relays.remove(&url.to_owned());
+            }
+        }
+    }
+
+    /// Follows every repository listing `url` (now tracked) on it.
+    fn attach_listers(&mut self, url: &str) {
+        let keys: Vec<RepoKey> = self
+            .listers
+            .get(url)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default();
+        for key in keys {
+            let Some(entry) = self.repos.get_mut(&key) else {
+                continue;
+            };
+            if entry.relays.insert(url.to_owned()) {
+                self.attach(&key, url);
+            }
         }
     }
 
@@ -469,37 +608,45 @@ impl RelayFollower {
         let Some(entry) = self.repos.remove(key) else {
             return;
         };
+        for url in &entry.listed {
+            self.unlist(key, url);
+        }
         for id in self.threads_by_repo.remove(key).unwrap_or_default() {
             if let Some((_, seq)) = self.threads.remove(&id) {
                 self.thread_order.remove(&seq);
             }
         }
-        for url in entry.relays.iter().chain(self.bootstrap.clone().iter()) {
-            if let Some(relay) = self.relays.get_mut(url) {
-                relay.repos.remove(key);
-                // Threads were removed from the maps above; drop them from the relay too.
-                relay.dirty = true;
-            }
+        let urls: BTreeSet<String> = entry.relays.union(&self.bootstrap).cloned().collect();
+        for url in &urls {
+            self.remove_value(url, &Value::Repo(key.clone()));
         }
-        self.rebuild_relay_threads(entry.relays.iter().chain(self.bootstrap.clone().iter()));
+        // Threads were removed from the maps above; drop them from the relays too.
+        for url in &urls {
+            self.drop_stale_threads(url);
+        }
         self.needs_pump = true;
     }
 
-    /// Recomputes the thread sets of `urls` after threads were forgotten in bulk.
-    fn rebuild_relay_threads<'a>(&mut self, urls: impl Iterator<Item = &'a String>) {
-        for url in urls {
-            let Some(relay) = self.relays.get_mut(url) else {
-                continue;
-            };
-            let stale: Vec<EventId> = relay
-                .threads
-                .iter()
-                .flat_map(|(_, c)| c.iter().copied())
-                .filter(|id| !self.threads.contains_key(id))
-                .collect();
-            for id in stale {
-                relay.threads.remove(&id);
-            }
+    /// Drops from `url` the threads no longer followed (forgotten in bulk).
+    fn drop_stale_threads(&mut self, url: &str) {
+        let Some(relay) = self.relays.get(url) else {
+            return;
+        };
+        let stale: Vec<EventId> = relay
+            .threads
+            .iter()
+            .flat_map(|(_, c)| c.iter().copied())
+            .filter(|id| !self.threads.contains_key(id))
+            .collect();
+        for id in stale {
+            self.remove_value(url, &Value::Thread(id));
+        }
+        let threads = &self.threads;
+        if let Some(relay) = self.relays.get_mut(url) {
+            relay.waiting.retain(|v| match v {
+                Value::Thread(id) => threads.contains_key(id),
+                Value::Repo(_) => true,
+            });
         }
     }
 
@@ -521,7 +668,7 @@ impl RelayFollower {
             .or_default()
             .insert(root);
         for url in self.relays_of(&repo) {
-            self.insert_thread(&url, root);
+            self.insert_value(&url, Value::Thread(root));
         }
     }
 
@@ -537,11 +684,7 @@ impl RelayFollower {
             }
         }
         for url in self.relays_of(&repo) {
-            if let Some(relay) = self.relays.get_mut(&url) {
-                if relay.threads.remove(root) {
-                    relay.dirty = true;
-                }
-            }
+            self.remove_value(&url, &Value::Thread(*root));
         }
         self.needs_pump = true;
     }
@@ -555,10 +698,10 @@ impl RelayFollower {
         urls
     }
 
-    /// Makes sure `url` is tracked; false if `max_relays` are and none can be forgotten.
-    /// Relays in `keep` (the ones the same announcement lists) are not forgotten to make room:
-    /// that would reset their backoff and hand their slot straight back.
-    fn track(&mut self, url: &str, keep: &BTreeSet<String>) -> bool {
+    /// Makes sure `url` is tracked; false if `max_relays` are and none is idle. An idle relay
+    /// (wanted by nothing, disconnected, listed by no repository) is forgotten to make room;
+    /// a listed one never is, since it would be tracked afresh with its backoff reset.
+    fn track(&mut self, url: &str) -> bool {
         if self.relays.contains_key(url) {
             return true;
         }
@@ -566,59 +709,77 @@ impl RelayFollower {
             let idle = self
                 .relays
                 .iter()
-                .find(|(u, r)| !r.wanted() && r.link == Link::Down && !keep.contains(*u))
+                .find(|(u, r)| {
+                    !r.wanted() && r.link == Link::Down && !self.listers.contains_key(*u)
+                })
                 .map(|(u, _)| u.clone());
-            match idle {
-                Some(idle) => {
-                    self.relays.remove(&idle);
-                    self.timers.cancel(&FollowTimer::Reconnect(idle.clone()));
-                    self.timers.cancel(&FollowTimer::Resubscribe(idle));
-                }
-                None => {
-                    self.stats.relays_refused += 1;
-                    return false;
-                }
-            }
+            let Some(idle) = idle else {
+                return false;
+            };
+            self.relays.remove(&idle);
+            self.budget_freed.remove(&idle);
+            self.timers.cancel(&FollowTimer::Reconnect(idle.clone()));
+            self.timers.cancel(&FollowTimer::Resubscribe(idle));
         }
-        self.relays.insert(url.to_owned(), Relay::new(false));
+        let relay = Relay::new(false, &self.config);
+        self.relays.insert(url.to_owned(), relay);
         true
     }
 
     /// Follows `repo` (and its threads) on `url`.
     fn attach(&mut self, repo: &RepoKey, url: &str) {
-        let chunk = self.config.chunk_size;
-        let max_subs = self.config.max_subscriptions_per_relay;
         let threads: Vec<EventId> = self
             .threads_by_repo
             .get(repo)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
+        self.insert_value(url, Value::Repo(repo.clone()));
+        for id in threads {
+            self.insert_value(url, Value::Thread(id));
+        }
+    }
+
+    /// Asks `url` about `value` if its subscription budget allows; otherwise the value waits
+    /// for room on that relay.
+    fn insert_value(&mut self, url: &str, value: Value) {
+        let (size, max_subs) = (
+            self.config.chunk_size,
+            self.config.max_subscriptions_per_relay,
+        );
         let Some(relay) = self.relays.get_mut(url) else {
             return;
         };
-        let may_open = relay.subscription_count() < max_subs;
-        match relay.repos.insert(repo.clone(), chunk, may_open) {
-            Inserted::New => relay.dirty = true,
+        match relay.insert(&value, size, max_subs) {
+            Inserted::New => {
+                relay.dirty = true;
+                relay.waiting.remove(&value);
+            }
             Inserted::AlreadyThere => {}
-            Inserted::NoRoom => self.stats.values_over_budget += 1,
-        }
-        for id in threads {
-            self.insert_thread(url, id);
+            Inserted::NoRoom => {
+                self.stats.values_over_budget += 1;
+                if relay.waiting.remember(value) == Remembered::Dropped {
+                    self.stats.refusals_dropped += 1;
+                }
+            }
         }
         self.needs_pump = true;
     }
 
-    fn insert_thread(&mut self, url: &str, id: EventId) {
-        let chunk = self.config.chunk_size;
-        let max_subs = self.config.max_subscriptions_per_relay;
+    /// Stops asking `url` about `value` (and stops it waiting there). Room freed on a relay
+    /// is what lets waiting values and relays in, at the next pump.
+    fn remove_value(&mut self, url: &str, value: &Value) {
         let Some(relay) = self.relays.get_mut(url) else {
             return;
         };
-        let may_open = relay.subscription_count() < max_subs;
-        match relay.threads.insert(id, chunk, may_open) {
-            Inserted::New => relay.dirty = true,
-            Inserted::AlreadyThere => {}
-            Inserted::NoRoom => self.stats.values_over_budget += 1,
+        relay.waiting.remove(value);
+        let removed = match value {
+            Value::Repo(key) => relay.repos.remove(key),
+            Value::Thread(id) => relay.threads.remove(id),
+        };
+        if removed {
+            relay.dirty = true;
+            self.budget_freed.insert(url.to_owned());
+            self.slot_may_have_freed = true;
         }
         self.needs_pump = true;
     }
@@ -634,18 +795,10 @@ impl RelayFollower {
             .get(repo)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        let Some(relay) = self.relays.get_mut(url) else {
-            return;
-        };
-        if relay.repos.remove(repo) {
-            relay.dirty = true;
-        }
+        self.remove_value(url, &Value::Repo(repo.clone()));
         for id in threads {
-            if relay.threads.remove(&id) {
-                relay.dirty = true;
-            }
+            self.remove_value(url, &Value::Thread(id));
         }
-        self.needs_pump = true;
     }
 
     fn on_connected(&mut self, id: ConnectionId) {
@@ -741,26 +894,20 @@ impl RelayFollower {
             .push_back(Command::UpdateSubscriptions { id, open, close });
     }
 
-    /// Acts on everything that changed: disconnects relays nobody wants, schedules subscription
-    /// updates, and connects the wanted relays that may connect, up to `max_connections`.
+    /// Acts on everything that changed: disconnects relays nobody wants, admits what waited
+    /// for the room that freed, schedules subscription updates, and connects the wanted relays
+    /// that may connect, up to `max_connections`.
     fn pump(&mut self) {
         if !std::mem::take(&mut self.needs_pump) {
             return;
         }
+        self.disconnect_unwanted();
+        self.admit_waiting();
         let now = self.now;
         let mut open = 0;
         let mut candidates = Vec::new();
         for (url, relay) in &mut self.relays {
             match relay.link {
-                Link::Connecting { id } | Link::Up { id, .. } if !relay.wanted() => {
-                    self.commands.push_back(Command::Disconnect { id });
-                    self.connections.remove(&id);
-                    self.timers.cancel(&FollowTimer::ConnectDeadline(id));
-                    self.timers.cancel(&FollowTimer::Resubscribe(url.clone()));
-                    relay.link = Link::Down;
-                    relay.sent.clear();
-                    relay.retry_at = None;
-                }
                 Link::Connecting { .. } => open += 1,
                 Link::Up { .. } => {
                     open += 1;
@@ -785,6 +932,26 @@ impl RelayFollower {
         let free = self.config.max_connections.saturating_sub(open);
         for (_, _, url) in candidates.into_iter().take(free) {
             self.connect(&url);
+        }
+    }
+
+    /// Closes the connections of relays nobody wants any more; they become idle.
+    fn disconnect_unwanted(&mut self) {
+        for (url, relay) in &mut self.relays {
+            if relay.wanted() {
+                continue;
+            }
+            let (Link::Connecting { id } | Link::Up { id, .. }) = relay.link else {
+                continue;
+            };
+            self.commands.push_back(Command::Disconnect { id });
+            self.connections.remove(&id);
+            self.timers.cancel(&FollowTimer::ConnectDeadline(id));
+            self.timers.cancel(&FollowTimer::Resubscribe(url.clone()));
+            relay.link = Link::Down;
+            relay.sent.clear();
+            relay.retry_at = None;
+            self.slot_may_have_freed = true;
         }
     }
 

@@ -758,6 +758,7 @@ fn random_histories_respect_every_bound() {
                 || stats.relays_tracked > config.max_relays
                 || stats.threads_followed > config.max_threads
                 || f.relay_statuses().any(|r| r.repositories > 4)
+                || !nothing_waits_for_room_that_exists(&f)
             {
                 return false;
             }
@@ -765,8 +766,25 @@ fn random_histories_respect_every_bound() {
         true
     }
     quickcheck::QuickCheck::new()
-        .tests(300)
+        .tests(1000)
         .quickcheck(prop as fn(Vec<(u8, u8, u8)>) -> bool);
+}
+
+/// Liveness of the waiting lists after a pump: a listed relay is untracked only if every slot
+/// holds a relay that is not idle, and a value waits only on a relay using its whole budget.
+fn nothing_waits_for_room_that_exists(f: &RelayFollower) -> bool {
+    let idle = f
+        .relays
+        .iter()
+        .any(|(u, r)| !r.wanted() && r.link == Link::Down && !f.listers.contains_key(u));
+    let relay_waits = f.listers.keys().any(|u| !f.relays.contains_key(u));
+    if relay_waits && (idle || f.relays.len() < f.config.max_relays) {
+        return false;
+    }
+    f.relays.iter().all(|(url, r)| {
+        let waits = r.waiting.oldest_first().iter().any(|v| f.wants(url, v));
+        !waits || r.subscription_count() >= f.config.max_subscriptions_per_relay
+    })
 }
 
 /// Ten thousand repositories spread over 50 relays: one Connect per relay, each within the
@@ -798,4 +816,263 @@ fn ten_thousand_repositories() {
         f.handle_input(t(1), Input::Announcement(a));
     }
     assert!(drain(&mut f).is_empty());
+}
+
+fn urls(commands: &[Command]) -> Vec<String> {
+    connects(commands).into_iter().map(|c| c.1).collect()
+}
+
+#[test]
+fn relay_refused_for_a_full_table_is_admitted_when_another_is_forgotten() {
+    let mut f = follower(FollowConfig {
+        max_relays: 2,
+        ..FollowConfig::default()
+    });
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "x", 1, &["wss://a.example"])),
+    );
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(2, "y", 1, &["wss://b.example"])),
+    );
+    let first = drain(&mut f);
+    assert_eq!(urls(&first), ["wss://a.example", "wss://b.example"]);
+    for (id, _) in connects(&first) {
+        f.handle_input(t(0), Input::Connected { id });
+    }
+    // Refused in this order (d before c): admitted in this order, whatever the URLs say.
+    f.handle_input(
+        t(1),
+        Input::Announcement(ann(3, "z", 1, &["wss://d.example"])),
+    );
+    f.handle_input(
+        t(1),
+        Input::Announcement(ann(4, "w", 1, &["wss://c.example"])),
+    );
+    assert_eq!(f.stats().relays_refused, 2);
+    assert_eq!(f.stats().relays_waiting, 2);
+    // Nothing is retried without room: no command, no timer for the waiting relays.
+    assert!(run_until(&mut f, t(3600)).is_empty());
+    assert_eq!(f.poll_timeout(), None);
+
+    // Repository x goes: relay a is idle, forgotten, and the oldest refusal takes its slot.
+    f.handle_input(t(3601), Input::RepositoryRemoved(repo(1, "x")));
+    let commands = drain(&mut f);
+    assert_eq!(
+        commands[0],
+        Command::Disconnect {
+            id: first_id(&first, 0)
+        }
+    );
+    assert_eq!(urls(&commands), ["wss://d.example"]);
+    let (_, subs) = only_connect(&commands[1..]);
+    assert_eq!(subs[0].filters[0].tag.as_ref().unwrap().values, ["z"]);
+    assert_eq!(f.stats().relays_waiting, 1);
+
+    f.handle_input(t(3602), Input::RepositoryRemoved(repo(2, "y")));
+    assert_eq!(urls(&drain(&mut f)), ["wss://c.example"]);
+    let tracked: Vec<String> = f.relay_statuses().map(|s| s.url).collect();
+    assert_eq!(tracked, ["wss://c.example", "wss://d.example"]);
+    let stats = f.stats();
+    assert_eq!((stats.relays_admitted_late, stats.relays_waiting), (2, 0));
+    assert_eq!(
+        stats.relays_refused, 2,
+        "a late admission is not another refusal"
+    );
+}
+
+fn first_id(commands: &[Command], n: usize) -> ConnectionId {
+    connects(commands)[n].0
+}
+
+#[test]
+fn a_relay_nobody_lists_any_more_stops_waiting() {
+    let mut f = follower(FollowConfig {
+        max_relays: 1,
+        ..FollowConfig::default()
+    });
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "x", 1, &["wss://a.example"])),
+    );
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(2, "y", 1, &["wss://b.example"])),
+    );
+    assert_eq!(f.stats().relays_waiting, 1);
+    // y now lists a (tracked) instead of b: b stops waiting, y is followed on a at once.
+    f.handle_input(
+        t(1),
+        Input::Announcement(ann(2, "y", 2, &["wss://a.example"])),
+    );
+    assert_eq!(f.stats().relays_waiting, 0);
+    assert_eq!(f.relay_statuses().next().unwrap().repositories, 2);
+    f.handle_input(t(2), Input::RepositoryRemoved(repo(1, "x")));
+    f.handle_input(t(2), Input::RepositoryRemoved(repo(2, "y")));
+    drain(&mut f);
+    assert_eq!(f.stats().relays_admitted_late, 0);
+}
+
+#[test]
+fn value_over_budget_is_admitted_once_a_value_is_dropped() {
+    let mut f = follower(FollowConfig {
+        chunk_size: 1,
+        max_subscriptions_per_relay: 2,
+        ..FollowConfig::default()
+    });
+    for (i, name) in ["r0", "r1", "r2"].into_iter().enumerate() {
+        f.handle_input(
+            t(i as u64),
+            Input::Announcement(ann(1, name, 1, &["wss://r.example"])),
+        );
+    }
+    let (id, subs) = only_connect(&drain(&mut f));
+    assert_eq!(subs.len(), 2);
+    f.handle_input(t(3), Input::Connected { id });
+    let stats = f.stats();
+    assert_eq!((stats.values_over_budget, stats.values_waiting), (1, 1));
+    assert_eq!(f.relay_statuses().next().unwrap().values_waiting, 1);
+    assert!(
+        run_until(&mut f, t(100)).is_empty(),
+        "no retry without room"
+    );
+
+    // r0 leaves its subscription: r2, refused at t=2, takes it in the next batch.
+    f.handle_input(t(101), Input::RepositoryRemoved(repo(1, "r0")));
+    let batch = run_until(&mut f, t(200));
+    match &batch[..] {
+        [(_, Command::UpdateSubscriptions { open, close, .. })] => {
+            assert!(close.is_empty());
+            assert_eq!(open.len(), 1);
+            assert_eq!(open[0].key, SubKey::Repos(0));
+            assert_eq!(open[0].filters[0].tag.as_ref().unwrap().values, ["r2"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let stats = f.stats();
+    assert_eq!((stats.values_admitted_late, stats.values_waiting), (1, 0));
+    assert_eq!(stats.values_over_budget, 1);
+}
+
+#[test]
+fn holes_left_by_removals_are_packed_when_a_waiting_value_needs_a_subscription() {
+    let mut f = follower(FollowConfig {
+        chunk_size: 2,
+        max_subscriptions_per_relay: 2,
+        ..FollowConfig::default()
+    });
+    for name in ["x0", "x1", "x2"] {
+        f.handle_input(
+            t(0),
+            Input::Announcement(ann(1, name, 1, &["wss://r.example"])),
+        );
+    }
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(t(1), Input::Connected { id });
+    // Repos(0) = {x0, x1}, Repos(1) = {x2}: a thread needs a third subscription.
+    let root = EventId::from_byte_array([9; 32]);
+    f.handle_input(
+        t(2),
+        Input::Thread {
+            repo: repo(1, "x0"),
+            root,
+        },
+    );
+    assert_eq!(f.stats().values_waiting, 1);
+    // x1 leaves a hole in Repos(0); x2 moves into it, Repos(1) closes, the thread gets one.
+    f.handle_input(t(3), Input::RepositoryRemoved(repo(1, "x1")));
+    match &run_until(&mut f, t(10))[..] {
+        [(_, Command::UpdateSubscriptions { open, close, .. })] => {
+            let keys: Vec<SubKey> = open.iter().map(|s| s.key).collect();
+            assert_eq!(keys, [SubKey::Repos(0), SubKey::Threads(0)]);
+            assert_eq!(
+                open[0].filters[0].tag.as_ref().unwrap().values,
+                ["x0", "x2"]
+            );
+            assert_eq!(close, &[SubKey::Repos(1)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.stats().values_waiting, 0);
+}
+
+#[test]
+fn waiting_lists_stay_bounded_under_a_flood_of_refusals() {
+    let mut f = follower(FollowConfig {
+        max_relays: 2,
+        chunk_size: 1,
+        max_subscriptions_per_relay: 2,
+        ..FollowConfig::default()
+    });
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "a", 1, &["wss://a.example"])),
+    );
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "b", 1, &["wss://b.example"])),
+    );
+    // 200 repositories listing 16 new relays each (and ourselves, never followed) ...
+    for i in 0..200u32 {
+        let listed: Vec<String> = (0..16)
+            .map(|j| format!("wss://flood{i}-{j}.example"))
+            .chain(["wss://grasp.example".to_owned()])
+            .collect();
+        let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+        f.handle_input(
+            t(1),
+            Input::Announcement(ann((i % 250) as u8 + 2, &format!("f{i}"), 1, &listed)),
+        );
+    }
+    // ... and 100 repositories on relay a, whose budget is two values.
+    for i in 0..100 {
+        f.handle_input(
+            t(1),
+            Input::Announcement(ann(1, &format!("on-a-{i}"), 1, &["wss://a.example"])),
+        );
+    }
+    let stats = f.stats();
+    assert_eq!(stats.relays_refused, 3200);
+    assert_eq!(stats.relays_waiting, 2, "at most max_relays relays wait");
+    assert_eq!(
+        stats.values_waiting, 2,
+        "at most chunk_size x budget values wait"
+    );
+    // Relay a holds "a" and one more: 99 refused, 2 remembered.
+    assert_eq!(stats.values_over_budget, 99);
+    assert_eq!(stats.refusals_dropped, 3198 + 97);
+    assert_eq!(f.stats().relays_tracked, 2);
+
+    // Only f150 stays: the remembered refusals go with their repositories, yet f150's
+    // relays, dropped from the full list, are found again once slots free.
+    for i in (0..200u32).filter(|i| *i != 150) {
+        f.handle_input(
+            t(2),
+            Input::RepositoryRemoved(repo((i % 250) as u8 + 2, &format!("f{i}"))),
+        );
+    }
+    for i in 0..100 {
+        f.handle_input(
+            t(2),
+            Input::RepositoryRemoved(repo(1, &format!("on-a-{i}"))),
+        );
+    }
+    f.handle_input(t(3), Input::RepositoryRemoved(repo(1, "a")));
+    f.handle_input(t(3), Input::RepositoryRemoved(repo(1, "b")));
+    drain(&mut f);
+    let tracked: Vec<(String, usize)> = f
+        .relay_statuses()
+        .map(|s| (s.url, s.repositories))
+        .collect();
+    assert_eq!(
+        tracked,
+        [
+            ("wss://flood150-0.example".to_owned(), 1),
+            ("wss://flood150-1.example".to_owned(), 1)
+        ]
+    );
+    // The next two wait (the list was refilled from the repositories), the rest are found
+    // when those are admitted.
+    assert_eq!(f.stats().relays_waiting, 2);
 }
