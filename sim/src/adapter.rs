@@ -195,7 +195,7 @@ impl EngineUnderTest for Core {
 
     fn poll_output(&mut self) -> Option<Output> {
         Some(match self.0.poll_event()? {
-            EngineEvent::Released { event, .. } => Output::Released { id: event.id },
+            EngineEvent::Released { id, .. } => Output::Released { id },
             EngineEvent::Expired { id, .. } => Output::Expired { id },
             EngineEvent::Deleted { id } => Output::Deleted { id },
             other => Output::Other(format!("{other:?}")),

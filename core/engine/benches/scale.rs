@@ -5,7 +5,8 @@
 //! (through Inspect, Apply and Released; a tenth of the repositories), per timeout (expiries and
 //! fetch deadlines, one `handle_timeout` call), and heap bytes per waiting event (counting global
 //! allocator). Every size reports the median of its runs (5 up to 10^4, 3 above), after one
-//! discarded warm-up run.
+//! discarded warm-up run. Keys are spread and arrival is shuffled, as in real traffic, so the
+//! large sizes pay for memory the way a server would; the last column measures that price.
 //!
 //! Run: `cargo bench -p graspd-core --bench scale` (add `-- 100000` to cap the largest size,
 //! `-- --only 1000000 --runs 3` for one size).
@@ -208,10 +209,61 @@ struct Row {
     timeout: Duration,
     timeouts: usize,
     bytes_per_event: f64,
+    random_read_ns: f64,
 }
 
 fn per(d: Duration, n: usize) -> f64 {
     d.as_nanos() as f64 / n.max(1) as f64 / 1000.0
+}
+
+// Each timed phase is its own function, so `valgrind --tool=callgrind --toggle-collect=<phase>`
+// counts the instructions of exactly that phase (README, "Benchmarks").
+
+#[inline(never)]
+fn phase_insert(engine: &mut Engine, batch: Vec<Event>, fetches: &mut Vec<Command>) {
+    let t0 = Time::from_millis(0);
+    let nothing = |_: &RepoKey, _: &Oid| false;
+    for e in batch {
+        engine.handle_event(t0, e, Arrival::Synced);
+        drain(engine, t0, &nothing, fetches);
+    }
+}
+
+#[inline(never)]
+fn phase_attempt(engine: &mut Engine, fetches: &mut Vec<Command>) {
+    let t1 = Time::from_millis(500);
+    let nothing = |_: &RepoKey, _: &Oid| false;
+    engine.handle_timeout(t1);
+    drain(engine, t1, &nothing, fetches);
+}
+
+/// Completes up to `count` fetches: the remote had everything; Inspect, Apply, Released
+/// follow, and the freed slot starts the next repository's fetch. Returns (done, released).
+#[inline(never)]
+fn phase_fetch(engine: &mut Engine, fetches: &mut Vec<Command>, count: usize) -> (usize, usize) {
+    let t1 = Time::from_millis(500);
+    let everything = |_: &RepoKey, _: &Oid| true;
+    let (mut done, mut released) = (0, 0);
+    while done < count {
+        let Some(Command::Fetch { id, oids, .. }) = fetches.pop() else {
+            break;
+        };
+        engine.handle_input(
+            t1,
+            Input::FetchDone {
+                id,
+                result: Ok(FetchReport { present: oids }),
+            },
+        );
+        released += drain(engine, t1, &everything, fetches);
+        done += 1;
+    }
+    (done, released)
+}
+
+#[inline(never)]
+fn phase_timeout(engine: &mut Engine) {
+    engine.handle_timeout(Time::from_millis(31 * 60 * 1000));
 }
 
 fn measure(n: usize) -> Row {
@@ -228,24 +280,20 @@ fn measure(n: usize) -> Row {
     for r in 0..repos {
         engine.restore_accepted(&announcement(&mut seq, r));
     }
-    let nothing = |_: &RepoKey, _: &Oid| false;
     let mut fetches = Vec::new();
 
-    // Insert: every event arrives by sync; its Inspect is answered "absent". Events are built
-    // in batches outside the timed part; every byte they hold ends up owned by the engine.
+    // Insert: every event arrives by sync, in no particular repository order; its Inspect is
+    // answered "absent". Events are built in batches outside the timed part; every byte they
+    // hold ends up owned by the engine.
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     let mut insert = Duration::ZERO;
-    let t0 = Time::from_millis(0);
     for i in 0..EVENTS_PER_REPO {
         for first in (0..repos).step_by(10_000) {
             let batch = first..(first + 10_000).min(repos);
             let mut events: Vec<Event> = batch.map(|r| waiting_event(&mut seq, r, i)).collect();
             shuffle(&mut events, seq);
             let start = Instant::now();
-            for e in events {
-                engine.handle_event(t0, e, Arrival::Synced);
-                drain(&mut engine, t0, &nothing, &mut fetches);
-            }
+            phase_insert(&mut engine, events, &mut fetches);
             insert += start.elapsed();
         }
     }
@@ -256,39 +304,19 @@ fn measure(n: usize) -> Row {
     );
 
     // Attempt start: every repository's first attempt (Inspect, URL plan, throttle queue).
-    let t1 = Time::from_millis(500);
     let start = Instant::now();
-    engine.handle_timeout(t1);
-    drain(&mut engine, t1, &nothing, &mut fetches);
+    phase_attempt(&mut engine, &mut fetches);
     let attempt = start.elapsed();
 
-    // Fetch completion: the remote had everything; Inspect, Apply, Released follow, and the
-    // freed slot starts the next repository's fetch.
-    let everything = |_: &RepoKey, _: &Oid| true;
-    let mut done = 0;
-    let mut released = 0;
+    // Fetch completion, for a tenth of the repositories.
     let start = Instant::now();
-    while done < repos / COMPLETED_SHARE {
-        let Some(Command::Fetch { id, oids, .. }) = fetches.pop() else {
-            break;
-        };
-        engine.handle_input(
-            t1,
-            Input::FetchDone {
-                id,
-                result: Ok(FetchReport { present: oids }),
-            },
-        );
-        released += drain(&mut engine, t1, &everything, &mut fetches);
-        done += 1;
-    }
+    let (done, released) = phase_fetch(&mut engine, &mut fetches, repos / COMPLETED_SHARE);
     let fetch = start.elapsed();
 
     // Timeouts: jump past every fetch deadline and every expiry in one call.
-    let t2 = Time::from_millis(31 * 60 * 1000);
     let timers_before = engine.stats();
     let start = Instant::now();
-    engine.handle_timeout(t2);
+    phase_timeout(&mut engine);
     let timeout = start.elapsed();
     let after = engine.stats();
     let timeouts = (after.expired - timers_before.expired) as usize
@@ -306,7 +334,32 @@ fn measure(n: usize) -> Row {
         timeout,
         timeouts,
         bytes_per_event: bytes as f64 / n as f64,
+        random_read_ns: 0.0,
     }
+}
+
+/// The hardware's price for touching memory the size of the engine at random: nanoseconds per
+/// dependent load in a random cycle through a buffer of `bytes` (one load per 64-byte line).
+/// An engine operation that touches k unrelated cache lines cannot cost less than k times
+/// this, so the ratio of this column between sizes bounds how flat any per-op time can be.
+fn random_read_ns(bytes: usize) -> f64 {
+    let lines = (bytes / 64).max(1024);
+    // One u64 per cache line: next[i] is the line visited after line i (a single cycle).
+    let mut order: Vec<usize> = (0..lines).collect();
+    shuffle(&mut order, 0x5eed);
+    let mut next = vec![0u64; lines * 8];
+    for w in 0..lines {
+        next[order[w] * 8] = order[(w + 1) % lines] as u64;
+    }
+    let loads = 2_000_000;
+    let mut at = order[0];
+    let start = Instant::now();
+    for _ in 0..loads {
+        at = next[at * 8] as usize;
+    }
+    let elapsed = start.elapsed();
+    std::hint::black_box(at);
+    elapsed.as_nanos() as f64 / loads as f64
 }
 
 fn main() {
@@ -329,9 +382,9 @@ fn main() {
             .collect(),
     };
     println!(
-        "| waiting events | repos | insert µs/event | attempt start µs/repo | fetch completion µs/fetch | timeout µs/timer | bytes/waiting event |"
+        "| waiting events | repos | insert µs/event | attempt start µs/repo | fetch completion µs/fetch | timeout µs/timer | bytes/waiting event | random read ns |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     // Warm-up: the first engine in a process pays for growing the heap and faulting in pages.
     let _ = measure(1_000);
     let mut rows = Vec::new();
@@ -358,8 +411,9 @@ fn main() {
         row.attempt = attempt;
         row.fetch = fetch;
         row.timeout = timeout;
+        row.random_read_ns = random_read_ns((row.bytes_per_event * n as f64) as usize);
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} ({} fetches, {} released) | {:.2} ({} timers) | {:.0} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} ({} fetches, {} released) | {:.2} ({} timers) | {:.0} | {:.1} |",
             row.events,
             row.repos,
             per(row.insert, row.events),
@@ -370,6 +424,7 @@ fn main() {
             per(row.timeout, row.timeouts),
             row.timeouts,
             row.bytes_per_event,
+            row.random_read_ns,
         );
         rows.push(row);
     }

@@ -20,10 +20,10 @@ pub enum Arrival {
     Synced,
 }
 
-/// One waiting event.
+/// One waiting event, as the rules see it. The raw event (tags, content, signature) is not
+/// kept: the host holds it durably in its purgatory table and serves it from there on release.
 #[derive(Clone, Debug)]
 pub struct Waiting {
-    pub event: nostr::event::Event,
     pub parsed: GitEvent,
     pub arrival: Arrival,
     pub received: Time,

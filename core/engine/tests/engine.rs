@@ -85,8 +85,13 @@ fn a_state_waits_then_is_released_after_apply_only() {
         },
     );
     match engine.poll_event() {
-        Some(EngineEvent::Released { event, waited }) => {
-            assert_eq!(event.id, id);
+        Some(EngineEvent::Released {
+            id: released,
+            kind,
+            waited,
+        }) => {
+            assert_eq!(released, id);
+            assert_eq!(kind, 30618);
             assert_eq!(waited, std::time::Duration::from_millis(12));
         }
         other => panic!("{other:?}"),

@@ -192,7 +192,8 @@ impl Engine {
         if matches!(parsed, GitEvent::Deletion(_)) {
             return;
         }
-        self.admit(now, event, parsed, arrival, now + remaining, true);
+        drop(event);
+        self.admit(now, parsed, arrival, now + remaining, true);
     }
 
     /// Start-up: a `refs/nostr/<id>` ref of `repo` at `oid` whose event the store does not
@@ -325,7 +326,7 @@ impl Engine {
         // synced events costs one Inspect per repository.
         let inspect_now = arrival == Arrival::Published;
         let expires = now + self.config.purgatory_expiry;
-        self.admit(now, event, parsed, arrival, expires, inspect_now);
+        self.admit(now, parsed, arrival, expires, inspect_now);
         Verdict::Waiting
     }
 
@@ -453,13 +454,12 @@ impl Engine {
     fn admit(
         &mut self,
         now: Time,
-        event: nostr::event::Event,
         parsed: GitEvent,
         arrival: Arrival,
         expires: Time,
         inspect_now: bool,
     ) {
-        let id = event.id;
+        let id = *parsed.id();
         if let GitEvent::Announcement(a) = &parsed {
             let repo = RepoKey::new(a.owner, a.identifier.clone());
             if !self.view().is_hosted(&repo) {
@@ -474,7 +474,6 @@ impl Engine {
             _ => None,
         };
         let inserted = self.purgatory.insert(Waiting {
-            event,
             parsed,
             arrival,
             received: now,

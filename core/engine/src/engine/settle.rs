@@ -279,7 +279,8 @@ impl Engine {
             self.counters.released += 1;
             let waited = now.saturating_since(waiting.received);
             self.events.push_back(EngineEvent::Released {
-                event: Box::new(waiting.event),
+                id: *id,
+                kind: waiting.parsed.kind(),
                 waited,
             });
         }

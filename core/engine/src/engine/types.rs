@@ -147,11 +147,12 @@ pub enum Command {
 /// What happened, for the host to persist and serve.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum EngineEvent {
-    /// The event's data is in place: store it, serve it, drop it from the purgatory table (one
-    /// transaction).
-    /// (Boxed: the queue of engine events stays small when a timeout expires many at once.)
+    /// The event's data is in place: move it from the purgatory table to the served events
+    /// (one transaction) and serve it. The engine keeps no copy of raw events; the host's
+    /// purgatory table holds them.
     Released {
-        event: Box<nostr::event::Event>,
+        id: EventId,
+        kind: u16,
         waited: Duration,
     },
     /// The event's data never arrived; drop it from the purgatory table.

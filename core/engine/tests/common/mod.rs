@@ -277,7 +277,7 @@ impl Host {
         self.events
             .iter()
             .filter_map(|e| match e {
-                EngineEvent::Released { event, .. } => Some(event.id),
+                EngineEvent::Released { id, .. } => Some(*id),
                 _ => None,
             })
             .collect()

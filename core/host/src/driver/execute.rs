@@ -116,21 +116,23 @@ impl Node {
     /// Persists and serves what the engine decided.
     pub(super) async fn on_engine_event(self: Arc<Self>, event: EngineEvent) {
         match event {
-            EngineEvent::Released { event, waited } => {
+            EngineEvent::Released { id, kind, waited } => {
                 let store = self.store.clone();
-                let stored = event.clone();
-                match unblock(&*self.runtime, move || store.release(&stored)).await {
-                    Ok(Ok(outcome)) => {
-                        info!(id = %event.id, kind = event.kind.as_u16(), waited_ms = waited.as_millis() as u64, ?outcome, "released from purgatory");
+                match unblock(&*self.runtime, move || store.release_waiting(&id)).await {
+                    Ok(Ok(Some((event, outcome)))) => {
+                        info!(%id, kind, waited_ms = waited.as_millis() as u64, ?outcome, "released from purgatory");
                         self.metrics.released(waited);
                         self.follow(&event);
-                        self.hub.publish(*event);
+                        self.hub.publish(event);
+                    }
+                    Ok(Ok(None)) => {
+                        warn!(%id, kind, "a released event is not in the purgatory table; nothing to serve")
                     }
                     Ok(Err(error)) => {
-                        warn!(id = %event.id, %error, "storing a released event failed; it stays waiting")
+                        warn!(%id, %error, "storing a released event failed; it stays in the purgatory table and is released again after a restart")
                     }
                     Err(error) => {
-                        warn!(id = %event.id, %error, "storing a released event failed; it stays waiting")
+                        warn!(%id, %error, "storing a released event failed; it stays in the purgatory table and is released again after a restart")
                     }
                 }
             }

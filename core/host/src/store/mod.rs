@@ -9,9 +9,9 @@
 //! Sync`; redb serialises writers and lets readers run alongside them.
 //!
 //! ```text
-//! served:    insert / insert_many / release  -> InsertOutcome      query(filters, cap) -> events
+//! served:    insert / insert_many -> InsertOutcome      query(filters, cap) -> events
 //! purgatory: put_waiting / remove_waiting / waiting_all (start-up restore)
-//!            release(event) = serve it + drop it from purgatory, in one transaction
+//!            release_waiting(id) = move it from purgatory to served, in one transaction
 //! ```
 //!
 //! Start-up restore: `query(&[Filter::new().kinds([30617, 30618])], usize::MAX)` gives the
@@ -161,12 +161,30 @@ impl Store {
         self.write(|tables| events.iter().map(|e| tables.insert(e)).collect())
     }
 
-    /// Moves an event out of purgatory into the served set, atomically: after a crash either
-    /// both happened or neither did. Removing a purgatory entry that is not there is fine.
-    pub fn release(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
+    /// Moves an event from purgatory to the served events, atomically (after a crash either
+    /// both happened or neither did), and returns it with how it was stored; `None` when
+    /// purgatory does not hold it (or its entry cannot be decoded: logged, and left in place
+    /// for the operator).
+    pub fn release_waiting(
+        &self,
+        id: &EventId,
+    ) -> Result<Option<(Event, InsertOutcome)>, StoreError> {
+        let path = self.path.clone();
         self.write(|tables| {
-            tables.waiting.remove(event.id.to_bytes())?;
-            tables.insert(event)
+            let json = match tables.waiting.get(id.to_bytes())? {
+                Some(entry) => entry.value().2.to_vec(),
+                None => return Ok(None),
+            };
+            let event = match Event::from_json(&json) {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %id, %error, "a released event's purgatory entry cannot be decoded");
+                    return Ok(None);
+                }
+            };
+            tables.waiting.remove(id.to_bytes())?;
+            let outcome = tables.insert(&event)?;
+            Ok(Some((event, outcome)))
         })
     }
 

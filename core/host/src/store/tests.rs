@@ -110,11 +110,16 @@ fn release_serves_and_leaves_purgatory_in_one_step() {
             expires_at: 5,
         })
         .unwrap();
-    assert_eq!(store.release(&state).unwrap(), stored());
+    assert_eq!(
+        store.release_waiting(&state.id).unwrap(),
+        Some((state.clone(), stored()))
+    );
     assert!(store.waiting_all().unwrap().is_empty());
     assert_eq!(store.get(&state.id).unwrap(), Some(state.clone()));
     assert!(!store.remove_waiting(&state.id).unwrap());
-    assert_eq!(store.release(&state).unwrap(), InsertOutcome::Duplicate);
+    // Released already: purgatory no longer holds it, and nothing is served twice.
+    assert_eq!(store.release_waiting(&state.id).unwrap(), None);
+    assert_eq!(store.served_count().unwrap(), 1);
 }
 
 #[test]
