@@ -41,6 +41,91 @@ pub struct Announcement {
     pub maintainers: Vec<PublicKey>,
 }
 
+/// A state's branches and tags, sorted by name, each once. A sorted boxed slice rather than a
+/// B-tree: states usually list a handful of refs, and a B-tree allocates a whole node (about
+/// 500 bytes here) for even one, for every waiting state.
+#[derive(Clone, PartialEq, Eq, Default, Debug)]
+pub struct StateRefs(Box<[(RefName, Oid)]>);
+
+impl StateRefs {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Oid> {
+        self.position(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    /// `(name, object)` in name order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&RefName, &Oid)> {
+        self.0.iter().map(|(n, o)| (n, o))
+    }
+
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &RefName> {
+        self.0.iter().map(|(n, _)| n)
+    }
+
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &Oid> {
+        self.0.iter().map(|(_, o)| o)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn to_map(&self) -> BTreeMap<RefName, Oid> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+impl From<BTreeMap<RefName, Oid>> for StateRefs {
+    fn from(map: BTreeMap<RefName, Oid>) -> StateRefs {
+        StateRefs(map.into_iter().collect())
+    }
+}
+
+/// Like `BTreeMap`'s: sorted by name, and a later pair replaces an earlier one of that name.
+impl FromIterator<(RefName, Oid)> for StateRefs {
+    fn from_iter<I: IntoIterator<Item = (RefName, Oid)>>(iter: I) -> StateRefs {
+        StateRefs::from(iter.into_iter().collect::<BTreeMap<_, _>>())
+    }
+}
+
+impl PartialEq<BTreeMap<RefName, Oid>> for StateRefs {
+    fn eq(&self, other: &BTreeMap<RefName, Oid>) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl IntoIterator for StateRefs {
+    type Item = (RefName, Oid);
+    type IntoIter = std::vec::IntoIter<(RefName, Oid)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_vec().into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a StateRefs {
+    type Item = (&'a RefName, &'a Oid);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (RefName, Oid)>,
+        fn(&'a (RefName, Oid)) -> (&'a RefName, &'a Oid),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(n, o)| (n, o))
+    }
+}
+
 /// Kind 30618: the refs a maintainer says the repository must have.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct RepoState {
@@ -49,7 +134,7 @@ pub struct RepoState {
     pub created_at: u64,
     pub identifier: Identifier,
     /// Branches and tags (peeled `^{}` entries dropped). Empty is legal.
-    pub refs: BTreeMap<RefName, Oid>,
+    pub refs: StateRefs,
     /// `HEAD` target branch (`refs/heads/<b>`) from `["HEAD", "ref: refs/heads/<b>"]`.
     pub head: Option<RefName>,
 }
@@ -363,9 +448,7 @@ impl<'a> Tags<'a> {
     }
 }
 
-fn parse_state_refs(
-    tags: &Tags<'_>,
-) -> Result<(BTreeMap<RefName, Oid>, Option<RefName>), InvalidEvent> {
+fn parse_state_refs(tags: &Tags<'_>) -> Result<(StateRefs, Option<RefName>), InvalidEvent> {
     let mut refs = BTreeMap::new();
     let mut head = None;
     for tag in &tags.0 {
@@ -401,7 +484,7 @@ fn parse_state_refs(
             return Err(InvalidEvent::ConflictingRef { name: name.clone() });
         }
     }
-    Ok((refs, head))
+    Ok((StateRefs::from(refs), head))
 }
 
 fn parse_pr(

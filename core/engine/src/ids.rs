@@ -137,8 +137,11 @@ impl Ord for Identifier {
 }
 
 impl std::hash::Hash for Identifier {
+    /// The inline bytes and the length: consistent with `Eq` (equal identifiers share both),
+    /// and a hash lookup never follows the pointer to the heap.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.full.hash(state);
+        self.inline.hash(state);
+        self.full.len().hash(state);
     }
 }
 

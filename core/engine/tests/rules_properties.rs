@@ -40,7 +40,7 @@ fn state_with(refs: BTreeMap<RefName, Oid>) -> RepoState {
         author: PublicKey::from_slice(&[2; 32]).unwrap(),
         created_at: 1,
         identifier: Identifier::new("r").unwrap(),
-        refs,
+        refs: refs.into(),
         head: None,
     }
 }
@@ -84,7 +84,7 @@ fn aligning_reaches_the_state_and_leaves_other_namespaces_alone() {
             .iter()
             .filter(|(n, _)| !is_branch_or_tag(n))
             .all(|(n, o)| repo.get(n) == Some(o));
-        sorted_unique && branches == state.refs && others_kept
+        sorted_unique && state.refs == branches && others_kept
     }
     quickcheck(prop as fn(Vec<(u8, u8)>, Vec<(u8, u8)>) -> bool);
 }

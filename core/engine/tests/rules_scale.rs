@@ -43,7 +43,7 @@ fn state(salt: u8) -> RepoState {
         author: key(0),
         created_at: u64::from(salt),
         identifier: Identifier::new("big").unwrap(),
-        refs: refs(salt),
+        refs: refs(salt).into(),
         head: Some("refs/heads/b0".into()),
     }
 }
