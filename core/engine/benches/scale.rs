@@ -386,7 +386,10 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     // Warm-up: the first engine in a process pays for growing the heap and faulting in pages.
-    let _ = measure(1_000);
+    // (`--no-warmup` when counting instructions, which do not depend on it.)
+    if !args.iter().any(|a| a == "--no-warmup") {
+        let _ = measure(1_000);
+    }
     let mut rows = Vec::new();
     for n in sizes {
         // Every size reports the median of its runs (not the best, which would favour the

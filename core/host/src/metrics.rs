@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use graspd_core::Stats;
 
-use crate::follow::FollowMetrics;
+use crate::follow::{FollowMetrics, FollowStats};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -36,6 +36,13 @@ struct DomainLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RelayLabel {
     relay: String,
+}
+
+/// `relay` (a relay waiting for a slot in the follower's table) or `value` (a repository or
+/// thread waiting for room in a relay's subscription budget).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabel {
+    what: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +73,9 @@ pub struct Metrics {
     synced_events: Family<RelayLabel, Counter>,
     synced_duplicates: Family<RelayLabel, Counter>,
     synced_invalid: Family<RelayLabel, Counter>,
+    follow_waiting: Family<WhatLabel, Gauge>,
+    follow_refused: Family<WhatLabel, Counter>,
+    follow_admitted_late: Family<WhatLabel, Counter>,
     domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -174,8 +184,30 @@ impl Metrics {
             "Events with a bad id or signature, by relay",
             synced_invalid.clone(),
         );
+        let follow_waiting = Family::<WhatLabel, Gauge>::default();
+        registry.register(
+            "follow_waiting",
+            "Relays waiting for a slot in the follower's table, and repositories or threads \
+             waiting for room in a relay's subscription budget",
+            follow_waiting.clone(),
+        );
+        let follow_refused = Family::<WhatLabel, Counter>::default();
+        registry.register(
+            "follow_refused",
+            "Relays and values refused for lack of room (each then waits for room)",
+            follow_refused.clone(),
+        );
+        let follow_admitted_late = Family::<WhatLabel, Counter>::default();
+        registry.register(
+            "follow_admitted_late",
+            "Waiting relays and values admitted when room freed",
+            follow_admitted_late.clone(),
+        );
         Metrics {
             registry,
+            follow_waiting,
+            follow_refused,
+            follow_admitted_late,
             relays_connected,
             relay_reconnects,
             relay_connect_failures,
@@ -230,9 +262,30 @@ impl Metrics {
         self.events.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    /// The text exposition, with engine gauges refreshed from `stats` and the relay
-    /// follower's counters from `follow`.
-    pub fn render(&self, stats: &Stats, follow: &FollowMetrics) -> String {
+    /// The text exposition, with engine gauges refreshed from `stats`, the relay follower's
+    /// connection counters from `follow` and its waiting lists from `follower`.
+    pub fn render(&self, stats: &Stats, follow: &FollowMetrics, follower: &FollowStats) -> String {
+        for (what, waiting, refused, late) in [
+            (
+                "relay",
+                follower.relays_waiting,
+                follower.relays_refused,
+                follower.relays_admitted_late,
+            ),
+            (
+                "value",
+                follower.values_waiting,
+                follower.values_over_budget,
+                follower.values_admitted_late,
+            ),
+        ] {
+            let label = WhatLabel { what };
+            self.follow_waiting
+                .get_or_create(&label)
+                .set(waiting as i64);
+            catch_up(&self.follow_refused.get_or_create(&label), refused);
+            catch_up(&self.follow_admitted_late.get_or_create(&label), late);
+        }
         self.relays_connected
             .set(follow.relays_connected.load(Ordering::Relaxed));
         catch_up(
@@ -304,8 +357,21 @@ mod tests {
         metrics.push(false);
         let follow = FollowMetrics::new(8);
         follow.relays_connected.store(2, Ordering::Relaxed);
-        let text = metrics.render(&stats, &follow);
+        let follower = FollowStats {
+            relays_waiting: 3,
+            values_admitted_late: 4,
+            ..FollowStats::default()
+        };
+        let text = metrics.render(&stats, &follow, &follower);
         assert!(text.contains("graspd_follow_relays_connected 2"), "{text}");
+        assert!(
+            text.contains(r#"graspd_follow_waiting{what="relay"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"graspd_follow_admitted_late_total{what="value"} 4"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"graspd_purgatory_waiting{kind="state"} 3"#),
             "{text}"
@@ -325,7 +391,7 @@ mod tests {
         );
         stats.released = 9;
         assert!(metrics
-            .render(&stats, &follow)
+            .render(&stats, &follow, &follower)
             .contains("graspd_purgatory_released_total 9"));
     }
 }

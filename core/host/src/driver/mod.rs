@@ -327,7 +327,8 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .stats();
-        self.metrics.render(&stats, self.follower.metrics())
+        self.metrics
+            .render(&stats, self.follower.metrics(), &self.follower.stats())
     }
 
     pub fn hub(&self) -> &Hub {
