@@ -173,7 +173,7 @@ fn decide_branches_and_tags(
     let differing = proposed
         .keys()
         .chain(newest.refs.keys())
-        .find(|n| proposed.get(*n) != newest.refs.get(*n))
+        .find(|n| proposed.get(*n) != newest.refs.get(n))
         .cloned()
         .unwrap_or_default();
     let state = short(&newest.id);
