@@ -150,8 +150,8 @@ impl RelayClient {
     }
 
     /// Sends a raw text frame; the server may close the connection while it is being sent.
-    pub fn try_send_text(&mut self, text: &str) -> Result<(), tungstenite::Error> {
-        self.socket.send(Message::text(text))
+    pub fn try_send_text(&mut self, text: &str) -> Result<(), Box<tungstenite::Error>> {
+        self.socket.send(Message::text(text)).map_err(Box::new)
     }
 
     /// Whether the server closes the connection before `timeout` passes.
