@@ -267,7 +267,65 @@ fn fetch_stops_at_the_byte_cap() {
             "{:?}",
             h.flavor
         );
+        // The capped fetch left nothing behind: no pack, no temporary file, no quarantine.
+        assert_eq!(pack_files(&into), Vec::<String>::new(), "{:?}", h.flavor);
+        assert_eq!(incoming_entries(&h), 0);
         let result = h.block_on(h.git.fetch(&into, &h.url(&source), &[tip], &limits(true)));
         assert_eq!(result, Ok(vec![tip]));
+        assert!(
+            pack_files(&into).iter().any(|f| f.ends_with(".idx")),
+            "{:?}",
+            pack_files(&into)
+        );
+        assert_eq!(incoming_entries(&h), 0);
+    });
+}
+
+/// Files in a repo's `objects/pack`, sorted.
+fn pack_files(repo: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo.join("objects").join("pack"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Quarantines still present under the data directory.
+fn incoming_entries(h: &Harness) -> usize {
+    std::fs::read_dir(h.git.incoming_dir()).map_or(0, |entries| entries.count())
+}
+
+#[test]
+fn failed_fetches_leave_the_live_repository_untouched() {
+    on_each_runtime(|h| {
+        let source = h.create_repo("src");
+        let work = work_repo(&h.scratch("work"), 3);
+        git_ok(Some(&work), &["push", "--quiet", &h.url(&source), "main"]);
+        let tip = head_oid(&work, "main");
+        let into_key = h.create_repo("into");
+        let into = h.git.repo_path(&into_key);
+        let before = pack_files(&into);
+        let unknown = Oid::from_hex(UNKNOWN).unwrap();
+
+        // A remote without the object, and one killed at its deadline mid-transfer.
+        let not_ours = h.block_on(
+            h.git
+                .fetch(&into, &h.url(&source), &[unknown], &limits(true)),
+        );
+        assert_eq!(not_ours, Err(FetchError::NotOurRef(vec![unknown])));
+        let mut past = limits(true);
+        past.deadline = Instant::now();
+        let late = h.block_on(h.git.fetch(&into, &h.url(&source), &[tip], &past));
+        assert_eq!(late, Err(FetchError::Timeout));
+
+        assert_eq!(pack_files(&into), before, "{:?}", h.flavor);
+        assert_eq!(incoming_entries(&h), 0);
+        let inspected = h.block_on(h.git.inspect(&into_key, &[tip])).unwrap();
+        assert!(inspected.present.is_empty(), "{:?}", h.flavor);
     });
 }

@@ -2,12 +2,15 @@
 //! `git -c protocol.version=2 fetch --no-tags --no-write-fetch-head <url> <oid>...`,
 //! killed at its deadline, its pack size capped, its failure classified from stderr.
 //!
-//! A fetch only adds objects (no refs), so it needs no repo lock; run it into a staging repo
-//! and copy into the live one with [`super::repo::apply`] to keep unreleased data unserved.
+//! A fetch only adds objects (no refs), so it needs no repo lock. Its pack lands in a
+//! quarantine object directory (the live repo's objects serve as its alternate, so git
+//! negotiates and checks connectivity against both) and moves into the live repo only once git
+//! has completed the fetch and a wanted object arrived. A fetch killed at its deadline or byte
+//! cap, refused, or answered by a remote that lies leaves the live repo untouched.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -78,17 +81,35 @@ impl std::error::Error for FetchError {}
 /// Most stderr/stdout kept from a fetch.
 const OUTPUT_CAP: usize = 64 * 1024;
 
-/// Fetches `oids` from `url` into the repo at `into`; returns which of `oids` are present
+/// Fetches `oids` from `url` for the repo at `into`, through the quarantine directory
+/// `incoming` (created here, removed before returning); returns which of `oids` the repo has
 /// afterwards.
 pub async fn fetch(
     runtime: &dyn Runtime,
     into: &Path,
+    incoming: &Path,
     url: &str,
     oids: &[Oid],
     limits: &FetchLimits,
 ) -> Result<Vec<Oid>, FetchError> {
     let target = parse_http_url(url)?;
+    let quarantine = Quarantine::create(runtime, incoming).await?;
+    let result = fetch_quarantined(runtime, into, &quarantine, url, &target, oids, limits).await;
+    quarantine.remove(runtime).await;
+    result
+}
+
+async fn fetch_quarantined(
+    runtime: &dyn Runtime,
+    into: &Path,
+    quarantine: &Quarantine,
+    url: &str,
+    target: &HttpTarget,
+    oids: &[Oid],
+    limits: &FetchLimits,
+) -> Result<Vec<Oid>, FetchError> {
     let mut command = git(Some(into));
+    quarantine.apply_to(&mut command, into);
     command.args(["-c", "protocol.version=2"]);
     if !limits.allow_private {
         // A redirect could point anywhere, including a private address.
@@ -104,7 +125,7 @@ pub async fn fetch(
             Err(_) => {
                 // Resolve once, check, and pin curl to that address so a second lookup
                 // cannot rebind the name to a private address.
-                let resolved = resolve_public(runtime, &target).await?;
+                let resolved = resolve_public(runtime, target).await?;
                 let address = match resolved.ip() {
                     IpAddr::V6(v6) => format!("[{v6}]"),
                     IpAddr::V4(v4) => v4.to_string(),
@@ -144,7 +165,7 @@ pub async fn fetch(
     }
     if !out.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let killed_pack = remove_capped_packs(runtime, into, limits.max_bytes).await;
+        let killed_pack = capped_pack_left(runtime, &quarantine.path, limits.max_bytes).await;
         if killed_pack || hit_file_size_limit(&stderr) {
             return Err(FetchError::TooLarge {
                 max_bytes: limits.max_bytes,
@@ -152,10 +173,109 @@ pub async fn fetch(
         }
         return Err(classify(&stderr));
     }
+    if !quarantine.holds_any(runtime, into, oids).await {
+        return Err(FetchError::Other(
+            "the remote completed the fetch but sent none of the wanted objects".into(),
+        ));
+    }
+    quarantine.migrate(runtime, into).await.map_err(|e| {
+        FetchError::Other(format!("moving fetched objects into the repository: {e}"))
+    })?;
     let inspection = repo::inspect(runtime, into, oids)
         .await
         .map_err(|e| FetchError::Other(e.to_string()))?;
     Ok(inspection.present)
+}
+
+/// A quarantine object directory for one fetch.
+struct Quarantine {
+    path: PathBuf,
+}
+
+impl Quarantine {
+    async fn create(runtime: &dyn Runtime, path: &Path) -> Result<Quarantine, FetchError> {
+        let path = path.to_owned();
+        let pack = path.join("pack");
+        unblock(runtime, move || std::fs::create_dir_all(pack))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| FetchError::Other(format!("creating the fetch quarantine: {e}")))?;
+        Ok(Quarantine { path })
+    }
+
+    /// New objects go to the quarantine; the live repo's objects stay readable as an alternate.
+    fn apply_to(&self, command: &mut Command, repo: &Path) {
+        command
+            .env("GIT_OBJECT_DIRECTORY", &self.path)
+            .env("GIT_ALTERNATE_OBJECT_DIRECTORIES", repo.join("objects"));
+    }
+
+    /// Whether any of `oids` is in the quarantine or the live repo (git's own view of both).
+    async fn holds_any(&self, runtime: &dyn Runtime, repo: &Path, oids: &[Oid]) -> bool {
+        let mut command = git(Some(repo));
+        self.apply_to(&mut command, repo);
+        command.args(["cat-file", "--batch-check"]);
+        let stdin: Vec<u8> = oids
+            .iter()
+            .map(|o| format!("{o}\n"))
+            .collect::<String>()
+            .into();
+        match process::run(runtime, command, &stdin[..], None, OUTPUT_CAP).await {
+            Ok(out) if out.success() => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|line| !line.ends_with(" missing")),
+            _ => false,
+        }
+    }
+
+    /// Moves packs (index last, so git never sees an index without its pack) and any loose
+    /// objects into the live repo. `.keep` files are fetch's own locks and stay behind.
+    async fn migrate(&self, runtime: &dyn Runtime, repo: &Path) -> std::io::Result<()> {
+        let (from, objects) = (self.path.clone(), repo.join("objects"));
+        unblock(runtime, move || migrate_objects(&from, &objects))
+            .await
+            .and_then(|r| r)
+    }
+
+    async fn remove(self, runtime: &dyn Runtime) {
+        let path = self.path;
+        let _ = unblock(runtime, move || std::fs::remove_dir_all(path)).await;
+    }
+}
+
+fn migrate_objects(from: &Path, objects: &Path) -> std::io::Result<()> {
+    let pack_dir = objects.join("pack");
+    let mut packs: Vec<PathBuf> = std::fs::read_dir(from.join("pack"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_some_and(|n| n.starts_with("pack-") && !n.ends_with(".keep"))
+        })
+        .collect();
+    packs.sort_by_key(|p| p.extension().is_some_and(|e| e == "idx"));
+    for pack in packs {
+        let target = pack_dir.join(pack.file_name().expect("listed files have names"));
+        if !target.exists() {
+            std::fs::rename(&pack, &target)?;
+        }
+    }
+    for entry in std::fs::read_dir(from)?.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_fanout = name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_fanout {
+            continue;
+        }
+        let into = objects.join(&name);
+        std::fs::create_dir_all(&into)?;
+        for object in std::fs::read_dir(entry.path())?.filter_map(Result::ok) {
+            let target = into.join(object.file_name());
+            if !target.exists() {
+                std::fs::rename(object.path(), target)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Caps every file git (and its index-pack) writes at `max_bytes` with `RLIMIT_FSIZE`: the
@@ -184,23 +304,18 @@ fn limit_file_size(command: &mut Command, max_bytes: u64) {
 #[cfg(not(unix))]
 fn limit_file_size(_command: &mut Command, _max_bytes: u64) {}
 
-/// Removes temporary packs that reached the cap (their writer was killed by the limit and
-/// left them behind); true if there were any. A live pack cannot be bigger than the cap.
-async fn remove_capped_packs(runtime: &dyn Runtime, repo: &Path, max_bytes: u64) -> bool {
-    let pack_dir = repo.join("objects").join("pack");
+/// Whether the quarantine holds a temporary pack that reached the cap (its writer was killed
+/// by the limit). The quarantine is removed whole afterwards.
+async fn capped_pack_left(runtime: &dyn Runtime, quarantine: &Path, max_bytes: u64) -> bool {
+    let pack_dir = quarantine.join("pack");
     unblock(runtime, move || {
         let Ok(entries) = std::fs::read_dir(&pack_dir) else {
             return false;
         };
-        let mut found = false;
-        for entry in entries.filter_map(Result::ok) {
+        entries.filter_map(Result::ok).any(|entry| {
             let is_tmp = entry.file_name().to_string_lossy().starts_with("tmp_pack_");
-            if is_tmp && entry.metadata().is_ok_and(|m| m.len() >= max_bytes) {
-                found = true;
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        found
+            is_tmp && entry.metadata().is_ok_and(|m| m.len() >= max_bytes)
+        })
     })
     .await
     .unwrap_or(false)

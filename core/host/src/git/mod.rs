@@ -15,6 +15,7 @@ pub mod smart;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use graspd_core::{Oid, RepoKey};
@@ -79,12 +80,15 @@ pub struct Git {
 }
 
 impl Git {
+    /// Quarantines a crash left behind are removed here: no fetch runs before the handle exists.
     pub fn new(runtime: Arc<dyn Runtime>, data_dir: impl Into<PathBuf>) -> Git {
-        Git {
+        let git = Git {
             runtime,
             data_dir: data_dir.into(),
             locks: RepoLocks::new(MAX_BUSY_REPOS),
-        }
+        };
+        let _ = std::fs::remove_dir_all(git.incoming_dir());
+        git
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -159,8 +163,8 @@ impl Git {
         repo::apply(&*self.runtime, &path, &plan).await
     }
 
-    /// Fetches `oids` from `url` into the repo at `into` (any path, e.g. a staging repo).
-    /// Adds objects only, so it takes no lock.
+    /// Fetches `oids` from `url` into the repo at `into` through a quarantine directory under
+    /// `<data-dir>/incoming/` (see [`fetch`]). Adds objects only, so it takes no lock.
     pub async fn fetch(
         &self,
         into: &Path,
@@ -168,6 +172,18 @@ impl Git {
         oids: &[Oid],
         limits: &FetchLimits,
     ) -> Result<Vec<Oid>, FetchError> {
-        fetch::fetch(&*self.runtime, into, url, oids, limits).await
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let incoming = self.incoming_dir().join(format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fetch::fetch(&*self.runtime, into, &incoming, url, oids, limits).await
+    }
+
+    /// Where fetches keep their quarantines: inside the data directory (so objects move into
+    /// repositories by rename), never under a path a URL can name (npubs start `npub1`).
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.data_dir.join("incoming")
     }
 }
