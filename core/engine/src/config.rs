@@ -34,6 +34,11 @@ pub struct Config {
     pub backoff: Vec<Duration>,
     /// A fetch that has not reported by then counts as failed and frees its slot.
     pub fetch_timeout: Duration,
+    /// An attempt fetches from one remote domain at a time, in candidate order: the next
+    /// domain starts when the current one is done without everything, or after this long
+    /// (a hedge against a slow or queued remote). Asking every listed server at once would
+    /// spend their rate budgets on copies of the same objects.
+    pub fetch_hedge_after: Duration,
     /// An Inspect or Apply the host has not reported by then counts as failed (a late report
     /// is ignored), so a lost local command never blocks a repository.
     pub local_command_timeout: Duration,
@@ -80,6 +85,7 @@ impl Default for Config {
                 Duration::from_secs(120),
             ],
             fetch_timeout: Duration::from_secs(120),
+            fetch_hedge_after: Duration::from_secs(10),
             local_command_timeout: Duration::from_secs(60),
             max_urls_per_repo: 16,
             max_apply_retries: 3,

@@ -13,6 +13,8 @@ use crate::time::Time;
 pub enum TimerReason {
     /// Start the next sync attempt for this repository.
     SyncAttempt(RepoKey),
+    /// The attempt's current remote domain is slow: start fetching from the next one too.
+    FetchHedge(RepoKey),
     /// The fetch has not reported: count it failed and free its slot.
     FetchDeadline(CommandId),
     /// An Inspect or Apply has not reported: count it failed.

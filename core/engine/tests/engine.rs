@@ -488,24 +488,115 @@ fn urls_come_from_maintainer_announcements_and_pr_clone_tags_and_run_on_several_
     );
     publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
     publish(&mut engine, &mut host, t(0), pr, Arrival::Synced);
-    advance(&mut engine, &mut host, t(500));
-    let fetched: BTreeSet<(String, Vec<graspd_core::Oid>)> = host
-        .fetches
-        .iter()
-        .map(|c| match c {
-            Command::Fetch { url, oids, .. } => (url.clone(), oids.clone()),
-            _ => unreachable!(),
-        })
-        .collect();
+    let fetched = |host: &Host| -> Vec<(String, Vec<graspd_core::Oid>)> {
+        host.fetches
+            .iter()
+            .map(|c| match c {
+                Command::Fetch { url, oids, .. } => (url.clone(), oids.clone()),
+                _ => unreachable!(),
+            })
+            .collect()
+    };
     let want = vec![oid(2), oid(5)]; // oid(1) is present already: never asked for
+                                     // One domain at a time in candidate order (the owner's, its maintainer's, then the PR's);
+                                     // none answers here, so each next one starts when the hedge delay passes.
+    let hedge = config().fetch_hedge_after.as_millis() as u64;
+    advance(&mut engine, &mut host, t(500));
     assert_eq!(
-        fetched,
-        BTreeSet::from([
+        fetched(&host),
+        [("https://a.example/x.git".to_string(), want.clone())]
+    );
+    advance(&mut engine, &mut host, t(500 + hedge - 1));
+    assert_eq!(
+        fetched(&host).len(),
+        1,
+        "nothing more before the hedge delay"
+    );
+    advance(&mut engine, &mut host, t(500 + hedge));
+    advance(&mut engine, &mut host, t(500 + 2 * hedge));
+    assert_eq!(
+        fetched(&host),
+        [
             ("https://a.example/x.git".to_string(), want.clone()),
             ("https://b.example/x.git".to_string(), want.clone()),
             ("https://pr.example/fork.git".to_string(), want.clone()),
-        ]),
-        "one fetch per domain at once; private, non-http, duplicate and own URLs excluded"
+        ],
+        "every domain in turn; private, non-http, duplicate and own URLs excluded"
+    );
+    advance(&mut engine, &mut host, t(500 + 10 * hedge));
+    assert_eq!(fetched(&host).len(), 3, "each domain once per attempt");
+}
+
+#[test]
+fn a_domain_that_delivers_everything_spares_the_others() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    engine.restore_accepted(&kit.announcement(
+        1,
+        "r",
+        &[],
+        &["https://one.example/r.git", "https://two.example/r.git"],
+    ));
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let st_id = st.id;
+    publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    advance(&mut engine, &mut host, t(500));
+    let Some(Command::Fetch { id, url, oids, .. }) = host.fetches.first().cloned() else {
+        panic!("no fetch: {:?}", host.fetches)
+    };
+    assert_eq!(url, "https://one.example/r.git");
+    host.give(&repo(1, "r"), &oids);
+    engine.handle_input(
+        t(600),
+        Input::FetchDone {
+            id,
+            result: Ok(graspd_core::FetchReport { present: oids }),
+        },
+    );
+    host.run(&mut engine, t(600));
+    advance(&mut engine, &mut host, t(60_000));
+    assert_eq!(host.fetches.len(), 1, "{:?}", host.fetches);
+    assert_eq!(host.released(), vec![st_id]);
+}
+
+#[test]
+fn a_failing_domain_hands_over_to_the_next_at_once() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    engine.restore_accepted(&kit.announcement(
+        1,
+        "r",
+        &[],
+        &["https://one.example/r.git", "https://two.example/r.git"],
+    ));
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    advance(&mut engine, &mut host, t(500));
+    let Some(Command::Fetch { id, .. }) = host.fetches.first().cloned() else {
+        panic!()
+    };
+    engine.handle_input(
+        t(700),
+        Input::FetchDone {
+            id,
+            result: Err(graspd_core::FetchError::Refused),
+        },
+    );
+    host.run(&mut engine, t(700));
+    let urls: Vec<String> = host
+        .fetches
+        .iter()
+        .map(|c| match c {
+            Command::Fetch { url, .. } => url.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        urls,
+        ["https://one.example/r.git", "https://two.example/r.git"],
+        "the next domain starts when the first fails, not after the hedge delay"
     );
 }
 

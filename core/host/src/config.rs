@@ -88,6 +88,11 @@ pub struct EngineLimits {
     #[arg(long, env = "GRASPD_MAX_FETCHES_PER_MINUTE", default_value_t = 60)]
     pub max_fetches_per_minute: usize,
 
+    /// Milliseconds a sync attempt waits on one remote domain before also asking the next
+    /// listed one (each domain is otherwise tried only after the previous one is done).
+    #[arg(long, env = "GRASPD_FETCH_HEDGE_MS", default_value_t = 10_000)]
+    pub fetch_hedge_ms: u64,
+
     /// Seconds a domain with repeated DNS or TLS failures is skipped.
     #[arg(long, env = "GRASPD_BAD_DOMAIN_SKIP_SECS", default_value_t = 12 * 3600)]
     pub bad_domain_skip_secs: u64,
@@ -147,6 +152,7 @@ impl Config {
             max_concurrent_per_domain: e.max_fetches_per_domain,
             max_per_minute_per_domain: e.max_fetches_per_minute,
             bad_domain_skip: Duration::from_secs(e.bad_domain_skip_secs),
+            fetch_hedge_after: Duration::from_millis(e.fetch_hedge_ms),
             ..graspd_core::Config::default()
         }
     }

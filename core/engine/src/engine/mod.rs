@@ -356,6 +356,7 @@ impl Engine {
         while let Some((_, reason)) = self.timers.pop_due(now) {
             match reason {
                 TimerReason::SyncAttempt(repo) => self.attempt_due(now, repo),
+                TimerReason::FetchHedge(repo) => self.hedge_due(now, &repo),
                 TimerReason::FetchDeadline(id) => {
                     if self.fetches.contains_key(&id) {
                         self.counters.fetch_timeouts += 1;
@@ -770,6 +771,9 @@ impl Engine {
         let Some(work) = self.repos.get(repo) else {
             return;
         };
+        if work.attempt.is_none() {
+            self.timers.cancel(&TimerReason::FetchHedge(repo.clone()));
+        }
         if work.inspect.is_none() && work.apply.is_none() && work.attempt.is_none() {
             self.repos.remove(repo);
             self.timers.cancel(&TimerReason::SyncAttempt(repo.clone()));

@@ -13,8 +13,10 @@ use crate::time::Time;
 pub(super) struct Attempt {
     /// Wanted objects not yet known present.
     pub missing: BTreeSet<Oid>,
-    /// URLs still to try, per domain, in candidate order.
+    /// URLs still to try, per started domain, in candidate order.
     pub jobs: BTreeMap<String, VecDeque<Job>>,
+    /// Domains not started yet, in candidate order (see `Config::fetch_hedge_after`).
+    pub pending: VecDeque<(String, VecDeque<Job>)>,
     /// At most one fetch in flight per domain for this repository.
     pub in_flight: BTreeMap<String, CommandId>,
 }
@@ -69,29 +71,59 @@ impl Engine {
             ..Attempt::default()
         };
         for url in urls {
-            attempt
-                .jobs
-                .entry(url.domain())
-                .or_default()
-                .push_back(Job {
-                    url: url.to_string(),
-                    exclude: BTreeSet::new(),
-                });
-        }
-        let domains: Vec<String> = attempt.jobs.keys().cloned().collect();
-        for domain in &domains {
-            match self.throttle.enqueue(now, domain, repo.clone()) {
-                Enqueued::Queued | Enqueued::AlreadyQueued => {}
-                Enqueued::Skipped { .. } | Enqueued::TableFull => {
-                    attempt.jobs.remove(domain);
-                }
+            let domain = url.domain();
+            let job = Job {
+                url: url.to_string(),
+                exclude: BTreeSet::new(),
+            };
+            match attempt.pending.iter_mut().find(|(d, _)| *d == domain) {
+                Some((_, jobs)) => jobs.push_back(job),
+                None => attempt.pending.push_back((domain, VecDeque::from([job]))),
             }
         }
         self.repos.get_or_default(repo.clone()).attempt = Some(attempt);
-        for domain in &domains {
-            self.pump(now, domain);
-        }
+        self.start_next_domain(now, &repo);
         self.check_attempt_end(now, &repo);
+    }
+
+    /// Starts the attempt's next domain (candidate order) that the throttle takes; arms the
+    /// hedge timer while more remain. Returns whether one started.
+    fn start_next_domain(&mut self, now: Time, repo: &RepoKey) -> bool {
+        loop {
+            let Some(a) = self.repos.get_mut(repo).and_then(|w| w.attempt.as_mut()) else {
+                return false;
+            };
+            if a.missing.is_empty() {
+                a.pending.clear();
+                return false;
+            }
+            let Some((domain, jobs)) = a.pending.pop_front() else {
+                return false;
+            };
+            let more = !a.pending.is_empty();
+            match self.throttle.enqueue(now, &domain, repo.clone()) {
+                Enqueued::Queued | Enqueued::AlreadyQueued => {}
+                // Skipped (bad domain) or no room to track it: on to the next domain.
+                Enqueued::Skipped { .. } | Enqueued::TableFull => continue,
+            }
+            if let Some(a) = self.repos.get_mut(repo).and_then(|w| w.attempt.as_mut()) {
+                a.jobs.insert(domain.clone(), jobs);
+            }
+            let hedge = TimerReason::FetchHedge(repo.clone());
+            if more {
+                self.timers.set(hedge, now + self.config.fetch_hedge_after);
+            } else {
+                self.timers.cancel(&hedge);
+            }
+            self.pump(now, &domain);
+            return true;
+        }
+    }
+
+    /// The hedge timer fired: the current domain is slow, start the next one as well.
+    pub(super) fn hedge_due(&mut self, now: Time, repo: &RepoKey) {
+        self.start_next_domain(now, repo);
+        self.check_attempt_end(now, repo);
     }
 
     /// Starts as many fetches at `domain` as the throttle allows, then re-arms its wake-up.
@@ -210,6 +242,7 @@ impl Engine {
             }
             if a.missing.is_empty() {
                 a.jobs.clear();
+                a.pending.clear();
             }
             requeue = a.jobs.contains_key(&f.domain) && !skipped;
             if skipped {
@@ -241,6 +274,7 @@ impl Engine {
         if !a.missing.is_empty() {
             return;
         }
+        a.pending.clear();
         let domains: Vec<String> = std::mem::take(&mut a.jobs).into_keys().collect();
         for d in domains {
             self.throttle.dequeue(now, &d, repo);
@@ -258,7 +292,18 @@ impl Engine {
             return;
         }
         let incomplete = !a.missing.is_empty();
+        if incomplete && !a.pending.is_empty() && self.start_next_domain(now, repo) {
+            // The started domain may have had nothing to ask for: look again.
+            return self.check_attempt_end(now, repo);
+        }
+        let Some(work) = self.repos.get_mut(repo) else {
+            return;
+        };
         work.attempt = None;
+        self.timers.cancel(&TimerReason::FetchHedge(repo.clone()));
+        let Some(work) = self.repos.get_mut(repo) else {
+            return;
+        };
         let due = std::mem::take(&mut work.attempt_due);
         if incomplete {
             self.schedule_backoff(now, repo);
