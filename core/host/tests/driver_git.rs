@@ -269,7 +269,7 @@ fn fetch_stops_at_the_byte_cap() {
         );
         // The capped fetch left nothing behind: no pack, no temporary file, no quarantine.
         assert_eq!(pack_files(&into), Vec::<String>::new(), "{:?}", h.flavor);
-        assert_eq!(incoming_entries(&h), 0);
+        assert_eq!(incoming_entries(h), 0);
         let result = h.block_on(h.git.fetch(&into, &h.url(&source), &[tip], &limits(true)));
         assert_eq!(result, Ok(vec![tip]));
         assert!(
@@ -277,7 +277,7 @@ fn fetch_stops_at_the_byte_cap() {
             "{:?}",
             pack_files(&into)
         );
-        assert_eq!(incoming_entries(&h), 0);
+        assert_eq!(incoming_entries(h), 0);
     });
 }
 
@@ -324,7 +324,7 @@ fn failed_fetches_leave_the_live_repository_untouched() {
         assert_eq!(late, Err(FetchError::Timeout));
 
         assert_eq!(pack_files(&into), before, "{:?}", h.flavor);
-        assert_eq!(incoming_entries(&h), 0);
+        assert_eq!(incoming_entries(h), 0);
         let inspected = h.block_on(h.git.inspect(&into_key, &[tip])).unwrap();
         assert!(inspected.present.is_empty(), "{:?}", h.flavor);
     });
