@@ -257,7 +257,7 @@ fn migrate_objects(from: &Path, objects: &Path) -> std::io::Result<()> {
     for pack in packs {
         let target = pack_dir.join(pack.file_name().expect("listed files have names"));
         if !target.exists() {
-            std::fs::rename(&pack, &target)?;
+            move_file(&pack, &target)?;
         }
     }
     for entry in std::fs::read_dir(from)?.filter_map(Result::ok) {
@@ -271,11 +271,26 @@ fn migrate_objects(from: &Path, objects: &Path) -> std::io::Result<()> {
         for object in std::fs::read_dir(entry.path())?.filter_map(Result::ok) {
             let target = into.join(object.file_name());
             if !target.exists() {
-                std::fs::rename(object.path(), target)?;
+                move_file(&object.path(), &target)?;
             }
         }
     }
     Ok(())
+}
+
+/// A rename, or a copy then a rename into place where the repository lives on another file
+/// system than the data directory (a symlinked owner directory): the target never exists
+/// half-written.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            let partial = to.with_extension("graspd-partial");
+            std::fs::copy(from, &partial)?;
+            std::fs::rename(&partial, to)?;
+            std::fs::remove_file(from)
+        }
+        other => other,
+    }
 }
 
 /// Caps every file git (and its index-pack) writes at `max_bytes` with `RLIMIT_FSIZE`: the
