@@ -561,6 +561,30 @@ fn a_domain_that_delivers_everything_spares_the_others() {
 }
 
 #[test]
+fn a_repository_with_nothing_left_to_wait_for_asks_no_further_domain() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    engine.restore_accepted(&kit.announcement(
+        1,
+        "r",
+        &[],
+        &["https://one.example/r.git", "https://two.example/r.git"],
+    ));
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let st_id = st.id;
+    publish(&mut engine, &mut host, t(0), st, Arrival::Synced);
+    advance(&mut engine, &mut host, t(500));
+    assert_eq!(host.fetches.len(), 1);
+    // The author deletes the state while the first domain's fetch runs.
+    let del = kit.deletion(1, &[st_id], &[]);
+    publish(&mut engine, &mut host, t(600), del, Arrival::Synced);
+    let hedge = config().fetch_hedge_after.as_millis() as u64;
+    advance(&mut engine, &mut host, t(500 + 5 * hedge));
+    assert_eq!(host.fetches.len(), 1, "{:?}", host.fetches);
+}
+
+#[test]
 fn a_failing_domain_hands_over_to_the_next_at_once() {
     let mut kit = Kit::default();
     let mut engine = Engine::new(config());

@@ -751,10 +751,13 @@ impl Engine {
         }
         let now = self.now;
         if let Some(attempt) = self.repos.get_mut(repo).and_then(|w| w.attempt.as_mut()) {
+            // Nothing more starts: neither queued URLs nor domains not yet asked.
+            attempt.pending.clear();
             let domains: Vec<String> = std::mem::take(&mut attempt.jobs).into_keys().collect();
             for d in domains {
                 self.throttle.dequeue(now, &d, repo);
             }
+            self.timers.cancel(&TimerReason::FetchHedge(repo.clone()));
         }
         if let Some(work) = self.repos.get_mut(repo) {
             // Nothing in flight and nothing queued: the attempt is over, or nothing would ever
@@ -771,9 +774,6 @@ impl Engine {
         let Some(work) = self.repos.get(repo) else {
             return;
         };
-        if work.attempt.is_none() {
-            self.timers.cancel(&TimerReason::FetchHedge(repo.clone()));
-        }
         if work.inspect.is_none() && work.apply.is_none() && work.attempt.is_none() {
             self.repos.remove(repo);
             self.timers.cancel(&TimerReason::SyncAttempt(repo.clone()));
