@@ -192,7 +192,6 @@ impl Engine {
         if matches!(parsed, GitEvent::Deletion(_)) {
             return;
         }
-        drop(event);
         self.admit(now, parsed, arrival, now + remaining, true);
     }
 

@@ -300,11 +300,8 @@ impl Engine {
             return;
         };
         work.attempt = None;
-        self.timers.cancel(&TimerReason::FetchHedge(repo.clone()));
-        let Some(work) = self.repos.get_mut(repo) else {
-            return;
-        };
         let due = std::mem::take(&mut work.attempt_due);
+        self.timers.cancel(&TimerReason::FetchHedge(repo.clone()));
         if incomplete {
             self.schedule_backoff(now, repo);
         }
