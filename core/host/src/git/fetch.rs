@@ -17,7 +17,6 @@ use std::time::Instant;
 use graspd_core::Oid;
 
 use super::process::{self, git};
-use super::repo;
 use crate::runtime::{unblock, Runtime};
 
 /// Limits of one fetch.
@@ -173,7 +172,10 @@ async fn fetch_quarantined(
         }
         return Err(classify(&stderr));
     }
-    if !quarantine.holds_any(runtime, into, oids).await {
+    // What the quarantine and the repository hold together is what the repository holds
+    // once the quarantine has moved in: one look, before deciding to move anything.
+    let present = quarantine.present(runtime, into, oids).await;
+    if present.is_empty() {
         return Err(FetchError::Other(
             "the remote completed the fetch but sent none of the wanted objects".into(),
         ));
@@ -181,10 +183,7 @@ async fn fetch_quarantined(
     quarantine.migrate(runtime, into).await.map_err(|e| {
         FetchError::Other(format!("moving fetched objects into the repository: {e}"))
     })?;
-    let inspection = repo::inspect(runtime, into, oids)
-        .await
-        .map_err(|e| FetchError::Other(e.to_string()))?;
-    Ok(inspection.present)
+    Ok(present)
 }
 
 /// A quarantine object directory for one fetch.
@@ -210,8 +209,9 @@ impl Quarantine {
             .env("GIT_ALTERNATE_OBJECT_DIRECTORIES", repo.join("objects"));
     }
 
-    /// Whether any of `oids` is in the quarantine or the live repo (git's own view of both).
-    async fn holds_any(&self, runtime: &dyn Runtime, repo: &Path, oids: &[Oid]) -> bool {
+    /// Which of `oids` the quarantine and the live repo hold between them (git's own view of
+    /// both), in the order asked.
+    async fn present(&self, runtime: &dyn Runtime, repo: &Path, oids: &[Oid]) -> Vec<Oid> {
         let mut command = git(Some(repo));
         self.apply_to(&mut command, repo);
         command.args(["cat-file", "--batch-check"]);
@@ -220,11 +220,16 @@ impl Quarantine {
             .map(|o| format!("{o}\n"))
             .collect::<String>()
             .into();
-        match process::run(runtime, command, &stdin[..], None, OUTPUT_CAP).await {
-            Ok(out) if out.success() => String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|line| !line.ends_with(" missing")),
-            _ => false,
+        // One line per object: `<oid> <type> <size>` or `<oid> missing`.
+        let cap = oids.len() * 80 + OUTPUT_CAP;
+        match process::run(runtime, command, &stdin[..], None, cap).await {
+            Ok(out) if out.success() => oids
+                .iter()
+                .zip(String::from_utf8_lossy(&out.stdout).lines())
+                .filter(|(_, line)| !line.ends_with(" missing"))
+                .map(|(oid, _)| *oid)
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
