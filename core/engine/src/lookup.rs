@@ -91,13 +91,19 @@ impl<K: Hash + Eq, V> LookupMap<K, V> {
     /// Stores `value` under `key`; returns the value it replaced.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let hash = self.hash(&key);
-        if let Some((_, v)) = self.table.find_mut(hash, |(k, _)| *k == key) {
-            return Some(std::mem::replace(v, value));
-        }
         let hasher = &self.hasher;
-        self.table
-            .insert_unique(hash, (key, value), |(k, _)| hasher.hash_one(k));
-        None
+        match self
+            .table
+            .entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                Some(std::mem::replace(&mut slot.get_mut().1, value))
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert((key, value));
+                None
+            }
+        }
     }
 
     pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
