@@ -118,18 +118,19 @@ impl Node {
         match event {
             EngineEvent::Released { id, kind, waited } => {
                 let store = self.store.clone();
-                match unblock(&*self.runtime, move || store.release_waiting(&id)).await {
-                    Ok(Ok(Some((event, outcome)))) => {
+                let released = unblock(&*self.runtime, move || store.release_waiting(&id))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match released {
+                    Ok(Some((event, outcome))) => {
                         info!(%id, kind, waited_ms = waited.as_millis() as u64, ?outcome, "released from purgatory");
                         self.metrics.released(waited);
                         self.follow(&event);
                         self.hub.publish(event);
                     }
-                    Ok(Ok(None)) => {
+                    Ok(None) => {
                         warn!(%id, kind, "a released event is not in the purgatory table; nothing to serve")
-                    }
-                    Ok(Err(error)) => {
-                        warn!(%id, %error, "storing a released event failed; it stays in the purgatory table and is released again after a restart")
                     }
                     Err(error) => {
                         warn!(%id, %error, "storing a released event failed; it stays in the purgatory table and is released again after a restart")
