@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{ExitStatus, Stdio};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use graspd_host::runtime::{BoxFuture, Child, ChildProcess, Connection, TcpListener};
 use graspd_host::Runtime;
@@ -16,6 +16,14 @@ use smol::stream::StreamExt;
 pub struct SmolRuntime;
 
 impl Runtime for SmolRuntime {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn wall_clock(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
     fn spawn(&self, future: BoxFuture<'static, ()>) {
         smol::spawn(future).detach();
     }

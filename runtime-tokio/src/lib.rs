@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use graspd_host::runtime::{BoxFuture, Child, ChildProcess, Connection, TcpListener};
 use graspd_host::Runtime;
@@ -29,6 +29,15 @@ impl TokioRuntime {
 }
 
 impl Runtime for TokioRuntime {
+    fn now(&self) -> Instant {
+        // tokio's clock, which `sleep_until` measures against (and a paused test clock moves).
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn wall_clock(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
     fn spawn(&self, future: BoxFuture<'static, ()>) {
         self.handle.spawn(future);
     }

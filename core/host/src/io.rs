@@ -111,7 +111,7 @@ pub struct RuntimeTimer(pub Arc<dyn Runtime>);
 
 impl hyper::rt::Timer for RuntimeTimer {
     fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(std::time::Instant::now() + duration)
+        Box::pin(RuntimeSleep(std::sync::Mutex::new(self.0.sleep(duration))))
     }
 
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {

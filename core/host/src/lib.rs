@@ -3,6 +3,7 @@
 //! The runtime crates (`graspd-tokio`, `graspd-smol`) implement [`Runtime`], parse [`Config`]
 //! and call [`serve`].
 
+pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod follow;
@@ -79,6 +80,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     let own = graspd_core::acceptance::OwnService::new(&config.public_url())
         .map_err(ServeError::PublicUrl)?;
     let follower = follow::FollowerHandle::new(
+        Arc::clone(&runtime),
         follow::RelayFollower::new(config.follow.config(), own),
         follow::ClientLimits::default(),
     );

@@ -1,8 +1,11 @@
 //! The runtime trait: the only things graspd-host needs from an async runtime.
 //!
 //! Like quinn's `Runtime`, it is small and object-safe so the host is written once and used as
-//! `Arc<dyn Runtime>`: spawn a task, sleep until an instant, listen on TCP, run a blocking
-//! closure, spawn a child process, and wait for a shutdown signal.
+//! `Arc<dyn Runtime>`: read the clocks, spawn a task, sleep until an instant, listen on TCP, run
+//! a blocking closure, spawn a child process, and wait for a shutdown signal.
+//!
+//! Every clock read in graspd-host goes through [`Runtime::now`] and [`Runtime::wall_clock`]
+//! (`core/host/tests/clock_reads.rs` checks the source), so a simulated runtime owns time.
 //!
 //! Child processes are spawned as *async* processes with piped stdio (not `spawn_blocking` +
 //! `std::process`): git's upload-pack output can be a multi-gigabyte pack that we stream to the
@@ -16,7 +19,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use futures_util::io::{AsyncRead, AsyncWrite};
 
@@ -65,11 +68,23 @@ impl fmt::Debug for Child {
 
 /// What graspd-host needs from an async runtime. Implemented by `graspd-tokio` and `graspd-smol`.
 pub trait Runtime: Send + Sync + fmt::Debug + 'static {
+    /// The monotonic clock that [`Runtime::sleep_until`] measures against.
+    fn now(&self) -> Instant;
+
+    /// Wall-clock time: deadlines that survive a restart (purgatory expiry) and `since`/`until`
+    /// filters, which relays compare with `created_at`.
+    fn wall_clock(&self) -> SystemTime;
+
     /// Runs `future` to completion in the background.
     fn spawn(&self, future: BoxFuture<'static, ()>);
 
     /// Completes at `deadline` (at once if it has passed).
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()>;
+
+    /// Completes `duration` from now on this runtime's clock.
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.sleep_until(self.now() + duration)
+    }
 
     /// Binds a TCP listener.
     fn bind_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn TcpListener>>>;
@@ -87,6 +102,14 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
 
     /// Completes when the process is asked to stop (SIGINT or SIGTERM).
     fn shutdown_signal(&self) -> BoxFuture<'static, ()>;
+}
+
+/// Seconds since the Unix epoch on the runtime's wall clock (zero before 1970).
+pub fn unix_seconds(runtime: &dyn Runtime) -> u64 {
+    runtime
+        .wall_clock()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs a blocking closure on the runtime's blocking pool and returns its result.

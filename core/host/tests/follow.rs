@@ -299,6 +299,7 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>, tls: bool) {
             roots.add(ca.clone().into()).unwrap();
         }
         let handle = FollowerHandle::with_tls(
+            Arc::clone(&runtime),
             follower,
             ClientLimits {
                 history: HistoryLimits {
@@ -447,7 +448,7 @@ fn reconnects_and_rereads_only_recent_history() {
             },
             OwnService::new("http://grasp.test").unwrap(),
         );
-        let handle = FollowerHandle::new(follower, ClientLimits::default());
+        let handle = FollowerHandle::new(Arc::clone(&runtime), follower, ClientLimits::default());
         let learned: Arc<Mutex<Vec<EventId>>> = Arc::default();
         let sink = Arc::clone(&learned);
         spawn_follower_async(Arc::clone(&runtime), handle.clone(), move |e| {
@@ -521,6 +522,7 @@ fn measure_history_throughput() {
             OwnService::new("http://grasp.test").unwrap(),
         );
         let handle = FollowerHandle::new(
+            Arc::clone(&runtime),
             follower,
             ClientLimits {
                 events_per_second: 1_000_000,

@@ -62,7 +62,7 @@ impl Node {
                 let waiting = WaitingEvent {
                     event,
                     arrival,
-                    expires_at: super::Clock::unix_now() + self.settings.purgatory_expiry.as_secs(),
+                    expires_at: self.clock.unix_now() + self.settings.purgatory_expiry.as_secs(),
                 };
                 let repo = announced_repo(&waiting.event);
                 let event_for_follow = waiting.event.clone();

@@ -7,12 +7,11 @@
 //! because the deadline may have moved; nothing polls on a fixed interval.
 
 mod accept;
-mod clock;
 mod execute;
 mod handlers;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use graspd_core::events::GitEvent;
 use graspd_core::events::{KIND_ANNOUNCEMENT, KIND_STATE};
@@ -21,7 +20,7 @@ use nostr::event::Kind;
 use nostr::filter::Filter;
 use tracing::{info, info_span, warn, Instrument};
 
-pub use clock::Clock;
+pub use crate::clock::Clock;
 pub use handlers::handlers;
 
 use crate::config::Config;
@@ -128,7 +127,7 @@ impl Node {
         let (wake, woken) = async_channel::bounded(1);
         let node = Arc::new(Node {
             engine: Mutex::new(Engine::new(config.engine_config())),
-            clock: Clock::new(),
+            clock: Clock::new(Arc::clone(&runtime)),
             store,
             git,
             hub: Hub::new(),
@@ -161,7 +160,7 @@ impl Node {
         accepted.sort_by_key(|e| (e.kind.as_u16() != KIND_ANNOUNCEMENT, e.created_at));
         let waiting = self.store.waiting_all()?;
         let now = self.clock.now();
-        let unix_now = Clock::unix_now();
+        let unix_now = self.clock.unix_now();
         let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
         for event in &accepted {
             engine.restore_accepted(event);
@@ -281,7 +280,7 @@ impl Node {
                 .poll_timeout();
             let deadline = match next {
                 Some((time, _reason)) => self.clock.instant(time),
-                None => Instant::now() + IDLE_SLEEP,
+                None => self.clock.after(IDLE_SLEEP),
             };
             let sleep = self.runtime.sleep_until(deadline);
             let woken = self.woken.recv();

@@ -6,7 +6,7 @@ use std::collections::{HashSet, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -18,13 +18,14 @@ use graspd_core::follow::{
     relay_url, Command, ConnectionId, FollowConfig, FollowStats, Input, RelayFollower, SubKey,
     Subscription,
 };
-use graspd_core::{EventId, RepoKey, Time};
+use graspd_core::{EventId, RepoKey};
 use nostr::event::Event;
 use nostr::types::url::{Host, Url};
 
 use super::metrics::FollowMetrics;
 use super::rate::TokenBucket;
 use super::session::{ConnectionSession, HistoryLimits, HistoryMark, HistoryMarks, Output};
+use crate::clock::Clock;
 use crate::runtime::{unblock, BoxFuture, Connection, Runtime};
 use futures_rustls::pki_types::ServerName;
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
@@ -107,7 +108,7 @@ struct Shared {
     marks: Mutex<BTreeMap<String, HistoryMarks>>,
     max_relays: usize,
     tls: Arc<ClientConfig>,
-    epoch: Instant,
+    clock: Clock,
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
     metrics: FollowMetrics,
@@ -118,14 +119,6 @@ struct Shared {
 impl Shared {
     fn follower(&self) -> MutexGuard<'_, RelayFollower> {
         self.follower.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn now(&self) -> Time {
-        Time::from_millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
-    }
-
-    fn instant(&self, at: Time) -> Instant {
-        self.epoch + Duration::from_millis(at.as_millis())
     }
 
     fn marks_of(&self, url: &str) -> HistoryMarks {
@@ -139,13 +132,6 @@ impl Shared {
             marks.entry(url.to_owned()).or_default().insert(key, mark);
         }
     }
-}
-
-/// Unix seconds, for `since` on re-reads (relays filter on wall-clock `created_at`).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// TLS for `wss://` relays: the Mozilla roots shipped in `webpki-roots`, ring crypto.
@@ -167,12 +153,18 @@ pub fn tls_config(roots: RootCertStore) -> Arc<ClientConfig> {
 }
 
 impl FollowerHandle {
-    pub fn new(follower: RelayFollower, limits: ClientLimits) -> FollowerHandle {
-        FollowerHandle::with_tls(follower, limits, default_tls_config())
+    /// A follower whose clock is `runtime`'s (the one it is then spawned on).
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        follower: RelayFollower,
+        limits: ClientLimits,
+    ) -> FollowerHandle {
+        FollowerHandle::with_tls(runtime, follower, limits, default_tls_config())
     }
 
     /// Like [`FollowerHandle::new`], with the TLS configuration for `wss://` relays given.
     pub fn with_tls(
+        runtime: Arc<dyn Runtime>,
         follower: RelayFollower,
         limits: ClientLimits,
         tls: Arc<ClientConfig>,
@@ -187,7 +179,7 @@ impl FollowerHandle {
                 marks: Mutex::new(BTreeMap::new()),
                 max_relays,
                 tls,
-                epoch: Instant::now(),
+                clock: Clock::new(runtime),
                 wake_tx,
                 wake_rx,
                 metrics: FollowMetrics::new(max_relays),
@@ -226,7 +218,7 @@ impl FollowerHandle {
     }
 
     fn input(&self, input: Input) {
-        let now = self.shared.now();
+        let now = self.shared.clock.now();
         self.shared.follower().handle_input(now, input);
         let _ = self.shared.wake_tx.try_send(());
     }
@@ -368,8 +360,8 @@ impl Driver {
                     .store(reconnects, std::sync::atomic::Ordering::Relaxed);
             }
             let deadline = match timeout {
-                Some((at, _)) => self.shared.instant(at),
-                None => Instant::now() + Duration::from_secs(3600),
+                Some((at, _)) => self.shared.clock.instant(at),
+                None => self.shared.clock.after(Duration::from_secs(3600)),
             };
             let sleep = self.runtime.sleep_until(deadline);
             let wake = pin!(self.shared.wake_rx.recv());
@@ -379,7 +371,7 @@ impl Driver {
                 Either::Left((Either::Right((Ok(first), _)), _)) => self.handle_reports(first),
                 Either::Left((Either::Right((Err(_), _)), _)) => return,
                 Either::Right(_) => {
-                    let now = self.shared.now();
+                    let now = self.shared.clock.now();
                     self.shared.follower().handle_timeout(now);
                 }
             }
@@ -394,7 +386,7 @@ impl Driver {
                 Err(_) => break,
             }
         }
-        let now = self.shared.now();
+        let now = self.shared.clock.now();
         let mut follower = self.shared.follower();
         for input in batch {
             if let Input::Closed { id } | Input::Failed { id, .. } = &input {
@@ -506,6 +498,7 @@ impl RelayConnection {
             .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
 
         let metrics = &self.shared.metrics;
+        let clock = &self.shared.clock;
         metrics
             .relays_connected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -518,10 +511,10 @@ impl RelayConnection {
             subscriptions,
             limits.history,
             self.shared.marks_of(&self.url),
-            unix_now(),
+            clock.unix_now(),
         );
-        let mut bucket = TokenBucket::new(limits.events_per_second, Instant::now());
-        let mut last_heard = Instant::now();
+        let mut bucket = TokenBucket::new(limits.events_per_second, self.runtime.now());
+        let mut last_heard = self.runtime.now();
         let mut pinged = false;
         loop {
             self.flush(&mut session, &mut ws, &mut bucket).await?;
@@ -531,9 +524,9 @@ impl RelayConnection {
             let sleep = self.runtime.sleep_until(silent_until);
             match select(select(next, control), sleep).await {
                 Either::Left((Either::Left((frame, _)), _)) => {
-                    last_heard = Instant::now();
+                    last_heard = self.runtime.now();
                     pinged = false;
-                    session.set_now(unix_now());
+                    session.set_now(clock.unix_now());
                     match frame {
                         Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()),
                         Some(Ok(Message::Close(_))) | None => return Ok(()),
@@ -543,7 +536,7 @@ impl RelayConnection {
                 }
                 Either::Left((Either::Right((control, _)), _)) => match control {
                     Ok(Control::Update { open, close }) => {
-                        session.set_now(unix_now());
+                        session.set_now(clock.unix_now());
                         session.update(open, close);
                     }
                     Err(_) => {
@@ -596,9 +589,9 @@ impl RelayConnection {
                         tracing::debug!(relay = %self.url, id = %event.id, %why, "relay sent an invalid event");
                         continue;
                     }
-                    while let Err(wait) = bucket.take(Instant::now()) {
+                    while let Err(wait) = bucket.take(self.runtime.now()) {
                         FollowMetrics::add(&metrics.rate_limited);
-                        self.runtime.sleep_until(Instant::now() + wait).await;
+                        self.runtime.sleep(wait).await;
                     }
                     if self
                         .events

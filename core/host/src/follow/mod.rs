@@ -3,7 +3,7 @@
 //! handing every verified, first-seen event to a callback.
 //!
 //! ```text
-//! let handle = FollowerHandle::new(RelayFollower::new(config, own), ClientLimits::default());
+//! let handle = FollowerHandle::new(runtime.clone(), RelayFollower::new(config, own), ClientLimits::default());
 //! spawn_follower(runtime, handle.clone(), move |event| { /* accept with Arrival::Synced */ });
 //! handle.announcement(accepted_announcement);   // from the acceptance path
 //! ```

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::io::AsyncRead;
@@ -109,7 +109,7 @@ impl RequestBody {
     /// push) then reads our answer instead of a connection reset (nginx's "lingering close").
     pub fn linger(self, runtime: &Arc<dyn Runtime>) {
         let mut incoming = self.incoming;
-        let deadline = runtime.sleep_until(Instant::now() + LINGER);
+        let deadline = runtime.sleep(LINGER);
         runtime.spawn(Box::pin(async move {
             let drain = async { while let Some(Ok(_)) = incoming.frame().await {} };
             future::select(pin!(drain), deadline).await;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::{self, Either, FutureExt, Shared};
 use hyper::server::conn::http1;
@@ -65,9 +65,7 @@ impl Server {
                 Err(e) => {
                     // Usually out of file descriptors: pause instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    self.runtime
-                        .sleep_until(Instant::now() + Duration::from_millis(100))
-                        .await;
+                    self.runtime.sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
@@ -84,7 +82,7 @@ impl Server {
             }));
         }
         tracing::info!(open = active.count(), "shutting down: no new connections");
-        let deadline = self.runtime.sleep_until(Instant::now() + SHUTDOWN_GRACE);
+        let deadline = self.runtime.sleep(SHUTDOWN_GRACE);
         let idle = pin!(active.idle());
         let drained = future::select(idle, deadline).await;
         if let Either::Right(_) = drained {
