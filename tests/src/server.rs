@@ -23,6 +23,14 @@ impl Flavor {
         }
     }
 
+    /// The server binary's name, as `cargo install --path <package dir>` installs it.
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            Flavor::Tokio => "graspd",
+            Flavor::Smol => "graspd-smol",
+        }
+    }
+
     /// The binary, built once per test process with the same profile as the tests.
     pub fn binary(self) -> PathBuf {
         static BUILT: OnceLock<()> = OnceLock::new();
@@ -56,7 +64,7 @@ impl Flavor {
                 .expect("run cargo build for the server binaries");
             assert!(status.success(), "building the server binaries failed");
         });
-        profile_dir.join(self.package())
+        profile_dir.join(self.binary_name())
     }
 }
 

@@ -578,7 +578,53 @@ fn placeholder_ref_expires_across_restart(flavor: Flavor) {
     assert_eq!(ref_of(&url, "refs/heads/main"), Some(c1));
 }
 
+/// `cargo install --path runtime-tokio` installs `graspd` and `--path runtime-smol` installs
+/// `graspd-smol`: the package's only binary target carries that name, and it is the binary
+/// these tests run.
+fn binary_is_named_as_operators_install_it(flavor: Flavor) {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(workspace)
+        .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
+        .output()
+        .expect("run cargo metadata");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let package = metadata["packages"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == flavor.package()))
+        .expect("the runtime's package");
+    let bins: Vec<&str> = package["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    let expected = match flavor {
+        Flavor::Tokio => "graspd",
+        Flavor::Smol => "graspd-smol",
+    };
+    assert_eq!(bins, [expected], "binaries of {}", flavor.package());
+    let binary = flavor.binary();
+    assert_eq!(binary.file_name().and_then(|n| n.to_str()), Some(expected));
+    let version = std::process::Command::new(&binary)
+        .arg("--version")
+        .output()
+        .expect("run the server binary");
+    assert!(version.status.success());
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("graspd "),
+        "{}",
+        String::from_utf8_lossy(&version.stdout)
+    );
+}
+
 both_runtimes!(
+    binary_is_named_as_operators_install_it,
     placeholder_ref_expires_across_restart,
     hostile_relay_input_gets_clear_errors,
     events_and_data_reach_a_server_that_follows_another,

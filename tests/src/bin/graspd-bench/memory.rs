@@ -14,7 +14,7 @@ pub fn binary_sizes(flavor: Flavor) -> (f64, f64) {
     let path = flavor.binary();
     let unstripped = size_mib(&path);
     let stripped_path =
-        std::env::temp_dir().join(format!("graspd-bench-{}-stripped", flavor.package()));
+        std::env::temp_dir().join(format!("graspd-bench-{}-stripped", flavor.binary_name()));
     let status = Command::new("strip")
         .arg("-o")
         .arg(&stripped_path)
