@@ -1,5 +1,5 @@
-//! Named scenarios: each reproduces one fault of the established server (design notes,
-//! section 1) that the engine can express, and must pass here.
+//! Named scenarios: each puts the engine where the established GRASP server fails (the
+//! guarantees in PROTOCOL.md, section 12, that the engine can express) and must pass here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -18,47 +18,47 @@ use crate::world::{Domain, Remote, Role, SimEvent, World, OWN_RELAY};
 pub const ALL: &[(&str, &str)] = &[
     (
         "hung-fetch",
-        "fault 1: a remote that never answers holds a slot only until the fetch deadline",
+        "a remote that never answers holds a slot only until the fetch deadline",
     ),
     (
         "lost-wakeup",
-        "fault 2: states arriving while their repo's fetch completes are not lost",
+        "states arriving while their repo's fetch completes are not lost",
     ),
     (
         "duplicate-backoff",
-        "fault 3: re-delivered duplicates do not reset the backoff",
+        "re-delivered duplicates do not reset the backoff",
     ),
     (
         "throttle-burst",
-        "fault 4: a burst of repos on one domain never exceeds the throttle",
+        "a burst of repos on one domain never exceeds the throttle",
     ),
     (
         "rate-limited-drain",
-        "fault 4: a rate-limited domain with nothing in flight drains its queue",
+        "a rate-limited domain with nothing in flight drains its queue",
     ),
     (
         "naughty-rearm",
-        "fault 5: a permanently broken domain stays skipped after the skip ends",
+        "a permanently broken domain stays skipped after the skip ends",
     ),
     (
         "restored-prs",
-        "fault 7: PRs restored after a crash are fetched and released",
+        "PRs restored after a crash are fetched and released",
     ),
     (
         "crash-storm",
-        "fault 8: nothing acknowledged is lost across repeated crashes",
+        "nothing acknowledged is lost across repeated crashes",
     ),
     (
         "junk-urls",
-        "fault 9: own origin, look-alikes, private and non-http URLs are never fetched",
+        "own origin, look-alikes, private and non-http URLs are never fetched",
     ),
     (
         "shared-identifier",
-        "fault 10: owners sharing a d tag never share URLs or queues",
+        "owners sharing a d tag never share URLs or queues",
     ),
     (
         "push-races-apply",
-        "fault 11: a push racing a sync apply is resolved by compare-and-swap",
+        "a push racing a sync apply is resolved by compare-and-swap",
     ),
     (
         "split-data",
@@ -66,7 +66,7 @@ pub const ALL: &[(&str, &str)] = &[
     ),
     (
         "placeholders",
-        "fault 6: refs/nostr refs whose PR never comes or names another commit are deleted",
+        "refs/nostr refs whose PR never comes or names another commit are deleted",
     ),
 ];
 

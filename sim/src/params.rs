@@ -30,7 +30,7 @@ pub struct Params {
 }
 
 impl Default for Params {
-    /// The production defaults (design notes, section 1).
+    /// The production defaults (the established server's values, PROTOCOL.md section 11).
     fn default() -> Params {
         Params {
             purgatory_expiry: Duration::from_secs(30 * 60),

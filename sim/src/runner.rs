@@ -349,7 +349,7 @@ impl<'a> Sim<'a> {
 
     /// A fetch into `into` may only use URLs that an announcement of that repository (by its
     /// owner) or a PR targeting it lists: unrelated owners sharing an identifier never share
-    /// URLs (design notes, fault 10).
+    /// URLs.
     fn check_candidate(&self, into: &RepoKey, url: &str) -> Result<(), String> {
         let listed = self.sc.world.events.iter().any(|e| match &e.role {
             Role::Announcement { repo, clone } => repo == into && clone.iter().any(|c| c == url),
@@ -1090,7 +1090,7 @@ impl<'a> Sim<'a> {
     /// A `refs/nostr/<id>` ref survives only if its PR arrived naming that commit (GRASP:
     /// "delete the ref if no matching event arrives in time, or if the event arrives with a
     /// different c"); any other is deleted within `placeholder_expiry` (plus the liveness bound
-    /// for the Apply) of its push, crashes included (design notes, fault 6). A matching PR that
+    /// for the Apply) of its push, crashes included. A matching PR that
     /// is deleted later may leave its ref: the spec does not say otherwise.
     fn check_placeholders(&mut self) {
         let grace =

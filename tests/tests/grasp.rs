@@ -466,7 +466,7 @@ fn events_and_data_reach_a_server_that_follows_another(flavor: Flavor) {
     );
 }
 
-/// Issue 6: the two runtimes interoperate. A smol server syncs a state from a tokio server, and
+/// The two runtimes interoperate. A smol server syncs a state from a tokio server, and
 /// a tokio server syncs one from a smol server.
 #[test]
 fn mixed_runtimes_sync_from_each_other() {

@@ -1,5 +1,6 @@
 //! Every delay, limit and expiry the engine uses, in one place. Defaults match the established
-//! GRASP server's behaviour (see `shared/design-notes.md`) unless noted.
+//! GRASP server's behaviour (PROTOCOL.md, "Timing where the specifications are silent") unless
+//! noted.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Counters of the relay follower, for the lead's Prometheus export. Plain atomics; per-relay
+//! Counters of the relay follower, for the Prometheus export. Plain atomics; per-relay
 //! counters are bounded (relays beyond the bound are added up under [`OTHER_RELAYS`]).
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! The HTTP origin: one hyper 1 service for the relay (`/`), metrics and git smart-HTTP.
 //!
-//! What the rest of graspd plugs in is [`Handlers`]: the relay (store engineer), the push
+//! What the rest of graspd plugs in is [`Handlers`]: the relay (sessions over the event store), the push
 //! decision (driver) and metrics. Everything else here is routing, CORS and git.
 
 pub mod body;
