@@ -35,6 +35,24 @@ pub struct Config {
     #[arg(long, env = "GRASPD_MAX_BODY_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub max_body_bytes: u64,
 
+    /// Largest `git-upload-pack` request body in bytes, after gzip decoding (a fetch's wants
+    /// and haves; kept in memory).
+    #[arg(long, env = "GRASPD_MAX_UPLOAD_REQUEST_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_upload_request_bytes: u64,
+
+    /// Seconds a request body may send nothing before the request is ended (408).
+    #[arg(long, env = "GRASPD_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub body_idle_timeout_secs: u64,
+
+    /// Seconds a whole request body may take to arrive (408 beyond).
+    #[arg(long, env = "GRASPD_BODY_TIMEOUT_SECS", default_value_t = 3600)]
+    pub body_timeout_secs: u64,
+
+    /// Seconds a git process serving a client (upload-pack, receive-pack) may run before it
+    /// is killed.
+    #[arg(long, env = "GRASPD_GIT_TIMEOUT_SECS", default_value_t = 3600)]
+    pub git_timeout_secs: u64,
+
     /// Seconds a fetch from another git server may take before it is killed.
     #[arg(long, env = "GRASPD_FETCH_TIMEOUT_SECS", default_value_t = 120)]
     pub fetch_timeout_secs: u64,
@@ -126,6 +144,23 @@ impl Config {
             None => format!("http://{}", self.bind),
         };
         url.trim_end_matches('/').to_owned()
+    }
+
+    /// Size and time limits on request bodies.
+    pub fn body_limits(&self) -> crate::http::body::BodyLimits {
+        crate::http::body::BodyLimits {
+            max_bytes: self.max_body_bytes,
+            max_upload_request_bytes: self.max_upload_request_bytes,
+            idle_timeout: Duration::from_secs(self.body_idle_timeout_secs),
+            total_timeout: Duration::from_secs(self.body_timeout_secs),
+        }
+    }
+
+    /// Limits on the git processes serving clients.
+    pub fn git_limits(&self) -> crate::git::GitLimits {
+        crate::git::GitLimits {
+            process_timeout: Duration::from_secs(self.git_timeout_secs),
+        }
     }
 
     pub fn fetch_timeout(&self) -> Duration {

@@ -61,7 +61,8 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         path: config.data_dir.clone(),
         error,
     })?;
-    let git = git::Git::new(Arc::clone(&runtime), &config.data_dir);
+    let git =
+        git::Git::new(Arc::clone(&runtime), &config.data_dir).with_limits(config.git_limits());
     let relay_limits = relay::RelayLimits::default();
     let info = nip11::RelayInfo {
         name: "graspd".to_owned(),
@@ -118,7 +119,7 @@ pub async fn serve_site(
     let site = http::Site {
         git,
         handlers,
-        max_body_bytes: config.max_body_bytes,
+        body: config.body_limits(),
         public_url: config.public_url(),
     };
     let server = http::Server::bind(Arc::clone(&runtime), config.bind, site)

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use graspd_core::Stats;
 
 use crate::follow::{FollowMetrics, FollowStats};
+use crate::git::Refusals;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -46,6 +47,11 @@ struct WhatLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -76,6 +82,7 @@ pub struct Metrics {
     follow_waiting: Family<WhatLabel, Gauge>,
     follow_refused: Family<WhatLabel, Counter>,
     follow_admitted_late: Family<WhatLabel, Counter>,
+    git_refused: Family<ReasonLabel, Counter>,
     domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -203,8 +210,15 @@ impl Metrics {
             "Waiting relays and values admitted when room freed",
             follow_admitted_late.clone(),
         );
+        let git_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "git_refused",
+            "git requests refused or ended by a limit, by reason",
+            git_refused.clone(),
+        );
         Metrics {
             registry,
+            git_refused,
             follow_waiting,
             follow_refused,
             follow_admitted_late,
@@ -260,6 +274,16 @@ impl Metrics {
     /// `outcome`: waiting, accepted, duplicate, rejected.
     pub fn event(&self, outcome: &'static str) {
         self.events.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Brings the git refusal counters up to the totals the git bridge counted.
+    pub fn git_refusals(&self, refusals: &Refusals) {
+        for (reason, total) in refusals.totals() {
+            catch_up(
+                &self.git_refused.get_or_create(&ReasonLabel { reason }),
+                total,
+            );
+        }
     }
 
     /// The text exposition, with engine gauges refreshed from `stats`, the relay follower's

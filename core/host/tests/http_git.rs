@@ -459,7 +459,11 @@ fn server_stops_when_shutdown_completes() {
                 push: h.policy.clone(),
                 metrics: std::sync::Arc::new(String::new),
             },
-            max_body_bytes: MAX_BODY,
+            body: graspd_host::http::body::BodyLimits {
+                max_bytes: MAX_BODY,
+                max_upload_request_bytes: MAX_BODY,
+                ..Default::default()
+            },
             public_url: String::new(),
         };
         let runtime = h.git.runtime().clone();

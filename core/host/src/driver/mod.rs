@@ -326,6 +326,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .stats();
+        self.metrics.git_refusals(self.git.refusals());
         self.metrics
             .render(&stats, self.follower.metrics(), &self.follower.stats())
     }

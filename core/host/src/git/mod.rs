@@ -5,6 +5,7 @@
 //! `<data-dir>/<npub>/<identifier>.git` and serialises writes per repo.
 
 pub mod fetch;
+pub mod limits;
 pub mod locks;
 pub mod pktline;
 pub mod process;
@@ -22,6 +23,7 @@ use graspd_core::{Oid, RepoKey};
 use nostr::nips::nip19::ToBech32;
 
 pub use fetch::{FetchError, FetchLimits};
+pub use limits::{GitLimits, Refusal, Refusals};
 pub use locks::{RepoGuard, RepoLocks, TooManyLocks};
 pub use receive::RefUpdate;
 pub use repo::{ApplyPlan, Inspection, RefChange};
@@ -71,24 +73,45 @@ impl From<TooManyLocks> for GitError {
 /// Most repos locked (or awaited) at once.
 pub const MAX_BUSY_REPOS: usize = 4096;
 
-/// The shared git handle: data directory, runtime, per-repo locks.
+/// The shared git handle: data directory, runtime, per-repo locks, limits on the git
+/// processes serving clients and the count of what those limits refused.
 #[derive(Clone, Debug)]
 pub struct Git {
     runtime: Arc<dyn Runtime>,
     data_dir: PathBuf,
     locks: RepoLocks,
+    limits: GitLimits,
+    refusals: Arc<Refusals>,
 }
 
 impl Git {
-    /// Quarantines a crash left behind are removed here: no fetch runs before the handle exists.
+    /// Quarantines and spooled request bodies a crash left behind are removed here: no fetch
+    /// or push runs before the handle exists.
     pub fn new(runtime: Arc<dyn Runtime>, data_dir: impl Into<PathBuf>) -> Git {
         let git = Git {
             runtime,
             data_dir: data_dir.into(),
             locks: RepoLocks::new(MAX_BUSY_REPOS),
+            limits: GitLimits::default(),
+            refusals: Arc::default(),
         };
         let _ = std::fs::remove_dir_all(git.incoming_dir());
         git
+    }
+
+    /// The same handle with these limits on client-serving git processes.
+    pub fn with_limits(mut self, limits: GitLimits) -> Git {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &GitLimits {
+        &self.limits
+    }
+
+    /// Requests refused by a limit, for `/metrics`.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -172,17 +195,23 @@ impl Git {
         oids: &[Oid],
         limits: &FetchLimits,
     ) -> Result<Vec<Oid>, FetchError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let incoming = self.incoming_dir().join(format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let incoming = self.incoming_path("fetch");
         fetch::fetch(&*self.runtime, into, &incoming, url, oids, limits).await
     }
 
-    /// Where fetches keep their quarantines: inside the data directory (so objects move into
-    /// repositories by rename), never under a path a URL can name (npubs start `npub1`).
+    /// A fresh path under [`Git::incoming_dir`], for a fetch's quarantine or a spooled push.
+    pub fn incoming_path(&self, what: &str) -> PathBuf {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        self.incoming_dir().join(format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// Where fetches keep their quarantines and pushes their bodies: inside the data directory
+    /// (so objects move into repositories by rename), never under a path a URL can name (npubs
+    /// start `npub1`).
     pub fn incoming_dir(&self) -> PathBuf {
         self.data_dir.join("incoming")
     }

@@ -6,10 +6,12 @@ use std::pin::pin;
 use std::process::{Command, ExitStatus};
 use std::time::Instant;
 
-use futures_util::future::{self, Either};
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::{self, AbortHandle, Either};
 use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::runtime::Runtime;
+use crate::runtime::{ChildProcess, Runtime};
 
 /// A `git` command with a predictable environment: no prompts, no pager, no user or system
 /// configuration that could change what a server-side git does.
@@ -141,6 +143,51 @@ pub async fn run(
             })
         }
     }
+}
+
+/// A child process that is killed at its deadline even when nobody is reading from it (a
+/// client that stopped reading its response leaves the body unpolled), and when this handle
+/// is dropped.
+pub struct Watched {
+    process: Arc<Mutex<Option<Box<dyn ChildProcess>>>>,
+    watchdog: AbortHandle,
+}
+
+impl Watched {
+    /// Watches `process`; at `deadline` it is killed and `on_kill` runs.
+    pub fn new(
+        runtime: &Arc<dyn Runtime>,
+        process: Box<dyn ChildProcess>,
+        deadline: Instant,
+        on_kill: impl FnOnce() + Send + 'static,
+    ) -> Watched {
+        let process = Arc::new(Mutex::new(Some(process)));
+        let victim = Arc::clone(&process);
+        let sleep = runtime.sleep_until(deadline);
+        let (watch, watchdog) = future::abortable(async move {
+            sleep.await;
+            if let Some(mut process) = lock(&victim).take() {
+                let _ = process.start_kill();
+                on_kill();
+            }
+        });
+        runtime.spawn(Box::pin(async move {
+            let _ = watch.await;
+        }));
+        Watched { process, watchdog }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+        // Dropping the child kills it (the runtime adapters set kill-on-drop).
+        drop(lock(&self.process).take());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reads `pipe` to its end, keeping the first `cap` bytes; the rest is drained and dropped so

@@ -4,13 +4,14 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::io::{AsyncRead, AsyncWriteExt};
 
 use super::pktline;
-use super::process::{self, git, GitOutput};
-use crate::runtime::{ChildProcess, Runtime};
+use super::process::{self, git, GitOutput, Watched};
+use crate::runtime::Runtime;
 
 /// The two smart-HTTP services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,16 +126,19 @@ pub async fn advertise(
 /// A running upload-pack whose stdout is the response body. Dropping it kills git.
 pub struct UploadPack {
     pub stdout: Box<dyn AsyncRead + Send + Unpin>,
-    pub process: Box<dyn ChildProcess>,
+    pub process: Watched,
 }
 
 /// Starts `git upload-pack --stateless-rpc` on `repo`, feeding it `request` in the
-/// background; stderr is logged.
+/// background; stderr is logged. It is killed at `deadline` (then `on_kill` runs), even if
+/// its client stopped reading.
 pub fn upload_pack(
     runtime: &Arc<dyn Runtime>,
     repo: &Path,
     git_protocol: Option<&str>,
     request: Bytes,
+    deadline: Instant,
+    on_kill: impl FnOnce() + Send + 'static,
 ) -> io::Result<UploadPack> {
     let mut child =
         runtime.spawn_process(service_command(Service::UploadPack, repo, git_protocol))?;
@@ -158,19 +162,21 @@ pub fn upload_pack(
     }));
     Ok(UploadPack {
         stdout,
-        process: child.process,
+        process: Watched::new(runtime, child.process, deadline, on_kill),
     })
 }
 
 /// Runs `git receive-pack --stateless-rpc` on `repo` with everything read from `input` (the
-/// whole request, commands included) and returns its answer. An error reading `input` is
-/// reported in [`GitOutput::input_error`].
+/// whole request, commands included) and returns its answer; it is killed at `deadline`
+/// ([`GitOutput::timed_out`]). An error reading `input` is reported in
+/// [`GitOutput::input_error`].
 pub async fn receive_pack(
     runtime: &dyn Runtime,
     repo: &Path,
     git_protocol: Option<&str>,
     input: impl AsyncRead + Unpin,
+    deadline: Instant,
 ) -> io::Result<GitOutput> {
     let command = service_command(Service::ReceivePack, repo, git_protocol);
-    process::run(runtime, command, input, None, ANSWER_CAP).await
+    process::run(runtime, command, input, Some(deadline), ANSWER_CAP).await
 }

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::io::AsyncRead;
@@ -15,7 +15,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming};
 
-use crate::runtime::{ChildProcess, Runtime};
+use crate::git::process::Watched;
+use crate::runtime::{BoxFuture, Runtime};
 
 /// Every response body.
 pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -30,12 +31,44 @@ pub fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// How much and how slowly a client may send.
+#[derive(Clone, Debug)]
+pub struct BodyLimits {
+    /// Largest body (a push's pack) after gzip decoding.
+    pub max_bytes: u64,
+    /// Largest `git-upload-pack` body (fetch negotiation: wants and haves) after decoding.
+    pub max_upload_request_bytes: u64,
+    /// A body that sends nothing for this long is ended.
+    pub idle_timeout: Duration,
+    /// A body still arriving after this long is ended.
+    pub total_timeout: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> BodyLimits {
+        BodyLimits {
+            max_bytes: 512 * 1024 * 1024,
+            max_upload_request_bytes: 16 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            total_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Why a request body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
     /// More than `limit` bytes (after gzip decoding).
     TooLarge {
         limit: u64,
+    },
+    /// No byte arrived for `secs` seconds.
+    Idle {
+        secs: u64,
+    },
+    /// The body was still arriving after `secs` seconds.
+    TooSlow {
+        secs: u64,
     },
     BadGzip(String),
     Read(String),
@@ -50,6 +83,13 @@ impl fmt::Display for BodyError {
                     "request body larger than this server's limit of {limit} bytes"
                 )
             }
+            BodyError::Idle { secs } => {
+                write!(f, "request body sent nothing for {secs} s; try again")
+            }
+            BodyError::TooSlow { secs } => write!(
+                f,
+                "request body took longer than this server's limit of {secs} s"
+            ),
             BodyError::BadGzip(e) => write!(f, "request body is not valid gzip: {e}"),
             BodyError::Read(e) => write!(f, "reading the request body failed: {e}"),
         }
@@ -65,41 +105,113 @@ impl BodyError {
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<BodyError>())
     }
+
+    /// What went wrong reading a body, from the `io::Error` a [`RequestBody`] gave.
+    pub fn from_io_error(error: &io::Error) -> BodyError {
+        BodyError::from_io(error)
+            .cloned()
+            .unwrap_or_else(|| BodyError::Read(error.to_string()))
+    }
+
+    /// A timeout, as opposed to a size or format problem.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, BodyError::Idle { .. } | BodyError::TooSlow { .. })
+    }
 }
 
 /// How long an unwanted request body is read and dropped after an early answer.
 pub const LINGER: Duration = Duration::from_secs(30);
 
 /// Compressed input is fed to the decoder in slices this big, so one chunk of a gzip bomb
-/// can only expand so far before the limit is checked.
-const GZIP_SLICE: usize = 8 * 1024;
+/// can only expand so far (deflate's ratio is at most about 1:1032, so 1 MiB) before the
+/// limit is checked.
+const GZIP_SLICE: usize = 1024;
 
-/// A request body as a stream of decoded chunks, failing once it exceeds its limit.
+/// A request body as a stream of decoded chunks, failing once it exceeds its size limit or
+/// its client stalls (see [`BodyLimits`]).
 pub struct RequestBody {
     incoming: Incoming,
     gzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
     limit: u64,
     decoded: u64,
     done: bool,
+    clock: BodyClock,
+}
+
+/// The idle and total deadlines of one body. The idle time counts from when the reader
+/// started waiting for the client, so time the server spent elsewhere is never charged to it.
+struct BodyClock {
+    runtime: Arc<dyn Runtime>,
+    idle: Duration,
+    total: Duration,
+    started: Instant,
+    waiting_since: Option<Instant>,
+    alarm: Option<(Instant, BoxFuture<'static, ()>)>,
+}
+
+impl BodyClock {
+    /// The error if a deadline has passed; otherwise arms a wake-up for the next one.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<BodyError> {
+        loop {
+            let now = self.runtime.now();
+            let waiting_since = *self.waiting_since.get_or_insert(now);
+            let (idle_at, total_at) = (waiting_since + self.idle, self.started + self.total);
+            if now >= total_at {
+                return Some(BodyError::TooSlow {
+                    secs: self.total.as_secs(),
+                });
+            }
+            if now >= idle_at {
+                return Some(BodyError::Idle {
+                    secs: self.idle.as_secs(),
+                });
+            }
+            let at = idle_at.min(total_at);
+            // An alarm armed for an earlier deadline is kept: when it rings, the deadlines
+            // are checked again and the next one armed.
+            if !matches!(&self.alarm, Some((armed, _)) if *armed <= at) {
+                self.alarm = Some((at, self.runtime.sleep_until(at)));
+            }
+            let (_, alarm) = self.alarm.as_mut().expect("armed above");
+            if alarm.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            self.alarm = None;
+        }
+    }
 }
 
 impl RequestBody {
-    pub fn new(incoming: Incoming, gzip: bool, limit: u64) -> RequestBody {
+    pub fn new(
+        runtime: &Arc<dyn Runtime>,
+        incoming: Incoming,
+        gzip: bool,
+        limit: u64,
+        limits: &BodyLimits,
+    ) -> RequestBody {
         RequestBody {
             incoming,
             gzip: gzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
             limit,
             decoded: 0,
             done: false,
+            clock: BodyClock {
+                runtime: Arc::clone(runtime),
+                idle: limits.idle_timeout,
+                total: limits.total_timeout,
+                started: runtime.now(),
+                waiting_since: None,
+                alarm: None,
+            },
         }
     }
 
-    /// Reads the whole body into memory.
+    /// Reads the whole body into memory (bounded by its limit).
     pub async fn collect(&mut self) -> Result<Bytes, BodyError> {
         use futures_util::StreamExt;
         let mut out = Vec::new();
         while let Some(chunk) = self.next().await {
-            out.extend_from_slice(&chunk.map_err(|e| to_body_error(&e))?);
+            out.extend_from_slice(&chunk.map_err(|e| BodyError::from_io_error(&e))?);
         }
         Ok(out.into())
     }
@@ -157,12 +269,6 @@ fn check(decoded: u64, pending: u64, limit: u64) -> Result<(), BodyError> {
     Ok(())
 }
 
-fn to_body_error(e: &io::Error) -> BodyError {
-    BodyError::from_io(e)
-        .cloned()
-        .unwrap_or_else(|| BodyError::Read(e.to_string()))
-}
-
 impl Stream for RequestBody {
     type Item = io::Result<Bytes>;
 
@@ -172,7 +278,20 @@ impl Stream for RequestBody {
             if this.done {
                 return Poll::Ready(None);
             }
-            let result = match ready!(Pin::new(&mut this.incoming).poll_frame(cx)) {
+            let frame = match Pin::new(&mut this.incoming).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    this.clock.waiting_since = None;
+                    frame
+                }
+                Poll::Pending => match this.clock.poll_expired(cx) {
+                    None => return Poll::Pending,
+                    Some(expired) => {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(io::Error::other(expired))));
+                    }
+                },
+            };
+            let result = match frame {
                 None => {
                     this.done = true;
                     this.finish()
@@ -198,13 +317,13 @@ impl Stream for RequestBody {
 /// A response body streamed from a git process's stdout; dropping it kills the process.
 pub struct ProcessBody {
     stdout: Box<dyn AsyncRead + Send + Unpin>,
-    _process: Box<dyn ChildProcess>,
+    _process: Watched,
     buf: Box<[u8]>,
     done: bool,
 }
 
 impl ProcessBody {
-    pub fn new(stdout: Box<dyn AsyncRead + Send + Unpin>, process: Box<dyn ChildProcess>) -> Self {
+    pub fn new(stdout: Box<dyn AsyncRead + Send + Unpin>, process: Watched) -> Self {
         ProcessBody {
             stdout,
             _process: process,

@@ -7,6 +7,7 @@ pub mod body;
 pub mod route;
 pub mod server;
 mod smart;
+mod spool;
 mod websocket;
 
 use std::collections::BTreeMap;
@@ -74,8 +75,8 @@ pub struct Handlers {
 pub struct Site {
     pub git: Git,
     pub handlers: Handlers,
-    /// Largest request body (after gzip decoding).
-    pub max_body_bytes: u64,
+    /// How large and how slow request bodies may be.
+    pub body: body::BodyLimits,
     pub public_url: String,
 }
 

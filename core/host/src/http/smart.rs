@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use futures_util::io::AsyncReadExt;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use graspd_core::RepoKey;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -12,9 +11,11 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::body::{full, BodyError, ProcessBody, RequestBody, ResponseBody};
+use super::spool::{self, SpoolError};
 use super::{set_type, status, Site};
 use crate::git::receive::{self, PushCommands};
 use crate::git::smart::{self as git_smart, Service};
+use crate::git::Refusal;
 
 /// Most bytes of a push's command list (before the pack).
 const MAX_COMMAND_BYTES: usize = 4 * 1024 * 1024;
@@ -52,11 +53,20 @@ fn git_failure(what: &str, error: impl std::fmt::Display) -> Response<ResponseBo
     status(StatusCode::INTERNAL_SERVER_ERROR, &format!("{what}\n"))
 }
 
-fn body_error(error: &BodyError) -> Response<ResponseBody> {
-    let code = match error {
-        BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        BodyError::BadGzip(_) | BodyError::Read(_) => StatusCode::BAD_REQUEST,
+/// The answer to a body that broke a limit or could not be read; limits are counted and
+/// logged.
+fn body_error(site: &Site, repo: &RepoKey, error: &BodyError) -> Response<ResponseBody> {
+    let (code, refusal) = match error {
+        BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Some(Refusal::BodyTooLarge)),
+        BodyError::Idle { .. } | BodyError::TooSlow { .. } => {
+            (StatusCode::REQUEST_TIMEOUT, Some(Refusal::BodyTimeout))
+        }
+        BodyError::BadGzip(_) | BodyError::Read(_) => (StatusCode::BAD_REQUEST, None),
     };
+    if let Some(refusal) = refusal {
+        site.git.refusals().count(refusal);
+        tracing::info!(%repo, reason = refusal.label(), %error, "git request refused");
+    }
     status(code, &format!("{error}\n"))
 }
 
@@ -113,16 +123,25 @@ pub(super) async fn rpc(
     if !site.git.exists(&repo) {
         return not_found(&repo);
     }
+    let limit = match service {
+        Service::UploadPack => site.body.max_upload_request_bytes,
+        Service::ReceivePack => site.body.max_bytes,
+    };
     let declared_length = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|len| len > site.max_body_bytes) {
-        RequestBody::new(request.into_body(), false, 0).linger(site.git.runtime());
-        return body_error(&BodyError::TooLarge {
-            limit: site.max_body_bytes,
-        });
+    if declared_length.is_some_and(|len| len > limit) {
+        RequestBody::new(
+            site.git.runtime(),
+            request.into_body(),
+            false,
+            0,
+            &site.body,
+        )
+        .linger(site.git.runtime());
+        return body_error(site, &repo, &BodyError::TooLarge { limit });
     }
     let gzip = match request
         .headers()
@@ -139,13 +158,22 @@ pub(super) async fn rpc(
         }
     };
     let protocol = git_protocol(&request);
-    let mut body = RequestBody::new(request.into_body(), gzip, site.max_body_bytes);
+    let mut body = RequestBody::new(
+        site.git.runtime(),
+        request.into_body(),
+        gzip,
+        limit,
+        &site.body,
+    );
     let mut response = match service {
         Service::UploadPack => upload_pack(site, &repo, protocol.as_deref(), &mut body).await,
         Service::ReceivePack => receive_pack(site, &repo, protocol.as_deref(), &mut body).await,
     };
-    // Whatever the client is still sending after an early answer (413, a refused push).
-    body.linger(site.git.runtime());
+    // Whatever the client is still sending after an early answer (413, a refused push); a
+    // client that stalled gets no more time.
+    if response.status() != StatusCode::REQUEST_TIMEOUT {
+        body.linger(site.git.runtime());
+    }
     if response.status() == StatusCode::OK {
         set_type(&mut response, service.result_type());
         no_cache(&mut response);
@@ -161,10 +189,28 @@ async fn upload_pack(
 ) -> Response<ResponseBody> {
     let request = match body.collect().await {
         Ok(request) => request,
-        Err(e) => return body_error(&e),
+        Err(e) => return body_error(site, repo, &e),
     };
     let path = site.git.repo_path(repo);
-    match git_smart::upload_pack(site.git.runtime(), &path, protocol, request) {
+    let limits = site.git.limits();
+    let deadline = site.git.runtime().now() + limits.process_timeout;
+    let (git, name, secs) = (
+        site.git.clone(),
+        repo.to_string(),
+        limits.process_timeout.as_secs(),
+    );
+    let on_kill = move || {
+        git.refusals().count(Refusal::GitTimeout);
+        tracing::warn!(repo = %name, secs, "git upload-pack ran past its deadline; killed");
+    };
+    match git_smart::upload_pack(
+        site.git.runtime(),
+        &path,
+        protocol,
+        request,
+        deadline,
+        on_kill,
+    ) {
         Ok(run) => Response::new(ProcessBody::new(run.stdout, run.process).boxed_unsync()),
         Err(e) => git_failure("starting git upload-pack failed", e),
     }
@@ -172,6 +218,8 @@ async fn upload_pack(
 
 /// Reads the push's command list (and whatever part of the pack came with it).
 async fn read_commands(
+    site: &Site,
+    repo: &RepoKey,
     body: &mut RequestBody,
 ) -> Result<(PushCommands, Vec<u8>), Response<ResponseBody>> {
     let mut head = Vec::new();
@@ -189,12 +237,7 @@ async fn read_commands(
         }
         match body.next().await {
             Some(Ok(chunk)) => head.extend_from_slice(&chunk),
-            Some(Err(e)) => {
-                let error = BodyError::from_io(&e)
-                    .cloned()
-                    .unwrap_or(BodyError::Read(e.to_string()));
-                return Err(body_error(&error));
-            }
+            Some(Err(e)) => return Err(body_error(site, repo, &BodyError::from_io_error(&e))),
             None => {
                 return Err(status(
                     StatusCode::BAD_REQUEST,
@@ -211,9 +254,26 @@ async fn receive_pack(
     protocol: Option<&str>,
     body: &mut RequestBody,
 ) -> Response<ResponseBody> {
-    let (commands, head) = match read_commands(body).await {
+    let (commands, head) = match read_commands(site, repo, body).await {
         Ok(parsed) => parsed,
         Err(response) => return response,
+    };
+    // Decided before the pack is read, so a refused push is answered at once; decided again
+    // under the lock if the refs moved while the pack arrived.
+    let before = match site.git.inspect(repo, &[]).await {
+        Ok(inspection) => inspection.refs,
+        Err(e) => return git_failure("reading the repository's refs failed", e),
+    };
+    let verdicts = decide(site, repo, &before, &commands).await;
+    if verdicts.iter().any(Result::is_err) {
+        return refused(repo, &commands, verdicts);
+    }
+    // The pack goes to disk with no lock held: a client that stalls holds no repository.
+    let runtime = site.git.runtime();
+    let spooled = match spool::spool(runtime, site.git.incoming_path("push"), head, body).await {
+        Ok(spooled) => spooled,
+        Err(SpoolError::Body(e)) => return body_error(site, repo, &e),
+        Err(SpoolError::Io(e)) => return git_failure("receiving the push failed", e),
     };
     let guard = match site.git.lock(repo).await {
         Ok(guard) => guard,
@@ -223,39 +283,36 @@ async fn receive_pack(
         Ok(inspection) => inspection.refs,
         Err(e) => return git_failure("reading the repository's refs failed", e),
     };
-    let verdicts = decide(site, repo, &current, &commands).await;
-    if verdicts.iter().any(Result::is_err) {
-        drop(guard);
-        let outcomes: Vec<(&str, Result<(), String>)> = commands
-            .updates
-            .iter()
-            .zip(verdicts)
-            .map(|(update, verdict)| {
-                (
-                    update.name.as_str(),
-                    verdict.and(Err(OTHER_REF_REJECTED.to_owned())),
-                )
-            })
-            .collect();
-        for (name, outcome) in &outcomes {
-            tracing::info!(%repo, %name, reason = ?outcome.as_ref().err(), "push refused");
+    if current != before {
+        let verdicts = decide(site, repo, &current, &commands).await;
+        if verdicts.iter().any(Result::is_err) {
+            return refused(repo, &commands, verdicts);
         }
-        return Response::new(full(receive::report_status(
-            commands.capabilities,
-            &outcomes,
-        )));
     }
     let path = site.git.repo_path(repo);
-    let input = futures_util::io::Cursor::new(head).chain(body.into_async_read());
-    let out = match git_smart::receive_pack(&**site.git.runtime(), &path, protocol, input).await {
+    let input = match spooled.reader(runtime) {
+        Ok(input) => input,
+        Err(e) => return git_failure("reading the received push failed", e),
+    };
+    let timeout = site.git.limits().process_timeout;
+    let deadline = runtime.now() + timeout;
+    let out = match git_smart::receive_pack(&**runtime, &path, protocol, input, deadline).await {
         Ok(out) => out,
         Err(e) => return git_failure("running git receive-pack failed", e),
     };
+    if out.timed_out() {
+        drop(guard);
+        site.git.refusals().count(Refusal::GitTimeout);
+        tracing::warn!(%repo, secs = timeout.as_secs(), "git receive-pack ran past its deadline; killed");
+        let reason = format!(
+            "this server's git ran past its limit of {} s; nothing was changed",
+            timeout.as_secs()
+        );
+        let verdicts = vec![Err(reason); commands.updates.len()];
+        return refused(repo, &commands, verdicts);
+    }
     if let Some(e) = &out.input_error {
-        let error = BodyError::from_io(e)
-            .cloned()
-            .unwrap_or(BodyError::Read(e.to_string()));
-        return body_error(&error);
+        return git_failure("reading the received push failed", e);
     }
     if !out.success() {
         tracing::warn!(%repo, stderr = %out.stderr_tail(), "git receive-pack failed");
@@ -266,6 +323,33 @@ async fn receive_pack(
         site.handlers.push.on_pushed(repo, &landed).await;
     }
     Response::new(full(out.stdout))
+}
+
+/// git's report for a push refused without running it: each ref shows its reason, or that
+/// another ref was refused.
+fn refused(
+    repo: &RepoKey,
+    commands: &PushCommands,
+    verdicts: Vec<Result<(), String>>,
+) -> Response<ResponseBody> {
+    let outcomes: Vec<(&str, Result<(), String>)> = commands
+        .updates
+        .iter()
+        .zip(verdicts)
+        .map(|(update, verdict)| {
+            (
+                update.name.as_str(),
+                verdict.and(Err(OTHER_REF_REJECTED.to_owned())),
+            )
+        })
+        .collect();
+    for (name, outcome) in &outcomes {
+        tracing::info!(%repo, %name, reason = ?outcome.as_ref().err(), "push refused");
+    }
+    Response::new(full(receive::report_status(
+        commands.capabilities,
+        &outcomes,
+    )))
 }
 
 /// The push handler's verdicts, one per update (a short answer counts as refusals).

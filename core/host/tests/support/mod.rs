@@ -133,7 +133,11 @@ impl Harness {
                 push: policy.clone(),
                 metrics: Arc::new(|| "graspd_test_metric 1\n".to_owned()),
             },
-            max_body_bytes: MAX_BODY,
+            body: graspd_host::http::body::BodyLimits {
+                max_bytes: MAX_BODY,
+                max_upload_request_bytes: MAX_BODY,
+                ..Default::default()
+            },
             public_url: "http://127.0.0.1".to_owned(),
         };
         let mut harness = Harness {

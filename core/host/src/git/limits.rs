@@ -1,0 +1,67 @@
+//! What an anonymous git client may cost: how long a git process serving it may run, and
+//! the count of requests refused for going over a limit (for `/metrics`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Limits on the git processes that serve clients.
+#[derive(Clone, Debug)]
+pub struct GitLimits {
+    /// An upload-pack or receive-pack serving a client is killed after this long.
+    pub process_timeout: Duration,
+}
+
+impl Default for GitLimits {
+    fn default() -> GitLimits {
+        GitLimits {
+            process_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why a git request was refused or cut short by a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request body was larger than its limit (413).
+    BodyTooLarge,
+    /// The request body stalled or took too long (408).
+    BodyTimeout,
+    /// A git process ran past its deadline and was killed.
+    GitTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [
+        Refusal::BodyTooLarge,
+        Refusal::BodyTimeout,
+        Refusal::GitTimeout,
+    ];
+
+    /// The `reason` label in `graspd_git_refused_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::GitTimeout => "git_timeout",
+        }
+    }
+}
+
+/// How many git requests each limit refused since start-up.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl Refusals {
+    pub fn count(&self, refusal: Refusal) {
+        self.counts[refusal as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(label, total)` for every kind of refusal.
+    pub fn totals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Refusal::ALL
+            .iter()
+            .map(|r| (r.label(), self.counts[*r as usize].load(Ordering::Relaxed)))
+    }
+}

@@ -1,0 +1,151 @@
+//! What anonymous git clients cannot do to graspd: hold a repository with a stalled push,
+//! take memory with a small body, store objects nothing needs, or tie up git processes. Each
+//! scenario runs against both server binaries.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use graspd_tests::git::{ls_remote, WorkRepo};
+use graspd_tests::nostr::{announcement, keys, npub, state, RelayClient};
+use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
+
+/// Generous bound for things that happen "at once" on a loaded 2-core machine.
+const SOON: Duration = Duration::from_secs(30);
+
+fn ref_of(url: &str, name: &str) -> Option<String> {
+    ls_remote(url)
+        .into_iter()
+        .find(|(r, _)| r == name)
+        .map(|(_, oid)| oid)
+}
+
+/// One pkt-line.
+fn pkt(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:04x}", data.len() + 4).into_bytes();
+    out.extend_from_slice(data);
+    out
+}
+
+/// An announced repo "demo" of keys(1) on `server`, with `main` pushed and released; returns
+/// the work repo and the clone URL.
+fn announced_repo(server: &Server, relay: &mut RelayClient) -> (WorkRepo, String) {
+    let owner = keys(1);
+    let url = server.repo_url(&npub(&owner), "demo");
+    relay.publish(&announcement(&owner, "demo", &[&server.http_url()], &[]));
+    let work = WorkRepo::init("work");
+    let c1 = work.commit("README", "hello\n");
+    let st = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
+    assert!(relay.publish(&st).accepted);
+    work.git(&["push", "-q", &url, "main"]);
+    (work, url)
+}
+
+/// Opens a receive-pack POST that creates `refs/nostr/<id>` (taken without a key), sends the
+/// start of a pack and then nothing: the connection stays open.
+fn stalled_push(addr: SocketAddr, path: &str, new: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let zero = "0".repeat(40);
+    let placeholder = format!("refs/nostr/{}", "ab".repeat(32));
+    let mut body = pkt(format!("{zero} {new} {placeholder}\0report-status\n").as_bytes());
+    body.extend_from_slice(b"0000");
+    body.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x03");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/x-git-receive-pack-request\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len() + 10_000_000
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    stream
+}
+
+/// Whether the server answered or closed `stream` within `timeout`.
+fn answered_or_closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 1024];
+    match stream.read(&mut buf) {
+        // An answer (its first bytes), or 0 for a close.
+        Ok(_answered_or_closed) => true,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
+/// Runs `git push` and waits at most `timeout` for it; `None` if it had to be killed.
+fn push_within(work: &WorkRepo, url: &str, timeout: Duration) -> Option<std::process::Output> {
+    let mut child = Command::new("git")
+        .current_dir(&work.dir)
+        .args(["push", "-q", url, "main"])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run git push");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+/// A push that sends its commands and the start of a pack, then stalls, does not hold the
+/// repository: the owner's push to it goes through while the stalled one is still open, and
+/// the stalled one is ended at the body idle timeout.
+fn stalled_push_does_not_block_the_repository(flavor: Flavor) {
+    let idle = Duration::from_secs(20);
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default()
+            .arg("--body-idle-timeout-secs")
+            .arg(idle.as_secs().to_string()),
+    );
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let path = url.trim_start_matches(&server.http_url()).to_owned() + "/git-receive-pack";
+    let started = Instant::now();
+    let mut stalled = stalled_push(server.addr, &path, &work.head());
+
+    let owner = keys(1);
+    let c2 = work.commit("README", "second\n");
+    let st = state(&owner, "demo", &[("refs/heads/main", &c2)], Some("main"), 1);
+    assert!(relay.publish(&st).accepted);
+    let out = push_within(&work, &url, idle / 2).unwrap_or_else(|| {
+        panic!(
+            "the owner's push hung behind a stalled push\n{}",
+            server.log()
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ref_of(&url, "refs/heads/main"), Some(c2));
+    assert!(
+        started.elapsed() < idle
+            && !answered_or_closed_within(&mut stalled, Duration::from_millis(10)),
+        "the push went through only after the stalled one was ended"
+    );
+    assert!(
+        answered_or_closed_within(&mut stalled, idle + SOON),
+        "the stalled push was never ended"
+    );
+    let placeholder = format!("refs/nostr/{}", "ab".repeat(32));
+    assert_eq!(ref_of(&url, &placeholder), None);
+    let metrics = graspd_tests::http::request(server.addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains(r#"graspd_git_refused_total{reason="body_timeout"} 1"#),
+        "{metrics}"
+    );
+}
+
+both_runtimes!(stalled_push_does_not_block_the_repository);
