@@ -148,4 +148,136 @@ fn stalled_push_does_not_block_the_repository(flavor: Flavor) {
     );
 }
 
-both_runtimes!(stalled_push_does_not_block_the_repository);
+/// The server's peak resident memory so far, in bytes (`VmHWM`).
+fn peak_rss(server: &Server) -> u64 {
+    let pid = server.pid().expect("server running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
+/// What `write` produces, gzip'd by the `gzip` tool.
+fn gzip(write: impl FnOnce(&mut dyn Write) + Send + 'static) -> Vec<u8> {
+    let mut gzip = Command::new("gzip")
+        .arg("-1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run gzip");
+    let mut stdin = gzip.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || write(&mut stdin));
+    let out = gzip.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out.stdout
+}
+
+/// A gzip body that inflates to 1 GiB, sent to `git-upload-pack`, is refused (413) while it
+/// is inflated, so the server's memory barely moves; a gzip'd fetch request still works.
+fn gzip_bomb_is_refused_with_bounded_memory(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let rpc = url.trim_start_matches(&server.http_url()).to_owned() + "/git-upload-pack";
+    // 1 GiB of zeros: about 1 MB on the wire.
+    let bomb = gzip(|out| {
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            out.write_all(&zeros).unwrap();
+        }
+    });
+    let before = peak_rss(&server);
+    let response = graspd_tests::http::request(
+        server.addr,
+        "POST",
+        &rpc,
+        &[
+            ("Content-Encoding", "gzip"),
+            ("Content-Type", "application/x-git-upload-pack-request"),
+        ],
+        &bomb,
+    );
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert!(response.text().contains("limit"), "{}", response.text());
+    let grown = peak_rss(&server).saturating_sub(before);
+    eprintln!(
+        "{flavor:?}: a {} byte gzip body inflating to 1 GiB raised peak RSS by {} KiB",
+        bomb.len(),
+        grown / 1024
+    );
+    assert!(
+        grown < 64 << 20,
+        "peak RSS grew by {grown} bytes for a {} byte request",
+        bomb.len()
+    );
+    // A well-formed gzip'd fetch (protocol v0, stateless): NAK, then the pack.
+    let mut request = pkt(format!("want {}\n", work.head()).as_bytes());
+    request.extend_from_slice(b"0000");
+    request.extend_from_slice(&pkt(b"done\n"));
+    let request = gzip(move |out| out.write_all(&request).unwrap());
+    let response = graspd_tests::http::request(
+        server.addr,
+        "POST",
+        &rpc,
+        &[
+            ("Content-Encoding", "gzip"),
+            ("Content-Type", "application/x-git-upload-pack-request"),
+        ],
+        &request,
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        response.body.windows(4).any(|w| w == b"PACK"),
+        "{}",
+        response.text()
+    );
+}
+
+/// A push with more ref updates than allowed is refused with the limit, before any of it
+/// reaches git.
+fn push_with_too_many_commands_is_refused(flavor: Flavor) {
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default().arg("--max-push-commands").arg("3"),
+    );
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let rpc = url.trim_start_matches(&server.http_url()).to_owned() + "/git-receive-pack";
+    let (zero, head) = ("0".repeat(40), work.head());
+    let mut body = Vec::new();
+    for i in 0..5 {
+        let caps = if i == 0 { "\0report-status" } else { "" };
+        body.extend(pkt(
+            format!("{zero} {head} refs/tags/t{i}{caps}\n").as_bytes()
+        ));
+    }
+    body.extend_from_slice(b"0000");
+    let response = graspd_tests::http::request(
+        server.addr,
+        "POST",
+        &rpc,
+        &[("Content-Type", "application/x-git-receive-pack-request")],
+        &body,
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("more than 3 ref updates"),
+        "{}",
+        response.text()
+    );
+    assert_eq!(ref_of(&url, "refs/tags/t0"), None);
+    let metrics = graspd_tests::http::request(server.addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains(r#"graspd_git_refused_total{reason="too_many_commands"} 1"#),
+        "{metrics}"
+    );
+}
+
+both_runtimes!(
+    push_with_too_many_commands_is_refused,
+    stalled_push_does_not_block_the_repository,
+    gzip_bomb_is_refused_with_bounded_memory,
+);

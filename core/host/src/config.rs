@@ -53,6 +53,10 @@ pub struct Config {
     #[arg(long, env = "GRASPD_GIT_TIMEOUT_SECS", default_value_t = 3600)]
     pub git_timeout_secs: u64,
 
+    /// Most ref updates one push may carry.
+    #[arg(long, env = "GRASPD_MAX_PUSH_COMMANDS", default_value_t = 10_000)]
+    pub max_push_commands: usize,
+
     /// Seconds a fetch from another git server may take before it is killed.
     #[arg(long, env = "GRASPD_FETCH_TIMEOUT_SECS", default_value_t = 120)]
     pub fetch_timeout_secs: u64,
@@ -160,6 +164,7 @@ impl Config {
     pub fn git_limits(&self) -> crate::git::GitLimits {
         crate::git::GitLimits {
             process_timeout: Duration::from_secs(self.git_timeout_secs),
+            max_push_commands: self.max_push_commands,
         }
     }
 

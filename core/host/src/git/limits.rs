@@ -9,12 +9,15 @@ use std::time::Duration;
 pub struct GitLimits {
     /// An upload-pack or receive-pack serving a client is killed after this long.
     pub process_timeout: Duration,
+    /// Most ref updates in one push.
+    pub max_push_commands: usize,
 }
 
 impl Default for GitLimits {
     fn default() -> GitLimits {
         GitLimits {
             process_timeout: Duration::from_secs(3600),
+            max_push_commands: super::receive::MAX_COMMANDS,
         }
     }
 }
@@ -28,13 +31,16 @@ pub enum Refusal {
     BodyTimeout,
     /// A git process ran past its deadline and was killed.
     GitTimeout,
+    /// A push carried more ref updates than allowed.
+    TooManyCommands,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 3] = [
+    pub const ALL: [Refusal; 4] = [
         Refusal::BodyTooLarge,
         Refusal::BodyTimeout,
         Refusal::GitTimeout,
+        Refusal::TooManyCommands,
     ];
 
     /// The `reason` label in `graspd_git_refused_total`.
@@ -43,6 +49,7 @@ impl Refusal {
             Refusal::BodyTooLarge => "body_too_large",
             Refusal::BodyTimeout => "body_timeout",
             Refusal::GitTimeout => "git_timeout",
+            Refusal::TooManyCommands => "too_many_commands",
         }
     }
 }

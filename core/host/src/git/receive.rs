@@ -40,46 +40,99 @@ impl fmt::Display for BadPush {
 
 impl std::error::Error for BadPush {}
 
-/// Most ref updates one push may carry.
+/// Most ref updates one push may carry, unless configured otherwise.
 pub const MAX_COMMANDS: usize = 10_000;
+
+/// Parses a push's command list as it arrives. Each [`CommandParser::feed`] resumes at the
+/// first pkt-line not yet parsed, so a list sent in small pieces costs time linear in its
+/// size, never quadratic.
+#[derive(Debug)]
+pub struct CommandParser {
+    buf: Vec<u8>,
+    /// Where the first pkt-line not yet parsed starts in `buf`.
+    at: usize,
+    updates: Vec<RefUpdate>,
+    capabilities: Option<PushCapabilities>,
+    max_commands: usize,
+}
+
+impl CommandParser {
+    pub fn new(max_commands: usize) -> CommandParser {
+        CommandParser {
+            buf: Vec::new(),
+            at: 0,
+            updates: Vec::new(),
+            capabilities: None,
+            max_commands,
+        }
+    }
+
+    /// Adds `bytes`; the commands once the flush after them has arrived. What follows the
+    /// flush (the start of the pack) stays in [`CommandParser::received`].
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<PushCommands>, BadPush> {
+        self.buf.extend_from_slice(bytes);
+        loop {
+            let Some((pkt, used)) =
+                pktline::parse(&self.buf[self.at..]).map_err(|e| BadPush(e.to_string()))?
+            else {
+                return Ok(None);
+            };
+            let line = match pkt {
+                Pkt::Flush => {
+                    self.at += used;
+                    return Ok(Some(PushCommands {
+                        updates: std::mem::take(&mut self.updates),
+                        capabilities: self.capabilities.unwrap_or_default(),
+                        header_len: self.at,
+                    }));
+                }
+                Pkt::Data(line) => line,
+                other => return Err(BadPush(format!("unexpected {other:?} in the command list"))),
+            };
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            if !line.starts_with(b"shallow ") {
+                let (command, caps) = match line.iter().position(|&b| b == 0) {
+                    Some(nul) => (&line[..nul], Some(&line[nul + 1..])),
+                    None => (line, None),
+                };
+                if self.capabilities.is_none() {
+                    self.capabilities = Some(parse_capabilities(caps.unwrap_or_default()));
+                }
+                if self.updates.len() == self.max_commands {
+                    return Err(BadPush(format!(
+                        "more than {} ref updates in one push; push fewer refs at a time",
+                        self.max_commands
+                    )));
+                }
+                self.updates.push(parse_update(command)?);
+            }
+            self.at += used;
+        }
+    }
+
+    /// Ref updates parsed so far.
+    pub fn commands(&self) -> usize {
+        self.updates.len()
+    }
+
+    /// Every byte fed so far.
+    pub fn received(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Bytes of the command list parsed so far: each is parsed once.
+    pub fn parsed(&self) -> usize {
+        self.at
+    }
+
+    pub fn into_received(self) -> Vec<u8> {
+        self.buf
+    }
+}
 
 /// Parses the command list at the start of `buf`; `Ok(None)` if the flush has not arrived yet.
 pub fn parse_commands(buf: &[u8]) -> Result<Option<PushCommands>, BadPush> {
-    let mut at = 0;
-    let mut updates = Vec::new();
-    let mut capabilities = None;
-    loop {
-        let Some((pkt, used)) = pktline::parse(&buf[at..]).map_err(|e| BadPush(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        at += used;
-        let line = match pkt {
-            Pkt::Flush => break,
-            Pkt::Data(line) => line,
-            other => return Err(BadPush(format!("unexpected {other:?} in the command list"))),
-        };
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        if line.starts_with(b"shallow ") {
-            continue;
-        }
-        let (command, caps) = match line.iter().position(|&b| b == 0) {
-            Some(nul) => (&line[..nul], Some(&line[nul + 1..])),
-            None => (line, None),
-        };
-        if capabilities.is_none() {
-            capabilities = Some(parse_capabilities(caps.unwrap_or_default()));
-        }
-        if updates.len() == MAX_COMMANDS {
-            return Err(BadPush(format!("more than {MAX_COMMANDS} ref updates")));
-        }
-        updates.push(parse_update(command)?);
-    }
-    Ok(Some(PushCommands {
-        updates,
-        capabilities: capabilities.unwrap_or_default(),
-        header_len: at,
-    }))
+    CommandParser::new(MAX_COMMANDS).feed(buf)
 }
 
 fn parse_update(command: &[u8]) -> Result<RefUpdate, BadPush> {
@@ -194,6 +247,51 @@ mod tests {
         );
         assert_eq!(parse_commands(&req[..parsed.header_len - 1]).unwrap(), None);
         assert!(parse_commands(b"0010not a command0000").is_err());
+    }
+
+    #[test]
+    fn parsing_resumes_where_it_stopped() {
+        let req = request();
+        let mut parser = CommandParser::new(MAX_COMMANDS);
+        let mut parsed_before = 0;
+        let mut done = None;
+        for (i, byte) in req.iter().enumerate() {
+            match parser.feed(std::slice::from_ref(byte)).unwrap() {
+                Some(commands) => {
+                    done = Some((i, commands));
+                    break;
+                }
+                // Never behind what it parsed before, never past what it was given.
+                None => {
+                    assert!(parser.parsed() >= parsed_before && parser.parsed() <= i + 1);
+                    parsed_before = parser.parsed();
+                }
+            }
+        }
+        let (i, commands) = done.expect("the flush arrives");
+        assert_eq!(i + 1, commands.header_len);
+        assert_eq!(Some(commands), parse_commands(&req).unwrap());
+        // A complete first line is parsed as soon as it has arrived, not again later.
+        let first_line =
+            usize::from_str_radix(std::str::from_utf8(&req[..4]).unwrap(), 16).unwrap();
+        let mut parser = CommandParser::new(MAX_COMMANDS);
+        assert_eq!(parser.feed(&req[..first_line + 2]).unwrap(), None);
+        assert_eq!(parser.parsed(), first_line);
+    }
+
+    #[test]
+    fn too_many_commands_are_refused_with_the_limit() {
+        let mut req = Vec::new();
+        for i in 0..3 {
+            pktline::write(&mut req, format!("{Z} {A} refs/heads/b{i}\n").as_bytes());
+        }
+        pktline::write_flush(&mut req);
+        let error = CommandParser::new(2).feed(&req).unwrap_err();
+        assert!(
+            error.to_string().contains("more than 2 ref updates"),
+            "{error}"
+        );
+        assert!(CommandParser::new(3).feed(&req).unwrap().is_some());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::body::{full, BodyError, ProcessBody, RequestBody, ResponseBody};
 use super::spool::{self, SpoolError};
 use super::{set_type, status, Site};
-use crate::git::receive::{self, PushCommands};
+use crate::git::receive::{self, CommandParser, PushCommands};
 use crate::git::smart::{self as git_smart, Service};
 use crate::git::Refusal;
 
@@ -222,21 +222,11 @@ async fn read_commands(
     repo: &RepoKey,
     body: &mut RequestBody,
 ) -> Result<(PushCommands, Vec<u8>), Response<ResponseBody>> {
-    let mut head = Vec::new();
+    let max_commands = site.git.limits().max_push_commands;
+    let mut parser = CommandParser::new(max_commands);
     loop {
-        match receive::parse_commands(&head) {
-            Ok(Some(commands)) => return Ok((commands, head)),
-            Ok(None) => {}
-            Err(e) => return Err(status(StatusCode::BAD_REQUEST, &format!("{e}\n"))),
-        }
-        if head.len() > MAX_COMMAND_BYTES {
-            return Err(status(
-                StatusCode::BAD_REQUEST,
-                "push command list too long\n",
-            ));
-        }
-        match body.next().await {
-            Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+        let chunk = match body.next().await {
+            Some(Ok(chunk)) => chunk,
             Some(Err(e)) => return Err(body_error(site, repo, &BodyError::from_io_error(&e))),
             None => {
                 return Err(status(
@@ -244,6 +234,23 @@ async fn read_commands(
                     "push request ended before its command list\n",
                 ))
             }
+        };
+        match parser.feed(&chunk) {
+            Ok(Some(commands)) => return Ok((commands, parser.into_received())),
+            Ok(None) => {}
+            Err(e) => {
+                if parser.commands() >= max_commands {
+                    site.git.refusals().count(Refusal::TooManyCommands);
+                    tracing::info!(%repo, max_commands, "git request refused: too many ref updates");
+                }
+                return Err(status(StatusCode::BAD_REQUEST, &format!("{e}\n")));
+            }
+        }
+        if parser.received().len() > MAX_COMMAND_BYTES {
+            return Err(status(
+                StatusCode::BAD_REQUEST,
+                "push command list too long\n",
+            ));
         }
     }
 }
