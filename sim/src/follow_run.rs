@@ -21,7 +21,7 @@ use crate::relays::{own_service, Behaviour, RelayWorld};
 use crate::runner::FailureKind;
 use crate::trace;
 use crate::trace::{Trace, TraceMode};
-use crate::world::OWN_ORIGIN;
+use crate::world::{nip01_prefers, OWN_ORIGIN};
 
 /// Steps before a run is declared stuck (a timer re-arming at `now` forever).
 const MAX_STEPS: u64 = 200_000;
@@ -563,18 +563,17 @@ impl Host<'_> {
         };
         self.newest
             .get(&(a.owner, a.identifier.to_string()))
-            .is_some_and(|(at, id)| {
-                (*at, std::cmp::Reverse(*id)) > (a.created_at, std::cmp::Reverse(a.id))
-            })
+            .is_some_and(|(at, id)| nip01_prefers((*at, id), (a.created_at, &a.id)))
     }
 
     /// Remembers the newest announcement version taken for its repository.
     fn note_announcement(&mut self, event: &Event) {
         if let Ok(Some(events::GitEvent::Announcement(a))) = events::parse(event) {
             let key = (a.owner, a.identifier.to_string());
-            let newer = self.newest.get(&key).is_none_or(|(at, id)| {
-                (a.created_at, std::cmp::Reverse(a.id)) > (*at, std::cmp::Reverse(*id))
-            });
+            let newer = self
+                .newest
+                .get(&key)
+                .is_none_or(|(at, id)| nip01_prefers((a.created_at, &a.id), (*at, id)));
             if newer {
                 self.newest.insert(key, (a.created_at, a.id));
             }

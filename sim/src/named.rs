@@ -212,6 +212,7 @@ impl B {
             role: Role::Announcement {
                 repo: repo.key.clone(),
                 clone,
+                maintainers: Vec::new(),
             },
             label: format!("ann({}/{})", user.name, repo.ident),
         });

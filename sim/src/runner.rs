@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use graspd_core::{EventId, Oid, RepoKey, Time};
+use graspd_core::{EventId, Oid, PublicKey, RepoKey, Time};
 
 use crate::monitor::ThrottleMonitor;
 use crate::rng::Rng;
@@ -14,7 +14,7 @@ use crate::scenario::{Action, Scenario, Via};
 use crate::store::{apply_edits, diff_refs, LocalRepo, Store, WaitingRow};
 use crate::sut::{Command, EngineFactory, EngineUnderTest, FetchFailure, Input, Output, Verdict};
 use crate::trace::{Trace, TraceMode};
-use crate::world::{RemoteOutcome, Role};
+use crate::world::{nip01_prefers, RemoteOutcome, Role, SimEvent};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FailureKind {
@@ -322,6 +322,9 @@ impl<'a> Sim<'a> {
             self.check_liveness();
         }
         if self.failure.is_none() {
+            self.check_applied();
+        }
+        if self.failure.is_none() {
             self.check_expectations();
         }
     }
@@ -352,7 +355,9 @@ impl<'a> Sim<'a> {
     /// URLs.
     fn check_candidate(&self, into: &RepoKey, url: &str) -> Result<(), String> {
         let listed = self.sc.world.events.iter().any(|e| match &e.role {
-            Role::Announcement { repo, clone } => repo == into && clone.iter().any(|c| c == url),
+            Role::Announcement { repo, clone, .. } => {
+                repo == into && clone.iter().any(|c| c == url)
+            }
             Role::Pr { targets, clone, .. } => {
                 targets.contains(into) && clone.iter().any(|c| c == url)
             }
@@ -616,6 +621,7 @@ impl<'a> Sim<'a> {
             }
             Verdict::Accepted => {
                 self.check_data_present(idx, "accepted");
+                self.check_authorised(idx, "accepted");
                 self.ever_served.insert(id);
                 self.store.served.insert(id, idx);
                 self.store.waiting.remove(&id);
@@ -1020,6 +1026,7 @@ impl<'a> Sim<'a> {
             return;
         }
         self.check_data_present(ack.event, "released");
+        self.check_authorised(ack.event, "released");
         self.store.served.insert(id, ack.event);
         self.store.waiting.remove(&id);
         self.ever_served.insert(id);
@@ -1189,10 +1196,91 @@ impl<'a> Sim<'a> {
         })
     }
 
+    /// Who may publish states for `repo` at `by`: its owner and the maintainers that NIP-01's
+    /// winner among the owner's announcements the engine holds then lists.
+    fn maintainers_of(&self, repo: &RepoKey, by: Time) -> BTreeSet<PublicKey> {
+        let mut winner: Option<&SimEvent> = None;
+        for e in &self.sc.world.events {
+            let ours = matches!(&e.role, Role::Announcement { repo: r, .. } if r == repo);
+            if ours
+                && self.held_until(&e.id(), by)
+                && winner.is_none_or(|w| nip01_prefers(e.version(), w.version()))
+            {
+                winner = Some(e);
+            }
+        }
+        let mut set = BTreeSet::from([repo.owner]);
+        if let Some(Role::Announcement { maintainers, .. }) = winner.map(|w| &w.role) {
+            set.extend(maintainers.iter().copied());
+        }
+        set
+    }
+
+    /// A state is served only if its author is a maintainer by the announcement NIP-01 prefers
+    /// among those the engine holds now.
+    fn check_authorised(&mut self, idx: usize, what: &str) {
+        let ev = &self.sc.world.events[idx];
+        let Role::State { repo, .. } = &ev.role else {
+            return;
+        };
+        if !self.maintainers_of(repo, self.now).contains(&ev.event.pubkey) {
+            let msg = format!(
+                "{what} {}, whose author the announcement NIP-01 prefers does not list",
+                ev.label
+            );
+            self.fail(FailureKind::Safety, msg);
+        }
+    }
+
+    /// At the end, every repository holds the refs of NIP-01's winner among the states served
+    /// for it by its maintainers, never those of a state that winner beats (an older one, or a
+    /// same-second one with a higher id).
+    fn check_applied(&mut self) {
+        for (key, local) in &self.store.repos {
+            let maintainers = self.maintainers_of(key, self.now);
+            let states = || {
+                self.sc.world.events.iter().filter_map(|e| match &e.role {
+                    Role::State { repo, refs, .. } if repo == key => Some((e, refs)),
+                    _ => None,
+                })
+            };
+            let served = |e: &SimEvent| {
+                self.acks
+                    .get(&e.id())
+                    .is_some_and(|a| a.status == Status::Served)
+            };
+            let Some((winner, _)) = states()
+                .filter(|(e, _)| served(e) && maintainers.contains(&e.event.pubkey))
+                .reduce(|w, c| if nip01_prefers(c.0.version(), w.0.version()) { c } else { w })
+            else {
+                continue;
+            };
+            let held: BTreeMap<String, Oid> = local
+                .refs
+                .iter()
+                .filter(|(n, _)| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
+                .map(|(n, o)| (n.clone(), *o))
+                .collect();
+            let beaten = states().find(|(e, refs)| {
+                **refs == held && e.id() != winner.id() && nip01_prefers(winner.version(), e.version())
+            });
+            if let Some((loser, _)) = beaten {
+                let msg = format!(
+                    "{} holds the refs of {} although {}, which NIP-01 prefers, is served",
+                    self.rk(key),
+                    loser.label,
+                    winner.label
+                );
+                self.fail(FailureKind::Safety, msg);
+                return;
+            }
+        }
+    }
+
     /// The clone URLs of an announcement of `repo` the engine holds until `by`: candidates.
     fn announcement_urls(&self, repo: &RepoKey, by: Time) -> Option<Vec<String>> {
         self.sc.world.events.iter().find_map(|e| match &e.role {
-            Role::Announcement { repo: r, clone } if r == repo && self.held_until(&e.id(), by) => {
+            Role::Announcement { repo: r, clone, .. } if r == repo && self.held_until(&e.id(), by) => {
                 Some(clone.clone())
             }
             _ => None,
@@ -1228,14 +1316,19 @@ impl<'a> Sim<'a> {
         let ev = &self.sc.world.events[ack.event];
         match &ev.role {
             Role::State { repo, .. } => {
-                // Only the newest live state of a repository must be released.
+                // Only the newest live state of a repository by one of its maintainers (NIP-01:
+                // ties go to the lowest id) must be released.
+                let maintainers = self.maintainers_of(repo, deadline);
+                if !maintainers.contains(&ev.event.pubkey) {
+                    return None;
+                }
                 let newer = self.acks.iter().any(|(oid, a)| {
                     let other = &self.sc.world.events[a.event];
                     matches!(&other.role, Role::State { repo: r, .. } if r == repo)
                         && oid != id
                         && a.status != Status::Deleted
-                        && (other.event.created_at, std::cmp::Reverse(other.id()))
-                            > (ev.event.created_at, std::cmp::Reverse(ev.id()))
+                        && maintainers.contains(&other.event.pubkey)
+                        && nip01_prefers(other.version(), ev.version())
                 });
                 if newer {
                     return None;

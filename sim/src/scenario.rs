@@ -405,34 +405,48 @@ fn gen_repo(
         None
     };
     let listed: Vec<_> = maintainer.iter().map(|m| m.pubkey).collect();
-    let ann = forge::announcement(
-        &owner,
-        created(t0),
-        &ident,
-        &clone,
-        &[OWN_RELAY.to_owned()],
-        &listed,
-    );
-    let ann_label = format!("ann({}/{ident})", owner.name);
-    deliver(
-        world,
-        schedule,
-        SimEvent {
-            event: ann,
-            role: Role::Announcement {
-                repo: key.clone(),
-                clone: clone.clone(),
+    // Sometimes the owner publishes a second version in the same second, one listing the
+    // maintainer and one not: NIP-01's tie rule (lowest id) decides who may publish states.
+    let mut versions = vec![listed.clone()];
+    if !listed.is_empty() && wr.percent(35) {
+        versions.push(Vec::new());
+    }
+    for (v, maintainers) in versions.into_iter().enumerate() {
+        let ann = forge::announcement(
+            &owner,
+            created(t0),
+            &ident,
+            &clone,
+            &[OWN_RELAY.to_owned()],
+            &maintainers,
+        );
+        let label = if v == 0 {
+            format!("ann({}/{ident})", owner.name)
+        } else {
+            format!("ann'({}/{ident} same second, no maintainers)", owner.name)
+        };
+        deliver(
+            world,
+            schedule,
+            SimEvent {
+                event: ann,
+                role: Role::Announcement {
+                    repo: key.clone(),
+                    clone: clone.clone(),
+                    maintainers,
+                },
+                label,
             },
-            label: ann_label,
-        },
-        t0,
-        announce_via,
-        chaos_ms,
-        sr,
-    );
+            t0,
+            announce_via,
+            chaos_ms,
+            sr,
+        );
+    }
 
     let mut t = t0;
-    let mut state_events = Vec::new();
+    let mut state_events: Vec<(usize, u64, User)> = Vec::new();
+    let mut previous: Option<(u64, User)> = None;
     for (k, refs) in states.iter().enumerate() {
         // Usually after the announcement, sometimes before it (reordering).
         let ts = if sr.percent(15) {
@@ -441,17 +455,26 @@ fn gen_repo(
             sr.range(t, chaos_ms - 1)
         };
         t = ts.max(t);
-        let author = match &maintainer {
+        let mut author = match &maintainer {
             Some(m) if wr.percent(40) => m.clone(),
             _ => owner.clone(),
         };
-        let ev = forge::state(
-            &author,
-            created(ts) + k as u64,
-            &ident,
-            refs,
-            Some("refs/heads/main"),
-        );
+        let mut created_at = created(ts) + k as u64;
+        // Sometimes a state signed in the same second as the previous one, usually by the other
+        // maintainer (else by the same author): NIP-01's winner is the lowest id, whichever
+        // arrives first.
+        if let Some((at, by)) = previous.as_ref().filter(|_| wr.percent(30)) {
+            created_at = *at;
+            if let Some(m) = maintainer.as_ref().filter(|_| wr.percent(80)) {
+                author = if by.pubkey == owner.pubkey {
+                    m.clone()
+                } else {
+                    owner.clone()
+                };
+            }
+        }
+        previous = Some((created_at, author.clone()));
+        let ev = forge::state(&author, created_at, &ident, refs, Some("refs/heads/main"));
         let via = if sr.percent(70) {
             Via::Published
         } else {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use graspd_core::{EventId, Oid, RepoKey, Time};
+use graspd_core::{EventId, Oid, PublicKey, RepoKey, Time};
 
 use crate::faults::{response_at, FaultWindow, Response};
 use crate::forge::User;
@@ -37,6 +37,8 @@ pub enum Role {
     Announcement {
         repo: RepoKey,
         clone: Vec<String>,
+        /// The `maintainers` tag (besides the owner).
+        maintainers: Vec<PublicKey>,
     },
     State {
         repo: RepoKey,
@@ -62,9 +64,21 @@ pub struct SimEvent {
     pub label: String,
 }
 
+/// NIP-01's rule for two versions at one address: the later `created_at` is kept, and on a tie
+/// the lowest id. Written here on purpose rather than taken from the engine, so a wrong rule
+/// there is caught rather than copied into the checks.
+pub fn nip01_prefers(a: (u64, &EventId), b: (u64, &EventId)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+}
+
 impl SimEvent {
     pub fn id(&self) -> EventId {
         self.event.id
+    }
+
+    /// `(created_at, id)`, what NIP-01 ranks versions by.
+    pub fn version(&self) -> (u64, &EventId) {
+        (self.event.created_at.as_secs(), &self.event.id)
     }
 
     /// Objects that must be present locally before this event may be released, per repo.

@@ -16,6 +16,7 @@ pub mod purgatory;
 pub mod push;
 pub mod related;
 pub mod release;
+pub mod replaceable;
 pub mod satisfy;
 pub mod throttle;
 pub mod time;

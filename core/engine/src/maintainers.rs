@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::events::Announcement;
 use crate::ids::{Identifier, PublicKey, RepoKey};
+use crate::replaceable::precedence;
 
 /// At most this many pubkeys are authorised for one repository; a chain longer than this is
 /// cut (in breadth-first order, so the owner's direct maintainers always count).
@@ -27,12 +28,7 @@ impl Announcements for [Announcement] {
     fn announcement(&self, owner: &PublicKey, identifier: &Identifier) -> Option<&Announcement> {
         self.iter()
             .filter(|a| a.owner == *owner && a.identifier == *identifier)
-            .max_by(|x, y| {
-                // Replaceable: the newest wins, equal timestamps go to the lowest id.
-                x.created_at
-                    .cmp(&y.created_at)
-                    .then_with(|| y.id.cmp(&x.id))
-            })
+            .max_by(|x, y| precedence((x.created_at, &x.id), (y.created_at, &y.id)))
     }
 }
 

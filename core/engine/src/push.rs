@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::events::{parse_event_id_hex, RefName, RepoState};
 use crate::ids::{EventId, Oid};
-use crate::release::supersedes;
+use crate::replaceable::supersedes;
 
 /// One receive-pack command `<old> <new> <ref>`; the zero oid means create (old) or delete (new).
 #[derive(Clone, PartialEq, Eq, Debug)]

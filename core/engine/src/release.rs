@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::events::{GitEvent, PullRequest, RefName, RepoState, KIND_ANNOUNCEMENT};
 use crate::ids::{EventId, Oid, RepoKey};
 use crate::maintainers::MaintainerSet;
+use crate::replaceable::supersedes;
 use crate::satisfy;
 
 /// One compare-and-swap ref change: `expected` is the value the ref must still have (`None`:
@@ -51,12 +52,6 @@ pub fn align_refs(current: &BTreeMap<RefName, Oid>, state: &RepoState) -> Vec<Re
     }
     edits.sort_by(|a, b| a.name.cmp(&b.name));
     edits
-}
-
-/// Whether a replaceable event `new` replaces `old`: newer `created_at` wins; on equal
-/// timestamps the lowest id wins (NIP-01).
-pub fn supersedes(new: (u64, &EventId), old: (u64, &EventId)) -> bool {
-    new.0 > old.0 || (new.0 == old.0 && new.1 < old.1)
 }
 
 /// Whether a waiting announcement may be released on its own: its repository already holds
@@ -336,27 +331,6 @@ mod tests {
         for (name, current, wanted, want) in cases {
             let s = state(1, "r", 1, wanted, None);
             assert_eq!(&align_refs(&refs(current), &s), want, "{name}");
-        }
-    }
-
-    #[test]
-    fn supersedes_table() {
-        let lo = EventId::from_slice(&[1; 32]).unwrap();
-        let hi = EventId::from_slice(&[2; 32]).unwrap();
-        let cases = [
-            ((2, &lo), (1, &hi), true, "newer wins"),
-            ((1, &lo), (2, &hi), false, "older loses"),
-            ((5, &lo), (5, &hi), true, "tie: lowest id wins"),
-            ((5, &hi), (5, &lo), false, "tie: higher id loses"),
-            (
-                (5, &lo),
-                (5, &lo),
-                false,
-                "an event does not replace itself",
-            ),
-        ];
-        for (new, old, want, name) in cases {
-            assert_eq!(supersedes(new, old), want, "{name}");
         }
     }
 

@@ -1431,3 +1431,100 @@ fn nothing_is_released_into_a_repository_removed_while_its_apply_ran() {
         );
     }
 }
+
+#[test]
+fn same_second_states_leave_the_lowest_id_applied_whichever_arrives_first() {
+    // NIP-01: on equal created_at the lowest id wins. Two maintainers (and one author twice)
+    // publish in the same second; the repository must end at the lowest id's refs.
+    for (low_author, high_author) in [(1, 2), (2, 1), (1, 1)] {
+        for low_first in [true, false] {
+            let case = format!("authors {low_author}/{high_author}, low id first: {low_first}");
+            let mut kit = Kit::default();
+            let mut engine = Engine::new(config());
+            let mut host = Host::default();
+            engine.restore_accepted(&kit.announcement(1, "r", &[2], &[]));
+            let low = kit.state(low_author, "r", 2000, &[("refs/heads/main", oid(1))]);
+            let high = kit.state(high_author, "r", 2000, &[("refs/heads/main", oid(2))]);
+            assert!(low.id < high.id);
+            let order = if low_first {
+                [low.clone(), high.clone()]
+            } else {
+                [high.clone(), low.clone()]
+            };
+            host.give(&repo(1, "r"), &[oid(1), oid(2)]);
+            for (i, st) in order.into_iter().enumerate() {
+                let now = t(i as u64 * 1000);
+                publish(&mut engine, &mut host, now, st, Arrival::Published);
+                engine.handle_input(
+                    now,
+                    Input::Pushed {
+                        repo: repo(1, "r"),
+                        updates: vec![],
+                    },
+                );
+                host.run(&mut engine, now);
+            }
+            assert_eq!(
+                host.refs[&repo(1, "r")]["refs/heads/main"],
+                oid(1),
+                "{case}: the lowest id's refs are applied"
+            );
+            assert!(host.released().contains(&low.id), "{case}");
+            if low_first {
+                assert!(!host.released().contains(&high.id), "{case}: loser released");
+            }
+        }
+    }
+}
+
+#[test]
+fn same_second_announcements_waiting_together_are_released_together_and_the_lowest_id_rules() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    // Two versions in the same second: the lower id lists maintainer 2, the higher nobody.
+    let with_maintainer = kit.announcement(1, "r", &[2], &[]);
+    let without = kit.announcement(1, "r", &[], &[]);
+    assert!(with_maintainer.id < without.id);
+    for ann in [&without, &with_maintainer] {
+        let verdict = publish(&mut engine, &mut host, t(0), ann.clone(), Arrival::Published);
+        assert_eq!(verdict, Verdict::Waiting);
+    }
+    host.give(&repo(1, "r"), &[oid(1), oid(2)]);
+    let owners = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    publish(&mut engine, &mut host, t(1), owners.clone(), Arrival::Published);
+    assert_eq!(
+        BTreeSet::from_iter(host.released()),
+        BTreeSet::from([with_maintainer.id, without.id, owners.id]),
+        "no version of the announcement is left waiting"
+    );
+    // NIP-01's winner lists maintainer 2, whose newer state moves the repository.
+    let maintainers = kit.state(2, "r", 3000, &[("refs/heads/main", oid(2))]);
+    publish(&mut engine, &mut host, t(2), maintainers, Arrival::Published);
+    assert_eq!(host.refs[&repo(1, "r")]["refs/heads/main"], oid(2));
+}
+
+#[test]
+fn a_push_never_takes_a_repository_back_to_a_state_older_than_the_one_it_holds() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let older = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let newer = kit.state(1, "r", 3000, &[("refs/heads/main", oid(2))]);
+    publish(&mut engine, &mut host, t(0), older, Arrival::Published);
+    host.give(&repo(1, "r"), &[oid(2)]);
+    publish(&mut engine, &mut host, t(1), newer.clone(), Arrival::Published);
+    assert_eq!(host.released(), [newer.id]);
+    let current = host.refs[&repo(1, "r")].clone();
+    let back = [RefUpdate {
+        old: oid(2),
+        new: oid(1),
+        name: "refs/heads/main".into(),
+    }];
+    assert!(
+        matches!(
+            &engine.decide_push(&repo(1, "r"), &current, &back)[0],
+            graspd_core::RefDecision::Reject(_)
+        ),
+        "the older state still waits, but the repository holds a newer one"
+    );
+}

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use graspd_core::events::{Announcement, RefName, RepoState};
 use graspd_core::maintainers::{maintainer_set_capped, Announcements};
 use graspd_core::push::{decide_push, RefDecision, RefUpdate};
-use graspd_core::release::{align_refs, supersedes};
+use graspd_core::release::align_refs;
+use graspd_core::replaceable::supersedes;
 use graspd_core::{EventId, Identifier, Oid, PublicKey, RepoKey};
 use quickcheck::{quickcheck, TestResult};
 
@@ -118,7 +119,7 @@ fn a_push_of_the_aligning_edits_is_accepted_and_any_other_is_not() {
 }
 
 #[test]
-fn supersedes_is_a_strict_total_order() {
+fn supersedes_is_nip01s_strict_total_order() {
     fn prop(a: (u8, u8), b: (u8, u8), c: (u8, u8)) -> bool {
         let id = |n: u8| EventId::from_slice(&[n; 32]).unwrap();
         let (ia, ib, ic) = (id(a.1), id(b.1), id(c.1));
@@ -130,7 +131,10 @@ fn supersedes_is_a_strict_total_order() {
         let irreflexive = !supersedes(x, x);
         let total = x == y || supersedes(x, y) != supersedes(y, x);
         let transitive = !(supersedes(x, y) && supersedes(y, z)) || supersedes(x, z);
-        irreflexive && total && transitive
+        // NIP-01: the later created_at wins; on a tie the lowest id wins, never the highest.
+        let nip01 = x.0 == y.0 || supersedes(x, y) == (x.0 > y.0);
+        let tie = x.0 != y.0 || supersedes(x, y) == (x.1 < y.1);
+        irreflexive && total && transitive && nip01 && tie
     }
     quickcheck(prop as fn((u8, u8), (u8, u8), (u8, u8)) -> bool);
 }

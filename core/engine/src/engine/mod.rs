@@ -21,6 +21,7 @@ use crate::events::{self, GitEvent, RefName};
 use crate::ids::{CommandId, EventId, Oid, PublicKey, RepoKey};
 use crate::lookup::LookupMap;
 use crate::purgatory::{IdentKey, Placeholder, Purgatory, Waiting};
+use crate::replaceable::supersedes;
 use crate::throttle::{Limits, Throttle};
 use crate::time::Time;
 use crate::timers::Timers;
@@ -304,7 +305,7 @@ impl Engine {
                     .states
                     .get(&(IdentKey::of(&s.identifier), s.author))
                 {
-                    if !world::newer(s.created_at, &s.id, old.created_at, &old.id) {
+                    if !supersedes((s.created_at, &s.id), (old.created_at, &old.id)) {
                         return Verdict::Rejected(
                             "blocked: a newer repository state from this author is already \
                              accepted"
@@ -711,7 +712,7 @@ impl Engine {
         let newer = self
             .applied
             .get(&repo)
-            .is_none_or(|old| crate::release::supersedes((held.0, &held.1), (old.0, &old.1)));
+            .is_none_or(|old| supersedes((held.0, &held.1), (old.0, &old.1)));
         if newer {
             self.applied.insert(repo, held);
         }

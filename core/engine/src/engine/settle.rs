@@ -10,6 +10,7 @@ use crate::events::{GitEvent, RefName, RepoState};
 use crate::ids::{CommandId, EventId, Oid, RepoKey};
 use crate::push;
 use crate::release::{self, RepoUpdate, Target};
+use crate::replaceable::precedence;
 use crate::time::Time;
 
 /// What one Inspect allows for one repository: an Apply (objects, CAS ref edits, HEAD) and
@@ -333,8 +334,9 @@ impl Engine {
         if let Some((event, source)) = &catch_up {
             states.push((event, *source, false));
         }
-        let key = |e: &GitEvent| (std::cmp::Reverse(e.created_at()), *e.id());
-        states.sort_by_key(|(e, _, _)| key(e));
+        states.sort_by(|(a, _, _), (b, _, _)| {
+            precedence((b.created_at(), b.id()), (a.created_at(), a.id()))
+        });
         for (event, source, waiting) in states {
             let GitEvent::State(state) = event else {
                 continue;
@@ -357,7 +359,12 @@ impl Engine {
             if waiting {
                 plan.release.push(state.id);
             }
-            plan.release.extend(p.announcements);
+            if !p.announcements.is_empty() {
+                // Every waiting version of the owner's announcement goes together: the store
+                // and `Accepted` keep NIP-01's winner, and no version is left behind to be
+                // taken for the current one.
+                plan.release.extend(waiting_announcements.iter().copied());
+            }
             break;
         }
         if plan.release.is_empty()
@@ -394,12 +401,12 @@ pub(super) fn decide_push(
 ) -> Vec<RefDecision> {
     let view = engine.view();
     let maintainers = view.maintainers(repo);
-    let states: Vec<&RepoState> = engine
-        .purgatory
-        .states_with(&repo.identifier)
+    // Only states newer than the one the repository holds: a push must never take it back
+    // to an older (or same-second, higher-id) state.
+    let states: Vec<&RepoState> = view
+        .waiting_states(repo, &maintainers)
         .into_iter()
-        .filter(|(author, _)| maintainers.contains(author))
-        .filter_map(|(_, id)| match &engine.purgatory.get(&id)?.parsed {
+        .filter_map(|id| match &engine.purgatory.get(&id)?.parsed {
             GitEvent::State(s) => Some(s),
             _ => None,
         })

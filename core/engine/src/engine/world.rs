@@ -9,6 +9,7 @@ use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
 use crate::lookup::LookupMap;
 use crate::maintainers::{maintainer_set, Announcements, MaintainerSet};
 use crate::purgatory::{pr_repos, IdentKey, Purgatory};
+use crate::replaceable::{precedence, supersedes};
 use crate::satisfy::required_objects;
 
 /// Accepted (stored, served) knowledge, newest per address.
@@ -31,7 +32,7 @@ impl Accepted {
                 .insert(ann.owner);
         }
         match self.announcements.get(&key) {
-            Some(old) if !newer(ann.created_at, &ann.id, old.created_at, &old.id) => {}
+            Some(old) if !supersedes((ann.created_at, &ann.id), (old.created_at, &old.id)) => {}
             _ => {
                 self.announcements.insert(key, ann);
             }
@@ -41,7 +42,7 @@ impl Accepted {
     pub fn add_state(&mut self, state: RepoState, source: Option<RepoKey>) {
         let key = (IdentKey::of(&state.identifier), state.author);
         match self.states.get(&key) {
-            Some((old, _)) if !newer(state.created_at, &state.id, old.created_at, &old.id) => {}
+            Some((old, _)) if !supersedes((state.created_at, &state.id), (old.created_at, &old.id)) => {}
             _ => {
                 self.states.insert(key, (state, source));
             }
@@ -53,11 +54,6 @@ impl Accepted {
             .get(&IdentKey::of(&repo.identifier))
             .is_some_and(|o| o.contains(&repo.owner))
     }
-}
-
-/// `a` is newer than `b`: later `created_at`, ties to the lowest id.
-pub fn newer(a_at: u64, a_id: &EventId, b_at: u64, b_id: &EventId) -> bool {
-    (a_at, std::cmp::Reverse(*a_id)) > (b_at, std::cmp::Reverse(*b_id))
 }
 
 /// A read view over accepted knowledge and purgatory, for the rules.
@@ -87,11 +83,7 @@ impl Announcements for View<'_> {
                 GitEvent::Announcement(a) => Some(a),
                 _ => None,
             })
-            .max_by(|x, y| {
-                x.created_at
-                    .cmp(&y.created_at)
-                    .then_with(|| y.id.cmp(&x.id))
-            })
+            .max_by(|x, y| precedence((x.created_at, &x.id), (y.created_at, &y.id)))
     }
 }
 
@@ -169,11 +161,7 @@ impl View<'_> {
                     .states
                     .get(&(IdentKey::of(&repo.identifier), *m))
             })
-            .max_by(|(x, _), (y, _)| {
-                x.created_at
-                    .cmp(&y.created_at)
-                    .then_with(|| y.id.cmp(&x.id))
-            })
+            .max_by(|(x, _), (y, _)| precedence((x.created_at, &x.id), (y.created_at, &y.id)))
     }
 
     pub fn authoritative_state(
@@ -188,7 +176,7 @@ impl View<'_> {
     pub fn newer_than_held(&self, repo: &RepoKey, created_at: u64, id: &EventId) -> bool {
         self.applied
             .get(repo)
-            .is_none_or(|(at, held)| newer(created_at, id, *at, held))
+            .is_none_or(|(at, held)| supersedes((created_at, id), (*at, held)))
     }
 
     /// The accepted authoritative state `repo` does not hold yet (it was released elsewhere,

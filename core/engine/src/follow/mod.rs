@@ -37,6 +37,7 @@ use std::fmt;
 use crate::acceptance::OwnService;
 use crate::events::Announcement;
 use crate::ids::{EventId, RepoKey};
+use crate::replaceable::supersedes;
 use crate::time::Time;
 
 pub use config::{parse_relay_list, FollowConfig};
@@ -499,9 +500,7 @@ impl RelayFollower {
     fn follow_announcement(&mut self, a: Announcement) {
         let key = RepoKey::new(a.owner, a.identifier.clone());
         if let Some(old) = self.repos.get(&key) {
-            let newer =
-                a.created_at > old.created_at || (a.created_at == old.created_at && a.id < old.id);
-            if !newer {
+            if !supersedes((a.created_at, &a.id), (old.created_at, &old.id)) {
                 return;
             }
         }

@@ -89,10 +89,13 @@ pub fn coordinate_identifier(event: &Event) -> Option<&str> {
     Some(d)
 }
 
-/// Whether `a` is served in preference to `b` for the same coordinate: newer wins, and on a
-/// tie of `created_at` the lower id wins.
+/// Whether `a` is served in preference to `b` for the same coordinate (NIP-01, the engine's
+/// rule: newer wins, a tie of `created_at` goes to the lowest id).
 pub fn supersedes(a: &Event, b: &Event) -> bool {
-    (a.created_at, std::cmp::Reverse(a.id)) > (b.created_at, std::cmp::Reverse(b.id))
+    graspd_core::replaceable::supersedes(
+        (a.created_at.as_secs(), &a.id),
+        (b.created_at.as_secs(), &b.id),
+    )
 }
 
 /// Whether a filter can match nothing at all (a tag or id list given but empty).

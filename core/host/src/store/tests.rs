@@ -466,6 +466,29 @@ fn replaceable_ties_go_to_the_lowest_id_in_either_order() {
 }
 
 #[test]
+fn addressable_same_second_versions_serve_the_lowest_id_in_either_order() {
+    let alice = keys(1);
+    let x = event(&alice, 30618, 30, &[&["d", "repo"], &["refs/heads/main", "1"]], "");
+    let y = event(&alice, 30618, 30, &[&["d", "repo"], &["refs/heads/main", "2"]], "");
+    let (low, high) = if x.id < y.id { (x, y) } else { (y, x) };
+    for (first, second) in [(&low, &high), (&high, &low)] {
+        let dir = TempDir::new("ties-addressable");
+        let store = open(&dir);
+        assert_eq!(store.insert(first).unwrap(), stored());
+        let outcome = store.insert(second).unwrap();
+        if second.id == low.id {
+            let removed = vec![high.id];
+            assert_eq!(outcome, InsertOutcome::Stored { removed });
+        } else {
+            assert_eq!(outcome, InsertOutcome::Superseded { by: low.id });
+        }
+        let by_d = Filter::new().kind(Kind::from(30618)).identifier("repo");
+        assert_eq!(ids(&store.query(&[by_d], 10).unwrap()), vec![low.id]);
+        assert_eq!(store.get(&high.id).unwrap(), None);
+    }
+}
+
+#[test]
 fn addressable_events_replace_per_identifier() {
     let dir = TempDir::new("addressable");
     let store = open(&dir);
