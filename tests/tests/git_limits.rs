@@ -276,7 +276,66 @@ fn push_with_too_many_commands_is_refused(flavor: Flavor) {
     );
 }
 
+/// Git requests in flight from one address are capped: beyond the cap a clone is refused with
+/// 429 and `Retry-After` at once instead of tying up another git process, and served again
+/// once a place is free.
+fn git_requests_per_address_are_capped(flavor: Flavor) {
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default()
+            .arg("--max-git-requests-per-address")
+            .arg("1"),
+    );
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let path = url.trim_start_matches(&server.http_url()).to_owned();
+    // A stalled push holds this address's one place. A listing that arrives first takes the
+    // place instead (and the push is refused): then another stalled push is opened.
+    let refs = path.clone() + "/info/refs?service=git-upload-pack";
+    let deadline = Instant::now() + SOON;
+    let mut stalled = Vec::new();
+    let refused = loop {
+        stalled.push(stalled_push(
+            server.addr,
+            &(path.clone() + "/git-receive-pack"),
+            &work.head(),
+        ));
+        let response = graspd_tests::http::request(server.addr, "GET", &refs, &[], b"");
+        if response.status == 429 {
+            break response;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second git request from the address was served\n{}",
+            server.log()
+        );
+    };
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert!(refused.text().contains("in flight"), "{}", refused.text());
+    drop(stalled);
+    assert!(
+        graspd_tests::nostr::eventually(SOON, || graspd_tests::http::request(
+            server.addr,
+            "GET",
+            &refs,
+            &[],
+            b""
+        )
+        .status
+            == 200),
+        "the place was not freed when the stalled push went away"
+    );
+    let metrics = graspd_tests::http::request(server.addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with(r#"graspd_git_refused_total{reason="busy_address"}"#)
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
 both_runtimes!(
+    git_requests_per_address_are_capped,
     push_with_too_many_commands_is_refused,
     stalled_push_does_not_block_the_repository,
     gzip_bomb_is_refused_with_bounded_memory,

@@ -57,6 +57,20 @@ pub struct Config {
     #[arg(long, env = "GRASPD_MAX_PUSH_COMMANDS", default_value_t = 10_000)]
     pub max_push_commands: usize,
 
+    /// Most git requests (clones, fetches, pushes, ref listings), each with its git process,
+    /// served at once; beyond it clients get 503 with `Retry-After`.
+    #[arg(long, env = "GRASPD_MAX_GIT_REQUESTS", default_value_t = 64)]
+    pub max_git_requests: usize,
+
+    /// Most git requests served at once for one client address; beyond it 429 with
+    /// `Retry-After`.
+    #[arg(
+        long,
+        env = "GRASPD_MAX_GIT_REQUESTS_PER_ADDRESS",
+        default_value_t = 16
+    )]
+    pub max_git_requests_per_address: usize,
+
     /// Seconds a fetch from another git server may take before it is killed.
     #[arg(long, env = "GRASPD_FETCH_TIMEOUT_SECS", default_value_t = 120)]
     pub fetch_timeout_secs: u64,
@@ -165,6 +179,8 @@ impl Config {
         crate::git::GitLimits {
             process_timeout: Duration::from_secs(self.git_timeout_secs),
             max_push_commands: self.max_push_commands,
+            max_requests: self.max_git_requests,
+            max_requests_per_address: self.max_git_requests_per_address,
         }
     }
 

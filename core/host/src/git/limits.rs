@@ -1,7 +1,12 @@
-//! What an anonymous git client may cost: how long a git process serving it may run, and
-//! the count of requests refused for going over a limit (for `/metrics`).
+//! What an anonymous git client may cost: how many git requests are served at once (in all
+//! and per client address), how long a git process serving one may run, and the count of
+//! requests refused for going over a limit (for `/metrics`).
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Limits on the git processes that serve clients.
@@ -11,6 +16,10 @@ pub struct GitLimits {
     pub process_timeout: Duration,
     /// Most ref updates in one push.
     pub max_push_commands: usize,
+    /// Most git requests (each with its git process) served at once.
+    pub max_requests: usize,
+    /// Most git requests served at once for one client address.
+    pub max_requests_per_address: usize,
 }
 
 impl Default for GitLimits {
@@ -18,6 +27,8 @@ impl Default for GitLimits {
         GitLimits {
             process_timeout: Duration::from_secs(3600),
             max_push_commands: super::receive::MAX_COMMANDS,
+            max_requests: 64,
+            max_requests_per_address: 16,
         }
     }
 }
@@ -33,14 +44,20 @@ pub enum Refusal {
     GitTimeout,
     /// A push carried more ref updates than allowed.
     TooManyCommands,
+    /// The server was serving its most git requests at once (503).
+    Busy,
+    /// The client's address had its most git requests in flight (429).
+    BusyAddress,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::BodyTooLarge,
         Refusal::BodyTimeout,
         Refusal::GitTimeout,
         Refusal::TooManyCommands,
+        Refusal::Busy,
+        Refusal::BusyAddress,
     ];
 
     /// The `reason` label in `graspd_git_refused_total`.
@@ -50,6 +67,8 @@ impl Refusal {
             Refusal::BodyTimeout => "body_timeout",
             Refusal::GitTimeout => "git_timeout",
             Refusal::TooManyCommands => "too_many_commands",
+            Refusal::Busy => "busy",
+            Refusal::BusyAddress => "busy_address",
         }
     }
 }
@@ -70,5 +89,126 @@ impl Refusals {
         Refusal::ALL
             .iter()
             .map(|r| (r.label(), self.counts[*r as usize].load(Ordering::Relaxed)))
+    }
+}
+
+/// Why a git request was not started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// The server serves `max` git requests already.
+    Server { max: usize },
+    /// The client's address has `max` git requests in flight already.
+    Address { max: usize },
+}
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Busy::Server { max } => write!(
+                f,
+                "this server is serving its limit of {max} git requests at once; try again in a \
+                 few seconds"
+            ),
+            Busy::Address { max } => write!(
+                f,
+                "your address has {max} git requests in flight already (this server's limit); \
+                 try again when one is done"
+            ),
+        }
+    }
+}
+
+/// The git requests in flight, in all and per client address. Only addresses with a request
+/// in flight have an entry, so the map never holds more than the total cap.
+#[derive(Debug)]
+pub struct GitRequests {
+    max_total: usize,
+    max_per_address: usize,
+    in_flight: Mutex<(usize, BTreeMap<IpAddr, usize>)>,
+}
+
+/// One git request in flight; its place is freed on drop.
+#[derive(Debug)]
+pub struct GitRequestSlot {
+    requests: Arc<GitRequests>,
+    address: IpAddr,
+}
+
+impl GitRequests {
+    pub fn new(limits: &GitLimits) -> Arc<GitRequests> {
+        Arc::new(GitRequests {
+            max_total: limits.max_requests,
+            max_per_address: limits.max_requests_per_address,
+            in_flight: Mutex::default(),
+        })
+    }
+
+    /// A place for one more request from `address`, if both caps allow it.
+    pub fn try_start(self: &Arc<Self>, address: IpAddr) -> Result<GitRequestSlot, Busy> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_address) = &mut *in_flight;
+        if *total >= self.max_total {
+            return Err(Busy::Server {
+                max: self.max_total,
+            });
+        }
+        let mine = per_address.entry(address).or_insert(0);
+        if *mine >= self.max_per_address {
+            return Err(Busy::Address {
+                max: self.max_per_address,
+            });
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(GitRequestSlot {
+            requests: Arc::clone(self),
+            address,
+        })
+    }
+}
+
+impl Drop for GitRequestSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .requests
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (total, per_address) = &mut *in_flight;
+        *total -= 1;
+        if let Some(mine) = per_address.get_mut(&self.address) {
+            *mine -= 1;
+            if *mine == 0 {
+                per_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_requests_in_all_and_per_address() {
+        let requests = GitRequests::new(&GitLimits {
+            max_requests: 3,
+            max_requests_per_address: 2,
+            ..GitLimits::default()
+        });
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+        );
+        let a1 = requests.try_start(a).unwrap();
+        let _a2 = requests.try_start(a).unwrap();
+        assert_eq!(requests.try_start(a).unwrap_err(), Busy::Address { max: 2 });
+        let _b1 = requests.try_start(b).unwrap();
+        assert_eq!(requests.try_start(c).unwrap_err(), Busy::Server { max: 3 });
+        drop(a1);
+        let _c1 = requests.try_start(c).unwrap();
+        assert_eq!(requests.try_start(a).unwrap_err(), Busy::Server { max: 3 });
+        assert_eq!(requests.in_flight.lock().unwrap().1.len(), 3);
     }
 }

@@ -23,7 +23,7 @@ use graspd_core::{Oid, RepoKey};
 use nostr::nips::nip19::ToBech32;
 
 pub use fetch::{FetchError, FetchLimits};
-pub use limits::{GitLimits, Refusal, Refusals};
+pub use limits::{Busy, GitLimits, GitRequestSlot, GitRequests, Refusal, Refusals};
 pub use locks::{RepoGuard, RepoLocks, TooManyLocks};
 pub use receive::RefUpdate;
 pub use repo::{ApplyPlan, Inspection, RefChange};
@@ -81,6 +81,7 @@ pub struct Git {
     data_dir: PathBuf,
     locks: RepoLocks,
     limits: GitLimits,
+    requests: Arc<GitRequests>,
     refusals: Arc<Refusals>,
 }
 
@@ -93,6 +94,7 @@ impl Git {
             data_dir: data_dir.into(),
             locks: RepoLocks::new(MAX_BUSY_REPOS),
             limits: GitLimits::default(),
+            requests: GitRequests::new(&GitLimits::default()),
             refusals: Arc::default(),
         };
         let _ = std::fs::remove_dir_all(git.incoming_dir());
@@ -101,8 +103,15 @@ impl Git {
 
     /// The same handle with these limits on client-serving git processes.
     pub fn with_limits(mut self, limits: GitLimits) -> Git {
+        self.requests = GitRequests::new(&limits);
         self.limits = limits;
         self
+    }
+
+    /// A place for one more git request from `address`, within the caps in all and per
+    /// address; held until the request and its git process are done.
+    pub fn start_request(&self, address: std::net::IpAddr) -> Result<GitRequestSlot, Busy> {
+        self.requests.try_start(address)
     }
 
     pub fn limits(&self) -> &GitLimits {

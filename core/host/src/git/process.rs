@@ -149,24 +149,28 @@ pub async fn run(
 /// client that stopped reading its response leaves the body unpolled), and when this handle
 /// is dropped.
 pub struct Watched {
-    process: Arc<Mutex<Option<Box<dyn ChildProcess>>>>,
+    process: Arc<Mutex<Option<Watching>>>,
     watchdog: AbortHandle,
 }
 
+/// The process, and what is held for as long as it runs (its place among the requests).
+type Watching = (Box<dyn ChildProcess>, Box<dyn Send>);
+
 impl Watched {
-    /// Watches `process`; at `deadline` it is killed and `on_kill` runs.
+    /// Watches `process`; at `deadline` it is killed, `held` is released and `on_kill` runs.
     pub fn new(
         runtime: &Arc<dyn Runtime>,
         process: Box<dyn ChildProcess>,
+        held: Box<dyn Send>,
         deadline: Instant,
         on_kill: impl FnOnce() + Send + 'static,
     ) -> Watched {
-        let process = Arc::new(Mutex::new(Some(process)));
+        let process = Arc::new(Mutex::new(Some((process, held))));
         let victim = Arc::clone(&process);
         let sleep = runtime.sleep_until(deadline);
         let (watch, watchdog) = future::abortable(async move {
             sleep.await;
-            if let Some(mut process) = lock(&victim).take() {
+            if let Some((mut process, _held)) = lock(&victim).take() {
                 let _ = process.start_kill();
                 on_kill();
             }

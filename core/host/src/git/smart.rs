@@ -131,12 +131,13 @@ pub struct UploadPack {
 
 /// Starts `git upload-pack --stateless-rpc` on `repo`, feeding it `request` in the
 /// background; stderr is logged. It is killed at `deadline` (then `on_kill` runs), even if
-/// its client stopped reading.
+/// its client stopped reading; `held` is released when it ends.
 pub fn upload_pack(
     runtime: &Arc<dyn Runtime>,
     repo: &Path,
     git_protocol: Option<&str>,
     request: Bytes,
+    held: Box<dyn Send>,
     deadline: Instant,
     on_kill: impl FnOnce() + Send + 'static,
 ) -> io::Result<UploadPack> {
@@ -162,7 +163,7 @@ pub fn upload_pack(
     }));
     Ok(UploadPack {
         stdout,
-        process: Watched::new(runtime, child.process, deadline, on_kill),
+        process: Watched::new(runtime, child.process, held, deadline, on_kill),
     })
 }
 

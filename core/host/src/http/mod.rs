@@ -122,8 +122,8 @@ impl Site {
                 set_type(&mut response, "text/plain; version=0.0.4; charset=utf-8");
                 response
             }
-            Route::InfoRefs(repo) => smart::info_refs(self, request, repo).await,
-            Route::Rpc(repo, service) => smart::rpc(self, request, repo, service).await,
+            Route::InfoRefs(repo) => smart::info_refs(self, request, repo, peer).await,
+            Route::Rpc(repo, service) => smart::rpc(self, request, repo, service, peer).await,
             Route::NotFound => status(StatusCode::NOT_FOUND, "not found\n"),
             Route::Metrics => method_not_allowed(),
         }

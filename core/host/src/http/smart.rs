@@ -1,6 +1,7 @@
 //! git smart-HTTP handlers: `info/refs`, `git-upload-pack`, `git-receive-pack`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -15,10 +16,13 @@ use super::spool::{self, SpoolError};
 use super::{set_type, status, Site};
 use crate::git::receive::{self, CommandParser, PushCommands};
 use crate::git::smart::{self as git_smart, Service};
-use crate::git::Refusal;
+use crate::git::{Busy, GitRequestSlot, Refusal};
 
 /// Most bytes of a push's command list (before the pack).
 const MAX_COMMAND_BYTES: usize = 4 * 1024 * 1024;
+
+/// Seconds a client refused for the caps on git requests is asked to wait.
+const RETRY_AFTER_SECS: &str = "5";
 
 /// Said about accepted refs when another ref in the same push was refused.
 const OTHER_REF_REJECTED: &str = "another ref in this push was rejected";
@@ -70,10 +74,28 @@ fn body_error(site: &Site, repo: &RepoKey, error: &BodyError) -> Response<Respon
     status(code, &format!("{error}\n"))
 }
 
+/// The answer when the caps on git requests in flight leave no room: 503 (the server) or 429
+/// (this address), both with `Retry-After`.
+fn busy(site: &Site, repo: &RepoKey, peer: SocketAddr, busy: Busy) -> Response<ResponseBody> {
+    let (code, refusal) = match busy {
+        Busy::Server { .. } => (StatusCode::SERVICE_UNAVAILABLE, Refusal::Busy),
+        Busy::Address { .. } => (StatusCode::TOO_MANY_REQUESTS, Refusal::BusyAddress),
+    };
+    site.git.refusals().count(refusal);
+    tracing::info!(%repo, %peer, reason = refusal.label(), "git request refused");
+    let mut response = status(code, &format!("{busy}\n"));
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
+    response
+}
+
 pub(super) async fn info_refs(
     site: &Site,
     request: Request<Incoming>,
     repo: RepoKey,
+    peer: SocketAddr,
 ) -> Response<ResponseBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -97,6 +119,10 @@ pub(super) async fn info_refs(
     let body = if request.method() == Method::HEAD {
         full(Bytes::new())
     } else {
+        let _slot = match site.git.start_request(peer.ip()) {
+            Ok(slot) => slot,
+            Err(e) => return busy(site, &repo, peer, e),
+        };
         let path = site.git.repo_path(&repo);
         let protocol = git_protocol(&request);
         match git_smart::advertise(&**site.git.runtime(), &path, service, protocol.as_deref()).await
@@ -116,6 +142,7 @@ pub(super) async fn rpc(
     request: Request<Incoming>,
     repo: RepoKey,
     service: Service,
+    peer: SocketAddr,
 ) -> Response<ResponseBody> {
     if request.method() != Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -123,6 +150,20 @@ pub(super) async fn rpc(
     if !site.git.exists(&repo) {
         return not_found(&repo);
     }
+    let slot = match site.git.start_request(peer.ip()) {
+        Ok(slot) => slot,
+        Err(e) => {
+            RequestBody::new(
+                site.git.runtime(),
+                request.into_body(),
+                false,
+                0,
+                &site.body,
+            )
+            .linger(site.git.runtime());
+            return busy(site, &repo, peer, e);
+        }
+    };
     let limit = match service {
         Service::UploadPack => site.body.max_upload_request_bytes,
         Service::ReceivePack => site.body.max_bytes,
@@ -166,8 +207,12 @@ pub(super) async fn rpc(
         &site.body,
     );
     let mut response = match service {
-        Service::UploadPack => upload_pack(site, &repo, protocol.as_deref(), &mut body).await,
-        Service::ReceivePack => receive_pack(site, &repo, protocol.as_deref(), &mut body).await,
+        Service::UploadPack => upload_pack(site, &repo, protocol.as_deref(), &mut body, slot).await,
+        Service::ReceivePack => {
+            let response = receive_pack(site, &repo, protocol.as_deref(), &mut body).await;
+            drop(slot);
+            response
+        }
     };
     // Whatever the client is still sending after an early answer (413, a refused push); a
     // client that stalled gets no more time.
@@ -186,6 +231,7 @@ async fn upload_pack(
     repo: &RepoKey,
     protocol: Option<&str>,
     body: &mut RequestBody,
+    slot: GitRequestSlot,
 ) -> Response<ResponseBody> {
     let request = match body.collect().await {
         Ok(request) => request,
@@ -208,6 +254,7 @@ async fn upload_pack(
         &path,
         protocol,
         request,
+        Box::new(slot),
         deadline,
         on_kill,
     ) {
