@@ -94,6 +94,18 @@ pub fn pull_request(
     commit: &str,
     clone: &[&str],
 ) -> Event {
+    pull_request_at(keys, owner, identifier, commit, clone, 0)
+}
+
+/// [`pull_request`] with `created_at` offset from now, so one author's PRs differ.
+pub fn pull_request_at(
+    keys: &Keys,
+    owner: &Keys,
+    identifier: &str,
+    commit: &str,
+    clone: &[&str],
+    created_offset: i64,
+) -> Event {
     let coordinate = format!("30617:{}:{identifier}", owner.public_key().to_hex());
     let mut c = vec!["clone"];
     c.extend_from_slice(clone);
@@ -104,7 +116,7 @@ pub fn pull_request(
         tag(&["c", commit]),
         tag(&c),
     ];
-    sign(keys, 1618, tags, 0)
+    sign(keys, 1618, tags, created_offset)
 }
 
 /// A kind 5 deletion of `ids`.

@@ -5,7 +5,8 @@ use std::time::Duration;
 use graspd_tests::git::{git, git_fails, git_output, ls_remote, WorkRepo};
 use graspd_tests::http::request;
 use graspd_tests::nostr::{
-    announcement, deletion, eventually, keys, npub, pull_request, state, RelayClient,
+    announcement, deletion, eventually, keys, npub, pull_request, pull_request_at, state, Event,
+    RelayClient,
 };
 use graspd_tests::{both_runtimes, temp_dir, Flavor, Server, ServerOptions};
 use serde_json::json;
@@ -637,6 +638,138 @@ fn binary_is_named_as_operators_install_it(flavor: Flavor) {
     );
 }
 
+/// Connections publishing at once in the burst tests; each waits for its OK before its next
+/// EVENT, as a client does.
+const PUBLISHERS: usize = 20;
+/// Events per burst.
+const BURST: usize = 400;
+/// How long a burst of events whose data is already here may take to be served on a loaded
+/// 2-core machine.
+const BURST_SERVED: Duration = Duration::from_secs(60);
+/// What the server logs when the engine released an event its purgatory table does not hold.
+const NOTHING_TO_SERVE: &str = "nothing to serve";
+
+/// Publishes each batch on its own connection, all batches at once, and returns every event
+/// with whether the relay acknowledged it (`OK true`).
+fn publish_at_once(server: &Server, batches: Vec<Vec<Event>>) -> Vec<(Event, bool)> {
+    let ws = server.ws_url();
+    let publishers: Vec<_> = batches
+        .into_iter()
+        .map(|batch| {
+            let ws = ws.clone();
+            std::thread::spawn(move || {
+                let mut relay = RelayClient::connect(&ws);
+                batch
+                    .into_iter()
+                    .map(|event| {
+                        let accepted = relay.publish(&event).accepted;
+                        (event, accepted)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    publishers
+        .into_iter()
+        .flat_map(|p| p.join().expect("publisher thread"))
+        .collect()
+}
+
+/// Asserts that every one of `ids` is served within [`BURST_SERVED`], and that the server never
+/// released an event it had not stored.
+fn assert_all_served(server: &Server, ids: &[String]) {
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let mut served = 0;
+    let all = eventually(BURST_SERVED, || {
+        served = relay.query_ids(json!({"ids": ids})).len();
+        served == ids.len()
+    });
+    let log = server.log();
+    let lost = log.matches(NOTHING_TO_SERVE).count();
+    assert!(
+        all,
+        "{served} of {} acknowledged events served after {BURST_SERVED:?}; the log says \
+         \"{NOTHING_TO_SERVE}\" {lost} times",
+        ids.len()
+    );
+    assert_eq!(lost, 0, "released events the store did not hold:\n{log}");
+}
+
+/// 400 PRs whose commit is already in the repository, published over 20 connections at once:
+/// each is acknowledged as waiting, and each is served, none released before it was stored.
+fn concurrent_prs_with_present_commits_are_all_served(flavor: Flavor) {
+    let (server, work, url) = served_repo(flavor);
+    let owner = keys(1);
+    let tip = work.head();
+    let batches = (0..PUBLISHERS)
+        .map(|p| {
+            let contributor = keys(10 + p as u8);
+            (0..BURST / PUBLISHERS)
+                .map(|i| pull_request_at(&contributor, &owner, "demo", &tip, &[&url], -(i as i64)))
+                .collect()
+        })
+        .collect();
+    let replies = publish_at_once(&server, batches);
+    let refused: Vec<_> = replies.iter().filter(|(_, ok)| !ok).collect();
+    assert!(refused.is_empty(), "{} PRs refused", refused.len());
+    let ids: Vec<String> = replies.iter().map(|(e, _)| e.id.to_hex()).collect();
+    assert_all_served(&server, &ids);
+}
+
+/// 400 states for 20 repositories whose data is already here, published over 20 connections
+/// at once (each connection moves from repository to repository): the newest acknowledged
+/// state of each repository is served, and no state was released before it was stored.
+fn concurrent_states_with_present_data_are_all_served(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let owner = keys(1);
+    let work = WorkRepo::init("work");
+    let tip = work.commit("README", "hello\n");
+    let repos: Vec<String> = (0..PUBLISHERS).map(|r| format!("repo{r}")).collect();
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let mut first = Vec::new();
+    for repo in &repos {
+        relay.publish(&announcement(&owner, repo, &[&server.http_url()], &[]));
+        let st = state(&owner, repo, &[("refs/heads/main", &tip)], Some("main"), 0);
+        assert_eq!(relay.publish(&st).message, PURGATORY);
+        work.git(&["push", "-q", &server.repo_url(&npub(&owner), repo), "main"]);
+        first.push(st.id.to_hex());
+    }
+    assert_all_served(&server, &first);
+
+    let batches = (0..PUBLISHERS)
+        .map(|p| {
+            (0..BURST / PUBLISHERS)
+                .map(|k| {
+                    let branch = format!("refs/heads/b{k}");
+                    let refs = [("refs/heads/main", tip.as_str()), (branch.as_str(), &tip)];
+                    let repo = &repos[(p + k) % PUBLISHERS];
+                    state(&owner, repo, &refs, Some("main"), k as i64 + 1)
+                })
+                .collect()
+        })
+        .collect();
+    let replies = publish_at_once(&server, batches);
+    // Per repository, the newest acknowledged state (newer created_at; ties: the lower id):
+    // the one that must be served. Older ones are superseded or were refused as older.
+    let mut newest: std::collections::BTreeMap<String, &Event> = Default::default();
+    for (event, _) in replies.iter().filter(|(_, ok)| *ok) {
+        let repo = event.tags.identifier().expect("d tag").to_owned();
+        let slot = newest.entry(repo).or_insert(event);
+        if (event.created_at, std::cmp::Reverse(event.id))
+            > (slot.created_at, std::cmp::Reverse(slot.id))
+        {
+            *slot = event;
+        }
+    }
+    assert_eq!(
+        newest.len(),
+        repos.len(),
+        "a repository got no state acknowledged"
+    );
+    let ids: Vec<String> = newest.values().map(|e| e.id.to_hex()).collect();
+    assert_all_served(&server, &ids);
+}
+
 both_runtimes!(
     binary_is_named_as_operators_install_it,
     placeholder_ref_expires_across_restart,
@@ -653,4 +786,6 @@ both_runtimes!(
     kill9_and_restart_keep_purgatory_and_store,
     second_server_fetches_state_and_pr_data,
     remote_down_then_back_up,
+    concurrent_prs_with_present_commits_are_all_served,
+    concurrent_states_with_present_data_are_all_served,
 );
