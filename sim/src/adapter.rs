@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use graspd_core::{
     ApplyError, Arrival, CommandId, Config, Engine, EngineEvent, EventId, FetchError, FetchReport,
-    Oid, RefDecision, RefUpdate, RepoKey, RepoSnapshot, Time,
+    Oid, RefDecision, RefUpdate, RepoKey, RepoSnapshot, Ticket, Time,
 };
 
 use crate::params::Params;
@@ -82,8 +82,8 @@ impl EngineUnderTest for Core {
     fn handle_event(&mut self, now: Time, event: &nostr::event::Event, via: Via) -> sut::Verdict {
         match self.0.handle_event(now, event.clone(), arrival(via)) {
             graspd_core::Verdict::Rejected(r) => sut::Verdict::Rejected(r),
-            graspd_core::Verdict::Waiting => sut::Verdict::Waiting,
-            graspd_core::Verdict::Accepted => sut::Verdict::Accepted,
+            graspd_core::Verdict::Waiting(t) => sut::Verdict::Waiting(t.0),
+            graspd_core::Verdict::Accepted(t) => sut::Verdict::Accepted(t.0),
             graspd_core::Verdict::Duplicate => sut::Verdict::Duplicate,
         }
     }
@@ -138,6 +138,12 @@ impl EngineUnderTest for Core {
                         ApplyError::Io(e)
                     }
                 }),
+            },
+            sut::Input::Persisted { ticket } => graspd_core::Input::Persisted {
+                ticket: Ticket(ticket),
+            },
+            sut::Input::PersistFailed { ticket } => graspd_core::Input::PersistFailed {
+                ticket: Ticket(ticket),
             },
         };
         self.0.handle_input(now, input);

@@ -31,7 +31,7 @@ impl EngineUnderTest for Sloth {
         if self.waiting.insert(event.id, ()).is_some() {
             Verdict::Duplicate
         } else {
-            Verdict::Waiting
+            Verdict::Waiting(0)
         }
     }
     fn decide_push(

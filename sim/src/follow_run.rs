@@ -470,9 +470,7 @@ impl Host<'_> {
                 return Ok(());
             }
         }
-        let verdict = self
-            .synced
-            .handle_event(self.now, event.clone(), Arrival::Synced);
+        let verdict = decide(&mut self.synced, self.now, event, Arrival::Synced);
         drain_engine(&mut self.synced);
         match verdict {
             Verdict::Rejected(r) => {
@@ -485,7 +483,7 @@ impl Host<'_> {
                 );
             }
             Verdict::Duplicate => self.stats.duplicates += 1,
-            Verdict::Accepted | Verdict::Waiting => {
+            Verdict::Accepted(_) | Verdict::Waiting(_) => {
                 self.stats.accepted += 1;
                 trace!(self.trace, self.now, "{id} event {} {verdict:?}", event.id);
                 if !self.genuine.contains(&(event.id, event.sig.to_bytes())) {
@@ -519,9 +517,7 @@ impl Host<'_> {
                         format!("event {} accepted a second time (replayed)", event.id),
                     ));
                 }
-                let published =
-                    self.published
-                        .handle_event(self.now, event.clone(), Arrival::Published);
+                let published = decide(&mut self.published, self.now, event, Arrival::Published);
                 drain_engine(&mut self.published);
                 if let Verdict::Rejected(r) = published {
                     return Err(self.fail(
@@ -977,6 +973,16 @@ fn covers_thread(subs: &BTreeMap<SubKey, Subscription>, root: &str) -> bool {
             .as_ref()
             .is_some_and(|t| t.letter == 'e' && t.values.iter().any(|v| v == root))
     })
+}
+
+/// Hands `event` to `engine` and reports an admitted one durable at once (this world models
+/// no store; the main simulator exercises delayed and failed writes).
+fn decide(engine: &mut Engine, now: Time, event: &Event, arrival: Arrival) -> Verdict {
+    let verdict = engine.handle_event(now, event.clone(), arrival);
+    if let Verdict::Waiting(ticket) | Verdict::Accepted(ticket) = verdict {
+        engine.handle_input(now, graspd_core::Input::Persisted { ticket });
+    }
+    verdict
 }
 
 fn drain_engine(engine: &mut Engine) {

@@ -368,6 +368,7 @@ impl B {
             end_at,
             expect: self.expect,
             local_hang_percent: 0,
+            store_fail_percent: 0,
         }
     }
 }

@@ -106,6 +106,15 @@ enum Item {
         id: u64,
         result: Result<(), String>,
     },
+    /// The host's store write of an admitted event ends (a crash before it loses the write).
+    Persist {
+        epoch: u64,
+        ticket: u64,
+        event: usize,
+        via: Via,
+        waits: bool,
+        fails: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -554,6 +563,19 @@ impl<'a> Sim<'a> {
                 }
                 self.input(Input::Applied { id, result });
             }
+            Item::Persist {
+                epoch,
+                ticket,
+                event,
+                via,
+                waits,
+                fails,
+            } => {
+                if epoch != self.epoch {
+                    return;
+                }
+                self.persisted(ticket, event, via, waits, fails);
+            }
         }
     }
 
@@ -592,52 +614,86 @@ impl<'a> Sim<'a> {
             self.now,
             "deliver {label} {via:?} -> {verdict:?}"
         );
-        let id = ev.id();
-        match verdict {
-            Verdict::Waiting => {
-                let expires_at = self.now + self.sc.params.purgatory_expiry;
-                let row = self.store.waiting.entry(id).or_insert(WaitingRow {
-                    event: idx,
-                    via,
-                    expires_at,
-                });
-                let expires_at = row.expires_at;
-                let ack = self.acks.entry(id).or_insert(Ack {
+        let (ticket, waits) = match verdict {
+            Verdict::Waiting(ticket) => (ticket, true),
+            Verdict::Accepted(ticket) => (ticket, false),
+            Verdict::Rejected(_) | Verdict::Duplicate => return,
+        };
+        // The host's store write for the admitted event: sometimes done at once, usually a few
+        // milliseconds later (other inputs and timers run meanwhile), and before the heal it
+        // may fail.
+        let fails = !self.healed
+            && self.sc.store_fail_percent > 0
+            && self.net.percent(self.sc.store_fail_percent);
+        let delay = self.net.range(0, 20);
+        let write = Item::Persist {
+            epoch: self.epoch,
+            ticket,
+            event: idx,
+            via,
+            waits,
+            fails,
+        };
+        if delay == 0 {
+            self.process(write);
+        } else {
+            self.at(self.now + Duration::from_millis(delay), write);
+        }
+    }
+
+    /// The store write of an admitted event ended: record what the store now holds and what
+    /// the client heard, then tell the engine.
+    fn persisted(&mut self, ticket: u64, idx: usize, via: Via, waits: bool, fails: bool) {
+        let label = self.label(idx).to_owned();
+        let id = self.sc.world.events[idx].id();
+        if fails {
+            crate::trace!(self.trace, self.now, "store write for {label} failed");
+            self.input(Input::PersistFailed { ticket });
+            return;
+        }
+        crate::trace!(self.trace, self.now, "store write for {label} done");
+        if waits {
+            let expires_at = self.now + self.sc.params.purgatory_expiry;
+            let row = self.store.waiting.entry(id).or_insert(WaitingRow {
+                event: idx,
+                via,
+                expires_at,
+            });
+            let expires_at = row.expires_at;
+            let ack = self.acks.entry(id).or_insert(Ack {
+                event: idx,
+                status: Status::Waiting,
+                acked_at: self.now,
+                expires_at,
+                released_at: None,
+            });
+            if ack.status != Status::Waiting {
+                *ack = Ack {
                     event: idx,
                     status: Status::Waiting,
                     acked_at: self.now,
                     expires_at,
                     released_at: None,
-                });
-                if ack.status != Status::Waiting {
-                    *ack = Ack {
-                        event: idx,
-                        status: Status::Waiting,
-                        acked_at: self.now,
-                        expires_at,
-                        released_at: None,
-                    };
-                }
+                };
             }
-            Verdict::Accepted => {
-                self.check_data_present(idx, "accepted");
-                self.check_authorised(idx, "accepted");
-                self.ever_served.insert(id);
-                self.store.served.insert(id, idx);
-                self.store.waiting.remove(&id);
-                self.acks.insert(
-                    id,
-                    Ack {
-                        event: idx,
-                        status: Status::Served,
-                        acked_at: self.now,
-                        expires_at: self.now + self.sc.params.purgatory_expiry,
-                        released_at: Some(self.now),
-                    },
-                );
-            }
-            Verdict::Rejected(_) | Verdict::Duplicate => {}
+        } else {
+            self.check_data_present(idx, "accepted");
+            self.check_authorised(idx, "accepted");
+            self.ever_served.insert(id);
+            self.store.served.insert(id, idx);
+            self.store.waiting.remove(&id);
+            self.acks.insert(
+                id,
+                Ack {
+                    event: idx,
+                    status: Status::Served,
+                    acked_at: self.now,
+                    expires_at: self.now + self.sc.params.purgatory_expiry,
+                    released_at: Some(self.now),
+                },
+            );
         }
+        self.input(Input::Persisted { ticket });
     }
 
     fn push(&mut self, state_idx: usize, retries: u32) {

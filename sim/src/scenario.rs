@@ -65,6 +65,9 @@ pub struct Scenario {
     /// Before the heal, this percentage of local git commands (Inspect, Apply) never report:
     /// a hung local process the engine must time out.
     pub local_hang_percent: u64,
+    /// Before the heal, this percentage of the host's store writes for admitted events fail
+    /// (the client hears an error; the engine must forget the event).
+    pub store_fail_percent: u64,
 }
 
 /// A scenario-specific check, made at the end of the run.
@@ -199,6 +202,7 @@ impl Scenario {
         }
 
         let local_hang_percent = if fr.percent(30) { fr.range(1, 5) } else { 0 };
+        let store_fail_percent = if fr.percent(30) { fr.range(1, 10) } else { 0 };
         let heal_at = at(chaos_ms);
         let end_at = end_for(&params, &world, heal_at);
         Scenario {
@@ -216,6 +220,7 @@ impl Scenario {
             end_at,
             expect: Vec::new(),
             local_hang_percent,
+            store_fail_percent,
         }
     }
 
@@ -265,7 +270,7 @@ impl Scenario {
             .count();
         let _ = write!(
             s,
-            "] users={} remotes={} events={} deliveries={} pushes={} crashes={} local_hangs={}% config: {}",
+            "] users={} remotes={} events={} deliveries={} pushes={} crashes={} local_hangs={}% store_fails={}% config: {}",
             self.world.users.len(),
             self.world.remotes.len(),
             self.world.events.len(),
@@ -273,6 +278,7 @@ impl Scenario {
             pushes,
             crashes,
             self.local_hang_percent,
+            self.store_fail_percent,
             self.params
         );
         s

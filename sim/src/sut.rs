@@ -10,11 +10,13 @@ use graspd_core::{EventId, Oid, RepoKey, Time};
 use crate::params::Params;
 use crate::scenario::Via;
 
+/// `Waiting` and `Accepted` carry the admission's ticket: the engine acts on the event only
+/// after the host reports it `Persisted` (or forgets it on `PersistFailed`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Rejected(String),
-    Waiting,
-    Accepted,
+    Waiting(u64),
+    Accepted(u64),
     Duplicate,
 }
 
@@ -96,6 +98,14 @@ pub enum Input {
     Applied {
         id: u64,
         result: Result<(), String>,
+    },
+    /// The admitted event is in the store (purgatory table or served).
+    Persisted {
+        ticket: u64,
+    },
+    /// The store write for the admitted event failed.
+    PersistFailed {
+        ticket: u64,
     },
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use graspd_core::{
     Arrival, Command, Config, Engine, EngineEvent, FetchReport, Input, Oid, PublicKey, RepoKey,
-    RepoSnapshot, Time,
+    RepoSnapshot, Time, Verdict,
 };
 use nostr::event::{Event, EventId, Kind, Signature, Tag};
 use nostr::nips::nip19::ToBech32;
@@ -224,7 +224,9 @@ fn phase_insert(engine: &mut Engine, batch: Vec<Event>, fetches: &mut Vec<Comman
     let t0 = Time::from_millis(0);
     let nothing = |_: &RepoKey, _: &Oid| false;
     for e in batch {
-        engine.handle_event(t0, e, Arrival::Synced);
+        if let Verdict::Waiting(ticket) = engine.handle_event(t0, e, Arrival::Synced) {
+            engine.handle_input(t0, Input::Persisted { ticket });
+        }
         drain(engine, t0, &nothing, fetches);
     }
 }

@@ -36,10 +36,10 @@ fn a_state_waits_then_is_released_after_apply_only() {
     let (mut engine, mut host) = served(&mut kit);
     let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
     let id = st.id;
-    assert_eq!(
+    assert!(matches!(
         publish(&mut engine, &mut host, t(0), st, Arrival::Published),
-        Verdict::Waiting
-    );
+        Verdict::Waiting(_)
+    ));
     assert!(
         host.released().is_empty(),
         "objects absent: nothing released"
@@ -104,7 +104,7 @@ fn apply_conflict_reinspects_and_replans_with_bounded_retries() {
     let (mut engine, mut host) = served(&mut kit);
     host.give(&repo(1, "r"), &[oid(1)]);
     let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
-    engine.handle_event(t(0), st, Arrival::Published);
+    admit(&mut engine, t(0), st, Arrival::Published);
     let mut applies = 0;
     // Answer every Apply with Conflict: re-Inspect each time, then give up after the bound.
     for _ in 0..20 {
@@ -304,12 +304,12 @@ fn purgatory_entries_expire_and_synced_repeats_are_refused_but_republishing_reen
     assert_eq!(engine.stats().waiting.states, 0);
     let now = t(30 * 60 * 1000 + 1);
     assert!(
-        matches!(engine.handle_event(now, again.clone(), Arrival::Synced), Verdict::Rejected(m) if m.starts_with("blocked:"))
+        matches!(admit(&mut engine, now, again.clone(), Arrival::Synced), Verdict::Rejected(m) if m.starts_with("blocked:"))
     );
-    assert_eq!(
-        engine.handle_event(now, again, Arrival::Published),
-        Verdict::Waiting
-    );
+    assert!(matches!(
+        admit(&mut engine, now, again, Arrival::Published),
+        Verdict::Waiting(_)
+    ));
 }
 
 #[test]
@@ -322,17 +322,17 @@ fn deletion_removes_only_the_same_authors_entries_by_id_or_coordinate() {
     let s2 = kit.state(2, "r", 2001, &[("refs/heads/main", oid(2))]);
     let pr = kit.pr(3, &repo(1, "r"), oid(3), &[]);
     for e in [s1.clone(), s2.clone(), pr.clone()] {
-        assert_eq!(
+        assert!(matches!(
             publish(&mut engine, &mut host, t(0), e, Arrival::Published),
-            Verdict::Waiting
-        );
+            Verdict::Waiting(_)
+        ));
     }
     // Someone else cannot delete them.
     let foreign = kit.deletion(9, &[s1.id, pr.id], &[format!("30618:{}:r", pk(2).to_hex())]);
-    assert_eq!(
+    assert!(matches!(
         publish(&mut engine, &mut host, t(1), foreign, Arrival::Published),
-        Verdict::Accepted
-    );
+        Verdict::Accepted(_)
+    ));
     assert_eq!(engine.stats().waiting.states, 2);
     // The authors can: by id, and by coordinate.
     let by_id = kit.deletion(3, &[pr.id], &[]);
@@ -358,7 +358,7 @@ fn a_waiting_announcement_creates_its_repo_and_is_released_only_with_a_state() {
     let mut engine = Engine::new(config());
     let mut host = Host::default();
     let ann = kit.announcement(1, "r", &[], &[REMOTE]);
-    assert_eq!(
+    assert!(matches!(
         publish(
             &mut engine,
             &mut host,
@@ -366,8 +366,8 @@ fn a_waiting_announcement_creates_its_repo_and_is_released_only_with_a_state() {
             ann.clone(),
             Arrival::Published
         ),
-        Verdict::Waiting
-    );
+        Verdict::Waiting(_)
+    ));
     assert!(host
         .commands
         .iter()
@@ -386,10 +386,10 @@ fn a_waiting_announcement_creates_its_repo_and_is_released_only_with_a_state() {
     // The repository is served now: a later announcement is accepted at once.
     let mut ann2 = kit.announcement(1, "r", &[], &[REMOTE]);
     ann2.created_at = nostr::types::Timestamp::from_secs(5000);
-    assert_eq!(
-        engine.handle_event(t(2), ann2, Arrival::Published),
-        Verdict::Accepted
-    );
+    assert!(matches!(
+        admit(&mut engine, t(2), ann2, Arrival::Published),
+        Verdict::Accepted(_)
+    ));
 }
 
 #[test]
@@ -424,23 +424,23 @@ fn announcements_not_listing_us_are_refused_unless_from_a_maintainer() {
     ];
     let stranger = kit.event(5, 30617, 1000, &foreign_tags);
     assert!(
-        matches!(engine.handle_event(t(0), stranger, Arrival::Published), Verdict::Rejected(m) if m.starts_with("blocked:"))
+        matches!(admit(&mut engine, t(0), stranger, Arrival::Published), Verdict::Rejected(m) if m.starts_with("blocked:"))
     );
     foreign_tags.push(vec!["maintainers".to_string(), pk(3).to_hex()]);
     let maintainer = kit.event(2, 30617, 1000, &foreign_tags);
-    assert_eq!(
-        engine.handle_event(t(0), maintainer, Arrival::Published),
-        Verdict::Accepted
-    );
+    assert!(matches!(
+        admit(&mut engine, t(0), maintainer, Arrival::Published),
+        Verdict::Accepted(_)
+    ));
     // Now pk(3) is a maintainer of /1/r through pk(2): its state is taken.
     let st = kit.state(3, "r", 2000, &[("refs/heads/main", oid(1))]);
-    assert_eq!(
-        engine.handle_event(t(0), st, Arrival::Published),
-        Verdict::Waiting
-    );
+    assert!(matches!(
+        admit(&mut engine, t(0), st, Arrival::Published),
+        Verdict::Waiting(_)
+    ));
     let st = kit.state(4, "r", 2000, &[("refs/heads/main", oid(1))]);
     assert!(matches!(
-        engine.handle_event(t(0), st, Arrival::Published),
+        admit(&mut engine, t(0), st, Arrival::Published),
         Verdict::Rejected(_)
     ));
 }
@@ -469,7 +469,12 @@ fn urls_come_from_maintainer_announcements_and_pr_clone_tags_and_run_on_several_
         ],
     ];
     m_tags.push(vec!["relays".to_string()]);
-    engine.handle_event(t(0), kit.event(2, 30617, 1000, &m_tags), Arrival::Synced);
+    admit(
+        &mut engine,
+        t(0),
+        kit.event(2, 30617, 1000, &m_tags),
+        Arrival::Synced,
+    );
     let pr = kit.pr(
         9,
         &repo(1, "r"),
@@ -742,10 +747,10 @@ fn placeholder_refs_wait_for_their_event_and_are_deleted_when_it_never_comes() {
         .iter()
         .any(|e| matches!(e, EngineEvent::PlaceholderCreated { .. })));
     // The event arrives with the same commit: released at once, placeholder gone.
-    assert_eq!(
+    assert!(matches!(
         publish(&mut engine, &mut host, t(5), pr.clone(), Arrival::Published),
-        Verdict::Waiting
-    );
+        Verdict::Waiting(_)
+    ));
     assert_eq!(host.released(), [pr.id]);
     assert_eq!(engine.stats().waiting.placeholders, 0);
     // Another push whose event never comes: the ref is deleted (CAS on its value) at expiry.
@@ -981,14 +986,14 @@ fn purgatory_size_is_bounded() {
     engine.restore_accepted(&kit.announcement(1, "r", &[], &[]));
     for i in 0..2 {
         let st = kit.state(1, "r", 2000 + i, &[("refs/heads/main", oid(1))]);
-        assert_eq!(
-            engine.handle_event(t(0), st, Arrival::Published),
-            Verdict::Waiting
-        );
+        assert!(matches!(
+            admit(&mut engine, t(0), st, Arrival::Published),
+            Verdict::Waiting(_)
+        ));
     }
     let st = kit.state(1, "r", 2005, &[("refs/heads/main", oid(1))]);
     assert!(
-        matches!(engine.handle_event(t(0), st, Arrival::Published), Verdict::Rejected(m) if m.starts_with("rate-limited:"))
+        matches!(admit(&mut engine, t(0), st, Arrival::Published), Verdict::Rejected(m) if m.starts_with("rate-limited:"))
     );
 }
 
@@ -1056,13 +1061,18 @@ fn expired_ids_are_forgotten_after_the_configured_time() {
     publish(&mut engine, &mut host, t(0), st.clone(), Arrival::Published);
     advance(&mut engine, &mut host, t(1_800_000));
     assert_eq!(engine.stats().waiting.states, 0);
-    let refused = engine.handle_event(t(1_800_000 + 3_599_000), st.clone(), Arrival::Synced);
+    let refused = admit(
+        &mut engine,
+        t(1_800_000 + 3_599_000),
+        st.clone(),
+        Arrival::Synced,
+    );
     assert!(matches!(refused, Verdict::Rejected(_)));
     let later = t(1_800_000 + 3_600_000);
-    assert_eq!(
-        engine.handle_event(later, st, Arrival::Synced),
-        Verdict::Waiting
-    );
+    assert!(matches!(
+        admit(&mut engine, later, st, Arrival::Synced),
+        Verdict::Waiting(_)
+    ));
 }
 
 #[test]
@@ -1109,7 +1119,7 @@ fn an_unanswered_inspect_times_out_and_never_blocks_the_repository() {
     let mut kit = Kit::default();
     let (mut engine, _host) = served(&mut kit);
     let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
-    engine.handle_event(t(0), st, Arrival::Published);
+    admit(&mut engine, t(0), st, Arrival::Published);
     let Some(Command::Inspect { id: lost, .. }) = engine.poll_command() else {
         panic!()
     };
@@ -1144,7 +1154,7 @@ fn an_event_whose_apply_succeeds_only_after_its_expiry_waits_for_it_then_expires
     let (mut engine, _host) = served(&mut kit);
     let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
     let id = st.id;
-    engine.handle_event(t(0), st, Arrival::Published);
+    admit(&mut engine, t(0), st, Arrival::Published);
     let expiry = 30 * 60 * 1000;
     let Some(Command::Inspect { id: iid, .. }) = engine.poll_command() else {
         panic!()
@@ -1283,7 +1293,7 @@ fn an_event_whose_apply_hangs_over_its_expiry_expires_when_the_apply_ends() {
     let (mut engine, mut host) = served(&mut kit);
     let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
     let id = st.id;
-    engine.handle_event(t(0), st, Arrival::Published);
+    admit(&mut engine, t(0), st, Arrival::Published);
     let expiry = 30 * 60 * 1000;
     let Some(Command::Inspect { id: iid, .. }) = engine.poll_command() else {
         panic!()
@@ -1325,10 +1335,10 @@ fn a_released_pr_delivered_again_is_a_duplicate() {
     let (mut engine, mut host) = served(&mut kit);
     host.give(&repo(1, "r"), &[oid(3)]);
     let pr = kit.pr(5, &repo(1, "r"), oid(3), &[]);
-    assert_eq!(
+    assert!(matches!(
         publish(&mut engine, &mut host, t(0), pr.clone(), Arrival::Published),
-        Verdict::Waiting
-    );
+        Verdict::Waiting(_)
+    ));
     assert_eq!(host.released(), [pr.id]);
     for arrival in [Arrival::Synced, Arrival::Published] {
         assert_eq!(
@@ -1385,10 +1395,10 @@ fn nothing_is_released_into_a_repository_removed_while_its_apply_ran() {
     let mut kit = Kit::default();
     let mut engine = Engine::new(config());
     let ann = kit.announcement(1, "r", &[], &[REMOTE]);
-    engine.handle_event(t(0), ann, Arrival::Published);
+    admit(&mut engine, t(0), ann, Arrival::Published);
     let pr = kit.pr(5, &repo(1, "r"), oid(3), &[]);
     let minute = 60_000;
-    engine.handle_event(t(29 * minute + 30_000), pr, Arrival::Published);
+    admit(&mut engine, t(29 * minute + 30_000), pr, Arrival::Published);
     let mut apply = None;
     while let Some(cmd) = engine.poll_command() {
         match cmd {
@@ -1488,7 +1498,7 @@ fn same_second_announcements_waiting_together_are_released_together_and_the_lowe
     assert!(with_maintainer.id < without.id);
     for ann in [&without, &with_maintainer] {
         let verdict = publish(&mut engine, &mut host, t(0), ann.clone(), Arrival::Published);
-        assert_eq!(verdict, Verdict::Waiting);
+        assert!(matches!(verdict, Verdict::Waiting(_)), "{verdict:?}");
     }
     host.give(&repo(1, "r"), &[oid(1), oid(2)]);
     let owners = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);

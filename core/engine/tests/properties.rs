@@ -172,7 +172,7 @@ impl Run {
                     2000 + u64::from(o),
                     &[("refs/heads/main", oid(u32::from(o)))],
                 );
-                self.engine.handle_event(self.now, ev, arrival);
+                admit(&mut self.engine, self.now, ev, arrival);
             }
             Op::Pr { repo: r, oid: o } => {
                 let ev = kit.pr(
@@ -181,7 +181,7 @@ impl Run {
                     oid(100 + u32::from(o)),
                     &["https://d2.example/fork.git"],
                 );
-                self.engine.handle_event(self.now, ev, Arrival::Synced);
+                admit(&mut self.engine, self.now, ev, Arrival::Synced);
             }
             Op::Advance { ms } => {
                 let until = self.now + Duration::from_millis(u64::from(ms));

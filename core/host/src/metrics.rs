@@ -63,6 +63,7 @@ const MAX_DOMAIN_LABELS: usize = 256;
 pub struct Metrics {
     registry: Registry,
     waiting: Family<KindLabel, Gauge>,
+    admissions_pending: Gauge,
     fetches: Family<FetchLabels, Counter>,
     fetches_in_flight: Family<DomainLabel, Gauge>,
     throttle_waits: Counter<u64, AtomicU64>,
@@ -100,6 +101,12 @@ impl Metrics {
             "purgatory_waiting",
             "Events waiting for git data, by kind",
             waiting.clone(),
+        );
+        let admissions_pending = Gauge::default();
+        registry.register(
+            "admissions_pending",
+            "Events admitted whose store write has not finished (they count toward max-waiting)",
+            admissions_pending.clone(),
         );
         let fetches = Family::<FetchLabels, Counter>::default();
         registry.register(
@@ -229,6 +236,7 @@ impl Metrics {
             synced_duplicates,
             synced_invalid,
             waiting,
+            admissions_pending,
             fetches,
             fetches_in_flight,
             throttle_waits,
@@ -340,6 +348,7 @@ impl Metrics {
                 .get_or_create(&KindLabel { kind })
                 .set(n as i64);
         }
+        self.admissions_pending.set(stats.admissions_pending as i64);
         self.fetches_in_flight.clear();
         for (domain, n) in &stats.fetches_in_flight {
             let domain = self.domain_label(domain);

@@ -6,7 +6,11 @@
 //! objects exist, current refs) -> plan a release -> Apply (object copies, CAS ref edits, HEAD)
 //! -> `Released`. Missing objects start a sync attempt: fetch jobs per remote domain through the
 //! throttle, then Inspect again; an incomplete attempt backs off (20 s, 40 s, 80 s, 120 s...).
+//!
+//! An event enters through two-phase admission (`admission.rs`): `handle_event` only decides,
+//! and the event takes effect when the host reports it durable (`Input::Persisted`).
 
+mod admission;
 mod settle;
 mod sync;
 mod types;
@@ -28,6 +32,7 @@ use crate::timers::Timers;
 use crate::urls::UrlPolicy;
 
 pub use crate::purgatory::Arrival;
+use admission::Admission;
 pub use types::*;
 use world::{Accepted, View};
 
@@ -52,6 +57,11 @@ pub struct Engine {
     /// Events an Apply in flight will release: their expiry waits for its outcome.
     applying: BTreeMap<EventId, CommandId>,
     next_command: u64,
+    /// Admitted events the host has not yet reported durable, by ticket (`admission.rs`).
+    admissions: BTreeMap<Ticket, Admission>,
+    /// How many of `admissions` will wait in purgatory (they count toward `max_waiting`).
+    admissions_waiting: usize,
+    next_ticket: u64,
     commands: VecDeque<Command>,
     events: VecDeque<EngineEvent>,
     counters: Counters,
@@ -134,6 +144,9 @@ impl Engine {
             applies: BTreeMap::new(),
             applying: BTreeMap::new(),
             next_command: 0,
+            admissions: BTreeMap::new(),
+            admissions_waiting: 0,
+            next_ticket: 0,
             commands: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -193,7 +206,14 @@ impl Engine {
         if matches!(parsed, GitEvent::Deletion(_)) {
             return;
         }
-        self.admit(now, parsed, arrival, now + remaining, true);
+        // Restored from the store: durable already, so it takes effect at once.
+        let waiting = Waiting {
+            parsed,
+            arrival,
+            received: now,
+            expires: now + remaining,
+        };
+        self.admit(now, waiting, true);
     }
 
     /// Start-up: a `refs/nostr/<id>` ref of `repo` at `oid` whose event the store does not
@@ -232,7 +252,9 @@ impl Engine {
         }
     }
 
-    /// A new event (signature already verified by the caller).
+    /// A new event (signature already verified by the caller): the verdict only. A `Waiting`
+    /// or `Accepted` event takes effect when the host reports its ticket `Persisted` (see
+    /// [`Verdict`]); until then the engine emits nothing for it.
     pub fn handle_event(
         &mut self,
         now: Time,
@@ -257,21 +279,15 @@ impl Engine {
         {
             return Verdict::Duplicate;
         }
-        if let GitEvent::Deletion(d) = &parsed {
-            self.apply_deletion(d);
-            return Verdict::Accepted;
+        if let GitEvent::Deletion(d) = parsed {
+            return self.hold(Admission::Delete(d));
         }
-        if self.purgatory.was_expired(now, &id) {
-            match arrival {
-                Arrival::Synced => {
-                    return Verdict::Rejected(
-                        "blocked: this event expired from purgatory without its git data; \
-                         publish it again once the data can be pushed"
-                            .into(),
-                    )
-                }
-                Arrival::Published => self.purgatory.forget_expired(&id),
-            }
+        if self.purgatory.was_expired(now, &id) && arrival == Arrival::Synced {
+            return Verdict::Rejected(
+                "blocked: this event expired from purgatory without its git data; \
+                 publish it again once the data can be pushed"
+                    .into(),
+            );
         }
         let check = {
             let view = self.view();
@@ -288,15 +304,15 @@ impl Engine {
         match &parsed {
             GitEvent::Announcement(a) => {
                 let repo = RepoKey::new(a.owner, a.identifier.clone());
-                if !self.lists_us(a) {
-                    // A maintainer's announcement, taken so the chain can be followed.
-                    self.accepted.add_announcement(a.clone(), false);
-                    return Verdict::Accepted;
-                }
-                if self.accepted.is_hosted(&repo) {
-                    // The repository is served already; this updates its announcement.
-                    self.accepted.add_announcement(a.clone(), true);
-                    return Verdict::Accepted;
+                // A maintainer's announcement, taken so the chain can be followed; or the
+                // repository is served already and this updates its announcement.
+                let hosted = self.lists_us(a);
+                if !hosted || self.accepted.is_hosted(&repo) {
+                    let announce = Admission::Announce {
+                        announcement: a.clone(),
+                        hosted,
+                    };
+                    return self.hold(announce);
                 }
             }
             GitEvent::State(s) => {
@@ -316,18 +332,13 @@ impl Engine {
             }
             _ => {}
         }
-        if self.purgatory.len() >= self.config.max_waiting {
-            return Verdict::Rejected(
-                "rate-limited: too many events are waiting for git data; try again later".into(),
-            );
-        }
-        // A published event is inspected at once (its data may be here already); synced ones
-        // wait for their first attempt (500 ms), which starts with an Inspect, so a burst of
-        // synced events costs one Inspect per repository.
-        let inspect_now = arrival == Arrival::Published;
-        let expires = now + self.config.purgatory_expiry;
-        self.admit(now, parsed, arrival, expires, inspect_now);
-        Verdict::Waiting
+        let waiting = Waiting {
+            parsed,
+            arrival,
+            received: now,
+            expires: now + self.config.purgatory_expiry,
+        };
+        self.hold(Admission::Wait(waiting))
     }
 
     /// Per ref update of a push to `repo` (whose current heads and tags are `current`):
@@ -348,6 +359,8 @@ impl Engine {
             Input::Inspected { id, result } => self.inspected(now, id, result),
             Input::Pushed { repo, updates } => self.pushed(now, repo, updates),
             Input::Applied { id, result } => self.applied(now, id, result),
+            Input::Persisted { ticket } => self.persisted(now, ticket),
+            Input::PersistFailed { ticket } => self.persist_failed(ticket),
         }
     }
 
@@ -408,6 +421,7 @@ impl Engine {
             expired: self.counters.expired,
             deleted: self.counters.deleted,
             apply_conflicts: self.counters.apply_conflicts,
+            admissions_pending: self.admissions.len(),
         }
     }
 
@@ -451,37 +465,29 @@ impl Engine {
         }
     }
 
-    /// Puts an accepted-for-waiting event into purgatory and schedules its repositories.
-    fn admit(
-        &mut self,
-        now: Time,
-        parsed: GitEvent,
-        arrival: Arrival,
-        expires: Time,
-        inspect_now: bool,
-    ) {
-        let id = *parsed.id();
-        if let GitEvent::Announcement(a) = &parsed {
-            let repo = RepoKey::new(a.owner, a.identifier.clone());
+    /// Puts a durable waiting event into purgatory and schedules its repositories.
+    fn admit(&mut self, now: Time, waiting: Waiting, inspect_now: bool) {
+        let id = *waiting.parsed.id();
+        let (arrival, expires) = (waiting.arrival, waiting.expires);
+        let pr_commit = match &waiting.parsed {
+            GitEvent::Pr(p) => Some(p.commit),
+            _ => None,
+        };
+        let announced = match &waiting.parsed {
+            GitEvent::Announcement(a) => Some((a.owner, a.identifier.clone())),
+            _ => None,
+        };
+        if !self.purgatory.insert(waiting) {
+            return;
+        }
+        if let Some((owner, identifier)) = announced {
+            let repo = RepoKey::new(owner, identifier.clone());
             if !self.view().is_hosted(&repo) {
                 self.commands.push_back(Command::CreateRepo { repo });
             }
             self.waiting_hosted
-                .get_or_default(IdentKey::of(&a.identifier))
-                .insert(a.owner);
-        }
-        let pr_commit = match &parsed {
-            GitEvent::Pr(p) => Some(p.commit),
-            _ => None,
-        };
-        let inserted = self.purgatory.insert(Waiting {
-            parsed,
-            arrival,
-            received: now,
-            expires,
-        });
-        if !inserted {
-            return;
+                .get_or_default(IdentKey::of(&identifier))
+                .insert(owner);
         }
         self.timers.set_expiry(id, expires);
         if let Some(commit) = pr_commit {

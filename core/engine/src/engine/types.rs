@@ -12,16 +12,35 @@ use crate::time::Time;
 
 pub use crate::timers::TimerReason;
 
+/// Names one event that `handle_event` admitted, until the host reports it durable
+/// ([`Input::Persisted`]) or not ([`Input::PersistFailed`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Ticket(pub u64);
+
+impl fmt::Display for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "admission-{}", self.0)
+    }
+}
+
 /// What `handle_event` answers; the host turns it into the NIP-01 `OK` message.
+///
+/// Admission is two-phase. For `Waiting` and `Accepted` the engine has changed nothing yet: it
+/// holds the decision under its [`Ticket`] and emits no command and no event for the event
+/// until the host has stored it durably and reported [`Input::Persisted`]. If storing fails
+/// the host reports [`Input::PersistFailed`] and the engine forgets the event as if it had
+/// never seen it. So whatever runs between the verdict and the report (another EVENT, a timer,
+/// an IO completion) can never release, expire or act on an event the store does not hold.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Verdict {
     /// `OK false` with this complete message (prefix included, e.g. `invalid: ...`).
     Rejected(String),
-    /// `OK true "purgatory: won't be served until git data arrives"`. The host persists the
-    /// event in its purgatory table before answering.
-    Waiting,
-    /// Store and serve now (deletions; announcements of maintainers or of repos already served).
-    Accepted,
+    /// Put the event in the purgatory table, report `Persisted`, then answer
+    /// `OK true "purgatory: won't be served until git data arrives"`.
+    Waiting(Ticket),
+    /// Store and serve now (deletions; announcements of maintainers or of repos already
+    /// served), then report `Persisted`.
+    Accepted(Ticket),
     /// Already known.
     Duplicate,
 }
@@ -110,6 +129,12 @@ pub enum Input {
         id: CommandId,
         result: Result<(), ApplyError>,
     },
+    /// The event admitted under `ticket` is durable (purgatory table or served events): the
+    /// engine takes it in now and queues what it needs (create the repository, inspect).
+    Persisted { ticket: Ticket },
+    /// Storing the event admitted under `ticket` failed (or the store refused it): the engine
+    /// forgets it, as if it had never seen it.
+    PersistFailed { ticket: Ticket },
 }
 
 /// IO the engine wants done. Every command with an id is answered by an input with that id.
@@ -185,6 +210,8 @@ pub struct Stats {
     pub expired: u64,
     pub deleted: u64,
     pub apply_conflicts: u64,
+    /// Admitted events the host has not yet reported durable.
+    pub admissions_pending: usize,
 }
 
 impl fmt::Display for FetchError {

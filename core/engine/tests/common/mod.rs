@@ -302,7 +302,17 @@ pub fn advance(engine: &mut Engine, host: &mut Host, until: Time) {
     }
 }
 
-/// Publishes `event` and runs the host.
+/// Hands `event` to the engine and, if it is admitted, reports it durable at once, as a host
+/// does after its store write succeeded.
+pub fn admit(engine: &mut Engine, now: Time, event: Event, arrival: Arrival) -> Verdict {
+    let v = engine.handle_event(now, event, arrival);
+    if let Verdict::Waiting(ticket) | Verdict::Accepted(ticket) = v {
+        engine.handle_input(now, Input::Persisted { ticket });
+    }
+    v
+}
+
+/// Publishes `event` (admitted and reported durable at once) and runs the host.
 pub fn publish(
     engine: &mut Engine,
     host: &mut Host,
@@ -310,7 +320,7 @@ pub fn publish(
     event: Event,
     arrival: Arrival,
 ) -> Verdict {
-    let v = engine.handle_event(now, event, arrival);
+    let v = admit(engine, now, event, arrival);
     host.run(engine, now);
     v
 }

@@ -1,11 +1,17 @@
 //! Deciding an EVENT: related events against the store, git events through the engine, and
 //! persisting what was acknowledged before the client hears `OK`.
+//!
+//! A git event's admission is two-phase (see `graspd_core::Verdict`): the engine decides, the
+//! store write runs, and only then is the engine told `Persisted` (it starts acting on the
+//! event) or `PersistFailed` (it forgets it). Reporting `Persisted` before the write would let
+//! any concurrent pump run Inspect, Apply and `Released` for an event the purgatory table does
+//! not hold yet: acknowledged, then neither served nor waiting.
 
 use std::sync::Arc;
 
 use graspd_core::events::{Coordinate, GitEvent, KIND_ANNOUNCEMENT};
 use graspd_core::related::{self, KnownEvents};
-use graspd_core::{Arrival, EventId, PublicKey, Verdict};
+use graspd_core::{Arrival, EventId, Input, PublicKey, Ticket, Verdict};
 use nostr::event::{Event, Kind};
 use nostr::filter::Filter;
 use tracing::{debug, warn};
@@ -13,7 +19,7 @@ use tracing::{debug, warn};
 use super::Node;
 use crate::relay;
 use crate::runtime::unblock;
-use crate::store::{InsertOutcome, Store, WaitingEvent};
+use crate::store::{InsertOutcome, Store, StoreError, WaitingEvent};
 
 const DUPLICATE: &str = "duplicate: already have this event";
 
@@ -44,7 +50,7 @@ impl Node {
             let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
             engine.handle_event(self.clock.now(), event.clone(), arrival)
         };
-        let reply = match verdict {
+        match verdict {
             Verdict::Rejected(message) => {
                 self.metrics.event("rejected");
                 relay::Verdict::rejected(message)
@@ -53,11 +59,21 @@ impl Node {
                 self.metrics.event("duplicate");
                 relay::Verdict::accepted(DUPLICATE)
             }
-            Verdict::Accepted => {
-                self.metrics.event("accepted");
-                self.store_and_serve(event).await
+            Verdict::Accepted(ticket) => {
+                let stored = event.clone();
+                let outcome = self
+                    .persist(
+                        ticket,
+                        move |store| store.insert(&stored),
+                        |outcome| *outcome != InsertOutcome::Deleted,
+                    )
+                    .await;
+                match outcome {
+                    Ok(outcome) => self.served(event, outcome),
+                    Err(error) => persist_failed(&error),
+                }
             }
-            Verdict::Waiting => {
+            Verdict::Waiting(ticket) => {
                 self.metrics.event("waiting");
                 let waiting = WaitingEvent {
                     event,
@@ -66,9 +82,11 @@ impl Node {
                 };
                 let repo = announced_repo(&waiting.event);
                 let event_for_follow = waiting.event.clone();
-                let store = self.store.clone();
-                match unblock(&*self.runtime, move || store.put_waiting(&waiting)).await {
-                    Ok(Ok(())) => {
+                let written = self
+                    .persist(ticket, move |store| store.put_waiting(&waiting), |()| true)
+                    .await;
+                match written {
+                    Ok(()) => {
                         self.follow(&event_for_follow);
                         // The git endpoint must work the moment the client hears OK.
                         if let Some(repo) = repo {
@@ -78,15 +96,43 @@ impl Node {
                         }
                         relay::Verdict::accepted(Verdict::WAITING_MESSAGE)
                     }
-                    Ok(Err(error)) => persist_failed(&error),
                     Err(error) => persist_failed(&error),
                 }
             }
-        };
-        // Commands the verdict queued (create the repo, inspect its objects) run now that the
-        // event is durable.
-        self.pump();
-        reply
+        }
+    }
+
+    /// Runs the store `write` for an admitted event, then reports `ticket` to the engine:
+    /// `Persisted` if the write succeeded and `kept` says the store holds the event, else
+    /// `PersistFailed`. Write and report run in a task of their own, so an EVENT whose
+    /// connection closes meanwhile still ends its admission.
+    async fn persist<T: Send + 'static>(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        write: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        kept: fn(&T) -> bool,
+    ) -> Result<T, String> {
+        let (done, result) = async_channel::bounded(1);
+        let node = Arc::clone(self);
+        self.runtime.spawn(Box::pin(async move {
+            let store = node.store.clone();
+            let written = match unblock(&*node.runtime, move || write(&store)).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            let input = match &written {
+                Ok(value) if kept(value) => Input::Persisted { ticket },
+                _ => Input::PersistFailed { ticket },
+            };
+            // Durable first, then the engine may act on it (and pumps what it queued).
+            node.input(input);
+            let _ = done.try_send(written);
+        }));
+        result
+            .recv()
+            .await
+            .unwrap_or_else(|_| Err("the store write was abandoned".into()))
     }
 
     async fn accept_related(self: &Arc<Self>, event: Event) -> relay::Verdict {
@@ -103,16 +149,6 @@ impl Node {
                 self.metrics.event("rejected");
                 relay::Verdict::rejected(rejection.to_string())
             }
-            Err(error) => persist_failed(&error),
-        }
-    }
-
-    async fn store_and_serve(self: &Arc<Self>, event: Event) -> relay::Verdict {
-        let store = self.store.clone();
-        let stored = event.clone();
-        match unblock(&*self.runtime, move || store.insert(&stored)).await {
-            Ok(Ok(outcome)) => self.served(event, outcome),
-            Ok(Err(error)) => persist_failed(&error),
             Err(error) => persist_failed(&error),
         }
     }

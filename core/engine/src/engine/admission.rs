@@ -1,0 +1,102 @@
+//! Two-phase admission: `handle_event` decides, and the engine acts on the event only once the
+//! host reports it durable (`Input::Persisted`); `Input::PersistFailed` drops the decision.
+//!
+//! Nothing an admitted event changes (purgatory and its indexes, accepted announcements,
+//! deletions of waiting events, the memory of expired ids) is touched before `Persisted`, so a
+//! failed store write leaves the engine exactly as if the event never arrived, and no Inspect,
+//! Apply or `Released` can run ahead of the host's write.
+
+use super::Engine;
+use crate::engine::types::{Ticket, Verdict};
+use crate::events::{Announcement, Deletion};
+use crate::purgatory::{Arrival, Waiting};
+use crate::time::Time;
+
+/// What an admitted event does once it is durable.
+#[derive(Debug)]
+pub(super) enum Admission {
+    /// Wait in purgatory and be scheduled.
+    Wait(Waiting),
+    /// A kind 5 deletion: remove the waiting events it names.
+    Delete(Deletion),
+    /// An announcement taken as accepted: a maintainer's (`hosted` false) or a newer one of a
+    /// repository already served.
+    Announce {
+        announcement: Announcement,
+        hosted: bool,
+    },
+}
+
+impl Engine {
+    /// Holds `admission` until the host reports on its ticket: `Waiting` or `Accepted` with
+    /// that ticket, or `rate-limited` when too many are held. Admissions that will wait count
+    /// toward `max_waiting` with the waiting events; the others are bounded by it on their own.
+    pub(super) fn hold(&mut self, admission: Admission) -> Verdict {
+        let waits = matches!(admission, Admission::Wait(_));
+        let held = if waits {
+            self.purgatory.len() + self.admissions_waiting
+        } else {
+            self.admissions.len()
+        };
+        if held >= self.config.max_waiting {
+            return Verdict::Rejected(
+                "rate-limited: too many events are waiting for git data; try again later".into(),
+            );
+        }
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        if waits {
+            self.admissions_waiting += 1;
+        }
+        self.admissions.insert(ticket, admission);
+        if waits {
+            Verdict::Waiting(ticket)
+        } else {
+            Verdict::Accepted(ticket)
+        }
+    }
+
+    fn release_ticket(&mut self, ticket: Ticket) -> Option<Admission> {
+        let admission = self.admissions.remove(&ticket)?;
+        if matches!(admission, Admission::Wait(_)) {
+            self.admissions_waiting -= 1;
+        }
+        Some(admission)
+    }
+
+    /// The host stored the event: it takes effect now.
+    pub(super) fn persisted(&mut self, now: Time, ticket: Ticket) {
+        match self.release_ticket(ticket) {
+            Some(Admission::Wait(waiting)) => {
+                let id = *waiting.parsed.id();
+                if waiting.arrival == Arrival::Published {
+                    // Published again after it expired: it gets a new life.
+                    self.purgatory.forget_expired(&id);
+                }
+                // Admitted twice at once (two tickets) and taken in, or released, meanwhile.
+                if self.purgatory.contains(&id)
+                    || self.is_accepted(&waiting.parsed)
+                    || self.purgatory.was_released_pr(now, &id)
+                {
+                    return;
+                }
+                // A published event is inspected at once (its data may be here already);
+                // synced ones wait for their first attempt (500 ms), which starts with an
+                // Inspect, so a burst of synced events costs one Inspect per repository.
+                let inspect_now = waiting.arrival == Arrival::Published;
+                self.admit(now, waiting, inspect_now);
+            }
+            Some(Admission::Delete(deletion)) => self.apply_deletion(&deletion),
+            Some(Admission::Announce {
+                announcement,
+                hosted,
+            }) => self.accepted.add_announcement(announcement, hosted),
+            None => {}
+        }
+    }
+
+    /// The host could not store the event: forget the decision.
+    pub(super) fn persist_failed(&mut self, ticket: Ticket) {
+        self.release_ticket(ticket);
+    }
+}
