@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use common::*;
 use graspd_core::{
@@ -239,6 +240,68 @@ fn an_event_arriving_during_an_attempt_is_not_lost() {
     assert_eq!(oids, [oid(1), oid(9)]);
     host.answer_fetch(&mut engine, t(1300), &remote).unwrap();
     assert_eq!(host.released().len(), 1, "the PR is released");
+}
+
+/// Runs the engine's queued commands, answering each Inspect with `snapshot` of nothing
+/// present; returns the Fetches.
+fn answer_inspects_with_nothing(engine: &mut Engine, now: graspd_core::Time) -> Vec<Command> {
+    let mut fetches = Vec::new();
+    while let Some(cmd) = engine.poll_command() {
+        match cmd {
+            Command::Inspect { id, .. } => engine.handle_input(
+                now,
+                Input::Inspected {
+                    id,
+                    result: Ok(Default::default()),
+                },
+            ),
+            Command::Fetch { .. } => fetches.push(cmd),
+            _ => {}
+        }
+    }
+    fetches
+}
+
+/// An announcement published with no sync delay, then its state while the announcement's
+/// Inspect runs, and the state's attempt timer fires at once: the state's data is fetched.
+/// (A fetch asked for while an Inspect runs belongs to the Inspect queued after it: the one in
+/// flight was asked before the state existed and finds nothing missing.)
+#[test]
+fn a_state_arriving_while_its_repository_is_inspected_is_fetched() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        first_attempt_after_published: Duration::ZERO,
+        ..config()
+    });
+    let ann = kit.announcement(1, "r", &[], &[REMOTE]);
+    admit(&mut engine, t(0), ann, Arrival::Published);
+    // The announcement's Inspect is in flight when its attempt timer fires.
+    let mut first = Vec::new();
+    while let Some(cmd) = engine.poll_command() {
+        first.push(cmd);
+    }
+    engine.handle_timeout(t(0));
+    // The state arrives while the announcement's Inspects still run; its timer fires too.
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    admit(&mut engine, t(5), st, Arrival::Published);
+    engine.handle_timeout(t(5));
+    for cmd in first {
+        if let Command::Inspect { id, .. } = cmd {
+            let result = Ok(Default::default());
+            engine.handle_input(t(10), Input::Inspected { id, result });
+        }
+    }
+    let mut fetched = Vec::new();
+    for now in [10, 20, 30] {
+        fetched.extend(answer_inspects_with_nothing(&mut engine, t(now)));
+    }
+    assert!(
+        fetched
+            .iter()
+            .any(|f| matches!(f, Command::Fetch { oids, .. } if oids.contains(&oid(1)))),
+        "the state's data was never asked for: {fetched:?}; next timer {:?}",
+        engine.poll_timeout()
+    );
 }
 
 #[test]

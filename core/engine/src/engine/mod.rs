@@ -52,7 +52,9 @@ pub struct Engine {
     /// `(created_at, id)` of the state each hosted repository holds.
     applied: LookupMap<RepoKey, (u64, EventId)>,
     fetches: BTreeMap<CommandId, FetchInFlight>,
-    inspects: BTreeMap<CommandId, (RepoKey, Vec<Oid>)>,
+    /// Inspects in flight: the repository, the oids asked, and whether a sync attempt for
+    /// what is missing was asked for (before this Inspect was issued).
+    inspects: BTreeMap<CommandId, (RepoKey, Vec<Oid>, bool)>,
     applies: BTreeMap<CommandId, ApplyInFlight>,
     /// Events an Apply in flight will release: their expiry waits for its outcome.
     applying: BTreeMap<EventId, CommandId>,
@@ -88,7 +90,9 @@ struct RepoWork {
     inspect: Option<CommandId>,
     /// Another Inspect is wanted once the current Inspect/Apply is done.
     inspect_queued: bool,
-    /// The next Inspect's result starts a sync attempt for what is missing.
+    /// The next Inspect issued carries this: its result starts a sync attempt for what is
+    /// missing. (Never the Inspect in flight: it was asked before the request, and may not
+    /// ask for the objects of the event that made it.)
     fetch_after_inspect: bool,
     apply: Option<CommandId>,
     apply_retries: u32,

@@ -71,8 +71,10 @@ impl Engine {
         self.next_command += 1;
         let id = CommandId(self.next_command);
         work.inspect = Some(id);
+        let then_fetch = std::mem::take(&mut work.fetch_after_inspect);
         let oids: Vec<Oid> = wanted.oids.into_iter().collect();
-        self.inspects.insert(id, (repo.clone(), oids.clone()));
+        self.inspects
+            .insert(id, (repo.clone(), oids.clone(), then_fetch));
         let deadline = self.now + self.config.local_command_timeout;
         self.timers.push_command_deadline(id, deadline);
         self.commands.push_back(Command::Inspect { id, repo, oids });
@@ -84,7 +86,7 @@ impl Engine {
         id: CommandId,
         result: Result<RepoSnapshot, String>,
     ) {
-        let Some((repo, asked)) = self.inspects.remove(&id) else {
+        let Some((repo, asked, fetch)) = self.inspects.remove(&id) else {
             return;
         };
         self.prune_deadlines();
@@ -94,7 +96,6 @@ impl Engine {
         if work.inspect == Some(id) {
             work.inspect = None;
         }
-        let fetch = std::mem::take(&mut work.fetch_after_inspect);
         let snapshot = match result {
             Ok(s) => s,
             Err(_) => {

@@ -95,9 +95,6 @@ pub fn measure(a: &Server, b: &Server, work: &WorkRepo, label: &str, runs: usize
         result.floor.push(floor_fetch(&url_a, &head));
 
         relay_b.publish(&ann);
-        // Let B settle the announcement's own attempt first: a state arriving while that
-        // attempt runs was seen to get no attempt of its own (reported as "stuck" below).
-        std::thread::sleep(Duration::from_millis(300));
         let started = Instant::now();
         let reply = relay_b.publish(&st);
         assert!(reply.accepted, "B refused the state: {reply:?}");
