@@ -9,7 +9,8 @@ pub use nostr_sdk::prelude::{
 };
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+pub use tungstenite::Message;
+use tungstenite::WebSocket;
 
 /// Deterministic keys: `keys(1)`, `keys(2)`, ... are distinct users.
 pub fn keys(n: u8) -> Keys {
@@ -142,12 +143,60 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl RelayClient {
     pub fn connect(ws_url: &str) -> RelayClient {
-        let (socket, _) = tungstenite::connect(ws_url).expect("websocket connect");
-        if let MaybeTlsStream::Plain(s) = socket.get_ref() {
-            s.set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
+        Self::try_connect(ws_url, &[]).expect("websocket connect")
+    }
+
+    /// Connects with extra request headers (e.g. `X-Forwarded-For`); a refused upgrade gives
+    /// the HTTP status and its `Retry-After` header.
+    pub fn try_connect(
+        ws_url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<RelayClient, (u16, Option<String>)> {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = ws_url.into_client_request().expect("websocket URL");
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, value.parse().expect("header value"));
         }
-        RelayClient { socket }
+        match tungstenite::connect(request) {
+            Ok((socket, _)) => {
+                if let MaybeTlsStream::Plain(s) = socket.get_ref() {
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                }
+                Ok(RelayClient { socket })
+            }
+            Err(tungstenite::Error::Http(response)) => {
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                Err((response.status().as_u16(), retry_after))
+            }
+            Err(e) => panic!("websocket connect: {e}"),
+        }
+    }
+
+    /// The next WebSocket message of any type (pings and closes included), or None once
+    /// `deadline` passes or the connection is gone.
+    pub fn next_message(&mut self, deadline: Instant) -> Option<Message> {
+        while Instant::now() < deadline {
+            match self.socket.read() {
+                Ok(message) => return Some(message),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     pub fn send(&mut self, msg: Value) {

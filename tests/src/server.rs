@@ -85,11 +85,23 @@ fn profile_dir() -> PathBuf {
 pub struct ServerOptions {
     /// Additional command-line flags.
     pub args: Vec<String>,
+    /// The process's open-file limit (soft and hard), as `ulimit -n` sets it.
+    pub open_files: Option<u64>,
 }
 
 impl ServerOptions {
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
+        self
+    }
+
+    /// `--flag value`.
+    pub fn flag(self, name: &str, value: impl ToString) -> Self {
+        self.arg(name).arg(value.to_string())
+    }
+
+    pub fn open_files(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
         self
     }
 }
@@ -143,7 +155,16 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(self.flavor.binary());
+        let mut cmd = match self.options.open_files {
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(self.flavor.binary());
+                sh
+            }
+            None => Command::new(self.flavor.binary()),
+        };
         cmd.arg("--bind")
             .arg(self.addr.to_string())
             .arg("--public-url")
@@ -204,6 +225,40 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// The value of one line of `/metrics` (`name` with its labels, e.g.
+    /// `graspd_refusals_total{limit="websocket_idle"}`), if present.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let response = crate::http::request(self.addr, "GET", "/metrics", &[], b"");
+        response.text().lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// SIGTERM (graceful shutdown); true if the process exits within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(pid) = self.pid() else {
+            return true;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if !self.is_running() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// The process id while it runs (for /proc measurements).

@@ -83,7 +83,77 @@ pub struct Config {
     pub engine: EngineLimits,
 
     #[command(flatten)]
+    pub connections: ConnectionLimits,
+
+    #[command(flatten)]
     pub follow: crate::follow::FollowArgs,
+}
+
+/// Client connection limits: WebSocket caps, keep-alive and deadlines, trusted proxies.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Most WebSocket connections open at once; beyond it upgrades are answered 503. Lowered
+    /// at start-up to fit the process's open-file limit.
+    #[arg(long, env = "GRASPD_MAX_WEBSOCKETS", default_value_t = crate::http::clients::DEFAULT_MAX_WEBSOCKETS)]
+    pub max_websockets: usize,
+
+    /// Most WebSocket connections from one client address (an IPv6 /64 counts as one);
+    /// beyond it upgrades are answered 429.
+    #[arg(
+        long,
+        env = "GRASPD_MAX_WEBSOCKETS_PER_ADDRESS",
+        default_value_t = crate::http::clients::DEFAULT_MAX_WEBSOCKETS_PER_ADDRESS
+    )]
+    pub max_websockets_per_address: usize,
+
+    /// A reverse proxy (address or CIDR block) whose `Forwarded`/`X-Forwarded-For` headers
+    /// name the client; from any other peer those headers are ignored (repeatable).
+    #[arg(
+        long = "trusted-proxy",
+        env = "GRASPD_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<crate::address::AddressBlock>,
+
+    /// Seconds a WebSocket client may be silent before it is pinged.
+    #[arg(long, env = "GRASPD_WEBSOCKET_PING_SECS", default_value_t = 30)]
+    pub websocket_ping_secs: u64,
+
+    /// Seconds a WebSocket client may be silent (no message, no pong) before it is
+    /// disconnected.
+    #[arg(long, env = "GRASPD_WEBSOCKET_IDLE_SECS", default_value_t = 90)]
+    pub websocket_idle_secs: u64,
+
+    /// Seconds a WebSocket client may take nothing we send before it is disconnected.
+    #[arg(
+        long,
+        env = "GRASPD_WEBSOCKET_WRITE_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub websocket_write_timeout_secs: u64,
+
+    /// Outgoing bytes buffered per WebSocket; past it the server sends only as fast as the
+    /// client reads.
+    #[arg(long, env = "GRASPD_WEBSOCKET_SEND_BUFFER_BYTES", default_value_t = 256 * 1024)]
+    pub websocket_send_buffer_bytes: usize,
+}
+
+impl ConnectionLimits {
+    /// The relay's per-connection limits with these keep-alive and buffer settings.
+    pub fn relay_limits(&self) -> crate::relay::RelayLimits {
+        let ping_after = Duration::from_secs(self.websocket_ping_secs.max(1));
+        crate::relay::RelayLimits {
+            ping_after,
+            idle_timeout: Duration::from_secs(self.websocket_idle_secs).max(ping_after),
+            write_timeout: Duration::from_secs(self.websocket_write_timeout_secs.max(1)),
+            send_buffer_bytes: self.websocket_send_buffer_bytes,
+            ..crate::relay::RelayLimits::default()
+        }
+    }
+
+    pub fn trusted_proxies(&self) -> crate::address::TrustedProxies {
+        crate::address::TrustedProxies::new(self.trusted_proxies.clone())
+    }
 }
 
 /// Engine limits and delays (purgatory expiry, sync timing, per-domain throttle). Defaults are

@@ -3,15 +3,18 @@
 //! The runtime crates (`graspd-tokio`, `graspd-smol`) implement [`Runtime`], parse [`Config`]
 //! and call [`serve`].
 
+pub mod address;
 pub mod clock;
 pub mod config;
 pub mod driver;
+mod fd_limit;
 pub mod follow;
 pub mod git;
 pub mod http;
 pub mod io;
 pub mod metrics;
 pub mod nip11;
+pub mod refusals;
 pub mod relay;
 pub mod runtime;
 pub mod store;
@@ -63,7 +66,8 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     })?;
     let git =
         git::Git::new(Arc::clone(&runtime), &config.data_dir).with_limits(config.git_limits());
-    let relay_limits = relay::RelayLimits::default();
+    let relay_limits = config.connections.relay_limits();
+    let refusals = Arc::new(refusals::Refusals::new());
     let info = nip11::RelayInfo {
         name: "graspd".to_owned(),
         description: "A GRASP server: git repositories authorised by signed nostr proofs"
@@ -77,6 +81,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         allow_private_remotes: config.allow_private_remotes,
         information_document: nip11::document_json(&info, &relay_limits),
         relay_limits,
+        refusals: Arc::clone(&refusals),
     };
     let own = graspd_core::acceptance::OwnService::new(&config.public_url())
         .map_err(ServeError::PublicUrl)?;
@@ -99,7 +104,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         let node = Arc::clone(&synced);
         Box::pin(async move { node.accept_synced(event).await })
     });
-    let served = serve_site(runtime, &config, git, driver::handlers(&node)).await;
+    let served = serve_site(runtime, &config, git, driver::handlers(&node), refusals).await;
     node.hub().close_all();
     served
 }
@@ -111,16 +116,25 @@ pub async fn serve_site(
     config: &Config,
     git: git::Git,
     handlers: http::Handlers,
+    refusals: Arc<refusals::Refusals>,
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|error| ServeError::DataDir {
         path: config.data_dir.clone(),
         error,
     })?;
+    let limits = &config.connections;
+    let clients = http::clients::Clients::new(
+        limits.trusted_proxies(),
+        refusals,
+        fd_limit::websockets_that_fit(limits.max_websockets),
+        limits.max_websockets_per_address,
+    );
     let site = http::Site {
         git,
         handlers,
         body: config.body_limits(),
         public_url: config.public_url(),
+        clients: Arc::new(clients),
     };
     let server = http::Server::bind(Arc::clone(&runtime), config.bind, site)
         .await

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use graspd_core::Stats;
 
 use crate::follow::{FollowMetrics, FollowStats};
-use crate::git::Refusals;
+use crate::git::Refusals as GitRefusals;
+use crate::refusals::{Limit, Refusals};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -52,6 +53,18 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+/// What the connection limits report at a scrape.
+pub struct Connections<'a> {
+    pub refusals: &'a Refusals,
+    /// Relay sessions running now.
+    pub websockets_open: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -84,6 +97,8 @@ pub struct Metrics {
     follow_refused: Family<WhatLabel, Counter>,
     follow_admitted_late: Family<WhatLabel, Counter>,
     git_refused: Family<ReasonLabel, Counter>,
+    refusals: Family<LimitLabel, Counter>,
+    websockets_open: Gauge,
     domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -223,9 +238,23 @@ impl Metrics {
             "git requests refused or ended by a limit, by reason",
             git_refused.clone(),
         );
+        let refusals = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "refusals",
+            "Clients refused or disconnected by a limit, by limit",
+            refusals.clone(),
+        );
+        let websockets_open = Gauge::default();
+        registry.register(
+            "websockets_open",
+            "Relay WebSocket sessions open now",
+            websockets_open.clone(),
+        );
         Metrics {
             registry,
             git_refused,
+            refusals,
+            websockets_open,
             follow_waiting,
             follow_refused,
             follow_admitted_late,
@@ -285,7 +314,7 @@ impl Metrics {
     }
 
     /// Brings the git refusal counters up to the totals the git bridge counted.
-    pub fn git_refusals(&self, refusals: &Refusals) {
+    pub fn git_refusals(&self, refusals: &GitRefusals) {
         for (reason, total) in refusals.totals() {
             catch_up(
                 &self.git_refused.get_or_create(&ReasonLabel { reason }),
@@ -295,8 +324,22 @@ impl Metrics {
     }
 
     /// The text exposition, with engine gauges refreshed from `stats`, the relay follower's
-    /// connection counters from `follow` and its waiting lists from `follower`.
-    pub fn render(&self, stats: &Stats, follow: &FollowMetrics, follower: &FollowStats) -> String {
+    /// connection counters from `follow`, its waiting lists from `follower`, and the
+    /// connection limits' refusals from `connections`.
+    pub fn render(
+        &self,
+        stats: &Stats,
+        follow: &FollowMetrics,
+        follower: &FollowStats,
+        connections: &Connections<'_>,
+    ) -> String {
+        for limit in Limit::ALL {
+            let counter = self.refusals.get_or_create(&LimitLabel {
+                limit: limit.name(),
+            });
+            catch_up(&counter, connections.refusals.count(limit));
+        }
+        self.websockets_open.set(connections.websockets_open as i64);
         for (what, waiting, refused, late) in [
             (
                 "relay",
@@ -395,7 +438,18 @@ mod tests {
             values_admitted_late: 4,
             ..FollowStats::default()
         };
-        let text = metrics.render(&stats, &follow, &follower);
+        let refusals = Refusals::new();
+        refusals.refuse(Limit::WebSocketIdle, &"idle", std::time::Instant::now());
+        let connections = Connections {
+            refusals: &refusals,
+            websockets_open: 5,
+        };
+        let text = metrics.render(&stats, &follow, &follower, &connections);
+        assert!(
+            text.contains(r#"graspd_refusals_total{limit="websocket_idle"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("graspd_websockets_open 5"), "{text}");
         assert!(text.contains("graspd_follow_relays_connected 2"), "{text}");
         assert!(
             text.contains(r#"graspd_follow_waiting{what="relay"} 3"#),
@@ -424,7 +478,7 @@ mod tests {
         );
         stats.released = 9;
         assert!(metrics
-            .render(&stats, &follow, &follower)
+            .render(&stats, &follow, &follower, &connections)
             .contains("graspd_purgatory_released_total 9"));
     }
 }

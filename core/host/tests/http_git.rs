@@ -465,6 +465,7 @@ fn server_stops_when_shutdown_completes() {
                 ..Default::default()
             },
             public_url: String::new(),
+            clients: Default::default(),
         };
         let runtime = h.git.runtime().clone();
         h.block_on(async move {

@@ -1,8 +1,9 @@
 //! The HTTP origin's hooks into the driver: relay sessions and push decisions.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use graspd_core::{Arrival, Input, Oid, RefDecision, RepoKey};
 use nostr::event::Event;
@@ -11,7 +12,8 @@ use tracing::{debug, info, info_span, Instrument};
 use super::Node;
 use crate::git::RefUpdate;
 use crate::http::{Handlers, PushHandler, RelayHandler, WebSocket};
-use crate::relay::{run_connection, Query, RelayBackend, Verdict};
+use crate::refusals::Refusals;
+use crate::relay::{run_connection, Query, RelayBackend, RelayLimits, Verdict};
 use crate::runtime::{unblock, BoxFuture};
 
 /// The hooks of one [`Node`], for [`crate::http::Site`].
@@ -31,11 +33,15 @@ impl RelayHandler for NodeHooks {
         self.0.settings.information_document.clone()
     }
 
-    fn max_message_bytes(&self) -> usize {
-        self.0.settings.relay_limits.max_message_bytes
+    fn limits(&self) -> RelayLimits {
+        self.0.settings.relay_limits.clone()
     }
 
-    fn on_websocket(&self, socket: WebSocket, peer: SocketAddr) -> BoxFuture<'static, ()> {
+    fn shutting_down(&self) {
+        self.0.hub.close_all();
+    }
+
+    fn on_websocket(&self, socket: WebSocket, client: IpAddr) -> BoxFuture<'static, ()> {
         let node = Arc::clone(&self.0);
         Box::pin(
             async move {
@@ -45,7 +51,7 @@ impl RelayHandler for NodeHooks {
                 run_connection(socket, limits, &node.hub, &backend).await;
                 debug!("relay session closed");
             }
-            .instrument(info_span!("relay", %peer)),
+            .instrument(info_span!("relay", %client)),
         )
     }
 }
@@ -70,6 +76,18 @@ impl RelayBackend for NodeHooks {
                 Err(error) => Err(error.to_string()),
             }
         })
+    }
+
+    fn now(&self) -> Instant {
+        self.0.runtime.now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
+        self.0.runtime.sleep_until(deadline)
+    }
+
+    fn refusals(&self) -> &Refusals {
+        &self.0.settings.refusals
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Settings {
     pub max_fetch_bytes: u64,
     pub allow_private_remotes: bool,
     pub relay_limits: RelayLimits,
+    /// Refusals by the connection and rate limits, shared with the HTTP origin.
+    pub refusals: Arc<crate::refusals::Refusals>,
     /// The NIP-11 document, rendered once.
     pub information_document: String,
 }
@@ -327,8 +329,16 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .stats();
         self.metrics.git_refusals(self.git.refusals());
-        self.metrics
-            .render(&stats, self.follower.metrics(), &self.follower.stats())
+        let connections = crate::metrics::Connections {
+            refusals: &self.settings.refusals,
+            websockets_open: self.hub.connections(),
+        };
+        self.metrics.render(
+            &stats,
+            self.follower.metrics(),
+            &self.follower.stats(),
+            &connections,
+        )
     }
 
     pub fn hub(&self) -> &Hub {

@@ -4,6 +4,7 @@
 //! decision (driver) and metrics. Everything else here is routing, CORS and git.
 
 pub mod body;
+pub mod clients;
 pub mod route;
 pub mod server;
 mod smart;
@@ -11,7 +12,7 @@ mod spool;
 mod websocket;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use graspd_core::{Oid, RepoKey};
@@ -32,13 +33,18 @@ pub trait RelayHandler: Send + Sync + 'static {
     /// The NIP-11 relay information document (JSON text).
     fn information_document(&self) -> String;
 
-    /// Largest WebSocket message a client may send, in bytes.
-    fn max_message_bytes(&self) -> usize {
-        crate::relay::RelayLimits::default().max_message_bytes
+    /// The per-connection limits: the WebSocket layer refuses frames over
+    /// `max_message_bytes` and buffers at most `send_buffer_bytes` of outgoing frames.
+    fn limits(&self) -> crate::relay::RelayLimits {
+        crate::relay::RelayLimits::default()
     }
 
-    /// Runs one relay session on an accepted WebSocket until it ends.
-    fn on_websocket(&self, socket: WebSocket, peer: SocketAddr) -> BoxFuture<'static, ()>;
+    /// Runs one relay session on an accepted WebSocket until it ends. `client` is the
+    /// client's address (behind a trusted proxy, the one it forwarded for).
+    fn on_websocket(&self, socket: WebSocket, client: IpAddr) -> BoxFuture<'static, ()>;
+
+    /// The server is shutting down: end every session (a close frame, then the socket).
+    fn shutting_down(&self) {}
 }
 
 /// Decides pushes and hears about the ones that landed.
@@ -78,6 +84,8 @@ pub struct Site {
     /// How large and how slow request bodies may be.
     pub body: body::BodyLimits,
     pub public_url: String,
+    /// Client addresses and WebSocket caps.
+    pub clients: Arc<clients::Clients>,
 }
 
 const CORS_METHODS: &str = "GET, POST, OPTIONS, HEAD";

@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 
 use super::Site;
 use crate::io::{IoCompat, RuntimeTimer};
+use crate::refusals::Limit;
 use crate::runtime::{BoxFuture, Runtime, TcpListener};
 
 /// Most connections served at once; beyond it new ones are closed at once.
@@ -24,6 +25,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a client may take to send a request's headers (slow-loris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pause after a failed accept, doubled while accepts keep failing (usually out of file
+/// descriptors: retrying at once would spin), up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A bound HTTP server.
 pub struct Server {
@@ -50,22 +56,31 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then lets open requests finish (at most
-    /// [`SHUTDOWN_GRACE`]). WebSocket sessions are the relay's to end.
+    /// Serves until `shutdown` completes, then asks the relay to end its WebSocket sessions
+    /// and lets open requests and sessions finish (at most [`SHUTDOWN_GRACE`]). A WebSocket
+    /// counts as an open connection until its session ends.
     pub async fn run(self, shutdown: BoxFuture<'static, ()>) {
         let shutdown = shutdown.shared();
         let active = Arc::new(ActiveConnections::default());
+        let mut accept_backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let accepted = match future::select(self.listener.accept(), shutdown.clone()).await {
                 Either::Left((accepted, _)) => accepted,
                 Either::Right(((), _)) => break,
             };
             let (connection, peer) = match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    accept_backoff = ACCEPT_BACKOFF_MIN;
+                    accepted
+                }
                 Err(e) => {
-                    // Usually out of file descriptors: pause instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    self.runtime.sleep(Duration::from_millis(100)).await;
+                    self.site.clients.refusals.refuse(
+                        Limit::AcceptFailed,
+                        &format_args!("accept failed: {e}; pausing {accept_backoff:?}"),
+                        self.runtime.now(),
+                    );
+                    self.runtime.sleep(accept_backoff).await;
+                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             };
@@ -77,17 +92,22 @@ impl Server {
             let shutdown = shutdown.clone();
             let runtime = Arc::clone(&self.runtime);
             self.runtime.spawn(Box::pin(async move {
-                serve_connection(runtime, connection, peer, site, shutdown).await;
-                drop(token);
+                serve_connection(runtime, connection, peer, site, shutdown, token).await;
             }));
         }
-        tracing::info!(open = active.count(), "shutting down: no new connections");
+        tracing::info!(
+            open = active.count(),
+            websockets = self.site.clients.websockets_open(),
+            "shutting down: no new connections"
+        );
+        self.site.handlers.relay.shutting_down();
         let deadline = self.runtime.sleep(SHUTDOWN_GRACE);
         let idle = pin!(active.idle());
         let drained = future::select(idle, deadline).await;
         if let Either::Right(_) = drained {
             tracing::warn!(
                 open = active.count(),
+                websockets = self.site.clients.websockets_open(),
                 "connections still open after the grace period"
             );
         }
@@ -100,8 +120,13 @@ async fn serve_connection(
     peer: SocketAddr,
     site: Arc<Site>,
     shutdown: Shared<BoxFuture<'static, ()>>,
+    token: ConnectionToken,
 ) {
-    let service = service_fn(move |request| {
+    // Each request carries the connection's place in the count, so an upgrade to a WebSocket
+    // keeps it for as long as its session runs (see `websocket::accept`).
+    let token = Arc::new(token);
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(Arc::clone(&token));
         let site = Arc::clone(&site);
         async move { Ok::<_, Infallible>(site.handle(request, peer).await) }
     });
@@ -128,7 +153,8 @@ struct ActiveConnections {
     state: Mutex<(usize, Vec<Waker>)>,
 }
 
-struct ConnectionToken(Arc<ActiveConnections>);
+/// One open connection's place in the count; the count drops when the last clone goes.
+pub(super) struct ConnectionToken(Arc<ActiveConnections>);
 
 impl ActiveConnections {
     fn enter(self: &Arc<Self>, max: usize) -> Option<ConnectionToken> {

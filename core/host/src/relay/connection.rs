@@ -1,19 +1,30 @@
 //! One WebSocket connection run end to end on any runtime: frames in, [`Session`], frames
-//! out, plus the connection's live feed. The decisions and the store reads are the
-//! [`RelayBackend`]'s.
+//! out, plus the connection's live feed, its keep-alive and its deadlines. The decisions, the
+//! store reads and the timer are the [`RelayBackend`]'s.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::task::Poll;
+use std::time::Instant;
 
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
-use futures_util::future::{select, Either};
+use futures_util::future::{self, select, Either};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use nostr::prelude::Event;
 
 use super::{messages, Action, Hub, Live, Query, RelayLimits, Session, Verdict};
+use crate::refusals::{Limit, Refusals};
 
 /// A boxed `Send` future (the same shape as the runtime trait's).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long, and how many bytes, a connection closed for an oversized frame keeps reading
+/// (and discarding) what the client still sends, so that the client reads the NOTICE and
+/// the close frame instead of a connection reset.
+const OVERSIZED_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+const OVERSIZED_LINGER_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the relay needs from the rest of the server; the driver implements it.
 pub trait RelayBackend: Send + Sync {
@@ -27,78 +38,161 @@ pub trait RelayBackend: Send + Sync {
     /// (`store.query(&query.filters, query.cap)` on the blocking pool). An error text ends the
     /// subscription with `CLOSED` and `error: <text>`.
     fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<Event>, String>>;
+
+    /// The runtime's clock, and its timer (completes at `deadline`): pings, idle and write
+    /// deadlines.
+    fn now(&self) -> Instant;
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()>;
+
+    /// Where connections ended by a limit are counted and logged.
+    fn refusals(&self) -> &Refusals;
 }
 
-/// Runs one relay connection until the client leaves, the socket fails, the connection
-/// falls too far behind on live events, or the hub closes (shutdown).
+/// The socket a relay connection runs on: a WebSocket stream and sink.
+pub trait RelaySocket:
+    Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
+{
+    /// Reads and discards what the client still sends, until `until` completes or `max_bytes`
+    /// were read, after a close for an oversized frame (the WebSocket layer cannot parse
+    /// past it). The default does nothing.
+    fn discard_input(
+        &mut self,
+        _until: BoxFuture<'static, ()>,
+        _max_bytes: usize,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Runs one relay connection until the client leaves, the socket fails, the client goes
+/// silent (no answer to a ping within `limits.idle_timeout`), stops reading (a send not taken
+/// within `limits.write_timeout`), sends an oversized frame (NOTICE, close 1009), the
+/// connection falls too far behind on live events, or the hub closes (shutdown: close 1001).
 ///
 /// `socket` is the upgraded WebSocket (configure its maximum message size to
-/// `limits.max_message_bytes`). Pings are answered by the WebSocket layer.
-pub async fn run_connection<S>(
+/// `limits.max_message_bytes`). Pings from the client are answered by the WebSocket layer.
+pub async fn run_connection<S: RelaySocket>(
     mut socket: S,
     limits: RelayLimits,
     hub: &Hub,
     backend: &dyn RelayBackend,
-) where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
-{
-    let (mut session, feed) = Session::new(limits, hub);
+) {
+    let (mut session, feed) = Session::new(limits.clone(), hub);
+    let mut out = Outgoing {
+        socket: &mut socket,
+        backend,
+        write_timeout: limits.write_timeout,
+    };
+    let mut last_heard = backend.now();
+    let mut pinged = false;
+    // Armed at a deadline that may since have moved later (the client spoke): when it fires
+    // early it is re-armed, so a busy connection does not arm a timer per frame.
+    let mut timer = backend.sleep_until(last_heard + limits.ping_after);
     loop {
         let next = {
-            let live = pin!(feed.next());
-            match select(socket.next(), live).await {
-                Either::Left((frame, _)) => Next::Frame(frame),
-                Either::Right((live, _)) => Next::Live(live),
-            }
+            let mut live = pin!(feed.next());
+            let socket = &mut *out.socket;
+            future::poll_fn(|cx| {
+                if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
+                    return Poll::Ready(Next::Frame(frame));
+                }
+                if let Poll::Ready(live) = live.as_mut().poll(cx) {
+                    return Poll::Ready(Next::Live(live));
+                }
+                timer.as_mut().poll(cx).map(|()| Next::Timer)
+            })
+            .await
         };
         let outgoing = match next {
-            Next::Frame(None) | Next::Frame(Some(Err(_))) => return,
-            Next::Frame(Some(Ok(Message::Close(_)))) => {
-                // The WebSocket layer has queued the close reply; flush it.
-                let _ = socket.close().await;
+            Next::Timer => {
+                let deadline = last_heard
+                    + if pinged {
+                        limits.idle_timeout
+                    } else {
+                        limits.ping_after
+                    };
+                let now = backend.now();
+                if now < deadline {
+                    timer = backend.sleep_until(deadline);
+                    continue;
+                }
+                if pinged {
+                    backend.refusals().refuse(
+                        Limit::WebSocketIdle,
+                        &format_args!(
+                            "closing a WebSocket silent for {:?} (no answer to a ping)",
+                            limits.idle_timeout
+                        ),
+                        now,
+                    );
+                    out.close(CloseCode::Normal, "idle timeout").await;
+                    return;
+                }
+                pinged = true;
+                timer = backend.sleep_until(last_heard + limits.idle_timeout);
+                if out.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Next::Frame(Some(Err(WsError::Capacity(error)))) => {
+                out.refuse_oversized(&error.to_string(), limits.max_message_bytes)
+                    .await;
                 return;
             }
-            Next::Frame(Some(Ok(Message::Text(text)))) => {
-                match session.handle_text(text.as_str()) {
-                    None => Vec::new(),
-                    Some(Action::Send(frame)) => vec![frame],
-                    Some(Action::Accept(event)) => {
-                        let id = event.id;
-                        vec![backend.decide(*event).await.message(&id)]
+            Next::Frame(Some(Ok(message))) => {
+                last_heard = backend.now();
+                pinged = false;
+                match message {
+                    Message::Close(_) => {
+                        // The WebSocket layer has queued the close reply; flush it.
+                        out.finish().await;
+                        return;
                     }
-                    Some(Action::Query(query)) => {
-                        let id = query.id;
-                        match backend.query(query).await {
-                            Ok(events) => session.stored_events(id, &events),
-                            Err(reason) => session.query_failed(id, &reason).into_iter().collect(),
+                    Message::Text(text) => match session.handle_text(text.as_str()) {
+                        None => Vec::new(),
+                        Some(Action::Send(frame)) => vec![frame],
+                        Some(Action::Accept(event)) => {
+                            let id = event.id;
+                            vec![backend.decide(*event).await.message(&id)]
                         }
-                    }
+                        Some(Action::Query(query)) => {
+                            let id = query.id;
+                            match backend.query(query).await {
+                                Ok(events) => session.stored_events(id, &events),
+                                Err(reason) => {
+                                    session.query_failed(id, &reason).into_iter().collect()
+                                }
+                            }
+                        }
+                    },
+                    Message::Binary(_) => match session.handle_binary() {
+                        Action::Send(frame) => vec![frame],
+                        _ => Vec::new(),
+                    },
+                    _ => Vec::new(), // ping, pong, raw frames
                 }
             }
-            Next::Frame(Some(Ok(Message::Binary(_)))) => match session.handle_binary() {
-                Action::Send(frame) => vec![frame],
-                _ => Vec::new(),
-            },
-            Next::Frame(Some(Ok(_))) => Vec::new(), // ping, pong, raw frames
+            Next::Frame(None) | Next::Frame(Some(Err(_))) => return,
             Next::Live(Live::Event(event)) => session.live_event(&event),
             Next::Live(Live::TooSlow) => {
-                let _ = socket
+                let _ = out
                     .send(Message::text(messages::notice(messages::TOO_SLOW)))
                     .await;
-                let _ = socket.close().await;
+                out.finish().await;
                 return;
             }
             Next::Live(Live::Closed) => {
-                let _ = socket.close().await;
+                out.close(CloseCode::Away, "server shutting down").await;
                 return;
             }
         };
         for frame in outgoing {
-            if socket.feed(Message::text(frame)).await.is_err() {
+            if out.feed(Message::text(frame)).await.is_err() {
                 return;
             }
         }
-        if socket.flush().await.is_err() {
+        if out.flush().await.is_err() {
             return;
         }
     }
@@ -107,4 +201,107 @@ pub async fn run_connection<S>(
 enum Next {
     Frame(Option<Result<Message, WsError>>),
     Live(Live),
+    Timer,
+}
+
+/// The socket's sending side, with the write deadline on every send.
+struct Outgoing<'a, S> {
+    socket: &'a mut S,
+    backend: &'a dyn RelayBackend,
+    write_timeout: std::time::Duration,
+}
+
+/// The connection cannot go on: the socket failed or the client stopped reading.
+struct Gone;
+
+impl<S: RelaySocket> Outgoing<'_, S> {
+    /// Queues a frame (waiting while the send buffer is full).
+    async fn feed(&mut self, message: Message) -> Result<(), Gone> {
+        let deadline = self.backend.now() + self.write_timeout;
+        let sent = self.socket.feed(message);
+        within(self.backend, self.write_timeout, deadline, sent).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        let deadline = self.backend.now() + self.write_timeout;
+        let flushed = self.socket.flush();
+        within(self.backend, self.write_timeout, deadline, flushed).await
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), Gone> {
+        self.feed(message).await?;
+        self.flush().await
+    }
+
+    /// Sends a close frame with `code` and flushes it (within the write deadline).
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if self.send(Message::Close(Some(frame))).await.is_ok() {
+            self.finish().await;
+        }
+    }
+
+    /// Completes the close: flushes the close frame queued by us or the WebSocket layer.
+    async fn finish(&mut self) {
+        let deadline = self.backend.now() + self.write_timeout;
+        let closed = self.socket.close();
+        let _ = within(self.backend, self.write_timeout, deadline, closed).await;
+    }
+
+    /// The client sent a frame over the limit: NOTICE, close 1009, and read on briefly so
+    /// the client sees both instead of a reset.
+    async fn refuse_oversized(&mut self, error: &str, max_message_bytes: usize) {
+        self.backend.refusals().refuse(
+            Limit::WebSocketOversized,
+            &format_args!("closing a WebSocket that sent an oversized frame: {error}"),
+            self.backend.now(),
+        );
+        let notice = messages::notice(&format!(
+            "invalid: message over the {max_message_bytes} byte limit; closing"
+        ));
+        if self.feed(Message::text(notice)).await.is_err() {
+            return;
+        }
+        let frame = CloseFrame {
+            code: CloseCode::Size,
+            reason: "message too big".into(),
+        };
+        if self.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        let until = self
+            .backend
+            .sleep_until(self.backend.now() + OVERSIZED_LINGER);
+        self.socket
+            .discard_input(until, OVERSIZED_LINGER_BYTES)
+            .await;
+    }
+}
+
+/// Runs a socket operation, giving up (a slow reader, counted) at `deadline`.
+async fn within(
+    backend: &dyn RelayBackend,
+    write_timeout: std::time::Duration,
+    deadline: Instant,
+    io: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), Gone> {
+    let timer = backend.sleep_until(deadline);
+    match select(pin!(io), timer).await {
+        Either::Left((Ok(()), _)) => Ok(()),
+        Either::Left((Err(_), _)) => Err(Gone),
+        Either::Right(((), _)) => {
+            backend.refusals().refuse(
+                Limit::WebSocketSlowReader,
+                &format_args!(
+                    "disconnecting a WebSocket client that read nothing for {:?}",
+                    write_timeout
+                ),
+                backend.now(),
+            );
+            Err(Gone)
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! The relay's per-connection limits; also published in the NIP-11 document.
 
+use std::time::Duration;
+
 /// Limits one WebSocket connection is held to. Defaults suit a GRASP server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayLimits {
@@ -19,6 +21,17 @@ pub struct RelayLimits {
     pub max_limit: usize,
     /// Live events queued for one connection before it is dropped as too slow.
     pub live_queue: usize,
+    /// A client silent this long (no message, no pong) is sent a ping.
+    pub ping_after: Duration,
+    /// A client silent this long is disconnected with a close frame: it did not answer the
+    /// ping, so it is gone or not reading.
+    pub idle_timeout: Duration,
+    /// A send the client does not take within this long disconnects it: a client that stops
+    /// reading costs at most `send_buffer_bytes` and this long.
+    pub write_timeout: Duration,
+    /// Outgoing bytes buffered for one connection before the sender waits for the client to
+    /// read; stored results are produced only as the client takes them.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for RelayLimits {
@@ -31,6 +44,10 @@ impl Default for RelayLimits {
             max_subscription_id_chars: 64,
             max_limit: 500,
             live_queue: 1024,
+            ping_after: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            write_timeout: Duration::from_secs(30),
+            send_buffer_bytes: 256 * 1024,
         }
     }
 }

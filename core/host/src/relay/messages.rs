@@ -8,6 +8,19 @@ pub fn event(subscription_id: &str, event: &Event) -> String {
     json!(["EVENT", subscription_id, event]).to_string()
 }
 
+/// `["EVENT", <subscription id>, <event>]` from the event's JSON text as stored (it was
+/// written by `Event::as_json`, so it is embedded as is, neither parsed nor re-encoded).
+pub fn event_json(subscription_id: &str, event_json: &str) -> String {
+    let subscription_id = serde_json::Value::from(subscription_id).to_string();
+    let mut frame = String::with_capacity(event_json.len() + subscription_id.len() + 12);
+    frame.push_str("[\"EVENT\",");
+    frame.push_str(&subscription_id);
+    frame.push(',');
+    frame.push_str(event_json);
+    frame.push(']');
+    frame
+}
+
 /// `["OK", <event id>, <accepted>, <message>]`. `message` starts with a NIP-01 prefix
 /// (`duplicate:`, `invalid:`, `error:`, `blocked:`, ...) when there is one.
 pub fn ok(event_id: &EventId, accepted: bool, message: &str) -> String {

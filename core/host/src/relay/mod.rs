@@ -23,7 +23,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 
-pub use connection::{run_connection, BoxFuture, RelayBackend};
+pub use connection::{run_connection, BoxFuture, RelayBackend, RelaySocket};
 pub use hub::{Hub, Live, LiveFeed};
 pub use limits::RelayLimits;
 pub use session::{Action, Query, QueryId, Session, Verdict};

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -78,7 +78,7 @@ impl RelayHandler for EchoRelay {
         r#"{"name":"test","supported_nips":[1,11,34]}"#.to_owned()
     }
 
-    fn on_websocket(&self, socket: WebSocket, _peer: SocketAddr) -> BoxFuture<'static, ()> {
+    fn on_websocket(&self, socket: WebSocket, _client: IpAddr) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             use futures_util::StreamExt;
             let mut socket = socket;
@@ -139,6 +139,7 @@ impl Harness {
                 ..Default::default()
             },
             public_url: "http://127.0.0.1".to_owned(),
+            clients: Default::default(),
         };
         let mut harness = Harness {
             flavor,

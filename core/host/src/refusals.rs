@@ -1,0 +1,136 @@
+//! What the server refused because a limit was reached: one counter per limit (rendered as
+//! `graspd_refusals_total{limit}`), and a log line per limit at most once per
+//! [`LOG_INTERVAL`], with how many refusals it stands for, so a flood cannot flood the log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Shortest time between two log lines about the same limit.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A limit that refuses clients; its `name` is the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Limit {
+    /// `--max-websockets`: the server holds as many WebSockets as it may.
+    WebSocketsTotal,
+    /// `--max-websockets-per-address`.
+    WebSocketsPerAddress,
+    /// `--websocket-idle-secs`: a client silent this long (no pong either) was disconnected.
+    WebSocketIdle,
+    /// `--websocket-write-timeout-secs`: a client that read nothing this long was disconnected.
+    WebSocketSlowReader,
+    /// A frame over the message size limit: NOTICE and close 1009.
+    WebSocketOversized,
+    /// The listener could not accept a connection (usually out of file descriptors).
+    AcceptFailed,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 6] = [
+        Limit::WebSocketsTotal,
+        Limit::WebSocketsPerAddress,
+        Limit::WebSocketIdle,
+        Limit::WebSocketSlowReader,
+        Limit::WebSocketOversized,
+        Limit::AcceptFailed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::WebSocketsTotal => "websockets_total",
+            Limit::WebSocketsPerAddress => "websockets_per_address",
+            Limit::WebSocketIdle => "websocket_idle",
+            Limit::WebSocketSlowReader => "websocket_slow_reader",
+            Limit::WebSocketOversized => "websocket_oversized_frame",
+            Limit::AcceptFailed => "accept_failed",
+        }
+    }
+
+    fn index(self) -> usize {
+        Limit::ALL
+            .iter()
+            .position(|&l| l == self)
+            .expect("every limit is listed in ALL")
+    }
+}
+
+/// Refusal counters and their log throttle; shared by the HTTP origin and the driver.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [AtomicU64; Limit::ALL.len()],
+    logs: Mutex<[LogWindow; Limit::ALL.len()]>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct LogWindow {
+    last: Option<Instant>,
+    /// Refusals since the last line.
+    unlogged: u64,
+}
+
+impl Refusals {
+    pub fn new() -> Refusals {
+        Refusals::default()
+    }
+
+    /// Counts one refusal of `limit`, and logs it (with `detail`, e.g. the client address or
+    /// error) unless a line about `limit` was logged less than [`LOG_INTERVAL`] before `now`.
+    pub fn refuse(&self, limit: Limit, detail: &dyn std::fmt::Display, now: Instant) {
+        self.counts[limit.index()].fetch_add(1, Ordering::Relaxed);
+        let due = {
+            let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            let window = &mut logs[limit.index()];
+            window.unlogged += 1;
+            match window.last {
+                Some(last) if now.duration_since(last) < LOG_INTERVAL => None,
+                _ => {
+                    window.last = Some(now);
+                    Some(std::mem::take(&mut window.unlogged))
+                }
+            }
+        };
+        if let Some(count) = due {
+            tracing::warn!(
+                limit = limit.name(),
+                count,
+                "{detail} ({count} refused for this limit since the last line)"
+            );
+        }
+    }
+
+    /// Refusals of `limit` so far.
+    pub fn count(&self, limit: Limit) -> u64 {
+        self.counts[limit.index()].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_refusal_and_logs_once_per_interval() {
+        let refusals = Refusals::new();
+        let now = Instant::now();
+        for _ in 0..1000 {
+            refusals.refuse(Limit::AcceptFailed, &"too many open files", now);
+        }
+        refusals.refuse(Limit::WebSocketIdle, &"idle", now);
+        assert_eq!(refusals.count(Limit::AcceptFailed), 1000);
+        assert_eq!(refusals.count(Limit::WebSocketIdle), 1);
+        assert_eq!(refusals.count(Limit::WebSocketsTotal), 0);
+        let logs = refusals.logs.lock().unwrap();
+        // The first was logged at once; the other 999 wait for the next line.
+        assert_eq!(logs[Limit::AcceptFailed.index()].unlogged, 999);
+        assert_eq!(logs[Limit::WebSocketIdle.index()].unlogged, 0);
+        drop(logs);
+        refusals.refuse(Limit::AcceptFailed, &"later", now + LOG_INTERVAL);
+        let logs = refusals.logs.lock().unwrap();
+        assert_eq!(
+            logs[Limit::AcceptFailed.index()].unlogged,
+            0,
+            "logged with the count"
+        );
+    }
+}
