@@ -1279,7 +1279,10 @@ impl<'a> Sim<'a> {
         let Role::State { repo, .. } = &ev.role else {
             return;
         };
-        if !self.maintainers_of(repo, self.now).contains(&ev.event.pubkey) {
+        if !self
+            .maintainers_of(repo, self.now)
+            .contains(&ev.event.pubkey)
+        {
             let msg = format!(
                 "{what} {}, whose author the announcement NIP-01 prefers does not list",
                 ev.label
@@ -1307,7 +1310,13 @@ impl<'a> Sim<'a> {
             };
             let Some((winner, _)) = states()
                 .filter(|(e, _)| served(e) && maintainers.contains(&e.event.pubkey))
-                .reduce(|w, c| if nip01_prefers(c.0.version(), w.0.version()) { c } else { w })
+                .reduce(|w, c| {
+                    if nip01_prefers(c.0.version(), w.0.version()) {
+                        c
+                    } else {
+                        w
+                    }
+                })
             else {
                 continue;
             };
@@ -1318,7 +1327,9 @@ impl<'a> Sim<'a> {
                 .map(|(n, o)| (n.clone(), *o))
                 .collect();
             let beaten = states().find(|(e, refs)| {
-                **refs == held && e.id() != winner.id() && nip01_prefers(winner.version(), e.version())
+                **refs == held
+                    && e.id() != winner.id()
+                    && nip01_prefers(winner.version(), e.version())
             });
             if let Some((loser, _)) = beaten {
                 let msg = format!(
@@ -1336,7 +1347,9 @@ impl<'a> Sim<'a> {
     /// The clone URLs of an announcement of `repo` the engine holds until `by`: candidates.
     fn announcement_urls(&self, repo: &RepoKey, by: Time) -> Option<Vec<String>> {
         self.sc.world.events.iter().find_map(|e| match &e.role {
-            Role::Announcement { repo: r, clone, .. } if r == repo && self.held_until(&e.id(), by) => {
+            Role::Announcement { repo: r, clone, .. }
+                if r == repo && self.held_until(&e.id(), by) =>
+            {
                 Some(clone.clone())
             }
             _ => None,

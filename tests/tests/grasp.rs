@@ -299,6 +299,33 @@ fn deletion_removes_event_from_purgatory(flavor: Flavor) {
     );
 }
 
+/// A deletion stored just before a crash, whose target had not left the purgatory table yet:
+/// after the restart the target no longer waits, so a push for it is refused.
+fn deletion_stored_before_a_crash_still_removes_its_waiting_target(flavor: Flavor) {
+    let (mut server, work, url) = served_repo(flavor);
+    let owner = keys(1);
+    let c2 = work.commit("README", "deleted before the crash\n");
+    let st = state(&owner, "demo", &[("refs/heads/main", &c2)], Some("main"), 1);
+    {
+        let mut relay = RelayClient::connect(&server.ws_url());
+        assert_eq!(relay.publish(&st).message, PURGATORY);
+    }
+    server.kill9();
+    {
+        let store = graspd_host::store::Store::open_in(&server.data_dir).expect("open the store");
+        let json = serde_json::to_string(&deletion(&owner, &[&st])).unwrap();
+        let deletion = nostr::event::Event::from_json(json).expect("deletion");
+        store.insert(&deletion).expect("store the deletion");
+    }
+    server.restart();
+    let stderr = git_fails(&work.dir, &["push", &url, "main"]);
+    assert!(
+        stderr.contains("[remote rejected]"),
+        "a deleted state still authorised a push after the restart: {stderr}\n{}",
+        server.log()
+    );
+}
+
 fn kill9_and_restart_keep_purgatory_and_store(flavor: Flavor) {
     let (mut server, work, url) = served_repo(flavor);
     let owner = keys(1);
@@ -784,6 +811,7 @@ both_runtimes!(
     nip11_and_cors,
     deletion_removes_event_from_purgatory,
     kill9_and_restart_keep_purgatory_and_store,
+    deletion_stored_before_a_crash_still_removes_its_waiting_target,
     second_server_fetches_state_and_pr_data,
     remote_down_then_back_up,
     concurrent_prs_with_present_commits_are_all_served,

@@ -1544,7 +1544,10 @@ fn same_second_states_leave_the_lowest_id_applied_whichever_arrives_first() {
             );
             assert!(host.released().contains(&low.id), "{case}");
             if low_first {
-                assert!(!host.released().contains(&high.id), "{case}: loser released");
+                assert!(
+                    !host.released().contains(&high.id),
+                    "{case}: loser released"
+                );
             }
         }
     }
@@ -1560,12 +1563,24 @@ fn same_second_announcements_waiting_together_are_released_together_and_the_lowe
     let without = kit.announcement(1, "r", &[], &[]);
     assert!(with_maintainer.id < without.id);
     for ann in [&without, &with_maintainer] {
-        let verdict = publish(&mut engine, &mut host, t(0), ann.clone(), Arrival::Published);
+        let verdict = publish(
+            &mut engine,
+            &mut host,
+            t(0),
+            ann.clone(),
+            Arrival::Published,
+        );
         assert!(matches!(verdict, Verdict::Waiting(_)), "{verdict:?}");
     }
     host.give(&repo(1, "r"), &[oid(1), oid(2)]);
     let owners = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
-    publish(&mut engine, &mut host, t(1), owners.clone(), Arrival::Published);
+    publish(
+        &mut engine,
+        &mut host,
+        t(1),
+        owners.clone(),
+        Arrival::Published,
+    );
     assert_eq!(
         BTreeSet::from_iter(host.released()),
         BTreeSet::from([with_maintainer.id, without.id, owners.id]),
@@ -1573,7 +1588,13 @@ fn same_second_announcements_waiting_together_are_released_together_and_the_lowe
     );
     // NIP-01's winner lists maintainer 2, whose newer state moves the repository.
     let maintainers = kit.state(2, "r", 3000, &[("refs/heads/main", oid(2))]);
-    publish(&mut engine, &mut host, t(2), maintainers, Arrival::Published);
+    publish(
+        &mut engine,
+        &mut host,
+        t(2),
+        maintainers,
+        Arrival::Published,
+    );
     assert_eq!(host.refs[&repo(1, "r")]["refs/heads/main"], oid(2));
 }
 
@@ -1585,7 +1606,13 @@ fn a_push_never_takes_a_repository_back_to_a_state_older_than_the_one_it_holds()
     let newer = kit.state(1, "r", 3000, &[("refs/heads/main", oid(2))]);
     publish(&mut engine, &mut host, t(0), older, Arrival::Published);
     host.give(&repo(1, "r"), &[oid(2)]);
-    publish(&mut engine, &mut host, t(1), newer.clone(), Arrival::Published);
+    publish(
+        &mut engine,
+        &mut host,
+        t(1),
+        newer.clone(),
+        Arrival::Published,
+    );
     assert_eq!(host.released(), [newer.id]);
     let current = host.refs[&repo(1, "r")].clone();
     let back = [RefUpdate {

@@ -692,6 +692,9 @@ impl Engine {
                 }
                 continue;
             }
+            // A PR admitted but not yet durable is not in purgatory: its ref is tracked as a
+            // placeholder, which `Persisted` settles (`admit`, `resolve_placeholders`); if its
+            // write fails, the placeholder expires as if the PR never came.
             if self.purgatory.contains(&id)
                 || self.purgatory.placeholder_count() >= self.config.max_placeholders
             {

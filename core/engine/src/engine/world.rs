@@ -42,7 +42,8 @@ impl Accepted {
     pub fn add_state(&mut self, state: RepoState, source: Option<RepoKey>) {
         let key = (IdentKey::of(&state.identifier), state.author);
         match self.states.get(&key) {
-            Some((old, _)) if !supersedes((state.created_at, &state.id), (old.created_at, &old.id)) => {}
+            Some((old, _))
+                if !supersedes((state.created_at, &state.id), (old.created_at, &old.id)) => {}
             _ => {
                 self.states.insert(key, (state, source));
             }

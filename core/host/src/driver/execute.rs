@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 use super::Node;
 use crate::git::{self, FetchLimits, GitError};
 use crate::runtime::unblock;
+use crate::store::InsertOutcome;
 
 impl Node {
     pub(super) async fn execute(self: Arc<Self>, command: Command) {
@@ -116,6 +117,11 @@ impl Node {
     /// Persists and serves what the engine decided.
     pub(super) async fn on_engine_event(self: Arc<Self>, event: EngineEvent) {
         match event {
+            // Order: the engine released an event it took in only after the host reported it
+            // durable, so the purgatory table holds it. The engine forgets it first, then the
+            // host moves it in one transaction: a crash or a failed write in between leaves it
+            // in the purgatory table, restored at start-up and released again (its refs are
+            // aligned already).
             EngineEvent::Released { id, kind, waited } => {
                 let store = self.store.clone();
                 let released = unblock(&*self.runtime, move || store.release_waiting(&id))
@@ -126,8 +132,12 @@ impl Node {
                     Ok(Some((event, outcome))) => {
                         info!(%id, kind, waited_ms = waited.as_millis() as u64, ?outcome, "released from purgatory");
                         self.metrics.released(waited);
-                        self.follow(&event);
-                        self.hub.publish(event);
+                        // Only a newly stored event goes live: not one its author deleted,
+                        // nor one a newer version supersedes.
+                        if matches!(outcome, InsertOutcome::Stored { .. }) {
+                            self.follow(&event);
+                            self.hub.publish(event);
+                        }
                     }
                     Ok(None) => {
                         warn!(%id, kind, "a released event is not in the purgatory table; nothing to serve")
@@ -137,6 +147,9 @@ impl Node {
                     }
                 }
             }
+            // Expired and Deleted come only for events the engine took in after `Persisted`.
+            // A crash or failed removal leaves the entry in the table: the restore drops it
+            // as expired, or as deleted (`Store::is_deleted`).
             EngineEvent::Expired { id, kind } => {
                 info!(%id, kind, "expired from purgatory without its git data");
                 self.forget_waiting(id).await;

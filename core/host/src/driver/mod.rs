@@ -169,9 +169,13 @@ impl Node {
             self.follow(event);
         }
         let (mut resumed, mut dropped) = (0usize, 0usize);
+        // Restored events are durable already (the store is where they come from), so the
+        // engine may act on them at once; no admission is pending at start-up.
         for w in waiting {
             let already_served = self.store.get(&w.event.id)?.is_some();
-            if already_served || w.expires_at <= unix_now {
+            // Its deletion was stored, and a crash came before it left the purgatory table.
+            let deleted = self.store.is_deleted(&w.event)?;
+            if already_served || deleted || w.expires_at <= unix_now {
                 self.store.remove_waiting(&w.event.id)?;
                 dropped += 1;
                 continue;

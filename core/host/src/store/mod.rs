@@ -221,6 +221,19 @@ impl Store {
         self.write(|tables| Ok(tables.waiting.remove(id.to_bytes())?.is_some()))
     }
 
+    /// Whether a stored kind 5 deletion covers `event`, so it must never be served. The
+    /// start-up restore drops such waiting events: a deletion is stored before the engine
+    /// removes its waiting targets, and a crash can fall between the two.
+    pub fn is_deleted(&self, event: &Event) -> Result<bool, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_read()?;
+            let ids = txn.open_table(TOMBSTONE_IDS)?;
+            let coordinates = txn.open_table(TOMBSTONE_COORDINATES)?;
+            write::tombstoned(&ids, &coordinates, event)
+        })();
+        result.map_err(|e| self.io(e))
+    }
+
     /// Everything in purgatory, for the start-up restore, ordered by event id. Entries that
     /// cannot be decoded are logged and skipped (they stay in the file).
     pub fn waiting_all(&self) -> Result<Vec<WaitingEvent>, StoreError> {

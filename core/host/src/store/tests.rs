@@ -468,8 +468,20 @@ fn replaceable_ties_go_to_the_lowest_id_in_either_order() {
 #[test]
 fn addressable_same_second_versions_serve_the_lowest_id_in_either_order() {
     let alice = keys(1);
-    let x = event(&alice, 30618, 30, &[&["d", "repo"], &["refs/heads/main", "1"]], "");
-    let y = event(&alice, 30618, 30, &[&["d", "repo"], &["refs/heads/main", "2"]], "");
+    let x = event(
+        &alice,
+        30618,
+        30,
+        &[&["d", "repo"], &["refs/heads/main", "1"]],
+        "",
+    );
+    let y = event(
+        &alice,
+        30618,
+        30,
+        &[&["d", "repo"], &["refs/heads/main", "2"]],
+        "",
+    );
     let (low, high) = if x.id < y.id { (x, y) } else { (y, x) };
     for (first, second) in [(&low, &high), (&high, &low)] {
         let dir = TempDir::new("ties-addressable");
@@ -543,6 +555,44 @@ fn deletion_by_id_removes_only_the_authors_events_and_sticks() {
     let pre_deletion = event(&alice, 5, 31, &[&["e", &later.id.to_hex()]], "");
     store.insert(&pre_deletion).unwrap();
     assert_eq!(store.insert(&later).unwrap(), InsertOutcome::Deleted);
+}
+
+#[test]
+fn a_stored_deletion_marks_its_waiting_targets_deleted() {
+    let dir = TempDir::new("deleted-waiting");
+    let store = open(&dir);
+    let alice = keys(1);
+    let pr = event(&alice, 1618, 10, &[], "pr");
+    let state = event(&alice, 30618, 10, &[&["d", "r"]], "");
+    let newer_state = event(&alice, 30618, 30, &[&["d", "r"]], "");
+    for e in [&pr, &state, &newer_state] {
+        store
+            .put_waiting(&WaitingEvent {
+                event: e.clone(),
+                arrival: Arrival::Published,
+                expires_at: u64::MAX,
+            })
+            .unwrap();
+        assert!(!store.is_deleted(e).unwrap());
+    }
+    let coordinate = format!("30618:{}:r", alice.public_key().to_hex());
+    let deletion = event(
+        &alice,
+        5,
+        20,
+        &[&["e", &pr.id.to_hex()], &["a", &coordinate]],
+        "",
+    );
+    store.insert(&deletion).unwrap();
+    assert!(store.is_deleted(&pr).unwrap());
+    assert!(store.is_deleted(&state).unwrap());
+    assert!(
+        !store.is_deleted(&newer_state).unwrap(),
+        "created after the deletion"
+    );
+    // Someone else's deletion covers nothing.
+    let other = event(&keys(2), 1618, 10, &[], "other");
+    assert!(!store.is_deleted(&other).unwrap());
 }
 
 #[test]

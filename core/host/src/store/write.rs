@@ -157,22 +157,28 @@ impl<'txn> Tables<'txn> {
     }
 
     fn is_tombstoned(&self, event: &Event) -> Result<bool, redb::Error> {
-        let author = event.pubkey.to_bytes();
-        if self
-            .tombstone_ids
-            .get((event.id.to_bytes(), author))?
-            .is_some()
-        {
-            return Ok(true);
-        }
-        if let Some(d) = coordinate_identifier(event) {
-            let key = (event.kind.as_u16(), author, d.as_bytes());
-            if let Some(until) = self.tombstone_coordinates.get(key)? {
-                return Ok(event.created_at.as_secs() <= until.value());
-            }
-        }
-        Ok(false)
+        tombstoned(&self.tombstone_ids, &self.tombstone_coordinates, event)
     }
+}
+
+/// Whether a stored kind 5 deletion covers `event`: by id, or by coordinate for versions
+/// created at or before the deletion.
+pub fn tombstoned(
+    ids: &impl ReadableTable<(Id, Id), ()>,
+    coordinates: &impl ReadableTable<(u16, Id, &'static [u8]), u64>,
+    event: &Event,
+) -> Result<bool, redb::Error> {
+    let author = event.pubkey.to_bytes();
+    if ids.get((event.id.to_bytes(), author))?.is_some() {
+        return Ok(true);
+    }
+    if let Some(d) = coordinate_identifier(event) {
+        let key = (event.kind.as_u16(), author, d.as_bytes());
+        if let Some(until) = coordinates.get(key)? {
+            return Ok(event.created_at.as_secs() <= until.value());
+        }
+    }
+    Ok(false)
 }
 
 /// Splits `<kind>:<author hex>:<d>`; the `d` part may itself contain `:`.
