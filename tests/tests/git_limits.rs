@@ -334,7 +334,100 @@ fn git_requests_per_address_are_capped(flavor: Flavor) {
     );
 }
 
+/// A push whose commands change nothing is answered `ok` without storing the pack it carries;
+/// repositories are created without git's sample hooks.
+fn no_op_push_stores_nothing(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let rpc = url.trim_start_matches(&server.http_url()).to_owned() + "/git-receive-pack";
+    let main = work.head();
+    work.commit("never.txt", &"a blob nothing refers to\n".repeat(1000));
+    let blob = work.rev("HEAD:never.txt");
+    let mut pack_objects = Command::new("git")
+        .current_dir(&work.dir)
+        .args(["pack-objects", "--stdout"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run git pack-objects");
+    let mut stdin = pack_objects.stdin.take().unwrap();
+    stdin.write_all(format!("{blob}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let pack = pack_objects.wait_with_output().unwrap().stdout;
+    assert!(pack.starts_with(b"PACK"));
+    let mut body = pkt(format!("{main} {main} refs/heads/main\0report-status\n").as_bytes());
+    body.extend_from_slice(b"0000");
+    body.extend_from_slice(&pack);
+    let response = graspd_tests::http::request(
+        server.addr,
+        "POST",
+        &rpc,
+        &[("Content-Type", "application/x-git-receive-pack-request")],
+        &body,
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        response.text().contains("ok refs/heads/main"),
+        "{}",
+        response.text()
+    );
+    let bare = server.data_dir.join(npub(&keys(1))).join("demo.git");
+    let has_blob = Command::new("git")
+        .arg("--git-dir")
+        .arg(&bare)
+        .args(["cat-file", "-e", &blob])
+        .status()
+        .unwrap();
+    assert!(!has_blob.success(), "the no-op push's pack was stored");
+    assert_eq!(ref_of(&url, "refs/heads/main"), Some(main));
+    let samples: Vec<_> = std::fs::read_dir(bare.join("hooks"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(samples.is_empty(), "hooks in a new repository: {samples:?}");
+}
+
+/// An owner's directory goes with its last repository, and what an interrupted creation left
+/// behind is removed at start-up.
+fn no_empty_or_half_made_repository_directories_stay(flavor: Flavor) {
+    let mut server = Server::start_with(
+        flavor,
+        ServerOptions::default()
+            .arg("--purgatory-expiry-secs")
+            .arg("3"),
+    );
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let owner = keys(4);
+    relay.publish(&announcement(&owner, "gone", &[&server.http_url()], &[]));
+    let owner_dir = server.data_dir.join(npub(&owner));
+    assert!(
+        graspd_tests::nostr::eventually(SOON, || owner_dir.join("gone.git").exists()),
+        "the announced repository was not created"
+    );
+    assert!(
+        graspd_tests::nostr::eventually(SOON, || !owner_dir.exists()),
+        "an expired repository's owner directory stayed: {:?}",
+        std::fs::read_dir(&owner_dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    drop(relay);
+    let other = server.data_dir.join(npub(&keys(5)));
+    let staged = other.join(".demo.git.new-4242-0");
+    std::fs::create_dir_all(staged.join("objects")).unwrap();
+    server.restart();
+    assert!(
+        !staged.exists(),
+        "an interrupted creation's directory survived a restart"
+    );
+    assert!(
+        !other.exists(),
+        "an empty owner directory survived a restart"
+    );
+}
+
 both_runtimes!(
+    no_empty_or_half_made_repository_directories_stay,
+    no_op_push_stores_nothing,
     git_requests_per_address_are_capped,
     push_with_too_many_commands_is_refused,
     stalled_push_does_not_block_the_repository,

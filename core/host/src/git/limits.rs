@@ -48,16 +48,19 @@ pub enum Refusal {
     Busy,
     /// The client's address had its most git requests in flight (429).
     BusyAddress,
+    /// A push changed no ref; its pack was discarded unread.
+    NoOpPack,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::BodyTooLarge,
         Refusal::BodyTimeout,
         Refusal::GitTimeout,
         Refusal::TooManyCommands,
         Refusal::Busy,
         Refusal::BusyAddress,
+        Refusal::NoOpPack,
     ];
 
     /// The `reason` label in `graspd_git_refused_total`.
@@ -69,6 +72,7 @@ impl Refusal {
             Refusal::TooManyCommands => "too_many_commands",
             Refusal::Busy => "busy",
             Refusal::BusyAddress => "busy_address",
+            Refusal::NoOpPack => "no_op_pack",
         }
     }
 }

@@ -86,8 +86,8 @@ pub struct Git {
 }
 
 impl Git {
-    /// Quarantines and spooled request bodies a crash left behind are removed here: no fetch
-    /// or push runs before the handle exists.
+    /// Quarantines, spooled request bodies and half-created or half-removed repositories a
+    /// crash left behind are removed here: nothing runs before the handle exists.
     pub fn new(runtime: Arc<dyn Runtime>, data_dir: impl Into<PathBuf>) -> Git {
         let git = Git {
             runtime,
@@ -98,6 +98,7 @@ impl Git {
             refusals: Arc::default(),
         };
         let _ = std::fs::remove_dir_all(git.incoming_dir());
+        repo::remove_leftovers(&git.data_dir);
         git
     }
 

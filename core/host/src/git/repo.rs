@@ -66,6 +66,8 @@ pub async fn create_bare_repo(runtime: &dyn Runtime, path: &Path) -> Result<(), 
     init.arg("init")
         .arg("--bare")
         .arg("--quiet")
+        // No template: git's sample hooks and description are never used here.
+        .arg("--template=")
         .arg("--initial-branch=main")
         .arg(&staging);
     let out = process::run(runtime, init, &b""[..], None, OUTPUT_CAP).await?;
@@ -99,16 +101,52 @@ pub async fn create_bare_repo(runtime: &dyn Runtime, path: &Path) -> Result<(), 
 }
 
 /// Removes the repo at `path` (first renamed aside, so it vanishes at once); nothing if absent.
+/// The owner's directory goes too once it is empty.
 pub async fn remove_repo(runtime: &dyn Runtime, path: &Path) -> Result<(), GitError> {
     let path = path.to_owned();
     let trash = staging_path(&path, "removed");
-    unblock(runtime, move || match std::fs::rename(&path, &trash) {
-        Ok(()) => std::fs::remove_dir_all(&trash),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    unblock(runtime, move || {
+        match std::fs::rename(&path, &trash) {
+            Ok(()) => std::fs::remove_dir_all(&trash)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(owner_dir) = path.parent() {
+            // Fails while the owner has another repository (or one being created): kept then.
+            let _ = std::fs::remove_dir(owner_dir);
+        }
+        Ok(())
     })
     .await??;
     Ok(())
+}
+
+/// Start-up: removes what an interrupted creation or removal left in the owners' directories
+/// of `data_dir` (`.<id>.git.new-*`, `.<id>.git.removed-*`), then owners' directories left
+/// empty. Nothing else is touched.
+pub fn remove_leftovers(data_dir: &Path) {
+    let Ok(owners) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for owner in owners.flatten() {
+        let is_owner = owner.file_name().to_string_lossy().starts_with("npub1");
+        if !is_owner || !owner.path().is_dir() {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(owner.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let staged = name.starts_with('.')
+                && (name.contains(".git.new-") || name.contains(".git.removed-"));
+            if staged {
+                tracing::info!(path = %entry.path().display(), "removing an interrupted repository creation or removal");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(owner.path());
+    }
 }
 
 /// True if `path` looks like a bare repo (has `objects/` and `HEAD`).

@@ -312,6 +312,9 @@ async fn receive_pack(
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
+    if commands.updates.iter().all(|u| u.old == u.new) {
+        return no_op_push(site, repo, &commands).await;
+    }
     // Decided before the pack is read, so a refused push is answered at once; decided again
     // under the lock if the refs moved while the pack arrived.
     let before = match site.git.inspect(repo, &[]).await {
@@ -377,6 +380,39 @@ async fn receive_pack(
         site.handlers.push.on_pushed(repo, &landed).await;
     }
     Response::new(full(out.stdout))
+}
+
+/// A push whose every command leaves its ref as it is changes nothing, so whatever pack it
+/// carries is never read (it would only store objects nothing refers to): each ref is
+/// reported as git would, `ok` where the ref is at the old value and refused otherwise.
+async fn no_op_push(
+    site: &Site,
+    repo: &RepoKey,
+    commands: &PushCommands,
+) -> Response<ResponseBody> {
+    let current = match site.git.inspect(repo, &[]).await {
+        Ok(inspection) => inspection.refs,
+        Err(e) => return git_failure("reading the repository's refs failed", e),
+    };
+    site.git.refusals().count(Refusal::NoOpPack);
+    tracing::info!(%repo, refs = commands.updates.len(), "push changes no ref; its pack is discarded");
+    let outcomes: Vec<(&str, Result<(), String>)> = commands
+        .updates
+        .iter()
+        .map(|u| {
+            let here = current.get(&u.name).copied();
+            let outcome = if here == (!u.old.is_zero()).then_some(u.old) {
+                Ok(())
+            } else {
+                Err(format!("fetch first: {} changed here", u.name))
+            };
+            (u.name.as_str(), outcome)
+        })
+        .collect();
+    Response::new(full(receive::report_status(
+        commands.capabilities,
+        &outcomes,
+    )))
 }
 
 /// git's report for a push refused without running it: each ref shows its reason, or that
