@@ -19,6 +19,7 @@ pub mod follow;
 pub mod ids;
 pub mod lookup;
 pub mod maintainers;
+pub mod net;
 pub mod purgatory;
 pub mod push;
 pub mod related;

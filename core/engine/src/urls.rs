@@ -2,15 +2,17 @@
 //!
 //! URLs are normalised (lowercase scheme and host, default port made explicit, no trailing
 //! slash) so duplicates collapse and our own origin is recognised by exact host and port, never
-//! by substring. Only http and https are fetched. Literal loopback, private and link-local
-//! addresses are refused unless `allow_private_remotes`; a DNS name that *resolves* to such an
-//! address can only be caught by the host at connect time.
+//! by substring. Only http and https are fetched. Literal non-public addresses
+//! (`net::is_public`) and `localhost` names are refused unless `allow_private_remotes`; a DNS
+//! name that *resolves* to such an address is refused by the host at connect time, with the
+//! same check.
 
-use core::net::{Ipv4Addr, Ipv6Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::config::Config;
+use crate::net;
 
 /// A normalised http(s) remote.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -98,17 +100,19 @@ impl RemoteUrl {
         }
     }
 
-    /// Whether the host is a literal (or well-known name for a) loopback, private or
-    /// link-local address.
+    /// Whether the host is a literal non-public address or a `localhost` name.
     pub fn is_private(&self) -> bool {
         let h = self.host.as_str();
-        if h == "localhost" || h.ends_with(".localhost") || h == "localhost.localdomain" {
+        if net::is_loopback_name(h) {
             return true;
         }
         if let Some(v6) = h.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-            return v6.parse::<Ipv6Addr>().map_or(true, private_v6);
+            return v6
+                .parse::<Ipv6Addr>()
+                .map_or(true, |ip| !net::is_public(IpAddr::V6(ip)));
         }
-        h.parse::<Ipv4Addr>().is_ok_and(private_v4)
+        h.parse::<Ipv4Addr>()
+            .is_ok_and(|ip| !net::is_public(IpAddr::V4(ip)))
     }
 }
 
@@ -176,37 +180,6 @@ fn normalise_host(host: &str) -> Result<String, UrlRefusal> {
         return Err(UrlRefusal::Malformed);
     }
     Ok(host.to_owned())
-}
-
-fn private_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b))
-        || a >= 240
-}
-
-fn private_v6(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return private_v4(v4);
-    }
-    let s = ip.segments();
-    // NAT64 well-known prefix 64:ff9b::/96 embeds an IPv4 address.
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let o = ip.octets();
-        return private_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
-    }
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (s[0] & 0xfe00) == 0xfc00
-        || (s[0] & 0xffc0) == 0xfe80
-        || s[..6] == [0; 6]
 }
 
 /// Which clone URLs may be fetched from, per the configuration.
@@ -345,6 +318,14 @@ mod tests {
             "http://[fd00::1]/r",
             "http://[::ffff:127.0.0.1]/r",
             "http://[::]/r",
+            "http://224.0.0.1/r",
+            "http://240.0.0.1/r",
+            "http://255.255.255.255/r",
+            "http://198.18.0.1/r",
+            "http://[64:ff9b::a00:1]/r",
+            "http://[64:ff9b::7f00:1]/r",
+            "http://[2002:7f00:1::1]/r",
+            "http://[ff02::1]/r",
         ] {
             assert_eq!(strict.check(bad), Err(UrlRefusal::PrivateAddress), "{bad}");
         }

@@ -23,7 +23,8 @@ pub struct Config {
     #[arg(long, env = "GRASPD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Allow fetching git data from loopback, private and link-local addresses (tests, LANs).
+    /// Allow fetching git data from non-public addresses (loopback, private, link-local, ...),
+    /// named literally or resolved from a name (tests, LANs).
     #[arg(long, env = "GRASPD_ALLOW_PRIVATE_REMOTES")]
     pub allow_private_remotes: bool,
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nip11;
 pub mod refusals;
 pub mod relay;
+pub mod resolve;
 pub mod runtime;
 pub mod store;
 

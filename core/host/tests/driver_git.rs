@@ -329,3 +329,31 @@ fn failed_fetches_leave_the_live_repository_untouched() {
         assert!(inspected.present.is_empty(), "{:?}", h.flavor);
     });
 }
+
+#[test]
+fn a_name_resolving_to_loopback_is_fetched_from_only_when_private_remotes_are_allowed() {
+    on_each_runtime(|h| {
+        let source = h.create_repo("src");
+        let work = work_repo(&h.scratch("work"), 1);
+        git_ok(Some(&work), &["push", "--quiet", &h.url(&source), "main"]);
+        let tip = head_oid(&work, "main");
+        let into = h.git.repo_path(&h.create_repo("into"));
+        let by_name = h
+            .url(&source)
+            .replace(&h.addr.ip().to_string(), "localhost");
+        assert!(by_name.starts_with("http://localhost:"), "{by_name}");
+
+        let refused = h.block_on(h.git.fetch(&into, &by_name, &[tip], &limits(false)));
+        let Err(FetchError::PrivateAddress(why)) = &refused else {
+            panic!("{:?}: {refused:?}", h.flavor)
+        };
+        assert!(why.starts_with("localhost resolves to "), "{why}");
+        assert!(
+            refused.unwrap_err().to_string().contains("--allow-private-remotes"),
+            "the refusal names the flag"
+        );
+
+        let fetched = h.block_on(h.git.fetch(&into, &by_name, &[tip], &limits(true)));
+        assert_eq!(fetched, Ok(vec![tip]), "{:?}", h.flavor);
+    });
+}

@@ -545,3 +545,76 @@ fn measure_history_throughput() {
         );
     });
 }
+
+/// A relay named by a host name that resolves to loopback (`localhost`): without
+/// `--allow-private-relays` it is never connected to; with it, the name is resolved, every
+/// address checked, and one of those addresses connected to and followed.
+#[test]
+fn a_relay_name_resolving_to_loopback_is_followed_only_when_private_relays_are_allowed() {
+    let runtime: Arc<dyn Runtime> = Arc::new(graspd_smol::SmolRuntime);
+    let owner = Keys::generate();
+    let coordinate = format!("30617:{}:demo", owner.public_key().to_hex());
+    let issue = signed(
+        &Keys::generate(),
+        1621,
+        1_000,
+        vec![vec!["a".into(), coordinate]],
+    );
+    let relay = Arc::new(FakeRelay {
+        stored: vec![issue.clone()],
+        live: Vec::new(),
+        reqs: Mutex::new(Vec::new()),
+        drop_once_after_history: false.into(),
+    });
+    smol::block_on(async {
+        let addr = serve_relay(Arc::clone(&runtime), Arc::clone(&relay), None).await;
+        let by_name = format!("ws://localhost:{}", addr.port());
+        let announcement = signed(
+            &owner,
+            30617,
+            1,
+            vec![
+                vec!["d".into(), "demo".into()],
+                vec!["relays".into(), "ws://grasp.test".into(), by_name],
+            ],
+        );
+        let GitEvent::Announcement(announcement) = events::parse(&announcement).unwrap().unwrap()
+        else {
+            panic!("not an announcement")
+        };
+        for allow_private_relays in [false, true] {
+            let follower = RelayFollower::new(
+                FollowConfig {
+                    allow_private_relays,
+                    ..FollowConfig::default()
+                },
+                OwnService::new("http://grasp.test").unwrap(),
+            );
+            let handle =
+                FollowerHandle::new(Arc::clone(&runtime), follower, ClientLimits::default());
+            let received: Arc<Mutex<Vec<EventId>>> = Arc::default();
+            let sink = Arc::clone(&received);
+            spawn_follower(Arc::clone(&runtime), handle.clone(), move |event| {
+                sink.lock().unwrap().push(event.id)
+            });
+            handle.announcement(announcement.clone());
+            // Our own origin is ignored either way; localhost only without the flag.
+            let ignored = handle.stats().relay_urls_ignored;
+            if !allow_private_relays {
+                assert_eq!(ignored, 2, "localhost is refused");
+                assert_eq!(handle.stats().relays_connected, 0);
+                assert!(relay.reqs.lock().unwrap().is_empty(), "never connected");
+                continue;
+            }
+            assert_eq!(ignored, 1);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while received.lock().unwrap().is_empty() {
+                assert!(Instant::now() < deadline, "the relay was not followed in 20 s");
+                runtime
+                    .sleep_until(Instant::now() + Duration::from_millis(20))
+                    .await;
+            }
+            assert_eq!(*received.lock().unwrap(), [issue.id]);
+        }
+    });
+}

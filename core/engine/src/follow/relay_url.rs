@@ -1,8 +1,7 @@
 //! Which `relays` values the follower may connect to, spelled one way so one relay is one entry.
 
 use std::fmt;
-// `core::net`: plain address types, no sockets (the purity check forbids `std::net`).
-use core::net::IpAddr;
+use crate::net;
 
 use nostr::types::url::{Host, Url};
 
@@ -13,7 +12,9 @@ pub enum BadRelayUrl {
     NotWebSocket,
     HasCredentials,
     NoHost,
-    /// Loopback, private, link-local or unspecified address, and private relays are not allowed.
+    /// A literal non-public address (`net::is_public`) or a `localhost` name, and private
+    /// relays are not allowed. Names are checked again, by what they resolve to, at connect
+    /// time.
     Private,
     /// This server itself.
     Own,
@@ -44,12 +45,9 @@ pub fn normalise(raw: &str, allow_private: bool) -> Result<String, BadRelayUrl> 
     }
     let private = match url.host() {
         None => return Err(BadRelayUrl::NoHost),
-        Some(Host::Domain(d)) => {
-            let d = d.strip_suffix('.').unwrap_or(d);
-            d == "localhost" || d.ends_with(".localhost")
-        }
-        Some(Host::Ipv4(ip)) => is_private(IpAddr::V4(ip)),
-        Some(Host::Ipv6(ip)) => is_private(IpAddr::V6(ip)),
+        Some(Host::Domain(d)) => net::is_loopback_name(d),
+        Some(Host::Ipv4(ip)) => !net::is_public(ip.into()),
+        Some(Host::Ipv6(ip)) => !net::is_public(ip.into()),
     };
     if private && !allow_private {
         return Err(BadRelayUrl::Private);
@@ -60,30 +58,6 @@ pub fn normalise(raw: &str, allow_private: bool) -> Result<String, BadRelayUrl> 
         s.pop();
     }
     Ok(s)
-}
-
-/// Addresses a relay named in a public announcement must not make us connect to.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // CGNAT 100.64/10
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link local
-        }
-    }
 }
 
 #[cfg(test)]
@@ -125,6 +99,12 @@ mod tests {
             "ws://[::1]",
             "ws://[fd00::1]",
             "ws://[::ffff:127.0.0.1]",
+            "ws://0.0.0.0",
+            "ws://0.1.2.3",
+            "ws://224.0.0.1",
+            "ws://240.0.0.1",
+            "ws://[64:ff9b::a01:203]",
+            "ws://[ff02::1]",
         ] {
             assert_eq!(
                 normalise(private, false),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::{HashSet, VecDeque};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use graspd_core::events::{verify_signature, Announcement};
 use graspd_core::follow::{
-    relay_url, Command, ConnectionId, FollowConfig, FollowStats, Input, RelayFollower, SubKey,
+    Command, ConnectionId, FollowConfig, FollowStats, Input, RelayFollower, SubKey,
     Subscription,
 };
 use graspd_core::{EventId, RepoKey};
@@ -26,7 +26,8 @@ use super::metrics::FollowMetrics;
 use super::rate::TokenBucket;
 use super::session::{ConnectionSession, HistoryLimits, HistoryMark, HistoryMarks, Output};
 use crate::clock::Clock;
-use crate::runtime::{unblock, BoxFuture, Connection, Runtime};
+use crate::resolve::{resolve_checked, ResolveError};
+use crate::runtime::{BoxFuture, Connection, Runtime};
 use futures_rustls::pki_types::ServerName;
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
@@ -634,36 +635,22 @@ impl RelayConnection {
         Ok(Box::new(tls))
     }
 
-    /// The relay's addresses, without private ones unless they are allowed.
+    /// The relay's addresses, every one checked: a name that resolves to any non-public
+    /// address is refused unless private relays are allowed. Only these are connected to.
     async fn resolve(&self, url: &Url) -> Result<Vec<SocketAddr>, String> {
         let port = url.port_or_known_default().unwrap_or(80);
-        let addrs: Vec<SocketAddr> = match url.host() {
+        let host = match url.host() {
             None => return Err("relay URL has no host".into()),
-            Some(Host::Ipv4(ip)) => vec![SocketAddr::new(ip.into(), port)],
-            Some(Host::Ipv6(ip)) => vec![SocketAddr::new(ip.into(), port)],
-            Some(Host::Domain(domain)) => {
-                let domain = domain.to_owned();
-                let lookup = domain.clone();
-                unblock(&*self.runtime, move || {
-                    (lookup.as_str(), port)
-                        .to_socket_addrs()
-                        .map(Iterator::collect::<Vec<_>>)
-                })
-                .await
-                .map_err(|e| format!("resolving {domain} failed: {e}"))?
-                .map_err(|e| format!("resolving {domain} failed: {e}"))?
-            }
+            Some(Host::Domain(domain)) => domain.to_owned(),
+            Some(Host::Ipv4(ip)) => ip.to_string(),
+            Some(Host::Ipv6(ip)) => ip.to_string(),
         };
-        let allowed: Vec<SocketAddr> = addrs
-            .into_iter()
-            .filter(|a| self.shared.allow_private || !relay_url::is_private(a.ip()))
-            .collect();
-        if allowed.is_empty() {
-            return Err(
-                "the relay resolves to no public address (see --allow-private-relays)".into(),
-            );
-        }
-        Ok(allowed)
+        resolve_checked(&*self.runtime, &host, port, self.shared.allow_private)
+            .await
+            .map_err(|e| match e {
+                ResolveError::NotPublic { .. } => format!("{e} (see --allow-private-relays)"),
+                ResolveError::Dns(_) => e.to_string(),
+            })
     }
 
     async fn connect_any(&self, addrs: &[SocketAddr]) -> Result<Connection, String> {

@@ -9,7 +9,6 @@
 //! cap, refused, or answered by a remote that lies leaves the live repo untouched.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -17,6 +16,7 @@ use std::time::Instant;
 use graspd_core::Oid;
 
 use super::process::{self, git};
+use crate::resolve::{resolve_checked, ResolveError};
 use crate::runtime::{unblock, Runtime};
 
 /// Limits of one fetch.
@@ -36,7 +36,8 @@ pub struct FetchLimits {
 pub enum FetchError {
     /// Not an `http(s)://` URL.
     BadUrl(String),
-    /// The host resolves to a loopback/private/link-local address and those are not allowed.
+    /// The host is, or resolves to, a non-public address (`graspd_core::net::is_public`) and
+    /// those are not allowed.
     PrivateAddress(String),
     /// The name does not resolve.
     Dns(String),
@@ -60,7 +61,9 @@ impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FetchError::BadUrl(url) => write!(f, "not an http(s) URL: {url}"),
-            FetchError::PrivateAddress(what) => write!(f, "refusing a private address: {what}"),
+            FetchError::PrivateAddress(what) => {
+                write!(f, "refused: {what} (see --allow-private-remotes)")
+            }
             FetchError::Dns(m) => write!(f, "name resolution failed: {m}"),
             FetchError::Refused(m) => write!(f, "connection failed: {m}"),
             FetchError::Tls(m) => write!(f, "TLS failed: {m}"),
@@ -113,28 +116,24 @@ async fn fetch_quarantined(
     if !limits.allow_private {
         // A redirect could point anywhere, including a private address.
         command.args(["-c", "http.followRedirects=false"]);
-        match target.host.parse::<IpAddr>() {
-            Ok(ip) if !is_public(ip) => {
-                return Err(FetchError::PrivateAddress(format!(
-                    "{} is private",
-                    target.host
-                )))
-            }
-            Ok(_) => {}
-            Err(_) => {
-                // Resolve once, check, and pin curl to that address so a second lookup
-                // cannot rebind the name to a private address.
-                let resolved = resolve_public(runtime, target).await?;
-                let address = match resolved.ip() {
-                    IpAddr::V6(v6) => format!("[{v6}]"),
-                    IpAddr::V4(v4) => v4.to_string(),
-                };
-                command.arg("-c").arg(format!(
-                    "http.curloptResolve={}:{}:{address}",
-                    target.host, target.port
-                ));
-            }
-        }
+    }
+    // Resolve once, check every address, and pin curl to those addresses, so a second lookup
+    // by git cannot rebind the name to a private address.
+    let addrs = resolve_checked(runtime, &target.host, target.port, limits.allow_private).await?;
+    if target.host.parse::<std::net::IpAddr>().is_err() {
+        let pinned: Vec<String> = addrs
+            .iter()
+            .map(|a| match a {
+                std::net::SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+                std::net::SocketAddr::V4(v4) => v4.ip().to_string(),
+            })
+            .collect();
+        command.arg("-c").arg(format!(
+            "http.curloptResolve={}:{}:{}",
+            target.host,
+            target.port,
+            pinned.join(",")
+        ));
     }
     // Always keep one pack (never explode into loose objects) so the file-size limit caps
     // the whole transfer.
@@ -396,57 +395,11 @@ pub fn parse_http_url(url: &str) -> Result<HttpTarget, FetchError> {
     })
 }
 
-async fn resolve_public(
-    runtime: &dyn Runtime,
-    target: &HttpTarget,
-) -> Result<SocketAddr, FetchError> {
-    let (host, port) = (target.host.clone(), target.port);
-    let addrs = unblock(runtime, move || {
-        (host.as_str(), port).to_socket_addrs().map(Vec::from_iter)
-    })
-    .await
-    .map_err(|e| FetchError::Other(e.to_string()))?
-    .map_err(|e| FetchError::Dns(format!("{}: {e}", target.host)))?;
-    if let Some(private) = addrs.iter().find(|a| !is_public(a.ip())) {
-        return Err(FetchError::PrivateAddress(format!(
-            "{} is {}",
-            target.host,
-            private.ip()
-        )));
-    }
-    addrs
-        .into_iter()
-        .next()
-        .ok_or_else(|| FetchError::Dns(format!("{}: no addresses", target.host)))
-}
-
-/// False for loopback, private, link-local, shared (CGNAT), multicast, documentation and
-/// unspecified addresses.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 198 && (b == 18 || b == 19)))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+impl From<ResolveError> for FetchError {
+    fn from(e: ResolveError) -> FetchError {
+        match e {
+            ResolveError::Dns(m) => FetchError::Dns(m),
+            not_public => FetchError::PrivateAddress(not_public.to_string()),
         }
     }
 }
@@ -551,22 +504,5 @@ mod tests {
         assert!(parse_http_url("file:///etc").is_err());
         assert!(parse_http_url("/srv/repo.git").is_err());
         assert!(parse_http_url("ssh://host/x").is_err());
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "169.254.1.1",
-            "100.64.0.1",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "0.0.0.0",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in ["1.1.1.1", "2606:4700::1111"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
     }
 }
