@@ -37,6 +37,16 @@ pub fn sign(keys: &Keys, kind: u16, tags: Vec<Tag>, created_offset: i64) -> Even
         .expect("sign")
 }
 
+/// An event of `kind` with `tags` (each a list of strings), created now.
+pub fn tagged(keys: &Keys, kind: u16, tags: &[&[&str]]) -> Event {
+    sign(keys, kind, tags.iter().map(|t| tag(t)).collect(), 0)
+}
+
+/// The `30617:<owner hex>:<identifier>` coordinate of `owner`'s repository.
+pub fn repo_coordinate(owner: &Keys, identifier: &str) -> String {
+    format!("30617:{}:{identifier}", owner.public_key().to_hex())
+}
+
 /// A 30617 announcement listing `servers` (http origins) in `clone` and `relays`.
 pub fn announcement(
     keys: &Keys,
@@ -107,7 +117,7 @@ pub fn pull_request_at(
     clone: &[&str],
     created_offset: i64,
 ) -> Event {
-    let coordinate = format!("30617:{}:{identifier}", owner.public_key().to_hex());
+    let coordinate = repo_coordinate(owner, identifier);
     let mut c = vec!["clone"];
     c.extend_from_slice(clone);
     let tags = vec![

@@ -5,8 +5,8 @@ use std::time::Duration;
 use graspd_tests::git::{git, git_fails, git_output, ls_remote, WorkRepo};
 use graspd_tests::http::request;
 use graspd_tests::nostr::{
-    announcement, deletion, eventually, keys, npub, pull_request, pull_request_at, state, Event,
-    RelayClient,
+    announcement, deletion, eventually, keys, npub, pull_request, pull_request_at, repo_coordinate,
+    state, tagged, Event, RelayClient,
 };
 use graspd_tests::{both_runtimes, temp_dir, Flavor, Server, ServerOptions};
 use serde_json::json;
@@ -35,13 +35,19 @@ fn served_repo(flavor: Flavor) -> (Server, WorkRepo, String) {
     let c1 = work.commit("README", "hello\n");
     let st = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
     assert!(relay.publish(&st).accepted);
-    relay.subscribe("live", json!({"ids": [st.id.to_hex()]}));
+    relay.subscribe("live", json!({"ids": [st.id.to_hex(), ann.id.to_hex()]}));
     work.git(&["push", "-q", &url, "main"]);
-    assert!(
-        relay.wait_for_event("live", &st.id.to_hex(), SOON),
-        "state not released after push\n{}",
-        server.log()
-    );
+    // The two are released one after the other; the repository is hosted once both are served.
+    let mut unreleased = vec![st.id.to_hex(), ann.id.to_hex()];
+    let deadline = std::time::Instant::now() + SOON;
+    while !unreleased.is_empty() {
+        let Some(msg) = relay.recv_until(deadline) else {
+            panic!("{unreleased:?} not released after push\n{}", server.log());
+        };
+        if msg[0] == "EVENT" && msg[1] == "live" {
+            unreleased.retain(|id| msg[2]["id"] != id.as_str());
+        }
+    }
     (server, work, url)
 }
 
@@ -797,8 +803,114 @@ fn concurrent_states_with_present_data_are_all_served(flavor: Flavor) {
     assert_all_served(&server, &ids);
 }
 
+/// GRASP-01: events that tag an accepted repository or issue are accepted whatever their
+/// kind, through chains (a reaction to a comment on an issue); unrelated ones are refused.
+fn events_that_tag_hosted_repos_and_issues_are_accepted(flavor: Flavor) {
+    let (server, _work, _url) = served_repo(flavor);
+    let owner = keys(1);
+    let user = keys(2);
+    let repo = repo_coordinate(&owner, "demo");
+    let owner_hex = owner.public_key().to_hex();
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let issue = tagged(
+        &user,
+        1621,
+        &[&["a", &repo], &["p", &owner_hex], &["subject", "it breaks"]],
+    );
+    let issue_id = issue.id.to_hex();
+    let comment = tagged(
+        &owner,
+        1111,
+        &[
+            &["E", &issue_id, "", &user.public_key().to_hex()],
+            &["K", "1621"],
+            &["e", &issue_id],
+            &["k", "1621"],
+        ],
+    );
+    let accepted = [
+        ("an issue on the repository", issue.clone()),
+        (
+            "a note quoting the issue",
+            tagged(&keys(3), 1, &[&["q", &issue_id]]),
+        ),
+        (
+            "a note tagging the repository",
+            tagged(&keys(3), 1, &[&["a", &repo]]),
+        ),
+        (
+            "a note quoting the repository",
+            tagged(&keys(3), 1, &[&["q", &repo]]),
+        ),
+        ("a comment on the issue", comment.clone()),
+        (
+            "a reaction to the comment",
+            tagged(&keys(4), 7, &[&["e", &comment.id.to_hex()], &["k", "1111"]]),
+        ),
+    ];
+    for (what, event) in &accepted {
+        let reply = relay.publish(event);
+        assert!(reply.accepted, "{what}: {reply:?}\n{}", server.log());
+        assert_eq!(
+            relay.query_ids(json!({"ids": [event.id.to_hex()]})),
+            [event.id.to_hex()],
+            "{what} is not served"
+        );
+    }
+    let unrelated = tagged(&keys(3), 1, &[&["t", "hello"]]);
+    let reply = relay.publish(&unrelated);
+    assert!(!reply.accepted, "{reply:?}");
+    assert!(
+        reply.message.starts_with("blocked: ") && reply.message.contains("hosted here"),
+        "{reply:?}"
+    );
+    assert!(relay
+        .query_ids(json!({"ids": [unrelated.id.to_hex()]}))
+        .is_empty());
+}
+
+/// GRASP-01 "tagged by": an event an accepted issue references is accepted when it arrives
+/// later, also after a `kill -9` between the two.
+fn events_an_accepted_issue_references_are_accepted_later(flavor: Flavor) {
+    let (mut server, _work, _url) = served_repo(flavor);
+    let repo = repo_coordinate(&keys(1), "demo");
+    let quoted_note = tagged(&keys(3), 1, &[&["t", "context"]]);
+    let referenced_after_restart = tagged(&keys(3), 1, &[&["t", "more context"]]);
+    {
+        let mut relay = RelayClient::connect(&server.ws_url());
+        let issue = tagged(
+            &keys(2),
+            1621,
+            &[
+                &["a", &repo],
+                &["e", &quoted_note.id.to_hex(), "", "mention"],
+                &["q", &referenced_after_restart.id.to_hex()],
+            ],
+        );
+        let reply = relay.publish(&issue);
+        assert!(reply.accepted, "{reply:?}");
+        let reply = relay.publish(&quoted_note);
+        assert!(reply.accepted, "{reply:?}\n{}", server.log());
+        assert_eq!(
+            relay.query_ids(json!({"ids": [quoted_note.id.to_hex()]})),
+            [quoted_note.id.to_hex()]
+        );
+    }
+    server.kill9();
+    server.restart();
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let reply = relay.publish(&referenced_after_restart);
+    assert!(reply.accepted, "{reply:?}\n{}", server.log());
+    assert_eq!(
+        relay.query_ids(json!({"ids": [referenced_after_restart.id.to_hex()]})),
+        [referenced_after_restart.id.to_hex()]
+    );
+}
+
 both_runtimes!(
     binary_is_named_as_operators_install_it,
+    events_that_tag_hosted_repos_and_issues_are_accepted,
+    events_an_accepted_issue_references_are_accepted_later,
     placeholder_ref_expires_across_restart,
     hostile_relay_input_gets_clear_errors,
     events_and_data_reach_a_server_that_follows_another,

@@ -80,6 +80,17 @@ pub struct Config {
     #[arg(long, env = "GRASPD_MAX_FETCH_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub max_fetch_bytes: u64,
 
+    /// Most event ids remembered as named (by `e`/`q`) by accepted issues, patches, PRs and
+    /// comments, so that those events are accepted when they arrive; beyond it the oldest is
+    /// forgotten.
+    #[arg(long, env = "GRASPD_MAX_REFERENCED_IDS", default_value_t = crate::store::DEFAULT_MAX_REFERENCED_IDS)]
+    pub max_referenced_ids: usize,
+
+    /// Reference tags (`a`, `e`, `q`, either case) of one event that are looked at to relate
+    /// it to what is hosted here, and remembered; the rest are ignored.
+    #[arg(long, env = "GRASPD_MAX_EVENT_REFERENCES", default_value_t = crate::store::DEFAULT_MAX_EVENT_REFERENCES)]
+    pub max_event_references: usize,
+
     #[command(flatten)]
     pub engine: EngineLimits,
 
@@ -259,6 +270,14 @@ impl Config {
         Duration::from_secs(self.fetch_timeout_secs)
     }
 
+    /// Bounds of the store's index of ids named by accepted events.
+    pub fn reference_limits(&self) -> crate::store::ReferenceLimits {
+        crate::store::ReferenceLimits {
+            capacity: self.max_referenced_ids,
+            per_event: self.max_event_references,
+        }
+    }
+
     pub fn purgatory_expiry(&self) -> Duration {
         Duration::from_secs(self.engine.purgatory_expiry_secs)
     }
@@ -325,6 +344,28 @@ mod tests {
         let config = Config::parse_from(["graspd", "--public-url", "https://git.example/"]);
         assert_eq!(config.public_url(), "https://git.example");
         assert!(!config.allow_private_remotes);
+    }
+
+    #[test]
+    fn reference_index_bounds_are_flags() {
+        assert_eq!(
+            Config::defaults().reference_limits(),
+            crate::store::ReferenceLimits::default()
+        );
+        let config = Config::parse_from([
+            "graspd",
+            "--max-referenced-ids",
+            "5",
+            "--max-event-references",
+            "2",
+        ]);
+        assert_eq!(
+            config.reference_limits(),
+            crate::store::ReferenceLimits {
+                capacity: 5,
+                per_event: 2
+            }
+        );
     }
 
     #[test]

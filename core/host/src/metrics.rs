@@ -99,6 +99,8 @@ pub struct Metrics {
     git_refused: Family<ReasonLabel, Counter>,
     refusals: Family<LimitLabel, Counter>,
     websockets_open: Gauge,
+    referenced_ids: Gauge,
+    referenced_ids_evicted: Counter<u64, AtomicU64>,
     domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -250,11 +252,26 @@ impl Metrics {
             "Relay WebSocket sessions open now",
             websockets_open.clone(),
         );
+        let referenced_ids = Gauge::default();
+        registry.register(
+            "referenced_ids",
+            "Event ids named by accepted issues, patches, PRs and comments, not yet served \
+             (each is accepted when it arrives)",
+            referenced_ids.clone(),
+        );
+        let referenced_ids_evicted = Counter::default();
+        registry.register(
+            "referenced_ids_evicted",
+            "Named ids forgotten because the index was full (--max-referenced-ids)",
+            referenced_ids_evicted.clone(),
+        );
         Metrics {
             registry,
             git_refused,
             refusals,
             websockets_open,
+            referenced_ids,
+            referenced_ids_evicted,
             follow_waiting,
             follow_refused,
             follow_admitted_late,
@@ -306,6 +323,12 @@ impl Metrics {
     pub fn push(&self, accepted: bool) {
         let outcome = if accepted { "accepted" } else { "rejected" };
         self.pushes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Refreshes the gauges of the store's index of referenced ids.
+    pub fn referenced(&self, stats: crate::store::ReferenceStats) {
+        self.referenced_ids.set(stats.entries as i64);
+        catch_up(&self.referenced_ids_evicted, stats.evicted);
     }
 
     /// `outcome`: waiting, accepted, duplicate, rejected.

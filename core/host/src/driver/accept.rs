@@ -1,5 +1,6 @@
-//! Deciding an EVENT: related events against the store, git events through the engine, and
-//! persisting what was acknowledged before the client hears `OK`.
+//! Deciding an EVENT: git events and deletions through the engine, every other kind by its
+//! relation to what the store serves (`graspd_core::related`), and persisting what was
+//! acknowledged before the client hears `OK`.
 //!
 //! A git event's admission is two-phase (see `graspd_core::Verdict`): the engine decides, the
 //! store write runs, and only then is the engine told `Persisted` (it starts acting on the
@@ -29,7 +30,7 @@ impl Node {
     pub async fn accept(self: &Arc<Self>, event: Event, arrival: Arrival) -> relay::Verdict {
         let id = event.id;
         let kind = event.kind.as_u16();
-        let verdict = if related::is_related_kind(kind) {
+        let verdict = if related::is_decided_by_relation(kind) {
             self.accept_related(event).await
         } else {
             self.accept_git_event(event, arrival).await
@@ -139,7 +140,9 @@ impl Node {
         let store = self.store.clone();
         let stored = event.clone();
         let decided = unblock(&*self.runtime, move || {
-            related::accept_related(&stored, &StoreView(&store)).map(|()| store.insert(&stored))
+            let max_references = store.reference_limits().per_event;
+            related::accept_related(&stored, &StoreView(&store), max_references)
+                .map(|()| store.insert(&stored))
         })
         .await;
         match decided {
@@ -210,8 +213,13 @@ impl KnownEvents for StoreView<'_> {
         )
     }
 
-    fn event_accepted(&self, id: &EventId) -> bool {
-        self.0.get(id).is_ok_and(|found| found.is_some())
+    fn accepted_kind(&self, id: &EventId) -> Option<u16> {
+        let found = self.0.get(id).ok().flatten();
+        found.map(|event| event.kind.as_u16())
+    }
+
+    fn referenced_by_accepted(&self, id: &EventId) -> bool {
+        self.0.is_referenced(id).unwrap_or(false)
     }
 
     fn has_repo(&self, author: &PublicKey) -> bool {

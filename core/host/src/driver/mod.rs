@@ -120,12 +120,15 @@ impl Node {
         follower: FollowerHandle,
     ) -> Result<Arc<Node>, StoreError> {
         let data_dir = config.data_dir.clone();
-        let store = crate::runtime::unblock(&*runtime, move || Store::open_in(&data_dir))
-            .await
-            .map_err(|error| StoreError::Io {
-                path: config.data_dir.clone(),
-                detail: error.to_string(),
-            })??;
+        let reference_limits = config.reference_limits();
+        let store = crate::runtime::unblock(&*runtime, move || {
+            Store::open_in(&data_dir).map(|store| store.with_reference_limits(reference_limits))
+        })
+        .await
+        .map_err(|error| StoreError::Io {
+            path: config.data_dir.clone(),
+            detail: error.to_string(),
+        })??;
         let (wake, woken) = async_channel::bounded(1);
         let node = Arc::new(Node {
             engine: Mutex::new(Engine::new(config.engine_config())),
@@ -333,6 +336,7 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .stats();
         self.metrics.git_refusals(self.git.refusals());
+        self.metrics.referenced(self.store.reference_stats());
         let connections = crate::metrics::Connections {
             refusals: &self.settings.refusals,
             websockets_open: self.hub.connections(),

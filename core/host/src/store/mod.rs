@@ -10,6 +10,8 @@
 //!
 //! ```text
 //! served:    insert / insert_many -> InsertOutcome      query(filters, cap) -> events
+//! "tagged by": is_referenced(id): named by an accepted issue, patch, PR or comment, not served
+//!            yet (kept by every insert; bounded, oldest forgotten first: references.rs)
 //! purgatory: put_waiting / remove_waiting / waiting_all (start-up restore)
 //!            release_waiting(id) = move it from purgatory to served, in one transaction
 //! ```
@@ -21,6 +23,7 @@
 
 mod error;
 mod query;
+mod references;
 mod schema;
 mod write;
 
@@ -34,6 +37,9 @@ use nostr::prelude::{Event, EventId, Filter};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableError};
 
 pub use error::StoreError;
+pub use references::{
+    ReferenceLimits, ReferenceStats, DEFAULT_MAX_EVENT_REFERENCES, DEFAULT_MAX_REFERENCED_IDS,
+};
 pub use schema::FORMAT_VERSION;
 
 use schema::*;
@@ -108,6 +114,8 @@ pub struct DiskUsage {
 pub struct Store {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    reference_limits: ReferenceLimits,
+    reference_counters: Arc<references::ReferenceCounters>,
 }
 
 impl std::fmt::Debug for Store {
@@ -134,14 +142,46 @@ impl Store {
     /// cases.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = open_database(path)?;
-        let store = Store {
+        let mut store = Store {
             db: Arc::new(db),
             path: Arc::new(path.to_owned()),
+            reference_limits: ReferenceLimits::default(),
+            reference_counters: Default::default(),
         };
         store.check_format()?;
         store.create_tables()?;
+        let referenced = store.count(REFERENCED)?;
+        store.reference_counters =
+            Arc::new(references::ReferenceCounters::starting_with(referenced));
         tracing::info!(path = %path.display(), "event store open");
         Ok(store)
+    }
+
+    /// The store with other bounds for the index of referenced ids (defaults:
+    /// [`ReferenceLimits::default`]). A smaller capacity than the index holds takes effect at
+    /// the next write that touches it.
+    pub fn with_reference_limits(mut self, limits: ReferenceLimits) -> Store {
+        self.reference_limits = limits;
+        self
+    }
+
+    pub fn reference_limits(&self) -> ReferenceLimits {
+        self.reference_limits
+    }
+
+    /// The index of referenced ids: its size and evictions, for metrics.
+    pub fn reference_stats(&self) -> ReferenceStats {
+        self.reference_counters.stats()
+    }
+
+    /// Whether an accepted issue, patch, PR or comment names `id` and it is not served yet:
+    /// such an event is accepted when it arrives (GRASP-01 "tagged by").
+    pub fn is_referenced(&self, id: &EventId) -> Result<bool, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_read()?;
+            references::is_referenced(&txn, id)
+        })();
+        result.map_err(|e| self.io(e))
     }
 
     /// The store file.
@@ -336,14 +376,18 @@ impl Store {
     ) -> Result<T, StoreError> {
         let result: Result<_, redb::Error> = (|| {
             let txn = self.db.begin_write()?;
-            let out = {
-                let mut tables = write::Tables::open(&txn)?;
-                body(&mut tables)?
+            let (out, reference_changes) = {
+                let mut tables = write::Tables::open(&txn, self.reference_limits)?;
+                let out = body(&mut tables)?;
+                (out, std::mem::take(&mut tables.reference_changes))
             };
             txn.commit()?;
-            Ok(out)
+            Ok((out, reference_changes))
         })();
-        result.map_err(|e| self.io(e))
+        let (out, reference_changes) = result.map_err(|e| self.io(e))?;
+        self.reference_counters
+            .apply(reference_changes, &self.reference_limits, &self.path);
+        Ok(out)
     }
 
     fn io(&self, e: redb::Error) -> StoreError {

@@ -1,6 +1,7 @@
 //! The redb tables and how an event maps onto their keys.
 //!
-//! Format version 1. Any change to a table's key or value layout bumps [`FORMAT_VERSION`].
+//! Format version 1. Any change to a table's key or value layout bumps [`FORMAT_VERSION`]; a
+//! new table does not (older builds ignore it, newer ones create it when missing).
 
 use nostr::prelude::{Event, Filter, SingleLetterTag};
 use redb::TableDefinition;
@@ -110,3 +111,9 @@ pub const TOMBSTONE_IDS: TableDefinition<(Id, Id), ()> = TableDefinition::new("t
 /// Versions at that coordinate created at or before it are refused.
 pub const TOMBSTONE_COORDINATES: TableDefinition<(u16, Id, &[u8]), u64> =
     TableDefinition::new("tombstone_coordinates");
+
+/// Ids named by accepted issues, patches, PRs and comments and not served yet: id -> age (a
+/// sequence number, higher is newer). See `references.rs`.
+pub const REFERENCED: TableDefinition<Id, u64> = TableDefinition::new("referenced");
+/// The same entries by age, for oldest-first eviction: age -> id.
+pub const REFERENCED_BY_AGE: TableDefinition<u64, Id> = TableDefinition::new("referenced_by_age");

@@ -657,3 +657,132 @@ fn a_truncated_file_is_reported_not_trusted() {
     assert!(err.to_string().contains("truncated"), "{err}");
     assert_eq!(std::fs::read(dir.file()).unwrap(), kept, "file left alone");
 }
+
+/// An issue by `keys(9)` that names each of `named` by an `e` tag.
+fn issue_naming(created_at: u64, named: &[&Event]) -> Event {
+    let hexes: Vec<String> = named.iter().map(|e| e.id.to_hex()).collect();
+    let mut tags: Vec<Vec<&str>> = vec![vec!["subject", "an issue"]];
+    tags.extend(hexes.iter().map(|h| vec!["e", h.as_str()]));
+    let tags: Vec<&[&str]> = tags.iter().map(Vec::as_slice).collect();
+    event(&keys(9), 1621, created_at, &tags, "")
+}
+
+fn referenced(store: &Store, events: &[&Event]) -> Vec<bool> {
+    events
+        .iter()
+        .map(|e| store.is_referenced(&e.id).unwrap())
+        .collect()
+}
+
+#[test]
+fn ids_named_by_accepted_threads_are_remembered_until_served() {
+    let dir = TempDir::new("referenced");
+    let store = open(&dir);
+    let [x, y, served, by_note] =
+        [1, 2, 3, 4].map(|n| event(&keys(1), 1, n, &[], &format!("note {n}")));
+    store.insert(&served).unwrap();
+    let issue = event(
+        &keys(9),
+        1621,
+        10,
+        &[
+            &["e", &x.id.to_hex()],
+            &["q", &y.id.to_hex(), "wss://r"],
+            &["e", &served.id.to_hex()],
+        ],
+        "",
+    );
+    store.insert(&issue).unwrap();
+    // A note vouches for nothing it names.
+    store
+        .insert(&event(&keys(2), 1, 11, &[&["e", &by_note.id.to_hex()]], ""))
+        .unwrap();
+    assert_eq!(
+        referenced(&store, &[&x, &y, &served, &by_note]),
+        [true, true, false, false]
+    );
+    assert_eq!(store.reference_stats().entries, 2);
+    assert_eq!(store.insert(&x).unwrap(), stored());
+    assert_eq!(referenced(&store, &[&x, &y]), [false, true]);
+    assert_eq!(
+        store.reference_stats(),
+        ReferenceStats {
+            entries: 1,
+            evicted: 0
+        }
+    );
+}
+
+#[test]
+fn the_referenced_index_forgets_the_oldest_beyond_its_capacity() {
+    let dir = TempDir::new("referenced-bound");
+    let store = open(&dir).with_reference_limits(ReferenceLimits {
+        capacity: 3,
+        per_event: 64,
+    });
+    let [a, b, c, d, e] = [1, 2, 3, 4, 5].map(|n| event(&keys(1), 1, n, &[], "named"));
+    store.insert(&issue_naming(10, &[&a, &b])).unwrap();
+    store.insert(&issue_naming(11, &[&c, &d])).unwrap();
+    assert_eq!(
+        referenced(&store, &[&a, &b, &c, &d]),
+        [false, true, true, true]
+    );
+    // Named again, `b` is the newest; `c` is now the oldest.
+    store.insert(&issue_naming(12, &[&b])).unwrap();
+    store.insert(&issue_naming(13, &[&e])).unwrap();
+    assert_eq!(
+        referenced(&store, &[&b, &c, &d, &e]),
+        [true, false, true, true]
+    );
+    assert_eq!(
+        store.reference_stats(),
+        ReferenceStats {
+            entries: 3,
+            evicted: 2
+        }
+    );
+    // Only the first `per_event` reference tags of an event are remembered.
+    let narrow = open_again_with(store, &dir, 1);
+    let [f, g] = [6, 7].map(|n| event(&keys(1), 1, n, &[], "named"));
+    narrow.insert(&issue_naming(14, &[&f, &g])).unwrap();
+    assert_eq!(referenced(&narrow, &[&f, &g]), [true, false]);
+}
+
+fn open_again_with(store: Store, dir: &TempDir, per_event: usize) -> Store {
+    drop(store);
+    open(dir).with_reference_limits(ReferenceLimits {
+        capacity: 3,
+        per_event,
+    })
+}
+
+#[test]
+fn the_referenced_index_survives_a_restart_and_follows_releases() {
+    let dir = TempDir::new("referenced-reopen");
+    let [x, y] = [1, 2].map(|n| event(&keys(1), 1, n, &[], "named"));
+    let pr = event(
+        &keys(9),
+        1618,
+        20,
+        &[&["c", &"1".repeat(40)], &["q", &y.id.to_hex()]],
+        "",
+    );
+    {
+        let store = open(&dir);
+        store.insert(&issue_naming(10, &[&x])).unwrap();
+        store
+            .put_waiting(&WaitingEvent {
+                event: pr.clone(),
+                arrival: Arrival::Published,
+                expires_at: u64::MAX,
+            })
+            .unwrap();
+        // Waiting events vouch for nothing until they are served.
+        assert_eq!(referenced(&store, &[&x, &y]), [true, false]);
+    }
+    let store = open(&dir);
+    assert_eq!(store.reference_stats().entries, 1);
+    assert_eq!(referenced(&store, &[&x]), [true]);
+    store.release_waiting(&pr.id).unwrap().unwrap();
+    assert_eq!(referenced(&store, &[&x, &y]), [true, true]);
+}

@@ -4,6 +4,7 @@
 use nostr::prelude::{Event, EventId};
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::references::{ReferenceChanges, ReferenceLimits};
 use super::schema::*;
 use super::InsertOutcome;
 
@@ -19,10 +20,17 @@ pub struct Tables<'txn> {
     pub waiting: Table<'txn, Id, (u8, u64, &'static [u8])>,
     pub tombstone_ids: Table<'txn, (Id, Id), ()>,
     pub tombstone_coordinates: Table<'txn, (u16, Id, &'static [u8]), u64>,
+    pub referenced: Table<'txn, Id, u64>,
+    pub referenced_by_age: Table<'txn, u64, Id>,
+    pub reference_limits: ReferenceLimits,
+    pub reference_changes: ReferenceChanges,
 }
 
 impl<'txn> Tables<'txn> {
-    pub fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, redb::Error> {
+    pub fn open(
+        txn: &'txn WriteTransaction,
+        reference_limits: ReferenceLimits,
+    ) -> Result<Tables<'txn>, redb::Error> {
         Ok(Tables {
             meta: txn.open_table(META)?,
             events: txn.open_table(EVENTS)?,
@@ -34,6 +42,10 @@ impl<'txn> Tables<'txn> {
             waiting: txn.open_table(WAITING)?,
             tombstone_ids: txn.open_table(TOMBSTONE_IDS)?,
             tombstone_coordinates: txn.open_table(TOMBSTONE_COORDINATES)?,
+            referenced: txn.open_table(REFERENCED)?,
+            referenced_by_age: txn.open_table(REFERENCED_BY_AGE)?,
+            reference_limits,
+            reference_changes: ReferenceChanges::default(),
         })
     }
 
@@ -65,6 +77,7 @@ impl<'txn> Tables<'txn> {
             self.by_coordinate.insert(key, id)?;
         }
         self.add_served(event)?;
+        self.index_references(event)?;
         if event.kind.as_u16() == 5 {
             removed.extend(self.apply_deletion(event)?);
         }
