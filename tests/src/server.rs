@@ -87,6 +87,8 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// The process's open-file limit (soft and hard), as `ulimit -n` sets it.
     pub open_files: Option<u64>,
+    /// Additional environment variables for the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl ServerOptions {
@@ -102,6 +104,11 @@ impl ServerOptions {
 
     pub fn open_files(mut self, limit: u64) -> Self {
         self.open_files = Some(limit);
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 }
@@ -173,6 +180,7 @@ impl Server {
             .arg(&self.data_dir)
             .arg("--allow-private-remotes")
             .args(&self.options.args)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,graspd=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

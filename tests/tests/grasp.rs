@@ -907,7 +907,95 @@ fn events_an_accepted_issue_references_are_accepted_later(flavor: Flavor) {
     );
 }
 
+/// A server whose git runs see `config` as the operator's global git configuration (and no
+/// system configuration), as `~/.gitconfig` would be.
+fn server_with_git_config(flavor: Flavor, config: &str) -> Server {
+    let path = temp_dir("operator-gitconfig").join("gitconfig");
+    std::fs::write(&path, config).expect("write git config");
+    Server::start_with(
+        flavor,
+        ServerOptions::default()
+            .env("GIT_CONFIG_GLOBAL", path.display().to_string())
+            .env("GIT_CONFIG_NOSYSTEM", "1"),
+    )
+}
+
+/// The flow clients written against other GRASP servers follow: clone the announced (empty)
+/// repository, commit, create `main` themselves, publish a state for it, force-push. The empty
+/// repository's unborn HEAD is what `git init --bare` gives (the operator's
+/// `init.defaultBranch`, else git's own default), so the clone is not on `main` already.
+fn empty_clone_then_create_main_and_push(flavor: Flavor) {
+    let server = server_with_git_config(flavor, "");
+    let owner = keys(1);
+    let url = server.repo_url(&npub(&owner), "demo");
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let ann = announcement(&owner, "demo", &[&server.http_url()], &[]);
+    assert_eq!(relay.publish(&ann).message, PURGATORY);
+
+    let dir = temp_dir("empty-clone");
+    let cloned = git_output(&dir, &["clone", &url, "c"]);
+    assert!(
+        cloned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cloned.stderr)
+    );
+    let clone = dir.join("c");
+    std::fs::write(clone.join("README"), "first\n").unwrap();
+    git(&clone, &["add", "README"]);
+    git(&clone, &["commit", "-q", "-m", "first"]);
+    git(&clone, &["branch", "main"]);
+    git(&clone, &["checkout", "-q", "main"]);
+    let c1 = git(&clone, &["rev-parse", "HEAD"]);
+
+    let st = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
+    assert_eq!(relay.publish(&st).message, PURGATORY);
+    relay.subscribe("live", json!({"ids": [st.id.to_hex()]}));
+    let pushed = git_output(&clone, &["push", "origin", "main", "--force"]);
+    assert!(
+        pushed.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&pushed.stderr),
+        server.log()
+    );
+    assert!(
+        relay.wait_for_event("live", &st.id.to_hex(), SOON),
+        "state not served after the push\n{}",
+        server.log()
+    );
+    assert!(
+        eventually(SOON, || relay
+            .query_ids(json!({"ids": [ann.id.to_hex()]}))
+            .len()
+            == 1),
+        "announcement not served with its first state"
+    );
+    assert_eq!(ref_of(&url, "refs/heads/main"), Some(c1.clone()));
+    let again = temp_dir("second-clone");
+    git(&again, &["clone", "-q", &url, "c"]);
+    assert_eq!(
+        git(&again.join("c"), &["symbolic-ref", "HEAD"]),
+        "refs/heads/main",
+        "HEAD follows the state's HEAD tag once applied"
+    );
+    assert_eq!(git(&again.join("c"), &["rev-parse", "HEAD"]), c1);
+
+    // The operator's `init.defaultBranch` names a new repository's unborn branch.
+    let trunk = server_with_git_config(flavor, "[init]\n\tdefaultBranch = trunk\n");
+    let url = trunk.repo_url(&npub(&owner), "demo");
+    let mut relay = RelayClient::connect(&trunk.ws_url());
+    let ann = announcement(&owner, "demo", &[&trunk.http_url()], &[]);
+    assert_eq!(relay.publish(&ann).message, PURGATORY);
+    let dir = temp_dir("trunk-clone");
+    let cloned = git_output(&dir, &["clone", &url, "c"]);
+    assert!(cloned.status.success());
+    assert_eq!(
+        git(&dir.join("c"), &["symbolic-ref", "HEAD"]),
+        "refs/heads/trunk"
+    );
+}
+
 both_runtimes!(
+    empty_clone_then_create_main_and_push,
     binary_is_named_as_operators_install_it,
     events_that_tag_hosted_repos_and_issues_are_accepted,
     events_an_accepted_issue_references_are_accepted_later,

@@ -37,6 +37,21 @@ fn create_is_idempotent_and_configured_remove_is_clean() {
                 "{key}"
             );
         }
+        // The unborn HEAD is what the operator's own `git init --bare` makes.
+        let fresh = repo_key("fresh");
+        h.block_on(h.git.create_repo(&fresh)).unwrap();
+        let reference = h.scratch("reference.git");
+        let made = std::process::Command::new("git")
+            .args(["init", "--bare", "--quiet"])
+            .arg(&reference)
+            .status()
+            .expect("git runs");
+        assert!(made.success());
+        assert_eq!(
+            std::fs::read_to_string(h.git.repo_path(&fresh).join("HEAD")).unwrap(),
+            std::fs::read_to_string(reference.join("HEAD")).unwrap()
+        );
+        h.block_on(h.git.remove_repo(&fresh)).unwrap();
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -63,12 +63,21 @@ pub async fn create_bare_repo(runtime: &dyn Runtime, path: &Path) -> Result<(), 
     unblock(runtime, move || std::fs::create_dir_all(parent_owned)).await??;
     let staging = staging_path(path, "new");
     let mut init = git(None);
+    // Made as the operator's own `git init --bare` makes it: the unborn HEAD is their
+    // `init.defaultBranch`, else git's default. Clients clone the empty repository and create
+    // their branches themselves, which fails if the clone is already on the branch they create.
+    // Every other git run here ignores the operator's configuration.
+    for variable in ["GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM"] {
+        match std::env::var_os(variable) {
+            Some(value) => init.env(variable, value),
+            None => init.env_remove(variable),
+        };
+    }
     init.arg("init")
         .arg("--bare")
         .arg("--quiet")
         // No template: git's sample hooks and description are never used here.
         .arg("--template=")
-        .arg("--initial-branch=main")
         .arg(&staging);
     let out = process::run(runtime, init, &b""[..], None, OUTPUT_CAP).await?;
     if !out.success() {

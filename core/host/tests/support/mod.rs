@@ -182,10 +182,13 @@ impl Harness {
         )
     }
 
-    /// A fresh repo on the server.
+    /// A fresh repo on the server, its HEAD on `main` as a released state naming `main` in its
+    /// `HEAD` tag leaves it (these tests push `main`; a new repo's unborn HEAD is git's default).
     pub fn create_repo(&self, identifier: &str) -> RepoKey {
         let repo = repo_key(identifier);
         self.block_on(self.git.create_repo(&repo)).unwrap();
+        let path = self.git.repo_path(&repo);
+        git_ok(Some(&path), &["symbolic-ref", "HEAD", "refs/heads/main"]);
         repo
     }
 
