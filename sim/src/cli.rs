@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use crate::host;
 use crate::named;
 use crate::relay_cli;
 use crate::relays;
@@ -24,6 +25,8 @@ usage: graspd-sim [options]
   --list                list the named scenarios
   --relays              relay-follower worlds instead of engine worlds (with --seed/--seeds);
                         --scenario relay-* implies it
+  --host                host worlds: the real graspd-host on a simulated runtime (with
+                        --seed/--seeds); --scenario host-* implies it
   --small               small worlds (what the CI swarm test uses)
   --keep-going          with --seeds: run every seed, list every failing one
   --quiet               with --seed: no trace, only the result
@@ -42,6 +45,7 @@ struct Args {
     quiet: bool,
     keep_going: bool,
     relays: bool,
+    host: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -65,6 +69,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--quiet" => a.quiet = true,
             "--keep-going" => a.keep_going = true,
             "--relays" => a.relays = true,
+            "--host" => a.host = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -93,16 +98,30 @@ pub fn main(args: &[String], factory: &dyn EngineFactory) -> i32 {
         for (name, what) in named::ALL.iter().chain(relays::NAMED) {
             println!("{name:28} {what}");
         }
+        for (name, what, _) in host::world::NAMED {
+            println!("{name:28} {what}");
+        }
         return 0;
     }
     if a.scenarios {
         let engine = run_named_all(factory, a.seed.unwrap_or(1));
         let relays = relay_cli::run_named_all(a.seed.unwrap_or(1));
-        return [engine, relays]
+        let host = host::cli::run_named_all(a.seed.unwrap_or(1));
+        return [engine, relays, host]
             .into_iter()
             .filter(|c| *c != 0)
             .min()
             .unwrap_or(0);
+    }
+    let host_scenario = a
+        .scenario
+        .as_deref()
+        .filter(|n| host::cli::is_host_scenario(n));
+    if a.host || host_scenario.is_some() {
+        return match a.seeds {
+            Some(k) => host::cli::run_many(host_scenario, a.from, k, a.determinism, a.keep_going),
+            None => host::cli::run_one(host_scenario, a.seed.unwrap_or(0), a.quiet, a.determinism),
+        };
     }
     let relay_scenario = a
         .scenario

@@ -11,6 +11,7 @@ pub mod doubles;
 pub mod faults;
 pub mod follow_run;
 pub mod forge;
+pub mod host;
 pub mod monitor;
 pub mod named;
 pub mod params;

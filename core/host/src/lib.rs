@@ -94,7 +94,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     let node = driver::Node::start(
         Arc::clone(&runtime),
         &config,
-        git.clone(),
+        Arc::new(git.clone()),
         settings,
         follower.clone(),
     )

@@ -26,10 +26,9 @@ impl Node {
                     max_bytes: self.settings.max_fetch_bytes,
                     allow_private: self.settings.allow_private_remotes,
                 };
-                let path = self.git.repo_path(&into);
                 let domain = domain_of(&url);
                 debug!(%id, repo = %into, %url, wanted = oids.len(), "fetch starts");
-                let result = self.git.fetch(&path, &url, &oids, &limits).await;
+                let result = self.git.fetch(&into, &url, &oids, &limits).await;
                 let result = match result {
                     Ok(present) => {
                         info!(%id, repo = %into, %url, fetched = present.len(), wanted = oids.len(), "fetch done");
@@ -61,25 +60,14 @@ impl Node {
                 self.input(Input::Inspected { id, result });
             }
             Command::Apply { id, plan } => {
-                let copy_from = plan
-                    .copy_from
-                    .as_ref()
-                    .map(|(source, _)| self.git.repo_path(source));
-                let objects = plan
-                    .copy_from
-                    .as_ref()
-                    .map(|(_, oids)| oids.clone())
-                    .unwrap_or_default();
+                let (copy_from, objects) = match &plan.copy_from {
+                    Some((source, oids)) => (Some(source), oids.as_slice()),
+                    None => (None, &[][..]),
+                };
                 let refs = &plan.edits;
                 let result = self
                     .git
-                    .apply(
-                        &plan.repo,
-                        copy_from.as_deref(),
-                        &objects,
-                        refs,
-                        plan.head.as_deref(),
-                    )
+                    .apply(&plan.repo, copy_from, objects, refs, plan.head.as_deref())
                     .await;
                 let result = match result {
                     Ok(()) => {

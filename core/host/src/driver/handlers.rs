@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_tungstenite::tungstenite::{Error as WsError, Message};
+use futures_util::{Sink, Stream};
 use graspd_core::{Arrival, Input, Oid, RefDecision, RepoKey};
 use nostr::event::Event;
 use tracing::{debug, info, info_span, Instrument};
@@ -46,14 +48,23 @@ impl RelayHandler for NodeHooks {
         Box::pin(
             async move {
                 debug!("relay session opened");
-                let limits = node.settings.relay_limits.clone();
-                let backend = NodeHooks(Arc::clone(&node));
-                run_connection(socket, limits, &node.hub, &backend).await;
+                serve_relay(node, socket).await;
                 debug!("relay session closed");
             }
             .instrument(info_span!("relay", %client)),
         )
     }
+}
+
+/// Runs one relay connection of `node` on a WebSocket: the HTTP origin's upgraded sockets, and
+/// the simulator's in-memory ones.
+pub async fn serve_relay<S>(node: Arc<Node>, socket: S)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let limits = node.settings.relay_limits.clone();
+    let backend = NodeHooks(Arc::clone(&node));
+    run_connection(socket, limits, &node.hub, &backend).await;
 }
 
 impl RelayBackend for NodeHooks {

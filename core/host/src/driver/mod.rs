@@ -21,11 +21,11 @@ use nostr::filter::Filter;
 use tracing::{info, info_span, warn, Instrument};
 
 pub use crate::clock::Clock;
-pub use handlers::handlers;
+pub use handlers::{handlers, serve_relay};
 
 use crate::config::Config;
 use crate::follow::FollowerHandle;
-use crate::git::Git;
+use crate::git::GitOps;
 use crate::metrics::Metrics;
 use crate::relay::{Hub, RelayLimits};
 use crate::runtime::Runtime;
@@ -50,7 +50,7 @@ pub struct Node {
     engine: Mutex<Engine>,
     clock: Clock,
     store: Store,
-    git: Git,
+    git: Arc<dyn GitOps>,
     hub: Hub,
     metrics: Metrics,
     settings: Settings,
@@ -58,39 +58,6 @@ pub struct Node {
     woken: async_channel::Receiver<()>,
     /// The GRASP-02 relay follower: told about every hosted repository and thread.
     follower: FollowerHandle,
-}
-
-/// Every `<data-dir>/<npub>/<identifier>.git` directory that names a valid repository.
-fn hosted_repos(data_dir: &std::path::Path) -> Vec<RepoKey> {
-    use nostr::nips::nip19::FromBech32;
-    let mut repos = Vec::new();
-    let Ok(owners) = std::fs::read_dir(data_dir) else {
-        return repos;
-    };
-    for owner_dir in owners.flatten() {
-        let name = owner_dir.file_name();
-        let Some(owner) = name
-            .to_str()
-            .and_then(|n| nostr::key::PublicKey::from_bech32(n).ok())
-        else {
-            continue;
-        };
-        let Ok(entries) = std::fs::read_dir(owner_dir.path()) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(identifier) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".git"))
-                .and_then(|n| graspd_core::Identifier::new(n).ok())
-            else {
-                continue;
-            };
-            repos.push(RepoKey::new(owner, identifier));
-        }
-    }
-    repos
 }
 
 /// A span per command, so every log line of its execution names the command and repository.
@@ -110,12 +77,11 @@ fn command_span(command: &Command) -> tracing::Span {
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 
 impl Node {
-    /// Opens the store, restores the engine from it (stored announcements and states, then
-    /// every waiting event with its remaining life) and starts the timer task.
+    /// Opens the store in `config.data_dir`, then [`Node::start_with`].
     pub async fn start(
         runtime: Arc<dyn Runtime>,
         config: &Config,
-        git: Git,
+        git: Arc<dyn GitOps>,
         settings: Settings,
         follower: FollowerHandle,
     ) -> Result<Arc<Node>, StoreError> {
@@ -129,9 +95,31 @@ impl Node {
             path: config.data_dir.clone(),
             detail: error.to_string(),
         })??;
+        Node::start_with(
+            runtime,
+            config.engine_config(),
+            store,
+            git,
+            settings,
+            follower,
+        )
+        .await
+    }
+
+    /// Restores the engine from `store` (stored announcements and states, then every waiting
+    /// event with its remaining life, then `refs/nostr` placeholders) and starts the timer
+    /// task.
+    pub async fn start_with(
+        runtime: Arc<dyn Runtime>,
+        engine: graspd_core::Config,
+        store: Store,
+        git: Arc<dyn GitOps>,
+        settings: Settings,
+        follower: FollowerHandle,
+    ) -> Result<Arc<Node>, StoreError> {
         let (wake, woken) = async_channel::bounded(1);
         let node = Arc::new(Node {
-            engine: Mutex::new(Engine::new(config.engine_config())),
+            engine: Mutex::new(Engine::new(engine)),
             clock: Clock::new(Arc::clone(&runtime)),
             store,
             git,
@@ -147,7 +135,7 @@ impl Node {
         crate::runtime::unblock(&*node.runtime, move || restorer.restore())
             .await
             .map_err(|error| StoreError::Io {
-                path: config.data_dir.clone(),
+                path: node.store.path().to_owned(),
                 detail: error.to_string(),
             })??;
         node.restore_placeholders().await;
@@ -201,15 +189,13 @@ impl Node {
     /// so it is still deleted if its event never comes. Push times are not stored, so each
     /// gets a full placeholder life from now.
     async fn restore_placeholders(self: &Arc<Self>) {
-        let data_dir = self.git.data_dir().to_owned();
-        let repos =
-            match crate::runtime::unblock(&*self.runtime, move || hosted_repos(&data_dir)).await {
-                Ok(repos) => repos,
-                Err(error) => {
-                    warn!(%error, "listing repositories for placeholders failed");
-                    return;
-                }
-            };
+        let repos = match self.git.hosted_repos().await {
+            Ok(repos) => repos,
+            Err(error) => {
+                warn!(%error, "listing repositories for placeholders failed");
+                return;
+            }
+        };
         let life = self.settings.purgatory_expiry;
         let mut restored = 0usize;
         for repo in repos {
@@ -351,5 +337,10 @@ impl Node {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// The event store (the simulator reads it to check what acknowledged events became).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 }

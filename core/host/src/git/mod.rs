@@ -7,6 +7,7 @@
 pub mod fetch;
 pub mod limits;
 pub mod locks;
+mod ops;
 pub mod pktline;
 pub mod process;
 pub mod receive;
@@ -25,6 +26,7 @@ use nostr::nips::nip19::ToBech32;
 pub use fetch::{FetchError, FetchLimits};
 pub use limits::{Busy, GitLimits, GitRequestSlot, GitRequests, Refusal, Refusals};
 pub use locks::{RepoGuard, RepoLocks, TooManyLocks};
+pub use ops::GitOps;
 pub use receive::RefUpdate;
 pub use repo::{ApplyPlan, Inspection, RefChange};
 

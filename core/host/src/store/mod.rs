@@ -142,6 +142,12 @@ impl Store {
     /// cases.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = open_database(path)?;
+        let store = Store::on_database(db, path)?;
+        tracing::info!(path = %path.display(), "event store open");
+        Ok(store)
+    }
+
+    fn on_database(db: Database, path: &Path) -> Result<Store, StoreError> {
         let mut store = Store {
             db: Arc::new(db),
             path: Arc::new(path.to_owned()),
@@ -153,8 +159,20 @@ impl Store {
         let referenced = store.count(REFERENCED)?;
         store.reference_counters =
             Arc::new(references::ReferenceCounters::starting_with(referenced));
-        tracing::info!(path = %path.display(), "event store open");
         Ok(store)
+    }
+
+    /// Opens (or creates) the store on a redb storage backend instead of a file: the
+    /// simulator's disk, which loses unsynced writes when the simulated server crashes.
+    /// `label` stands for the path in logs and errors.
+    pub fn open_on(backend: impl redb::StorageBackend, label: &Path) -> Result<Store, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|error| StoreError::Unreadable {
+                path: label.to_owned(),
+                detail: error.to_string(),
+            })?;
+        Store::on_database(db, label)
     }
 
     /// The store with other bounds for the index of referenced ids (defaults:
