@@ -1,9 +1,10 @@
-//! graspd-sim: a deterministic simulator for the graspd engine.
+//! graspd-sim: a deterministic simulator for graspd.
 //!
-//! One thread, virtual time, one root seed. The simulator plays the world (users, remote GRASP
-//! servers with faults) and our host (store, purgatory table, crashes and restarts), drives
-//! `graspd-core` through it, and checks safety invariants after every step and liveness after
-//! the world heals. See `README.md`.
+//! One thread, virtual time, one root seed. The engine world plays the world (users, remote
+//! GRASP servers with faults) and our host (store, purgatory table, crashes and restarts),
+//! drives `graspd-core` through it, and checks safety invariants after every step and liveness
+//! after the world heals. The host world (`host`) runs the real graspd-host on a simulated
+//! runtime instead. See `README.md`.
 
 pub mod adapter;
 pub mod cli;

@@ -5,8 +5,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_tungstenite::tungstenite::{Error as WsError, Message};
-use futures_util::{Sink, Stream};
 use graspd_core::{Arrival, Input, Oid, RefDecision, RepoKey};
 use nostr::event::Event;
 use tracing::{debug, info, info_span, Instrument};
@@ -15,7 +13,7 @@ use super::Node;
 use crate::git::RefUpdate;
 use crate::http::{Handlers, PushHandler, RelayHandler, WebSocket};
 use crate::refusals::Refusals;
-use crate::relay::{run_connection, Query, RelayBackend, RelayLimits, Verdict};
+use crate::relay::{run_connection, Query, RelayBackend, RelayLimits, RelaySocket, Verdict};
 use crate::runtime::{unblock, BoxFuture};
 
 /// The hooks of one [`Node`], for [`crate::http::Site`].
@@ -58,10 +56,7 @@ impl RelayHandler for NodeHooks {
 
 /// Runs one relay connection of `node` on a WebSocket: the HTTP origin's upgraded sockets, and
 /// the simulator's in-memory ones.
-pub async fn serve_relay<S>(node: Arc<Node>, socket: S)
-where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
-{
+pub async fn serve_relay<S: RelaySocket>(node: Arc<Node>, socket: S) {
     let limits = node.settings.relay_limits.clone();
     let backend = NodeHooks(Arc::clone(&node));
     run_connection(socket, limits, &node.hub, &backend).await;
