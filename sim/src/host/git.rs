@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use graspd_core::{Oid, RepoKey};
-use graspd_host::git::{FetchError, FetchLimits, GitError, GitOps, Inspection, RefChange};
+use graspd_host::git::{
+    FetchError, FetchLimits, GitError, GitOps, Inspection, RefChange, Refusals,
+};
 use graspd_host::runtime::{unblock, BoxFuture};
 use graspd_host::Runtime;
 
@@ -65,10 +67,11 @@ impl SharedGit {
 }
 
 /// One incarnation's [`GitOps`]: the shared git world, operations on its runtime group.
-#[derive(Clone)]
 pub struct ModelGit {
     pub world: SharedGit,
     pub runtime: SimRuntime,
+    /// No limit refuses anything here (git's HTTP side is not simulated).
+    pub refusals: Refusals,
 }
 
 impl std::fmt::Debug for ModelGit {
@@ -220,6 +223,10 @@ impl GitOps for ModelGit {
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
+    }
+
+    fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 }
 

@@ -38,6 +38,7 @@ use crate::rng::Rng;
 use crate::runner::FailureKind;
 use crate::trace::{Trace, TraceMode};
 use crate::world::{OWN_ORIGIN, OWN_RELAY};
+use graspd_host::git::Refusals;
 
 /// Virtual time the run lasts: activity, then healing, then settling.
 const RUN_FOR: Duration = Duration::from_secs(20 * 60);
@@ -298,6 +299,7 @@ fn engine_settings(config: &Config) -> Settings {
         allow_private_remotes: false,
         relay_limits: RelayLimits::default(),
         information_document: String::new(),
+        refusals: Arc::default(),
     }
 }
 
@@ -335,6 +337,7 @@ async fn start_node(shared: &Arc<Shared>, group: Group) -> Result<Arc<Node>, Sto
     let git = Arc::new(ModelGit {
         world: shared.git.clone(),
         runtime: node_rt,
+        refusals: Refusals::default(),
     });
     Node::start_with(
         runtime,
