@@ -15,7 +15,6 @@ use graspd_sim::FailureKind;
 const SEEDS: u64 = 500;
 
 #[test]
-#[ignore = "fails while the host acknowledges an event before the engine waits for its store write (the admission race this world finds); run with --ignored"]
 fn named_host_scenarios_pass() {
     let mut failures = String::new();
     for (name, _, build) in NAMED {
@@ -31,7 +30,6 @@ fn named_host_scenarios_pass() {
 }
 
 #[test]
-#[ignore = "fails while the host acknowledges an event before the engine waits for its store write (the admission race this world finds); run with --ignored"]
 fn swarm_of_host_seeds_passes() {
     let started = Instant::now();
     let mut failures = Vec::new();
