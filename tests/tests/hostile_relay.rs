@@ -4,8 +4,11 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use graspd_tests::git::WorkRepo;
 use graspd_tests::http::request;
-use graspd_tests::nostr::{eventually, Message, RelayClient};
+use graspd_tests::nostr::{
+    announcement, eventually, keys, npub, state, EventBuilder, Kind, Message, RelayClient, Tag,
+};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 use serde_json::json;
 
@@ -235,10 +238,130 @@ fn descriptor_exhaustion_is_bounded_and_quiet(flavor: Flavor) {
     assert!(failures >= 1.0, "{failures}");
 }
 
+/// A repository "demo" of keys(1), announced, pushed and served, so that issues may tag it.
+fn hosted_repo(server: &Server) -> String {
+    let owner = keys(1);
+    let url = server.repo_url(&npub(&owner), "demo");
+    let mut relay = RelayClient::connect(&server.ws_url());
+    assert!(
+        relay
+            .publish(&announcement(&owner, "demo", &[&server.http_url()], &[]))
+            .accepted
+    );
+    let work = WorkRepo::init("work");
+    let tip = work.commit("README", "hello\n");
+    let st = state(
+        &owner,
+        "demo",
+        &[("refs/heads/main", &tip)],
+        Some("main"),
+        0,
+    );
+    assert!(relay.publish(&st).accepted);
+    relay.subscribe("live", json!({"ids": [st.id.to_hex()]}));
+    work.git(&["push", "-q", &url, "main"]);
+    assert!(
+        relay.wait_for_event("live", &st.id.to_hex(), SOON),
+        "state not released after push\n{}",
+        server.log()
+    );
+    format!("30617:{}:demo", owner.public_key().to_hex())
+}
+
+/// Resident and peak memory of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Clients that ask for 40 MB of stored events again and again and never read: the server
+/// produces frames only as fast as each socket takes them, so its memory stays flat.
+fn clients_that_never_read_do_not_grow_memory(flavor: Flavor) {
+    const EVENTS: usize = 100;
+    const CONTENT_BYTES: usize = 400 * 1024;
+    let server = Server::start(flavor);
+    let coordinate = hosted_repo(&server);
+    let mut writer = RelayClient::connect(&server.ws_url());
+    let padding = "x".repeat(CONTENT_BYTES);
+    for n in 0..EVENTS {
+        let issue = EventBuilder::new(Kind::from(1621), format!("{n} {padding}"))
+            .tags([Tag::parse(["a", coordinate.as_str()]).unwrap()])
+            .sign_with_keys(&keys(2))
+            .unwrap();
+        let reply = writer.publish(&issue);
+        assert!(reply.accepted, "{reply:?}");
+    }
+    // One client reading everything sets the baseline (store cache, allocator pools).
+    assert_eq!(writer.query(json!({"kinds": [1621]})).len(), EVENTS);
+    let pid = server.pid().expect("running");
+    let (baseline, _) = memory_kib(pid);
+    let mut hogs: Vec<RelayClient> = (0..4)
+        .map(|_| RelayClient::connect(&server.ws_url()))
+        .collect();
+    for hog in &mut hogs {
+        for sub in 0..8 {
+            hog.send(json!(["REQ", format!("all-{sub}"), {"kinds": [1621]}]));
+        }
+    }
+    // Each REQ asks for 40 MB; the sockets hold a few MB at most.
+    let mut peak = baseline;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        peak = peak.max(memory_kib(pid).0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let grown_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!(
+        "RSS baseline {} MiB, peak {} MiB",
+        baseline / 1024,
+        peak / 1024
+    );
+    assert!(
+        grown_mib < 100,
+        "RSS grew by {grown_mib} MiB with four clients that do not read"
+    );
+    // A client that reads is still served in full meanwhile.
+    let mut reader = RelayClient::connect(&server.ws_url());
+    assert_eq!(reader.query(json!({"kinds": [1621]})).len(), EVENTS);
+    drop(hogs);
+}
+
+/// `"ids": []` (or any empty list) matches no event: it is not read as "any id".
+fn empty_value_lists_match_nothing(flavor: Flavor) {
+    let server = Server::start(flavor);
+    hosted_repo(&server);
+    let mut client = RelayClient::connect(&server.ws_url());
+    assert!(
+        client.query(json!({})).len() >= 2,
+        "the announcement and state are served"
+    );
+    for filter in [
+        json!({"ids": []}),
+        json!({"authors": []}),
+        json!({"kinds": []}),
+        json!({"#d": []}),
+    ] {
+        assert_eq!(
+            client.query(filter.clone()),
+            Vec::<serde_json::Value>::new(),
+            "{filter}"
+        );
+    }
+}
+
 both_runtimes!(
     websockets_are_capped_per_address_and_in_total,
     idle_websockets_are_pinged_then_closed,
     shutdown_closes_and_counts_websockets,
     oversized_frame_gets_notice_and_close_1009,
     descriptor_exhaustion_is_bounded_and_quiet,
+    clients_that_never_read_do_not_grow_memory,
+    empty_value_lists_match_nothing,
 );

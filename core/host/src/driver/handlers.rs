@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use graspd_core::{Arrival, Input, Oid, RefDecision, RepoKey};
-use nostr::event::Event;
+use nostr::event::{Event, EventId};
 use tracing::{debug, info, info_span, Instrument};
 
 use super::Node;
@@ -68,19 +68,26 @@ impl RelayBackend for NodeHooks {
         Box::pin(async move { node.accept(event, Arrival::Published).await })
     }
 
-    fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<Event>, String>> {
+    fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<EventId>, String>> {
         let node = Arc::clone(&self.0);
         Box::pin(async move {
             let store = node.store.clone();
-            match unblock(&*node.runtime, move || {
-                store.query(&query.filters, query.cap)
-            })
-            .await
-            {
-                Ok(Ok(events)) => Ok(events),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(error) => Err(error.to_string()),
-            }
+            let ids = unblock(&*node.runtime, move || {
+                store.query_ids(&query.filters, query.cap)
+            });
+            flatten(ids.await)
+        })
+    }
+
+    fn load(
+        &self,
+        ids: Vec<EventId>,
+        max_bytes: usize,
+    ) -> BoxFuture<'static, Result<(Vec<String>, usize), String>> {
+        let node = Arc::clone(&self.0);
+        Box::pin(async move {
+            let store = node.store.clone();
+            flatten(unblock(&*node.runtime, move || store.load_json(&ids, max_bytes)).await)
         })
     }
 
@@ -94,6 +101,15 @@ impl RelayBackend for NodeHooks {
 
     fn refusals(&self) -> &Refusals {
         &self.0.settings.refusals
+    }
+}
+
+/// A store read run on the blocking pool, its error as text for a `CLOSED`.
+fn flatten<T>(result: std::io::Result<Result<T, crate::store::StoreError>>) -> Result<T, String> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
     }
 }
 

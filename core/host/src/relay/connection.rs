@@ -12,7 +12,7 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_util::future::{self, select, Either};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use nostr::prelude::Event;
+use nostr::prelude::{Event, EventId};
 
 use super::{messages, Action, Hub, Live, Query, RelayLimits, Session, Verdict};
 use crate::refusals::{Limit, Refusals};
@@ -26,6 +26,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 const OVERSIZED_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 const OVERSIZED_LINGER_BYTES: usize = 16 * 1024 * 1024;
 
+/// Stored events are read for a client in chunks of about this many bytes (and at most
+/// [`IDS_PER_LOAD`] events), each only once the client has taken the previous one: a REQ
+/// whose answer is hundreds of megabytes costs the server about this much at a time.
+const STORED_CHUNK_BYTES: usize = 256 * 1024;
+const IDS_PER_LOAD: usize = 128;
+
 /// What the relay needs from the rest of the server; the driver implements it.
 pub trait RelayBackend: Send + Sync {
     /// Decides an event whose id and signature are already verified: run it through the
@@ -34,10 +40,19 @@ pub trait RelayBackend: Send + Sync {
     /// this completes, so `OK true` always follows a durable commit.
     fn decide(&self, event: Event) -> BoxFuture<'static, Verdict>;
 
-    /// Reads the stored events for a new subscription, off the async threads
-    /// (`store.query(&query.filters, query.cap)` on the blocking pool). An error text ends the
-    /// subscription with `CLOSED` and `error: <text>`.
-    fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<Event>, String>>;
+    /// The ids of the stored events for a new subscription, read off the async threads
+    /// (`store.query_ids(&query.filters, query.cap)` on the blocking pool). An error text ends
+    /// the subscription with `CLOSED` and `error: <text>`.
+    fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<EventId>, String>>;
+
+    /// The stored JSON of events `ids`, in order, about `max_bytes` of them
+    /// (`store.load_json(&ids, max_bytes)` on the blocking pool): the texts, and how many of
+    /// `ids` they stand for.
+    fn load(
+        &self,
+        ids: Vec<EventId>,
+        max_bytes: usize,
+    ) -> BoxFuture<'static, Result<(Vec<String>, usize), String>>;
 
     /// The runtime's clock, and its timer (completes at `deadline`): pings, idle and write
     /// deadlines.
@@ -157,12 +172,9 @@ pub async fn run_connection<S: RelaySocket>(
                             vec![backend.decide(*event).await.message(&id)]
                         }
                         Some(Action::Query(query)) => {
-                            let id = query.id;
-                            match backend.query(query).await {
-                                Ok(events) => session.stored_events(id, &events),
-                                Err(reason) => {
-                                    session.query_failed(id, &reason).into_iter().collect()
-                                }
+                            match stream_stored(&mut out, &mut session, query).await {
+                                Ok(rest) => rest,
+                                Err(Gone) => return,
                             }
                         }
                     },
@@ -196,6 +208,37 @@ pub async fn run_connection<S: RelaySocket>(
             return;
         }
     }
+}
+
+/// Sends a REQ's stored events as the client takes them, read from the store in chunks;
+/// returns what is left to send once they are all out (EOSE, or CLOSED on a store error).
+async fn stream_stored<S: RelaySocket>(
+    out: &mut Outgoing<'_, S>,
+    session: &mut Session,
+    query: Query,
+) -> Result<Vec<String>, Gone> {
+    let id = query.id;
+    let ids = match out.backend.query(query).await {
+        Ok(ids) => ids,
+        Err(reason) => return Ok(session.query_failed(id, &reason).into_iter().collect()),
+    };
+    let mut rest = &ids[..];
+    while !rest.is_empty() {
+        let batch = rest[..rest.len().min(IDS_PER_LOAD)].to_vec();
+        let (texts, consumed) = match out.backend.load(batch, STORED_CHUNK_BYTES).await {
+            Ok(loaded) => loaded,
+            Err(reason) => return Ok(session.query_failed(id, &reason).into_iter().collect()),
+        };
+        rest = &rest[consumed.clamp(1, rest.len())..];
+        for text in texts {
+            // The session cannot change meanwhile: no client frame is read during the stream.
+            let Some(frame) = session.stored_event(id, &text) else {
+                return Ok(Vec::new());
+            };
+            out.feed(Message::text(frame)).await?;
+        }
+    }
+    Ok(session.end_of_stored(id).into_iter().collect())
 }
 
 enum Next {

@@ -23,8 +23,9 @@ pub enum Action {
     Accept(Box<Event>),
     /// A subscription was opened (already live: matching events published from now on are
     /// delivered). Read its stored events off the async thread with
-    /// `store.query(&query.filters, query.cap)` and send what
-    /// [`Session::stored_events`] returns for them (the events, then EOSE).
+    /// `store.query_ids(&query.filters, query.cap)` and `store.load_json` in chunks, send
+    /// [`Session::stored_event`] for each as the client takes them, then
+    /// [`Session::end_of_stored`].
     Query(Query),
 }
 
@@ -85,8 +86,10 @@ struct Subscription {
 ///   text frame  => match session.handle_text(&text) {
 ///       Some(Action::Send(frame))  => send(frame),
 ///       Some(Action::Accept(event)) => { let v = decide(*event).await; send(v.message(&id)) }
-///       Some(Action::Query(q))     => { let events = blocking(store.query(&q.filters, q.cap)).await;
-///                                       for f in session.stored_events(q.id, &events) { send(f) } }
+///       Some(Action::Query(q))     => { let ids = blocking(store.query_ids(&q.filters, q.cap)).await;
+///                                       for chunk of ids: for json in blocking(store.load_json(chunk)).await
+///                                           { send(session.stored_event(q.id, &json)) }
+///                                       send(session.end_of_stored(q.id)) }
 ///       None => {} }
 ///   binary frame => send(session.handle_binary())
 ///   feed.next()  => match live { Live::Event(e) => for f in session.live_event(&e) { send(f) },
@@ -152,19 +155,25 @@ impl Session {
         notice("invalid: binary messages are not supported; send JSON text")
     }
 
-    /// Frames for the stored events of query `id`: each event, then EOSE. Nothing if the
-    /// subscription has since been closed or replaced by a newer REQ with the same id.
-    pub fn stored_events(&self, id: QueryId, events: &[Event]) -> Vec<String> {
-        let Some((subscription_id, _)) = self.subscriptions.iter().find(|(_, sub)| sub.query == id)
-        else {
-            return Vec::new();
-        };
-        let mut frames: Vec<String> = events
+    /// The frame delivering one stored event (its JSON text as the store holds it) of query
+    /// `id`, or `None` if the subscription has since been closed or replaced by a newer REQ
+    /// with the same id.
+    pub fn stored_event(&self, id: QueryId, event_json: &str) -> Option<String> {
+        let subscription_id = self.subscription_of(id)?;
+        Some(messages::event_json(subscription_id, event_json))
+    }
+
+    /// EOSE for query `id` once its stored events are sent, or `None` if the subscription
+    /// has moved on.
+    pub fn end_of_stored(&self, id: QueryId) -> Option<String> {
+        self.subscription_of(id).map(messages::eose)
+    }
+
+    fn subscription_of(&self, id: QueryId) -> Option<&str> {
+        self.subscriptions
             .iter()
-            .map(|event| messages::event(subscription_id, event))
-            .collect();
-        frames.push(messages::eose(subscription_id));
-        frames
+            .find(|(_, sub)| sub.query == id)
+            .map(|(subscription_id, _)| subscription_id.as_str())
     }
 
     /// Ends the subscription of query `id` after its stored events could not be read: the
@@ -265,6 +274,7 @@ impl Session {
             if !raw.is_object() {
                 return closed(&subscription_id, "invalid: a filter must be a JSON object");
             }
+            let matches_nothing = lists_nothing(raw);
             match serde_json::from_value::<Filter>(raw.take()) {
                 Ok(filter) if filter.search.is_some() => {
                     return closed(
@@ -281,6 +291,8 @@ impl Session {
                         ),
                     )
                 }
+                // Still validated above; it adds nothing to the subscription.
+                Ok(_) if matches_nothing => {}
                 Ok(filter) => parsed.push(filter),
                 Err(error) => {
                     return closed(
@@ -341,6 +353,18 @@ impl Session {
             .collect();
         self.membership.set_interest(interest);
     }
+}
+
+/// Whether a filter has an empty list (`"ids": []`, `"kinds": []`, `"#e": []`): no event has
+/// a value in an empty list, so the filter matches nothing (it must not be read as "any").
+fn lists_nothing(raw: &Value) -> bool {
+    raw.as_object().is_some_and(|fields| {
+        fields.iter().any(|(name, value)| {
+            let is_list_field =
+                matches!(name.as_str(), "ids" | "authors" | "kinds") || name.starts_with('#');
+            is_list_field && value.as_array().is_some_and(Vec::is_empty)
+        })
+    })
 }
 
 /// The number of values in the filter's longest list.

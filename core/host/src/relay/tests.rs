@@ -318,28 +318,25 @@ fn stored_events_end_with_eose_unless_the_subscription_moved_on() {
     let (mut s, _feed, _hub) = session();
     let e = event(1, 5, &[]);
     let first = expect_query(s.handle_text(&req("sub", &[json!({})])));
-    let frames = s.stored_events(first.id, std::slice::from_ref(&e));
-    let frames: Vec<Value> = frames
-        .iter()
-        .map(|f| serde_json::from_str(f).unwrap())
-        .collect();
+    let frame = s.stored_event(first.id, &e.as_json()).unwrap();
     assert_eq!(
-        frames,
-        vec![json!(["EVENT", "sub", e]), json!(["EOSE", "sub"])]
+        serde_json::from_str::<Value>(&frame).unwrap(),
+        json!(["EVENT", "sub", e])
+    );
+    assert_eq!(
+        s.end_of_stored(first.id).as_deref(),
+        Some(r#"["EOSE","sub"]"#)
     );
 
     let second = expect_query(s.handle_text(&req("sub", &[json!({"kinds": [1]})])));
-    assert!(
-        s.stored_events(first.id, std::slice::from_ref(&e))
-            .is_empty(),
-        "replaced REQ"
-    );
+    assert_eq!(s.stored_event(first.id, &e.as_json()), None, "replaced REQ");
+    assert_eq!(s.end_of_stored(first.id), None, "replaced REQ");
     assert_eq!(
-        s.stored_events(second.id, &[]),
-        vec![r#"["EOSE","sub"]"#.to_owned()]
+        s.end_of_stored(second.id).as_deref(),
+        Some(r#"["EOSE","sub"]"#)
     );
     s.handle_text(r#"["CLOSE", "sub"]"#);
-    assert!(s.stored_events(second.id, &[]).is_empty(), "closed REQ");
+    assert_eq!(s.end_of_stored(second.id), None, "closed REQ");
 }
 
 #[test]
@@ -513,9 +510,10 @@ fn session_store_and_hub_work_together() {
     let old = event(1621, 1, &[&["a", "30617:x:repo"]]);
     store.insert(&old).unwrap();
     let query = expect_query(reader.handle_text(&req("repo", &[json!({"#a": ["30617:x:repo"]})])));
-    let stored = store.query(&query.filters, query.cap).unwrap();
-    let frames = reader.stored_events(query.id, &stored);
-    assert_eq!(frames.len(), 2, "one stored event and EOSE");
+    let stored = store.query_ids(&query.filters, query.cap).unwrap();
+    let (texts, consumed) = store.load_json(&stored, usize::MAX).unwrap();
+    assert_eq!((texts.len(), consumed), (1, 1), "one stored event");
+    assert!(reader.stored_event(query.id, &texts[0]).is_some());
 
     let new = event(1621, 2, &[&["a", "30617:x:repo"]]);
     let Some(Action::Accept(accepted)) = writer.handle_text(&json!(["EVENT", new]).to_string())
@@ -557,6 +555,27 @@ fn pieces_can_move_between_threads() {
     send(feed.next());
     fn send_sync_type<T: Send + Sync>() {}
     send_sync_type::<crate::store::Store>();
+}
+
+#[test]
+fn empty_value_lists_match_nothing_stored_or_live() {
+    let (mut s, _feed, _hub) = session();
+    for filter in [
+        json!({"ids": []}),
+        json!({"authors": [], "kinds": [1]}),
+        json!({"kinds": []}),
+        json!({"#e": []}),
+    ] {
+        let query = expect_query(s.handle_text(&req("sub", &[filter.clone()])));
+        assert!(query.filters.is_empty(), "{filter} was kept: {query:?}");
+        assert!(
+            s.live_event(&event(1, 1, &[])).is_empty(),
+            "{filter} matched live"
+        );
+    }
+    let query =
+        expect_query(s.handle_text(&req("sub", &[json!({"ids": []}), json!({"kinds": [1]})])));
+    assert_eq!(query.filters.len(), 1, "the other filter still counts");
 }
 
 // Test code from here on (the clock-read check stops at this line).
@@ -632,13 +651,22 @@ mod connection {
             })
         }
 
-        fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<Event>, String>> {
+        fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<nostr::prelude::EventId>, String>> {
             let store = self.store.clone();
             Box::pin(async move {
                 store
-                    .query(&query.filters, query.cap)
+                    .query_ids(&query.filters, query.cap)
                     .map_err(|e| e.to_string())
             })
+        }
+
+        fn load(
+            &self,
+            ids: Vec<nostr::prelude::EventId>,
+            max_bytes: usize,
+        ) -> BoxFuture<'static, Result<(Vec<String>, usize), String>> {
+            let store = self.store.clone();
+            Box::pin(async move { store.load_json(&ids, max_bytes).map_err(|e| e.to_string()) })
         }
 
         fn now(&self) -> std::time::Instant {

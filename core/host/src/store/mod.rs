@@ -12,6 +12,7 @@
 //! served:    insert / insert_many -> InsertOutcome      query(filters, cap) -> events
 //! "tagged by": is_referenced(id): named by an accepted issue, patch, PR or comment, not served
 //!            yet (kept by every insert; bounded, oldest forgotten first: references.rs)
+//!            query_ids(filters, cap) + load_json(ids, max_bytes): the same, streamed
 //! purgatory: put_waiting / remove_waiting / waiting_all (start-up restore)
 //!            release_waiting(id) = move it from purgatory to served, in one transaction
 //! ```
@@ -341,6 +342,33 @@ impl Store {
         let result: Result<_, redb::Error> = (|| {
             let txn = self.db.begin_read()?;
             query::run(&txn, filters, cap)
+        })();
+        result.map_err(|e| self.io(e))
+    }
+
+    /// The ids of what [`Store::query`] would return, in the same order, without holding the
+    /// events: for streaming large answers with [`Store::load_json`].
+    pub fn query_ids(&self, filters: &[Filter], cap: usize) -> Result<Vec<EventId>, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_read()?;
+            query::run_ids(&txn, filters, cap)
+        })();
+        let ids = result.map_err(|e| self.io(e))?;
+        Ok(ids.into_iter().map(EventId::from_byte_array).collect())
+    }
+
+    /// The stored JSON text of served events, in the order of `ids` (absent ones skipped),
+    /// stopping after the event that brings the total to `max_bytes` or more (so at least
+    /// one). Returns the texts and how many of `ids` were consumed.
+    pub fn load_json(
+        &self,
+        ids: &[EventId],
+        max_bytes: usize,
+    ) -> Result<(Vec<String>, usize), StoreError> {
+        let ids: Vec<Id> = ids.iter().map(|id| id.to_bytes()).collect();
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_read()?;
+            query::load_json(&txn, &ids, max_bytes)
         })();
         result.map_err(|e| self.io(e))
     }

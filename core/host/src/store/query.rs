@@ -6,9 +6,13 @@
 //! bounded by `since`/`until` newest first and stops after `limit` matches; the other fields
 //! of the filter are checked on the decoded event. A filter's answer is the newest `limit` of
 //! the union of those per-value answers, and a query's is the union of its filters'.
+//!
+//! A query first collects only the ids of its answer (each candidate is decoded to be matched,
+//! then dropped), so its memory is the ids, whatever the events' sizes; the events are then
+//! read by id, in bounded chunks when they are streamed to a client ([`load_json`]).
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use nostr::prelude::MatchEventOptions;
 use nostr::prelude::{Event, Filter};
@@ -25,40 +29,82 @@ pub fn run(
     cap: usize,
 ) -> Result<Vec<Event>, redb::Error> {
     let events = txn.open_table(EVENTS)?;
-    let mut found: BTreeMap<Order, Event> = BTreeMap::new();
+    let mut found = Vec::new();
+    for id in run_ids(txn, filters, cap)? {
+        found.extend(load(&events, &id)?);
+    }
+    Ok(found)
+}
+
+/// The ids of [`run`]'s answer, in its order.
+pub fn run_ids(
+    txn: &ReadTransaction,
+    filters: &[Filter],
+    cap: usize,
+) -> Result<Vec<Id>, redb::Error> {
+    let events = txn.open_table(EVENTS)?;
+    let mut found: BTreeSet<Order> = BTreeSet::new();
     for filter in filters {
         let limit = filter.limit.unwrap_or(cap).min(cap);
         if limit == 0 || matches_nothing(filter) {
             continue;
         }
-        for event in run_one(txn, &events, filter, limit)? {
-            found.insert(order(&event), event);
+        found.extend(run_one(txn, &events, filter, limit)?);
+    }
+    Ok(found.into_iter().map(|(_, id)| id).collect())
+}
+
+/// The stored JSON of the events `ids` names, in order, skipping absent ones; stops after
+/// the event that brings the total to `max_bytes` or more. Returns the texts and how many
+/// of `ids` were consumed.
+pub fn load_json(
+    txn: &ReadTransaction,
+    ids: &[Id],
+    max_bytes: usize,
+) -> Result<(Vec<String>, usize), redb::Error> {
+    let events = txn.open_table(EVENTS)?;
+    let mut texts = Vec::new();
+    let mut bytes = 0;
+    for (n, id) in ids.iter().enumerate() {
+        if bytes >= max_bytes {
+            return Ok((texts, n));
+        }
+        let Some(json) = events.get(id)? else {
+            continue;
+        };
+        // Written by `Event::as_json`, and decoded when the query matched it.
+        match String::from_utf8(json.value().to_vec()) {
+            Ok(text) => {
+                bytes += text.len();
+                texts.push(text);
+            }
+            Err(_) => tracing::error!(id = %super::hex(id), "stored event is not UTF-8; skipped"),
         }
     }
-    Ok(found.into_values().collect())
+    Ok((texts, ids.len()))
 }
 
 fn order(event: &Event) -> Order {
     (Reverse(event.created_at.as_secs()), event.id.to_bytes())
 }
 
-/// The newest `limit` events matching one filter.
+/// The newest `limit` events matching one filter, as their order keys.
 fn run_one(
     txn: &ReadTransaction,
     events: &ReadOnlyTable<Id, &'static [u8]>,
     filter: &Filter,
     limit: usize,
-) -> Result<Vec<Event>, redb::Error> {
+) -> Result<BTreeSet<Order>, redb::Error> {
     let since = filter.since.map_or(0, |t| t.as_secs());
     let until = filter.until.map_or(u64::MAX, |t| t.as_secs());
     if since > until {
-        return Ok(Vec::new());
+        return Ok(BTreeSet::new());
     }
     let mut scan = Scan {
         events,
         filter,
         limit,
-        found: BTreeMap::new(),
+        found: BTreeSet::new(),
     };
     const LOW: Id = [0; 32];
     const HIGH: Id = [0xff; 32];
@@ -98,15 +144,16 @@ fn run_one(
         let range = table.range((since, LOW)..=(until, HIGH))?;
         scan.take_newest(range.rev().map(|entry| entry.map(|(key, _)| key.value().1)))?;
     }
-    Ok(scan.found.into_values().take(limit).collect())
+    Ok(scan.found)
 }
 
-/// Collects matching events from candidate ids.
+/// Collects the newest `limit` matching events' keys from candidate ids.
 struct Scan<'a> {
     events: &'a ReadOnlyTable<Id, &'static [u8]>,
     filter: &'a Filter,
     limit: usize,
-    found: BTreeMap<Order, Event>,
+    /// Never more than `limit`: the oldest is dropped as a newer one comes.
+    found: BTreeSet<Order>,
 }
 
 impl Scan<'_> {
@@ -137,7 +184,10 @@ impl Scan<'_> {
             .filter
             .match_event(&event, MatchEventOptions::new().nip50(false));
         if matches {
-            self.found.insert(order(&event), event);
+            self.found.insert(order(&event));
+            if self.found.len() > self.limit {
+                self.found.pop_last();
+            }
         }
         Ok(matches)
     }

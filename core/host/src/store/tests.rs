@@ -785,4 +785,38 @@ fn the_referenced_index_survives_a_restart_and_follows_releases() {
     assert_eq!(referenced(&store, &[&x]), [true]);
     store.release_waiting(&pr.id).unwrap().unwrap();
     assert_eq!(referenced(&store, &[&x, &y]), [true, true]);
+#[test]
+fn ids_then_chunks_give_the_query_answer_in_bounded_pieces() {
+    let dir = TempDir::new("chunks");
+    let store = open(&dir);
+    let author = keys(1);
+    let events: Vec<Event> = (0..5)
+        .map(|n| event(&author, 1621, 100 + n, &[], &"x".repeat(1000)))
+        .collect();
+    for e in &events {
+        assert_eq!(store.insert(e).unwrap(), stored());
+    }
+    let filters = [Filter::new().kind(Kind::from(1621))];
+    let whole = store.query(&filters, 500).unwrap();
+    let answer = store.query_ids(&filters, 500).unwrap();
+    assert_eq!(answer, ids(&whole), "same answer, same order");
+    assert_eq!(
+        store.query_ids(&filters, 2).unwrap().len(),
+        2,
+        "cap bounds it"
+    );
+    // About 1.5 events' worth per chunk: two events per read, the last one alone.
+    let mut rest = &answer[..];
+    let mut texts = Vec::new();
+    let mut reads = 0;
+    while !rest.is_empty() {
+        let (chunk, consumed) = store.load_json(rest, 1500).unwrap();
+        assert!(chunk.len() <= 2, "{}", chunk.len());
+        texts.extend(chunk);
+        rest = &rest[consumed..];
+        reads += 1;
+    }
+    assert_eq!(reads, 3);
+    let decoded: Vec<Event> = texts.iter().map(|t| Event::from_json(t).unwrap()).collect();
+    assert_eq!(decoded, whole);
 }
