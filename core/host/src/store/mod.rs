@@ -10,9 +10,9 @@
 //!
 //! ```text
 //! served:    insert / insert_many -> InsertOutcome      query(filters, cap) -> events
+//!            query_ids(filters, cap) + load_json(ids, max_bytes): the same, streamed
 //! "tagged by": is_referenced(id): named by an accepted issue, patch, PR or comment, not served
 //!            yet (kept by every insert; bounded, oldest forgotten first: references.rs)
-//!            query_ids(filters, cap) + load_json(ids, max_bytes): the same, streamed
 //! purgatory: put_waiting / remove_waiting / waiting_all (start-up restore)
 //!            release_waiting(id) = move it from purgatory to served, in one transaction
 //! ```
