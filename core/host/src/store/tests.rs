@@ -785,6 +785,8 @@ fn the_referenced_index_survives_a_restart_and_follows_releases() {
     assert_eq!(referenced(&store, &[&x]), [true]);
     store.release_waiting(&pr.id).unwrap().unwrap();
     assert_eq!(referenced(&store, &[&x, &y]), [true, true]);
+}
+
 #[test]
 fn ids_then_chunks_give_the_query_answer_in_bounded_pieces() {
     let dir = TempDir::new("chunks");
