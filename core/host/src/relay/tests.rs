@@ -566,7 +566,7 @@ fn empty_value_lists_match_nothing_stored_or_live() {
         json!({"kinds": []}),
         json!({"#e": []}),
     ] {
-        let query = expect_query(s.handle_text(&req("sub", &[filter.clone()])));
+        let query = expect_query(s.handle_text(&req("sub", std::slice::from_ref(&filter))));
         assert!(query.filters.is_empty(), "{filter} was kept: {query:?}");
         assert!(
             s.live_event(&event(1, 1, &[])).is_empty(),
