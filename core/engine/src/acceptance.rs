@@ -7,7 +7,7 @@ use nostr::nips::nip19::ToBech32;
 use nostr::types::url::Url;
 
 use crate::events::{Announcement, GitEvent, PullRequest, RepoState, KIND_ANNOUNCEMENT};
-use crate::ids::{Identifier, PublicKey};
+use crate::ids::{Identifier, PublicKey, RepoKey};
 use crate::maintainers::{maintainer_set, Announcements};
 
 /// This server's public origin (`https://host[:port]`), and how URLs are compared with it:
@@ -60,6 +60,31 @@ impl OwnService {
         format!("{scheme}://{}/{npub}/{id}", self.authority())
     }
 
+    /// The GRASP-06 URL where `signer` pushes PR tips for `identifier`:
+    /// `<origin>/prs/<npub>/<identifier>.git`.
+    pub fn prs_clone_url(&self, signer: &PublicKey, identifier: &Identifier) -> String {
+        let scheme = if self.secure { "https" } else { "http" };
+        let npub = signer.to_bech32().unwrap_or_default();
+        let id = percent_encode_segment(&format!("{identifier}.git"));
+        format!("{scheme}://{}/prs/{npub}/{id}", self.authority())
+    }
+
+    /// The GRASP-06 repository of `pr` here: the first `clone` URL that is this server's
+    /// `/prs/<signer npub>/<identifier>.git`, for the PR's own signer and a valid identifier.
+    pub fn prs_repo_of(&self, pr: &PullRequest) -> Option<RepoKey> {
+        let npub = pr.author.to_bech32().ok()?;
+        pr.clone.iter().find_map(|url| {
+            let segments = self.own_path_segments(url)?;
+            match segments.as_slice() {
+                [prs, n, repo] if prs == "prs" && n.to_ascii_lowercase() == npub => {
+                    let identifier = Identifier::new(repo.strip_suffix(".git")?).ok()?;
+                    Some(RepoKey::prs(pr.author, identifier))
+                }
+                _ => None,
+            }
+        })
+    }
+
     /// The `relays` URL an announcement must list.
     pub fn relay_url(&self) -> String {
         let scheme = if self.secure { "wss" } else { "ws" };
@@ -74,23 +99,27 @@ impl OwnService {
 
     /// Whether `url` is this server's git URL for `/<owner>/<identifier>.git`.
     pub fn is_own_clone_url(&self, url: &str, owner: &PublicKey, identifier: &Identifier) -> bool {
-        let Some(url) = self.same_origin(url, &["http", "https"]) else {
+        let Some(segments) = self.own_path_segments(url) else {
             return false;
         };
-        if url.query().is_some() {
-            return false;
-        }
-        let Some(segments) = url.path_segments() else {
-            return false;
-        };
-        let mut segments: Vec<String> = segments.map(percent_decode).collect();
-        if segments.last().is_some_and(String::is_empty) {
-            segments.pop(); // a trailing slash
-        }
         let npub = owner.to_bech32().unwrap_or_default();
         matches!(segments.as_slice(),
             [n, repo] if n.to_ascii_lowercase() == npub
                 && repo.strip_suffix(".git") == Some(identifier.as_str()))
+    }
+
+    /// The percent-decoded path segments of an http(s) URL on this origin without a query
+    /// (a trailing slash dropped).
+    fn own_path_segments(&self, url: &str) -> Option<Vec<String>> {
+        let url = self.same_origin(url, &["http", "https"])?;
+        if url.query().is_some() {
+            return None;
+        }
+        let mut segments: Vec<String> = url.path_segments()?.map(percent_decode).collect();
+        if segments.last().is_some_and(String::is_empty) {
+            segments.pop(); // a trailing slash
+        }
+        Some(segments)
     }
 
     /// Whether `url` is this server's relay URL (`ws(s)://<host>` with no path).
@@ -281,12 +310,13 @@ pub fn accept_state(
     )))
 }
 
-/// A PR or PR update is taken if one of its `a` tags names a known repository.
+/// A PR or PR update is taken if one of its `a` tags names a known repository, or (GRASP-06)
+/// it has a PR repository here (`pr.prs_repo`, set by the engine from its `clone` tags).
 pub fn accept_pr(known: &(impl KnownRepos + ?Sized), pr: &PullRequest) -> Result<(), Rejection> {
     let names_known_repo = pr.repos.iter().any(|c| {
         c.kind == KIND_ANNOUNCEMENT && known.known_owners(&c.identifier).contains(&c.author)
     });
-    if names_known_repo {
+    if names_known_repo || pr.prs_repo.is_some() {
         return Ok(());
     }
     let named: Vec<String> = pr.repos.iter().map(ToString::to_string).collect();

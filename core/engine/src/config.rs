@@ -13,6 +13,9 @@ pub struct Config {
     pub own_origin: Option<String>,
     /// Fetch from loopback, private and link-local addresses (tests and private deployments).
     pub allow_private_remotes: bool,
+    /// GRASP-06: take PRs whose `clone` names this server's `/prs/<signer>/<identifier>.git`,
+    /// even for repositories not hosted here, and mirror them into the hosted ones they name.
+    pub grasp06: bool,
 
     /// How long an announcement, state, PR or PR update waits for its git data.
     pub purgatory_expiry: Duration,
@@ -71,6 +74,7 @@ impl Default for Config {
         Config {
             own_origin: None,
             allow_private_remotes: false,
+            grasp06: false,
             purgatory_expiry: Duration::from_secs(30 * 60),
             placeholder_expiry: Duration::from_secs(30 * 60),
             max_waiting: 1_000_000,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::ids::{BadIdentifier, EventId, Identifier, Oid, PublicKey};
+use crate::ids::{BadIdentifier, EventId, Identifier, Oid, PublicKey, RepoKey};
 
 pub const KIND_DELETION: u16 = 5;
 pub const KIND_PR: u16 = 1618;
@@ -153,6 +153,10 @@ pub struct PullRequest {
     pub clone: Vec<String>,
     /// `E` tag of a PR update (kind 1619): the PR it updates. `None` for kind 1618.
     pub updates: Option<EventId>,
+    /// This server's GRASP-06 repository the PR names in `clone`
+    /// (`/prs/<signer npub>/<identifier>.git`). Not parsed: the engine sets it on admission,
+    /// when GRASP-06 is enabled, since only it knows this server's origin.
+    pub prs_repo: Option<RepoKey>,
 }
 
 /// Kind 5: a deletion request by event id (`e`) and/or coordinate (`a`).
@@ -535,6 +539,7 @@ fn parse_pr(
         commit,
         clone: tags.values("clone"),
         updates,
+        prs_repo: None,
     })
 }
 

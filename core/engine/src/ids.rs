@@ -216,21 +216,54 @@ impl fmt::Debug for Identifier {
     }
 }
 
-/// One hosted bare repository: `/<npub of owner>/<identifier>.git`.
+/// Which git namespace a repository lives in.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub enum Namespace {
+    /// `/<npub>/<identifier>.git`: a repository announced here, governed by its states.
+    #[default]
+    Hosted,
+    /// `/prs/<npub>/<identifier>.git` (GRASP-06): where anyone pushes `refs/nostr/<event-id>`
+    /// for a PR or PR update, `<npub>` being the PR's signer. Holds nothing else.
+    Prs,
+}
+
+/// One bare repository: `/<npub of owner>/<identifier>.git`, or its `/prs/` counterpart.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct RepoKey {
     pub owner: PublicKey,
     pub identifier: Identifier,
+    pub namespace: Namespace,
 }
 
 impl RepoKey {
+    /// A hosted repository.
     pub fn new(owner: PublicKey, identifier: Identifier) -> RepoKey {
-        RepoKey { owner, identifier }
+        RepoKey {
+            owner,
+            identifier,
+            namespace: Namespace::Hosted,
+        }
+    }
+
+    /// A GRASP-06 PR repository of `signer`.
+    pub fn prs(signer: PublicKey, identifier: Identifier) -> RepoKey {
+        RepoKey {
+            owner: signer,
+            identifier,
+            namespace: Namespace::Prs,
+        }
+    }
+
+    pub fn is_prs(&self) -> bool {
+        self.namespace == Namespace::Prs
     }
 }
 
 impl fmt::Display for RepoKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_prs() {
+            f.write_str("prs/")?;
+        }
         write!(f, "{}/{}", self.owner.to_hex(), self.identifier)
     }
 }

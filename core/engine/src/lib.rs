@@ -39,5 +39,5 @@ pub use engine::{
     ApplyError, ApplyPlan, Arrival, Command, Engine, EngineEvent, FetchError, FetchReport, Input,
     RefDecision, RefEdit, RefUpdate, RepoSnapshot, Stats, Ticket, TimerReason, Verdict,
 };
-pub use ids::{CommandId, EventId, Identifier, Oid, PublicKey, RepoKey};
+pub use ids::{CommandId, EventId, Identifier, Namespace, Oid, PublicKey, RepoKey};
 pub use time::Time;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::deletion::deletion_matches;
-use crate::events::{Coordinate, Deletion, GitEvent, KIND_ANNOUNCEMENT, KIND_STATE};
+use crate::events::{Deletion, GitEvent, PullRequest, KIND_ANNOUNCEMENT, KIND_STATE};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
 use crate::lookup::LookupMap;
 use crate::time::Time;
@@ -112,7 +112,7 @@ impl Purgatory {
                 self.counts.states += 1;
             }
             GitEvent::Pr(p) => {
-                for repo in pr_repos(&p.repos) {
+                for repo in pr_repos(p) {
                     self.prs.insert(repo, id);
                 }
                 self.counts.prs += 1;
@@ -145,7 +145,7 @@ impl Purgatory {
                 self.counts.states -= 1;
             }
             GitEvent::Pr(p) => {
-                for repo in pr_repos(&p.repos) {
+                for repo in pr_repos(p) {
                     self.prs.remove(repo, id);
                 }
                 self.counts.prs -= 1;
@@ -295,12 +295,14 @@ impl Purgatory {
     }
 }
 
-/// PR target coordinates that name repositories (kind 30617), de-duplicated.
-pub fn pr_repos(coordinates: &[Coordinate]) -> BTreeSet<RepoKey> {
-    coordinates
+/// The repositories a PR concerns: those its `a` coordinates name (kind 30617), and its
+/// GRASP-06 repository here if it has one; de-duplicated.
+pub fn pr_repos(pr: &PullRequest) -> BTreeSet<RepoKey> {
+    pr.repos
         .iter()
         .filter(|c| c.kind == KIND_ANNOUNCEMENT)
         .map(|c| RepoKey::new(c.author, c.identifier.clone()))
+        .chain(pr.prs_repo.clone())
         .collect()
 }
 

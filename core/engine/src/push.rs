@@ -117,6 +117,24 @@ pub fn decide_push(
         .collect()
 }
 
+/// Decides each command of a push to a GRASP-06 `/prs/` repository: only
+/// `refs/nostr/<event-id>`, checked like on a hosted repository; nothing else lives there.
+pub fn decide_prs_push(
+    updates: &[RefUpdate],
+    known_pr_commit: impl Fn(&EventId) -> Option<Oid>,
+) -> Vec<RefDecision> {
+    updates
+        .iter()
+        .map(|u| match u.name.strip_prefix("refs/nostr/") {
+            Some(id) => decide_nostr_ref(id, u, &known_pr_commit),
+            None => RefDecision::Reject(format!(
+                "only refs/nostr/<event-id> can be pushed to /prs/ (GRASP-06), not {}: push                  branches and tags to the repository itself",
+                u.name
+            )),
+        })
+        .collect()
+}
+
 /// Branches and tags are accepted or refused together: accepting some would leave the
 /// repository matching no state at all.
 fn decide_branches_and_tags(

@@ -124,6 +124,9 @@ enum ApplyPurpose {
     },
     /// A `refs/nostr/<id>` placeholder ref deleted.
     RemovePlaceholder(EventId, Placeholder),
+    /// A PR released from its GRASP-06 repository, copied into a hosted repository it names.
+    /// Nothing waits on it: a conflict means that repository has its own `refs/nostr/<id>`.
+    MirrorPr(EventId),
 }
 
 impl Engine {
@@ -212,7 +215,7 @@ impl Engine {
         }
         // Restored from the store: durable already, so it takes effect at once.
         let waiting = Waiting {
-            parsed,
+            parsed: self.with_prs_repo(parsed),
             arrival,
             received: now,
             expires: now + remaining,
@@ -274,7 +277,7 @@ impl Engine {
                     event.kind.as_u16()
                 ))
             }
-            Ok(Some(p)) => p,
+            Ok(Some(p)) => self.with_prs_repo(p),
         };
         let id = event.id;
         if self.purgatory.contains(&id)
@@ -430,6 +433,14 @@ impl Engine {
     }
 
     // --- internals shared by the submodules ---
+
+    /// GRASP-06: notes a PR's repository under `/prs/` here, when enabled.
+    fn with_prs_repo(&self, mut parsed: GitEvent) -> GitEvent {
+        if let (true, Some(own), GitEvent::Pr(pr)) = (self.config.grasp06, &self.own, &mut parsed) {
+            pr.prs_repo = own.prs_repo_of(pr);
+        }
+        parsed
+    }
 
     fn view(&self) -> View<'_> {
         View {

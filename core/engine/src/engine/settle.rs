@@ -6,7 +6,7 @@ use super::{ApplyInFlight, ApplyPurpose, Engine};
 use crate::engine::types::{
     ApplyError, ApplyPlan, Command, EngineEvent, RefDecision, RefEdit, RefUpdate, RepoSnapshot,
 };
-use crate::events::{GitEvent, RefName, RepoState};
+use crate::events::{GitEvent, PullRequest, RefName, RepoState};
 use crate::ids::{CommandId, EventId, Oid, RepoKey};
 use crate::push;
 use crate::release::{self, RepoUpdate, Target};
@@ -222,6 +222,13 @@ impl Engine {
             (ApplyPurpose::RemovePlaceholder(eid, p), Err(ApplyError::Io(reason))) => {
                 self.placeholder_delete_failed(now, repo.clone(), eid, p, reason);
             }
+            (ApplyPurpose::MirrorPr(_), Ok(()) | Err(ApplyError::Conflict)) => {}
+            (ApplyPurpose::MirrorPr(eid), Err(ApplyError::Io(reason))) => {
+                self.events.push_back(EngineEvent::ApplyFailed {
+                    repo: repo.clone(),
+                    reason: format!("mirroring PR {} from /prs/: {reason}", eid.to_hex()),
+                });
+            }
         }
         self.after_settle_step(&repo);
     }
@@ -247,7 +254,7 @@ impl Engine {
         ids: &[EventId],
         state: Option<(u64, EventId)>,
     ) {
-        if !self.view().is_hosted(repo) {
+        if !repo.is_prs() && !self.view().is_hosted(repo) {
             // Its announcement left while the Inspect or Apply ran: the repository was removed.
             return;
         }
@@ -270,12 +277,17 @@ impl Engine {
                     released_state = Some(waiting.parsed.clone());
                     self.accepted.add_state(s.clone(), Some(repo.clone()));
                 }
-                GitEvent::Pr(_) => self.purgatory.remember_released_pr(
-                    now,
-                    *id,
-                    self.config.remember_expired_for,
-                    self.config.max_remembered_expired,
-                ),
+                GitEvent::Pr(pr) => {
+                    self.purgatory.remember_released_pr(
+                        now,
+                        *id,
+                        self.config.remember_expired_for,
+                        self.config.max_remembered_expired,
+                    );
+                    if repo.is_prs() {
+                        self.mirror_pr(repo, pr);
+                    }
+                }
                 GitEvent::Deletion(_) => {}
             }
             self.counters.released += 1;
@@ -295,6 +307,39 @@ impl Engine {
             for sibling in siblings.into_iter().filter(|s| s != repo) {
                 self.request_inspect(sibling, false);
             }
+        }
+    }
+
+    /// GRASP-06: a PR released from its `/prs/` repository gets its `refs/nostr/<id>` in every
+    /// hosted repository it names (never the reverse: a hosted repository's PRs stay there).
+    fn mirror_pr(&mut self, from: &RepoKey, pr: &PullRequest) {
+        let hosted: Vec<RepoKey> = {
+            let view = self.view();
+            view.targets(&GitEvent::Pr(pr.clone()))
+                .into_iter()
+                .filter(|r| !r.is_prs())
+                .collect()
+        };
+        for repo in hosted {
+            let id = self.next_id();
+            self.applies.insert(
+                id,
+                ApplyInFlight {
+                    repo: repo.clone(),
+                    purpose: ApplyPurpose::MirrorPr(pr.id),
+                },
+            );
+            let plan = ApplyPlan {
+                repo,
+                copy_from: Some((from.clone(), vec![pr.commit])),
+                edits: vec![RefEdit {
+                    name: release::pr_ref_name(&pr.id),
+                    expected: None,
+                    new: Some(pr.commit),
+                }],
+                head: None,
+            };
+            self.issue_apply(id, plan);
         }
     }
 
@@ -400,6 +445,13 @@ pub(super) fn decide_push(
     current: &BTreeMap<RefName, Oid>,
     updates: &[RefUpdate],
 ) -> Vec<RefDecision> {
+    let known_pr_commit = |id: &EventId| match engine.purgatory.get(id).map(|w| &w.parsed) {
+        Some(GitEvent::Pr(p)) => Some(p.commit),
+        _ => None,
+    };
+    if repo.is_prs() {
+        return push::decide_prs_push(updates, known_pr_commit);
+    }
     let view = engine.view();
     let maintainers = view.maintainers(repo);
     // Only states newer than the one the repository holds: a push must never take it back
@@ -412,9 +464,5 @@ pub(super) fn decide_push(
             _ => None,
         })
         .collect();
-    let known_pr_commit = |id: &EventId| match engine.purgatory.get(id).map(|w| &w.parsed) {
-        Some(GitEvent::Pr(p)) => Some(p.commit),
-        _ => None,
-    };
     push::decide_push(current, updates, &states, known_pr_commit)
 }

@@ -141,9 +141,9 @@ impl View<'_> {
                 .map(|owner| RepoKey::new(owner, s.identifier.clone()))
                 .filter(|repo| self.maintainers(repo).contains(&s.author))
                 .collect(),
-            GitEvent::Pr(p) => pr_repos(&p.repos)
+            GitEvent::Pr(p) => pr_repos(p)
                 .into_iter()
-                .filter(|r| self.is_hosted(r))
+                .filter(|r| r.is_prs() || self.is_hosted(r))
                 .collect(),
             GitEvent::Deletion(_) => Vec::new(),
         }
