@@ -28,6 +28,11 @@ pub struct Config {
     #[arg(long, env = "GRASPD_ALLOW_PRIVATE_REMOTES")]
     pub allow_private_remotes: bool,
 
+    /// GRASP-06: serve `/prs/<npub>/<identifier>.git`, where anyone pushes
+    /// `refs/nostr/<event-id>` for a PR or PR update, also for repositories not hosted here.
+    #[arg(long, env = "GRASPD_GRASP06")]
+    pub grasp06: bool,
+
     /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info,graspd_host=debug`.
     #[arg(long = "log", env = "GRASPD_LOG", default_value = "info")]
     pub log_filter: String,
@@ -288,6 +293,7 @@ impl Config {
         graspd_core::Config {
             own_origin: Some(self.public_url()),
             allow_private_remotes: self.allow_private_remotes,
+            grasp06: self.grasp06,
             purgatory_expiry: self.purgatory_expiry(),
             placeholder_expiry: self.purgatory_expiry(),
             max_waiting: e.max_waiting,

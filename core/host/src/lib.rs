@@ -74,6 +74,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         description: "A GRASP server: git repositories authorised by signed nostr proofs"
             .to_owned(),
         domain: public_authority(&config.public_url()),
+        grasp06: config.grasp06,
         ..Default::default()
     };
     let settings = driver::Settings {
@@ -136,6 +137,7 @@ pub async fn serve_site(
         body: config.body_limits(),
         public_url: config.public_url(),
         clients: Arc::new(clients),
+        grasp06: config.grasp06,
     };
     let server = http::Server::bind(Arc::clone(&runtime), config.bind, site)
         .await

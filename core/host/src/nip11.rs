@@ -23,6 +23,8 @@ pub struct RelayInfo {
     pub pubkey: Option<String>,
     /// Operator contact (URI), if published.
     pub contact: Option<String>,
+    /// GRASP-06 (`/prs/` PR submission) is served.
+    pub grasp06: bool,
 }
 
 /// Whether an `Accept` header value asks for the NIP-11 document.
@@ -58,6 +60,15 @@ pub fn acceptance_criteria(domain: &str) -> String {
     )
 }
 
+/// The GRASPs this server implements, as NIP-11 lists them.
+fn supported_grasps(info: &RelayInfo) -> Vec<&'static str> {
+    let mut grasps = vec!["GRASP-01", "GRASP-02"];
+    if info.grasp06 {
+        grasps.push("GRASP-06");
+    }
+    grasps
+}
+
 /// The document as a JSON value.
 pub fn document(info: &RelayInfo, limits: &RelayLimits) -> Value {
     let mut doc = json!({
@@ -66,7 +77,7 @@ pub fn document(info: &RelayInfo, limits: &RelayLimits) -> Value {
         "software": "graspd",
         "version": env!("CARGO_PKG_VERSION"),
         "supported_nips": [1, 9, 11, 34],
-        "supported_grasps": ["GRASP-01", "GRASP-02"],
+        "supported_grasps": supported_grasps(info),
         "repo_acceptance_criteria": acceptance_criteria(&info.domain),
         "limitation": {
             "max_message_length": limits.max_message_bytes,
@@ -108,6 +119,7 @@ mod tests {
             domain: "git.example.com".into(),
             pubkey: None,
             contact: Some("mailto:ops@example.com".into()),
+            grasp06: false,
         };
         let limits = RelayLimits::default();
         let doc: Value = serde_json::from_str(&document_json(&info, &limits)).unwrap();
@@ -121,6 +133,15 @@ mod tests {
         assert_eq!(doc["contact"], json!("mailto:ops@example.com"));
         assert!(doc.get("pubkey").is_none());
         assert!(doc.get("curation").is_none());
+        let with_prs = RelayInfo {
+            grasp06: true,
+            ..info
+        };
+        let doc: Value = serde_json::from_str(&document_json(&with_prs, &limits)).unwrap();
+        assert_eq!(
+            doc["supported_grasps"],
+            json!(["GRASP-01", "GRASP-02", "GRASP-06"])
+        );
     }
 
     #[test]

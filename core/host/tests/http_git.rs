@@ -466,6 +466,7 @@ fn server_stops_when_shutdown_completes() {
             },
             public_url: String::new(),
             clients: Default::default(),
+            grasp06: false,
         };
         let runtime = h.git.runtime().clone();
         h.block_on(async move {

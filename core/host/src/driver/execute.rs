@@ -26,6 +26,12 @@ impl Node {
                     max_bytes: self.settings.max_fetch_bytes,
                     allow_private: self.settings.allow_private_remotes,
                 };
+                if into.is_prs() {
+                    // A GRASP-06 repository exists once something is pushed or fetched into it.
+                    if let Err(error) = self.git.create_repo(&into).await {
+                        warn!(%id, repo = %into, %error, "creating the PR repository failed");
+                    }
+                }
                 let domain = domain_of(&url);
                 debug!(%id, repo = %into, %url, wanted = oids.len(), "fetch starts");
                 let result = self.git.fetch(&into, &url, &oids, &limits).await;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use graspd_core::{Oid, RepoKey};
+use graspd_core::{Namespace, Oid, RepoKey};
 use nostr::nips::nip19::ToBech32;
 
 pub use fetch::{FetchError, FetchLimits};
@@ -142,9 +142,40 @@ impl Git {
             .owner
             .to_bech32()
             .expect("bech32 encoding of a public key cannot fail");
-        self.data_dir
-            .join(npub)
-            .join(format!("{}.git", repo.identifier))
+        let base = match repo.namespace {
+            Namespace::Hosted => self.data_dir.clone(),
+            Namespace::Prs => self.prs_dir(),
+        };
+        base.join(npub).join(format!("{}.git", repo.identifier))
+    }
+
+    /// GRASP-06 PR repositories: `<data-dir>/prs/<npub>/<identifier>.git` (npubs start
+    /// `npub1`, so no hosted owner directory is named `prs`).
+    fn prs_dir(&self) -> PathBuf {
+        self.data_dir.join("prs")
+    }
+
+    /// Where a git request for `repo` is served from: the repository, or for a `/prs/`
+    /// repository nobody has pushed to yet, one shared empty repository (so a GET creates
+    /// nothing per path). `None`: not found.
+    pub async fn serving_path(&self, repo: &RepoKey) -> Result<Option<PathBuf>, GitError> {
+        if self.exists(repo) {
+            return Ok(Some(self.repo_path(repo)));
+        }
+        if !repo.is_prs() {
+            return Ok(None);
+        }
+        let empty = self.prs_dir().join("empty.git");
+        if !repo::is_repo(&empty) {
+            let _guard = self.locks.lock(&empty).await?;
+            repo::create_bare_repo(&*self.runtime, &empty).await?;
+        }
+        Ok(Some(empty))
+    }
+
+    /// Creates `repo` for a push whose commands were accepted, under the lock the push holds.
+    pub async fn create_for_push(&self, repo: &RepoKey, _held: &RepoGuard) -> Result<(), GitError> {
+        repo::create_bare_repo(&*self.runtime, &self.repo_path(repo)).await
     }
 
     /// True if the repo exists on disk.
@@ -172,7 +203,11 @@ impl Git {
     }
 
     /// Which of `oids` the repo has, its refs and HEAD. Reads only; takes no lock.
+    /// A `/prs/` repository nobody has pushed to yet is empty, not an error.
     pub async fn inspect(&self, repo: &RepoKey, oids: &[Oid]) -> Result<Inspection, GitError> {
+        if repo.is_prs() && !self.exists(repo) {
+            return Ok(Inspection::default());
+        }
         repo::inspect(&*self.runtime, &self.repo_path(repo), oids).await
     }
 

@@ -107,12 +107,19 @@ impl GitOps for Git {
     }
 }
 
-/// Every `<data-dir>/<npub>/<identifier>.git` directory that names a valid repository.
+/// Every `<data-dir>/<npub>/<identifier>.git` directory that names a valid repository, and
+/// every GRASP-06 one under `<data-dir>/prs/`.
 fn hosted_repos(data_dir: &std::path::Path) -> Vec<RepoKey> {
-    use nostr::nips::nip19::FromBech32;
     let mut repos = Vec::new();
-    let Ok(owners) = std::fs::read_dir(data_dir) else {
-        return repos;
+    repos_under(data_dir, graspd_core::Namespace::Hosted, &mut repos);
+    repos_under(&data_dir.join("prs"), graspd_core::Namespace::Prs, &mut repos);
+    repos
+}
+
+fn repos_under(dir: &std::path::Path, namespace: graspd_core::Namespace, repos: &mut Vec<RepoKey>) {
+    use nostr::nips::nip19::FromBech32;
+    let Ok(owners) = std::fs::read_dir(dir) else {
+        return;
     };
     for owner_dir in owners.flatten() {
         let name = owner_dir.file_name();
@@ -134,8 +141,9 @@ fn hosted_repos(data_dir: &std::path::Path) -> Vec<RepoKey> {
             else {
                 continue;
             };
-            repos.push(RepoKey::new(owner, identifier));
+            let mut repo = RepoKey::new(owner, identifier);
+            repo.namespace = namespace;
+            repos.push(repo);
         }
     }
-    repos
 }

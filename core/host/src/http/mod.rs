@@ -86,6 +86,8 @@ pub struct Site {
     pub public_url: String,
     /// Client addresses and WebSocket caps.
     pub clients: Arc<clients::Clients>,
+    /// GRASP-06: `/prs/<npub>/<identifier>.git` is served (404 otherwise).
+    pub grasp06: bool,
 }
 
 const CORS_METHODS: &str = "GET, POST, OPTIONS, HEAD";
@@ -124,6 +126,9 @@ impl Site {
             Err(bad) => return status(StatusCode::BAD_REQUEST, &format!("{}\n", bad.0)),
         };
         match route {
+            Route::InfoRefs(repo) | Route::Rpc(repo, _) if repo.is_prs() && !self.grasp06 => {
+                status(StatusCode::NOT_FOUND, "not found\n")
+            }
             Route::Root => self.root(request, peer),
             Route::Metrics if is_get_or_head(&request) => {
                 let mut response = Response::new(full((self.handlers.metrics)()));

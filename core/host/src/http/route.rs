@@ -2,7 +2,7 @@
 //! unvalidated: the npub must decode to a key, the identifier must pass
 //! [`graspd_core::Identifier::new`] after percent-decoding.
 
-use graspd_core::{Identifier, PublicKey, RepoKey};
+use graspd_core::{Identifier, Namespace, PublicKey, RepoKey};
 use nostr::nips::nip19::FromBech32;
 
 use crate::git::smart::Service;
@@ -32,7 +32,13 @@ pub fn route(path: &str) -> Result<Route, BadPath> {
         "/metrics" => return Ok(Route::Metrics),
         _ => {}
     }
-    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let path = path.strip_prefix('/').unwrap_or(path);
+    // GRASP-06's PR repositories mirror the hosted layout under `/prs/`.
+    let (namespace, path) = match path.strip_prefix("prs/") {
+        Some(rest) => (Namespace::Prs, rest),
+        None => (Namespace::Hosted, path),
+    };
+    let segments: Vec<&str> = path.split('/').collect();
     let (npub, repo_segment, rest) = match segments.as_slice() {
         [npub, repo, rest @ ..] if repo.ends_with(".git") && !rest.is_empty() => {
             (*npub, *repo, rest)
@@ -47,7 +53,8 @@ pub fn route(path: &str) -> Result<Route, BadPath> {
         },
         _ => return Ok(Route::NotFound),
     };
-    let repo = parse_repo(npub, &repo_segment[..repo_segment.len() - ".git".len()])?;
+    let mut repo = parse_repo(npub, &repo_segment[..repo_segment.len() - ".git".len()])?;
+    repo.namespace = namespace;
     Ok(match endpoint {
         None => Route::InfoRefs(repo),
         Some(service) => Route::Rpc(repo, service),
@@ -108,6 +115,14 @@ mod tests {
         assert_eq!(route(&format!("/{npub}/x.git/HEAD")), Ok(Route::NotFound));
         assert_eq!(route("/favicon.ico"), Ok(Route::NotFound));
         assert_eq!(route("/"), Ok(Route::Root));
+        let Ok(Route::Rpc(prs, Service::ReceivePack)) =
+            route(&format!("/prs/{npub}/x.git/git-receive-pack"))
+        else {
+            panic!()
+        };
+        assert_eq!(prs, RepoKey::prs(prs.owner, prs.identifier.clone()));
+        assert!(route(&format!("/prs/{npub}/..%2F.git/info/refs")).is_err());
+        assert_eq!(route("/prs/x"), Ok(Route::NotFound));
     }
 
     #[test]

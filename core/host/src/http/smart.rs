@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -50,6 +51,15 @@ fn not_found(repo: &RepoKey) -> Response<ResponseBody> {
         StatusCode::NOT_FOUND,
         &format!("repository {} not found\n", repo.identifier),
     )
+}
+
+/// Where `repo`'s git requests are served from, or the answer when it is not here.
+async fn served_path(site: &Site, repo: &RepoKey) -> Result<PathBuf, Response<ResponseBody>> {
+    match site.git.serving_path(repo).await {
+        Ok(Some(path)) => Ok(path),
+        Ok(None) => Err(not_found(repo)),
+        Err(e) => Err(git_failure("preparing the repository failed", e)),
+    }
 }
 
 fn git_failure(what: &str, error: impl std::fmt::Display) -> Response<ResponseBody> {
@@ -113,9 +123,10 @@ pub(super) async fn info_refs(
             "only smart HTTP is served: use ?service=git-upload-pack or ?service=git-receive-pack\n",
         );
     };
-    if !site.git.exists(&repo) {
-        return not_found(&repo);
-    }
+    let path = match served_path(site, &repo).await {
+        Ok(path) => path,
+        Err(response) => return response,
+    };
     let body = if request.method() == Method::HEAD {
         full(Bytes::new())
     } else {
@@ -123,7 +134,6 @@ pub(super) async fn info_refs(
             Ok(slot) => slot,
             Err(e) => return busy(site, &repo, peer, e),
         };
-        let path = site.git.repo_path(&repo);
         let protocol = git_protocol(&request);
         match git_smart::advertise(&**site.git.runtime(), &path, service, protocol.as_deref()).await
         {
@@ -147,9 +157,10 @@ pub(super) async fn rpc(
     if request.method() != Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
-    if !site.git.exists(&repo) {
-        return not_found(&repo);
-    }
+    let served = match served_path(site, &repo).await {
+        Ok(path) => path,
+        Err(response) => return response,
+    };
     let slot = match site.git.start_request(peer.ip()) {
         Ok(slot) => slot,
         Err(e) => {
@@ -207,7 +218,9 @@ pub(super) async fn rpc(
         &site.body,
     );
     let mut response = match service {
-        Service::UploadPack => upload_pack(site, &repo, protocol.as_deref(), &mut body, slot).await,
+        Service::UploadPack => {
+            upload_pack(site, &repo, &served, protocol.as_deref(), &mut body, slot).await
+        }
         Service::ReceivePack => {
             let response = receive_pack(site, &repo, protocol.as_deref(), &mut body).await;
             drop(slot);
@@ -229,6 +242,7 @@ pub(super) async fn rpc(
 async fn upload_pack(
     site: &Site,
     repo: &RepoKey,
+    path: &Path,
     protocol: Option<&str>,
     body: &mut RequestBody,
     slot: GitRequestSlot,
@@ -237,7 +251,6 @@ async fn upload_pack(
         Ok(request) => request,
         Err(e) => return body_error(site, repo, &e),
     };
-    let path = site.git.repo_path(repo);
     let limits = site.git.limits();
     let deadline = site.git.runtime().now() + limits.process_timeout;
     let (git, name, secs) = (
@@ -251,7 +264,7 @@ async fn upload_pack(
     };
     match git_smart::upload_pack(
         site.git.runtime(),
-        &path,
+        path,
         protocol,
         request,
         Box::new(slot),
@@ -344,6 +357,12 @@ async fn receive_pack(
         let verdicts = decide(site, repo, &current, &commands).await;
         if verdicts.iter().any(Result::is_err) {
             return refused(repo, &commands, verdicts);
+        }
+    }
+    // Only a `/prs/` repository can be missing here: it exists from its first accepted push.
+    if !site.git.exists(repo) {
+        if let Err(e) = site.git.create_for_push(repo, &guard).await {
+            return git_failure("creating the repository failed", e);
         }
     }
     let path = site.git.repo_path(repo);

@@ -140,6 +140,7 @@ impl Harness {
             },
             public_url: "http://127.0.0.1".to_owned(),
             clients: Default::default(),
+            grasp06: false,
         };
         let mut harness = Harness {
             flavor,
