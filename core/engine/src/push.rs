@@ -105,7 +105,7 @@ pub fn decide_push(
                     .cloned()
                     .unwrap_or(RefDecision::Accept)
             } else if let Some(id) = u.name.strip_prefix("refs/nostr/") {
-                decide_nostr_ref(id, u, &known_pr_commit)
+                decide_nostr_ref(id, u, current, &known_pr_commit)
             } else {
                 RefDecision::Reject(format!(
                     "only refs/heads/*, refs/tags/* and refs/nostr/<event-id> can be pushed \
@@ -120,13 +120,14 @@ pub fn decide_push(
 /// Decides each command of a push to a GRASP-06 `/prs/` repository: only
 /// `refs/nostr/<event-id>`, checked like on a hosted repository; nothing else lives there.
 pub fn decide_prs_push(
+    current: &BTreeMap<RefName, Oid>,
     updates: &[RefUpdate],
     known_pr_commit: impl Fn(&EventId) -> Option<Oid>,
 ) -> Vec<RefDecision> {
     updates
         .iter()
         .map(|u| match u.name.strip_prefix("refs/nostr/") {
-            Some(id) => decide_nostr_ref(id, u, &known_pr_commit),
+            Some(id) => decide_nostr_ref(id, u, current, &known_pr_commit),
             None => RefDecision::Reject(format!(
                 "only refs/nostr/<event-id> can be pushed to /prs/ (GRASP-06), not {}: push                  branches and tags to the repository itself",
                 u.name
@@ -219,6 +220,7 @@ fn decide_branches_and_tags(
 fn decide_nostr_ref(
     id: &str,
     u: &RefUpdate,
+    current: &BTreeMap<RefName, Oid>,
     known_pr_commit: &impl Fn(&EventId) -> Option<Oid>,
 ) -> RefDecision {
     let Some(event_id) = parse_event_id_hex(id) else {
@@ -231,6 +233,14 @@ fn decide_nostr_ref(
         return RefDecision::Reject(
             "refs/nostr/* refs are kept by the server and cannot be deleted by a push".to_owned(),
         );
+    }
+    // Once set (by its push or its release), the ref names the event's commit for good: a new
+    // tip is a new event (a PR update, kind 1619) with a ref of its own.
+    if let Some(held) = current.get(&u.name).filter(|held| **held != u.new) {
+        return RefDecision::Reject(format!(
+            "{} already holds {held}: publish a PR update (kind 1619) for a new tip",
+            u.name
+        ));
     }
     match known_pr_commit(&event_id) {
         Some(c) if c != u.new => RefDecision::Reject(format!(

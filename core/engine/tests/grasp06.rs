@@ -175,3 +175,34 @@ fn a_prs_tip_that_differs_from_the_event_is_deleted_and_blocks_the_release() {
         .get(&repo(1, "r"))
         .is_some_and(|r| r.contains_key(&nostr_ref(&pr.id))));
 }
+
+#[test]
+fn a_held_refs_nostr_ref_cannot_be_moved_by_a_push() {
+    let mut engine = Engine::new(grasp06_config());
+    let name = format!("refs/nostr/{}", "cd".repeat(32));
+    let current = std::collections::BTreeMap::from([(name.clone(), oid(3))]);
+    for repo in [repo(1, "r"), prs_repo(5, "r")] {
+        let decisions = engine.decide_push(
+            &repo,
+            &current,
+            &[
+                RefUpdate {
+                    old: oid(3),
+                    new: oid(4),
+                    name: name.clone(),
+                },
+                RefUpdate {
+                    old: oid(3),
+                    new: oid(3),
+                    name: name.clone(),
+                },
+            ],
+        );
+        assert!(
+            matches!(&decisions[0], RefDecision::Reject(r) if r.contains("already holds")),
+            "{repo}: {decisions:?}"
+        );
+        assert_eq!(decisions[1], RefDecision::Accept, "{repo}");
+    }
+    engine.handle_timeout(t(0));
+}

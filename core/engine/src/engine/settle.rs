@@ -450,7 +450,7 @@ pub(super) fn decide_push(
         _ => None,
     };
     if repo.is_prs() {
-        return push::decide_prs_push(updates, known_pr_commit);
+        return push::decide_prs_push(current, updates, known_pr_commit);
     }
     let view = engine.view();
     let maintainers = view.maintainers(repo);
