@@ -4,6 +4,7 @@
 //! Every test body takes a [`Flavor`] and runs once per server binary, so both runtimes pass
 //! one suite.
 
+pub mod browser;
 pub mod git;
 pub mod http;
 pub mod nostr;

@@ -54,6 +54,19 @@ pub fn announcement(
     servers: &[&str],
     maintainers: &[&Keys],
 ) -> Event {
+    announcement_with(keys, identifier, servers, maintainers, &[], 0)
+}
+
+/// [`announcement`] with `extra` tags (e.g. `name`, `description`, `web`; a `name` there
+/// replaces the default one) and a `created_at` offset from now.
+pub fn announcement_with(
+    keys: &Keys,
+    identifier: &str,
+    servers: &[&str],
+    maintainers: &[&Keys],
+    extra: &[&[&str]],
+    created_offset: i64,
+) -> Event {
     let npub = npub(keys);
     let mut clone = vec!["clone".to_owned()];
     let mut relays = vec!["relays".to_owned()];
@@ -63,10 +76,12 @@ pub fn announcement(
     }
     let mut tags = vec![
         tag(&["d", identifier]),
-        tag(&["name", identifier]),
         tag(&clone.iter().map(String::as_str).collect::<Vec<_>>()),
         tag(&relays.iter().map(String::as_str).collect::<Vec<_>>()),
     ];
+    if !extra.iter().any(|values| values.first() == Some(&"name")) {
+        tags.push(tag(&["name", identifier]));
+    }
     if !maintainers.is_empty() {
         let hex: Vec<String> = maintainers
             .iter()
@@ -76,7 +91,8 @@ pub fn announcement(
         m.extend(hex.iter().map(String::as_str));
         tags.push(tag(&m));
     }
-    sign(keys, 30617, tags, 0)
+    tags.extend(extra.iter().map(|values| tag(values)));
+    sign(keys, 30617, tags, created_offset)
 }
 
 /// A 30618 state with `refs` (name, oid) and HEAD pointing at `head` (a branch name).

@@ -5,8 +5,8 @@ use std::time::Duration;
 use graspd_tests::git::{git, git_fails, git_output, ls_remote, WorkRepo};
 use graspd_tests::http::request;
 use graspd_tests::nostr::{
-    announcement, deletion, eventually, keys, npub, pull_request, pull_request_at, repo_coordinate,
-    state, tagged, Event, RelayClient,
+    announcement, announcement_with, deletion, eventually, keys, npub, pull_request,
+    pull_request_at, repo_coordinate, state, tagged, Event, RelayClient,
 };
 use graspd_tests::{both_runtimes, temp_dir, Flavor, Server, ServerOptions};
 use serde_json::json;
@@ -994,6 +994,356 @@ fn empty_clone_then_create_main_and_push(flavor: Flavor) {
     );
 }
 
+/// The Content-Security-Policy every web page carries.
+const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; base-uri 'none'; \
+                        form-action 'none'; frame-ancestors 'none'";
+
+/// The path of `<npub>/<identifier>.git` on a server (the repository's page for a browser).
+fn repo_path(owner: &nostr_sdk::prelude::Keys, identifier: &str) -> String {
+    format!("/{}/{identifier}.git", npub(owner))
+}
+
+/// Announces `identifier` (with `extra` tags and a `created_at` offset), publishes a state with
+/// `main` at a new commit, and pushes it, so the announcement is served. Returns the commit.
+fn publish_and_push(
+    server: &Server,
+    owner: &nostr_sdk::prelude::Keys,
+    identifier: &str,
+    extra: &[&[&str]],
+    created_offset: i64,
+) -> String {
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let ann = announcement_with(
+        owner,
+        identifier,
+        &[&server.http_url()],
+        &[],
+        extra,
+        created_offset,
+    );
+    assert_eq!(relay.publish(&ann).message, PURGATORY);
+    let work = WorkRepo::init(identifier);
+    let commit = work.commit("README", &format!("{identifier}\n"));
+    let st = state(
+        owner,
+        identifier,
+        &[("refs/heads/main", &commit)],
+        Some("main"),
+        0,
+    );
+    assert!(relay.publish(&st).accepted);
+    work.git(&[
+        "push",
+        "-q",
+        &server.repo_url(&npub(owner), identifier),
+        "main",
+    ]);
+    assert!(
+        eventually(SOON, || relay
+            .query_ids(json!({"ids": [ann.id.to_hex()]}))
+            .len()
+            == 1),
+        "announcement {identifier} not served after its push\n{}",
+        server.log()
+    );
+    commit
+}
+
+/// Polls `path` until it answers 200: an announcement is served just after the state that
+/// releases it.
+fn wait_for_page(server: &Server, path: &str) -> graspd_tests::http::Response {
+    let mut last = None;
+    let served = eventually(SOON, || {
+        let r = request(server.addr, "GET", path, &[("Accept", "text/html")], b"");
+        let ok = r.status == 200;
+        last = Some(r);
+        ok
+    });
+    let last = last.expect("at least one answer");
+    assert!(
+        served,
+        "{path}: {} {}\n{}",
+        last.status,
+        last.text(),
+        server.log()
+    );
+    last
+}
+
+fn assert_html_page(r: &graspd_tests::http::Response) {
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("content-security-policy"), Some(PAGE_CSP));
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let body = r.text();
+    assert!(!body.contains("<script"), "{body}");
+    assert!(!body.contains("style="), "inline style: {body}");
+}
+
+/// GRASP-01: a browser's GET of the repository URL gets a page with what the repository holds
+/// and where to browse it; every user-provided string is text, never markup or a script link;
+/// git's own requests to the same repository are answered as before.
+fn repository_page_shows_refs_clone_addresses_and_clients(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let (owner, co) = (keys(1), keys(2));
+    let url = server.repo_url(&npub(&owner), "demo");
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let ann = announcement_with(
+        &owner,
+        "demo",
+        &[&server.http_url()],
+        &[&co],
+        &[
+            &["name", "<script>alert(\"pwned\")</script>"],
+            &["description", "Quotes \" and ' & <b>tags</b>"],
+            &[
+                "web",
+                "javascript:alert(1)",
+                "https://example.com/demo?a=1&b=2",
+            ],
+        ],
+        0,
+    );
+    assert_eq!(relay.publish(&ann).message, PURGATORY);
+    let page = repo_path(&owner, "demo");
+    let waiting = request(server.addr, "GET", &page, &[], b"");
+    assert_eq!(
+        waiting.status, 404,
+        "a page for an announcement in purgatory"
+    );
+    assert_html_page(&waiting);
+
+    let work = WorkRepo::init("work");
+    let c1 = work.commit("README", "hello\n");
+    work.git(&["checkout", "-q", "-b", "dev"]);
+    let c2 = work.commit("dev.txt", "dev\n");
+    work.git(&["tag", "-a", "v1.0", "-m", "release", &c1]);
+    let st = state(
+        &owner,
+        "demo",
+        &[
+            ("refs/heads/main", &c1),
+            ("refs/heads/dev", &c2),
+            ("refs/tags/v1.0", &work.rev("v1.0")),
+        ],
+        Some("main"),
+        0,
+    );
+    assert!(relay.publish(&st).accepted);
+    relay.subscribe("live", json!({"ids": [st.id.to_hex()]}));
+    work.git(&["push", "-q", &url, "main", "dev", "v1.0"]);
+    assert!(
+        relay.wait_for_event("live", &st.id.to_hex(), SOON),
+        "{}",
+        server.log()
+    );
+
+    let r = wait_for_page(&server, &page);
+    assert_html_page(&r);
+    let body = r.text();
+    let owner_npub = npub(&owner);
+    let relay_hint = format!("ws%3A%2F%2F{}", server.addr.to_string().replace(':', "%3A"));
+    for expected in [
+        "<h1>&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;</h1>",
+        "Quotes &quot; and &#39; &amp; &lt;b&gt;tags&lt;/b&gt;",
+        "<a href=\"https://example.com/demo?a=1&amp;b=2\">",
+        "<code>javascript:alert(1)</code>",
+        &format!("git clone {url}"),
+        &format!("git clone nostr://{owner_npub}/{relay_hint}/demo"),
+        "<a href=\"https://gitworkshop.dev/naddr1",
+        "<a href=\"nostr:naddr1",
+        &format!("<code>main</code> <span class=\"badge\">HEAD</span></td><td><code>{c1}</code>"),
+        &format!("<code>dev</code></td><td><code>{c2}</code>"),
+        // The annotated tag is shown at the commit it names.
+        &format!("<code>v1.0</code></td><td><code>{c1}</code>"),
+        "HEAD points to <code>refs/heads/main</code>",
+        &owner_npub,
+        &npub(&co),
+    ] {
+        assert!(body.contains(expected), "{expected:?} missing from\n{body}");
+    }
+    assert!(!body.contains("href=\"javascript"), "{body}");
+    let naddr = body
+        .split("href=\"nostr:")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("an naddr link");
+    let coordinate =
+        <nostr_sdk::prelude::Nip19Coordinate as nostr_sdk::prelude::FromBech32>::from_bech32(naddr)
+            .expect("a NIP-19 naddr");
+    assert_eq!(coordinate.kind.as_u16(), 30617);
+    assert_eq!(coordinate.public_key, owner.public_key());
+    assert_eq!(coordinate.identifier, "demo");
+    assert_eq!(
+        coordinate.relays[0].as_str_without_trailing_slash(),
+        server.ws_url()
+    );
+
+    let css = request(server.addr, "GET", "/graspd.css", &[], b"");
+    assert_eq!(css.status, 200);
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    // The same URL for git: smart HTTP only, unchanged; a POST is not a page.
+    let dumb = request(server.addr, "GET", &format!("{page}/info/refs"), &[], b"");
+    assert_eq!(dumb.status, 403);
+    assert_eq!(request(server.addr, "POST", &page, &[], b"").status, 405);
+    let clone = temp_dir("clone");
+    git(&clone, &["clone", "-q", &url, "c"]);
+    assert_eq!(git(&clone.join("c"), &["rev-parse", "HEAD"]), c1);
+}
+
+/// A repository this server does not host gets a styled 404; so does one whose announcement
+/// is still waiting for its data, although its bare repository exists.
+fn unhosted_repository_page_is_a_styled_404(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let owner = keys(1);
+    let r = request(server.addr, "GET", &repo_path(&owner, "nowhere"), &[], b"");
+    assert_eq!(r.status, 404);
+    assert_html_page(&r);
+    let body = r.text();
+    assert!(body.contains("Repository not found"), "{body}");
+    assert!(body.contains("<code>nowhere</code>"), "{body}");
+    assert!(body.contains("href=\"/graspd.css\""), "{body}");
+
+    let mut relay = RelayClient::connect(&server.ws_url());
+    relay.publish(&announcement(&owner, "waiting", &[&server.http_url()], &[]));
+    assert!(ls_remote(&server.repo_url(&npub(&owner), "waiting")).is_empty());
+    let r = request(server.addr, "GET", &repo_path(&owner, "waiting"), &[], b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("Repository not found"));
+    // git's requests for a repository that does not exist are answered as before.
+    let r = request(
+        server.addr,
+        "GET",
+        &format!(
+            "{}/info/refs?service=git-upload-pack",
+            repo_path(&owner, "nowhere")
+        ),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+}
+
+/// The landing page lists served repositories newest first, links each to its page, leaves
+/// out announcements still waiting, and pages with the `?after=` cursor.
+fn landing_page_lists_hosted_repositories_newest_first(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let (a, b) = (keys(1), keys(2));
+    publish_and_push(&server, &a, "alpha", &[&["description", "the oldest"]], -30);
+    publish_and_push(&server, &b, "beta", &[], -20);
+    publish_and_push(&server, &a, "gamma", &[&["name", "Gamma <3"]], -10);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    relay.publish(&announcement(&a, "waiting", &[&server.http_url()], &[]));
+
+    let r = request(server.addr, "GET", "/", &[("Accept", "text/html")], b"");
+    assert_eq!(r.status, 200);
+    assert_html_page(&r);
+    let body = r.text();
+    let at = |needle: &str| {
+        body.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing from\n{body}"))
+    };
+    let (gamma, beta, alpha) = (
+        at(&format!(
+            "<a href=\"{}\">Gamma &lt;3</a>",
+            server.repo_url(&npub(&a), "gamma")
+        )),
+        at(&format!(
+            "<a href=\"{}\">beta</a>",
+            server.repo_url(&npub(&b), "beta")
+        )),
+        at(&format!(
+            "<a href=\"{}\">alpha</a>",
+            server.repo_url(&npub(&a), "alpha")
+        )),
+    );
+    assert!(gamma < beta && beta < alpha, "not newest first:\n{body}");
+    assert!(body.contains("the oldest"));
+    assert!(
+        !body.contains("waiting.git"),
+        "a waiting announcement is listed:\n{body}"
+    );
+
+    // The page after gamma, by its cursor.
+    let newest = relay.query(json!({"kinds": [30617], "#d": ["gamma"]}));
+    let cursor = format!(
+        "{}-{}",
+        newest[0]["created_at"].as_u64().unwrap(),
+        newest[0]["id"].as_str().unwrap()
+    );
+    let r = request(server.addr, "GET", &format!("/?after={cursor}"), &[], b"");
+    assert_eq!(r.status, 200);
+    let later = r.text();
+    assert!(
+        !later.contains("gamma.git") && later.contains("beta.git") && later.contains("alpha.git")
+    );
+    assert!(later.contains("<a href=\"/\">Newest</a>"), "{later}");
+    let r = request(server.addr, "GET", "/?after=<script>", &[], b"");
+    assert_eq!(r.status, 400);
+}
+
+/// A real browser renders the repository page and the 404 with the stylesheet allowed by the
+/// Content-Security-Policy and no violation reported. With `GRASPD_SCREENSHOT_DIR` set, it
+/// also writes screenshots of the pages there, to look at.
+#[test]
+fn repository_page_and_404_render_in_chromium() {
+    let Some(chromium) = graspd_tests::browser::chromium() else {
+        eprintln!(
+            "SKIPPED repository_page_and_404_render_in_chromium: no chromium on PATH \
+             (apt-get install chromium; under CI the test fails instead)"
+        );
+        return;
+    };
+    let (server, work, url) = served_repo(Flavor::Tokio);
+    wait_for_page(&server, &repo_path(&keys(1), "demo"));
+    let page = graspd_tests::browser::render(&chromium, &url);
+    let text = page.text();
+    for expected in [
+        "demo",
+        "Browse",
+        "Issues, patches and code on gitworkshop.dev",
+        &format!("git clone {url}"),
+        "git clone nostr://",
+        "Branches",
+        &format!("main HEAD {}", work.head()),
+        &npub(&keys(1)),
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} not rendered:\n{text}"
+        );
+    }
+    assert!(
+        !page.log.contains("Content Security Policy"),
+        "CSP violation:\n{}",
+        page.log
+    );
+    let missing = graspd_tests::browser::render(
+        &chromium,
+        &format!("{}{}", server.http_url(), repo_path(&keys(1), "nowhere")),
+    );
+    let text = missing.text();
+    assert!(
+        text.contains("Repository not found") && text.contains("does not host nowhere"),
+        "{text}"
+    );
+    assert!(
+        !missing.log.contains("Content Security Policy"),
+        "{}",
+        missing.log
+    );
+    if let Some(png) = std::env::var_os("GRASPD_SCREENSHOT_DIR") {
+        let dir = std::path::PathBuf::from(png);
+        graspd_tests::browser::screenshot(&chromium, &url, &dir.join("repository.png"));
+        graspd_tests::browser::screenshot(&chromium, &server.http_url(), &dir.join("landing.png"));
+        graspd_tests::browser::screenshot(
+            &chromium,
+            &format!("{}{}", server.http_url(), repo_path(&keys(1), "nowhere")),
+            &dir.join("not-found.png"),
+        );
+    }
+}
+
 both_runtimes!(
     empty_clone_then_create_main_and_push,
     binary_is_named_as_operators_install_it,
@@ -1016,4 +1366,7 @@ both_runtimes!(
     remote_down_then_back_up,
     concurrent_prs_with_present_commits_are_all_served,
     concurrent_states_with_present_data_are_all_served,
+    repository_page_shows_refs_clone_addresses_and_clients,
+    unhosted_repository_page_is_a_styled_404,
+    landing_page_lists_hosted_repositories_newest_first,
 );

@@ -19,7 +19,11 @@ fn ref_of(url: &str, name: &str) -> Option<String> {
 }
 
 fn prs_url(server: &Server, signer: &Keys, identifier: &str) -> String {
-    format!("{}/prs/{}/{identifier}.git", server.http_url(), npub(signer))
+    format!(
+        "{}/prs/{}/{identifier}.git",
+        server.http_url(),
+        npub(signer)
+    )
 }
 
 fn grasp06_server(flavor: Flavor) -> Server {
@@ -99,9 +103,17 @@ fn a_pr_for_a_repository_hosted_elsewhere_is_taken_only_through_prs(flavor: Flav
     let prs = prs_url(&server, &contributor, "elsewhere");
     let pr = pull_request(&contributor, &elsewhere_owner, "elsewhere", &c1, &[&prs]);
     let reply = relay.publish(&pr);
-    assert!(reply.accepted && reply.message.starts_with("purgatory:"), "{reply:?}");
+    assert!(
+        reply.accepted && reply.message.starts_with("purgatory:"),
+        "{reply:?}"
+    );
     relay.subscribe("pr", json!({"ids": [pr.id.to_hex()]}));
-    work.git(&["push", "-q", &prs, &format!("{c1}:refs/nostr/{}", pr.id.to_hex())]);
+    work.git(&[
+        "push",
+        "-q",
+        &prs,
+        &format!("{c1}:refs/nostr/{}", pr.id.to_hex()),
+    ]);
     assert!(
         relay.wait_for_event("pr", &pr.id.to_hex(), SOON),
         "{}",

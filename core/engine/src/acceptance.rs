@@ -163,7 +163,8 @@ fn percent_decode(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn percent_encode_segment(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters, for one URL path segment.
+pub fn percent_encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -197,13 +197,22 @@ mod tests {
         ];
         for ip in public {
             let addr: IpAddr = ip.parse().unwrap();
-            assert!(is_public(addr), "{ip} is public, not {:?}", special_purpose(addr));
+            assert!(
+                is_public(addr),
+                "{ip} is public, not {:?}",
+                special_purpose(addr)
+            );
         }
     }
 
     #[test]
     fn localhost_names() {
-        for name in ["localhost", "LOCALHOST.", "a.localhost", "localhost.localdomain"] {
+        for name in [
+            "localhost",
+            "LOCALHOST.",
+            "a.localhost",
+            "localhost.localdomain",
+        ] {
             assert!(is_loopback_name(name), "{name}");
         }
         for name in ["localhost.example", "mylocalhost", "example.com"] {

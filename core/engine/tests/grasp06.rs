@@ -117,7 +117,13 @@ fn a_pr_released_from_prs_is_mirrored_into_the_hosted_repository_it_names() {
     ));
     assert!(host.released().is_empty());
 
-    push(&mut engine, &mut host, &prs_repo(5, "r"), &nostr_ref(&pr.id), 3);
+    push(
+        &mut engine,
+        &mut host,
+        &prs_repo(5, "r"),
+        &nostr_ref(&pr.id),
+        3,
+    );
 
     assert_eq!(host.released(), [pr.id]);
     assert_eq!(host.refs[&repo(1, "r")][&nostr_ref(&pr.id)], oid(3));
@@ -145,7 +151,12 @@ fn a_prs_pr_for_a_repository_not_hosted_is_released_with_nothing_to_mirror() {
     let mut kit = Kit::default();
     let mut engine = Engine::new(grasp06_config());
     let mut host = Host::default();
-    let pr = kit.pr(5, &repo(1, "elsewhere"), oid(3), &[&prs_url(5, "elsewhere")]);
+    let pr = kit.pr(
+        5,
+        &repo(1, "elsewhere"),
+        oid(3),
+        &[&prs_url(5, "elsewhere")],
+    );
     publish(&mut engine, &mut host, t(0), pr.clone(), Arrival::Published);
     push(
         &mut engine,
@@ -166,7 +177,13 @@ fn a_prs_tip_that_differs_from_the_event_is_deleted_and_blocks_the_release() {
     let mut host = Host::default();
     let pr = kit.pr(5, &repo(1, "r"), oid(3), &[&prs_url(5, "r")]);
     // The tip arrives first, then the event says another commit.
-    push(&mut engine, &mut host, &prs_repo(5, "r"), &nostr_ref(&pr.id), 4);
+    push(
+        &mut engine,
+        &mut host,
+        &prs_repo(5, "r"),
+        &nostr_ref(&pr.id),
+        4,
+    );
     publish(&mut engine, &mut host, t(0), pr.clone(), Arrival::Published);
     assert!(host.released().is_empty());
     assert!(!host.refs[&prs_repo(5, "r")].contains_key(&nostr_ref(&pr.id)));

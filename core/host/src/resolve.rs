@@ -63,9 +63,7 @@ pub async fn resolve_checked(
         Err(_) => {
             let name = host.to_owned();
             unblock(runtime, move || {
-                (name.as_str(), port)
-                    .to_socket_addrs()
-                    .map(Vec::from_iter)
+                (name.as_str(), port).to_socket_addrs().map(Vec::from_iter)
             })
             .await
             .map_err(|e| ResolveError::Dns(format!("{host}: {e}")))?

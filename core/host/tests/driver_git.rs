@@ -364,7 +364,10 @@ fn a_name_resolving_to_loopback_is_fetched_from_only_when_private_remotes_are_al
         };
         assert!(why.starts_with("localhost resolves to "), "{why}");
         assert!(
-            refused.unwrap_err().to_string().contains("--allow-private-remotes"),
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("--allow-private-remotes"),
             "the refusal names the flag"
         );
 

@@ -609,7 +609,10 @@ fn a_relay_name_resolving_to_loopback_is_followed_only_when_private_relays_are_a
             assert_eq!(ignored, 1);
             let deadline = Instant::now() + Duration::from_secs(20);
             while received.lock().unwrap().is_empty() {
-                assert!(Instant::now() < deadline, "the relay was not followed in 20 s");
+                assert!(
+                    Instant::now() < deadline,
+                    "the relay was not followed in 20 s"
+                );
                 runtime
                     .sleep_until(Instant::now() + Duration::from_millis(20))
                     .await;

@@ -306,7 +306,8 @@ fn path_tricks_and_missing_repos_are_refused() {
                 "/npub1bad/real.git/info/refs?service=git-upload-pack".to_owned(),
                 400,
             ),
-            (format!("/{npub}/..%2F.git"), 404),
+            // The repository page's path: a bad identifier is refused as on git's paths.
+            (format!("/{npub}/..%2F.git"), 400),
             (
                 format!("/{npub}/missing.git/info/refs?service=git-upload-pack"),
                 404,

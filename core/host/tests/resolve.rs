@@ -51,7 +51,13 @@ fn a_name_resolving_to_loopback_is_refused_unless_private_addresses_are_allowed(
 fn literals_are_checked_without_a_lookup() {
     on_each_runtime(|runtime, block_on| {
         block_on(Box::pin(async {
-            for literal in ["127.0.0.1", "[::1]", "10.0.0.1", "64:ff9b::a00:1", "240.0.0.1"] {
+            for literal in [
+                "127.0.0.1",
+                "[::1]",
+                "10.0.0.1",
+                "64:ff9b::a00:1",
+                "240.0.0.1",
+            ] {
                 let refused = resolve_checked(&*runtime, literal, 80, false).await;
                 assert!(
                     matches!(refused, Err(ResolveError::NotPublic { .. })),

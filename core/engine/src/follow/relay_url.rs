@@ -1,7 +1,7 @@
 //! Which `relays` values the follower may connect to, spelled one way so one relay is one entry.
 
-use std::fmt;
 use crate::net;
+use std::fmt;
 
 use nostr::types::url::{Host, Url};
 

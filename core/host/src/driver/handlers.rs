@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use graspd_core::{Arrival, Input, Oid, RefDecision, RepoKey};
 use nostr::event::{Event, EventId};
+use nostr::filter::Filter;
 use tracing::{debug, info, info_span, Instrument};
 
 use super::Node;
@@ -52,6 +53,27 @@ impl RelayHandler for NodeHooks {
             .instrument(info_span!("relay", %client)),
         )
     }
+
+    fn served_events(
+        &self,
+        filters: Vec<Filter>,
+        cap: usize,
+    ) -> BoxFuture<'static, Result<Vec<Event>, String>> {
+        query_store(&self.0, filters, cap)
+    }
+}
+
+/// Served events matching `filters`, read on the blocking pool.
+fn query_store(
+    node: &Arc<Node>,
+    filters: Vec<Filter>,
+    cap: usize,
+) -> BoxFuture<'static, Result<Vec<Event>, String>> {
+    let node = Arc::clone(node);
+    Box::pin(async move {
+        let store = node.store.clone();
+        flatten(unblock(&*node.runtime, move || store.query(&filters, cap)).await)
+    })
 }
 
 /// Runs one relay connection of `node` on a WebSocket: the HTTP origin's upgraded sockets, and

@@ -15,8 +15,7 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use graspd_core::events::{verify_signature, Announcement};
 use graspd_core::follow::{
-    Command, ConnectionId, FollowConfig, FollowStats, Input, RelayFollower, SubKey,
-    Subscription,
+    Command, ConnectionId, FollowConfig, FollowStats, Input, RelayFollower, SubKey, Subscription,
 };
 use graspd_core::{EventId, RepoKey};
 use nostr::event::Event;

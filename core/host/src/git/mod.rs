@@ -6,6 +6,7 @@
 
 pub mod fetch;
 pub mod limits;
+pub mod listing;
 pub mod locks;
 mod ops;
 pub mod pktline;
@@ -25,6 +26,7 @@ use nostr::nips::nip19::ToBech32;
 
 pub use fetch::{FetchError, FetchLimits};
 pub use limits::{Busy, GitLimits, GitRequestSlot, GitRequests, Refusal, Refusals};
+pub use listing::{ListedRef, RefListing};
 pub use locks::{RepoGuard, RepoLocks, TooManyLocks};
 pub use ops::GitOps;
 pub use receive::RefUpdate;
@@ -209,6 +211,12 @@ impl Git {
             return Ok(Inspection::default());
         }
         repo::inspect(&*self.runtime, &self.repo_path(repo), oids).await
+    }
+
+    /// Branches and tags (at most `cap` of each, tags peeled to commits) and HEAD, for the
+    /// repository's web page. Reads only; takes no lock.
+    pub async fn list_refs(&self, repo: &RepoKey, cap: usize) -> Result<RefListing, GitError> {
+        listing::list_refs(&*self.runtime, &self.repo_path(repo), cap).await
     }
 
     /// Copies missing `objects` from the local repo `copy_from` (another hosted repo or a

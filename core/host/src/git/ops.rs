@@ -112,7 +112,11 @@ impl GitOps for Git {
 fn hosted_repos(data_dir: &std::path::Path) -> Vec<RepoKey> {
     let mut repos = Vec::new();
     repos_under(data_dir, graspd_core::Namespace::Hosted, &mut repos);
-    repos_under(&data_dir.join("prs"), graspd_core::Namespace::Prs, &mut repos);
+    repos_under(
+        &data_dir.join("prs"),
+        graspd_core::Namespace::Prs,
+        &mut repos,
+    );
     repos
 }
 

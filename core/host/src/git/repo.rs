@@ -185,7 +185,7 @@ pub async fn inspect(
     unblock(runtime, move || inspect_blocking(&path, &oids)).await?
 }
 
-fn open(path: &Path) -> Result<gix::Repository, GitError> {
+pub(super) fn open(path: &Path) -> Result<gix::Repository, GitError> {
     gix::open_opts(path, gix::open::Options::isolated())
         .map_err(|e| GitError::Git(format!("cannot open {}: {e}", path.display())))
 }
@@ -194,7 +194,7 @@ fn gix_id(oid: &Oid) -> gix::ObjectId {
     gix::ObjectId::from(*oid.as_bytes())
 }
 
-fn core_oid(id: &gix::oid) -> Option<Oid> {
+pub(super) fn core_oid(id: &gix::oid) -> Option<Oid> {
     <[u8; 20]>::try_from(id.as_bytes())
         .ok()
         .map(Oid::from_bytes)

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod clients;
+mod pages;
 pub mod route;
 pub mod server;
 mod smart;
@@ -19,6 +20,8 @@ use graspd_core::{Oid, RepoKey};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use nostr::event::Event;
+use nostr::filter::Filter;
 
 use crate::git::{Git, RefUpdate};
 use crate::runtime::BoxFuture;
@@ -45,6 +48,17 @@ pub trait RelayHandler: Send + Sync + 'static {
 
     /// The server is shutting down: end every session (a close frame, then the socket).
     fn shutting_down(&self) {}
+
+    /// Served events matching `filters` (at most `cap` per filter), newest first: what the
+    /// web pages show. Events waiting in purgatory are never among them.
+    fn served_events(
+        &self,
+        filters: Vec<Filter>,
+        cap: usize,
+    ) -> BoxFuture<'static, Result<Vec<Event>, String>> {
+        let _ = (filters, cap);
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Decides pushes and hears about the ones that landed.
@@ -129,20 +143,26 @@ impl Site {
             Route::InfoRefs(repo) | Route::Rpc(repo, _) if repo.is_prs() && !self.grasp06 => {
                 status(StatusCode::NOT_FOUND, "not found\n")
             }
-            Route::Root => self.root(request, peer),
+            Route::Root => self.root(request, peer).await,
             Route::Metrics if is_get_or_head(&request) => {
                 let mut response = Response::new(full((self.handlers.metrics)()));
                 set_type(&mut response, "text/plain; version=0.0.4; charset=utf-8");
                 response
             }
+            Route::Stylesheet if is_get_or_head(&request) => pages::stylesheet(),
+            // PR repositories (GRASP-06) have no announcement, so no page.
+            Route::RepoPage(repo) if repo.is_prs() => status(StatusCode::NOT_FOUND, "not found\n"),
+            Route::RepoPage(repo) if is_get_or_head(&request) => {
+                pages::repository(self, &request, repo).await
+            }
             Route::InfoRefs(repo) => smart::info_refs(self, request, repo, peer).await,
             Route::Rpc(repo, service) => smart::rpc(self, request, repo, service, peer).await,
             Route::NotFound => status(StatusCode::NOT_FOUND, "not found\n"),
-            Route::Metrics => method_not_allowed(),
+            Route::Metrics | Route::Stylesheet | Route::RepoPage(_) => method_not_allowed(),
         }
     }
 
-    fn root(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    async fn root(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         if websocket::is_upgrade(&request) {
             return websocket::accept(self, request, peer);
         }
@@ -160,9 +180,7 @@ impl Site {
             set_type(&mut response, "application/nostr+json");
             return response;
         }
-        let mut response = Response::new(full(landing_page(&self.public_url)));
-        set_type(&mut response, "text/html; charset=utf-8");
-        response
+        pages::landing(self, &request).await
     }
 }
 
@@ -192,24 +210,4 @@ pub(crate) fn set_type<B>(response: &mut Response<B>, content_type: &'static str
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-}
-
-fn landing_page(public_url: &str) -> String {
-    let url = html_escape(public_url);
-    let ws = html_escape(&public_url.replacen("http", "ws", 1));
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>graspd</title></head>\n\
-         <body><h1>graspd</h1>\n\
-         <p>A GRASP server: a nostr relay at <code>{ws}</code> and git over HTTP at \
-         <code>{url}/&lt;npub&gt;/&lt;identifier&gt;.git</code>.</p>\n\
-         <p>Repositories are announced with NIP-34 events; pushes must match a signed state \
-         event.</p></body></html>\n"
-    )
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

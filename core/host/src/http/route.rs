@@ -14,6 +14,10 @@ pub enum Route {
     Root,
     /// `/metrics`
     Metrics,
+    /// `/graspd.css`: the web pages' one stylesheet.
+    Stylesheet,
+    /// `/<npub>/<identifier>.git` (or with a trailing `/`): the repository's web page.
+    RepoPage(RepoKey),
     /// `/<npub>/<identifier>.git/info/refs`
     InfoRefs(RepoKey),
     /// `/<npub>/<identifier>.git/git-upload-pack` or `.../git-receive-pack`
@@ -30,6 +34,7 @@ pub fn route(path: &str) -> Result<Route, BadPath> {
     match path {
         "/" | "" => return Ok(Route::Root),
         "/metrics" => return Ok(Route::Metrics),
+        STYLESHEET_PATH => return Ok(Route::Stylesheet),
         _ => {}
     }
     let path = path.strip_prefix('/').unwrap_or(path);
@@ -40,15 +45,14 @@ pub fn route(path: &str) -> Result<Route, BadPath> {
     };
     let segments: Vec<&str> = path.split('/').collect();
     let (npub, repo_segment, rest) = match segments.as_slice() {
-        [npub, repo, rest @ ..] if repo.ends_with(".git") && !rest.is_empty() => {
-            (*npub, *repo, rest)
-        }
+        [npub, repo, rest @ ..] if repo.ends_with(".git") => (*npub, *repo, rest),
         _ => return Ok(Route::NotFound),
     };
     let endpoint = match rest {
-        ["info", "refs"] => None,
+        [] | [""] => Endpoint::Page,
+        ["info", "refs"] => Endpoint::InfoRefs,
         [name] => match Service::from_name(name) {
-            Some(service) => Some(service),
+            Some(service) => Endpoint::Rpc(service),
             None => return Ok(Route::NotFound),
         },
         _ => return Ok(Route::NotFound),
@@ -56,9 +60,19 @@ pub fn route(path: &str) -> Result<Route, BadPath> {
     let mut repo = parse_repo(npub, &repo_segment[..repo_segment.len() - ".git".len()])?;
     repo.namespace = namespace;
     Ok(match endpoint {
-        None => Route::InfoRefs(repo),
-        Some(service) => Route::Rpc(repo, service),
+        Endpoint::Page => Route::RepoPage(repo),
+        Endpoint::InfoRefs => Route::InfoRefs(repo),
+        Endpoint::Rpc(service) => Route::Rpc(repo, service),
     })
+}
+
+/// Where the web pages' stylesheet is served.
+pub const STYLESHEET_PATH: &str = "/graspd.css";
+
+enum Endpoint {
+    Page,
+    InfoRefs,
+    Rpc(Service),
 }
 
 fn parse_repo(npub: &str, encoded_identifier: &str) -> Result<RepoKey, BadPath> {
@@ -113,6 +127,17 @@ mod tests {
             Ok(Route::Rpc(_, Service::ReceivePack))
         ));
         assert_eq!(route(&format!("/{npub}/x.git/HEAD")), Ok(Route::NotFound));
+        for page in [
+            format!("/{npub}/my%20repo.git"),
+            format!("/{npub}/my%20repo.git/"),
+        ] {
+            let Ok(Route::RepoPage(repo)) = route(&page) else {
+                panic!("{page} is not a repository page")
+            };
+            assert_eq!(repo.identifier.as_str(), "my repo");
+        }
+        assert_eq!(route(&format!("/{npub}/x")), Ok(Route::NotFound));
+        assert_eq!(route("/graspd.css"), Ok(Route::Stylesheet));
         assert_eq!(route("/favicon.ico"), Ok(Route::NotFound));
         assert_eq!(route("/"), Ok(Route::Root));
         let Ok(Route::Rpc(prs, Service::ReceivePack)) =

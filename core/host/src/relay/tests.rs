@@ -651,7 +651,10 @@ mod connection {
             })
         }
 
-        fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<nostr::prelude::EventId>, String>> {
+        fn query(
+            &self,
+            query: Query,
+        ) -> BoxFuture<'static, Result<Vec<nostr::prelude::EventId>, String>> {
             let store = self.store.clone();
             Box::pin(async move {
                 store
