@@ -73,10 +73,10 @@ fn websockets_are_capped_per_address_and_in_total(flavor: Flavor) {
         "the slot of a closed WebSocket was not freed"
     );
     assert!(local[0].query(json!({"kinds": [1]})).is_empty());
-    assert_eq!(
-        server.metric(r#"graspd_refusals_total{limit="websockets_per_address"}"#),
-        Some(1.0)
-    );
+    // At least the one above; the reconnect loop may be refused again before the slot frees.
+    assert!(server
+        .metric(r#"graspd_refusals_total{limit="websockets_per_address"}"#)
+        .is_some_and(|n| n >= 1.0));
     assert_eq!(
         server.metric(r#"graspd_refusals_total{limit="websockets_total"}"#),
         Some(1.0)
