@@ -77,10 +77,9 @@ fn websockets_are_capped_per_address_and_in_total(flavor: Flavor) {
     assert!(server
         .metric(r#"graspd_refusals_total{limit="websockets_per_address"}"#)
         .is_some_and(|n| n >= 1.0));
-    assert_eq!(
-        server.metric(r#"graspd_refusals_total{limit="websockets_total"}"#),
-        Some(1.0)
-    );
+    assert!(server
+        .metric(r#"graspd_refusals_total{limit="websockets_total"}"#)
+        .is_some_and(|n| n >= 1.0));
     drop(forwarded);
 
     // Without --trusted-proxy, forwarding headers are the client's own words: ignored.
