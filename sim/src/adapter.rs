@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use graspd_core::{
-    ApplyError, Arrival, CommandId, Config, Engine, EngineEvent, EventId, FetchError, FetchReport,
-    Oid, RefDecision, RefUpdate, RepoKey, RepoSnapshot, Ticket, Time,
+    ApplyError, Arrival, CommandId, Config, Engine, EngineEvent, EventId, FetchReport, Oid,
+    RefDecision, RefUpdate, RepoKey, RepoSnapshot, Time,
 };
 
 use crate::params::Params;
 use crate::scenario::Via;
-use crate::sut::{self, EngineFactory, EngineUnderTest, FetchFailure, Output, RefEdit, Stats};
+use crate::sut::{self, EngineFactory, EngineUnderTest, Output, RefEdit, Stats, Verdict};
 use crate::world::OWN_ORIGIN;
 
 /// The engine configuration for a run's parameters.
@@ -79,13 +79,8 @@ impl EngineUnderTest for Core {
             .restore_placeholder(now, repo.clone(), id, oid, remaining);
     }
 
-    fn handle_event(&mut self, now: Time, event: &nostr::event::Event, via: Via) -> sut::Verdict {
-        match self.0.handle_event(now, event.clone(), arrival(via)) {
-            graspd_core::Verdict::Rejected(r) => sut::Verdict::Rejected(r),
-            graspd_core::Verdict::Waiting(t) => sut::Verdict::Waiting(t.0),
-            graspd_core::Verdict::Accepted(t) => sut::Verdict::Accepted(t.0),
-            graspd_core::Verdict::Duplicate => sut::Verdict::Duplicate,
-        }
+    fn handle_event(&mut self, now: Time, event: &nostr::event::Event, via: Via) -> Verdict {
+        self.0.handle_event(now, event.clone(), arrival(via))
     }
 
     fn decide_push(
@@ -109,17 +104,7 @@ impl EngineUnderTest for Core {
         let input = match input {
             sut::Input::FetchDone { id, result } => graspd_core::Input::FetchDone {
                 id: CommandId(id),
-                result: result
-                    .map(|present| FetchReport { present })
-                    .map_err(|e| match e {
-                        FetchFailure::Refused => FetchError::Refused,
-                        FetchFailure::Dns => FetchError::Dns,
-                        FetchFailure::Tls => FetchError::Tls,
-                        FetchFailure::RateLimited => FetchError::RateLimited,
-                        FetchFailure::NotOurRef(oids) => FetchError::NotOurRef(oids),
-                        FetchFailure::Timeout => FetchError::Timeout,
-                        FetchFailure::Other => FetchError::Other("no such local repository".into()),
-                    }),
+                result: result.map(|present| FetchReport { present }),
             },
             sut::Input::Inspected { id, result } => graspd_core::Input::Inspected {
                 id: CommandId(id),
@@ -139,12 +124,8 @@ impl EngineUnderTest for Core {
                     }
                 }),
             },
-            sut::Input::Persisted { ticket } => graspd_core::Input::Persisted {
-                ticket: Ticket(ticket),
-            },
-            sut::Input::PersistFailed { ticket } => graspd_core::Input::PersistFailed {
-                ticket: Ticket(ticket),
-            },
+            sut::Input::Persisted { ticket } => graspd_core::Input::Persisted { ticket },
+            sut::Input::PersistFailed { ticket } => graspd_core::Input::PersistFailed { ticket },
         };
         self.0.handle_input(now, input);
     }
@@ -177,23 +158,7 @@ impl EngineUnderTest for Core {
                 repo,
                 oids,
             },
-            graspd_core::Command::Apply { id, plan } => sut::Command::Apply {
-                id: id.0,
-                plan: sut::ApplyPlan {
-                    repo: plan.repo,
-                    copies: plan.copy_from.into_iter().collect(),
-                    edits: plan
-                        .edits
-                        .into_iter()
-                        .map(|e| RefEdit {
-                            name: e.name,
-                            old: e.expected,
-                            new: e.new,
-                        })
-                        .collect(),
-                    head: plan.head,
-                },
-            },
+            graspd_core::Command::Apply { id, plan } => sut::Command::Apply { id: id.0, plan },
             graspd_core::Command::CreateRepo { repo } => sut::Command::CreateRepo { repo },
             graspd_core::Command::RemoveRepo { repo } => sut::Command::RemoveRepo { repo },
         })
@@ -228,7 +193,7 @@ impl EngineUnderTest for Core {
 
 fn to_update(e: &RefEdit) -> RefUpdate {
     RefUpdate {
-        old: zero_or(e.old),
+        old: zero_or(e.expected),
         new: zero_or(e.new),
         name: e.name.clone(),
     }

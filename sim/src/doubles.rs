@@ -7,7 +7,9 @@ use graspd_core::{EventId, Oid, RepoKey, Time};
 
 use crate::params::Params;
 use crate::scenario::Via;
-use crate::sut::{Command, EngineFactory, EngineUnderTest, Input, Output, RefEdit, Stats, Verdict};
+use crate::sut::{
+    Command, EngineFactory, EngineUnderTest, Input, Output, RefEdit, Stats, Ticket, Verdict,
+};
 
 /// Acknowledges every event and then does nothing: never fetches, never releases, never
 /// expires. The liveness check must catch it.
@@ -31,7 +33,7 @@ impl EngineUnderTest for Sloth {
         if self.waiting.insert(event.id, ()).is_some() {
             Verdict::Duplicate
         } else {
-            Verdict::Waiting(0)
+            Verdict::Waiting(Ticket(0))
         }
     }
     fn decide_push(

@@ -12,7 +12,9 @@ use crate::monitor::ThrottleMonitor;
 use crate::rng::Rng;
 use crate::scenario::{Action, Scenario, Via};
 use crate::store::{apply_edits, diff_refs, LocalRepo, Store, WaitingRow};
-use crate::sut::{Command, EngineFactory, EngineUnderTest, FetchFailure, Input, Output, Verdict};
+use crate::sut::{
+    Command, EngineFactory, EngineUnderTest, FetchError, Input, Output, Ticket, Verdict,
+};
 use crate::trace::{Trace, TraceMode};
 use crate::world::{nip01_prefers, RemoteOutcome, Role, SimEvent};
 
@@ -88,7 +90,7 @@ enum Item {
         epoch: u64,
         id: u64,
         into: RepoKey,
-        result: Result<Vec<Oid>, FetchFailure>,
+        result: Result<Vec<Oid>, FetchError>,
     },
     InspectDone {
         epoch: u64,
@@ -109,7 +111,7 @@ enum Item {
     /// The host's store write of an admitted event ends (a crash before it loses the write).
     Persist {
         epoch: u64,
-        ticket: u64,
+        ticket: Ticket,
         event: usize,
         via: Via,
         waits: bool,
@@ -643,7 +645,7 @@ impl<'a> Sim<'a> {
 
     /// The store write of an admitted event ended: record what the store now holds and what
     /// the client heard, then tell the engine.
-    fn persisted(&mut self, ticket: u64, idx: usize, via: Via, waits: bool, fails: bool) {
+    fn persisted(&mut self, ticket: Ticket, idx: usize, via: Via, waits: bool, fails: bool) {
         let label = self.label(idx).to_owned();
         let id = self.sc.world.events[idx].id();
         if fails {
@@ -786,7 +788,7 @@ impl<'a> Sim<'a> {
         let current = local.refs.clone();
         let edit = crate::sut::RefEdit {
             name: name.clone(),
-            old: current.get(&name).copied(),
+            expected: current.get(&name).copied(),
             new: Some(commit),
         };
         let decision = engine.decide_push(&repo, &current, std::slice::from_ref(&edit));
@@ -880,7 +882,7 @@ impl<'a> Sim<'a> {
                             epoch,
                             id,
                             into,
-                            result: Err(FetchFailure::Other),
+                            result: Err(FetchError::Other("no such local repository".into())),
                         },
                     );
                     return;
@@ -891,10 +893,10 @@ impl<'a> Sim<'a> {
                         .fetch(&url, &oids, self.now, self.healed, &mut self.net);
                 let quick = self.net.range(1, 300);
                 let (delay, result) = match outcome {
-                    RemoteOutcome::Refused => (quick, Err(FetchFailure::Refused)),
-                    RemoteOutcome::Dns | RemoteOutcome::Unknown => (quick, Err(FetchFailure::Dns)),
-                    RemoteOutcome::Tls => (quick, Err(FetchFailure::Tls)),
-                    RemoteOutcome::RateLimited => (quick, Err(FetchFailure::RateLimited)),
+                    RemoteOutcome::Refused => (quick, Err(FetchError::Refused)),
+                    RemoteOutcome::Dns | RemoteOutcome::Unknown => (quick, Err(FetchError::Dns)),
+                    RemoteOutcome::Tls => (quick, Err(FetchError::Tls)),
+                    RemoteOutcome::RateLimited => (quick, Err(FetchError::RateLimited)),
                     RemoteOutcome::Hang => {
                         crate::trace!(self.trace, self.now, "fetch {id} hangs");
                         return;
@@ -903,7 +905,7 @@ impl<'a> Sim<'a> {
                         // git fails the whole fetch on the first wanted object the remote lacks.
                         match oids.iter().find(|o| !present.contains(o)) {
                             Some(lacking) => {
-                                (delay_ms, Err(FetchFailure::NotOurRef(vec![*lacking])))
+                                (delay_ms, Err(FetchError::NotOurRef(vec![*lacking])))
                             }
                             None => (delay_ms, Ok(present)),
                         }
@@ -946,10 +948,10 @@ impl<'a> Sim<'a> {
                 crate::trace!(
                     self.trace,
                     self.now,
-                    "apply {id} {} edits={} copies={} head={:?}",
+                    "apply {id} {} edits={} copy_from={:?} head={:?}",
                     self.rk(&plan.repo),
                     plan.edits.len(),
-                    plan.copies.len(),
+                    plan.copy_from.as_ref().map(|(from, _)| self.rk(from)),
                     plan.head
                 );
                 if self.local_hangs() {
@@ -1460,7 +1462,7 @@ impl<'a> Sim<'a> {
     }
 }
 
-fn show_fetch(r: &Result<Vec<Oid>, FetchFailure>) -> String {
+fn show_fetch(r: &Result<Vec<Oid>, FetchError>) -> String {
     match r {
         Ok(p) => format!("{} objects", p.len()),
         Err(e) => format!("{e:?}"),

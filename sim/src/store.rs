@@ -39,12 +39,12 @@ impl Store {
             return Err(format!("no repository {}", plan.repo));
         };
         for edit in &plan.edits {
-            if repo.refs.get(&edit.name).copied() != edit.old {
+            if repo.refs.get(&edit.name).copied() != edit.expected {
                 return Err(format!("{} moved (compare-and-swap failed)", edit.name));
             }
         }
         let mut copied = BTreeSet::new();
-        for (from, oids) in &plan.copies {
+        if let Some((from, oids)) = &plan.copy_from {
             let Some(src) = self.repos.get(from) else {
                 return Err(format!("copy source {from} does not exist"));
             };
@@ -85,7 +85,7 @@ pub fn diff_refs(current: &BTreeMap<String, Oid>, target: &BTreeMap<String, Oid>
         if old != Some(*new) {
             edits.push(RefEdit {
                 name: name.clone(),
-                old,
+                expected: old,
                 new: Some(*new),
             });
         }
@@ -96,7 +96,7 @@ pub fn diff_refs(current: &BTreeMap<String, Oid>, target: &BTreeMap<String, Oid>
         {
             edits.push(RefEdit {
                 name: name.clone(),
-                old: Some(*old),
+                expected: Some(*old),
                 new: None,
             });
         }

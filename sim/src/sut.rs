@@ -10,34 +10,11 @@ use graspd_core::{EventId, Oid, RepoKey, Time};
 use crate::params::Params;
 use crate::scenario::Via;
 
-/// `Waiting` and `Accepted` carry the admission's ticket: the engine acts on the event only
-/// after the host reports it `Persisted` (or forgets it on `PersistFailed`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Rejected(String),
-    Waiting(u64),
-    Accepted(u64),
-    Duplicate,
-}
-
-/// One ref update of a push or an apply: `old`/`new` of `None` mean absent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefEdit {
-    pub name: String,
-    pub old: Option<Oid>,
-    pub new: Option<Oid>,
-}
-
-/// What an `Apply` asks the host to do to one repository, atomically.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApplyPlan {
-    pub repo: RepoKey,
-    /// Objects copied in from other local repositories.
-    pub copies: Vec<(RepoKey, Vec<Oid>)>,
-    /// Compare-and-swap ref edits: every `old` must match or nothing is applied.
-    pub edits: Vec<RefEdit>,
-    pub head: Option<String>,
-}
+/// The engine's own types where the simulator's terms would be the same: the admission verdict
+/// (`Waiting` and `Accepted` carry the ticket the host reports back as `Persisted` or
+/// `PersistFailed`), an `Apply`'s plan with its compare-and-swap ref edits, and why a fetch
+/// failed.
+pub use graspd_core::{ApplyPlan, FetchError, RefEdit, Ticket, Verdict};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -66,26 +43,11 @@ pub enum Command {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FetchFailure {
-    Refused,
-    Dns,
-    Tls,
-    RateLimited,
-    /// git's "not our ref": the remote lacks these wanted objects (git names the first one).
-    NotOurRef(Vec<Oid>),
-    /// The host gave up at the deadline (the simulator never reports this: the engine must
-    /// free the slot itself).
-    Timeout,
-    /// Anything else the host reports (no such local repo, ...).
-    Other,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// On success every wanted object is now present in the fetch's repository.
     FetchDone {
         id: u64,
-        result: Result<Vec<Oid>, FetchFailure>,
+        result: Result<Vec<Oid>, FetchError>,
     },
     Inspected {
         id: u64,
@@ -101,11 +63,11 @@ pub enum Input {
     },
     /// The admitted event is in the store (purgatory table or served).
     Persisted {
-        ticket: u64,
+        ticket: Ticket,
     },
     /// The store write for the admitted event failed.
     PersistFailed {
-        ticket: u64,
+        ticket: Ticket,
     },
 }
 

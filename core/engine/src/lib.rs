@@ -10,26 +10,30 @@
 //! `Input::PersistFailed { ticket }`. An acknowledged event is therefore served or waiting in
 //! the host's store, never neither, whatever else the host runs concurrently.
 
+// The rules other crates call directly (the host's acceptance, relay-following and store code;
+// the engine's own property tests).
 pub mod acceptance;
-pub mod config;
-pub mod deletion;
-pub mod engine;
 pub mod events;
 pub mod follow;
-pub mod ids;
-pub mod lookup;
 pub mod maintainers;
 pub mod net;
-pub mod purgatory;
 pub mod push;
 pub mod related;
 pub mod release;
 pub mod replaceable;
-pub mod satisfy;
-pub mod throttle;
-pub mod time;
-pub mod timers;
 pub mod urls;
+
+// The engine's machinery: reached only through `Engine` and the types re-exported below.
+mod config;
+mod deletion;
+mod engine;
+mod ids;
+mod lookup;
+mod purgatory;
+mod satisfy;
+mod throttle;
+mod time;
+mod timers;
 
 #[cfg(test)]
 mod testkit;
@@ -39,5 +43,7 @@ pub use engine::{
     ApplyError, ApplyPlan, Arrival, Command, Engine, EngineEvent, FetchError, FetchReport, Input,
     RefDecision, RefEdit, RefUpdate, RepoSnapshot, Stats, Ticket, TimerReason, Verdict,
 };
+pub use purgatory::WaitingCounts;
+pub use throttle::ThrottleCounters;
 pub use ids::{CommandId, EventId, Identifier, Namespace, Oid, PublicKey, RepoKey};
 pub use time::Time;

@@ -51,6 +51,7 @@ impl<K: Hash + Eq, V> LookupMap<K, V> {
         self.table.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }

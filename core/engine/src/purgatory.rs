@@ -75,10 +75,6 @@ impl Purgatory {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn counts(&self) -> WaitingCounts {
         WaitingCounts {
             placeholders: self.placeholders.len(),
@@ -121,13 +117,6 @@ impl Purgatory {
         }
         self.entries.insert(id, Box::new(waiting));
         true
-    }
-
-    /// Moves a waiting event's expiry (the caller re-arms its timer).
-    pub fn set_expires(&mut self, id: &EventId, at: Time) {
-        if let Some(w) = self.entries.get_mut(id) {
-            w.expires = at;
-        }
     }
 
     /// Removes a waiting event and its index entries.
@@ -327,10 +316,6 @@ impl IdentKey {
         IdentKey {
             full: identifier.clone(),
         }
-    }
-
-    pub fn identifier(&self) -> &Identifier {
-        &self.full
     }
 }
 

@@ -95,7 +95,7 @@ pub struct RepoUpdate {
 /// Everything releasing one event does. Empty `edits` are kept: recording the applied state
 /// and HEAD still matters after a push that already moved the refs.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct ApplyPlan {
+pub struct ReleasePlan {
     pub event: EventId,
     pub updates: Vec<RepoUpdate>,
     /// Waiting announcements released together with this event, because their repository
@@ -127,7 +127,7 @@ pub fn plan_release(
     source: &RepoKey,
     targets: &[Target<'_>],
     present: impl Fn(&RepoKey, &Oid) -> bool,
-) -> Result<ApplyPlan, NotReleasable> {
+) -> Result<ReleasePlan, NotReleasable> {
     let missing = satisfy::missing(event, |o| present(source, o));
     if !missing.is_empty() {
         return Err(NotReleasable::Missing(missing));
@@ -162,12 +162,12 @@ fn plan_state(
     source: &RepoKey,
     targets: &[&Target<'_>],
     present: &impl Fn(&RepoKey, &Oid) -> bool,
-) -> Result<ApplyPlan, NotReleasable> {
+) -> Result<ReleasePlan, NotReleasable> {
     let required = satisfy::required_objects(&GitEvent::State(state.clone()));
     let this = (state.created_at, &state.id);
     let head = state.head.clone().filter(|h| state.refs.contains_key(h));
     let mut authorised_anywhere = false;
-    let mut plan = ApplyPlan {
+    let mut plan = ReleasePlan {
         event: state.id,
         updates: Vec::new(),
         announcements: Vec::new(),
@@ -211,9 +211,9 @@ fn plan_pr(
     source: &RepoKey,
     targets: &[&Target<'_>],
     present: &impl Fn(&RepoKey, &Oid) -> bool,
-) -> Result<ApplyPlan, NotReleasable> {
+) -> Result<ReleasePlan, NotReleasable> {
     let name = pr_ref_name(&pr.id);
-    let mut plan = ApplyPlan {
+    let mut plan = ReleasePlan {
         event: pr.id,
         updates: Vec::new(),
         announcements: Vec::new(),
@@ -380,7 +380,7 @@ mod tests {
             .collect()
     }
 
-    fn plan(event: &GitEvent, source: usize, repos: &[Repo]) -> Result<ApplyPlan, NotReleasable> {
+    fn plan(event: &GitEvent, source: usize, repos: &[Repo]) -> Result<ReleasePlan, NotReleasable> {
         let targets: Vec<Target<'_>> = repos.iter().map(Repo::target).collect();
         plan_release(event, &repos[source].key, &targets, |repo, o| {
             repos
@@ -390,7 +390,7 @@ mod tests {
     }
 
     /// Executes a plan against the in-memory repos, as the host would.
-    fn apply(plan: &ApplyPlan, repos: &mut [Repo]) {
+    fn apply(plan: &ReleasePlan, repos: &mut [Repo]) {
         for u in &plan.updates {
             let copied: Vec<Oid> = u.objects.clone();
             let r = repos.iter_mut().find(|r| r.key == u.repo).unwrap();
@@ -482,7 +482,7 @@ mod tests {
         let mut repos = repos;
         repos[0].objects.insert(oid(1));
         let owners =
-            |p: ApplyPlan| -> Vec<RepoKey> { p.updates.into_iter().map(|u| u.repo).collect() };
+            |p: ReleasePlan| -> Vec<RepoKey> { p.updates.into_iter().map(|u| u.repo).collect() };
         let key = |n: u8| RepoKey::new(pk(n), ident("r"));
         let mut want2 = vec![key(1), key(2)];
         want2.sort();

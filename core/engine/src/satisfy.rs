@@ -30,7 +30,8 @@ pub fn missing(event: &GitEvent, present: impl Fn(&Oid) -> bool) -> Vec<Oid> {
         .collect()
 }
 
-pub fn is_satisfied(event: &GitEvent, present: impl Fn(&Oid) -> bool) -> bool {
+#[cfg(test)]
+fn is_satisfied(event: &GitEvent, present: impl Fn(&Oid) -> bool) -> bool {
     required_objects(event).iter().all(present)
 }
 

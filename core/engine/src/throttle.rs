@@ -105,9 +105,9 @@ impl<K> Domain<K> {
     }
 }
 
-/// Counters for metrics.
+/// Counts of the throttle's decisions, for metrics.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-pub struct Counters {
+pub struct ThrottleCounters {
     /// Times a queued fetch could not start because a limit was reached.
     pub waits: u64,
     /// Domains put on the skip list.
@@ -128,7 +128,7 @@ pub struct Throttle<K> {
     /// Domains with fetches in flight (for metrics without a scan).
     busy: BTreeSet<String>,
     generation: u64,
-    counters: Counters,
+    counters: ThrottleCounters,
 }
 
 impl<K: Ord + Clone> Throttle<K> {
@@ -139,12 +139,8 @@ impl<K: Ord + Clone> Throttle<K> {
             idle: BTreeSet::new(),
             busy: BTreeSet::new(),
             generation: 0,
-            counters: Counters::default(),
+            counters: ThrottleCounters::default(),
         }
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// Queues `key` for a start at `domain` (once; again after it was started or dequeued).
@@ -188,12 +184,6 @@ impl<K: Ord + Clone> Throttle<K> {
             d.rotation.retain(|(k, g)| queued.get(k) == Some(g));
         }
         self.touch(now, domain);
-    }
-
-    pub fn is_queued(&self, domain: &str, key: &K) -> bool {
-        self.domains
-            .get(domain)
-            .is_some_and(|d| d.queued.contains_key(key))
     }
 
     /// If `domain` may start a fetch now, takes the next key in round-robin order and records
@@ -311,16 +301,6 @@ impl<K: Ord + Clone> Throttle<K> {
         self.domains.get(domain).map_or(0, |d| d.in_flight)
     }
 
-    /// Starts recorded at `domain` in the window ending at `now`.
-    pub fn starts_in_window(&self, now: Time, domain: &str) -> usize {
-        self.domains.get(domain).map_or(0, |d| {
-            d.starts
-                .iter()
-                .filter(|&&s| s + self.limits.window > now)
-                .count()
-        })
-    }
-
     /// Fetches in flight, per domain that has any.
     pub fn in_flight_by_domain(&self) -> Vec<(String, usize)> {
         self.busy
@@ -333,7 +313,7 @@ impl<K: Ord + Clone> Throttle<K> {
         self.domains.len()
     }
 
-    pub fn counters(&self) -> Counters {
+    pub fn counters(&self) -> ThrottleCounters {
         self.counters
     }
 

@@ -78,6 +78,7 @@ impl Timers {
         Some(at)
     }
 
+    #[cfg(test)]
     pub fn get(&self, reason: &TimerReason) -> Option<Time> {
         self.by_reason.get(reason).copied()
     }
@@ -172,6 +173,7 @@ impl Timers {
             + self.command_deadlines.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -5,8 +5,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use graspd_core::Oid;
-use graspd_host::git::{FetchError, FetchLimits, GitError, RefChange};
+use graspd_core::{Oid, RefEdit};
+use graspd_host::git::{FetchLimits, GitError, GitFetchError};
 use support::*;
 
 fn limits(allow_private: bool) -> FetchLimits {
@@ -104,12 +104,12 @@ fn inspect_fetch_and_apply_align_a_repo() {
             Some(&staging_path),
             &[parent],
             &[
-                RefChange {
+                RefEdit {
                     name: "refs/heads/main".into(),
                     expected: None,
                     new: Some(parent),
                 },
-                RefChange {
+                RefEdit {
                     name: "refs/heads/dev".into(),
                     expected: None,
                     new: Some(parent),
@@ -129,12 +129,12 @@ fn inspect_fetch_and_apply_align_a_repo() {
             Some(&h.git.repo_path(&source)),
             &[tip],
             &[
-                RefChange {
+                RefEdit {
                     name: "refs/heads/main".into(),
                     expected: Some(parent),
                     new: Some(tip),
                 },
-                RefChange {
+                RefEdit {
                     name: "refs/heads/dev".into(),
                     expected: Some(tip),
                     new: None,
@@ -153,12 +153,12 @@ fn inspect_fetch_and_apply_align_a_repo() {
             None,
             &[],
             &[
-                RefChange {
+                RefEdit {
                     name: "refs/heads/main".into(),
                     expected: Some(parent),
                     new: Some(tip),
                 },
-                RefChange {
+                RefEdit {
                     name: "refs/heads/dev".into(),
                     expected: Some(parent),
                     new: None,
@@ -185,7 +185,7 @@ fn inspect_fetch_and_apply_align_a_repo() {
             &target,
             None,
             &[],
-            &[RefChange {
+            &[RefEdit {
                 name: "refs/heads/ghost".into(),
                 expected: None,
                 new: Some(unknown),
@@ -214,14 +214,14 @@ fn fetch_failures_are_classified() {
         let not_ours = fetch(&h.url(&source), &[unknown], limits(true));
         assert_eq!(
             not_ours,
-            Err(FetchError::NotOurRef(vec![unknown])),
+            Err(GitFetchError::NotOurRef(vec![unknown])),
             "{:?}",
             h.flavor
         );
 
         let private = fetch(&h.url(&source), &[unknown], limits(false));
         assert!(
-            matches!(private, Err(FetchError::PrivateAddress(_))),
+            matches!(private, Err(GitFetchError::PrivateAddress(_))),
             "{private:?}"
         );
 
@@ -234,7 +234,7 @@ fn fetch_failures_are_classified() {
             limits(true),
         );
         assert!(
-            matches!(refused, Err(FetchError::Refused(_))),
+            matches!(refused, Err(GitFetchError::Refused(_))),
             "{refused:?}"
         );
 
@@ -243,18 +243,18 @@ fn fetch_failures_are_classified() {
             &[unknown],
             limits(true),
         );
-        assert_eq!(missing_repo, Err(FetchError::HttpStatus(400)));
+        assert_eq!(missing_repo, Err(GitFetchError::HttpStatus(400)));
 
         assert!(matches!(
             fetch("file:///etc", &[unknown], limits(true)),
-            Err(FetchError::BadUrl(_))
+            Err(GitFetchError::BadUrl(_))
         ));
 
         let mut past = limits(true);
         past.deadline = Instant::now();
         assert_eq!(
             fetch(&h.url(&source), &[head_oid(&work, "main")], past),
-            Err(FetchError::Timeout)
+            Err(GitFetchError::Timeout)
         );
     });
 }
@@ -276,7 +276,7 @@ fn fetch_stops_at_the_byte_cap() {
         let result = h.block_on(h.git.fetch(&into, &h.url(&source), &[tip], &capped));
         assert_eq!(
             result,
-            Err(FetchError::TooLarge {
+            Err(GitFetchError::TooLarge {
                 max_bytes: 256 * 1024
             }),
             "{:?}",
@@ -332,11 +332,11 @@ fn failed_fetches_leave_the_live_repository_untouched() {
             h.git
                 .fetch(&into, &h.url(&source), &[unknown], &limits(true)),
         );
-        assert_eq!(not_ours, Err(FetchError::NotOurRef(vec![unknown])));
+        assert_eq!(not_ours, Err(GitFetchError::NotOurRef(vec![unknown])));
         let mut past = limits(true);
         past.deadline = Instant::now();
         let late = h.block_on(h.git.fetch(&into, &h.url(&source), &[tip], &past));
-        assert_eq!(late, Err(FetchError::Timeout));
+        assert_eq!(late, Err(GitFetchError::Timeout));
 
         assert_eq!(pack_files(&into), before, "{:?}", h.flavor);
         assert_eq!(incoming_entries(h), 0);
@@ -359,7 +359,7 @@ fn a_name_resolving_to_loopback_is_fetched_from_only_when_private_remotes_are_al
         assert!(by_name.starts_with("http://localhost:"), "{by_name}");
 
         let refused = h.block_on(h.git.fetch(&into, &by_name, &[tip], &limits(false)));
-        let Err(FetchError::PrivateAddress(why)) = &refused else {
+        let Err(GitFetchError::PrivateAddress(why)) = &refused else {
             panic!("{:?}: {refused:?}", h.flavor)
         };
         assert!(why.starts_with("localhost resolves to "), "{why}");

@@ -8,10 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use graspd_core::{Oid, RepoKey};
-use graspd_host::git::{
-    FetchError, FetchLimits, GitError, GitOps, Inspection, RefChange, Refusals,
-};
+use graspd_core::{Oid, RefEdit, RepoKey};
+use graspd_host::git::{FetchLimits, GitError, GitFetchError, GitOps, Inspection, Refusals};
 use graspd_host::runtime::{unblock, BoxFuture};
 use graspd_host::Runtime;
 
@@ -142,7 +140,7 @@ impl GitOps for ModelGit {
         repo: &'a RepoKey,
         copy_from: Option<&'a RepoKey>,
         objects: &'a [Oid],
-        refs: &'a [RefChange],
+        refs: &'a [RefEdit],
         head: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), GitError>> {
         let (repo, source) = (repo.clone(), copy_from.cloned());
@@ -160,7 +158,7 @@ impl GitOps for ModelGit {
         url: &'a str,
         oids: &'a [Oid],
         limits: &'a FetchLimits,
-    ) -> BoxFuture<'a, Result<Vec<Oid>, FetchError>> {
+    ) -> BoxFuture<'a, Result<Vec<Oid>, GitFetchError>> {
         let (into, oids) = (into.clone(), oids.to_vec());
         let domain = domain_of(url);
         Box::pin(async move {
@@ -171,7 +169,7 @@ impl GitOps for ModelGit {
                 domain.and_then(|d| w.remotes.get(&d).cloned())
             };
             let Some(remote) = remote else {
-                return Err(FetchError::Dns("no such host".into()));
+                return Err(GitFetchError::Dns("no such host".into()));
             };
             let fault = if now >= remote.heals_at {
                 Fault::Healthy
@@ -181,14 +179,14 @@ impl GitOps for ModelGit {
             match fault {
                 Fault::Hung => {
                     self.runtime.sleep_until(limits.deadline).await;
-                    return Err(FetchError::Timeout);
+                    return Err(GitFetchError::Timeout);
                 }
-                Fault::Failing => return Err(FetchError::Refused("connection refused".into())),
+                Fault::Failing => return Err(GitFetchError::Refused("connection refused".into())),
                 Fault::Slow(delay) => {
                     let done = self.runtime.now() + delay;
                     if done >= limits.deadline {
                         self.runtime.sleep_until(limits.deadline).await;
-                        return Err(FetchError::Timeout);
+                        return Err(GitFetchError::Timeout);
                     }
                     self.runtime.sleep(delay).await;
                 }
@@ -212,7 +210,7 @@ impl GitOps for ModelGit {
                         .collect()
                 })
                 .await
-                .map_err(|e| FetchError::Other(e.to_string()))?;
+                .map_err(|e| GitFetchError::Other(e.to_string()))?;
             Ok(present)
         })
     }
@@ -237,7 +235,7 @@ fn apply(
     repo: &RepoKey,
     source: Option<&RepoKey>,
     objects: &[Oid],
-    refs: &[RefChange],
+    refs: &[RefEdit],
     head: Option<String>,
 ) -> Result<(), GitError> {
     let copied: Vec<Oid> = match source {

@@ -393,7 +393,7 @@ impl Engine {
                     }
                 }
                 TimerReason::PlaceholderExpiry(repo, id) => self.placeholder_expired(repo, id),
-                TimerReason::ThrottleWindow(domain) => self.pump(now, &domain),
+                TimerReason::ThrottleWindow(domain) => self.start_fetches(now, &domain),
             }
         }
         self.throttle.evict_idle(now);

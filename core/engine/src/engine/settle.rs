@@ -16,7 +16,7 @@ use crate::time::Time;
 /// What one Inspect allows for one repository: an Apply (objects, CAS ref edits, HEAD) and
 /// the events it releases, with the state the repository then holds.
 #[derive(Debug, Default)]
-struct ReleasePlan {
+struct RepoRelease {
     copy_from: Option<(RepoKey, Vec<Oid>)>,
     edits: Vec<RefEdit>,
     head: Option<RefName>,
@@ -24,7 +24,7 @@ struct ReleasePlan {
     state: Option<(u64, EventId)>,
 }
 
-impl ReleasePlan {
+impl RepoRelease {
     fn needs_apply(&self) -> bool {
         self.copy_from.is_some() || !self.edits.is_empty() || self.head.is_some()
     }
@@ -105,7 +105,7 @@ impl Engine {
             }
         };
         let present: BTreeSet<Oid> = snapshot.present.iter().copied().collect();
-        let plan = self.plan_release(&repo, &snapshot, &present);
+        let plan = self.plan_repo_release(&repo, &snapshot, &present);
         if plan.needs_apply() {
             let cmd = self.next_id();
             let apply = ApplyPlan {
@@ -347,12 +347,12 @@ impl Engine {
     /// snapshot says which wanted objects it has: the newest releasable state (waiting, or an
     /// accepted one it has not caught up with, copied from where it was released), PRs whose
     /// commit is here, and the announcement once the repository has data.
-    fn plan_release(
+    fn plan_repo_release(
         &self,
         repo: &RepoKey,
         snap: &RepoSnapshot,
         present: &BTreeSet<Oid>,
-    ) -> ReleasePlan {
+    ) -> RepoRelease {
         let view = self.view();
         let maintainers = view.maintainers(repo);
         let waiting_announcements = self
@@ -366,7 +366,7 @@ impl Engine {
             waiting_announcement: waiting_announcements.last().copied(),
         };
         let here = |r: &RepoKey, o: &Oid| r == repo && present.contains(o);
-        let mut plan = ReleasePlan::default();
+        let mut plan = RepoRelease::default();
 
         // States, newest first: waiting ones, and the accepted one to catch up with.
         let catch_up = view

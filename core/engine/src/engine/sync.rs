@@ -115,7 +115,7 @@ impl Engine {
             } else {
                 self.timers.cancel(&hedge);
             }
-            self.pump(now, &domain);
+            self.start_fetches(now, &domain);
             return true;
         }
     }
@@ -127,7 +127,7 @@ impl Engine {
     }
 
     /// Starts as many fetches at `domain` as the throttle allows, then re-arms its wake-up.
-    pub(super) fn pump(&mut self, now: Time, domain: &str) {
+    pub(super) fn start_fetches(&mut self, now: Time, domain: &str) {
         while let Some(repo) = self.throttle.try_start(now, domain) {
             let job = self
                 .repos
@@ -263,7 +263,7 @@ impl Engine {
         }
         self.withdraw_if_done(now, &f.repo);
         self.check_attempt_end(now, &f.repo);
-        self.pump(now, &f.domain);
+        self.start_fetches(now, &f.domain);
     }
 
     /// When an attempt has nothing left to fetch, take it out of every domain queue.

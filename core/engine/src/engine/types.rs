@@ -199,7 +199,7 @@ pub struct Stats {
     pub remembered_expired: usize,
     /// Fetches in flight per domain that has any.
     pub fetches_in_flight: Vec<(String, usize)>,
-    pub throttle: throttle::Counters,
+    pub throttle: throttle::ThrottleCounters,
     pub domains_tracked: usize,
     pub repos_active: usize,
     pub timers: usize,

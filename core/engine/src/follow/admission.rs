@@ -2,7 +2,7 @@
 //! a value when a relay's subscription budget was full) is let in when room frees, oldest
 //! refusal first, through the same checks as a first admission (`track`, `Relay::insert`).
 //!
-//! Runs only from the pump after an input removed something (`slot_may_have_freed`,
+//! Runs only from `reconcile` after an input removed something (`slot_may_have_freed`,
 //! `budget_freed`), never on a timer: a refusal is retried once per freeing event at most.
 
 use super::filters::Inserted;
@@ -113,7 +113,7 @@ impl RelayFollower {
                     relay.dirty = true;
                     relay.waiting.remove(&value);
                     self.stats.values_admitted_late += 1;
-                    self.needs_pump = true;
+                    self.needs_reconcile = true;
                     admitted = true;
                 }
                 Inserted::AlreadyThere => {

@@ -307,14 +307,14 @@ pub struct RelayFollower {
     listers: BTreeMap<String, BTreeSet<RepoKey>>,
     /// Listed relays refused for `max_relays`, waiting for a slot (at most `max_relays`).
     waiting_relays: Waitlist<String>,
-    /// A relay lost a value since the last pump, so it may be idle (a slot to reuse).
+    /// A relay lost a value since the last reconcile, so it may be idle (a slot to reuse).
     slot_may_have_freed: bool,
-    /// Relays that lost a value since the last pump: their waiting values may fit.
+    /// Relays that lost a value since the last reconcile: their waiting values may fit.
     budget_freed: BTreeSet<String>,
     connections: BTreeMap<ConnectionId, String>,
     timers: Timers,
     commands: VecDeque<Command>,
-    needs_pump: bool,
+    needs_reconcile: bool,
     stats: FollowStats,
 }
 
@@ -339,7 +339,7 @@ impl RelayFollower {
             connections: BTreeMap::new(),
             timers: Timers::default(),
             commands: VecDeque::new(),
-            needs_pump: true,
+            needs_reconcile: true,
             stats: FollowStats::default(),
             config,
         };
@@ -401,11 +401,11 @@ impl RelayFollower {
     pub fn handle_timeout(&mut self, now: Time) {
         self.advance(now);
         // Inputs since the last poll may have armed timers that are already due.
-        self.pump();
+        self.reconcile();
         while let Some(reason) = self.timers.pop_due(now) {
             match reason {
-                // The relay's `retry_at` has passed; the pump connects it if still wanted.
-                FollowTimer::Reconnect(_) => self.needs_pump = true,
+                // The relay's `retry_at` has passed; the reconcile connects it if still wanted.
+                FollowTimer::Reconnect(_) => self.needs_reconcile = true,
                 FollowTimer::ConnectDeadline(id) => {
                     if let Some(url) = self.connections.get(&id).cloned() {
                         if matches!(self.relays[&url].link, Link::Connecting { .. }) {
@@ -421,13 +421,13 @@ impl RelayFollower {
 
     /// The next command for the host, after acting on everything fed in so far.
     pub fn poll_command(&mut self) -> Option<Command> {
-        self.pump();
+        self.reconcile();
         self.commands.pop_front()
     }
 
     /// When to call `handle_timeout` next, and why.
     pub fn poll_timeout(&mut self) -> Option<(Time, FollowTimer)> {
-        self.pump();
+        self.reconcile();
         self.timers.next().map(|(t, r)| (t, r.clone()))
     }
 
@@ -623,7 +623,7 @@ impl RelayFollower {
         for url in &urls {
             self.drop_stale_threads(url);
         }
-        self.needs_pump = true;
+        self.needs_reconcile = true;
     }
 
     /// Drops from `url` the threads no longer followed (forgotten in bulk).
@@ -685,7 +685,7 @@ impl RelayFollower {
         for url in self.relays_of(&repo) {
             self.remove_value(&url, &Value::Thread(*root));
         }
-        self.needs_pump = true;
+        self.needs_reconcile = true;
     }
 
     /// Announced relays of `repo` plus the bootstrap relays.
@@ -761,11 +761,11 @@ impl RelayFollower {
                 }
             }
         }
-        self.needs_pump = true;
+        self.needs_reconcile = true;
     }
 
     /// Stops asking `url` about `value` (and stops it waiting there). Room freed on a relay
-    /// is what lets waiting values and relays in, at the next pump.
+    /// is what lets waiting values and relays in, at the next reconcile.
     fn remove_value(&mut self, url: &str, value: &Value) {
         let Some(relay) = self.relays.get_mut(url) else {
             return;
@@ -780,7 +780,7 @@ impl RelayFollower {
             self.budget_freed.insert(url.to_owned());
             self.slot_may_have_freed = true;
         }
-        self.needs_pump = true;
+        self.needs_reconcile = true;
     }
 
     /// Stops following `repo` (and its threads) on `url`, unless `url` is a bootstrap relay,
@@ -818,7 +818,7 @@ impl RelayFollower {
             history_complete: false,
         };
         self.timers.cancel(&FollowTimer::ConnectDeadline(id));
-        self.needs_pump = true;
+        self.needs_reconcile = true;
     }
 
     /// The connection of `url` ended; `failed` if it ended in an error. A connection that had
@@ -860,7 +860,7 @@ impl RelayFollower {
         relay.retry_at = Some(now + delay);
         self.timers
             .set(FollowTimer::Reconnect(url.to_owned()), now + delay);
-        self.needs_pump = true;
+        self.needs_reconcile = true;
     }
 
     fn resubscribe(&mut self, url: &str) {
@@ -896,8 +896,8 @@ impl RelayFollower {
     /// Acts on everything that changed: disconnects relays nobody wants, admits what waited
     /// for the room that freed, schedules subscription updates, and connects the wanted relays
     /// that may connect, up to `max_connections`.
-    fn pump(&mut self) {
-        if !std::mem::take(&mut self.needs_pump) {
+    fn reconcile(&mut self) {
+        if !std::mem::take(&mut self.needs_reconcile) {
             return;
         }
         self.disconnect_unwanted();

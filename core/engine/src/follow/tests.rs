@@ -770,7 +770,7 @@ fn random_histories_respect_every_bound() {
         .quickcheck(prop as fn(Vec<(u8, u8, u8)>) -> bool);
 }
 
-/// Liveness of the waiting lists after a pump: a listed relay is untracked only if every slot
+/// Liveness of the waiting lists after a reconcile: a listed relay is untracked only if every slot
 /// holds a relay that is not idle, and a value waits only on a relay using its whole budget.
 fn nothing_waits_for_room_that_exists(f: &RelayFollower) -> bool {
     let idle = f

@@ -5,7 +5,7 @@
 //! A git event's admission is two-phase (see `graspd_core::Verdict`): the engine decides, the
 //! store write runs, and only then is the engine told `Persisted` (it starts acting on the
 //! event) or `PersistFailed` (it forgets it). Reporting `Persisted` before the write would let
-//! any concurrent pump run Inspect, Apply and `Released` for an event the purgatory table does
+//! any concurrent dispatch run Inspect, Apply and `Released` for an event the purgatory table does
 //! not hold yet: acknowledged, then neither served nor waiting.
 
 use std::sync::Arc;
@@ -126,7 +126,7 @@ impl Node {
                 Ok(value) if kept(value) => Input::Persisted { ticket },
                 _ => Input::PersistFailed { ticket },
             };
-            // Durable first, then the engine may act on it (and pumps what it queued).
+            // Durable first, then the engine may act on it (and dispatches what it queued).
             node.input(input);
             let _ = done.try_send(written);
         }));

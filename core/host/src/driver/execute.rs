@@ -174,8 +174,8 @@ impl Node {
     }
 }
 
-fn engine_fetch_error(error: git::FetchError) -> FetchError {
-    use git::FetchError as G;
+fn engine_fetch_error(error: git::GitFetchError) -> FetchError {
+    use git::GitFetchError as G;
     match error {
         G::BadUrl(m) | G::PrivateAddress(m) | G::Other(m) => FetchError::Other(m),
         G::Dns(_) => FetchError::Dns,

@@ -2,9 +2,9 @@
 //! emits, persists and serves what it releases, and sleeps until its next deadline.
 //!
 //! Every path that changes the engine (an EVENT, a push, an IO completion, a timer) does so
-//! under one short mutex and then calls [`Node::pump`], which drains the engine's commands
-//! and events into tasks. The timer task only sleeps until `poll_timeout()` or until woken
-//! because the deadline may have moved; nothing polls on a fixed interval.
+//! under one short mutex and then calls [`Node::dispatch`], which spawns the engine's queued
+//! commands and events as tasks. The timer task only sleeps until `poll_timeout()` or until
+//! woken because the deadline may have moved; nothing polls on a fixed interval.
 
 mod accept;
 mod execute;
@@ -142,7 +142,7 @@ impl Node {
         let timers = Arc::clone(&node);
         node.runtime
             .spawn(Box::pin(async move { timers.run_timers().await }));
-        node.pump();
+        node.dispatch();
         Ok(node)
     }
 
@@ -232,17 +232,17 @@ impl Node {
             let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
             engine.handle_input(self.clock.now(), input);
         }
-        self.pump();
+        self.dispatch();
     }
 
-    /// Drains the engine's commands and events into tasks, then lets the timer task
-    /// recompute its deadline.
-    pub fn pump(self: &Arc<Self>) {
-        self.drain();
+    /// Spawns every command and event the engine has queued as tasks, then lets the timer task
+    /// recompute its deadline. Called after every change to the engine.
+    pub fn dispatch(self: &Arc<Self>) {
+        self.spawn_queued();
         let _ = self.wake.try_send(());
     }
 
-    fn drain(self: &Arc<Self>) {
+    fn spawn_queued(self: &Arc<Self>) {
         let (commands, events) = {
             let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
             let commands: Vec<_> = std::iter::from_fn(|| engine.poll_command()).collect();
@@ -290,7 +290,7 @@ impl Node {
                 let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
                 engine.handle_timeout(self.clock.now());
             }
-            self.drain();
+            self.spawn_queued();
         }
     }
 

@@ -33,7 +33,7 @@ pub struct FetchLimits {
 /// Why a fetch failed, classified so the engine can decide between retry, back-off and
 /// giving up on a remote.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FetchError {
+pub enum GitFetchError {
     /// Not an `http(s)://` URL.
     BadUrl(String),
     /// The host is, or resolves to, a non-public address (`graspd_core::net::is_public`) and
@@ -57,28 +57,28 @@ pub enum FetchError {
     Other(String),
 }
 
-impl fmt::Display for FetchError {
+impl fmt::Display for GitFetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FetchError::BadUrl(url) => write!(f, "not an http(s) URL: {url}"),
-            FetchError::PrivateAddress(what) => {
+            GitFetchError::BadUrl(url) => write!(f, "not an http(s) URL: {url}"),
+            GitFetchError::PrivateAddress(what) => {
                 write!(f, "refused: {what} (see --allow-private-remotes)")
             }
-            FetchError::Dns(m) => write!(f, "name resolution failed: {m}"),
-            FetchError::Refused(m) => write!(f, "connection failed: {m}"),
-            FetchError::Tls(m) => write!(f, "TLS failed: {m}"),
-            FetchError::Timeout => f.write_str("fetch timed out"),
-            FetchError::TooLarge { max_bytes } => write!(f, "pack larger than {max_bytes} bytes"),
-            FetchError::NotOurRef(oids) => {
+            GitFetchError::Dns(m) => write!(f, "name resolution failed: {m}"),
+            GitFetchError::Refused(m) => write!(f, "connection failed: {m}"),
+            GitFetchError::Tls(m) => write!(f, "TLS failed: {m}"),
+            GitFetchError::Timeout => f.write_str("fetch timed out"),
+            GitFetchError::TooLarge { max_bytes } => write!(f, "pack larger than {max_bytes} bytes"),
+            GitFetchError::NotOurRef(oids) => {
                 write!(f, "remote will not serve {} object(s)", oids.len())
             }
-            FetchError::HttpStatus(code) => write!(f, "remote answered HTTP {code}"),
-            FetchError::Other(m) => write!(f, "fetch failed: {m}"),
+            GitFetchError::HttpStatus(code) => write!(f, "remote answered HTTP {code}"),
+            GitFetchError::Other(m) => write!(f, "fetch failed: {m}"),
         }
     }
 }
 
-impl std::error::Error for FetchError {}
+impl std::error::Error for GitFetchError {}
 
 /// Most stderr/stdout kept from a fetch.
 const OUTPUT_CAP: usize = 64 * 1024;
@@ -93,7 +93,7 @@ pub async fn fetch(
     url: &str,
     oids: &[Oid],
     limits: &FetchLimits,
-) -> Result<Vec<Oid>, FetchError> {
+) -> Result<Vec<Oid>, GitFetchError> {
     let target = parse_http_url(url)?;
     let quarantine = Quarantine::create(runtime, incoming).await?;
     let result = fetch_quarantined(runtime, into, &quarantine, url, &target, oids, limits).await;
@@ -109,7 +109,7 @@ async fn fetch_quarantined(
     target: &HttpTarget,
     oids: &[Oid],
     limits: &FetchLimits,
-) -> Result<Vec<Oid>, FetchError> {
+) -> Result<Vec<Oid>, GitFetchError> {
     let mut command = git(Some(into));
     quarantine.apply_to(&mut command, into);
     command.args(["-c", "protocol.version=2"]);
@@ -157,15 +157,15 @@ async fn fetch_quarantined(
         OUTPUT_CAP,
     )
     .await
-    .map_err(|e| FetchError::Other(e.to_string()))?;
+    .map_err(|e| GitFetchError::Other(e.to_string()))?;
     if out.timed_out() {
-        return Err(FetchError::Timeout);
+        return Err(GitFetchError::Timeout);
     }
     if !out.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let killed_pack = capped_pack_left(runtime, &quarantine.path, limits.max_bytes).await;
         if killed_pack || hit_file_size_limit(&stderr) {
-            return Err(FetchError::TooLarge {
+            return Err(GitFetchError::TooLarge {
                 max_bytes: limits.max_bytes,
             });
         }
@@ -175,12 +175,12 @@ async fn fetch_quarantined(
     // once the quarantine has moved in: one look, before deciding to move anything.
     let present = quarantine.present(runtime, into, oids).await;
     if present.is_empty() {
-        return Err(FetchError::Other(
+        return Err(GitFetchError::Other(
             "the remote completed the fetch but sent none of the wanted objects".into(),
         ));
     }
     quarantine.migrate(runtime, into).await.map_err(|e| {
-        FetchError::Other(format!("moving fetched objects into the repository: {e}"))
+        GitFetchError::Other(format!("moving fetched objects into the repository: {e}"))
     })?;
     Ok(present)
 }
@@ -191,13 +191,13 @@ struct Quarantine {
 }
 
 impl Quarantine {
-    async fn create(runtime: &dyn Runtime, path: &Path) -> Result<Quarantine, FetchError> {
+    async fn create(runtime: &dyn Runtime, path: &Path) -> Result<Quarantine, GitFetchError> {
         let path = path.to_owned();
         let pack = path.join("pack");
         unblock(runtime, move || std::fs::create_dir_all(pack))
             .await
             .and_then(|r| r)
-            .map_err(|e| FetchError::Other(format!("creating the fetch quarantine: {e}")))?;
+            .map_err(|e| GitFetchError::Other(format!("creating the fetch quarantine: {e}")))?;
         Ok(Quarantine { path })
     }
 
@@ -361,8 +361,8 @@ pub struct HttpTarget {
 }
 
 /// Accepts only `http://` and `https://` URLs with a host.
-pub fn parse_http_url(url: &str) -> Result<HttpTarget, FetchError> {
-    let bad = || FetchError::BadUrl(url.to_owned());
+pub fn parse_http_url(url: &str) -> Result<HttpTarget, GitFetchError> {
+    let bad = || GitFetchError::BadUrl(url.to_owned());
     let (rest, default_port) = if let Some(rest) = url.strip_prefix("https://") {
         (rest, 443)
     } else if let Some(rest) = url.strip_prefix("http://") {
@@ -395,20 +395,20 @@ pub fn parse_http_url(url: &str) -> Result<HttpTarget, FetchError> {
     })
 }
 
-impl From<ResolveError> for FetchError {
-    fn from(e: ResolveError) -> FetchError {
+impl From<ResolveError> for GitFetchError {
+    fn from(e: ResolveError) -> GitFetchError {
         match e {
-            ResolveError::Dns(m) => FetchError::Dns(m),
-            not_public => FetchError::PrivateAddress(not_public.to_string()),
+            ResolveError::Dns(m) => GitFetchError::Dns(m),
+            not_public => GitFetchError::PrivateAddress(not_public.to_string()),
         }
     }
 }
 
 /// Classifies git's stderr after a failed fetch.
-pub fn classify(stderr: &str) -> FetchError {
+pub fn classify(stderr: &str) -> GitFetchError {
     let not_served = not_our_refs(stderr);
     if !not_served.is_empty() {
-        return FetchError::NotOurRef(not_served);
+        return GitFetchError::NotOurRef(not_served);
     }
     let tail = {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -416,21 +416,21 @@ pub fn classify(stderr: &str) -> FetchError {
     };
     let lower = stderr.to_ascii_lowercase();
     if lower.contains("could not resolve host") || lower.contains("could not resolve hostname") {
-        FetchError::Dns(tail)
+        GitFetchError::Dns(tail)
     } else if lower.contains("connection refused")
         || lower.contains("failed to connect")
         || lower.contains("couldn't connect")
         || lower.contains("network is unreachable")
     {
-        FetchError::Refused(tail)
+        GitFetchError::Refused(tail)
     } else if lower.contains("timed out") {
-        FetchError::Timeout
+        GitFetchError::Timeout
     } else if lower.contains("ssl") || lower.contains("tls") || lower.contains("certificate") {
-        FetchError::Tls(tail)
+        GitFetchError::Tls(tail)
     } else if let Some(code) = http_status(stderr) {
-        FetchError::HttpStatus(code)
+        GitFetchError::HttpStatus(code)
     } else {
-        FetchError::Other(tail)
+        GitFetchError::Other(tail)
     }
 }
 
@@ -467,22 +467,22 @@ mod tests {
             classify(&format!(
                 "fatal: remote error: upload-pack: not our ref {oid}\n"
             )),
-            FetchError::NotOurRef(vec![Oid::from_hex(oid).unwrap()])
+            GitFetchError::NotOurRef(vec![Oid::from_hex(oid).unwrap()])
         );
         assert!(matches!(
             classify("fatal: unable to access 'https://x/': Could not resolve host: x\n"),
-            FetchError::Dns(_)
+            GitFetchError::Dns(_)
         ));
         assert!(matches!(
             classify("fatal: unable to access 'http://127.0.0.1:1/': Failed to connect to 127.0.0.1 port 1 after 0 ms: Couldn't connect to server\n"),
-            FetchError::Refused(_)
+            GitFetchError::Refused(_)
         ));
-        assert!(matches!(classify("fatal: unable to access 'https://x/': SSL certificate problem: self-signed certificate\n"), FetchError::Tls(_)));
+        assert!(matches!(classify("fatal: unable to access 'https://x/': SSL certificate problem: self-signed certificate\n"), GitFetchError::Tls(_)));
         assert_eq!(
             classify("fatal: unable to access 'http://x/a.git/': The requested URL returned error: 404\n"),
-            FetchError::HttpStatus(404)
+            GitFetchError::HttpStatus(404)
         );
-        assert!(matches!(classify("fatal: weird\n"), FetchError::Other(_)));
+        assert!(matches!(classify("fatal: weird\n"), GitFetchError::Other(_)));
     }
 
     #[test]

@@ -21,16 +21,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use graspd_core::{Namespace, Oid, RepoKey};
+use graspd_core::{Namespace, Oid, RefEdit, RepoKey};
 use nostr::nips::nip19::ToBech32;
 
-pub use fetch::{FetchError, FetchLimits};
+pub use fetch::{FetchLimits, GitFetchError};
 pub use limits::{Busy, GitLimits, GitRequestSlot, GitRequests, Refusal, Refusals};
 pub use listing::{ListedRef, RefListing};
 pub use locks::{RepoGuard, RepoLocks, TooManyLocks};
 pub use ops::GitOps;
 pub use receive::RefUpdate;
-pub use repo::{ApplyPlan, Inspection, RefChange};
+pub use repo::{Inspection, RepoWrite};
 
 use crate::runtime::Runtime;
 
@@ -227,10 +227,10 @@ impl Git {
         repo: &RepoKey,
         copy_from: Option<&Path>,
         objects: &[Oid],
-        refs: &[RefChange],
+        refs: &[RefEdit],
         head: Option<&str>,
     ) -> Result<(), GitError> {
-        let plan = ApplyPlan {
+        let write = RepoWrite {
             copy_from: copy_from.map(Path::to_owned),
             objects: objects.to_vec(),
             refs: refs.to_vec(),
@@ -238,7 +238,7 @@ impl Git {
         };
         let path = self.repo_path(repo);
         let _guard = self.locks.lock(&path).await?;
-        repo::apply(&*self.runtime, &path, &plan).await
+        repo::apply(&*self.runtime, &path, &write).await
     }
 
     /// Fetches `oids` from `url` into the repo at `into` through a quarantine directory under
@@ -249,7 +249,7 @@ impl Git {
         url: &str,
         oids: &[Oid],
         limits: &FetchLimits,
-    ) -> Result<Vec<Oid>, FetchError> {
+    ) -> Result<Vec<Oid>, GitFetchError> {
         let incoming = self.incoming_path("fetch");
         fetch::fetch(&*self.runtime, into, &incoming, url, oids, limits).await
     }

@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use graspd_core::{Oid, RepoKey};
+use graspd_core::{Oid, RefEdit, RepoKey};
 
-use super::{FetchError, FetchLimits, Git, GitError, Inspection, RefChange, Refusals};
+use super::{FetchLimits, Git, GitError, GitFetchError, Inspection, Refusals};
 use crate::runtime::{unblock, BoxFuture};
 
 /// What the driver does to repositories. Each method is one operation with the real one's
@@ -33,7 +33,7 @@ pub trait GitOps: Send + Sync + fmt::Debug + 'static {
         repo: &'a RepoKey,
         copy_from: Option<&'a RepoKey>,
         objects: &'a [Oid],
-        refs: &'a [RefChange],
+        refs: &'a [RefEdit],
         head: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), GitError>>;
 
@@ -44,7 +44,7 @@ pub trait GitOps: Send + Sync + fmt::Debug + 'static {
         url: &'a str,
         oids: &'a [Oid],
         limits: &'a FetchLimits,
-    ) -> BoxFuture<'a, Result<Vec<Oid>, FetchError>>;
+    ) -> BoxFuture<'a, Result<Vec<Oid>, GitFetchError>>;
 
     /// Every hosted repository (start-up: `refs/nostr` placeholders are restored from them).
     fn hosted_repos(&self) -> BoxFuture<'_, std::io::Result<Vec<RepoKey>>>;
@@ -75,7 +75,7 @@ impl GitOps for Git {
         repo: &'a RepoKey,
         copy_from: Option<&'a RepoKey>,
         objects: &'a [Oid],
-        refs: &'a [RefChange],
+        refs: &'a [RefEdit],
         head: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), GitError>> {
         Box::pin(async move {
@@ -90,7 +90,7 @@ impl GitOps for Git {
         url: &'a str,
         oids: &'a [Oid],
         limits: &'a FetchLimits,
-    ) -> BoxFuture<'a, Result<Vec<Oid>, FetchError>> {
+    ) -> BoxFuture<'a, Result<Vec<Oid>, GitFetchError>> {
         Box::pin(async move {
             let path = self.repo_path(into);
             Git::fetch(self, &path, url, oids, limits).await

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+use gix::refs::transaction::{self, Change, LogChange, PreviousValue, RefLog};
 use gix::refs::{FullName, Target};
-use graspd_core::Oid;
+use graspd_core::{Oid, RefEdit};
 
 use super::process::{self, git};
 use super::GitError;
@@ -36,16 +36,14 @@ pub struct Inspection {
     pub head: Option<String>,
 }
 
-/// One ref edit with its compare-and-swap expectation: the engine's own type.
-pub use graspd_core::RefEdit as RefChange;
-
-/// Everything one release does to a repo.
+/// What one apply writes into a repository on disk: the engine's [`graspd_core::ApplyPlan`]
+/// with its source repository resolved to a path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ApplyPlan {
+pub struct RepoWrite {
     /// A local repo to copy missing `objects` from (`None`: they must be present already).
     pub copy_from: Option<PathBuf>,
     pub objects: Vec<Oid>,
-    pub refs: Vec<RefChange>,
+    pub refs: Vec<RefEdit>,
     /// Make HEAD a symbolic ref to this (e.g. `refs/heads/main`).
     pub head: Option<String>,
 }
@@ -230,22 +228,22 @@ fn inspect_blocking(path: &Path, oids: &[Oid]) -> Result<Inspection, GitError> {
     })
 }
 
-/// Copies missing objects from `plan.copy_from`, then applies every ref change and HEAD in one
+/// Copies missing objects from `write.copy_from`, then applies every ref change and HEAD in one
 /// transaction that fails as a whole if any ref is not at its expected value.
-pub async fn apply(runtime: &dyn Runtime, path: &Path, plan: &ApplyPlan) -> Result<(), GitError> {
-    let missing = missing_objects(runtime, path, &plan.objects).await?;
-    if let (Some(source), false) = (&plan.copy_from, missing.is_empty()) {
+pub async fn apply(runtime: &dyn Runtime, path: &Path, write: &RepoWrite) -> Result<(), GitError> {
+    let missing = missing_objects(runtime, path, &write.objects).await?;
+    if let (Some(source), false) = (&write.copy_from, missing.is_empty()) {
         copy_objects(runtime, path, source, &missing).await?;
     }
-    let mut wanted: Vec<Oid> = plan.refs.iter().filter_map(|r| r.new).collect();
+    let mut wanted: Vec<Oid> = write.refs.iter().filter_map(|r| r.new).collect();
     wanted.extend(missing);
     let still_missing = missing_objects(runtime, path, &wanted).await?;
     if !still_missing.is_empty() {
         return Err(GitError::MissingObjects(still_missing));
     }
     let path = path.to_owned();
-    let plan = plan.clone();
-    unblock(runtime, move || edit_refs_blocking(&path, &plan)).await?
+    let write = write.clone();
+    unblock(runtime, move || edit_refs_blocking(&path, &write)).await?
 }
 
 async fn missing_objects(
@@ -297,7 +295,7 @@ fn full_name(name: &str) -> Result<FullName, GitError> {
     FullName::try_from(name).map_err(|e| GitError::Git(format!("bad ref name {name:?}: {e}")))
 }
 
-fn edit_refs_blocking(path: &Path, plan: &ApplyPlan) -> Result<(), GitError> {
+fn edit_refs_blocking(path: &Path, write: &RepoWrite) -> Result<(), GitError> {
     let mut repo = open(path)?;
     repo.committer_or_set_generic_fallback()
         .map_err(|e| GitError::Git(format!("no committer for the reflog: {e}")))?;
@@ -306,8 +304,8 @@ fn edit_refs_blocking(path: &Path, plan: &ApplyPlan) -> Result<(), GitError> {
         force_create_reflog: false,
         message: "graspd: align with repository state".into(),
     };
-    let mut edits = Vec::with_capacity(plan.refs.len() + 1);
-    for change in &plan.refs {
+    let mut edits = Vec::with_capacity(write.refs.len() + 1);
+    for change in &write.refs {
         let expected = match change.expected {
             Some(old) => PreviousValue::MustExistAndMatch(Target::Object(gix_id(&old))),
             None => PreviousValue::MustNotExist,
@@ -324,14 +322,14 @@ fn edit_refs_blocking(path: &Path, plan: &ApplyPlan) -> Result<(), GitError> {
                 log: RefLog::AndReference,
             },
         };
-        edits.push(RefEdit {
+        edits.push(transaction::RefEdit {
             change: change_kind,
             name: full_name(&change.name)?,
             deref: false,
         });
     }
-    if let Some(head) = &plan.head {
-        edits.push(RefEdit {
+    if let Some(head) = &write.head {
+        edits.push(transaction::RefEdit {
             change: Change::Update {
                 log: log(),
                 expected: PreviousValue::Any,
