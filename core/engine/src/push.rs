@@ -83,6 +83,7 @@ pub fn matching_state<'a>(
 ///
 /// `candidate_states` are the waiting states by authors in the owner's maintainer set;
 /// `known_pr_commit` gives the `c` commit of a known PR or PR update event.
+#[must_use = "a rejected update must be refused to the client"]
 pub fn decide_push(
     current: &BTreeMap<RefName, Oid>,
     updates: &[RefUpdate],
@@ -119,6 +120,7 @@ pub fn decide_push(
 
 /// Decides each command of a push to a GRASP-06 `/prs/` repository: only
 /// `refs/nostr/<event-id>`, checked like on a hosted repository; nothing else lives there.
+#[must_use = "a rejected update must be refused to the client"]
 pub fn decide_prs_push(
     current: &BTreeMap<RefName, Oid>,
     updates: &[RefUpdate],

@@ -29,6 +29,7 @@ fn is_branch_or_tag(name: &str) -> bool {
 /// The edits that make a repository's branches and tags exactly the state's: creations,
 /// updates and deletions, sorted by ref name. Other namespaces (`refs/nostr/*`) are never
 /// touched. Meant to be applied as one transaction, so no branch is ever missing in between.
+#[must_use]
 pub fn align_refs(current: &BTreeMap<RefName, Oid>, state: &RepoState) -> Vec<RefEdit> {
     let mut edits = Vec::new();
     for (name, old) in current.iter().filter(|(n, _)| is_branch_or_tag(n)) {

@@ -130,6 +130,9 @@ enum ApplyPurpose {
 }
 
 impl Engine {
+    /// An engine with nothing accepted and nothing waiting. Call once at start-up, then feed
+    /// it what the store holds (`restore_accepted`, `restore_waiting`, `restore_placeholder`)
+    /// before the first client event.
     pub fn new(config: Config) -> Engine {
         let own = config
             .own_origin
@@ -161,11 +164,13 @@ impl Engine {
         }
     }
 
+    /// The configuration the engine was built with.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Start-up: an announcement or state the store holds as accepted (served).
+    /// Start-up, before any `handle_event`: an announcement or state the store holds as
+    /// accepted (served). Call for every one, in any order; it emits nothing.
     pub fn restore_accepted(&mut self, event: &nostr::event::Event) {
         match events::parse(event) {
             Ok(Some(GitEvent::Announcement(a))) => {
@@ -197,8 +202,10 @@ impl Engine {
         }
     }
 
-    /// Start-up: an event the store holds in purgatory, with its remaining life. It goes
-    /// straight back into scheduling and its repositories are inspected at once.
+    /// Start-up, after `restore_accepted`: an event the store holds in purgatory, with its
+    /// remaining life (the host keeps expiry as wall-clock time). It is durable already, so it
+    /// goes straight back into scheduling and its repositories are inspected at once: drain
+    /// `poll_command` afterwards.
     pub fn restore_waiting(
         &mut self,
         now: Time,
@@ -259,9 +266,12 @@ impl Engine {
         }
     }
 
-    /// A new event (signature already verified by the caller): the verdict only. A `Waiting`
-    /// or `Accepted` event takes effect when the host reports its ticket `Persisted` (see
-    /// [`Verdict`]); until then the engine emits nothing for it.
+    /// Call for every EVENT of a git kind or a deletion a client publishes or the follower
+    /// learns, after the host verified its signature. Returns the verdict only: a `Waiting` or
+    /// `Accepted` event takes effect when the host reports its ticket `Persisted` (see
+    /// [`Verdict`]); until then the engine emits nothing for it. The host answers `OK` after
+    /// that report, never before.
+    #[must_use = "the verdict is the client's OK, and a ticket must be reported Persisted or PersistFailed"]
     pub fn handle_event(
         &mut self,
         now: Time,
@@ -348,8 +358,10 @@ impl Engine {
         self.hold(Admission::Wait(waiting))
     }
 
-    /// Per ref update of a push to `repo` (whose current heads and tags are `current`):
-    /// accept, or reject with the reason git shows the user.
+    /// Call before receive-pack runs, with the push's ref updates and `repo`'s current refs:
+    /// per update, accept, or reject with the reason git shows the user. Decides only; report
+    /// what git then applied with [`Input::Pushed`].
+    #[must_use = "a rejected update must be refused to the client"]
     pub fn decide_push(
         &self,
         repo: &RepoKey,
@@ -359,6 +371,9 @@ impl Engine {
         settle::decide_push(self, repo, current, updates)
     }
 
+    /// Call when an IO outcome is known: a command's result (with the command's id), a push
+    /// that git applied, or whether an admitted event's store write is durable. Drain
+    /// `poll_command` and `poll_event` afterwards, and re-read `poll_timeout`.
     pub fn handle_input(&mut self, now: Time, input: Input) {
         self.now = self.now.max(now);
         match input {
@@ -371,6 +386,9 @@ impl Engine {
         }
     }
 
+    /// Call when the instant `poll_timeout` named has come (calling early or late is
+    /// harmless: everything due by `now` runs). Drain `poll_command` and `poll_event`
+    /// afterwards.
     pub fn handle_timeout(&mut self, now: Time) {
         self.now = self.now.max(now);
         while let Some((_, reason)) = self.timers.pop_due(now) {
@@ -399,19 +417,29 @@ impl Engine {
         self.throttle.evict_idle(now);
     }
 
-    /// The next deadline and why.
+    /// The next instant to call `handle_timeout` at, and why; `None` while nothing is timed.
+    /// Read it again after every call that changes the engine: the deadline may move.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<(Time, TimerReason)> {
         self.timers.next()
     }
 
+    /// The next IO to run, until `None`. Drain it after every call that changes the engine;
+    /// every command with an id is answered by an [`Input`] with that id.
+    #[must_use = "a command not run leaves the engine waiting for its outcome until a deadline"]
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
     }
 
+    /// The next thing to persist or serve (a release, an expiry, a deletion, ...), until
+    /// `None`. Drain it with `poll_command`, in order.
+    #[must_use = "a released, expired or deleted event must be moved in the store"]
     pub fn poll_event(&mut self) -> Option<EngineEvent> {
         self.events.pop_front()
     }
 
+    /// Counts for metrics; cheap, read at each scrape.
+    #[must_use]
     pub fn stats(&self) -> Stats {
         Stats {
             waiting: self.purgatory.counts(),

@@ -320,6 +320,8 @@ pub struct RelayFollower {
 
 impl RelayFollower {
     /// A follower for the server at `own`; bootstrap relays are followed from the start.
+    /// Call once at start-up, then feed it the stored announcements as
+    /// [`Input::Announcement`]s and drain `poll_command`.
     pub fn new(config: FollowConfig, own: OwnService) -> RelayFollower {
         let mut follower = RelayFollower {
             own,
@@ -355,10 +357,14 @@ impl RelayFollower {
         follower
     }
 
+    /// The configuration the follower was built with.
     pub fn config(&self) -> &FollowConfig {
         &self.config
     }
 
+    /// Call when something it follows changed (an announcement or thread accepted, a
+    /// repository removed) or a connection reports (connected, failed, closed, an event, EOSE).
+    /// Drain `poll_command` afterwards and re-read `poll_timeout`.
     pub fn handle_input(&mut self, now: Time, input: Input) {
         self.advance(now);
         match input {
@@ -398,6 +404,8 @@ impl RelayFollower {
         }
     }
 
+    /// Call when the instant `poll_timeout` named has come (early or late is harmless:
+    /// everything due by `now` runs). Drain `poll_command` afterwards.
     pub fn handle_timeout(&mut self, now: Time) {
         self.advance(now);
         // Inputs since the last poll may have armed timers that are already due.
@@ -419,18 +427,24 @@ impl RelayFollower {
         }
     }
 
-    /// The next command for the host, after acting on everything fed in so far.
+    /// The next command for the host, after acting on everything fed in so far, until `None`.
+    /// Drain it after every `handle_input` and `handle_timeout`.
+    #[must_use = "a command not run leaves a relay unconnected or its subscriptions stale"]
     pub fn poll_command(&mut self) -> Option<Command> {
         self.reconcile();
         self.commands.pop_front()
     }
 
-    /// When to call `handle_timeout` next, and why.
+    /// When to call `handle_timeout` next, and why; `None` while nothing is timed. Read it
+    /// again after every call that changes the follower.
+    #[must_use]
     pub fn poll_timeout(&mut self) -> Option<(Time, FollowTimer)> {
         self.reconcile();
         self.timers.next().map(|(t, r)| (t, r.clone()))
     }
 
+    /// Counts for metrics, read at each scrape.
+    #[must_use]
     pub fn stats(&self) -> FollowStats {
         let mut stats = self.stats.clone();
         stats.relays_tracked = self.relays.len();
@@ -451,7 +465,7 @@ impl RelayFollower {
         stats
     }
 
-    /// Every tracked relay, in URL order.
+    /// Every tracked relay, in URL order (for metrics and the operator).
     pub fn relay_statuses(&self) -> impl Iterator<Item = RelayStatus> + '_ {
         self.relays.iter().map(|(url, r)| RelayStatus {
             url: url.clone(),
@@ -467,7 +481,9 @@ impl RelayFollower {
         })
     }
 
-    /// The relay a connection belongs to, if it is still that relay's connection.
+    /// The relay a connection belongs to, if it is still that relay's connection: the host
+    /// asks before acting on what an old connection reports.
+    #[must_use]
     pub fn connection_url(&self, id: ConnectionId) -> Option<&str> {
         self.connections.get(&id).map(String::as_str)
     }
