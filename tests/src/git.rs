@@ -88,3 +88,11 @@ pub fn ls_remote(url: &str) -> Vec<(String, String)> {
         .map(|(oid, r)| (r.to_owned(), oid.to_owned()))
         .collect()
 }
+
+/// The oid `ref_name` points at on the remote `url`, if it exists there.
+pub fn ref_of(url: &str, ref_name: &str) -> Option<String> {
+    ls_remote(url)
+        .into_iter()
+        .find(|(r, _)| r == ref_name)
+        .map(|(_, oid)| oid)
+}

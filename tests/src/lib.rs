@@ -4,11 +4,13 @@
 //! Every test body takes a [`Flavor`] and runs once per server binary, so both runtimes pass
 //! one suite.
 
+pub mod attack;
 pub mod browser;
 pub mod git;
 pub mod http;
 pub mod nostr;
 pub mod server;
+pub mod traffic;
 
 pub use server::{Flavor, Server, ServerOptions};
 

@@ -185,8 +185,39 @@ impl RelayClient {
                 .headers_mut()
                 .insert(*name, value.parse().expect("header value"));
         }
-        match tungstenite::connect(request) {
-            Ok((socket, _)) => {
+        Self::connected(tungstenite::connect(request).map(|(socket, _)| socket))
+    }
+
+    /// Connects from the local address `source` (a hostile client of
+    /// [`crate::attack::attacker`]'s); a refused upgrade gives the HTTP status and its
+    /// `Retry-After` header.
+    pub fn try_connect_from(
+        ws_url: &str,
+        source: std::net::IpAddr,
+    ) -> Result<RelayClient, (u16, Option<String>)> {
+        use tungstenite::client::IntoClientRequest;
+        let request = ws_url.into_client_request().expect("websocket URL");
+        let host = request.uri().host().expect("websocket host");
+        let port = request.uri().port_u16().expect("websocket port");
+        let addr = format!("{host}:{port}")
+            .parse()
+            .expect("a loopback address");
+        let stream = crate::attack::connect_from(source, addr).expect("tcp connect");
+        Self::connected(
+            tungstenite::client(request, MaybeTlsStream::Plain(stream))
+                .map_err(|e| match e {
+                    tungstenite::HandshakeError::Failure(e) => e,
+                    tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake"),
+                })
+                .map(|(socket, _)| socket),
+        )
+    }
+
+    fn connected(
+        handshake: Result<WebSocket<MaybeTlsStream<TcpStream>>, tungstenite::Error>,
+    ) -> Result<RelayClient, (u16, Option<String>)> {
+        match handshake {
+            Ok(socket) => {
                 if let MaybeTlsStream::Plain(s) = socket.get_ref() {
                     s.set_read_timeout(Some(Duration::from_millis(200)))
                         .unwrap();
@@ -226,9 +257,14 @@ impl RelayClient {
     }
 
     pub fn send(&mut self, msg: Value) {
+        self.try_send(msg).expect("send");
+    }
+
+    /// Sends a message; the server may have closed the connection.
+    pub fn try_send(&mut self, msg: Value) -> Result<(), Box<tungstenite::Error>> {
         self.socket
             .send(Message::text(msg.to_string()))
-            .expect("send");
+            .map_err(Box::new)
     }
 
     /// Sends a raw text frame.
@@ -264,10 +300,22 @@ impl RelayClient {
 
     /// The next relay message, or None once `deadline` passes.
     pub fn recv_until(&mut self, deadline: Instant) -> Option<Value> {
+        self.try_recv(deadline)
+            .unwrap_or_else(|e| panic!("websocket read: {e}"))
+    }
+
+    /// The next relay message, `Ok(None)` once `deadline` passes, `Err` if the connection
+    /// failed or was closed.
+    pub fn try_recv(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<Value>, Box<tungstenite::Error>> {
         while Instant::now() < deadline {
             match self.socket.read() {
                 Ok(Message::Text(t)) => {
-                    return Some(serde_json::from_str(t.as_str()).expect("relay sent JSON"))
+                    return Ok(Some(
+                        serde_json::from_str(t.as_str()).expect("relay sent JSON"),
+                    ))
                 }
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
@@ -278,48 +326,71 @@ impl RelayClient {
                 {
                     continue
                 }
-                Err(e) => panic!("websocket read: {e}"),
+                Err(e) => return Err(Box::new(e)),
             }
         }
-        None
+        Ok(None)
     }
 
     /// Publishes an event and returns the relay's OK reply for it.
     pub fn publish(&mut self, event: &Event) -> OkReply {
+        self.try_publish(event).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`RelayClient::publish`] that says what went wrong instead of panicking: no OK within
+    /// the reply timeout, or the connection failed.
+    pub fn try_publish(&mut self, event: &Event) -> Result<OkReply, String> {
         let event_json: Value =
             serde_json::from_str(&serde_json::to_string(event).unwrap()).unwrap();
-        self.send(json!(["EVENT", event_json]));
         let id = event.id.to_hex();
+        self.try_send(json!(["EVENT", event_json]))
+            .map_err(|e| format!("EVENT {id}: send: {e}"))?;
         let deadline = Instant::now() + REPLY_TIMEOUT;
-        while let Some(msg) = self.recv_until(deadline) {
+        while let Some(msg) = self
+            .try_recv(deadline)
+            .map_err(|e| format!("EVENT {id}: read: {e}"))?
+        {
             if msg[0] == "OK" && msg[1] == id.as_str() {
-                return OkReply {
+                return Ok(OkReply {
                     accepted: msg[2].as_bool().expect("OK flag"),
                     message: msg[3].as_str().unwrap_or_default().to_owned(),
-                };
+                });
             }
         }
-        panic!("no OK for {id}");
+        Err(format!("no OK for {id} within {REPLY_TIMEOUT:?}"))
     }
 
     /// Runs a REQ to EOSE and returns the events.
     pub fn query(&mut self, filter: Value) -> Vec<Value> {
+        self.try_query(filter).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`RelayClient::query`] that says what went wrong instead of panicking: a CLOSED, no
+    /// EOSE within the reply timeout, or a failed connection.
+    pub fn try_query(&mut self, filter: Value) -> Result<Vec<Value>, String> {
         let sub = "q";
-        self.send(json!(["REQ", sub, filter]));
+        self.try_send(json!(["REQ", sub, filter]))
+            .map_err(|e| format!("REQ: send: {e}"))?;
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let mut events = Vec::new();
-        while let Some(msg) = self.recv_until(deadline) {
+        while let Some(msg) = self
+            .try_recv(deadline)
+            .map_err(|e| format!("REQ: read: {e}"))?
+        {
             match msg[0].as_str() {
                 Some("EVENT") if msg[1] == sub => events.push(msg[2].clone()),
                 Some("EOSE") if msg[1] == sub => {
-                    self.send(json!(["CLOSE", sub]));
-                    return events;
+                    self.try_send(json!(["CLOSE", sub]))
+                        .map_err(|e| format!("CLOSE: send: {e}"))?;
+                    return Ok(events);
                 }
-                Some("CLOSED") if msg[1] == sub => panic!("subscription closed: {msg}"),
+                Some("CLOSED") if msg[1] == sub => {
+                    return Err(format!("subscription closed: {msg}"))
+                }
                 _ => {}
             }
         }
-        panic!("no EOSE");
+        Err(format!("no EOSE within {REPLY_TIMEOUT:?}"))
     }
 
     /// Ids of the events a filter returns.

@@ -2,31 +2,20 @@
 //! take memory with a small body, store objects nothing needs, or tie up git processes. Each
 //! scenario runs against both server binaries.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use graspd_tests::git::{ls_remote, WorkRepo};
+use graspd_tests::attack::{
+    answered_or_closed_within, fetch_request, gzip, gzip_bomb, pkt, stalled_push, stalled_push_ref,
+    LEGITIMATE,
+};
+use graspd_tests::git::{ref_of, WorkRepo};
 use graspd_tests::nostr::{announcement, keys, npub, state, RelayClient};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 
 /// Generous bound for things that happen "at once" on a loaded 2-core machine.
 const SOON: Duration = Duration::from_secs(30);
-
-fn ref_of(url: &str, name: &str) -> Option<String> {
-    ls_remote(url)
-        .into_iter()
-        .find(|(r, _)| r == name)
-        .map(|(_, oid)| oid)
-}
-
-/// One pkt-line.
-fn pkt(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:04x}", data.len() + 4).into_bytes();
-    out.extend_from_slice(data);
-    out
-}
 
 /// An announced repo "demo" of keys(1) on `server`, with `main` pushed and released; returns
 /// the work repo and the clone URL.
@@ -40,37 +29,6 @@ fn announced_repo(server: &Server, relay: &mut RelayClient) -> (WorkRepo, String
     assert!(relay.publish(&st).accepted);
     work.git(&["push", "-q", &url, "main"]);
     (work, url)
-}
-
-/// Opens a receive-pack POST that creates `refs/nostr/<id>` (taken without a key), sends the
-/// start of a pack and then nothing: the connection stays open.
-fn stalled_push(addr: SocketAddr, path: &str, new: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    let zero = "0".repeat(40);
-    let placeholder = format!("refs/nostr/{}", "ab".repeat(32));
-    let mut body = pkt(format!("{zero} {new} {placeholder}\0report-status\n").as_bytes());
-    body.extend_from_slice(b"0000");
-    body.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x03");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n\
-         Content-Type: application/x-git-receive-pack-request\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len() + 10_000_000
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&body).unwrap();
-    stream
-}
-
-/// Whether the server answered or closed `stream` within `timeout`.
-fn answered_or_closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
-    stream.set_read_timeout(Some(timeout)).unwrap();
-    let mut buf = [0u8; 1024];
-    match stream.read(&mut buf) {
-        // An answer (its first bytes), or 0 for a close.
-        Ok(_answered_or_closed) => true,
-        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-    }
 }
 
 /// Runs `git push` and waits at most `timeout` for it; `None` if it had to be killed.
@@ -112,7 +70,7 @@ fn stalled_push_does_not_block_the_repository(flavor: Flavor) {
     let (work, url) = announced_repo(&server, &mut relay);
     let path = url.trim_start_matches(&server.http_url()).to_owned() + "/git-receive-pack";
     let started = Instant::now();
-    let mut stalled = stalled_push(server.addr, &path, &work.head());
+    let mut stalled = stalled_push(LEGITIMATE, server.addr, &path, &work.head()).expect("connect");
 
     let owner = keys(1);
     let c2 = work.commit("README", "second\n");
@@ -139,8 +97,7 @@ fn stalled_push_does_not_block_the_repository(flavor: Flavor) {
         answered_or_closed_within(&mut stalled, idle + SOON),
         "the stalled push was never ended"
     );
-    let placeholder = format!("refs/nostr/{}", "ab".repeat(32));
-    assert_eq!(ref_of(&url, &placeholder), None);
+    assert_eq!(ref_of(&url, &stalled_push_ref()), None);
     let metrics = graspd_tests::http::request(server.addr, "GET", "/metrics", &[], b"").text();
     assert!(
         metrics.contains(r#"graspd_git_refused_total{reason="body_timeout"} 1"#),
@@ -160,21 +117,6 @@ fn peak_rss(server: &Server) -> u64 {
     kb * 1024
 }
 
-/// What `write` produces, gzip'd by the `gzip` tool.
-fn gzip(write: impl FnOnce(&mut dyn Write) + Send + 'static) -> Vec<u8> {
-    let mut gzip = Command::new("gzip")
-        .arg("-1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run gzip");
-    let mut stdin = gzip.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || write(&mut stdin));
-    let out = gzip.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out.stdout
-}
-
 /// A gzip body that inflates to 1 GiB, sent to `git-upload-pack`, is refused (413) while it
 /// is inflated, so the server's memory barely moves; a gzip'd fetch request still works.
 fn gzip_bomb_is_refused_with_bounded_memory(flavor: Flavor) {
@@ -183,12 +125,7 @@ fn gzip_bomb_is_refused_with_bounded_memory(flavor: Flavor) {
     let (work, url) = announced_repo(&server, &mut relay);
     let rpc = url.trim_start_matches(&server.http_url()).to_owned() + "/git-upload-pack";
     // 1 GiB of zeros: about 1 MB on the wire.
-    let bomb = gzip(|out| {
-        let zeros = vec![0u8; 1 << 20];
-        for _ in 0..1024 {
-            out.write_all(&zeros).unwrap();
-        }
-    });
+    let bomb = gzip_bomb(1024);
     let before = peak_rss(&server);
     let response = graspd_tests::http::request(
         server.addr,
@@ -214,9 +151,7 @@ fn gzip_bomb_is_refused_with_bounded_memory(flavor: Flavor) {
         bomb.len()
     );
     // A well-formed gzip'd fetch (protocol v0, stateless): NAK, then the pack.
-    let mut request = pkt(format!("want {}\n", work.head()).as_bytes());
-    request.extend_from_slice(b"0000");
-    request.extend_from_slice(&pkt(b"done\n"));
+    let request = fetch_request(&work.head());
     let request = gzip(move |out| out.write_all(&request).unwrap());
     let response = graspd_tests::http::request(
         server.addr,
@@ -295,11 +230,15 @@ fn git_requests_per_address_are_capped(flavor: Flavor) {
     let deadline = Instant::now() + SOON;
     let mut stalled = Vec::new();
     let refused = loop {
-        stalled.push(stalled_push(
-            server.addr,
-            &(path.clone() + "/git-receive-pack"),
-            &work.head(),
-        ));
+        stalled.push(
+            stalled_push(
+                LEGITIMATE,
+                server.addr,
+                &(path.clone() + "/git-receive-pack"),
+                &work.head(),
+            )
+            .expect("connect"),
+        );
         let response = graspd_tests::http::request(server.addr, "GET", &refs, &[], b"");
         if response.status == 429 {
             break response;

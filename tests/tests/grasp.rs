@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use graspd_tests::git::{git, git_fails, git_output, ls_remote, WorkRepo};
+use graspd_tests::git::{git, git_fails, git_output, ls_remote, ref_of, WorkRepo};
 use graspd_tests::http::request;
 use graspd_tests::nostr::{
     announcement, announcement_with, deletion, eventually, keys, npub, pull_request,
@@ -15,13 +15,6 @@ use serde_json::json;
 const SOON: Duration = Duration::from_secs(30);
 
 const PURGATORY: &str = "purgatory: won't be served until git data arrives";
-
-fn ref_of(url: &str, name: &str) -> Option<String> {
-    ls_remote(url)
-        .into_iter()
-        .find(|(r, _)| r == name)
-        .map(|(_, oid)| oid)
-}
 
 /// A server with one announced repo "demo" of keys(1), with `main` pushed and released.
 fn served_repo(flavor: Flavor) -> (Server, WorkRepo, String) {

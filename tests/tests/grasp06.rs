@@ -3,20 +3,13 @@
 
 use std::time::Duration;
 
-use graspd_tests::git::{git_fails, ls_remote, WorkRepo};
+use graspd_tests::git::{git_fails, ls_remote, ref_of, WorkRepo};
 use graspd_tests::http::request;
 use graspd_tests::nostr::{announcement, keys, npub, pull_request, state, Keys, RelayClient};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 use serde_json::json;
 
 const SOON: Duration = Duration::from_secs(30);
-
-fn ref_of(url: &str, name: &str) -> Option<String> {
-    ls_remote(url)
-        .into_iter()
-        .find(|(r, _)| r == name)
-        .map(|(_, oid)| oid)
-}
 
 fn prs_url(server: &Server, signer: &Keys, identifier: &str) -> String {
     format!(
