@@ -2,13 +2,14 @@
 //! Prints one Markdown table (plus the core scale benchmark's own output).
 //!
 //! Run: `cargo run --release -p graspd-tests --bin graspd-bench [-- --quick] [-- --only push,sync]`
-//! Sections: binary, memory, push, relay, sync, load, scale. `--profile` runs tiny sizes, for
+//! Sections: binary, memory, push, relay, sync, load, scale, hostile. `--profile` runs tiny sizes, for
 //! `valgrind --tool=callgrind --trace-children=yes --trace-children-skip='*git*,*cargo*'`.
 
 // A measuring tool: it reads the wall clock by design.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod fixtures;
+mod hostile;
 mod load;
 mod memory;
 mod push;
@@ -36,6 +37,7 @@ struct Plan {
     sync_runs: usize,
     large_commits: usize,
     load: load::LoadSettings,
+    hostile: hostile::Settings,
 }
 
 impl Plan {
@@ -55,6 +57,11 @@ impl Plan {
                 max_per_domain: 2,
                 max_per_minute: 60,
                 timeout: Duration::from_secs(120),
+            },
+            hostile: hostile::Settings {
+                samples: 3,
+                big_issues: 5,
+                big_file_mib: 4,
             },
         }
     }
@@ -76,6 +83,11 @@ impl Plan {
                     max_per_minute: 60,
                     timeout: Duration::from_secs(60),
                 },
+                hostile: hostile::Settings {
+                    samples: 20,
+                    big_issues: 50,
+                    big_file_mib: 16,
+                },
             }
         } else {
             Plan {
@@ -92,6 +104,11 @@ impl Plan {
                     max_per_domain: 4,
                     max_per_minute: 240,
                     timeout: Duration::from_secs(300),
+                },
+                hostile: hostile::Settings {
+                    samples: 100,
+                    big_issues: 100,
+                    big_file_mib: 32,
                 },
             }
         }
@@ -360,6 +377,10 @@ fn main() {
             &format!("throttle waits {}", r.throttle_waits),
         );
     }
+    if wanted("hostile") {
+        step("legitimate users under attack");
+        hostile_rows(&mut table, &plan.hostile);
+    }
     if wanted("scale") {
         step("core scale benchmark");
         scale_output = Some(run_scale(plan.quick));
@@ -380,6 +401,75 @@ fn main() {
         );
     }
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// One fresh server per attack and runtime: legitimate p99s during the attack against the same
+/// server's just before, and the peak RSS the attack caused.
+fn hostile_rows(table: &mut Table, settings: &hostile::Settings) {
+    const OPS: &str = "push / clone / EVENT / NIP-11";
+    for (i, kind) in hostile::Kind::ALL.into_iter().enumerate() {
+        step(kind.label());
+        let [t, s] = FLAVORS.map(|f| hostile::measure(f, kind, settings));
+        if i == 0 {
+            let [bt, bs] = [&t, &s].map(|o| with_errors(fmt_ms(&o.before.p99()), &o.before.errors));
+            table.both(
+                "7 hostile",
+                &format!("no attack: legit p99 ms, {OPS}"),
+                bt,
+                bs,
+                &format!("{} of each, from 127.0.0.1; each attack on a fresh server", settings.samples),
+            );
+        }
+        let [during_t, during_s] = [&t, &s].map(|o| {
+            let (during, before) = (o.during.p99(), o.before.p99());
+            let cells: Vec<String> = during
+                .iter()
+                .zip(before)
+                .map(|(d, b)| format!("{} ({:.1}x)", fmt_one(*d), d / b))
+                .collect();
+            with_errors(cells.join(" / "), &o.during.errors)
+        });
+        table.both(
+            "7 hostile",
+            &format!("{}: legit p99 ms (x before), {OPS}", kind.label()),
+            during_t,
+            during_s,
+            &kind.note(),
+        );
+        table.both(
+            "7 hostile",
+            &format!("{}: peak RSS above idle, MiB", kind.label()),
+            f1(t.peak_mib - t.idle_mib),
+            f1(s.peak_mib - s.idle_mib),
+            &format!(
+                "idle {:.1} / {:.1} MiB; tokio's attack: {}",
+                t.idle_mib, s.idle_mib, t.tally
+            ),
+        );
+    }
+}
+
+fn fmt_one(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn fmt_ms(values: &[f64]) -> String {
+    values.iter().map(|v| fmt_one(*v)).collect::<Vec<_>>().join(" / ")
+}
+
+/// A cell with the failures of the legitimate operations, if any.
+fn with_errors(cell: String, errors: &[String]) -> String {
+    match errors.first() {
+        None => cell,
+        Some(first) => {
+            eprintln!("[graspd-bench] legitimate failures: {errors:?}");
+            format!("{cell}; {} FAILED ({})", errors.len(), first.replace('|', "/").lines().next().unwrap_or(""))
+        }
+    }
 }
 
 /// SIGTERM and a short wait, so a server under `valgrind --tool=callgrind` writes its profile
