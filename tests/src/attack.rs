@@ -312,22 +312,21 @@ impl Attack {
     }
 
     /// Keeps `count` connections from `open` open, reopening those the server ends, pausing
-    /// after a refusal (`open` fails); `tick` runs on every held connection each round (to dribble on it).
+    /// after a refusal (`open` fails). `tick` runs on every held connection each round (to
+    /// dribble on it, or to see whether the server closed it: [`closed_by_server`]) and says
+    /// whether it is still open.
     pub fn hold(
         count: usize,
         open: impl Fn() -> std::io::Result<TcpStream> + Send + Sync + 'static,
-        tick: impl Fn(&mut TcpStream) + Send + Sync + 'static,
+        tick: impl Fn(&mut TcpStream) -> bool + Send + Sync + 'static,
     ) -> Attack {
         Attack::spawn(1, move |_, stop, tally| {
             let mut held: Vec<TcpStream> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let before = held.len();
-                held.retain_mut(|s| !closed_by_server(s));
+                held.retain_mut(|s| tick(s));
                 for _ in held.len()..before {
                     Tally::add(&tally.ended);
-                }
-                for s in &mut held {
-                    tick(s);
                 }
                 while held.len() < count && !stop.load(Ordering::Relaxed) {
                     Tally::add(&tally.opened);
@@ -389,7 +388,7 @@ pub fn stalled_pushes(
                         false => Ok(push),
                     }
                 },
-                |_| {},
+                |s| !closed_by_server(s),
             )
         })
         .collect()
@@ -419,10 +418,15 @@ pub fn websocket_flood(
                         if *n < 124 && s.write_all(b"x").is_ok() {
                             *n += 1;
                         }
+                        !closed_by_server(s)
                     },
                 )
             } else {
-                Attack::hold(per_address, move || raw_websocket(source, addr), |_| {})
+                Attack::hold(
+                    per_address,
+                    move || raw_websocket(source, addr),
+                    |s| !closed_by_server(s),
+                )
             }
         })
         .collect()

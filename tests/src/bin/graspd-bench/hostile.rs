@@ -193,7 +193,10 @@ fn legitimate(
         let issue = tagged(
             &author,
             1621,
-            &[&["a", &coordinate], &["subject", &format!("{}", s.event.len())]],
+            &[
+                &["a", &coordinate],
+                &["subject", &format!("{}", s.event.len())],
+            ],
         );
         Samples::record(&mut s.event, &mut s.errors, traffic::publish(relay, &issue));
         Samples::record(&mut s.nip11, &mut s.errors, traffic::nip11(server.addr));
@@ -266,7 +269,10 @@ fn random_bytes(n: usize) -> Vec<u8> {
 
 fn start(kind: Kind, server: &Server, maintainer: &Maintainer, prepared: &Prepared) -> Vec<Attack> {
     let addr = server.addr;
-    let repo_path = maintainer.url.trim_start_matches(&server.http_url()).to_owned();
+    let repo_path = maintainer
+        .url
+        .trim_start_matches(&server.http_url())
+        .to_owned();
     match kind {
         Kind::StalledPushes => stalled_pushes(
             &[attacker(1)],
@@ -311,14 +317,24 @@ fn start(kind: Kind, server: &Server, maintainer: &Maintainer, prepared: &Prepar
                         let Ok(mut stream) = connect_from(attacker(1), addr) else {
                             continue;
                         };
-                        let content_type = ("Content-Type", "application/x-git-upload-pack-request");
+                        let content_type =
+                            ("Content-Type", "application/x-git-upload-pack-request");
                         let sent = if n % 2 == 0 {
-                            post(&mut stream, addr, &rpc, &[content_type, ("Content-Encoding", "gzip")], &bomb)
+                            post(
+                                &mut stream,
+                                addr,
+                                &rpc,
+                                &[content_type, ("Content-Encoding", "gzip")],
+                                &bomb,
+                            )
                         } else {
                             post(&mut stream, addr, &rpc, &[content_type], &haves)
                         };
                         tally.opened.fetch_add(1, Ordering::Relaxed);
-                        match sent.ok().and_then(|_| status_within(&mut stream, Duration::from_secs(60))) {
+                        match sent
+                            .ok()
+                            .and_then(|_| status_within(&mut stream, Duration::from_secs(60)))
+                        {
                             Some(200) => tally.answered.fetch_add(1, Ordering::Relaxed),
                             _ => tally.refused.fetch_add(1, Ordering::Relaxed),
                         };
@@ -343,7 +359,8 @@ fn start(kind: Kind, server: &Server, maintainer: &Maintainer, prepared: &Prepar
                                 other => Err(std::io::Error::other(format!("{other:?}"))),
                             }
                         },
-                        |_| {},
+                        // Never read, not even to see whether the server closed it.
+                        |_| true,
                     )
                 })
                 .collect()
@@ -366,7 +383,9 @@ fn many_haves(oid: &str, bytes: usize) -> Vec<u8> {
     let done = body.split_off(body.len() - 9);
     let mut n: u64 = 0;
     while body.len() < bytes {
-        body.extend(pkt(format!("have {:040x}\n", 0xdead_0000_0000u64 + n).as_bytes()));
+        body.extend(pkt(
+            format!("have {:040x}\n", 0xdead_0000_0000u64 + n).as_bytes()
+        ));
         n += 1;
     }
     body.extend(done);

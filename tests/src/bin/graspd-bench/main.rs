@@ -417,7 +417,10 @@ fn hostile_rows(table: &mut Table, settings: &hostile::Settings) {
                 &format!("no attack: legit p99 ms, {OPS}"),
                 bt,
                 bs,
-                &format!("{} of each, from 127.0.0.1; each attack on a fresh server", settings.samples),
+                &format!(
+                    "{} of each, from 127.0.0.1; each attack on a fresh server",
+                    settings.samples
+                ),
             );
         }
         let [during_t, during_s] = [&t, &s].map(|o| {
@@ -458,7 +461,11 @@ fn fmt_one(v: f64) -> String {
 }
 
 fn fmt_ms(values: &[f64]) -> String {
-    values.iter().map(|v| fmt_one(*v)).collect::<Vec<_>>().join(" / ")
+    values
+        .iter()
+        .map(|v| fmt_one(*v))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// A cell with the failures of the legitimate operations, if any.
@@ -467,7 +474,11 @@ fn with_errors(cell: String, errors: &[String]) -> String {
         None => cell,
         Some(first) => {
             eprintln!("[graspd-bench] legitimate failures: {errors:?}");
-            format!("{cell}; {} FAILED ({})", errors.len(), first.replace('|', "/").lines().next().unwrap_or(""))
+            format!(
+                "{cell}; {} FAILED ({})",
+                errors.len(),
+                first.replace('|', "/").lines().next().unwrap_or("")
+            )
         }
     }
 }
