@@ -36,8 +36,13 @@ pub struct Config {
     pub first_attempt_after_published: Duration,
     /// Delays between incomplete attempts; the last one repeats.
     pub backoff: Vec<Duration>,
-    /// A fetch that has not reported by then counts as failed and frees its slot.
+    /// A fetch's deadline: the host stops it by then and reports.
     pub fetch_timeout: Duration,
+    /// How long after a fetch's deadline its throttle slot stays taken while the host stops
+    /// it and reports; a fetch not reported by then counts as failed and frees its slot, and a
+    /// later report is ignored. Freeing the slot at the deadline itself would start the next
+    /// fetch at that domain while the host may still be stopping the last one.
+    pub fetch_report_grace: Duration,
     /// An attempt fetches from one remote domain at a time, in candidate order: the next
     /// domain starts when the current one is done without everything, or after this long
     /// (a hedge against a slow or queued remote). Asking every listed server at once would
@@ -90,6 +95,7 @@ impl Default for Config {
                 Duration::from_secs(120),
             ],
             fetch_timeout: Duration::from_secs(120),
+            fetch_report_grace: Duration::from_secs(5),
             fetch_hedge_after: Duration::from_secs(10),
             local_command_timeout: Duration::from_secs(60),
             max_urls_per_repo: 16,

@@ -72,7 +72,8 @@ fn domain_of(url: &str) -> String {
 struct FetchRecord {
     domain: String,
     start: Time,
-    deadline: Time,
+    /// When the engine frees its slot if it never reports: its deadline plus the grace.
+    frees_at: Time,
     answered: Option<Time>,
 }
 
@@ -125,7 +126,7 @@ impl Run {
             let open = self
                 .fetches
                 .values()
-                .filter(|f| f.domain == domain && f.deadline > now && f.answered.is_none())
+                .filter(|f| f.domain == domain && f.frees_at > now && f.answered.is_none())
                 .count();
             if open + 1 > cfg.max_concurrent_per_domain {
                 self.violations
@@ -147,7 +148,7 @@ impl Run {
                 FetchRecord {
                     domain,
                     start: now,
-                    deadline,
+                    frees_at: deadline + cfg.fetch_report_grace,
                     answered: None,
                 },
             );
@@ -283,18 +284,19 @@ fn throttle_limits_hold(ops: Vec<Op>) -> bool {
 fn every_fetch_ends_in_completion_or_timeout(ops: Vec<Op>) -> bool {
     let mut kit = Kit::default();
     let mut r = run(&ops);
-    // Let every deadline pass without answering anything more.
-    r.step(&mut kit, &Op::Advance { ms: 31_000 });
+    // Let every deadline and its grace pass without answering anything more.
+    let grace = limits().fetch_report_grace.as_millis() as u32;
+    r.step(&mut kit, &Op::Advance { ms: 31_000 + grace });
     let end = r.now;
     let unanswered_due = r
         .fetches
         .values()
-        .filter(|f| f.answered.is_none() && f.deadline <= end)
+        .filter(|f| f.answered.is_none() && f.frees_at <= end)
         .count();
     let open_model: BTreeMap<String, usize> = r
         .fetches
         .values()
-        .filter(|f| f.answered.is_none() && f.deadline > end)
+        .filter(|f| f.answered.is_none() && f.frees_at > end)
         .fold(BTreeMap::new(), |mut m, f| {
             *m.entry(f.domain.clone()).or_default() += 1;
             m

@@ -169,7 +169,8 @@ impl Engine {
                     exclude: job.exclude,
                 },
             );
-            self.timers.push_fetch_deadline(id, deadline);
+            self.timers
+                .push_fetch_deadline(id, deadline + self.config.fetch_report_grace);
             self.counters.fetches_started += 1;
             self.commands.push_back(Command::Fetch {
                 id,

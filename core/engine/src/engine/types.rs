@@ -140,8 +140,9 @@ pub enum Input {
 /// IO the engine wants done. Every command with an id is answered by an input with that id.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Command {
-    /// `git fetch <url> <oids>` into `into` (the host may quarantine). Report by `deadline`;
-    /// after it the engine counts the fetch failed and ignores a late report.
+    /// `git fetch <url> <oids>` into `into` (the host may quarantine). Stop it at `deadline`
+    /// and report; a report later than `Config::fetch_report_grace` after it is ignored, the
+    /// fetch counted failed and its throttle slot freed.
     Fetch {
         id: CommandId,
         into: RepoKey,
