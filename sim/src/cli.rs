@@ -2,14 +2,13 @@
 //! `--scenario NAME` / `--scenarios` (named fault scenarios). Exit codes: 0 ok, 2 safety,
 //! 3 liveness, 4 crash (the engine panicked), 5 determinism, 64 usage.
 
-use std::time::Instant;
-
 use crate::host;
 use crate::named;
 use crate::relay_cli;
 use crate::relays;
 use crate::runner::FailureKind;
 use crate::scenario::{Scenario, Size};
+use crate::seeds::{self, SeedFailure};
 use crate::sut::EngineFactory;
 use crate::swarm::{check_determinism, report, repro_command, run_guarded};
 use crate::trace::TraceMode;
@@ -199,6 +198,7 @@ pub fn main(args: &[String], factory: &dyn EngineFactory) -> i32 {
     }
 }
 
+/// Seeds `from..from + k` of an engine world; stops at the first failure unless `keep_going`.
 fn run_many(
     factory: &dyn EngineFactory,
     from: u64,
@@ -207,47 +207,30 @@ fn run_many(
     keep_going: bool,
     scenario_for: &dyn Fn(u64) -> Option<Scenario>,
 ) -> i32 {
-    let started = Instant::now();
-    let mut failed: Vec<(u64, FailureKind)> = Vec::new();
-    for seed in from..from + k {
+    let run = |seed| {
         let sc = scenario_for(seed).expect("checked");
         let outcome = run_guarded(&sc, factory, TraceMode::Tail);
-        if let Some(f) = &outcome.failure {
-            if keep_going {
-                println!("seed {seed}: {f}");
-                failed.push((seed, f.kind));
-                continue;
-            }
-            print!("{}", report(&sc, &outcome));
-            println!("{} seeds passed before seed {seed} failed", seed - from);
-            return f.kind.exit_code();
-        }
-        if determinism {
-            if let Err(f) = check_determinism(&sc, factory) {
-                println!(
-                    "FAILED {f}\n  reproduce: {} --check-determinism",
-                    repro_command(&sc)
-                );
-                return f.kind.exit_code();
-            }
-        }
-    }
-    if let Some(worst) = failed.iter().map(|(_, kind)| *kind).min() {
-        let seeds: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
-        println!(
-            "FAILED {} of {k} seeds in {:.1}s: {}",
-            failed.len(),
-            started.elapsed().as_secs_f64(),
-            seeds.join(" ")
-        );
-        return worst.exit_code();
-    }
-    println!(
-        "OK {k} seeds ({from}..{}) in {:.1}s",
-        from + k,
-        started.elapsed().as_secs_f64()
-    );
-    0
+        let f = outcome.failure.as_ref()?;
+        Some(SeedFailure {
+            kind: f.kind,
+            summary: format!("at {}: {}", f.at, f.message),
+            report: report(&sc, &outcome),
+        })
+    };
+    let deterministic = |seed| {
+        let sc = scenario_for(seed).expect("checked");
+        let f = check_determinism(&sc, factory).err()?;
+        Some(SeedFailure {
+            kind: f.kind,
+            summary: f.message.clone(),
+            report: format!(
+                "FAILED {f}\n  reproduce: {} --check-determinism\n",
+                repro_command(&sc)
+            ),
+        })
+    };
+    let determinism = determinism.then_some(&deterministic as &dyn Fn(u64) -> Option<SeedFailure>);
+    seeds::run_many("seeds", from, k, keep_going, &run, determinism)
 }
 
 fn run_named_all(factory: &dyn EngineFactory, seed: u64) -> i32 {

@@ -21,6 +21,7 @@ pub mod relays;
 pub mod rng;
 pub mod runner;
 pub mod scenario;
+pub mod seeds;
 pub mod store;
 pub mod sut;
 pub mod swarm;

@@ -1,11 +1,10 @@
 //! Command line for the relay-follower worlds: `--relays --seed N`, `--relays --seeds K`,
 //! `--scenario relay-*`.
 
-use std::time::Instant;
-
 use crate::follow_run::{self, report, RelayOutcome};
 use crate::relays::{self, RelayWorld};
 use crate::runner::FailureKind;
+use crate::seeds::{self, SeedFailure};
 use crate::trace::TraceMode;
 
 /// True if `name` is a relay scenario.
@@ -73,7 +72,7 @@ pub fn run_one(scenario: Option<&str>, seed: u64, quiet: bool, determinism: bool
     exit_code(&outcome)
 }
 
-/// Seeds `from..from + k`; stops at the first failure unless `keep_going`.
+/// Seeds `from..from + k` of a relay world; stops at the first failure unless `keep_going`.
 pub fn run_many(
     scenario: Option<&str>,
     from: u64,
@@ -81,43 +80,26 @@ pub fn run_many(
     determinism: bool,
     keep_going: bool,
 ) -> i32 {
-    let started = Instant::now();
-    let mut failed: Vec<(u64, FailureKind)> = Vec::new();
-    for seed in from..from + k {
+    let run = |seed| {
         let world = world_for(scenario, seed);
         let outcome = follow_run::run(&world, TraceMode::Tail);
-        if let Some(f) = &outcome.failure {
-            if !keep_going {
-                print!("{}", report(&world, &outcome));
-                println!("{} seeds passed before seed {seed} failed", seed - from);
-                return f.kind.exit_code();
-            }
-            println!("seed {seed}: {:?} {}", f.kind, f.message);
-            failed.push((seed, f.kind));
-            continue;
-        }
-        if determinism {
-            if let Err(e) = follow_run::check_determinism(&world) {
-                println!("FAILED {e}");
-                return FailureKind::Determinism.exit_code();
-            }
-        }
-    }
-    if let Some(worst) = failed.iter().map(|(_, kind)| *kind).min() {
-        let seeds: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
-        println!(
-            "FAILED {} of {k} relay seeds: {}",
-            failed.len(),
-            seeds.join(" ")
-        );
-        return worst.exit_code();
-    }
-    println!(
-        "OK {k} relay seeds ({from}..{}) in {:.1}s",
-        from + k,
-        started.elapsed().as_secs_f64()
-    );
-    0
+        let f = outcome.failure.as_ref()?;
+        Some(SeedFailure {
+            kind: f.kind,
+            summary: f.message.clone(),
+            report: report(&world, &outcome),
+        })
+    };
+    let deterministic = |seed| {
+        let e = follow_run::check_determinism(&world_for(scenario, seed)).err()?;
+        Some(SeedFailure {
+            kind: FailureKind::Determinism,
+            summary: e.clone(),
+            report: format!("FAILED {e}\n"),
+        })
+    };
+    let determinism = determinism.then_some(&deterministic as &dyn Fn(u64) -> Option<SeedFailure>);
+    seeds::run_many("relay seeds", from, k, keep_going, &run, determinism)
 }
 
 /// Every named relay scenario at `seed`; returns the worst exit code.

@@ -3,7 +3,7 @@
 //! determinism check, and a check that the checks bite. `cargo run -p graspd-sim --release --
 //! --host --seed N` reproduces a failing seed with its trace.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use graspd_sim::host::cli::{check_determinism, report, run_guarded, world_for};
 use graspd_sim::host::world::NAMED;
@@ -81,4 +81,41 @@ fn a_disk_that_loses_synced_writes_is_caught() {
         caught >= 8,
         "only {caught} of 10 seeds caught the lying disk"
     );
+}
+
+#[test]
+fn a_fetch_slot_freed_at_the_deadline_is_caught() {
+    // The checks must bite: when the engine frees a fetch's slot at the very instant the host
+    // stops it, the next fetch to that domain can start while the last still talks to it.
+    let caught = (0..10)
+        .filter(|seed| {
+            let world = HostWorld {
+                fetch_report_grace: Some(Duration::ZERO),
+                ..HostWorld::bad_remotes(*seed)
+            };
+            let outcome = run_guarded(&world, TraceMode::Quiet);
+            outcome.failure.is_some_and(|(kind, why)| {
+                kind == FailureKind::Safety && why.contains("at once")
+            })
+        })
+        .count();
+    assert!(caught >= 1, "no seed of 10 caught two fetches at one domain at once");
+}
+
+#[test]
+fn deletions_and_expiry_are_exercised() {
+    // The deletion and expiry checks are not vacuous: the scenario deletes acknowledged PRs
+    // and lets others expire, and every check holds.
+    for seed in 0..5 {
+        let world = HostWorld::deletions_and_expiry(seed);
+        let outcome = run_guarded(&world, TraceMode::Tail);
+        assert!(
+            outcome.failure.is_none(),
+            "{}",
+            report(Some("host-deletions-expiry"), &world, &outcome)
+        );
+        assert!(outcome.deleted > 0, "seed {seed}: no PR deletion was acknowledged");
+        assert!(outcome.expired > 0, "seed {seed}: nothing expired");
+        assert!(outcome.most_fetching >= 1, "seed {seed}: nothing was fetched");
+    }
 }

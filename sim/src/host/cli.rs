@@ -2,10 +2,9 @@
 //! `--scenario host-*`, each with `--check-determinism`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
-
 use super::world::{self, HostOutcome, HostWorld, NAMED};
 use crate::runner::FailureKind;
+use crate::seeds::{self, SeedFailure};
 use crate::trace::TraceMode;
 
 /// True if `name` is a host scenario.
@@ -41,6 +40,9 @@ pub fn run_guarded(world: &HostWorld, mode: TraceMode) -> HostOutcome {
                 restarts: 0,
                 polls: 0,
                 pushes_accepted: 0,
+                deleted: 0,
+                expired: 0,
+                most_fetching: 0,
             }
         }
     }
@@ -111,21 +113,25 @@ pub fn run_one(scenario: Option<&str>, seed: u64, quiet: bool, determinism: bool
     let outcome = run_guarded(&world, mode);
     match &outcome.failure {
         None => println!(
-            "OK seed={seed} trace_hash={:016x} lines={} acked={} served_live={} pushes={} restarts={} polls={}",
+            "OK seed={seed} trace_hash={:016x} lines={} acked={} served_live={} pushes={} restarts={} polls={} \
+             deleted={} expired={} most_fetching={}",
             outcome.hash,
             outcome.lines,
             outcome.acked,
             outcome.served_live,
             outcome.pushes_accepted,
             outcome.restarts,
-            outcome.polls
+            outcome.polls,
+            outcome.deleted,
+            outcome.expired,
+            outcome.most_fetching
         ),
         Some(_) => print!("{}", report(scenario, &world, &outcome)),
     }
     exit_code(&outcome)
 }
 
-/// Seeds `from..from + k`; stops at the first failure unless `keep_going`.
+/// Seeds `from..from + k` of a host world; stops at the first failure unless `keep_going`.
 pub fn run_many(
     scenario: Option<&str>,
     from: u64,
@@ -133,46 +139,26 @@ pub fn run_many(
     determinism: bool,
     keep_going: bool,
 ) -> i32 {
-    let started = Instant::now();
-    let mut failed: Vec<(u64, FailureKind)> = Vec::new();
-    for seed in from..from + k {
+    let run = |seed| {
         let world = world_for(scenario, seed);
         let outcome = run_guarded(&world, TraceMode::Tail);
-        if let Some((kind, why)) = &outcome.failure {
-            if !keep_going {
-                print!("{}", report(scenario, &world, &outcome));
-                println!(
-                    "{} host seeds passed before seed {seed} failed",
-                    seed - from
-                );
-                return kind.exit_code();
-            }
-            println!("seed {seed}: {kind:?} {why}");
-            failed.push((seed, *kind));
-            continue;
-        }
-        if determinism {
-            if let Err(e) = check_determinism(&world) {
-                println!("FAILED {e}");
-                return FailureKind::Determinism.exit_code();
-            }
-        }
-    }
-    if let Some(worst) = failed.iter().map(|(_, kind)| *kind).min() {
-        let seeds: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
-        println!(
-            "FAILED {} of {k} host seeds: {}",
-            failed.len(),
-            seeds.join(" ")
-        );
-        return worst.exit_code();
-    }
-    println!(
-        "OK {k} host seeds ({from}..{}) in {:.1}s",
-        from + k,
-        started.elapsed().as_secs_f64()
-    );
-    0
+        let (kind, why) = outcome.failure.clone()?;
+        Some(SeedFailure {
+            kind,
+            summary: why,
+            report: report(scenario, &world, &outcome),
+        })
+    };
+    let deterministic = |seed| {
+        let e = check_determinism(&world_for(scenario, seed)).err()?;
+        Some(SeedFailure {
+            kind: FailureKind::Determinism,
+            summary: e.clone(),
+            report: format!("FAILED {e}\n"),
+        })
+    };
+    let determinism = determinism.then_some(&deterministic as &dyn Fn(u64) -> Option<SeedFailure>);
+    seeds::run_many("host seeds", from, k, keep_going, &run, determinism)
 }
 
 /// Every named host scenario at `seed`; returns the worst exit code.

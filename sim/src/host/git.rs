@@ -52,6 +52,43 @@ pub struct GitWorld {
     /// By domain (`host[:port]` of the clone URL).
     pub remotes: BTreeMap<String, Remote>,
     pub fetches: u64,
+    /// Fetches talking to each remote domain right now (from start until the remote's part
+    /// is over: answered, refused or killed at the deadline).
+    pub fetching: BTreeMap<String, usize>,
+    /// The most fetches one domain ever had at once, and where and when.
+    pub most_fetching: Option<(usize, String, Duration)>,
+}
+
+impl GitWorld {
+    fn fetch_started(&mut self, domain: &str, at: Duration) {
+        let n = self.fetching.entry(domain.to_owned()).or_default();
+        *n += 1;
+        if self.most_fetching.as_ref().is_none_or(|(most, _, _)| *n > *most) {
+            self.most_fetching = Some((*n, domain.to_owned(), at));
+        }
+    }
+
+    fn fetch_ended(&mut self, domain: &str) {
+        if let Some(n) = self.fetching.get_mut(domain) {
+            *n -= 1;
+            if *n == 0 {
+                self.fetching.remove(domain);
+            }
+        }
+    }
+}
+
+/// Counts one fetch at a domain for as long as it lives: a fetch whose task is dropped (its
+/// server crashed) stops counting too.
+struct Fetching {
+    world: SharedGit,
+    domain: String,
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        self.world.lock().fetch_ended(&self.domain);
+    }
 }
 
 /// Shared handle to the git world.
@@ -166,10 +203,18 @@ impl GitOps for ModelGit {
             let remote = {
                 let mut w = self.world.lock();
                 w.fetches += 1;
-                domain.and_then(|d| w.remotes.get(&d).cloned())
+                let remote = domain.as_ref().and_then(|d| w.remotes.get(d).cloned());
+                if let (Some(_), Some(d)) = (&remote, &domain) {
+                    w.fetch_started(d, now);
+                }
+                remote
             };
-            let Some(remote) = remote else {
+            let (Some(remote), Some(domain)) = (remote, domain) else {
                 return Err(GitFetchError::Dns("no such host".into()));
+            };
+            let talking = Fetching {
+                world: self.world.clone(),
+                domain,
             };
             let fault = if now >= remote.heals_at {
                 Fault::Healthy
@@ -192,6 +237,8 @@ impl GitOps for ModelGit {
                 }
                 Fault::Healthy | Fault::Lying => {}
             }
+            // The remote's part is over; what follows is local (the quarantine's move).
+            drop(talking);
             let sends = fault != Fault::Lying;
             let present = self
                 .job(move |w| {

@@ -6,10 +6,16 @@
 //! What is checked, and when:
 //! - every live event a subscriber receives is already durable in the store, its git data is
 //!   in the repository, and no subscription receives it twice;
-//! - after every restart, every event that got `OK true` is served or waiting in purgatory
-//!   (or replaced by a newer acknowledged version), never neither;
-//! - after the world heals and settles: every acknowledged event whose data can be had is
-//!   served, and nothing waits in purgatory whose data is already here.
+//! - after every restart and every few seconds while the server runs, every event that got
+//!   `OK true` and has not reached its purgatory expiry is served or waiting in purgatory (or
+//!   replaced by a newer acknowledged version, or deleted), never neither;
+//! - a PR whose kind 5 deletion got `OK true` is never served from then on, and no longer
+//!   waits in purgatory shortly after;
+//! - an event past its purgatory expiry that was not served is neither waiting nor, ever
+//!   after, served;
+//! - no remote domain ever has more fetches talking to it at once than the configured limit;
+//! - after the world heals and settles: every acknowledged event whose data can be had, and
+//!   that neither expired nor was deleted, is served.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -50,6 +56,16 @@ const T0: u64 = super::runtime::WALL_ORIGIN_SECS;
 const PUBLISH_ATTEMPTS: u32 = 6;
 /// Most polls a seed may take (a livelock is a failure, not a hang).
 const MAX_POLLS: u64 = 5_000_000;
+/// How often the store is audited while the server runs.
+const AUDIT_EVERY: Duration = Duration::from_secs(30);
+/// How long after its deletion's `OK` a PR may still sit in the purgatory table (the engine's
+/// `Deleted` is written by a task of its own).
+const DELETE_MARGIN: Duration = Duration::from_secs(10);
+/// How long after its expiry an event may still wait: an Apply that would release it holds
+/// the expiry until it ends (its deadline is the 60 s local command timeout).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(90);
+/// The store keeps expiry as whole unix seconds: a restart may bring it this much earlier.
+const EXPIRY_ROUNDING: Duration = Duration::from_secs(2);
 
 /// One host world, drawn from a seed (or built by a named scenario).
 #[derive(Clone, Debug)]
@@ -67,6 +83,14 @@ pub struct HostWorld {
     pub prs_in_repo_percent: u64,
     /// The disk loses even synced writes at a crash (to show the checks catch lost data).
     pub lying_disk: bool,
+    /// How long an event waits in purgatory for its data.
+    pub purgatory_expiry: Duration,
+    /// Percent of PRs their author deletes (kind 5) after the `OK`.
+    pub deletions_percent: u64,
+    /// The fetches one remote domain may have at once (`--max-fetches-per-domain`).
+    pub max_fetches_per_domain: usize,
+    /// Overrides the engine's `fetch_report_grace` (to show the fetch-limit check bites).
+    pub fetch_report_grace: Option<Duration>,
 }
 
 impl HostWorld {
@@ -111,6 +135,18 @@ impl HostWorld {
             },
             prs_in_repo_percent: rng.range(30, 90),
             lying_disk: false,
+            purgatory_expiry: if rng.percent(30) {
+                Duration::from_secs(rng.range(30, 600))
+            } else {
+                LONG_EXPIRY
+            },
+            deletions_percent: if rng.percent(50) {
+                rng.range(5, 40)
+            } else {
+                0
+            },
+            max_fetches_per_domain: rng.range(1, 3) as usize,
+            fetch_report_grace: None,
         }
     }
 
@@ -131,6 +167,10 @@ impl HostWorld {
             },
             prs_in_repo_percent: 100,
             lying_disk: false,
+            purgatory_expiry: LONG_EXPIRY,
+            deletions_percent: 0,
+            max_fetches_per_domain: 2,
+            fetch_report_grace: None,
         }
     }
 
@@ -165,9 +205,44 @@ impl HostWorld {
             },
             prs_in_repo_percent: 40,
             lying_disk: false,
+            purgatory_expiry: LONG_EXPIRY,
+            deletions_percent: 0,
+            max_fetches_per_domain: 1,
+            fetch_report_grace: None,
+        }
+    }
+
+    /// PRs whose data mostly never comes, a short purgatory expiry, authors deleting many of
+    /// their PRs while they wait or after they are served, one fetch per domain at a time, and
+    /// a crash in the middle.
+    pub fn deletions_and_expiry(seed: u64) -> HostWorld {
+        HostWorld {
+            seed,
+            repos: 1,
+            states_per_repo: 2,
+            contributors: 4,
+            prs_each: 6,
+            remotes: vec![
+                (Fault::Slow(Duration::from_secs(5)), Duration::from_secs(120)),
+                (Fault::Hung, Duration::from_secs(60)),
+            ],
+            crashes: vec![(Duration::from_secs(40), Duration::from_secs(3))],
+            job_delays: JobDelays {
+                min_ms: 0,
+                max_ms: 40,
+            },
+            prs_in_repo_percent: 30,
+            lying_disk: false,
+            purgatory_expiry: Duration::from_secs(90),
+            deletions_percent: 40,
+            max_fetches_per_domain: 1,
+            fetch_report_grace: None,
         }
     }
 }
+
+/// The purgatory expiry of most worlds: longer than a run, so nothing expires.
+const LONG_EXPIRY: Duration = Duration::from_secs(3 * 3600);
 
 /// A named scenario: (name, what it is, builder from a seed).
 pub type Named = (&'static str, &'static str, fn(u64) -> HostWorld);
@@ -189,6 +264,11 @@ pub const NAMED: &[Named] = &[
         "states only on hung, failing and lying remotes that heal late, and a crash",
         HostWorld::bad_remotes,
     ),
+    (
+        "host-deletions-expiry",
+        "PRs deleted by their authors and PRs expiring from purgatory, one fetch per domain",
+        HostWorld::deletions_and_expiry,
+    ),
 ];
 
 /// What an acknowledged event needs and whether the world will ever have it.
@@ -208,6 +288,14 @@ struct Expect {
 struct Checks {
     failure: Option<(FailureKind, String)>,
     acked: BTreeMap<EventId, Expect>,
+    /// When each event was first sent: the server admitted it no earlier.
+    sent_at: BTreeMap<EventId, Duration>,
+    /// When each acknowledged event got its `OK true`.
+    ok_at: BTreeMap<EventId, Duration>,
+    /// PRs whose deletion got `OK true`, and when.
+    deleted: BTreeMap<EventId, Duration>,
+    /// Acknowledged events seen gone after their expiry without being served.
+    expired: BTreeSet<EventId>,
     /// Every event we built, by id: what it needs (the subscriber checks served events).
     built: BTreeMap<EventId, Expect>,
     live_seen: BTreeSet<(u64, EventId)>,
@@ -222,6 +310,10 @@ struct Shared {
     disk: Disk,
     git: SharedGit,
     config: Config,
+    /// The world's purgatory expiry and per-domain fetch limit, as configured.
+    expiry: Duration,
+    fetch_limit: usize,
+    fetch_report_grace: Option<Duration>,
     node: Mutex<Option<(Group, Arc<Node>)>>,
     checks: Mutex<Checks>,
     trace: Mutex<Trace>,
@@ -290,6 +382,12 @@ pub struct HostOutcome {
     pub restarts: u64,
     pub polls: u64,
     pub pushes_accepted: u64,
+    /// PRs whose deletion got `OK true`.
+    pub deleted: usize,
+    /// Acknowledged events that expired from purgatory unserved.
+    pub expired: usize,
+    /// The most fetches one domain had at once.
+    pub most_fetching: usize,
 }
 
 fn engine_settings(config: &Config) -> Settings {
@@ -303,12 +401,13 @@ fn engine_settings(config: &Config) -> Settings {
     }
 }
 
-fn sim_config() -> Config {
+fn sim_config(world: &HostWorld) -> Config {
     let mut config = Config::defaults();
     config.public_url = Some(OWN_ORIGIN.to_owned());
     config.fetch_timeout_secs = 20;
     let e = &mut config.engine;
-    e.purgatory_expiry_secs = 3 * 3600;
+    e.purgatory_expiry_secs = world.purgatory_expiry.as_secs();
+    e.max_fetches_per_domain = world.max_fetches_per_domain;
     e.sync_delay_published_ms = 3_000;
     e.sync_delay_synced_ms = 500;
     e.sync_backoff_ms = 1_000;
@@ -339,9 +438,13 @@ async fn start_node(shared: &Arc<Shared>, group: Group) -> Result<Arc<Node>, Sto
         runtime: node_rt,
         refusals: Refusals::default(),
     });
+    let mut engine = shared.config.engine_config();
+    if let Some(grace) = shared.fetch_report_grace {
+        engine.fetch_report_grace = grace;
+    }
     Node::start_with(
         runtime,
-        shared.config.engine_config(),
+        engine,
         store,
         git,
         engine_settings(&shared.config),
@@ -376,33 +479,103 @@ async fn controller(shared: Arc<Shared>, crashes: Vec<(Duration, Duration)>) {
             }
         };
         shared.checks().restarts += 1;
-        check_acknowledged(&shared, node.store(), "after a restart");
+        audit(&shared, node.store(), "after a restart");
         *shared.node.lock().unwrap_or_else(|e| e.into_inner()) = Some((group, Arc::clone(&node)));
         shared.log(format_args!("server up (incarnation {group})"));
     }
 }
 
-/// Never neither: every acknowledged event is served, waiting, or replaced by a newer
-/// acknowledged version of itself.
-fn check_acknowledged(shared: &Shared, store: &Store, when: &str) {
+/// The store against what clients were told. Never neither: every acknowledged event is
+/// served, waiting, replaced by a newer acknowledged version of itself, deleted, or past its
+/// expiry. A deleted PR is not served, and not waiting once its deletion had time to be
+/// written. An event past its expiry that was not served is not waiting, and is never served
+/// after. No domain had more fetches at once than the limit.
+fn audit(shared: &Shared, store: &Store, when: &str) {
     let waiting: BTreeSet<EventId> = match store.waiting_all() {
         Ok(all) => all.into_iter().map(|w| w.event.id).collect(),
         Err(e) => return shared.fail(FailureKind::Safety, format!("store unreadable {when}: {e}")),
     };
-    let acked = shared.checks().acked.clone();
+    let now = shared.runtime.elapsed();
+    let (acked, sent_at, ok_at, deleted, mut expired) = {
+        let c = shared.checks();
+        (
+            c.acked.clone(),
+            c.sent_at.clone(),
+            c.ok_at.clone(),
+            c.deleted.clone(),
+            c.expired.clone(),
+        )
+    };
+    let mut failure = None;
     for (id, expect) in &acked {
         let served = store.get(id).ok().flatten().is_some();
-        if served || waiting.contains(id) || replaced(&acked, expect) {
-            continue;
+        let is_waiting = waiting.contains(id);
+        let label = &expect.label;
+        failure = if let Some(at) = deleted.get(id) {
+            if served {
+                Some(format!("{when}: {label} is served after its deletion got OK"))
+            } else if is_waiting && now > *at + DELETE_MARGIN {
+                let late = (now - *at).as_secs();
+                Some(format!(
+                    "{when}: {label} still waits in purgatory {late}s after its deletion got OK"
+                ))
+            } else {
+                None
+            }
+        } else if expired.contains(id) {
+            let place = if served { "served" } else { "waiting" };
+            (served || is_waiting).then(|| format!("{when}: {label} is {place} after it expired"))
+        } else if served || replaced(&acked, expect) {
+            None
+        } else if is_waiting {
+            let acked_at = ok_at.get(id).copied().unwrap_or(now);
+            let late = now.saturating_sub(acked_at + shared.expiry);
+            (late > EXPIRY_MARGIN).then(|| {
+                format!(
+                    "{when}: {label} still waits in purgatory {}s past its expiry",
+                    late.as_secs()
+                )
+            })
+        } else if sent_at
+            .get(id)
+            .is_some_and(|t| now + EXPIRY_ROUNDING >= *t + shared.expiry)
+        {
+            expired.insert(*id);
+            None
+        } else {
+            Some(format!(
+                "{when}: {label} ({}) got OK true but is neither served nor waiting",
+                id.to_hex()
+            ))
+        };
+        if failure.is_some() {
+            break;
         }
-        return shared.fail(
+    }
+    shared.checks().expired = expired;
+    if let Some(why) = failure {
+        return shared.fail(FailureKind::Safety, why);
+    }
+    let most = shared.git.lock().most_fetching.clone();
+    if let Some((n, domain, at)) = most.filter(|(n, _, _)| *n > shared.fetch_limit) {
+        shared.fail(
             FailureKind::Safety,
             format!(
-                "{when}: {} ({}) got OK true but is neither served nor waiting",
-                expect.label,
-                id.to_hex()
+                "{n} fetches talked to {domain} at once (at {:.3}s), over the limit of {}",
+                at.as_secs_f64(),
+                shared.fetch_limit
             ),
         );
+    }
+}
+
+/// Audits the store every few seconds while the server is up, until the run ends.
+async fn auditor(shared: Arc<Shared>) {
+    while shared.runtime.elapsed() + AUDIT_EVERY < RUN_FOR {
+        shared.runtime.sleep(AUDIT_EVERY).await;
+        if let Some((_, node)) = shared.node() {
+            audit(&shared, node.store(), "while running");
+        }
     }
 }
 
@@ -428,6 +601,8 @@ async fn publish(
     event: &Event,
 ) -> Option<(bool, String)> {
     let json = serde_json::json!(["EVENT", event]).to_string();
+    let first_sent = shared.runtime.elapsed();
+    shared.checks().sent_at.entry(event.id).or_insert(first_sent);
     for _ in 0..PUBLISH_ATTEMPTS {
         let socket = match connection.take() {
             Some(socket) => socket,
@@ -460,6 +635,8 @@ async fn publish(
             if ok {
                 if let Some(expect) = checks.built.get(&event.id).cloned() {
                     checks.acked.insert(event.id, expect);
+                    let now = shared.runtime.elapsed();
+                    checks.ok_at.entry(event.id).or_insert(now);
                 }
             }
             drop(checks);
@@ -564,12 +741,21 @@ fn check_served(shared: &Arc<Shared>, connection: u64, event: &Event) {
             format!("{label} was delivered twice on one subscription"),
         );
     }
+    if shared.checks().expired.contains(&event.id) {
+        return shared.fail(
+            FailureKind::Safety,
+            format!("{label} was served live after it expired"),
+        );
+    }
     if let Some((_, node)) = shared.node() {
         if node.store().get(&event.id).ok().flatten().is_none() {
-            return shared.fail(
-                FailureKind::Safety,
-                format!("{label} was served live before it was durable in the store"),
-            );
+            let deleted = shared.checks().deleted.contains_key(&event.id);
+            let why = if deleted {
+                format!("{label} was served live after its deletion got OK")
+            } else {
+                format!("{label} was served live before it was durable in the store")
+            };
+            return shared.fail(FailureKind::Safety, why);
         }
     }
     if let Some(expect) = expect {
@@ -810,11 +996,55 @@ async fn contributor_script(shared: Arc<Shared>, world: HostWorld, plan: Arc<Pla
                 state_of: None,
             },
         );
-        publish(&shared, &who, &mut connection, &pr).await;
+        let acked = publish(&shared, &who, &mut connection, &pr).await;
+        if acked.is_some_and(|(ok, _)| ok) && rng.percent(world.deletions_percent) {
+            shared
+                .runtime
+                .sleep(Duration::from_millis(rng.range(0, 3_000)))
+                .await;
+            delete(&shared, &who, &mut connection, (&user, keys), &pr, &repo).await;
+        }
         shared
             .runtime
             .sleep(Duration::from_millis(rng.range(0, 300)))
             .await;
+    }
+}
+
+/// The author deletes its PR (NIP-09, by id); an `OK true` makes the PR deleted for the checks.
+async fn delete(
+    shared: &Arc<Shared>,
+    who: &str,
+    connection: &mut Option<SimSocket>,
+    (user, keys): (&forge::User, &Keys),
+    pr: &Event,
+    repo: &RepoKey,
+) {
+    let created_at = pr.created_at.as_secs() + 1;
+    let deletion = resign(&forge::deletion(user, created_at, &[pr.id], &[]), keys);
+    let label = {
+        let mut checks = shared.checks();
+        let target = checks
+            .built
+            .get(&pr.id)
+            .map_or_else(|| pr.id.to_hex(), |e| e.label.clone());
+        let label = format!("deletion of {target}");
+        checks.built.insert(
+            deletion.id,
+            Expect {
+                label: label.clone(),
+                repo: repo.clone(),
+                needs: Vec::new(),
+                obtainable: true,
+                state_of: None,
+            },
+        );
+        label
+    };
+    if let Some((true, _)) = publish(shared, who, connection, &deletion).await {
+        let now = shared.runtime.elapsed();
+        shared.checks().deleted.entry(pr.id).or_insert(now);
+        shared.log(format_args!("{who}: {label} acknowledged"));
     }
 }
 
@@ -828,17 +1058,21 @@ fn check_settled(shared: &Arc<Shared>) {
         );
     };
     let store = node.store();
-    check_acknowledged(shared, store, "at the end");
+    audit(shared, store, "at the end");
     if shared.checks().failure.is_some() {
         return;
     }
-    let acked = shared.checks().acked.clone();
+    let (acked, gone) = {
+        let c = shared.checks();
+        let gone: BTreeSet<EventId> = c.deleted.keys().chain(&c.expired).copied().collect();
+        (c.acked.clone(), gone)
+    };
     let waiting: BTreeMap<EventId, ()> = store
         .waiting_all()
         .map(|all| all.into_iter().map(|w| (w.event.id, ())).collect())
         .unwrap_or_default();
     for (id, expect) in &acked {
-        if !expect.obtainable || replaced(&acked, expect) {
+        if !expect.obtainable || replaced(&acked, expect) || gone.contains(id) {
             continue;
         }
         if store.get(id).ok().flatten().is_none() {
@@ -893,7 +1127,10 @@ pub fn run(world: &HostWorld, mode: TraceMode) -> HostOutcome {
             Disk::new()
         },
         git,
-        config: sim_config(),
+        config: sim_config(world),
+        expiry: world.purgatory_expiry,
+        fetch_limit: world.max_fetches_per_domain,
+        fetch_report_grace: world.fetch_report_grace,
         node: Mutex::new(None),
         checks: Mutex::new(Checks::default()),
         trace: Mutex::new(Trace::new(mode)),
@@ -901,20 +1138,25 @@ pub fn run(world: &HostWorld, mode: TraceMode) -> HostOutcome {
         next_connection: Mutex::new(0),
     });
     shared.log(format_args!(
-        "host world seed={} repos={} states={} contributors={} prs_each={} remotes={:?} crashes={:?}",
+        "host world seed={} repos={} states={} contributors={} prs_each={} remotes={:?} crashes={:?} \
+         expiry={}s deletions={}% fetches_per_domain={}",
         world.seed,
         world.repos,
         world.states_per_repo,
         world.contributors,
         world.prs_each,
         world.remotes,
-        world.crashes
+        world.crashes,
+        world.purgatory_expiry.as_secs(),
+        world.deletions_percent,
+        world.max_fetches_per_domain
     ));
     runtime.spawn(Box::pin(controller(
         Arc::clone(&shared),
         world.crashes.clone(),
     )));
     runtime.spawn(Box::pin(subscriber(Arc::clone(&shared))));
+    runtime.spawn(Box::pin(auditor(Arc::clone(&shared))));
     for r in 0..world.repos {
         runtime.spawn(Box::pin(owner_script(
             Arc::clone(&shared),
@@ -958,6 +1200,12 @@ pub fn run(world: &HostWorld, mode: TraceMode) -> HostOutcome {
     for group in 0..=groups {
         runtime.kill(group);
     }
+    let most_fetching = shared
+        .git
+        .lock()
+        .most_fetching
+        .as_ref()
+        .map_or(0, |(n, _, _)| *n);
     let checks = shared.checks();
     let trace = shared.trace.lock().unwrap_or_else(|e| e.into_inner());
     HostOutcome {
@@ -970,5 +1218,8 @@ pub fn run(world: &HostWorld, mode: TraceMode) -> HostOutcome {
         restarts: checks.restarts,
         polls,
         pushes_accepted: checks.pushes_accepted,
+        deleted: checks.deleted.len(),
+        expired: checks.expired.len(),
+        most_fetching,
     }
 }

@@ -1,0 +1,61 @@
+//! The one seed loop behind `--seeds K` for every world (engine, relay follower, host).
+
+use std::time::Instant;
+
+use crate::runner::FailureKind;
+
+/// How one seed failed, as the seed loop prints it.
+pub struct SeedFailure {
+    pub kind: FailureKind,
+    /// One line, listed with `--keep-going`.
+    pub summary: String,
+    /// What failed, the trace's tail and how to reproduce, printed at the first failure.
+    pub report: String,
+}
+
+/// Runs seeds `from..from + k` through `run` (and, when given, `determinism`, which runs a
+/// seed twice and compares); stops at the first failure unless `keep_going`. `noun` names the
+/// seeds in the summary ("host seeds"). Returns the exit code of the worst failure, or 0.
+pub fn run_many(
+    noun: &str,
+    from: u64,
+    k: u64,
+    keep_going: bool,
+    run: &dyn Fn(u64) -> Option<SeedFailure>,
+    determinism: Option<&dyn Fn(u64) -> Option<SeedFailure>>,
+) -> i32 {
+    let started = Instant::now();
+    let mut failed: Vec<(u64, FailureKind)> = Vec::new();
+    for seed in from..from + k {
+        if let Some(f) = run(seed) {
+            if !keep_going {
+                print!("{}", f.report);
+                println!("{} {noun} passed before seed {seed} failed", seed - from);
+                return f.kind.exit_code();
+            }
+            println!("seed {seed}: {:?} {}", f.kind, f.summary);
+            failed.push((seed, f.kind));
+            continue;
+        }
+        if let Some(f) = determinism.and_then(|check| check(seed)) {
+            print!("{}", f.report);
+            return f.kind.exit_code();
+        }
+    }
+    if let Some(worst) = failed.iter().map(|(_, kind)| *kind).min() {
+        let seeds: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
+        println!(
+            "FAILED {} of {k} {noun} in {:.1}s: {}",
+            failed.len(),
+            started.elapsed().as_secs_f64(),
+            seeds.join(" ")
+        );
+        return worst.exit_code();
+    }
+    println!(
+        "OK {k} {noun} ({from}..{}) in {:.1}s",
+        from + k,
+        started.elapsed().as_secs_f64()
+    );
+    0
+}
