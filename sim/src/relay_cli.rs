@@ -91,12 +91,9 @@ pub fn run_many(
         })
     };
     let deterministic = |seed| {
-        let e = follow_run::check_determinism(&world_for(scenario, seed)).err()?;
-        Some(SeedFailure {
-            kind: FailureKind::Determinism,
-            summary: e.clone(),
-            report: format!("FAILED {e}\n"),
-        })
+        follow_run::check_determinism(&world_for(scenario, seed))
+            .err()
+            .map(SeedFailure::nondeterministic)
     };
     let determinism = determinism.then_some(&deterministic as &dyn Fn(u64) -> Option<SeedFailure>);
     seeds::run_many("relay seeds", from, k, keep_going, &run, determinism)

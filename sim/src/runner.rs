@@ -904,9 +904,7 @@ impl<'a> Sim<'a> {
                     RemoteOutcome::Served { delay_ms, present } => {
                         // git fails the whole fetch on the first wanted object the remote lacks.
                         match oids.iter().find(|o| !present.contains(o)) {
-                            Some(lacking) => {
-                                (delay_ms, Err(FetchError::NotOurRef(vec![*lacking])))
-                            }
+                            Some(lacking) => (delay_ms, Err(FetchError::NotOurRef(vec![*lacking]))),
                             None => (delay_ms, Ok(present)),
                         }
                     }

@@ -13,6 +13,17 @@ pub struct SeedFailure {
     pub report: String,
 }
 
+impl SeedFailure {
+    /// Two runs of one seed differed (`why` says how).
+    pub fn nondeterministic(why: String) -> SeedFailure {
+        SeedFailure {
+            kind: FailureKind::Determinism,
+            report: format!("FAILED {why}\n"),
+            summary: why,
+        }
+    }
+}
+
 /// Runs seeds `from..from + k` through `run` (and, when given, `determinism`, which runs a
 /// seed twice and compares); stops at the first failure unless `keep_going`. `noun` names the
 /// seeds in the summary ("host seeds"). Returns the exit code of the worst failure, or 0.

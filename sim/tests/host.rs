@@ -94,12 +94,15 @@ fn a_fetch_slot_freed_at_the_deadline_is_caught() {
                 ..HostWorld::bad_remotes(*seed)
             };
             let outcome = run_guarded(&world, TraceMode::Quiet);
-            outcome.failure.is_some_and(|(kind, why)| {
-                kind == FailureKind::Safety && why.contains("at once")
-            })
+            outcome
+                .failure
+                .is_some_and(|(kind, why)| kind == FailureKind::Safety && why.contains("at once"))
         })
         .count();
-    assert!(caught >= 1, "no seed of 10 caught two fetches at one domain at once");
+    assert!(
+        caught >= 1,
+        "no seed of 10 caught two fetches at one domain at once"
+    );
 }
 
 #[test]
@@ -114,8 +117,14 @@ fn deletions_and_expiry_are_exercised() {
             "{}",
             report(Some("host-deletions-expiry"), &world, &outcome)
         );
-        assert!(outcome.deleted > 0, "seed {seed}: no PR deletion was acknowledged");
+        assert!(
+            outcome.deleted > 0,
+            "seed {seed}: no PR deletion was acknowledged"
+        );
         assert!(outcome.expired > 0, "seed {seed}: nothing expired");
-        assert!(outcome.most_fetching >= 1, "seed {seed}: nothing was fetched");
+        assert!(
+            outcome.most_fetching >= 1,
+            "seed {seed}: nothing was fetched"
+        );
     }
 }

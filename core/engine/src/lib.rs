@@ -118,7 +118,7 @@ pub use engine::{
     ApplyError, ApplyPlan, Arrival, Command, Engine, EngineEvent, FetchError, FetchReport, Input,
     RefDecision, RefEdit, RefUpdate, RepoSnapshot, Stats, Ticket, TimerReason, Verdict,
 };
+pub use ids::{CommandId, EventId, Identifier, Namespace, Oid, PublicKey, RepoKey};
 pub use purgatory::WaitingCounts;
 pub use throttle::ThrottleCounters;
-pub use ids::{CommandId, EventId, Identifier, Namespace, Oid, PublicKey, RepoKey};
 pub use time::Time;

@@ -335,7 +335,10 @@ fn a_fetch_missing_its_deadline_fails_frees_its_slot_and_late_reports_are_ignore
         (t(120_500 + grace), TimerReason::FetchDeadline(late))
     );
     advance(&mut engine, &mut host, t(120_500));
-    assert!(host.fetches.is_empty(), "the slot is held while the host stops the fetch");
+    assert!(
+        host.fetches.is_empty(),
+        "the slot is held while the host stops the fetch"
+    );
     advance(&mut engine, &mut host, t(120_500 + grace));
     assert_eq!(engine.stats().fetch_timeouts, 1);
     assert_eq!(

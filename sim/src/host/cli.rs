@@ -2,6 +2,7 @@
 //! `--scenario host-*`, each with `--check-determinism`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+
 use super::world::{self, HostOutcome, HostWorld, NAMED};
 use crate::runner::FailureKind;
 use crate::seeds::{self, SeedFailure};
@@ -150,12 +151,9 @@ pub fn run_many(
         })
     };
     let deterministic = |seed| {
-        let e = check_determinism(&world_for(scenario, seed)).err()?;
-        Some(SeedFailure {
-            kind: FailureKind::Determinism,
-            summary: e.clone(),
-            report: format!("FAILED {e}\n"),
-        })
+        check_determinism(&world_for(scenario, seed))
+            .err()
+            .map(SeedFailure::nondeterministic)
     };
     let determinism = determinism.then_some(&deterministic as &dyn Fn(u64) -> Option<SeedFailure>);
     seeds::run_many("host seeds", from, k, keep_going, &run, determinism)

@@ -63,7 +63,11 @@ impl GitWorld {
     fn fetch_started(&mut self, domain: &str, at: Duration) {
         let n = self.fetching.entry(domain.to_owned()).or_default();
         *n += 1;
-        if self.most_fetching.as_ref().is_none_or(|(most, _, _)| *n > *most) {
+        if self
+            .most_fetching
+            .as_ref()
+            .is_none_or(|(most, _, _)| *n > *most)
+        {
             self.most_fetching = Some((*n, domain.to_owned(), at));
         }
     }

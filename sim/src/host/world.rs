@@ -140,11 +140,7 @@ impl HostWorld {
             } else {
                 LONG_EXPIRY
             },
-            deletions_percent: if rng.percent(50) {
-                rng.range(5, 40)
-            } else {
-                0
-            },
+            deletions_percent: if rng.percent(50) { rng.range(5, 40) } else { 0 },
             max_fetches_per_domain: rng.range(1, 3) as usize,
             fetch_report_grace: None,
         }
@@ -223,7 +219,10 @@ impl HostWorld {
             contributors: 4,
             prs_each: 6,
             remotes: vec![
-                (Fault::Slow(Duration::from_secs(5)), Duration::from_secs(120)),
+                (
+                    Fault::Slow(Duration::from_secs(5)),
+                    Duration::from_secs(120),
+                ),
                 (Fault::Hung, Duration::from_secs(60)),
             ],
             crashes: vec![(Duration::from_secs(40), Duration::from_secs(3))],
@@ -513,7 +512,9 @@ fn audit(shared: &Shared, store: &Store, when: &str) {
         let label = &expect.label;
         failure = if let Some(at) = deleted.get(id) {
             if served {
-                Some(format!("{when}: {label} is served after its deletion got OK"))
+                Some(format!(
+                    "{when}: {label} is served after its deletion got OK"
+                ))
             } else if is_waiting && now > *at + DELETE_MARGIN {
                 let late = (now - *at).as_secs();
                 Some(format!(
@@ -602,7 +603,11 @@ async fn publish(
 ) -> Option<(bool, String)> {
     let json = serde_json::json!(["EVENT", event]).to_string();
     let first_sent = shared.runtime.elapsed();
-    shared.checks().sent_at.entry(event.id).or_insert(first_sent);
+    shared
+        .checks()
+        .sent_at
+        .entry(event.id)
+        .or_insert(first_sent);
     for _ in 0..PUBLISH_ATTEMPTS {
         let socket = match connection.take() {
             Some(socket) => socket,

@@ -68,7 +68,9 @@ impl fmt::Display for GitFetchError {
             GitFetchError::Refused(m) => write!(f, "connection failed: {m}"),
             GitFetchError::Tls(m) => write!(f, "TLS failed: {m}"),
             GitFetchError::Timeout => f.write_str("fetch timed out"),
-            GitFetchError::TooLarge { max_bytes } => write!(f, "pack larger than {max_bytes} bytes"),
+            GitFetchError::TooLarge { max_bytes } => {
+                write!(f, "pack larger than {max_bytes} bytes")
+            }
             GitFetchError::NotOurRef(oids) => {
                 write!(f, "remote will not serve {} object(s)", oids.len())
             }
@@ -482,7 +484,10 @@ mod tests {
             classify("fatal: unable to access 'http://x/a.git/': The requested URL returned error: 404\n"),
             GitFetchError::HttpStatus(404)
         );
-        assert!(matches!(classify("fatal: weird\n"), GitFetchError::Other(_)));
+        assert!(matches!(
+            classify("fatal: weird\n"),
+            GitFetchError::Other(_)
+        ));
     }
 
     #[test]
