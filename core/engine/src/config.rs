@@ -29,6 +29,9 @@ pub struct Config {
     pub remember_expired_for: Duration,
     /// At most this many expired ids are remembered (oldest forgotten first).
     pub max_remembered_expired: usize,
+    /// Events dated more than this ahead of the host's wall clock are refused
+    /// (`freshness::check_created_at`); older ones are always fine.
+    pub max_future_skew: Duration,
 
     /// First sync attempt after an event that arrived by sync (nobody will push it).
     pub first_attempt_after_synced: Duration,
@@ -86,6 +89,7 @@ impl Default for Config {
             max_placeholders: 100_000,
             remember_expired_for: Duration::from_secs(24 * 3600),
             max_remembered_expired: 100_000,
+            max_future_skew: Duration::from_secs(15 * 60),
             first_attempt_after_synced: Duration::from_millis(500),
             first_attempt_after_published: Duration::from_secs(180),
             backoff: vec![

@@ -90,6 +90,7 @@
 pub mod acceptance;
 pub mod events;
 pub mod follow;
+pub mod freshness;
 pub mod maintainers;
 pub mod net;
 pub mod push;

@@ -223,6 +223,11 @@ pub struct EngineLimits {
     /// Most events waiting in purgatory at once; beyond it new ones are refused.
     #[arg(long, env = "GRASPD_MAX_WAITING", default_value_t = 1_000_000)]
     pub max_waiting: usize,
+
+    /// Seconds an event's `created_at` may be ahead of this server's clock; later ones are
+    /// refused (`invalid: created_at is ... in the future`). Past timestamps are accepted.
+    #[arg(long, env = "GRASPD_MAX_FUTURE_SKEW_SECS", default_value_t = 15 * 60)]
+    pub max_future_skew_secs: u64,
 }
 
 impl EngineLimits {
@@ -297,6 +302,7 @@ impl Config {
             purgatory_expiry: self.purgatory_expiry(),
             placeholder_expiry: self.purgatory_expiry(),
             max_waiting: e.max_waiting,
+            max_future_skew: Duration::from_secs(e.max_future_skew_secs),
             first_attempt_after_published: Duration::from_millis(e.sync_delay_published_ms),
             first_attempt_after_synced: Duration::from_millis(e.sync_delay_synced_ms),
             backoff: e.backoff(),

@@ -24,16 +24,19 @@ pub enum Limit {
     WebSocketOversized,
     /// The listener could not accept a connection (usually out of file descriptors).
     AcceptFailed,
+    /// `--max-future-skew-secs`: an event dated too far ahead of this server's clock.
+    CreatedAtFuture,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 6] = [
+    pub const ALL: [Limit; 7] = [
         Limit::WebSocketsTotal,
         Limit::WebSocketsPerAddress,
         Limit::WebSocketIdle,
         Limit::WebSocketSlowReader,
         Limit::WebSocketOversized,
         Limit::AcceptFailed,
+        Limit::CreatedAtFuture,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Limit {
             Limit::WebSocketSlowReader => "websocket_slow_reader",
             Limit::WebSocketOversized => "websocket_oversized_frame",
             Limit::AcceptFailed => "accept_failed",
+            Limit::CreatedAtFuture => "created_at_future",
         }
     }
 

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use graspd_core::events::{Coordinate, GitEvent, KIND_ANNOUNCEMENT};
+use graspd_core::freshness;
 use graspd_core::related::{self, KnownEvents};
 use graspd_core::{Arrival, EventId, Input, PublicKey, Ticket, Verdict};
 use nostr::event::{Event, Kind};
@@ -18,6 +19,7 @@ use nostr::filter::Filter;
 use tracing::{debug, warn};
 
 use super::Node;
+use crate::refusals::Limit;
 use crate::relay;
 use crate::runtime::unblock;
 use crate::store::{InsertOutcome, Store, StoreError, WaitingEvent};
@@ -30,13 +32,35 @@ impl Node {
     pub async fn accept(self: &Arc<Self>, event: Event, arrival: Arrival) -> relay::Verdict {
         let id = event.id;
         let kind = event.kind.as_u16();
-        let verdict = if related::is_decided_by_relation(kind) {
+        let verdict = if let Err(refused) = self.check_created_at(&event) {
+            self.refuse(Limit::CreatedAtFuture, &refused, &event)
+        } else if related::is_decided_by_relation(kind) {
             self.accept_related(event).await
         } else {
             self.accept_git_event(event, arrival).await
         };
         debug!(%id, kind, accepted = verdict.accepted, message = %verdict.message, "event decided");
         verdict
+    }
+
+    /// Refuses events dated too far ahead of this server's clock (`--max-future-skew-secs`).
+    fn check_created_at(&self, event: &Event) -> Result<(), String> {
+        let max_skew = {
+            let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+            engine.config().max_future_skew
+        };
+        freshness::check_created_at(event.created_at.as_secs(), self.clock.unix_now(), max_skew)
+    }
+
+    /// Counts and logs a refusal by `limit`, and answers it with `message`.
+    fn refuse(&self, limit: Limit, message: &str, event: &Event) -> relay::Verdict {
+        self.metrics.event("rejected");
+        self.settings.refusals.refuse(
+            limit,
+            &format_args!("refused event {} by {}: {message}", event.id, event.pubkey),
+            self.runtime.now(),
+        );
+        relay::Verdict::rejected(message)
     }
 
     /// An event the relay follower learned from another relay (id and signature checked).
