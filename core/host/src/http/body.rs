@@ -127,6 +127,16 @@ pub const LINGER: Duration = Duration::from_secs(30);
 /// limit is checked.
 const GZIP_SLICE: usize = 1024;
 
+/// Reads and drops `incoming` in the background for at most [`LINGER`] (see
+/// [`RequestBody::linger`]).
+pub fn linger(runtime: &Arc<dyn Runtime>, mut incoming: Incoming) {
+    let deadline = runtime.sleep(LINGER);
+    runtime.spawn(Box::pin(async move {
+        let drain = async { while let Some(Ok(_)) = incoming.frame().await {} };
+        future::select(pin!(drain), deadline).await;
+    }));
+}
+
 /// A request body as a stream of decoded chunks, failing once it exceeds its size limit or
 /// its client stalls (see [`BodyLimits`]).
 pub struct RequestBody {
@@ -220,12 +230,7 @@ impl RequestBody {
     /// [`LINGER`]: a client that is still uploading when we answer early (413, a refused
     /// push) then reads our answer instead of a connection reset (nginx's "lingering close").
     pub fn linger(self, runtime: &Arc<dyn Runtime>) {
-        let mut incoming = self.incoming;
-        let deadline = runtime.sleep(LINGER);
-        runtime.spawn(Box::pin(async move {
-            let drain = async { while let Some(Ok(_)) = incoming.frame().await {} };
-            future::select(pin!(drain), deadline).await;
-        }));
+        linger(runtime, self.incoming);
     }
 
     fn decode(&mut self, data: &[u8]) -> Result<Bytes, BodyError> {

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::body::{full, BodyError, ProcessBody, RequestBody, ResponseBody};
+use super::body::{self, full, BodyError, ProcessBody, RequestBody, ResponseBody};
 use super::spool::{self, SpoolError};
 use super::{set_type, status, Site};
 use crate::git::receive::{self, CommandParser, PushCommands};
@@ -163,17 +163,7 @@ pub(super) async fn rpc(
     };
     let slot = match site.git.start_request(peer.ip()) {
         Ok(slot) => slot,
-        Err(e) => {
-            RequestBody::new(
-                site.git.runtime(),
-                request.into_body(),
-                false,
-                0,
-                &site.body,
-            )
-            .linger(site.git.runtime());
-            return busy(site, &repo, peer, e);
-        }
+        Err(e) => return answer_unread(site, request, busy(site, &repo, peer, e)),
     };
     let limit = match service {
         Service::UploadPack => site.body.max_upload_request_bytes,
@@ -185,15 +175,8 @@ pub(super) async fn rpc(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|len| len > limit) {
-        RequestBody::new(
-            site.git.runtime(),
-            request.into_body(),
-            false,
-            0,
-            &site.body,
-        )
-        .linger(site.git.runtime());
-        return body_error(site, &repo, &BodyError::TooLarge { limit });
+        let too_large = body_error(site, &repo, &BodyError::TooLarge { limit });
+        return answer_unread(site, request, too_large);
     }
     let gzip = match request
         .headers()
@@ -203,10 +186,11 @@ pub(super) async fn rpc(
         None | Some(b"identity") => false,
         Some(b"gzip" | b"x-gzip") => true,
         Some(_) => {
-            return status(
+            let unsupported = status(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported Content-Encoding\n",
-            )
+            );
+            return answer_unread(site, request, unsupported);
         }
     };
     let protocol = git_protocol(&request);
@@ -236,6 +220,17 @@ pub(super) async fn rpc(
         set_type(&mut response, service.result_type());
         no_cache(&mut response);
     }
+    response
+}
+
+/// `response`, sent without reading the request's body: what the client is still sending is
+/// read and dropped in the background, so it reads the answer instead of a connection reset.
+fn answer_unread(
+    site: &Site,
+    request: Request<Incoming>,
+    response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    body::linger(site.git.runtime(), request.into_body());
     response
 }
 
