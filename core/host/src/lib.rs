@@ -65,10 +65,11 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         path: config.data_dir.clone(),
         error,
     })?;
-    let git =
-        git::Git::new(Arc::clone(&runtime), &config.data_dir).with_limits(config.git_limits());
-    let relay_limits = config.connections.relay_limits();
     let refusals = Arc::new(refusals::Refusals::new());
+    let git = git::Git::new(Arc::clone(&runtime), &config.data_dir)
+        .with_limits(config.git_limits())
+        .with_refusals(Arc::clone(&refusals));
+    let relay_limits = config.connections.relay_limits();
     let info = nip11::RelayInfo {
         name: "graspd".to_owned(),
         description: "A GRASP server: git repositories authorised by signed nostr proofs"

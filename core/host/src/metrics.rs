@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use graspd_core::Stats;
 
 use crate::follow::{FollowMetrics, FollowStats};
-use crate::git::Refusals as GitRefusals;
 use crate::refusals::{Limit, Refusals};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -45,11 +44,6 @@ struct RelayLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WhatLabel {
     what: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,7 +90,6 @@ pub struct Metrics {
     follow_waiting: Family<WhatLabel, Gauge>,
     follow_refused: Family<WhatLabel, Counter>,
     follow_admitted_late: Family<WhatLabel, Counter>,
-    git_refused: Family<ReasonLabel, Counter>,
     refusals: Family<LimitLabel, Counter>,
     websockets_open: Gauge,
     referenced_ids: Gauge,
@@ -234,16 +227,10 @@ impl Metrics {
             "Waiting relays and values admitted when room freed",
             follow_admitted_late.clone(),
         );
-        let git_refused = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "git_refused",
-            "git requests refused or ended by a limit, by reason",
-            git_refused.clone(),
-        );
         let refusals = Family::<LimitLabel, Counter>::default();
         registry.register(
             "refusals",
-            "Clients refused or disconnected by a limit, by limit",
+            "Connections, git requests and processes refused, disconnected or ended by a limit, by limit",
             refusals.clone(),
         );
         let websockets_open = Gauge::default();
@@ -267,7 +254,6 @@ impl Metrics {
         );
         Metrics {
             registry,
-            git_refused,
             refusals,
             websockets_open,
             referenced_ids,
@@ -334,16 +320,6 @@ impl Metrics {
     /// `outcome`: waiting, accepted, duplicate, rejected.
     pub fn event(&self, outcome: &'static str) {
         self.events.get_or_create(&OutcomeLabel { outcome }).inc();
-    }
-
-    /// Brings the git refusal counters up to the totals the git bridge counted.
-    pub fn git_refusals(&self, refusals: &GitRefusals) {
-        for (reason, total) in refusals.totals() {
-            catch_up(
-                &self.git_refused.get_or_create(&ReasonLabel { reason }),
-                total,
-            );
-        }
     }
 
     /// The text exposition, with engine gauges refreshed from `stats`, the relay follower's

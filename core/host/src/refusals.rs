@@ -1,5 +1,5 @@
-//! What the server refused because a limit was reached: one counter per limit (rendered as
-//! `graspd_refusals_total{limit}`), and a log line per limit at most once per
+//! What the server refused because a limit was reached, relay and git alike: one counter per
+//! limit (rendered as `graspd_refusals_total{limit}`), and a log line per limit at most once per
 //! [`LOG_INTERVAL`], with how many refusals it stands for, so a flood cannot flood the log.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,10 +26,25 @@ pub enum Limit {
     AcceptFailed,
     /// `--max-future-skew-secs`: an event dated too far ahead of this server's clock.
     CreatedAtFuture,
+    /// `--max-git-requests`: the server serves as many git requests as it may (503).
+    GitRequestsTotal,
+    /// `--max-git-requests-per-address` (429).
+    GitRequestsPerAddress,
+    /// `--max-body-bytes`, `--max-upload-request-bytes`: a git request body too large (413).
+    GitBodyTooLarge,
+    /// `--body-idle-timeout-secs`, `--body-timeout-secs`: a git request body that stalled or
+    /// took too long (408).
+    GitBodyTimeout,
+    /// `--git-timeout-secs`: a git process serving a client ran past its deadline; killed.
+    GitProcessTimeout,
+    /// `--max-push-commands`: a push with more ref updates (400).
+    GitTooManyCommands,
+    /// A push that changes no ref: its pack is discarded unread.
+    GitNoOpPack,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 14] = [
         Limit::WebSocketsTotal,
         Limit::WebSocketsPerAddress,
         Limit::WebSocketIdle,
@@ -37,6 +52,13 @@ impl Limit {
         Limit::WebSocketOversized,
         Limit::AcceptFailed,
         Limit::CreatedAtFuture,
+        Limit::GitRequestsTotal,
+        Limit::GitRequestsPerAddress,
+        Limit::GitBodyTooLarge,
+        Limit::GitBodyTimeout,
+        Limit::GitProcessTimeout,
+        Limit::GitTooManyCommands,
+        Limit::GitNoOpPack,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +70,13 @@ impl Limit {
             Limit::WebSocketOversized => "websocket_oversized_frame",
             Limit::AcceptFailed => "accept_failed",
             Limit::CreatedAtFuture => "created_at_future",
+            Limit::GitRequestsTotal => "git_requests_total",
+            Limit::GitRequestsPerAddress => "git_requests_per_address",
+            Limit::GitBodyTooLarge => "git_body_too_large",
+            Limit::GitBodyTimeout => "git_body_timeout",
+            Limit::GitProcessTimeout => "git_process_timeout",
+            Limit::GitTooManyCommands => "git_too_many_commands",
+            Limit::GitNoOpPack => "git_no_op_pack",
         }
     }
 
@@ -59,7 +88,8 @@ impl Limit {
     }
 }
 
-/// Refusal counters and their log throttle; shared by the HTTP origin and the driver.
+/// Refusal counters and their log throttle; shared by the HTTP origin, the git bridge and the
+/// driver.
 #[derive(Debug, Default)]
 pub struct Refusals {
     counts: [AtomicU64; Limit::ALL.len()],

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use graspd_core::{Oid, RefEdit, RepoKey};
-use graspd_host::git::{FetchLimits, GitError, GitFetchError, GitOps, Inspection, Refusals};
+use graspd_host::git::{FetchLimits, GitError, GitFetchError, GitOps, Inspection};
 use graspd_host::runtime::{unblock, BoxFuture};
 use graspd_host::Runtime;
 
@@ -109,8 +109,6 @@ impl SharedGit {
 pub struct ModelGit {
     pub world: SharedGit,
     pub runtime: SimRuntime,
-    /// No limit refuses anything here (git's HTTP side is not simulated).
-    pub refusals: Refusals,
 }
 
 impl std::fmt::Debug for ModelGit {
@@ -272,10 +270,6 @@ impl GitOps for ModelGit {
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
-    }
-
-    fn refusals(&self) -> &Refusals {
-        &self.refusals
     }
 }
 

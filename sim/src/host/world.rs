@@ -44,7 +44,6 @@ use crate::rng::Rng;
 use crate::runner::FailureKind;
 use crate::trace::{Trace, TraceMode};
 use crate::world::{OWN_ORIGIN, OWN_RELAY};
-use graspd_host::git::Refusals;
 
 /// Virtual time the run lasts: activity, then healing, then settling.
 const RUN_FOR: Duration = Duration::from_secs(20 * 60);
@@ -435,7 +434,6 @@ async fn start_node(shared: &Arc<Shared>, group: Group) -> Result<Arc<Node>, Sto
     let git = Arc::new(ModelGit {
         world: shared.git.clone(),
         runtime: node_rt,
-        refusals: Refusals::default(),
     });
     let mut engine = shared.config.engine_config();
     if let Some(grace) = shared.fetch_report_grace {

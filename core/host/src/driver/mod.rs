@@ -321,7 +321,6 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .stats();
-        self.metrics.git_refusals(self.git.refusals());
         self.metrics.referenced(self.store.reference_stats());
         let connections = crate::metrics::Connections {
             refusals: &self.settings.refusals,

@@ -1,11 +1,10 @@
 //! What an anonymous git client may cost: how many git requests are served at once (in all
-//! and per client address), how long a git process serving one may run, and the count of
-//! requests refused for going over a limit (for `/metrics`).
+//! and per client address) and how long a git process serving one may run. What these limits
+//! refuse is counted in [`crate::refusals`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,69 +29,6 @@ impl Default for GitLimits {
             max_requests: 64,
             max_requests_per_address: 16,
         }
-    }
-}
-
-/// Why a git request was refused or cut short by a limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// The request body was larger than its limit (413).
-    BodyTooLarge,
-    /// The request body stalled or took too long (408).
-    BodyTimeout,
-    /// A git process ran past its deadline and was killed.
-    GitTimeout,
-    /// A push carried more ref updates than allowed.
-    TooManyCommands,
-    /// The server was serving its most git requests at once (503).
-    Busy,
-    /// The client's address had its most git requests in flight (429).
-    BusyAddress,
-    /// A push changed no ref; its pack was discarded unread.
-    NoOpPack,
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 7] = [
-        Refusal::BodyTooLarge,
-        Refusal::BodyTimeout,
-        Refusal::GitTimeout,
-        Refusal::TooManyCommands,
-        Refusal::Busy,
-        Refusal::BusyAddress,
-        Refusal::NoOpPack,
-    ];
-
-    /// The `reason` label in `graspd_git_refused_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::BodyTooLarge => "body_too_large",
-            Refusal::BodyTimeout => "body_timeout",
-            Refusal::GitTimeout => "git_timeout",
-            Refusal::TooManyCommands => "too_many_commands",
-            Refusal::Busy => "busy",
-            Refusal::BusyAddress => "busy_address",
-            Refusal::NoOpPack => "no_op_pack",
-        }
-    }
-}
-
-/// How many git requests each limit refused since start-up.
-#[derive(Debug, Default)]
-pub struct Refusals {
-    counts: [AtomicU64; Refusal::ALL.len()],
-}
-
-impl Refusals {
-    pub fn count(&self, refusal: Refusal) {
-        self.counts[refusal as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// `(label, total)` for every kind of refusal.
-    pub fn totals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        Refusal::ALL
-            .iter()
-            .map(|r| (r.label(), self.counts[*r as usize].load(Ordering::Relaxed)))
     }
 }
 

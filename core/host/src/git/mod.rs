@@ -25,13 +25,14 @@ use graspd_core::{Namespace, Oid, RefEdit, RepoKey};
 use nostr::nips::nip19::ToBech32;
 
 pub use fetch::{FetchLimits, GitFetchError};
-pub use limits::{Busy, GitLimits, GitRequestSlot, GitRequests, Refusal, Refusals};
+pub use limits::{Busy, GitLimits, GitRequestSlot, GitRequests};
 pub use listing::{ListedRef, RefListing};
 pub use locks::{RepoGuard, RepoLocks, TooManyLocks};
 pub use ops::GitOps;
 pub use receive::RefUpdate;
 pub use repo::{Inspection, RepoWrite};
 
+use crate::refusals::{Limit, Refusals};
 use crate::runtime::Runtime;
 
 /// Why a repo operation failed.
@@ -106,6 +107,13 @@ impl Git {
         git
     }
 
+    /// The same handle counting what its limits refuse in `refusals` (shared with the rest of
+    /// the server, for `/metrics`).
+    pub fn with_refusals(mut self, refusals: Arc<Refusals>) -> Git {
+        self.refusals = refusals;
+        self
+    }
+
     /// The same handle with these limits on client-serving git processes.
     pub fn with_limits(mut self, limits: GitLimits) -> Git {
         self.requests = GitRequests::new(&limits);
@@ -123,9 +131,14 @@ impl Git {
         &self.limits
     }
 
-    /// Requests refused by a limit, for `/metrics`.
+    /// Where requests refused by a limit are counted and logged.
     pub fn refusals(&self) -> &Refusals {
         &self.refusals
+    }
+
+    /// Counts one refusal of `limit` now, and logs `detail` (throttled per limit).
+    pub fn refuse(&self, limit: Limit, detail: &dyn fmt::Display) {
+        self.refusals.refuse(limit, detail, self.runtime.now());
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {

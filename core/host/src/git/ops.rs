@@ -6,7 +6,7 @@ use std::fmt;
 
 use graspd_core::{Oid, RefEdit, RepoKey};
 
-use super::{FetchLimits, Git, GitError, GitFetchError, Inspection, Refusals};
+use super::{FetchLimits, Git, GitError, GitFetchError, Inspection};
 use crate::runtime::{unblock, BoxFuture};
 
 /// What the driver does to repositories. Each method is one operation with the real one's
@@ -48,9 +48,6 @@ pub trait GitOps: Send + Sync + fmt::Debug + 'static {
 
     /// Every hosted repository (start-up: `refs/nostr` placeholders are restored from them).
     fn hosted_repos(&self) -> BoxFuture<'_, std::io::Result<Vec<RepoKey>>>;
-
-    /// Git requests refused by a limit, for `/metrics`.
-    fn refusals(&self) -> &Refusals;
 }
 
 impl GitOps for Git {
@@ -100,10 +97,6 @@ impl GitOps for Git {
     fn hosted_repos(&self) -> BoxFuture<'_, std::io::Result<Vec<RepoKey>>> {
         let data_dir = self.data_dir().to_owned();
         Box::pin(async move { unblock(&**self.runtime(), move || hosted_repos(&data_dir)).await })
-    }
-
-    fn refusals(&self) -> &Refusals {
-        Git::refusals(self)
     }
 }
 

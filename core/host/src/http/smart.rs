@@ -17,7 +17,8 @@ use super::spool::{self, SpoolError};
 use super::{set_type, status, Site};
 use crate::git::receive::{self, CommandParser, PushCommands};
 use crate::git::smart::{self as git_smart, Service};
-use crate::git::{Busy, GitRequestSlot, Refusal};
+use crate::git::{Busy, GitRequestSlot};
+use crate::refusals::Limit;
 
 /// Most bytes of a push's command list (before the pack).
 const MAX_COMMAND_BYTES: usize = 4 * 1024 * 1024;
@@ -70,16 +71,18 @@ fn git_failure(what: &str, error: impl std::fmt::Display) -> Response<ResponseBo
 /// The answer to a body that broke a limit or could not be read; limits are counted and
 /// logged.
 fn body_error(site: &Site, repo: &RepoKey, error: &BodyError) -> Response<ResponseBody> {
-    let (code, refusal) = match error {
-        BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Some(Refusal::BodyTooLarge)),
+    let (code, limit) = match error {
+        BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Some(Limit::GitBodyTooLarge)),
         BodyError::Idle { .. } | BodyError::TooSlow { .. } => {
-            (StatusCode::REQUEST_TIMEOUT, Some(Refusal::BodyTimeout))
+            (StatusCode::REQUEST_TIMEOUT, Some(Limit::GitBodyTimeout))
         }
         BodyError::BadGzip(_) | BodyError::Read(_) => (StatusCode::BAD_REQUEST, None),
     };
-    if let Some(refusal) = refusal {
-        site.git.refusals().count(refusal);
-        tracing::info!(%repo, reason = refusal.label(), %error, "git request refused");
+    if let Some(limit) = limit {
+        site.git.refuse(
+            limit,
+            &format_args!("git request for {repo} refused: {error}"),
+        );
     }
     status(code, &format!("{error}\n"))
 }
@@ -87,12 +90,14 @@ fn body_error(site: &Site, repo: &RepoKey, error: &BodyError) -> Response<Respon
 /// The answer when the caps on git requests in flight leave no room: 503 (the server) or 429
 /// (this address), both with `Retry-After`.
 fn busy(site: &Site, repo: &RepoKey, peer: SocketAddr, busy: Busy) -> Response<ResponseBody> {
-    let (code, refusal) = match busy {
-        Busy::Server { .. } => (StatusCode::SERVICE_UNAVAILABLE, Refusal::Busy),
-        Busy::Address { .. } => (StatusCode::TOO_MANY_REQUESTS, Refusal::BusyAddress),
+    let (code, limit) = match busy {
+        Busy::Server { .. } => (StatusCode::SERVICE_UNAVAILABLE, Limit::GitRequestsTotal),
+        Busy::Address { .. } => (StatusCode::TOO_MANY_REQUESTS, Limit::GitRequestsPerAddress),
     };
-    site.git.refusals().count(refusal);
-    tracing::info!(%repo, %peer, reason = refusal.label(), "git request refused");
+    site.git.refuse(
+        limit,
+        &format_args!("git request for {repo} from {peer} refused: {busy}"),
+    );
     let mut response = status(code, &format!("{busy}\n"));
     response.headers_mut().insert(
         header::RETRY_AFTER,
@@ -254,8 +259,10 @@ async fn upload_pack(
         limits.process_timeout.as_secs(),
     );
     let on_kill = move || {
-        git.refusals().count(Refusal::GitTimeout);
-        tracing::warn!(repo = %name, secs, "git upload-pack ran past its deadline; killed");
+        git.refuse(
+            Limit::GitProcessTimeout,
+            &format_args!("git upload-pack for {name} ran past its limit of {secs} s; killed"),
+        );
     };
     match git_smart::upload_pack(
         site.git.runtime(),
@@ -295,8 +302,12 @@ async fn read_commands(
             Ok(None) => {}
             Err(e) => {
                 if parser.commands() >= max_commands {
-                    site.git.refusals().count(Refusal::TooManyCommands);
-                    tracing::info!(%repo, max_commands, "git request refused: too many ref updates");
+                    site.git.refuse(
+                        Limit::GitTooManyCommands,
+                        &format_args!(
+                            "push to {repo} refused: more than {max_commands} ref updates"
+                        ),
+                    );
                 }
                 return Err(status(StatusCode::BAD_REQUEST, &format!("{e}\n")));
             }
@@ -373,8 +384,13 @@ async fn receive_pack(
     };
     if out.timed_out() {
         drop(guard);
-        site.git.refusals().count(Refusal::GitTimeout);
-        tracing::warn!(%repo, secs = timeout.as_secs(), "git receive-pack ran past its deadline; killed");
+        site.git.refuse(
+            Limit::GitProcessTimeout,
+            &format_args!(
+                "git receive-pack for {repo} ran past its limit of {} s; killed",
+                timeout.as_secs()
+            ),
+        );
         let reason = format!(
             "this server's git ran past its limit of {} s; nothing was changed",
             timeout.as_secs()
@@ -408,8 +424,10 @@ async fn no_op_push(
         Ok(inspection) => inspection.refs,
         Err(e) => return git_failure("reading the repository's refs failed", e),
     };
-    site.git.refusals().count(Refusal::NoOpPack);
-    tracing::info!(%repo, refs = commands.updates.len(), "push changes no ref; its pack is discarded");
+    site.git.refuse(
+        Limit::GitNoOpPack,
+        &format_args!("a push to {repo} changes no ref; its pack is discarded unread"),
+    );
     let outcomes: Vec<(&str, Result<(), String>)> = commands
         .updates
         .iter()
