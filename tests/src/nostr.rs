@@ -39,7 +39,17 @@ pub fn sign(keys: &Keys, kind: u16, tags: Vec<Tag>, created_offset: i64) -> Even
 
 /// An event of `kind` with `tags` (each a list of strings), created now.
 pub fn tagged(keys: &Keys, kind: u16, tags: &[&[&str]]) -> Event {
-    sign(keys, kind, tags.iter().map(|t| tag(t)).collect(), 0)
+    tagged_at(keys, kind, tags, 0)
+}
+
+/// [`tagged`] with a `created_at` offset from now.
+pub fn tagged_at(keys: &Keys, kind: u16, tags: &[&[&str]], created_offset: i64) -> Event {
+    sign(
+        keys,
+        kind,
+        tags.iter().map(|t| tag(t)).collect(),
+        created_offset,
+    )
 }
 
 /// The `30617:<owner hex>:<identifier>` coordinate of `owner`'s repository.

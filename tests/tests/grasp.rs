@@ -6,7 +6,7 @@ use graspd_tests::git::{git, git_fails, git_output, ls_remote, ref_of, WorkRepo}
 use graspd_tests::http::request;
 use graspd_tests::nostr::{
     announcement, announcement_with, deletion, eventually, keys, npub, pull_request,
-    pull_request_at, repo_coordinate, state, tagged, Event, RelayClient,
+    pull_request_at, repo_coordinate, state, tagged, tagged_at, Event, RelayClient,
 };
 use graspd_tests::{both_runtimes, temp_dir, Flavor, Server, ServerOptions};
 use serde_json::json;
@@ -18,7 +18,12 @@ const PURGATORY: &str = "purgatory: won't be served until git data arrives";
 
 /// A server with one announced repo "demo" of keys(1), with `main` pushed and released.
 fn served_repo(flavor: Flavor) -> (Server, WorkRepo, String) {
-    let server = Server::start(flavor);
+    served_repo_with(flavor, ServerOptions::default())
+}
+
+/// [`served_repo`] on a server started with `options`.
+fn served_repo_with(flavor: Flavor, options: ServerOptions) -> (Server, WorkRepo, String) {
+    let server = Server::start_with(flavor, options);
     let owner = keys(1);
     let url = server.repo_url(&npub(&owner), "demo");
     let mut relay = RelayClient::connect(&server.ws_url());
@@ -295,6 +300,96 @@ fn deletion_removes_event_from_purgatory(flavor: Flavor) {
     assert!(
         stderr.contains("[remote rejected]"),
         "deleted state still authorised a push: {stderr}"
+    );
+}
+
+/// What other GRASP servers take although it is unusual: a state whose ref value is not a full
+/// object id waits in purgatory where nothing can satisfy it, until a deletion or its expiry;
+/// a `HEAD` tag without `ref: ` names the same branch.
+fn unusual_states_are_taken_as_other_servers_take_them(flavor: Flavor) {
+    let (server, work, url) = served_repo_with(
+        flavor,
+        ServerOptions::default().flag("--purgatory-expiry-secs", 20),
+    );
+    let owner = keys(1);
+    let waiting_states = || server.metric(r#"graspd_purgatory_waiting{kind="state"}"#);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let c2 = work.commit("README", "two\n");
+    work.git(&["branch", "develop"]);
+    // Newer than the state a push will bring, and listing exactly what that push makes
+    // `main`: were it matched or blocking, the push below would be refused or release it.
+    let unreadable = tagged_at(
+        &owner,
+        30618,
+        &[
+            &["d", "demo"],
+            &["refs/heads/main", &c2],
+            &["refs/heads/old", "abc123"],
+        ],
+        3,
+    );
+    let reply = relay.publish(&unreadable);
+    assert!(reply.accepted, "{reply:?}");
+    assert_eq!(reply.message, PURGATORY);
+    assert_eq!(waiting_states(), Some(1.0));
+    let stderr = git_fails(&work.dir, &["push", &url, "main"]);
+    assert!(
+        stderr.contains("(no state event in purgatory matches"),
+        "a state that can never be satisfied matched a push: {stderr}"
+    );
+    let doomed = tagged_at(
+        &owner,
+        30618,
+        &[&["d", "demo"], &["refs/heads/main", &c2[..12]]],
+        4,
+    );
+    assert_eq!(relay.publish(&doomed).message, PURGATORY);
+    assert_eq!(waiting_states(), Some(2.0));
+    assert!(relay.publish(&deletion(&owner, &[&doomed])).accepted);
+    assert!(
+        eventually(SOON, || waiting_states() == Some(1.0)),
+        "the deletion did not remove it"
+    );
+
+    let develop = tagged_at(
+        &owner,
+        30618,
+        &[
+            &["d", "demo"],
+            &["refs/heads/main", &c2],
+            &["refs/heads/develop", &c2],
+            &["HEAD", "refs/heads/develop"],
+        ],
+        2,
+    );
+    assert_eq!(relay.publish(&develop).message, PURGATORY);
+    relay.subscribe("live", json!({"kinds": [30618]}));
+    work.git(&["push", "-q", &url, "main", "develop"]);
+    assert!(
+        relay.wait_for_event("live", &develop.id.to_hex(), SOON),
+        "{}",
+        server.log()
+    );
+    let clone = temp_dir("clone");
+    git(&clone, &["clone", "-q", &url, "c"]);
+    assert_eq!(
+        git(&clone.join("c"), &["symbolic-ref", "HEAD"]),
+        "refs/heads/develop",
+        "HEAD without `ref: ` names the same branch"
+    );
+
+    assert!(
+        eventually(Duration::from_secs(60), || waiting_states() == Some(0.0)),
+        "the unsatisfiable state never expired\n{}",
+        server.log()
+    );
+    let mut reader = RelayClient::connect(&server.ws_url());
+    let never_served = [unreadable.id.to_hex(), doomed.id.to_hex()];
+    assert!(reader.query_ids(json!({"ids": never_served})).is_empty());
+    assert_eq!(
+        ref_of(&url, "refs/heads/old"),
+        None,
+        "nothing of it was applied"
     );
 }
 
@@ -1353,6 +1448,7 @@ both_runtimes!(
     partial_clone_with_blob_filter,
     nip11_and_cors,
     deletion_removes_event_from_purgatory,
+    unusual_states_are_taken_as_other_servers_take_them,
     kill9_and_restart_keep_purgatory_and_store,
     deletion_stored_before_a_crash_still_removes_its_waiting_target,
     second_server_fetches_state_and_pr_data,

@@ -133,10 +133,18 @@ pub struct RepoState {
     pub author: PublicKey,
     pub created_at: u64,
     pub identifier: Identifier,
-    /// Branches and tags (peeled `^{}` entries dropped). Empty is legal.
+    /// Branches and tags (peeled `^{}` entries dropped). Empty is legal. Refs whose value
+    /// is not a full object id are not here (see `never_satisfiable`).
     pub refs: StateRefs,
-    /// `HEAD` target branch (`refs/heads/<b>`) from `["HEAD", "ref: refs/heads/<b>"]`.
+    /// `HEAD` target branch (`refs/heads/<b>`) from `["HEAD", "ref: refs/heads/<b>"]`, or
+    /// the same written without the `ref: ` prefix.
     pub head: Option<RefName>,
+    /// A branch or tag's value is not a full (40 lowercase hex) object id, e.g. an
+    /// abbreviated one. Other servers take such a state into purgatory, where nothing can
+    /// satisfy it, so it expires; so does this one. No repository can equal it: it is never
+    /// inspected, fetched for, matched by a push, applied or served, but a deletion removes
+    /// it like any waiting state.
+    pub never_satisfiable: bool,
 }
 
 /// Kind 1618 (PR) or 1619 (PR update): a commit offered to one or more repositories.
@@ -166,6 +174,8 @@ pub struct Deletion {
     pub author: PublicKey,
     pub created_at: u64,
     pub event_ids: Vec<EventId>,
+    /// Its `a` coordinates of announcements and states (30617, 30618); those of other kinds
+    /// name nothing the engine holds and are not kept.
     pub coordinates: Vec<Coordinate>,
 }
 
@@ -192,7 +202,8 @@ pub enum InvalidEvent {
     BadRefName { name: String, why: &'static str },
     /// A state lists the same ref twice with different objects.
     ConflictingRef { name: RefName },
-    /// A state's `HEAD` tag is not `ref: refs/heads/<branch>`.
+    /// A state's `HEAD` tag does not name a branch (`ref: refs/heads/<branch>`, or the same
+    /// without `ref: `).
     BadHead { value: String },
     /// A value that must be a 64-hex public key is not one.
     BadPublicKey { tag: &'static str, value: String },
@@ -382,7 +393,11 @@ pub fn parse(event: &nostr::event::Event) -> Result<Option<GitEvent>, InvalidEve
                 .collect::<Result<_, _>>()?,
         }),
         KIND_STATE => {
-            let (refs, head) = parse_state_refs(&tags)?;
+            let StateTags {
+                refs,
+                head,
+                never_satisfiable,
+            } = parse_state_refs(&tags)?;
             GitEvent::State(RepoState {
                 id,
                 author,
@@ -390,6 +405,7 @@ pub fn parse(event: &nostr::event::Event) -> Result<Option<GitEvent>, InvalidEve
                 identifier: tags.identifier(KIND_STATE)?,
                 refs,
                 head,
+                never_satisfiable,
             })
         }
         kind @ (KIND_PR | KIND_PR_UPDATE) => {
@@ -452,21 +468,31 @@ impl<'a> Tags<'a> {
     }
 }
 
-fn parse_state_refs(tags: &Tags<'_>) -> Result<(StateRefs, Option<RefName>), InvalidEvent> {
+/// What a state's tags say, before the event's other fields are attached.
+struct StateTags {
+    refs: StateRefs,
+    head: Option<RefName>,
+    never_satisfiable: bool,
+}
+
+fn parse_state_refs(tags: &Tags<'_>) -> Result<StateTags, InvalidEvent> {
     let mut refs = BTreeMap::new();
     let mut head = None;
+    let mut never_satisfiable = false;
     for tag in &tags.0 {
         let (Some(name), value) = (tag.first(), tag.get(1)) else {
             continue;
         };
         if name == "HEAD" {
             let value = value.map(String::as_str).unwrap_or("");
-            let branch = value
-                .strip_prefix("ref: ")
-                .filter(|r| r.starts_with("refs/heads/"))
-                .ok_or_else(|| InvalidEvent::BadHead {
+            // `ref: refs/heads/<b>` is the symbolic ref as git writes it; some clients leave
+            // the prefix out, which names the same branch.
+            let branch = value.strip_prefix("ref: ").unwrap_or(value);
+            if !branch.starts_with("refs/heads/") {
+                return Err(InvalidEvent::BadHead {
                     value: value.to_owned(),
-                })?;
+                });
+            }
             check_ref_name(branch)?;
             head.get_or_insert_with(|| branch.to_owned());
             continue;
@@ -479,16 +505,19 @@ fn parse_state_refs(tags: &Tags<'_>) -> Result<(StateRefs, Option<RefName>), Inv
             continue;
         }
         check_ref_name(name)?;
-        let value = value.map(String::as_str).unwrap_or("");
-        let oid = Oid::from_hex(value).map_err(|_| InvalidEvent::BadOid {
-            tag: name.clone(),
-            value: value.to_owned(),
-        })?;
+        let Some(oid) = value.and_then(|v| Oid::from_hex(v).ok()) else {
+            never_satisfiable = true;
+            continue;
+        };
         if refs.insert(name.clone(), oid).is_some_and(|old| old != oid) {
             return Err(InvalidEvent::ConflictingRef { name: name.clone() });
         }
     }
-    Ok((StateRefs::from(refs), head))
+    Ok(StateTags {
+        refs: StateRefs::from(refs),
+        head,
+        never_satisfiable,
+    })
 }
 
 fn parse_pr(
@@ -559,13 +588,15 @@ fn parse_deletion(
     }
     let mut coordinates = Vec::new();
     for value in tags.named("a").filter_map(|t| t.get(1)) {
+        // Coordinates of other kinds cannot match anything the engine holds, whatever their
+        // shape (a replaceable kind's empty identifier, another kind's odd spelling); the
+        // deletion still applies to the rest it names.
+        let repository_kind = value.starts_with("30617:") || value.starts_with("30618:");
         match Coordinate::parse(value) {
-            Ok(c) => coordinates.push(c),
-            // Coordinates of other kinds may have identifiers no repository could have (e.g.
-            // empty for replaceable kinds); they cannot match anything the engine holds.
-            Err(InvalidEvent::BadIdentifier { .. })
-                if !value.starts_with("30617:") && !value.starts_with("30618:") => {}
-            Err(e) => return Err(e),
+            Ok(c) if repository_kind => coordinates.push(c),
+            Ok(_) => {}
+            Err(e) if repository_kind => return Err(e),
+            Err(_) => {}
         }
     }
     Ok(Deletion {
@@ -747,21 +778,6 @@ mod tests {
             (KIND_STATE, &[&["refs/heads/main", C1]], "needs a `d` tag"),
             (
                 KIND_STATE,
-                &[&["d", "r"], &["refs/heads/main", "abc"]],
-                "git object id",
-            ),
-            (
-                KIND_STATE,
-                &[&["d", "r"], &["refs/heads/main", &"AB".repeat(20)]],
-                "lowercase hex",
-            ),
-            (
-                KIND_STATE,
-                &[&["d", "r"], &["refs/heads/main"]],
-                "git object id",
-            ),
-            (
-                KIND_STATE,
                 &[&["d", "r"], &["refs/heads/a..b", C1]],
                 "not a valid git ref name",
             ),
@@ -783,13 +799,26 @@ mod tests {
             ),
             (
                 KIND_STATE,
-                &[&["d", "r"], &["HEAD", "refs/heads/main"]],
+                &[&["d", "r"], &["HEAD", "ref: refs/tags/v1"]],
                 "`HEAD` tag must be",
             ),
             (
                 KIND_STATE,
-                &[&["d", "r"], &["HEAD", "ref: refs/tags/v1"]],
+                &[&["d", "r"], &["HEAD", "main"]],
                 "`HEAD` tag must be",
+            ),
+            (
+                KIND_STATE,
+                &[&["d", "r"], &["refs/heads/a..b", "abc123"]],
+                "not a valid git ref name",
+            ),
+            (
+                KIND_PR,
+                &[
+                    &["a", &format!("30617:{}:r", pk(2).to_hex())],
+                    &["c", "abc123"],
+                ],
+                "git object id",
             ),
             (KIND_PR, &[&["c", C1]], "naming the repository"),
             (
@@ -825,6 +854,48 @@ mod tests {
                 "kind {kind} {tags:?}: {got:?} lacks {want:?}"
             );
         }
+    }
+
+    fn parse_state(tags: &[&[&str]]) -> RepoState {
+        match try_parse(KIND_STATE, tags) {
+            Ok(Some(GitEvent::State(s))) => s,
+            other => panic!("{tags:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ref_value_that_is_not_a_full_object_id_makes_the_state_never_satisfiable() {
+        let upper = "AB".repeat(20);
+        for value in [&["abc123"][..], &[upper.as_str()], &[], &[&C1[..39]]] {
+            let mut tag = vec!["refs/heads/main"];
+            tag.extend_from_slice(value);
+            let s = parse_state(&[&["d", "r"], &["refs/heads/dev", C1], &tag]);
+            assert!(s.never_satisfiable, "{tag:?}");
+            assert_eq!(s.refs.keys().collect::<Vec<_>>(), ["refs/heads/dev"]);
+        }
+        let ok = parse_state(&[
+            &["d", "r"],
+            &["refs/heads/main", C1],
+            &["refs/tags/v1^{}", "x"],
+        ]);
+        assert!(
+            !ok.never_satisfiable,
+            "a peeled entry's value is never read"
+        );
+        let other = parse_state(&[&["d", "r"], &["refs/remotes/x", "abc"]]);
+        assert!(
+            !other.never_satisfiable,
+            "refs outside heads and tags are ignored"
+        );
+    }
+
+    #[test]
+    fn head_without_the_ref_prefix_is_the_same_symbolic_ref() {
+        let bare = parse_state(&[&["d", "r"], &["HEAD", "refs/heads/develop"]]);
+        let prefixed = parse_state(&[&["d", "r"], &["HEAD", "ref: refs/heads/develop"]]);
+        assert_eq!(bare.head.as_deref(), Some("refs/heads/develop"));
+        assert_eq!(bare.head, prefixed.head);
+        assert!(!bare.never_satisfiable);
     }
 
     #[test]
@@ -921,6 +992,17 @@ mod tests {
             1,
             "a replaceable-kind coordinate cannot match a repo"
         );
+        let Ok(Some(GitEvent::Deletion(odd))) = try_parse(
+            KIND_DELETION,
+            &[
+                &["e", &target],
+                &["a", "30023:npub1xyz:post"],
+                &["a", "garbage"],
+            ],
+        ) else {
+            panic!("other kinds' coordinates, however spelt, are ignored")
+        };
+        assert_eq!((odd.event_ids.len(), odd.coordinates.len()), (1, 0));
         assert_eq!(d.coordinates[0].kind, KIND_STATE);
         assert_eq!(d.coordinates[0].identifier.as_str(), "r:x");
     }

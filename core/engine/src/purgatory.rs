@@ -56,6 +56,10 @@ pub struct Purgatory {
     announcements: EventIndex<(PublicKey, Identifier)>,
     /// Waiting states by (identifier, author): a range over an identifier finds every author.
     states: EventIndex<(IdentKey, PublicKey)>,
+    /// Waiting states no repository can equal (`RepoState::never_satisfiable`), by the same
+    /// key. Kept out of `states`, which every rule that inspects, fetches, plans or decides a
+    /// push reads: only deletion by coordinate finds them, and expiry by id.
+    never_satisfiable: EventIndex<(IdentKey, PublicKey)>,
     /// Waiting PRs and PR updates by target repository.
     prs: EventIndex<RepoKey>,
     placeholders: BTreeMap<(RepoKey, EventId), Placeholder>,
@@ -103,8 +107,12 @@ impl Purgatory {
                 self.counts.announcements += 1;
             }
             GitEvent::State(s) => {
-                self.states
-                    .insert((IdentKey::of(&s.identifier), s.author), id);
+                let key = (IdentKey::of(&s.identifier), s.author);
+                if s.never_satisfiable {
+                    self.never_satisfiable.insert(key, id);
+                } else {
+                    self.states.insert(key, id);
+                }
                 self.counts.states += 1;
             }
             GitEvent::Pr(p) => {
@@ -129,8 +137,12 @@ impl Purgatory {
                 self.counts.announcements -= 1;
             }
             GitEvent::State(s) => {
-                self.states
-                    .remove((IdentKey::of(&s.identifier), s.author), id);
+                let key = (IdentKey::of(&s.identifier), s.author);
+                if s.never_satisfiable {
+                    self.never_satisfiable.remove(key, id);
+                } else {
+                    self.states.remove(key, id);
+                }
                 self.counts.states -= 1;
             }
             GitEvent::Pr(p) => {
@@ -151,7 +163,8 @@ impl Purgatory {
             .collect()
     }
 
-    /// Waiting states with `identifier`, any author, as (author, id).
+    /// Waiting states with `identifier` that a repository could equal, any author, as
+    /// (author, id).
     pub fn states_with(&self, identifier: &Identifier) -> Vec<(PublicKey, EventId)> {
         let key = IdentKey::of(identifier);
         self.states
@@ -212,7 +225,9 @@ impl Purgatory {
                     candidates.extend(self.announcements_of(&c.author, &c.identifier))
                 }
                 KIND_STATE => {
-                    candidates.extend(self.states.get(&(IdentKey::of(&c.identifier), c.author)))
+                    let key = (IdentKey::of(&c.identifier), c.author);
+                    candidates.extend(self.states.get(&key));
+                    candidates.extend(self.never_satisfiable.get(&key));
                 }
                 _ => {}
             }

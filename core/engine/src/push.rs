@@ -60,7 +60,8 @@ fn newest<'a>(states: impl Iterator<Item = &'a RepoState>) -> Option<&'a RepoSta
 }
 
 /// The newest candidate state whose refs equal the repository's branches and tags after the
-/// branch and tag commands in `updates`; the state a successful push will release.
+/// branch and tag commands in `updates`; the state a successful push will release. A state
+/// that is never satisfiable equals nothing.
 pub fn matching_state<'a>(
     current: &BTreeMap<RefName, Oid>,
     updates: &[RefUpdate],
@@ -75,7 +76,7 @@ pub fn matching_state<'a>(
         candidate_states
             .iter()
             .copied()
-            .filter(|s| s.refs == proposed),
+            .filter(|s| !s.never_satisfiable && s.refs == proposed),
     )
 }
 
@@ -170,6 +171,12 @@ fn decide_branches_and_tags(
             })
         });
     }
+    // A state that is never satisfiable is neither matched nor named as the one to push.
+    let candidate_states: Vec<&RepoState> = candidate_states
+        .iter()
+        .copied()
+        .filter(|s| !s.never_satisfiable)
+        .collect();
     let proposed = proposed_refs(current, &ours);
     if candidate_states.iter().any(|s| s.refs == proposed) {
         return all(&|_| RefDecision::Accept);
@@ -495,5 +502,23 @@ mod tests {
             lowest
         );
         assert!(matching_state(&current, &push, &[&other]).is_none());
+    }
+
+    #[test]
+    fn a_never_satisfiable_state_matches_no_push() {
+        // Its parsed refs equal the push; the ref it could not read makes it unequal to any.
+        let mut unreadable = state(1, "r", 9, &[("refs/heads/main", 1)], None);
+        unreadable.never_satisfiable = true;
+        let push = [upd("refs/heads/main", 0, 1)];
+        assert!(matching_state(&refs(&[]), &push, &[&unreadable]).is_none());
+        let got = decide_push(&refs(&[]), &push, &[&unreadable], |_| None);
+        assert!(
+            matches!(&got[..], [RefDecision::Reject(r)] if r.contains("no state event")),
+            "{got:?}"
+        );
+        // It neither hides nor outranks an older state the push equals.
+        let older = state(1, "r", 1, &[("refs/heads/main", 1)], None);
+        let got = matching_state(&refs(&[]), &push, &[&unreadable, &older]).unwrap();
+        assert_eq!(got.id, older.id);
     }
 }

@@ -118,6 +118,8 @@ pub enum NotReleasable {
     NoTarget,
     /// Announcements and deletions carry no git data; announcements go out with a state.
     NothingToApply,
+    /// A state listing a ref value that is not a full object id: no repository can equal it.
+    NeverSatisfiable,
 }
 
 /// Plans the release of `event`, whose data is in `source`, over the repositories `targets`
@@ -129,6 +131,9 @@ pub fn plan_release(
     targets: &[Target<'_>],
     present: impl Fn(&RepoKey, &Oid) -> bool,
 ) -> Result<ReleasePlan, NotReleasable> {
+    if matches!(event, GitEvent::State(s) if s.never_satisfiable) {
+        return Err(NotReleasable::NeverSatisfiable);
+    }
     let missing = satisfy::missing(event, |o| present(source, o));
     if !missing.is_empty() {
         return Err(NotReleasable::Missing(missing));
@@ -540,6 +545,24 @@ mod tests {
         assert_eq!(
             plan(&GitEvent::Announcement(ann), 0, &repos),
             Err(NotReleasable::NothingToApply)
+        );
+    }
+
+    #[test]
+    fn a_never_satisfiable_state_is_never_planned() {
+        let mut repos = server(&[1], &[]);
+        repos[0].objects.insert(oid(1));
+        let mut s = state(1, "r", 1, &[("refs/heads/main", 1)], None);
+        s.never_satisfiable = true;
+        assert_eq!(
+            plan(&GitEvent::State(s.clone()), 0, &repos),
+            Err(NotReleasable::NeverSatisfiable)
+        );
+        s.refs = Default::default();
+        assert_eq!(
+            plan(&GitEvent::State(s), 0, &repos),
+            Err(NotReleasable::NeverSatisfiable),
+            "not even when it lists no readable ref"
         );
     }
 

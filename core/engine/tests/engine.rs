@@ -1637,3 +1637,180 @@ fn a_push_never_takes_a_repository_back_to_a_state_older_than_the_one_it_holds()
         "the older state still waits, but the repository holds a newer one"
     );
 }
+
+/// A state by `author` for `r` with `main` at `oid(1)` and a `dev` whose value is an
+/// abbreviated object id, as some clients write it.
+fn unreadable_state(kit: &mut Kit, author: u8, created_at: u64) -> nostr::event::Event {
+    let tags = [
+        vec!["d".to_string(), "r".to_string()],
+        vec!["refs/heads/main".to_string(), oid(1).to_string()],
+        vec!["refs/heads/dev".to_string(), "abc123".to_string()],
+        vec!["HEAD".to_string(), "ref: refs/heads/main".to_string()],
+    ];
+    kit.event(author, 30618, created_at, &tags)
+}
+
+fn push_main(engine: &Engine, to: u32) -> graspd_core::RefDecision {
+    let update = [RefUpdate {
+        old: graspd_core::Oid::ZERO,
+        new: oid(to),
+        name: "refs/heads/main".into(),
+    }];
+    engine.decide_push(&repo(1, "r"), &Default::default(), &update)[0].clone()
+}
+
+#[test]
+fn a_state_with_a_ref_value_that_is_not_an_object_id_waits_unseen_then_expires() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let st = unreadable_state(&mut kit, 1, 2000);
+    let id = st.id;
+    assert!(matches!(
+        publish(&mut engine, &mut host, t(0), st.clone(), Arrival::Synced),
+        Verdict::Waiting(_)
+    ));
+    assert_eq!(engine.stats().waiting.states, 1);
+    // Its readable ref is here, and a push brings exactly its readable refs: neither can
+    // satisfy it.
+    host.give(&repo(1, "r"), &[oid(1)]);
+    assert!(
+        matches!(push_main(&engine, 1), graspd_core::RefDecision::Reject(r) if r.contains("no state event"))
+    );
+    engine.handle_input(
+        t(10),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![],
+        },
+    );
+    host.run(&mut engine, t(10));
+    advance(&mut engine, &mut host, t(30 * 60 * 1000 - 1));
+    assert_eq!(host.inspects_of(&repo(1, "r")), 0, "never inspected");
+    assert!(fetch_times(&host).is_empty(), "never fetched for");
+    assert!(host
+        .commands
+        .iter()
+        .all(|c| !matches!(c, Command::Apply { .. })));
+    assert!(host.released().is_empty());
+    assert_eq!(engine.stats().waiting.states, 1, "it waits its whole life");
+    advance(&mut engine, &mut host, t(30 * 60 * 1000));
+    assert!(host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Expired { id: x, kind: 30618 } if *x == id)));
+    assert_eq!(engine.stats().waiting.states, 0);
+    assert_eq!(engine.stats().repos_active, 0);
+    // Like any expired event: a synced repeat is refused, the author may publish it again.
+    assert!(matches!(
+        admit(&mut engine, t(30 * 60 * 1000 + 1), st, Arrival::Synced),
+        Verdict::Rejected(m) if m.starts_with("blocked:")
+    ));
+}
+
+#[test]
+fn a_never_satisfiable_state_is_deleted_by_id_or_coordinate() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let by_id = unreadable_state(&mut kit, 1, 2000);
+    publish(
+        &mut engine,
+        &mut host,
+        t(0),
+        by_id.clone(),
+        Arrival::Published,
+    );
+    let deletion = kit.deletion(1, &[by_id.id], &[]);
+    publish(&mut engine, &mut host, t(1), deletion, Arrival::Published);
+    assert_eq!(engine.stats().waiting.states, 0);
+
+    let by_coord = unreadable_state(&mut kit, 1, 2001);
+    publish(
+        &mut engine,
+        &mut host,
+        t(2),
+        by_coord.clone(),
+        Arrival::Published,
+    );
+    let foreign = kit.deletion(2, &[], &[format!("30618:{}:r", pk(1).to_hex())]);
+    publish(&mut engine, &mut host, t(3), foreign, Arrival::Published);
+    assert_eq!(
+        engine.stats().waiting.states,
+        1,
+        "only its author deletes it"
+    );
+    let own = kit.deletion(1, &[], &[format!("30618:{}:r", pk(1).to_hex())]);
+    publish(&mut engine, &mut host, t(4), own, Arrival::Published);
+    assert_eq!(engine.stats().waiting.states, 0);
+    let deleted: BTreeSet<_> = host
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Deleted { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, BTreeSet::from([by_id.id, by_coord.id]));
+}
+
+#[test]
+fn a_never_satisfiable_state_neither_blocks_nor_outranks_the_states_a_push_can_equal() {
+    let mut kit = Kit::default();
+    let (mut engine, mut host) = served(&mut kit);
+    let older = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let unreadable = unreadable_state(&mut kit, 1, 2001);
+    publish(
+        &mut engine,
+        &mut host,
+        t(0),
+        older.clone(),
+        Arrival::Published,
+    );
+    publish(
+        &mut engine,
+        &mut host,
+        t(0),
+        unreadable.clone(),
+        Arrival::Published,
+    );
+    // The newer state cannot be equalled; the older one still can, and is released.
+    assert_eq!(push_main(&engine, 1), graspd_core::RefDecision::Accept);
+    host.give(&repo(1, "r"), &[oid(1)]);
+    host.refs
+        .entry(repo(1, "r"))
+        .or_default()
+        .insert("refs/heads/main".into(), oid(1));
+    engine.handle_input(
+        t(10),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![],
+        },
+    );
+    host.run(&mut engine, t(10));
+    assert_eq!(host.released(), [older.id]);
+    // A state newer than both is pushed and released as usual; the unreadable one expires.
+    let newer = kit.state(1, "r", 2002, &[("refs/heads/main", oid(2))]);
+    publish(
+        &mut engine,
+        &mut host,
+        t(20),
+        newer.clone(),
+        Arrival::Published,
+    );
+    host.give(&repo(1, "r"), &[oid(2)]);
+    engine.handle_input(
+        t(30),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![],
+        },
+    );
+    host.run(&mut engine, t(30));
+    assert_eq!(host.released(), [older.id, newer.id]);
+    advance(&mut engine, &mut host, t(30 * 60 * 1000));
+    assert!(host
+        .events
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Expired { id, .. } if *id == unreadable.id)));
+    assert_eq!(engine.stats().waiting.states, 0);
+}

@@ -43,6 +43,7 @@ fn state_with(refs: BTreeMap<RefName, Oid>) -> RepoState {
         identifier: Identifier::new("r").unwrap(),
         refs: refs.into(),
         head: None,
+        never_satisfiable: false,
     }
 }
 

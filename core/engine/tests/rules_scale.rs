@@ -45,6 +45,7 @@ fn state(salt: u8) -> RepoState {
         identifier: Identifier::new("big").unwrap(),
         refs: refs(salt).into(),
         head: Some("refs/heads/b0".into()),
+        never_satisfiable: false,
     }
 }
 

@@ -136,6 +136,8 @@ impl View<'_> {
                     Vec::new()
                 }
             }
+            // No repository can equal it: nothing to inspect, fetch or apply anywhere.
+            GitEvent::State(s) if s.never_satisfiable => Vec::new(),
             GitEvent::State(s) => self
                 .hosted_owners(&s.identifier)
                 .map(|owner| RepoKey::new(owner, s.identifier.clone()))
