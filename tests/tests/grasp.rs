@@ -261,7 +261,20 @@ fn nip11_and_cors(flavor: Flavor) {
             .is_some_and(|g| g.iter().any(|v| v == "GRASP-01")),
         "{doc}"
     );
-    assert!(doc["repo_acceptance_criteria"].is_string(), "{doc}");
+    // The criteria quote the URLs this server compares announcements with, derived from
+    // its public URL (http://127.0.0.1:<port> here), and say that relations decide the rest.
+    let criteria = doc["repo_acceptance_criteria"].as_str().expect("criteria");
+    for wanted in [
+        format!("{}/<npub>/<identifier>.git", server.http_url()),
+        format!("lists {} ", server.ws_url()),
+        "tags, or is tagged by, an accepted repository announcement or an accepted issue".into(),
+    ] {
+        assert!(criteria.contains(&wanted), "{criteria:?} lacks {wanted:?}");
+    }
+    assert!(
+        !criteria.contains("https://") && !criteria.contains("wss://"),
+        "{criteria}"
+    );
     assert!(doc.get("curation").is_none());
     let r = request(server.addr, "OPTIONS", "/", &[], b"");
     assert_eq!(r.status, 204);
@@ -586,6 +599,98 @@ fn events_and_data_reach_a_server_that_follows_another(flavor: Flavor) {
         ref_of(&url_b, "refs/heads/main").as_deref(),
         Some(c1.as_str())
     );
+}
+
+/// A bootstrap relay the server may not follow is reported at start-up with the flag that
+/// fixes it; each relay followed is logged when following starts and stops, and has a gauge.
+fn followed_relays_and_unfollowable_configuration_are_reported(flavor: Flavor) {
+    let relay = Server::start(flavor);
+    let label = |url: &str| format!(r#"graspd_follow_relay_connected{{relay="{url}"}}"#);
+
+    let refused = Server::start_with(
+        flavor,
+        ServerOptions::default().flag("--bootstrap-relay", relay.ws_url()),
+    );
+    let warning = format!(
+        "--bootstrap-relay {} is on a loopback or private address and will not be followed; \
+         pass --allow-private-relays",
+        relay.ws_url()
+    );
+    assert!(
+        eventually(SOON, || refused
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&warning))),
+        "no start-up warning naming the flag\n{}",
+        refused.log()
+    );
+    assert_eq!(refused.metric(&label(&relay.ws_url())), None);
+
+    let follower = Server::start_with(
+        flavor,
+        ServerOptions::default()
+            .flag("--bootstrap-relay", relay.ws_url())
+            .arg("--allow-private-relays"),
+    );
+    assert!(!follower.log().contains("WARN"), "{}", follower.log());
+    assert!(
+        eventually(SOON, || follower.metric(&label(&relay.ws_url()))
+            == Some(1.0)),
+        "the bootstrap relay's gauge is not 1\n{}",
+        follower.log()
+    );
+    let following = |url: &str, verb: &str| {
+        follower
+            .log()
+            .lines()
+            .any(|l| l.contains(verb) && l.contains(&format!("relay={url}")))
+    };
+    assert!(
+        following(&relay.ws_url(), "following relay"),
+        "{}",
+        follower.log()
+    );
+
+    // A hosted repository lists a relay nobody runs: followed (and down) until a newer
+    // announcement stops listing it.
+    let owner = keys(1);
+    let nowhere = "http://127.0.0.1:1";
+    let ann = announcement(&owner, "demo", &[&follower.http_url(), nowhere], &[]);
+    let mut client = RelayClient::connect(&follower.ws_url());
+    assert_eq!(client.publish(&ann).message, PURGATORY);
+    let work = WorkRepo::init("work");
+    let c1 = work.commit("README", "followed\n");
+    let st = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
+    assert_eq!(client.publish(&st).message, PURGATORY);
+    work.git(&[
+        "push",
+        "-q",
+        &follower.repo_url(&npub(&owner), "demo"),
+        "main",
+    ]);
+    assert!(
+        eventually(SOON, || follower.metric(&label("ws://127.0.0.1:1"))
+            == Some(0.0)),
+        "the listed relay is not followed\n{}",
+        follower.log()
+    );
+    assert!(
+        following("ws://127.0.0.1:1", "following relay"),
+        "{}",
+        follower.log()
+    );
+    let newer = announcement_with(&owner, "demo", &[&follower.http_url()], &[], &[], 1);
+    assert!(client.publish(&newer).accepted);
+    assert!(
+        eventually(SOON, || following(
+            "ws://127.0.0.1:1",
+            "stopped following relay"
+        )),
+        "{}",
+        follower.log()
+    );
+    assert_eq!(follower.metric(&label("ws://127.0.0.1:1")), None);
+    assert_eq!(follower.metric(&label(&relay.ws_url())), Some(1.0));
 }
 
 /// The two runtimes interoperate. A smol server syncs a state from a tokio server, and
@@ -1449,6 +1554,7 @@ both_runtimes!(
     nip11_and_cors,
     deletion_removes_event_from_purgatory,
     unusual_states_are_taken_as_other_servers_take_them,
+    followed_relays_and_unfollowable_configuration_are_reported,
     kill9_and_restart_keep_purgatory_and_store,
     deletion_stored_before_a_crash_still_removes_its_waiting_target,
     second_server_fetches_state_and_pr_data,

@@ -52,21 +52,26 @@ impl OwnService {
         }
     }
 
+    /// `http(s)://<host>[:port]`, the scheme as the public URL has it: what git URLs on this
+    /// server start with.
+    pub fn git_origin(&self) -> String {
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority())
+    }
+
     /// The `clone` URL an announcement must list for `/<owner>/<identifier>.git`.
     pub fn clone_url(&self, owner: &PublicKey, identifier: &Identifier) -> String {
-        let scheme = if self.secure { "https" } else { "http" };
         let npub = owner.to_bech32().unwrap_or_default();
         let id = percent_encode_segment(&format!("{identifier}.git"));
-        format!("{scheme}://{}/{npub}/{id}", self.authority())
+        format!("{}/{npub}/{id}", self.git_origin())
     }
 
     /// The GRASP-06 URL where `signer` pushes PR tips for `identifier`:
     /// `<origin>/prs/<npub>/<identifier>.git`.
     pub fn prs_clone_url(&self, signer: &PublicKey, identifier: &Identifier) -> String {
-        let scheme = if self.secure { "https" } else { "http" };
         let npub = signer.to_bech32().unwrap_or_default();
         let id = percent_encode_segment(&format!("{identifier}.git"));
-        format!("{scheme}://{}/prs/{npub}/{id}", self.authority())
+        format!("{}/prs/{npub}/{id}", self.git_origin())
     }
 
     /// The GRASP-06 repository of `pr` here: the first `clone` URL that is this server's

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod clock;
 pub mod config;
+mod config_check;
 pub mod driver;
 mod fd_limit;
 pub mod follow;
@@ -70,11 +71,15 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         .with_limits(config.git_limits())
         .with_refusals(Arc::clone(&refusals));
     let relay_limits = config.connections.relay_limits();
+    let own = graspd_core::acceptance::OwnService::new(&config.public_url())
+        .map_err(ServeError::PublicUrl)?;
+    config_check::log_warnings(&config, &own);
     let info = nip11::RelayInfo {
         name: "graspd".to_owned(),
         description: "A GRASP server: git repositories authorised by signed nostr proofs"
             .to_owned(),
-        domain: public_authority(&config.public_url()),
+        own: Some(own.clone()),
+        purgatory_expiry: config.purgatory_expiry(),
         grasp06: config.grasp06,
         ..Default::default()
     };
@@ -86,8 +91,6 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         relay_limits,
         refusals: Arc::clone(&refusals),
     };
-    let own = graspd_core::acceptance::OwnService::new(&config.public_url())
-        .map_err(ServeError::PublicUrl)?;
     let follower = follow::FollowerHandle::new(
         Arc::clone(&runtime),
         follow::RelayFollower::new(config.follow.config(), own),
@@ -156,10 +159,4 @@ pub async fn serve_site(
     server.run(runtime.shutdown_signal()).await;
     tracing::info!("graspd stopped");
     Ok(())
-}
-
-/// `host[:port]` of the public URL, as NIP-11's acceptance criteria quote it.
-fn public_authority(public_url: &str) -> String {
-    let rest = public_url.split_once("://").map_or(public_url, |(_, r)| r);
-    rest.split('/').next().unwrap_or("").to_owned()
 }

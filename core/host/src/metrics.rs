@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use graspd_core::follow::RelayStatus;
 use graspd_core::Stats;
 
 use crate::follow::{FollowMetrics, FollowStats};
@@ -88,6 +89,7 @@ pub struct Metrics {
     synced_duplicates: Family<RelayLabel, Counter>,
     synced_invalid: Family<RelayLabel, Counter>,
     follow_waiting: Family<WhatLabel, Gauge>,
+    followed_relays: Family<RelayLabel, Gauge>,
     follow_refused: Family<WhatLabel, Counter>,
     follow_admitted_late: Family<WhatLabel, Counter>,
     refusals: Family<LimitLabel, Counter>,
@@ -208,6 +210,13 @@ impl Metrics {
             "Events with a bad id or signature, by relay",
             synced_invalid.clone(),
         );
+        let followed_relays = Family::<RelayLabel, Gauge>::default();
+        registry.register(
+            "follow_relay_connected",
+            "Each relay followed now (bootstrap, or listed by a hosted repository): 1 while a \
+             connection to it is up, 0 while it is down",
+            followed_relays.clone(),
+        );
         let follow_waiting = Family::<WhatLabel, Gauge>::default();
         registry.register(
             "follow_waiting",
@@ -259,6 +268,7 @@ impl Metrics {
             referenced_ids,
             referenced_ids_evicted,
             follow_waiting,
+            followed_relays,
             follow_refused,
             follow_admitted_late,
             relays_connected,
@@ -320,6 +330,19 @@ impl Metrics {
     /// `outcome`: waiting, accepted, duplicate, rejected.
     pub fn event(&self, outcome: &'static str) {
         self.events.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Refreshes the per-relay gauge from the follower's relays (at most its `max_relays`);
+    /// relays no longer followed leave it.
+    pub fn followed_relays(&self, relays: &[RelayStatus]) {
+        self.followed_relays.clear();
+        for relay in relays.iter().filter(|r| r.followed) {
+            self.followed_relays
+                .get_or_create(&RelayLabel {
+                    relay: relay.url.clone(),
+                })
+                .set(i64::from(relay.connected));
+        }
     }
 
     /// The text exposition, with engine gauges refreshed from `stats`, the relay follower's
@@ -474,6 +497,40 @@ mod tests {
         assert!(
             text.contains(r#"graspd_pushes_total{outcome="rejected"} 1"#),
             "{text}"
+        );
+        let relay = |url: &str, followed, connected| RelayStatus {
+            url: url.into(),
+            followed,
+            bootstrap: false,
+            connected,
+            consecutive_failures: 0,
+            retry_at: None,
+            repositories: 1,
+            threads: 0,
+            values_waiting: 0,
+            events_received: 0,
+            connects: 0,
+        };
+        metrics.followed_relays(&[
+            relay("wss://up.example", true, true),
+            relay("wss://down.example", true, false),
+            relay("wss://idle.example", false, false),
+        ]);
+        let text = metrics.render(&stats, &follow, &follower, &connections);
+        assert!(
+            text.contains(r#"graspd_follow_relay_connected{relay="wss://up.example"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"graspd_follow_relay_connected{relay="wss://down.example"} 0"#),
+            "{text}"
+        );
+        assert!(!text.contains("idle.example"), "{text}");
+        metrics.followed_relays(&[]);
+        let text = metrics.render(&stats, &follow, &follower, &connections);
+        assert!(
+            !text.contains("up.example"),
+            "a relay no longer followed leaves: {text}"
         );
         stats.released = 9;
         assert!(metrics

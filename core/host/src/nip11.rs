@@ -1,9 +1,13 @@
 //! The NIP-11 relay information document, served at `/` to `Accept: application/nostr+json`.
 //!
 //! It carries GRASP's two required fields, `supported_grasps` and
-//! `repo_acceptance_criteria`, and the relay's limits. There is no `curation` field: graspd
+//! `repo_acceptance_criteria` (which quotes the URLs derived from `--public-url`), and the
+//! relay's limits. There is no `curation` field: graspd
 //! curates nothing beyond what GRASP-01 requires.
 
+use std::time::Duration;
+
+use graspd_core::acceptance::OwnService;
 use serde_json::{json, Value};
 
 use crate::relay::RelayLimits;
@@ -16,9 +20,11 @@ pub const MEDIA_TYPE: &str = "application/nostr+json";
 pub struct RelayInfo {
     pub name: String,
     pub description: String,
-    /// The public host (and port, if not the default) clients reach this server at, e.g.
-    /// `git.example.com`; quoted in the acceptance criteria. Empty: described generically.
-    pub domain: String,
+    /// This server's public origin (`--public-url`): the acceptance criteria quote the URLs
+    /// derived from it. `None`: described generically.
+    pub own: Option<OwnService>,
+    /// How long an announcement, state or PR waits for its git data.
+    pub purgatory_expiry: Duration,
     /// Operator's hex pubkey, if published.
     pub pubkey: Option<String>,
     /// Operator contact (URI), if published.
@@ -35,29 +41,53 @@ pub fn is_requested(accept: &str) -> bool {
         .any(|media| media.trim().eq_ignore_ascii_case(MEDIA_TYPE))
 }
 
-/// The human-readable `repo_acceptance_criteria`.
-pub fn acceptance_criteria(domain: &str) -> String {
-    let (clone, relay) = if domain.is_empty() {
-        (
-            "this server's git URL (https://<this host>/<npub>/<identifier>.git)".to_owned(),
-            "this server's relay URL (wss://<this host>)".to_owned(),
-        )
+/// The human-readable `repo_acceptance_criteria`: the URLs this server compares
+/// announcements with (`OwnService`, which takes either scheme of a class), and the rules of
+/// `acceptance` and `related` in a few sentences.
+pub fn acceptance_criteria(info: &RelayInfo) -> String {
+    let (origin, relay) = match &info.own {
+        Some(own) => (own.git_origin(), own.relay_url()),
+        None => (
+            "<this server's origin>".to_owned(),
+            "<this server's relay URL>".to_owned(),
+        ),
+    };
+    let prs = if info.grasp06 {
+        format!(", or (GRASP-06) whose `clone` tag lists {origin}/prs/<npub>/<identifier>.git")
     } else {
-        (
-            format!("https://{domain}/<npub>/<identifier>.git"),
-            format!("wss://{domain}"),
-        )
+        String::new()
     };
     format!(
         "A repository announcement (kind 30617) is accepted only if its `clone` tag lists \
-         {clone} and its `relays` tag lists {relay}. Announcements of maintainers of a repository \
-         already hosted here are also accepted. Repository state (30618), patches, pull \
-         requests, issues, status updates, comments and deletions are accepted when they refer \
-         to a hosted repository. Announcements, states and pull requests are acknowledged at \
-         once but served only after their git data arrives (pushed here, or fetched from the \
-         announcement's other clone servers), and are discarded if it has not arrived within \
-         30 minutes."
+         {origin}/<npub>/<identifier>.git (http or https) and its `relays` tag lists {relay} \
+         (ws or wss). Announcements of the maintainers of a repository announced here are \
+         accepted too. Repository states (30618) are accepted from the repository's \
+         maintainers (the owner and, recursively, those its announcements list); pull \
+         requests and PR updates (1618, 1619) when they name a repository announced here{prs}. \
+         Any other event is accepted by its relation, whatever its kind: it tags, or is tagged \
+         by, an accepted repository announcement or an accepted issue, patch, pull request or \
+         comment (so whole threads are accepted), or it is the grasp list (10317) of someone \
+         with a repository here. Deletions (5) are accepted and apply to their author's own \
+         events. Announcements, states and pull requests are acknowledged at once but served \
+         only after their git data arrives (pushed here, or fetched from the announcement's \
+         other clone servers), and are discarded if it has not arrived within {}.",
+        span(info.purgatory_expiry)
     )
+}
+
+/// `30 minutes`, `1 hour`, `45 seconds`: the largest unit that divides the span.
+fn span(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (n, unit) = match secs {
+        s if s > 0 && s % 3600 == 0 => (s / 3600, "hour"),
+        s if s > 0 && s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    if n == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{n} {unit}s")
+    }
 }
 
 /// The GRASPs this server implements, as NIP-11 lists them.
@@ -78,7 +108,7 @@ pub fn document(info: &RelayInfo, limits: &RelayLimits) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "supported_nips": [1, 9, 11, 34],
         "supported_grasps": supported_grasps(info),
-        "repo_acceptance_criteria": acceptance_criteria(&info.domain),
+        "repo_acceptance_criteria": acceptance_criteria(info),
         "limitation": {
             "max_message_length": limits.max_message_bytes,
             "max_subscriptions": limits.max_subscriptions,
@@ -116,7 +146,8 @@ mod tests {
         let info = RelayInfo {
             name: "example".into(),
             description: "a GRASP server".into(),
-            domain: "git.example.com".into(),
+            own: OwnService::new("https://git.example.com").ok(),
+            purgatory_expiry: Duration::from_secs(1800),
             pubkey: None,
             contact: Some("mailto:ops@example.com".into()),
             grasp06: false,
@@ -128,6 +159,7 @@ mod tests {
         let criteria = doc["repo_acceptance_criteria"].as_str().unwrap();
         assert!(criteria.contains("https://git.example.com/<npub>/<identifier>.git"));
         assert!(criteria.contains("wss://git.example.com"));
+        assert!(criteria.contains("within 30 minutes"), "{criteria}");
         assert_eq!(doc["limitation"]["max_subscriptions"], json!(32));
         assert_eq!(doc["limitation"]["max_message_length"], json!(512 * 1024));
         assert_eq!(doc["contact"], json!("mailto:ops@example.com"));
@@ -142,6 +174,35 @@ mod tests {
             doc["supported_grasps"],
             json!(["GRASP-01", "GRASP-02", "GRASP-06"])
         );
+    }
+
+    #[test]
+    fn criteria_quote_the_urls_derived_from_the_public_url() {
+        let info = RelayInfo {
+            own: OwnService::new("http://127.0.0.1:7334").ok(),
+            purgatory_expiry: Duration::from_secs(90),
+            grasp06: true,
+            ..RelayInfo::default()
+        };
+        let criteria = acceptance_criteria(&info);
+        for wanted in [
+            "lists http://127.0.0.1:7334/<npub>/<identifier>.git (http or https)",
+            "lists ws://127.0.0.1:7334 (ws or wss)",
+            "http://127.0.0.1:7334/prs/<npub>/<identifier>.git",
+            "tags, or is tagged by, an accepted repository announcement or an accepted issue",
+            "within 90 seconds",
+        ] {
+            assert!(criteria.contains(wanted), "{criteria:?} lacks {wanted:?}");
+        }
+        assert!(
+            !criteria.contains("https://") && !criteria.contains("wss://"),
+            "{criteria}"
+        );
+        let generic = acceptance_criteria(&RelayInfo::default());
+        assert!(!generic.contains("GRASP-06") && generic.contains("<this server's origin>"));
+        assert_eq!(span(Duration::from_secs(3600)), "1 hour");
+        assert_eq!(span(Duration::from_secs(120)), "2 minutes");
+        assert_eq!(span(Duration::from_secs(0)), "0 seconds");
     }
 
     #[test]

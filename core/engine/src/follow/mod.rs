@@ -104,6 +104,21 @@ pub enum Command {
     Disconnect { id: ConnectionId },
 }
 
+/// A relay the follower starts or stops following, for the host's log. A relay is followed
+/// while it is a bootstrap relay or a hosted repository or thread is followed on it (whether
+/// or not a connection is up: that is the connection's own story).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum FollowChange {
+    Started {
+        url: String,
+        bootstrap: bool,
+        repositories: usize,
+    },
+    Stopped {
+        url: String,
+    },
+}
+
 /// Counters and gauges for metrics.
 #[derive(Clone, Default, Debug, PartialEq, Eq)]
 pub struct FollowStats {
@@ -142,6 +157,8 @@ pub struct FollowStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayStatus {
     pub url: String,
+    /// Followed now: a bootstrap relay, or some repository or thread is followed on it.
+    pub followed: bool,
     pub bootstrap: bool,
     pub connected: bool,
     pub consecutive_failures: u32,
@@ -192,6 +209,8 @@ struct Relay {
     waiting: Waitlist<Value>,
     events_received: u64,
     connects: u64,
+    /// Whether its following was last reported started (`FollowChange`).
+    reported_followed: bool,
 }
 
 impl Relay {
@@ -214,6 +233,7 @@ impl Relay {
             dirty: false,
             events_received: 0,
             connects: 0,
+            reported_followed: false,
         }
     }
 
@@ -314,6 +334,8 @@ pub struct RelayFollower {
     connections: BTreeMap<ConnectionId, String>,
     timers: Timers,
     commands: VecDeque<Command>,
+    /// Started/stopped following, not yet polled (at most `max_relays`: oldest dropped).
+    changes: VecDeque<FollowChange>,
     needs_reconcile: bool,
     stats: FollowStats,
 }
@@ -341,6 +363,7 @@ impl RelayFollower {
             connections: BTreeMap::new(),
             timers: Timers::default(),
             commands: VecDeque::new(),
+            changes: VecDeque::new(),
             needs_reconcile: true,
             stats: FollowStats::default(),
             config,
@@ -435,6 +458,14 @@ impl RelayFollower {
         self.commands.pop_front()
     }
 
+    /// The next relay whose following started or stopped, after acting on everything fed in
+    /// so far (for the host's log).
+    #[must_use]
+    pub fn poll_change(&mut self) -> Option<FollowChange> {
+        self.reconcile();
+        self.changes.pop_front()
+    }
+
     /// When to call `handle_timeout` next, and why; `None` while nothing is timed. Read it
     /// again after every call that changes the follower.
     #[must_use]
@@ -469,6 +500,7 @@ impl RelayFollower {
     pub fn relay_statuses(&self) -> impl Iterator<Item = RelayStatus> + '_ {
         self.relays.iter().map(|(url, r)| RelayStatus {
             url: url.clone(),
+            followed: r.wanted(),
             bootstrap: r.bootstrap,
             connected: matches!(r.link, Link::Up { .. }),
             consecutive_failures: r.consecutive_failures,
@@ -500,17 +532,11 @@ impl RelayFollower {
     /// The canonical URL if `raw` may be followed: a public ws(s) URL that is not this server.
     fn followable(&mut self, raw: &str) -> Option<String> {
         // Any URL on our own origin is us, whatever its path: never follow ourselves.
-        if self.own.is_own_origin(raw) || self.own.is_own_relay_url(raw) {
+        let url = relay_url::followable(raw, self.config.allow_private_relays, &self.own).ok();
+        if url.is_none() {
             self.stats.relay_urls_ignored += 1;
-            return None;
         }
-        match relay_url::normalise(raw, self.config.allow_private_relays) {
-            Ok(url) if !self.own.is_own_origin(&url) => Some(url),
-            _ => {
-                self.stats.relay_urls_ignored += 1;
-                None
-            }
-        }
+        url
     }
 
     fn follow_announcement(&mut self, a: Announcement) {
@@ -922,6 +948,21 @@ impl RelayFollower {
         let mut open = 0;
         let mut candidates = Vec::new();
         for (url, relay) in &mut self.relays {
+            if relay.wanted() != relay.reported_followed {
+                relay.reported_followed = relay.wanted();
+                if self.changes.len() >= self.config.max_relays.max(1) {
+                    self.changes.pop_front();
+                }
+                self.changes.push_back(if relay.reported_followed {
+                    FollowChange::Started {
+                        url: url.clone(),
+                        bootstrap: relay.bootstrap,
+                        repositories: relay.repos.len(),
+                    }
+                } else {
+                    FollowChange::Stopped { url: url.clone() }
+                });
+            }
             match relay.link {
                 Link::Connecting { .. } => open += 1,
                 Link::Up { .. } => {

@@ -1,5 +1,6 @@
 //! Which `relays` values the follower may connect to, spelled one way so one relay is one entry.
 
+use crate::acceptance::OwnService;
 use crate::net;
 use std::fmt;
 
@@ -60,9 +61,46 @@ pub fn normalise(raw: &str, allow_private: bool) -> Result<String, BadRelayUrl> 
     Ok(s)
 }
 
+/// The one spelling of `raw` if the follower may connect to it: a public ws(s) relay (or a
+/// private one when `allow_private`) that is not this server (`own`, any URL on its origin).
+pub fn followable(raw: &str, allow_private: bool, own: &OwnService) -> Result<String, BadRelayUrl> {
+    if own.is_own_origin(raw) || own.is_own_relay_url(raw) {
+        return Err(BadRelayUrl::Own);
+    }
+    let url = normalise(raw, allow_private)?;
+    if own.is_own_origin(&url) {
+        return Err(BadRelayUrl::Own);
+    }
+    Ok(url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_server_is_never_followable() {
+        let own = OwnService::new("http://127.0.0.1:7334").unwrap();
+        for ours in [
+            "ws://127.0.0.1:7334",
+            "wss://127.0.0.1:7334/",
+            "http://127.0.0.1:7334/x",
+        ] {
+            assert_eq!(
+                followable(ours, true, &own),
+                Err(BadRelayUrl::Own),
+                "{ours}"
+            );
+        }
+        assert_eq!(
+            followable("ws://127.0.0.1:7001", false, &own),
+            Err(BadRelayUrl::Private)
+        );
+        assert_eq!(
+            followable("ws://127.0.0.1:7001/", true, &own).as_deref(),
+            Ok("ws://127.0.0.1:7001")
+        );
+    }
 
     #[test]
     fn one_spelling_per_relay() {

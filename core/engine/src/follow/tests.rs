@@ -1076,3 +1076,65 @@ fn waiting_lists_stay_bounded_under_a_flood_of_refusals() {
     // when those are admitted.
     assert_eq!(f.stats().relays_waiting, 2);
 }
+
+#[test]
+fn following_a_relay_is_reported_when_it_starts_and_stops() {
+    let mut f = follower(FollowConfig {
+        bootstrap_relays: vec!["wss://boot.example".into()],
+        ..FollowConfig::default()
+    });
+    let changes =
+        |f: &mut RelayFollower| std::iter::from_fn(|| f.poll_change()).collect::<Vec<_>>();
+    assert_eq!(
+        changes(&mut f),
+        [FollowChange::Started {
+            url: "wss://boot.example".into(),
+            bootstrap: true,
+            repositories: 0,
+        }]
+    );
+    f.handle_input(
+        t(1),
+        Input::Announcement(ann(
+            1,
+            "r",
+            1,
+            &["wss://a.example", OWN, "wss://boot.example"],
+        )),
+    );
+    assert_eq!(
+        changes(&mut f),
+        [FollowChange::Started {
+            url: "wss://a.example".into(),
+            bootstrap: false,
+            repositories: 1,
+        }],
+        "once per relay: the bootstrap relay was followed already, our own never is"
+    );
+    f.handle_input(
+        t(2),
+        Input::Announcement(ann(2, "q", 2, &["wss://a.example"])),
+    );
+    assert_eq!(
+        changes(&mut f),
+        [],
+        "a second repository on it changes nothing"
+    );
+    f.handle_input(t(3), Input::RepositoryRemoved(repo(1, "r")));
+    assert_eq!(changes(&mut f), []);
+    f.handle_input(t(4), Input::RepositoryRemoved(repo(2, "q")));
+    assert_eq!(
+        changes(&mut f),
+        [FollowChange::Stopped {
+            url: "wss://a.example".into()
+        }]
+    );
+    let followed: Vec<(String, bool)> = f.relay_statuses().map(|s| (s.url, s.followed)).collect();
+    assert_eq!(
+        followed,
+        [
+            ("wss://a.example".to_owned(), false),
+            ("wss://boot.example".to_owned(), true)
+        ]
+    );
+}

@@ -322,6 +322,8 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .stats();
         self.metrics.referenced(self.store.reference_stats());
+        self.metrics
+            .followed_relays(&self.follower.relay_statuses());
         let connections = crate::metrics::Connections {
             refusals: &self.settings.refusals,
             websockets_open: self.hub.connections(),

@@ -15,7 +15,8 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use graspd_core::events::{verify_signature, Announcement};
 use graspd_core::follow::{
-    Command, ConnectionId, FollowConfig, FollowStats, Input, RelayFollower, SubKey, Subscription,
+    Command, ConnectionId, FollowChange, FollowConfig, FollowStats, Input, RelayFollower, SubKey,
+    Subscription,
 };
 use graspd_core::{EventId, RepoKey};
 use nostr::event::Event;
@@ -340,12 +341,17 @@ struct Driver {
 impl Driver {
     async fn run(mut self) {
         loop {
-            let (commands, timeout) = {
+            let (commands, changes, timeout) = {
                 let mut follower = self.shared.follower();
                 let commands: Vec<Command> =
                     std::iter::from_fn(|| follower.poll_command()).collect();
-                (commands, follower.poll_timeout())
+                let changes: Vec<FollowChange> =
+                    std::iter::from_fn(|| follower.poll_change()).collect();
+                (commands, changes, follower.poll_timeout())
             };
+            for change in changes {
+                log_change(&change);
+            }
             let connects = commands
                 .iter()
                 .any(|c| matches!(c, Command::Connect { .. }));
@@ -433,6 +439,18 @@ impl Driver {
     }
 }
 
+/// One line per relay whose following started or stopped (connections log their own).
+fn log_change(change: &FollowChange) {
+    match change {
+        FollowChange::Started {
+            url,
+            bootstrap,
+            repositories,
+        } => tracing::info!(relay = %url, bootstrap, repositories, "following relay"),
+        FollowChange::Stopped { url } => tracing::info!(relay = %url, "stopped following relay"),
+    }
+}
+
 struct RelayConnection {
     runtime: Arc<dyn Runtime>,
     shared: Arc<Shared>,
@@ -505,7 +523,7 @@ impl RelayConnection {
         let _gauge = ConnectedGuard(metrics);
         metrics.relay(&self.url, |c| c.connects += 1);
         let _ = self.reports.send(Input::Connected { id: self.id }).await;
-        tracing::info!(relay = %self.url, id = %self.id, "following relay");
+        tracing::info!(relay = %self.url, id = %self.id, "connected to relay");
 
         let mut session = ConnectionSession::new(
             subscriptions,
