@@ -36,8 +36,9 @@ pub struct FollowConfig {
     pub chunk_size: usize,
     /// Subscriptions (REQs) open on one relay at once; values beyond them are not followed.
     pub max_subscriptions_per_relay: usize,
-    /// Subscription changes are sent to one relay at most once per this interval, so a burst
-    /// of new announcements becomes one batch of REQs.
+    /// A subscription change goes to a relay at once when its last update is older than
+    /// this; changes within it of the last update coalesce into one update at its end, so a
+    /// burst of new announcements becomes one batch of REQs and a lone one costs no delay.
     pub resubscribe_interval: Duration,
 }
 
@@ -56,7 +57,7 @@ impl Default for FollowConfig {
             max_threads: 100_000,
             chunk_size: 256,
             max_subscriptions_per_relay: 16,
-            resubscribe_interval: Duration::from_secs(1),
+            resubscribe_interval: Duration::from_millis(250),
         }
     }
 }

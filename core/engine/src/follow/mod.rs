@@ -200,9 +200,11 @@ struct Relay {
     consecutive_failures: u32,
     /// While down: not before this time (`None`: whenever a connection slot is free).
     retry_at: Option<Time>,
-    /// What the relay was last sent, and when.
+    /// What the relay was last sent.
     sent: BTreeMap<SubKey, Subscription>,
-    last_sent: Time,
+    /// When the last subscription update went out (`None`: none on this connection yet, so
+    /// the next change goes out at once).
+    last_update: Option<Time>,
     /// Repositories or threads changed since `sent`.
     dirty: bool,
     /// Values refused for the subscription budget, waiting for room.
@@ -229,7 +231,7 @@ impl Relay {
             consecutive_failures: 0,
             retry_at: None,
             sent: BTreeMap::new(),
-            last_sent: Time::ZERO,
+            last_update: None,
             dirty: false,
             events_received: 0,
             connects: 0,
@@ -930,7 +932,7 @@ impl RelayFollower {
             return;
         }
         relay.sent = desired;
-        relay.last_sent = now;
+        relay.last_update = Some(now);
         self.commands
             .push_back(Command::UpdateSubscriptions { id, open, close });
     }
@@ -947,6 +949,7 @@ impl RelayFollower {
         let now = self.now;
         let mut open = 0;
         let mut candidates = Vec::new();
+        let mut update_now = Vec::new();
         for (url, relay) in &mut self.relays {
             if relay.wanted() != relay.reported_followed {
                 relay.reported_followed = relay.wanted();
@@ -968,9 +971,17 @@ impl RelayFollower {
                 Link::Up { .. } => {
                     open += 1;
                     if relay.dirty {
-                        let at = now.max(relay.last_sent + self.config.resubscribe_interval);
-                        self.timers
-                            .set_if_unarmed(FollowTimer::Resubscribe(url.clone()), at);
+                        // The first change after a quiet spell goes out at once; changes that
+                        // follow it within the interval coalesce into one update.
+                        match relay.last_update {
+                            Some(last) if last + self.config.resubscribe_interval > now => {
+                                self.timers.set_if_unarmed(
+                                    FollowTimer::Resubscribe(url.clone()),
+                                    last + self.config.resubscribe_interval,
+                                );
+                            }
+                            _ => update_now.push(url.clone()),
+                        }
                     }
                 }
                 Link::Down => {
@@ -983,6 +994,10 @@ impl RelayFollower {
                     }
                 }
             }
+        }
+        for url in update_now {
+            self.timers.cancel(&FollowTimer::Resubscribe(url.clone()));
+            self.resubscribe(&url);
         }
         candidates.sort();
         let free = self.config.max_connections.saturating_sub(open);
@@ -1024,7 +1039,7 @@ impl RelayFollower {
         relay.link = Link::Connecting { id };
         relay.retry_at = None;
         relay.dirty = false;
-        relay.last_sent = now;
+        relay.last_update = None;
         relay.sent = desired.clone();
         self.stats.connects += 1;
         self.connections.insert(id, url.to_owned());

@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod fixtures;
+mod follow;
 mod hostile;
 mod load;
 mod memory;
@@ -35,6 +36,7 @@ struct Plan {
     req_queries: usize,
     waiting_steps: Vec<usize>,
     sync_runs: usize,
+    follow_runs: usize,
     large_commits: usize,
     load: load::LoadSettings,
     hostile: hostile::Settings,
@@ -51,6 +53,7 @@ impl Plan {
             req_queries: 20,
             waiting_steps: vec![1000],
             sync_runs: 1,
+            follow_runs: 3,
             large_commits: 1000,
             load: load::LoadSettings {
                 repos: 20,
@@ -76,6 +79,7 @@ impl Plan {
                 req_queries: 50,
                 waiting_steps: vec![10_000],
                 sync_runs: 2,
+                follow_runs: 10,
                 large_commits: 10_000,
                 load: load::LoadSettings {
                     repos: 100,
@@ -98,6 +102,7 @@ impl Plan {
                 req_queries: 200,
                 waiting_steps: vec![10_000, 100_000],
                 sync_runs: 5,
+                follow_runs: 50,
                 large_commits: 10_000,
                 load: load::LoadSettings {
                     repos: 1000,
@@ -319,6 +324,36 @@ fn main() {
             }
             stop_gracefully(b);
         }
+    }
+    if wanted("follow") {
+        step("follow-to-release");
+        let work = sync::linear_repo(1);
+        let runs = plan.follow_runs;
+        let [t, s] = FLAVORS.map(|f| {
+            let a = Server::start(f);
+            let b = follow::follower_of(f, &a);
+            let r = follow::measure(&a, &b, &work, runs);
+            stop_gracefully(b);
+            stop_gracefully(a);
+            r
+        });
+        table.both(
+            "2 sync",
+            &format!("follow: push on A -> served on B, ms p50/p99 (n={runs})"),
+            fmt_p(percentiles_ms(&t.release)),
+            fmt_p(percentiles_ms(&s.release)),
+            &format!(
+                "B follows A's relay (defaults); stuck runs {}/{}",
+                t.stuck, s.stuck
+            ),
+        );
+        table.both(
+            "2 sync",
+            "follow: `git fetch <A> <oid>` floor, ms p50/p99",
+            fmt_p(percentiles_ms(&t.floor)),
+            fmt_p(percentiles_ms(&s.floor)),
+            "one commit, into an empty bare repository",
+        );
     }
     if wanted("load") {
         step("sync under load");

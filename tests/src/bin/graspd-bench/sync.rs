@@ -112,7 +112,7 @@ pub fn measure(a: &Server, b: &Server, work: &WorkRepo, label: &str, runs: usize
 }
 
 /// Time of `git fetch -q <url> <oid>` into a new bare repository.
-fn floor_fetch(url: &str, oid: &str) -> f64 {
+pub fn floor_fetch(url: &str, oid: &str) -> f64 {
     let dir = temp_dir("bench-floor");
     git(&dir, &["init", "-q", "--bare"]);
     let started = Instant::now();
