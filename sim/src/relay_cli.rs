@@ -3,7 +3,6 @@
 
 use crate::follow_run::{self, report, RelayOutcome};
 use crate::relays::{self, RelayWorld};
-use crate::runner::FailureKind;
 use crate::seeds::{self, SeedFailure};
 use crate::trace::TraceMode;
 
@@ -27,22 +26,9 @@ fn exit_code(outcome: &RelayOutcome) -> i32 {
 pub fn run_one(scenario: Option<&str>, seed: u64, quiet: bool, determinism: bool) -> i32 {
     let world = world_for(scenario, seed);
     if determinism {
-        return match follow_run::check_determinism(&world) {
-            Ok(hash) => {
-                println!("seed {seed}: deterministic, trace hash {hash:016x}");
-                0
-            }
-            Err(e) => {
-                println!("FAILED {e}");
-                FailureKind::Determinism.exit_code()
-            }
-        };
+        return seeds::report_determinism(seed, follow_run::check_determinism(&world));
     }
-    let mode = if quiet {
-        TraceMode::Tail
-    } else {
-        TraceMode::Print
-    };
+    let mode = seeds::trace_mode(quiet);
     let outcome = follow_run::run(&world, mode);
     match &outcome.failure {
         None => {

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use crate::runner::FailureKind;
+use crate::trace::TraceMode;
 
 /// How one seed failed, as the seed loop prints it.
 pub struct SeedFailure {
@@ -21,6 +22,30 @@ impl SeedFailure {
             report: format!("FAILED {why}\n"),
             summary: why,
         }
+    }
+}
+
+/// Prints the result of checking one seed's determinism (`Ok`: the trace hash both runs
+/// shared) and returns the exit code.
+pub fn report_determinism(seed: u64, checked: Result<u64, String>) -> i32 {
+    match checked {
+        Ok(hash) => {
+            println!("seed {seed}: deterministic, trace hash {hash:016x}");
+            0
+        }
+        Err(e) => {
+            println!("FAILED {e}");
+            FailureKind::Determinism.exit_code()
+        }
+    }
+}
+
+/// How one seed's run traces: the whole trace, or only its tail when `quiet`.
+pub fn trace_mode(quiet: bool) -> TraceMode {
+    if quiet {
+        TraceMode::Tail
+    } else {
+        TraceMode::Print
     }
 }
 

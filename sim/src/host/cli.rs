@@ -95,22 +95,9 @@ fn exit_code(outcome: &HostOutcome) -> i32 {
 pub fn run_one(scenario: Option<&str>, seed: u64, quiet: bool, determinism: bool) -> i32 {
     let world = world_for(scenario, seed);
     if determinism {
-        return match check_determinism(&world) {
-            Ok(hash) => {
-                println!("seed {seed}: deterministic, trace hash {hash:016x}");
-                0
-            }
-            Err(e) => {
-                println!("FAILED {e}");
-                FailureKind::Determinism.exit_code()
-            }
-        };
+        return seeds::report_determinism(seed, check_determinism(&world));
     }
-    let mode = if quiet {
-        TraceMode::Tail
-    } else {
-        TraceMode::Print
-    };
+    let mode = seeds::trace_mode(quiet);
     let outcome = run_guarded(&world, mode);
     match &outcome.failure {
         None => println!(
