@@ -473,7 +473,7 @@ impl Host<'_> {
         let verdict = decide(&mut self.synced, self.now, event, Arrival::Synced);
         drain_engine(&mut self.synced);
         match verdict {
-            Verdict::Rejected(r) => {
+            Verdict::Rejected(r) | Verdict::Refused(_, r) => {
                 self.stats.rejected += 1;
                 trace!(
                     self.trace,

@@ -619,7 +619,7 @@ impl<'a> Sim<'a> {
         let (ticket, waits) = match verdict {
             Verdict::Waiting(ticket) => (ticket, true),
             Verdict::Accepted(ticket) => (ticket, false),
-            Verdict::Rejected(_) | Verdict::Duplicate => return,
+            Verdict::Rejected(_) | Verdict::Refused(..) | Verdict::Duplicate => return,
         };
         // The host's store write for the admitted event: sometimes done at once, usually a few
         // milliseconds later (other inputs and timers run meanwhile), and before the heal it

@@ -6,6 +6,7 @@
 
 pub mod attack;
 pub mod browser;
+pub mod fixtures;
 pub mod git;
 pub mod http;
 pub mod nostr;

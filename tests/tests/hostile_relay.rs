@@ -4,11 +4,9 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use graspd_tests::git::WorkRepo;
+use graspd_tests::fixtures::hosted_repo;
 use graspd_tests::http::request;
-use graspd_tests::nostr::{
-    announcement, eventually, keys, npub, state, EventBuilder, Kind, Message, RelayClient, Tag,
-};
+use graspd_tests::nostr::{eventually, keys, EventBuilder, Kind, Message, RelayClient, Tag};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 use serde_json::json;
 
@@ -235,36 +233,6 @@ fn descriptor_exhaustion_is_bounded_and_quiet(flavor: Flavor) {
         .metric(r#"graspd_refusals_total{limit="accept_failed"}"#)
         .unwrap_or(0.0);
     assert!(failures >= 1.0, "{failures}");
-}
-
-/// A repository "demo" of keys(1), announced, pushed and served, so that issues may tag it.
-fn hosted_repo(server: &Server) -> String {
-    let owner = keys(1);
-    let url = server.repo_url(&npub(&owner), "demo");
-    let mut relay = RelayClient::connect(&server.ws_url());
-    assert!(
-        relay
-            .publish(&announcement(&owner, "demo", &[&server.http_url()], &[]))
-            .accepted
-    );
-    let work = WorkRepo::init("work");
-    let tip = work.commit("README", "hello\n");
-    let st = state(
-        &owner,
-        "demo",
-        &[("refs/heads/main", &tip)],
-        Some("main"),
-        0,
-    );
-    assert!(relay.publish(&st).accepted);
-    relay.subscribe("live", json!({"ids": [st.id.to_hex()]}));
-    work.git(&["push", "-q", &url, "main"]);
-    assert!(
-        relay.wait_for_event("live", &st.id.to_hex(), SOON),
-        "state not released after push\n{}",
-        server.log()
-    );
-    format!("30617:{}:demo", owner.public_key().to_hex())
 }
 
 /// Resident and peak memory of a process, in KiB.

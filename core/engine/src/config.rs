@@ -32,6 +32,10 @@ pub struct Config {
     /// Events dated more than this ahead of the host's wall clock are refused
     /// (`freshness::check_created_at`); older ones are always fine.
     pub max_future_skew: Duration,
+    /// Largest content of a kind 5 deletion request, in bytes (room for a short reason).
+    pub max_deletion_content_bytes: usize,
+    /// Most tags of a kind 5 deletion request (each target is looked up).
+    pub max_deletion_tags: usize,
 
     /// First sync attempt after an event that arrived by sync (nobody will push it).
     pub first_attempt_after_synced: Duration,
@@ -90,6 +94,8 @@ impl Default for Config {
             remember_expired_for: Duration::from_secs(24 * 3600),
             max_remembered_expired: 100_000,
             max_future_skew: Duration::from_secs(15 * 60),
+            max_deletion_content_bytes: 1024,
+            max_deletion_tags: 128,
             first_attempt_after_synced: Duration::from_millis(500),
             first_attempt_after_published: Duration::from_secs(180),
             backoff: vec![

@@ -1,6 +1,37 @@
-//! NIP-09 deletion requests against events waiting in purgatory.
+//! NIP-09 deletion requests: which waiting events one removes, and which requests are taken
+//! at all. Anyone may sign a deletion, so one is stored only if it deletes something its
+//! author has here (served, which the host's store answers, or waiting), and only within
+//! size bounds.
 
+use crate::config::Config;
 use crate::events::{Deletion, GitEvent};
+
+/// The `OK` message for a deletion that deletes nothing of its author's held here.
+pub const NOT_HELD: &str = "blocked: this deletion request deletes nothing held here; name your \
+    own events that this server serves or holds in purgatory, by `e` id or by `a` coordinate \
+    `<kind>:<your pubkey>:<d>`";
+
+/// A deletion request's size against `max_deletion_content_bytes` and `max_deletion_tags`;
+/// the error is the complete `OK` message.
+pub fn check_size(event: &nostr::event::Event, config: &Config) -> Result<(), String> {
+    let content = event.content.len();
+    if content > config.max_deletion_content_bytes {
+        return Err(format!(
+            "blocked: a deletion request may carry at most {} bytes of content (a short \
+             reason); this one has {content}",
+            config.max_deletion_content_bytes
+        ));
+    }
+    let tags = event.tags.len();
+    if tags > config.max_deletion_tags {
+        return Err(format!(
+            "blocked: a deletion request may have at most {} tags; this one has {tags}: split \
+             it into several requests",
+            config.max_deletion_tags
+        ));
+    }
+    Ok(())
+}
 
 /// Whether `deletion` removes `event`: only its own author's events, by id, or by coordinate
 /// for addressable events (30617, 30618) published no later than the deletion (NIP-09: a
@@ -120,5 +151,29 @@ mod tests {
             !deletion_matches(dd_inner, &GitEvent::Deletion(d)),
             "deletions are final"
         );
+    }
+
+    #[test]
+    fn size_bounds() {
+        let config = Config {
+            max_deletion_content_bytes: 10,
+            max_deletion_tags: 2,
+            ..Config::default()
+        };
+        let e = ["e", &"ab".repeat(32)];
+        let with = |content: &str, tags: &[&[&str]]| {
+            let mut event = sign(&keys(1), KIND_DELETION, 10, tags);
+            event.content = content.into();
+            event
+        };
+        assert_eq!(check_size(&with("0123456789", &[&e, &e]), &config), Ok(()));
+        let long = check_size(&with("0123456789x", &[&e]), &config).unwrap_err();
+        assert!(
+            long.starts_with("blocked: ") && long.contains("at most 10 bytes"),
+            "{long}"
+        );
+        assert!(long.contains("this one has 11"), "{long}");
+        let many = check_size(&with("", &[&e, &e, &e]), &config).unwrap_err();
+        assert!(many.contains("at most 2 tags; this one has 3"), "{many}");
     }
 }

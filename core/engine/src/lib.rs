@@ -117,7 +117,8 @@ mod testkit;
 pub use config::Config;
 pub use engine::{
     ApplyError, ApplyPlan, Arrival, Command, Engine, EngineEvent, FetchError, FetchReport, Input,
-    RefDecision, RefEdit, RefUpdate, RepoSnapshot, Stats, Ticket, TimerReason, Verdict,
+    RefDecision, RefEdit, RefUpdate, Refusal, RepoSnapshot, Stats, Submission, Ticket, TimerReason,
+    Verdict,
 };
 pub use ids::{CommandId, EventId, Identifier, Namespace, Oid, PublicKey, RepoKey};
 pub use purgatory::WaitingCounts;

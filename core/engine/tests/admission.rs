@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use graspd_core::{Arrival, Command, Config, Engine, EngineEvent, Input, Ticket, Verdict};
+use graspd_core::{Arrival, Command, Config, Engine, EngineEvent, Input, Refusal, Ticket, Verdict};
 
 /// An engine with an accepted, served repository `/<1>/r.git`.
 fn served(kit: &mut Kit) -> (Engine, Host) {
@@ -171,7 +171,7 @@ fn pending_admissions_count_toward_the_waiting_cap() {
     let third = kit.state(1, "r", 2002, &[("refs/heads/main", oid(3))]);
     assert!(matches!(
         engine.handle_event(t(0), third.clone(), Arrival::Published),
-        Verdict::Rejected(m) if m.starts_with("rate-limited:")
+        Verdict::Refused(Refusal::Waiting, m) if m.starts_with("rate-limited:")
     ));
     engine.handle_input(t(1), Input::PersistFailed { ticket: first });
     assert!(matches!(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use graspd_core::{
-    Arrival, Command, Config, Engine, EngineEvent, FetchError, Input, RefUpdate, TimerReason,
-    Verdict,
+    Arrival, Command, Config, Engine, EngineEvent, FetchError, Input, RefUpdate, Refusal,
+    TimerReason, Verdict,
 };
 
 const REMOTE: &str = "https://remote.example/npub/r.git";
@@ -399,11 +399,11 @@ fn deletion_removes_only_the_same_authors_entries_by_id_or_coordinate() {
             Verdict::Waiting(_)
         ));
     }
-    // Someone else cannot delete them.
+    // Someone else cannot delete them, and a request that deletes nothing is not taken.
     let foreign = kit.deletion(9, &[s1.id, pr.id], &[format!("30618:{}:r", pk(2).to_hex())]);
     assert!(matches!(
         publish(&mut engine, &mut host, t(1), foreign, Arrival::Published),
-        Verdict::Accepted(_)
+        Verdict::Refused(Refusal::DeletionNotHeld, m) if m.starts_with("blocked:")
     ));
     assert_eq!(engine.stats().waiting.states, 2);
     // The authors can: by id, and by coordinate.
@@ -1065,7 +1065,7 @@ fn purgatory_size_is_bounded() {
     }
     let st = kit.state(1, "r", 2005, &[("refs/heads/main", oid(1))]);
     assert!(
-        matches!(admit(&mut engine, t(0), st, Arrival::Published), Verdict::Rejected(m) if m.starts_with("rate-limited:"))
+        matches!(admit(&mut engine, t(0), st, Arrival::Published), Verdict::Refused(Refusal::Waiting, m) if m.starts_with("rate-limited:"))
     );
 }
 

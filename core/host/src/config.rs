@@ -153,6 +153,39 @@ pub struct ConnectionLimits {
     /// client reads.
     #[arg(long, env = "GRASPD_WEBSOCKET_SEND_BUFFER_BYTES", default_value_t = 256 * 1024)]
     pub websocket_send_buffer_bytes: usize,
+
+    /// EVENTs per second one WebSocket may send, sustained; beyond it (and its burst) they
+    /// are answered `rate-limited:` and the connection stays open.
+    #[arg(
+        long,
+        env = "GRASPD_EVENTS_PER_SECOND_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub events_per_second_per_connection: u32,
+
+    /// EVENTs one WebSocket may send at once above its sustained rate.
+    #[arg(long, env = "GRASPD_EVENT_BURST_PER_CONNECTION", default_value_t = 200)]
+    pub event_burst_per_connection: u32,
+
+    /// EVENTs per second one client address (an IPv6 /64) may send over all its WebSockets.
+    #[arg(
+        long,
+        env = "GRASPD_EVENTS_PER_SECOND_PER_ADDRESS",
+        default_value_t = 500
+    )]
+    pub events_per_second_per_address: u32,
+
+    /// EVENTs one client address may send at once above its sustained rate.
+    #[arg(long, env = "GRASPD_EVENT_BURST_PER_ADDRESS", default_value_t = 1000)]
+    pub event_burst_per_address: u32,
+}
+
+/// A rate of at least one event per second, with a burst of at least one event.
+fn rate(per_second: u32, burst: u32) -> crate::event_rate::Rate {
+    crate::event_rate::Rate {
+        per_second: per_second.max(1),
+        burst: burst.max(1),
+    }
 }
 
 impl ConnectionLimits {
@@ -164,6 +197,14 @@ impl ConnectionLimits {
             idle_timeout: Duration::from_secs(self.websocket_idle_secs).max(ping_after),
             write_timeout: Duration::from_secs(self.websocket_write_timeout_secs.max(1)),
             send_buffer_bytes: self.websocket_send_buffer_bytes,
+            events_per_connection: rate(
+                self.events_per_second_per_connection,
+                self.event_burst_per_connection,
+            ),
+            events_per_address: rate(
+                self.events_per_second_per_address,
+                self.event_burst_per_address,
+            ),
             ..crate::relay::RelayLimits::default()
         }
     }
@@ -228,6 +269,18 @@ pub struct EngineLimits {
     /// refused (`invalid: created_at is ... in the future`). Past timestamps are accepted.
     #[arg(long, env = "GRASPD_MAX_FUTURE_SKEW_SECS", default_value_t = 15 * 60)]
     pub max_future_skew_secs: u64,
+
+    /// Largest content of a kind 5 deletion request, in bytes; larger ones are refused.
+    #[arg(
+        long,
+        env = "GRASPD_MAX_DELETION_CONTENT_BYTES",
+        default_value_t = 1024
+    )]
+    pub max_deletion_content_bytes: usize,
+
+    /// Most tags of a kind 5 deletion request; larger ones are refused.
+    #[arg(long, env = "GRASPD_MAX_DELETION_TAGS", default_value_t = 128)]
+    pub max_deletion_tags: usize,
 }
 
 impl EngineLimits {
@@ -303,6 +356,8 @@ impl Config {
             placeholder_expiry: self.purgatory_expiry(),
             max_waiting: e.max_waiting,
             max_future_skew: Duration::from_secs(e.max_future_skew_secs),
+            max_deletion_content_bytes: e.max_deletion_content_bytes,
+            max_deletion_tags: e.max_deletion_tags,
             first_attempt_after_published: Duration::from_millis(e.sync_delay_published_ms),
             first_attempt_after_synced: Duration::from_millis(e.sync_delay_synced_ms),
             backoff: e.backoff(),

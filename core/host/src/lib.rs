@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 mod config_check;
 pub mod driver;
+pub mod event_rate;
 mod fd_limit;
 pub mod follow;
 pub mod git;

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use graspd_core::Refusal;
+
 /// Shortest time between two log lines about the same limit.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -41,10 +43,20 @@ pub enum Limit {
     GitTooManyCommands,
     /// A push that changes no ref: its pack is discarded unread.
     GitNoOpPack,
+    /// `--events-per-second-per-connection`, `--event-burst-per-connection`.
+    EventsPerConnection,
+    /// `--events-per-second-per-address`, `--event-burst-per-address`.
+    EventsPerAddress,
+    /// `--max-waiting`: purgatory is full.
+    WaitingTotal,
+    /// `--max-deletion-content-bytes`, `--max-deletion-tags`.
+    DeletionTooLarge,
+    /// A deletion request that deletes nothing its author has here.
+    DeletionNotHeld,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 19] = [
         Limit::WebSocketsTotal,
         Limit::WebSocketsPerAddress,
         Limit::WebSocketIdle,
@@ -59,6 +71,11 @@ impl Limit {
         Limit::GitProcessTimeout,
         Limit::GitTooManyCommands,
         Limit::GitNoOpPack,
+        Limit::WaitingTotal,
+        Limit::DeletionTooLarge,
+        Limit::DeletionNotHeld,
+        Limit::EventsPerConnection,
+        Limit::EventsPerAddress,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +94,20 @@ impl Limit {
             Limit::GitProcessTimeout => "git_process_timeout",
             Limit::GitTooManyCommands => "git_too_many_commands",
             Limit::GitNoOpPack => "git_no_op_pack",
+            Limit::EventsPerConnection => "events_per_connection",
+            Limit::EventsPerAddress => "events_per_address",
+            Limit::WaitingTotal => Refusal::Waiting.name(),
+            Limit::DeletionTooLarge => Refusal::DeletionTooLarge.name(),
+            Limit::DeletionNotHeld => Refusal::DeletionNotHeld.name(),
+        }
+    }
+
+    /// The limit counting the engine's `refusal`.
+    pub fn of(refusal: Refusal) -> Limit {
+        match refusal {
+            Refusal::Waiting => Limit::WaitingTotal,
+            Refusal::DeletionTooLarge => Limit::DeletionTooLarge,
+            Refusal::DeletionNotHeld => Limit::DeletionNotHeld,
         }
     }
 

@@ -355,7 +355,7 @@ impl Shared {
                 let (client, server) = socket::pair();
                 self.runtime
                     .in_group(group)
-                    .spawn(Box::pin(serve_relay(node, server)));
+                    .spawn(Box::pin(serve_relay(node, server, None)));
                 let mut n = self
                     .next_connection
                     .lock()

@@ -7,7 +7,7 @@
 //! Apply or `Released` can run ahead of the host's write.
 
 use super::Engine;
-use crate::engine::types::{Ticket, Verdict};
+use crate::engine::types::{Refusal, Ticket, Verdict};
 use crate::events::{Announcement, Deletion};
 use crate::purgatory::{Arrival, Waiting};
 use crate::time::Time;
@@ -39,7 +39,8 @@ impl Engine {
             self.admissions.len()
         };
         if held >= self.config.max_waiting {
-            return Verdict::Rejected(
+            return Verdict::Refused(
+                Refusal::Waiting,
                 "rate-limited: too many events are waiting for git data; try again later".into(),
             );
         }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::acceptance::{self, OwnService};
 use crate::config::Config;
+use crate::deletion;
 use crate::events::{self, GitEvent, RefName};
 use crate::ids::{CommandId, EventId, Oid, PublicKey, RepoKey};
 use crate::lookup::LookupMap;
@@ -276,9 +277,18 @@ impl Engine {
         &mut self,
         now: Time,
         event: nostr::event::Event,
-        arrival: Arrival,
+        submission: impl Into<Submission>,
     ) -> Verdict {
         self.now = self.now.max(now);
+        let Submission {
+            arrival,
+            deletes_served,
+        } = submission.into();
+        if event.kind.as_u16() == events::KIND_DELETION {
+            if let Err(refused) = deletion::check_size(&event, &self.config) {
+                return Verdict::Refused(Refusal::DeletionTooLarge, refused);
+            }
+        }
         let parsed = match events::parse(&event) {
             Err(e) => return Verdict::Rejected(e.to_string()),
             Ok(None) => {
@@ -297,6 +307,10 @@ impl Engine {
             return Verdict::Duplicate;
         }
         if let GitEvent::Deletion(d) = parsed {
+            // Anyone may sign a deletion: one that deletes nothing here is not stored.
+            if !deletes_served && self.purgatory.deletable(&d).is_empty() {
+                return Verdict::Refused(Refusal::DeletionNotHeld, deletion::NOT_HELD.into());
+            }
             return self.hold(Admission::Delete(d));
         }
         if self.purgatory.was_expired(now, &id) && arrival == Arrival::Synced {

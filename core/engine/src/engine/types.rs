@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::events::RefName;
 use crate::ids::{CommandId, EventId, Oid, RepoKey};
-use crate::purgatory::WaitingCounts;
+use crate::purgatory::{Arrival, WaitingCounts};
 use crate::throttle;
 use crate::time::Time;
 
@@ -43,6 +43,51 @@ pub enum Verdict {
     Accepted(Ticket),
     /// Already known.
     Duplicate,
+    /// `OK false` with this complete message, refused by a limit or rule the host counts
+    /// (a metric label each, [`Refusal::name`]).
+    Refused(Refusal, String),
+}
+
+/// A limit or rule that refused an event.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Refusal {
+    /// `Config::max_waiting`: purgatory is full.
+    Waiting,
+    /// `Config::max_deletion_content_bytes` or `Config::max_deletion_tags`.
+    DeletionTooLarge,
+    /// A deletion request that deletes nothing its author has here, served or waiting.
+    DeletionNotHeld,
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Waiting => "waiting_total",
+            Refusal::DeletionTooLarge => "deletion_too_large",
+            Refusal::DeletionNotHeld => "deletion_not_held",
+        }
+    }
+}
+
+/// How an event reached the host, and what the host's store knows about it: the facts
+/// admission needs besides the event itself. An [`Arrival`] alone converts into one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Submission {
+    pub arrival: Arrival,
+    /// For a kind 5 deletion: the host's store serves an event it deletes (one of its
+    /// author's, by `e` id, or by `a` coordinate up to its `created_at`). The engine checks
+    /// waiting events itself.
+    pub deletes_served: bool,
+}
+
+impl From<Arrival> for Submission {
+    fn from(arrival: Arrival) -> Submission {
+        Submission {
+            arrival,
+            deletes_served: false,
+        }
+    }
 }
 
 impl Verdict {

@@ -10,10 +10,10 @@
 
 use std::sync::Arc;
 
-use graspd_core::events::{Coordinate, GitEvent, KIND_ANNOUNCEMENT};
+use graspd_core::events::{Coordinate, Deletion, GitEvent, KIND_ANNOUNCEMENT, KIND_DELETION};
 use graspd_core::freshness;
 use graspd_core::related::{self, KnownEvents};
-use graspd_core::{Arrival, EventId, Input, PublicKey, Ticket, Verdict};
+use graspd_core::{Arrival, EventId, Input, PublicKey, Submission, Ticket, Verdict};
 use nostr::event::{Event, Kind};
 use nostr::filter::Filter;
 use tracing::{debug, warn};
@@ -53,7 +53,7 @@ impl Node {
     }
 
     /// Counts and logs a refusal by `limit`, and answers it with `message`.
-    fn refuse(&self, limit: Limit, message: &str, event: &Event) -> relay::Verdict {
+    pub(super) fn refuse(&self, limit: Limit, message: &str, event: &Event) -> relay::Verdict {
         self.metrics.event("rejected");
         self.settings.refusals.refuse(
             limit,
@@ -71,15 +71,24 @@ impl Node {
     }
 
     async fn accept_git_event(self: &Arc<Self>, event: Event, arrival: Arrival) -> relay::Verdict {
+        let mut submission = Submission::from(arrival);
+        if event.kind.as_u16() == KIND_DELETION {
+            match self.deletion_targets(&event).await {
+                Ok(DeletionTargets::AlreadyStored) => return relay::Verdict::accepted(DUPLICATE),
+                Ok(DeletionTargets::Served(served)) => submission.deletes_served = served,
+                Err(error) => return persist_failed(&error),
+            }
+        }
         let verdict = {
             let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
-            engine.handle_event(self.clock.now(), event.clone(), arrival)
+            engine.handle_event(self.clock.now(), event.clone(), submission)
         };
         match verdict {
             Verdict::Rejected(message) => {
                 self.metrics.event("rejected");
                 relay::Verdict::rejected(message)
             }
+            Verdict::Refused(refusal, message) => self.refuse(Limit::of(refusal), &message, &event),
             Verdict::Duplicate => {
                 self.metrics.event("duplicate");
                 relay::Verdict::accepted(DUPLICATE)
@@ -124,6 +133,33 @@ impl Node {
                     Err(error) => persist_failed(&error),
                 }
             }
+        }
+    }
+
+    /// What the store holds of a deletion request's targets (on the blocking pool): the
+    /// engine takes a deletion only if it deletes something its author has here.
+    async fn deletion_targets(&self, event: &Event) -> Result<DeletionTargets, String> {
+        let max_targets = {
+            let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+            engine.config().max_deletion_tags
+        };
+        let store = self.store.clone();
+        let event = event.clone();
+        let found = unblock(&*self.runtime, move || {
+            if store.get(&event.id)?.is_some() {
+                return Ok(DeletionTargets::AlreadyStored);
+            }
+            let served = match graspd_core::events::parse(&event) {
+                Ok(Some(GitEvent::Deletion(d))) => serves_a_target(&store, &d, max_targets)?,
+                _ => false,
+            };
+            Ok(DeletionTargets::Served(served))
+        })
+        .await;
+        match found {
+            Ok(Ok(targets)) => Ok(targets),
+            Ok(Err(error)) => Err(StoreError::to_string(&error)),
+            Err(error) => Err(error.to_string()),
         }
     }
 
@@ -197,6 +233,47 @@ impl Node {
             }
         }
     }
+}
+
+/// What the store holds of a deletion request's targets.
+enum DeletionTargets {
+    /// The request itself is stored already.
+    AlreadyStored,
+    /// Whether the store serves an event the request deletes.
+    Served(bool),
+}
+
+/// Whether `store` serves an event `deletion` deletes: its author's, named by `e` id, or by
+/// an `a` coordinate with a version no newer than the request (NIP-09). Looks at no more than
+/// `max_targets` of each; deletions themselves are final.
+fn serves_a_target(
+    store: &Store,
+    deletion: &Deletion,
+    max_targets: usize,
+) -> Result<bool, StoreError> {
+    for id in deletion.event_ids.iter().take(max_targets) {
+        if let Some(found) = store.get(id)? {
+            if found.pubkey == deletion.author && found.kind.as_u16() != KIND_DELETION {
+                return Ok(true);
+            }
+        }
+    }
+    let own = deletion
+        .coordinates
+        .iter()
+        .filter(|c| c.author == deletion.author);
+    for coordinate in own.take(max_targets) {
+        let filter = Filter::new()
+            .kind(Kind::from(coordinate.kind))
+            .author(coordinate.author)
+            .identifier(coordinate.identifier.as_str())
+            .until(nostr::types::Timestamp::from(deletion.created_at))
+            .limit(1);
+        if !store.query(&[filter], 1)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The repository an announcement asks for.

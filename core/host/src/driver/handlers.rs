@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use graspd_core::{Arrival, Input, Oid, RefDecision, RepoKey};
@@ -11,9 +11,11 @@ use nostr::filter::Filter;
 use tracing::{debug, info, info_span, Instrument};
 
 use super::Node;
+use crate::address::AddressKey;
+use crate::event_rate::TokenBucket;
 use crate::git::RefUpdate;
 use crate::http::{Handlers, PushHandler, RelayHandler, WebSocket};
-use crate::refusals::Refusals;
+use crate::refusals::{Limit, Refusals};
 use crate::relay::{run_connection, Query, RelayBackend, RelayLimits, RelaySocket, Verdict};
 use crate::runtime::{unblock, BoxFuture};
 
@@ -47,7 +49,7 @@ impl RelayHandler for NodeHooks {
         Box::pin(
             async move {
                 debug!("relay session opened");
-                serve_relay(node, socket).await;
+                serve_relay(node, socket, Some(client)).await;
                 debug!("relay session closed");
             }
             .instrument(info_span!("relay", %client)),
@@ -77,21 +79,79 @@ fn query_store(
 }
 
 /// Runs one relay connection of `node` on a WebSocket: the HTTP origin's upgraded sockets, and
-/// the simulator's in-memory ones.
-pub async fn serve_relay<S: RelaySocket>(node: Arc<Node>, socket: S) {
+/// the simulator's in-memory ones. `client` is the client's address (behind a trusted proxy,
+/// the one it names), which per-address limits count by.
+pub async fn serve_relay<S: RelaySocket>(node: Arc<Node>, socket: S, client: Option<IpAddr>) {
     let limits = node.settings.relay_limits.clone();
-    let backend = NodeHooks(Arc::clone(&node));
+    let backend = ConnectionHooks {
+        events: Mutex::new(TokenBucket::full(
+            limits.events_per_connection,
+            node.runtime.now(),
+        )),
+        address: client.map(AddressKey::of),
+        node: NodeHooks(Arc::clone(&node)),
+    };
     run_connection(socket, limits, &node.hub, &backend).await;
 }
 
-impl RelayBackend for NodeHooks {
+/// One relay connection's view of the node: its EVENT rate and its client's address.
+struct ConnectionHooks {
+    node: NodeHooks,
+    events: Mutex<TokenBucket>,
+    address: Option<AddressKey>,
+}
+
+impl ConnectionHooks {
+    /// The rate limit an EVENT arriving now is over, with the answer to give, if any. The
+    /// connection's own bucket is asked first, so a refused connection spends nothing of
+    /// its address's.
+    fn over_rate(&self) -> Option<(Limit, String)> {
+        let node = &self.node.0;
+        let limits = &node.settings.relay_limits;
+        let now = node.runtime.now();
+        let rate = limits.events_per_connection;
+        let taken = {
+            let mut bucket = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            bucket.take(rate, now)
+        };
+        if !taken {
+            return Some((
+                Limit::EventsPerConnection,
+                format!(
+                    "rate-limited: more than {} events per second on this connection (bursts \
+                     of {}); slow down",
+                    rate.per_second, rate.burst
+                ),
+            ));
+        }
+        let address = self.address?;
+        if node.address_rates.take(address, now) {
+            return None;
+        }
+        let rate = node.address_rates.rate();
+        Some((
+            Limit::EventsPerAddress,
+            format!(
+                "rate-limited: more than {} events per second from your address (bursts of \
+                 {}); slow down",
+                rate.per_second, rate.burst
+            ),
+        ))
+    }
+}
+
+impl RelayBackend for ConnectionHooks {
     fn decide(&self, event: Event) -> BoxFuture<'static, Verdict> {
-        let node = Arc::clone(&self.0);
+        let node = Arc::clone(&self.node.0);
+        if let Some((limit, message)) = self.over_rate() {
+            let refused = node.refuse(limit, &message, &event);
+            return Box::pin(async move { refused });
+        }
         Box::pin(async move { node.accept(event, Arrival::Published).await })
     }
 
     fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<EventId>, String>> {
-        let node = Arc::clone(&self.0);
+        let node = Arc::clone(&self.node.0);
         Box::pin(async move {
             let store = node.store.clone();
             let ids = unblock(&*node.runtime, move || {
@@ -106,7 +166,7 @@ impl RelayBackend for NodeHooks {
         ids: Vec<EventId>,
         max_bytes: usize,
     ) -> BoxFuture<'static, Result<(Vec<String>, usize), String>> {
-        let node = Arc::clone(&self.0);
+        let node = Arc::clone(&self.node.0);
         Box::pin(async move {
             let store = node.store.clone();
             flatten(unblock(&*node.runtime, move || store.load_json(&ids, max_bytes)).await)
@@ -114,15 +174,15 @@ impl RelayBackend for NodeHooks {
     }
 
     fn now(&self) -> Instant {
-        self.0.runtime.now()
+        self.node.0.runtime.now()
     }
 
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
-        self.0.runtime.sleep_until(deadline)
+        self.node.0.runtime.sleep_until(deadline)
     }
 
     fn refusals(&self) -> &Refusals {
-        &self.0.settings.refusals
+        &self.node.0.settings.refusals
     }
 }
 

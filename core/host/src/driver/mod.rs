@@ -58,6 +58,8 @@ pub struct Node {
     woken: async_channel::Receiver<()>,
     /// The GRASP-02 relay follower: told about every hosted repository and thread.
     follower: FollowerHandle,
+    /// EVENT rate per client address, over all its connections.
+    address_rates: crate::event_rate::AddressRates,
 }
 
 /// A span per command, so every log line of its execution names the command and repository.
@@ -118,6 +120,8 @@ impl Node {
         follower: FollowerHandle,
     ) -> Result<Arc<Node>, StoreError> {
         let (wake, woken) = async_channel::bounded(1);
+        let address_rates =
+            crate::event_rate::AddressRates::new(settings.relay_limits.events_per_address);
         let node = Arc::new(Node {
             engine: Mutex::new(Engine::new(engine)),
             clock: Clock::new(Arc::clone(&runtime)),
@@ -128,6 +132,7 @@ impl Node {
             settings,
             wake,
             woken,
+            address_rates,
             runtime,
             follower,
         });

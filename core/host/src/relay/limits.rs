@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::event_rate::Rate;
+
 /// Limits one WebSocket connection is held to. Defaults suit a GRASP server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayLimits {
@@ -32,6 +34,10 @@ pub struct RelayLimits {
     /// Outgoing bytes buffered for one connection before the sender waits for the client to
     /// read; stored results are produced only as the client takes them.
     pub send_buffer_bytes: usize,
+    /// EVENTs one connection may send: beyond it they are answered `rate-limited:`.
+    pub events_per_connection: Rate,
+    /// EVENTs one client address (an IPv6 /64) may send over all its connections.
+    pub events_per_address: Rate,
 }
 
 impl Default for RelayLimits {
@@ -48,6 +54,14 @@ impl Default for RelayLimits {
             idle_timeout: Duration::from_secs(90),
             write_timeout: Duration::from_secs(30),
             send_buffer_bytes: 256 * 1024,
+            events_per_connection: Rate {
+                per_second: 100,
+                burst: 200,
+            },
+            events_per_address: Rate {
+                per_second: 500,
+                burst: 1000,
+            },
         }
     }
 }

@@ -1,0 +1,39 @@
+//! Server states that several scenarios start from.
+
+use std::time::Duration;
+
+use crate::git::WorkRepo;
+use crate::nostr::{announcement, keys, npub, state, RelayClient};
+use crate::Server;
+use serde_json::json;
+
+/// A repository "demo" of `keys(1)`, announced, pushed and served, so that other events may
+/// tag it; returns its `30617:<owner hex>:demo` coordinate.
+pub fn hosted_repo(server: &Server) -> String {
+    let owner = keys(1);
+    let url = server.repo_url(&npub(&owner), "demo");
+    let mut relay = RelayClient::connect(&server.ws_url());
+    assert!(
+        relay
+            .publish(&announcement(&owner, "demo", &[&server.http_url()], &[]))
+            .accepted
+    );
+    let work = WorkRepo::init("work");
+    let tip = work.commit("README", "hello\n");
+    let st = state(
+        &owner,
+        "demo",
+        &[("refs/heads/main", &tip)],
+        Some("main"),
+        0,
+    );
+    assert!(relay.publish(&st).accepted);
+    relay.subscribe("live", json!({"ids": [st.id.to_hex()]}));
+    work.git(&["push", "-q", &url, "main"]);
+    assert!(
+        relay.wait_for_event("live", &st.id.to_hex(), Duration::from_secs(30)),
+        "state not released after push\n{}",
+        server.log()
+    );
+    format!("30617:{}:demo", owner.public_key().to_hex())
+}
