@@ -238,8 +238,44 @@ fn event_floods_are_rate_limited_per_connection_and_address(flavor: Flavor) {
     assert!(refusals(&server, "events_per_address") >= 3.0);
 }
 
+/// One client address has at most `--max-waiting-per-address` events waiting, however many
+/// keys it signs with; another address's announcements are still taken.
+fn one_address_cannot_fill_purgatory(flavor: Flavor) {
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default().flag("--max-waiting-per-address", 5),
+    );
+    let url = server.http_url();
+    let mut flooder = RelayClient::try_connect_from(&server.ws_url(), attacker(1)).unwrap();
+    for n in 0..5 {
+        let fresh = announcement(&keys(10 + n), "spam", &[&url], &[]);
+        let reply = flooder.publish(&fresh);
+        assert!(
+            reply.accepted && reply.message.starts_with("purgatory: "),
+            "{reply:?}"
+        );
+    }
+    let sixth = flooder.publish(&announcement(&keys(15), "spam", &[&url], &[]));
+    assert!(
+        !sixth.accepted
+            && sixth.message.starts_with("rate-limited: ")
+            && sixth.message.contains("5 events from your address"),
+        "{sixth:?}"
+    );
+    let mut other = RelayClient::try_connect_from(&server.ws_url(), attacker(2)).unwrap();
+    let reply = other.publish(&announcement(&keys(16), "mine", &[&url], &[]));
+    assert!(
+        reply.accepted && reply.message.starts_with("purgatory: "),
+        "{reply:?}"
+    );
+    let waiting = server.metric(r#"graspd_purgatory_waiting{kind="announcement"}"#);
+    assert_eq!(waiting, Some(6.0));
+    assert_eq!(refusals(&server, "waiting_per_address"), 1.0);
+}
+
 both_runtimes!(
     events_dated_far_in_the_future_are_refused,
     deletions_must_delete_something_held_here,
     event_floods_are_rate_limited_per_connection_and_address,
+    one_address_cannot_fill_purgatory,
 );

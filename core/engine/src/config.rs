@@ -23,6 +23,13 @@ pub struct Config {
     pub placeholder_expiry: Duration,
     /// At most this many events wait at once; beyond it new events are refused.
     pub max_waiting: usize,
+    /// At most this many events of one author wait at once, so one key cannot fill
+    /// `max_waiting`.
+    pub max_waiting_per_author: usize,
+    /// At most this many events published from one client address wait at once. Events
+    /// learned from other relays, and events restored from the store after a restart, count
+    /// toward no address.
+    pub max_waiting_per_address: usize,
     /// At most this many `refs/nostr/<id>` placeholders at once.
     pub max_placeholders: usize,
     /// Expired event ids are remembered this long, so a sync re-delivering them is refused.
@@ -90,6 +97,8 @@ impl Default for Config {
             purgatory_expiry: Duration::from_secs(30 * 60),
             placeholder_expiry: Duration::from_secs(30 * 60),
             max_waiting: 1_000_000,
+            max_waiting_per_author: 1000,
+            max_waiting_per_address: 10_000,
             max_placeholders: 100_000,
             remember_expired_for: Duration::from_secs(24 * 3600),
             max_remembered_expired: 100_000,

@@ -106,6 +106,7 @@ mod engine;
 mod ids;
 mod lookup;
 mod purgatory;
+mod quota;
 mod satisfy;
 mod throttle;
 mod time;
@@ -122,5 +123,6 @@ pub use engine::{
 };
 pub use ids::{CommandId, EventId, Identifier, Namespace, Oid, PublicKey, RepoKey};
 pub use purgatory::WaitingCounts;
+pub use quota::ClientAddress;
 pub use throttle::ThrottleCounters;
 pub use time::Time;

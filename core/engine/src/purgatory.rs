@@ -9,6 +9,7 @@ use crate::deletion::deletion_matches;
 use crate::events::{Deletion, GitEvent, PullRequest, KIND_ANNOUNCEMENT, KIND_STATE};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
 use crate::lookup::LookupMap;
+use crate::quota::{ClientAddress, Shares};
 use crate::time::Time;
 
 /// Where an event came from; decides how soon the first sync attempt runs.
@@ -26,6 +27,9 @@ pub enum Arrival {
 pub struct Waiting {
     pub parsed: GitEvent,
     pub arrival: Arrival,
+    /// The client address that published it; none for events learned from other relays or
+    /// restored from the store.
+    pub client: Option<ClientAddress>,
     pub received: Time,
     pub expires: Time,
 }
@@ -65,6 +69,9 @@ pub struct Purgatory {
     placeholders: BTreeMap<(RepoKey, EventId), Placeholder>,
     placeholders_by_event: BTreeMap<EventId, BTreeSet<RepoKey>>,
     counts: WaitingCounts,
+    /// Waiting events by author and by client address, kept by `insert` and `remove`, which
+    /// every way out of purgatory goes through.
+    shares: Shares,
     expired: ExpiredMemory,
     /// Released PRs and PR updates (not kept as accepted state): re-deliveries are duplicates.
     released_prs: ExpiredMemory,
@@ -84,6 +91,11 @@ impl Purgatory {
             placeholders: self.placeholders.len(),
             ..self.counts
         }
+    }
+
+    /// Waiting events by author and by client address.
+    pub fn shares(&self) -> &Shares {
+        &self.shares
     }
 
     pub fn contains(&self, id: &EventId) -> bool {
@@ -123,6 +135,7 @@ impl Purgatory {
             }
             GitEvent::Deletion(_) => return false,
         }
+        self.shares.add(*waiting.parsed.author(), waiting.client);
         self.entries.insert(id, Box::new(waiting));
         true
     }
@@ -153,6 +166,7 @@ impl Purgatory {
             }
             GitEvent::Deletion(_) => {}
         }
+        self.shares.remove(waiting.parsed.author(), waiting.client);
         Some(waiting)
     }
 

@@ -4,7 +4,10 @@
 mod common;
 
 use common::*;
-use graspd_core::{Arrival, Command, Config, Engine, EngineEvent, Input, Refusal, Ticket, Verdict};
+use graspd_core::{
+    Arrival, ClientAddress, Command, Config, Engine, EngineEvent, Input, Refusal, Submission,
+    Ticket, Verdict,
+};
 
 /// An engine with an accepted, served repository `/<1>/r.git`.
 fn served(kit: &mut Kit) -> (Engine, Host) {
@@ -178,6 +181,68 @@ fn pending_admissions_count_toward_the_waiting_cap() {
         engine.handle_event(t(1), third, Arrival::Published),
         Verdict::Waiting(_)
     ));
+}
+
+/// One author, or one client address however many keys it signs with, has at most its share
+/// of purgatory waiting; admissions not yet durable count, a failed write gives the share
+/// back, and other addresses and events learned from relays are not held to it.
+#[test]
+fn one_author_or_one_address_cannot_fill_purgatory() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(Config {
+        max_waiting_per_author: 2,
+        max_waiting_per_address: 3,
+        ..config()
+    });
+    engine.restore_accepted(&kit.announcement(1, "r", &[], &[]));
+    let r = repo(1, "r");
+    let from = |n| Submission::published_from(Some(ClientAddress(n)));
+    let refused_by = |verdict: Verdict, limit: Refusal, says: &str| {
+        matches!(&verdict, Verdict::Refused(l, m)
+            if *l == limit && m.starts_with("rate-limited: ") && m.contains(says))
+    };
+
+    // Author 5, from two addresses: its third PR is refused, whichever address sends it.
+    let first = ticket(engine.handle_event(t(0), kit.pr(5, &r, oid(1), &[]), from(1)));
+    let second = ticket(engine.handle_event(t(0), kit.pr(5, &r, oid(2), &[]), from(2)));
+    engine.handle_input(t(0), Input::Persisted { ticket: first });
+    let third = kit.pr(5, &r, oid(3), &[]);
+    let verdict = engine.handle_event(t(0), third.clone(), from(3));
+    assert!(refused_by(
+        verdict,
+        Refusal::WaitingPerAuthor,
+        "2 events of this author"
+    ));
+    engine.handle_input(t(0), Input::PersistFailed { ticket: second });
+    admit(&mut engine, t(0), third, from(3));
+
+    // Fresh keys from address 1: three events in all wait, the fourth is refused.
+    for author in [6, 7] {
+        let pr = kit.pr(author, &r, oid(1), &[]);
+        assert!(matches!(
+            admit(&mut engine, t(0), pr, from(1)),
+            Verdict::Waiting(_)
+        ));
+    }
+    let fourth = kit.pr(8, &r, oid(1), &[]);
+    let verdict = engine.handle_event(t(0), fourth.clone(), from(1));
+    assert!(refused_by(
+        verdict,
+        Refusal::WaitingPerAddress,
+        "3 events from your address"
+    ));
+
+    // Another address, and a relay, still get theirs taken.
+    assert!(matches!(
+        admit(&mut engine, t(0), fourth, from(4)),
+        Verdict::Waiting(_)
+    ));
+    let synced = kit.pr(9, &r, oid(1), &[]);
+    assert!(matches!(
+        admit(&mut engine, t(0), synced, Arrival::Synced),
+        Verdict::Waiting(_)
+    ));
+    assert_eq!(engine.stats().waiting.prs, 6);
 }
 
 /// The same event admitted twice at once (two connections) is taken in once, whichever

@@ -1,5 +1,6 @@
 //! Properties over random input sequences: the throttle limits hold, every fetch ends in a
-//! completion or a timeout, and the same inputs give the same outputs.
+//! completion or a timeout, the same inputs give the same outputs, and every way out of
+//! purgatory gives its author's and address's share back.
 
 mod common;
 
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use graspd_core::{
-    Arrival, Command, CommandId, Config, Engine, FetchError, FetchReport, Input, Oid, RefUpdate,
-    Time,
+    Arrival, ClientAddress, Command, CommandId, Config, Engine, FetchError, FetchReport, Input,
+    Oid, RefUpdate, Submission, Time,
 };
 use quickcheck::{Arbitrary, Gen, QuickCheck};
 
@@ -18,11 +19,32 @@ const DOMAINS: u8 = 3;
 
 #[derive(Clone, Debug)]
 enum Op {
-    State { repo: u8, oid: u8, published: bool },
-    Pr { repo: u8, oid: u8 },
-    Advance { ms: u32 },
-    Answer { pick: u8, kind: u8 },
-    Push { repo: u8, oid: u8 },
+    /// Published from client address `address`, or synced.
+    State {
+        repo: u8,
+        oid: u8,
+        published: bool,
+        address: u8,
+    },
+    /// The repository's owner deletes its states by coordinate.
+    Delete {
+        repo: u8,
+    },
+    Pr {
+        repo: u8,
+        oid: u8,
+    },
+    Advance {
+        ms: u32,
+    },
+    Answer {
+        pick: u8,
+        kind: u8,
+    },
+    Push {
+        repo: u8,
+        oid: u8,
+    },
 }
 
 impl Arbitrary for Op {
@@ -33,6 +55,7 @@ impl Arbitrary for Op {
                 repo: u8::arbitrary(g) % REPOS,
                 oid: small(g),
                 published: bool::arbitrary(g),
+                address: u8::arbitrary(g) % 3,
             },
             2 => Op::Pr {
                 repo: u8::arbitrary(g) % REPOS,
@@ -44,6 +67,9 @@ impl Arbitrary for Op {
             6..=8 => Op::Answer {
                 pick: u8::arbitrary(g),
                 kind: u8::arbitrary(g) % 8,
+            },
+            9 if bool::arbitrary(g) => Op::Delete {
+                repo: u8::arbitrary(g) % REPOS,
             },
             _ => Op::Push {
                 repo: u8::arbitrary(g) % REPOS,
@@ -85,6 +111,8 @@ struct Run {
     seen_commands: usize,
     fetches: BTreeMap<CommandId, FetchRecord>,
     violations: Vec<String>,
+    /// Steps after which the shares of purgatory disagreed with what waits.
+    share_leaks: Vec<String>,
 }
 
 impl Run {
@@ -106,6 +134,7 @@ impl Run {
             seen_commands: 0,
             fetches: BTreeMap::new(),
             violations: Vec::new(),
+            share_leaks: Vec::new(),
         }
     }
 
@@ -161,11 +190,12 @@ impl Run {
                 repo: r,
                 oid: o,
                 published,
+                address,
             } => {
                 let arrival = if published {
-                    Arrival::Published
+                    Submission::published_from(Some(ClientAddress(u128::from(address))))
                 } else {
-                    Arrival::Synced
+                    Submission::from(Arrival::Synced)
                 };
                 let ev = kit.state(
                     r + 1,
@@ -183,6 +213,11 @@ impl Run {
                     &["https://d2.example/fork.git"],
                 );
                 admit(&mut self.engine, self.now, ev, Arrival::Synced);
+            }
+            Op::Delete { repo: r } => {
+                let coordinate = format!("30618:{}:r{r}", pk(r + 1).to_hex());
+                let ev = kit.deletion(r + 1, &[], &[coordinate]);
+                admit(&mut self.engine, self.now, ev, Arrival::Published);
             }
             Op::Advance { ms } => {
                 let until = self.now + Duration::from_millis(u64::from(ms));
@@ -251,6 +286,20 @@ impl Run {
         }
         self.host.run(&mut self.engine, self.now);
         self.observe();
+        self.check_shares(op);
+    }
+
+    /// Every waiting event has an author, so some share is held exactly while something waits.
+    fn check_shares(&mut self, op: &Op) {
+        let stats = self.engine.stats();
+        let waiting = stats.waiting.announcements + stats.waiting.states + stats.waiting.prs;
+        let held = waiting + stats.admissions_pending;
+        if (held == 0) != (stats.share_holders == 0) {
+            self.share_leaks.push(format!(
+                "after {op:?}: {held} held, {} share holders",
+                stats.share_holders
+            ));
+        }
     }
 
     fn transcript(&self) -> String {
@@ -313,6 +362,19 @@ fn every_fetch_ends_in_completion_or_timeout(ops: Vec<Op>) -> bool {
     ok
 }
 
+fn shares_are_given_back(ops: Vec<Op>) -> bool {
+    let mut kit = Kit::default();
+    let mut r = run(&ops);
+    // Past every expiry: everything has left purgatory, by one way or another.
+    r.step(&mut kit, &Op::Advance { ms: u32::MAX });
+    let stats = r.engine.stats();
+    if !r.share_leaks.is_empty() || stats.share_holders != 0 {
+        eprintln!("{:#?}\n{stats:?}", r.share_leaks);
+        return false;
+    }
+    true
+}
+
 fn same_inputs_same_outputs(ops: Vec<Op>) -> bool {
     run(&ops).transcript() == run(&ops).transcript()
 }
@@ -332,6 +394,11 @@ fn prop_every_fetch_ends_in_completion_or_timeout() {
 }
 
 #[test]
+fn prop_shares_are_given_back() {
+    qc().quickcheck(shares_are_given_back as fn(Vec<Op>) -> bool);
+}
+
+#[test]
 fn prop_same_inputs_same_outputs() {
     qc().tests(100)
         .quickcheck(same_inputs_same_outputs as fn(Vec<Op>) -> bool);
@@ -346,6 +413,7 @@ fn the_random_sequences_do_exercise_fetches_and_limits() {
             repo: n,
             oid: n,
             published: false,
+            address: 0,
         });
         ops.push(Op::Pr { repo: n, oid: n });
     }

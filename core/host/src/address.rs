@@ -174,6 +174,11 @@ impl AddressKey {
             IpAddr::V6(v6) => AddressKey((u128::from(v6) >> 64) << 64 | 1 << 63),
         }
     }
+
+    /// The same key, as the engine's per-address waiting limit counts by.
+    pub fn client(self) -> graspd_core::ClientAddress {
+        graspd_core::ClientAddress(self.0)
+    }
 }
 
 #[cfg(test)]

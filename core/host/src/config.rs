@@ -265,6 +265,16 @@ pub struct EngineLimits {
     #[arg(long, env = "GRASPD_MAX_WAITING", default_value_t = 1_000_000)]
     pub max_waiting: usize,
 
+    /// Most events of one author waiting in purgatory at once; beyond it their new ones are
+    /// refused (`rate-limited:`).
+    #[arg(long, env = "GRASPD_MAX_WAITING_PER_AUTHOR", default_value_t = 1000)]
+    pub max_waiting_per_author: usize,
+
+    /// Most events published from one client address (an IPv6 /64 counts as one) waiting in
+    /// purgatory at once; beyond it its new ones are refused (`rate-limited:`).
+    #[arg(long, env = "GRASPD_MAX_WAITING_PER_ADDRESS", default_value_t = 10_000)]
+    pub max_waiting_per_address: usize,
+
     /// Seconds an event's `created_at` may be ahead of this server's clock; later ones are
     /// refused (`invalid: created_at is ... in the future`). Past timestamps are accepted.
     #[arg(long, env = "GRASPD_MAX_FUTURE_SKEW_SECS", default_value_t = 15 * 60)]
@@ -355,6 +365,8 @@ impl Config {
             purgatory_expiry: self.purgatory_expiry(),
             placeholder_expiry: self.purgatory_expiry(),
             max_waiting: e.max_waiting,
+            max_waiting_per_author: e.max_waiting_per_author,
+            max_waiting_per_address: e.max_waiting_per_address,
             max_future_skew: Duration::from_secs(e.max_future_skew_secs),
             max_deletion_content_bytes: e.max_deletion_content_bytes,
             max_deletion_tags: e.max_deletion_tags,

@@ -49,6 +49,10 @@ pub enum Limit {
     EventsPerAddress,
     /// `--max-waiting`: purgatory is full.
     WaitingTotal,
+    /// `--max-waiting-per-author`.
+    WaitingPerAuthor,
+    /// `--max-waiting-per-address`.
+    WaitingPerAddress,
     /// `--max-deletion-content-bytes`, `--max-deletion-tags`.
     DeletionTooLarge,
     /// A deletion request that deletes nothing its author has here.
@@ -56,7 +60,7 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 19] = [
+    pub const ALL: [Limit; 21] = [
         Limit::WebSocketsTotal,
         Limit::WebSocketsPerAddress,
         Limit::WebSocketIdle,
@@ -72,6 +76,8 @@ impl Limit {
         Limit::GitTooManyCommands,
         Limit::GitNoOpPack,
         Limit::WaitingTotal,
+        Limit::WaitingPerAuthor,
+        Limit::WaitingPerAddress,
         Limit::DeletionTooLarge,
         Limit::DeletionNotHeld,
         Limit::EventsPerConnection,
@@ -97,6 +103,8 @@ impl Limit {
             Limit::EventsPerConnection => "events_per_connection",
             Limit::EventsPerAddress => "events_per_address",
             Limit::WaitingTotal => Refusal::Waiting.name(),
+            Limit::WaitingPerAuthor => Refusal::WaitingPerAuthor.name(),
+            Limit::WaitingPerAddress => Refusal::WaitingPerAddress.name(),
             Limit::DeletionTooLarge => Refusal::DeletionTooLarge.name(),
             Limit::DeletionNotHeld => Refusal::DeletionNotHeld.name(),
         }
@@ -106,6 +114,8 @@ impl Limit {
     pub fn of(refusal: Refusal) -> Limit {
         match refusal {
             Refusal::Waiting => Limit::WaitingTotal,
+            Refusal::WaitingPerAuthor => Limit::WaitingPerAuthor,
+            Refusal::WaitingPerAddress => Limit::WaitingPerAddress,
             Refusal::DeletionTooLarge => Limit::DeletionTooLarge,
             Refusal::DeletionNotHeld => Limit::DeletionNotHeld,
         }

@@ -30,37 +30,69 @@ pub(super) enum Admission {
 impl Engine {
     /// Holds `admission` until the host reports on its ticket: `Waiting` or `Accepted` with
     /// that ticket, or `rate-limited` when too many are held. Admissions that will wait count
-    /// toward `max_waiting` with the waiting events; the others are bounded by it on their own.
+    /// toward the waiting limits with the waiting events; the others are bounded by
+    /// `max_waiting` on their own.
     pub(super) fn hold(&mut self, admission: Admission) -> Verdict {
-        let waits = matches!(admission, Admission::Wait(_));
-        let held = if waits {
-            self.purgatory.len() + self.admissions_waiting
-        } else {
-            self.admissions.len()
+        let refused = match &admission {
+            Admission::Wait(waiting) => self.over_waiting_limit(waiting),
+            _ if self.admissions.len() >= self.config.max_waiting => Some(waiting_is_full()),
+            _ => None,
         };
-        if held >= self.config.max_waiting {
-            return Verdict::Refused(
-                Refusal::Waiting,
-                "rate-limited: too many events are waiting for git data; try again later".into(),
-            );
+        if let Some(refused) = refused {
+            return refused;
         }
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
-        if waits {
-            self.admissions_waiting += 1;
-        }
+        let verdict = match &admission {
+            Admission::Wait(waiting) => {
+                self.pending.add(*waiting.parsed.author(), waiting.client);
+                Verdict::Waiting(ticket)
+            }
+            _ => Verdict::Accepted(ticket),
+        };
         self.admissions.insert(ticket, admission);
-        if waits {
-            Verdict::Waiting(ticket)
-        } else {
-            Verdict::Accepted(ticket)
+        verdict
+    }
+
+    /// The refusal of `waiting` if purgatory, with the admissions that will wait, holds
+    /// `max_waiting` events, or as many of its author's or of its client address's as they
+    /// may have waiting.
+    fn over_waiting_limit(&self, waiting: &Waiting) -> Option<Verdict> {
+        let (held, pending, config) = (self.purgatory.shares(), &self.pending, &self.config);
+        if self.purgatory.len() + pending.total() >= config.max_waiting {
+            return Some(waiting_is_full());
         }
+        let author = waiting.parsed.author();
+        if held.of_author(author) + pending.of_author(author) >= config.max_waiting_per_author {
+            return Some(Verdict::Refused(
+                Refusal::WaitingPerAuthor,
+                format!(
+                    "rate-limited: {} events of this author are already waiting here for their \
+                     git data; push it, or try again once some are served or expire",
+                    config.max_waiting_per_author
+                ),
+            ));
+        }
+        let address = waiting.client?;
+        if held.of_address(&address) + pending.of_address(&address)
+            >= config.max_waiting_per_address
+        {
+            return Some(Verdict::Refused(
+                Refusal::WaitingPerAddress,
+                format!(
+                    "rate-limited: {} events from your address are already waiting here for their \
+                     git data; push it, or try again once some are served or expire",
+                    config.max_waiting_per_address
+                ),
+            ));
+        }
+        None
     }
 
     fn release_ticket(&mut self, ticket: Ticket) -> Option<Admission> {
         let admission = self.admissions.remove(&ticket)?;
-        if matches!(admission, Admission::Wait(_)) {
-            self.admissions_waiting -= 1;
+        if let Admission::Wait(waiting) = &admission {
+            self.pending.remove(waiting.parsed.author(), waiting.client);
         }
         Some(admission)
     }
@@ -100,4 +132,12 @@ impl Engine {
     pub(super) fn persist_failed(&mut self, ticket: Ticket) {
         self.release_ticket(ticket);
     }
+}
+
+/// The refusal of an event while `max_waiting` events wait.
+fn waiting_is_full() -> Verdict {
+    Verdict::Refused(
+        Refusal::Waiting,
+        "rate-limited: too many events are waiting for git data; try again later".into(),
+    )
 }

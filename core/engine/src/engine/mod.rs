@@ -26,6 +26,7 @@ use crate::events::{self, GitEvent, RefName};
 use crate::ids::{CommandId, EventId, Oid, PublicKey, RepoKey};
 use crate::lookup::LookupMap;
 use crate::purgatory::{IdentKey, Placeholder, Purgatory, Waiting};
+use crate::quota::Shares;
 use crate::replaceable::supersedes;
 use crate::throttle::{Limits, Throttle};
 use crate::time::Time;
@@ -62,8 +63,9 @@ pub struct Engine {
     next_command: u64,
     /// Admitted events the host has not yet reported durable, by ticket (`admission.rs`).
     admissions: BTreeMap<Ticket, Admission>,
-    /// How many of `admissions` will wait in purgatory (they count toward `max_waiting`).
-    admissions_waiting: usize,
+    /// The `admissions` that will wait in purgatory, by author and client address: they
+    /// count toward the waiting limits with the waiting events.
+    pending: Shares,
     next_ticket: u64,
     commands: VecDeque<Command>,
     events: VecDeque<EngineEvent>,
@@ -156,7 +158,7 @@ impl Engine {
             applying: BTreeMap::new(),
             next_command: 0,
             admissions: BTreeMap::new(),
-            admissions_waiting: 0,
+            pending: Shares::default(),
             next_ticket: 0,
             commands: VecDeque::new(),
             events: VecDeque::new(),
@@ -225,6 +227,7 @@ impl Engine {
         let waiting = Waiting {
             parsed: self.with_prs_repo(parsed),
             arrival,
+            client: None,
             received: now,
             expires: now + remaining,
         };
@@ -283,6 +286,7 @@ impl Engine {
         let Submission {
             arrival,
             deletes_served,
+            client,
         } = submission.into();
         if event.kind.as_u16() == events::KIND_DELETION {
             if let Err(refused) = deletion::check_size(&event, &self.config) {
@@ -366,6 +370,7 @@ impl Engine {
         let waiting = Waiting {
             parsed,
             arrival,
+            client,
             received: now,
             expires: now + self.config.purgatory_expiry,
         };
@@ -471,6 +476,7 @@ impl Engine {
             deleted: self.counters.deleted,
             apply_conflicts: self.counters.apply_conflicts,
             admissions_pending: self.admissions.len(),
+            share_holders: self.purgatory.shares().holders() + self.pending.holders(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::events::RefName;
 use crate::ids::{CommandId, EventId, Oid, RepoKey};
 use crate::purgatory::{Arrival, WaitingCounts};
+use crate::quota::ClientAddress;
 use crate::throttle;
 use crate::time::Time;
 
@@ -53,6 +54,10 @@ pub enum Verdict {
 pub enum Refusal {
     /// `Config::max_waiting`: purgatory is full.
     Waiting,
+    /// `Config::max_waiting_per_author`.
+    WaitingPerAuthor,
+    /// `Config::max_waiting_per_address`.
+    WaitingPerAddress,
     /// `Config::max_deletion_content_bytes` or `Config::max_deletion_tags`.
     DeletionTooLarge,
     /// A deletion request that deletes nothing its author has here, served or waiting.
@@ -64,6 +69,8 @@ impl Refusal {
     pub fn name(self) -> &'static str {
         match self {
             Refusal::Waiting => "waiting_total",
+            Refusal::WaitingPerAuthor => "waiting_per_author",
+            Refusal::WaitingPerAddress => "waiting_per_address",
             Refusal::DeletionTooLarge => "deletion_too_large",
             Refusal::DeletionNotHeld => "deletion_not_held",
         }
@@ -79,6 +86,19 @@ pub struct Submission {
     /// author's, by `e` id, or by `a` coordinate up to its `created_at`). The engine checks
     /// waiting events itself.
     pub deletes_served: bool,
+    /// The client address that published it, which `max_waiting_per_address` counts by;
+    /// none for events learned from other relays.
+    pub client: Option<ClientAddress>,
+}
+
+impl Submission {
+    /// An event a client published from `client`.
+    pub fn published_from(client: Option<ClientAddress>) -> Submission {
+        Submission {
+            client,
+            ..Submission::from(Arrival::Published)
+        }
+    }
 }
 
 impl From<Arrival> for Submission {
@@ -86,6 +106,7 @@ impl From<Arrival> for Submission {
         Submission {
             arrival,
             deletes_served: false,
+            client: None,
         }
     }
 }
@@ -258,6 +279,9 @@ pub struct Stats {
     pub apply_conflicts: u64,
     /// Admitted events the host has not yet reported durable.
     pub admissions_pending: usize,
+    /// Authors and client addresses holding waiting events or admissions that will wait
+    /// (zero once nothing waits).
+    pub share_holders: usize,
 }
 
 impl fmt::Display for FetchError {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use graspd_core::events::RefName;
 use graspd_core::{
     Arrival, Command, Config, Engine, EngineEvent, FetchReport, Identifier, Input, Oid, PublicKey,
-    RepoKey, RepoSnapshot, Time, Verdict,
+    RepoKey, RepoSnapshot, Submission, Time, Verdict,
 };
 use nostr::event::{Event, EventId, Kind, Tag};
 use nostr::nips::nip19::ToBech32;
@@ -304,7 +304,12 @@ pub fn advance(engine: &mut Engine, host: &mut Host, until: Time) {
 
 /// Hands `event` to the engine and, if it is admitted, reports it durable at once, as a host
 /// does after its store write succeeded.
-pub fn admit(engine: &mut Engine, now: Time, event: Event, arrival: Arrival) -> Verdict {
+pub fn admit(
+    engine: &mut Engine,
+    now: Time,
+    event: Event,
+    arrival: impl Into<Submission>,
+) -> Verdict {
     let v = engine.handle_event(now, event, arrival);
     if let Verdict::Waiting(ticket) | Verdict::Accepted(ticket) = v {
         engine.handle_input(now, Input::Persisted { ticket });

@@ -29,7 +29,7 @@ const DUPLICATE: &str = "duplicate: already have this event";
 impl Node {
     /// Decides one signature-checked event and makes the decision durable; the answer is the
     /// relay's `OK`.
-    pub async fn accept(self: &Arc<Self>, event: Event, arrival: Arrival) -> relay::Verdict {
+    pub async fn accept(self: &Arc<Self>, event: Event, submission: Submission) -> relay::Verdict {
         let id = event.id;
         let kind = event.kind.as_u16();
         let verdict = if let Err(refused) = self.check_created_at(&event) {
@@ -37,7 +37,7 @@ impl Node {
         } else if related::is_decided_by_relation(kind) {
             self.accept_related(event).await
         } else {
-            self.accept_git_event(event, arrival).await
+            self.accept_git_event(event, submission).await
         };
         debug!(%id, kind, accepted = verdict.accepted, message = %verdict.message, "event decided");
         verdict
@@ -66,12 +66,16 @@ impl Node {
     /// An event the relay follower learned from another relay (id and signature checked).
     pub async fn accept_synced(self: &Arc<Self>, event: Event) {
         let id = event.id;
-        let verdict = self.accept(event, Arrival::Synced).await;
+        let verdict = self.accept(event, Submission::from(Arrival::Synced)).await;
         debug!(%id, accepted = verdict.accepted, message = %verdict.message, "synced event decided");
     }
 
-    async fn accept_git_event(self: &Arc<Self>, event: Event, arrival: Arrival) -> relay::Verdict {
-        let mut submission = Submission::from(arrival);
+    async fn accept_git_event(
+        self: &Arc<Self>,
+        event: Event,
+        mut submission: Submission,
+    ) -> relay::Verdict {
+        let arrival = submission.arrival;
         if event.kind.as_u16() == KIND_DELETION {
             match self.deletion_targets(&event).await {
                 Ok(DeletionTargets::AlreadyStored) => return relay::Verdict::accepted(DUPLICATE),

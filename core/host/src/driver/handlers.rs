@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use graspd_core::{Arrival, Input, Oid, RefDecision, RepoKey};
+use graspd_core::{Input, Oid, RefDecision, RepoKey, Submission};
 use nostr::event::{Event, EventId};
 use nostr::filter::Filter;
 use tracing::{debug, info, info_span, Instrument};
@@ -147,7 +147,8 @@ impl RelayBackend for ConnectionHooks {
             let refused = node.refuse(limit, &message, &event);
             return Box::pin(async move { refused });
         }
-        Box::pin(async move { node.accept(event, Arrival::Published).await })
+        let submission = Submission::published_from(self.address.map(AddressKey::client));
+        Box::pin(async move { node.accept(event, submission).await })
     }
 
     fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<EventId>, String>> {
