@@ -64,26 +64,22 @@ impl Engine {
         }
         let author = waiting.parsed.author();
         if held.of_author(author) + pending.of_author(author) >= config.max_waiting_per_author {
-            return Some(Verdict::Refused(
+            let limit = config.max_waiting_per_author;
+            return Some(share_is_full(
                 Refusal::WaitingPerAuthor,
-                format!(
-                    "rate-limited: {} events of this author are already waiting here for their \
-                     git data; push it, or try again once some are served or expire",
-                    config.max_waiting_per_author
-                ),
+                limit,
+                "of this author",
             ));
         }
         let address = waiting.client?;
         if held.of_address(&address) + pending.of_address(&address)
             >= config.max_waiting_per_address
         {
-            return Some(Verdict::Refused(
+            let limit = config.max_waiting_per_address;
+            return Some(share_is_full(
                 Refusal::WaitingPerAddress,
-                format!(
-                    "rate-limited: {} events from your address are already waiting here for their \
-                     git data; push it, or try again once some are served or expire",
-                    config.max_waiting_per_address
-                ),
+                limit,
+                "from your address",
             ));
         }
         None
@@ -132,6 +128,17 @@ impl Engine {
     pub(super) fn persist_failed(&mut self, ticket: Ticket) {
         self.release_ticket(ticket);
     }
+}
+
+/// The refusal of an event while `limit` events `whose` (its author's, or its address's) wait.
+fn share_is_full(refusal: Refusal, limit: usize, whose: &str) -> Verdict {
+    Verdict::Refused(
+        refusal,
+        format!(
+            "rate-limited: {limit} events {whose} are already waiting here for their git data; \
+             push it, or try again once some are served or expire"
+        ),
+    )
 }
 
 /// The refusal of an event while `max_waiting` events wait.
