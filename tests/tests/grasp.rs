@@ -996,6 +996,69 @@ fn concurrent_states_with_present_data_are_all_served(flavor: Flavor) {
     assert_all_served(&server, &ids);
 }
 
+/// Connections publishing without pause while the server is killed (`kill -9`): every event
+/// acknowledged before the kill is served after the restart. Concurrent writes share durable
+/// commits, and `OK true` is sent only after the commit holding the event.
+fn acknowledged_events_survive_kill9_mid_stream(flavor: Flavor) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    /// Events one connection sends at most (the kill normally ends it long before).
+    const PER_CONNECTION: i64 = 2_000;
+    let (mut server, _work, _url) = served_repo(flavor);
+    let repo = repo_coordinate(&keys(1), "demo");
+    let acked = Arc::new(AtomicUsize::new(0));
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (ws, repo, acked) = (server.ws_url(), repo.clone(), Arc::clone(&acked));
+            std::thread::spawn(move || {
+                let author = keys(40 + p as u8);
+                let mut relay = RelayClient::connect(&ws);
+                let mut acknowledged = Vec::new();
+                for i in 0..PER_CONNECTION {
+                    let issue = tagged_at(&author, 1621, &[&["a", &repo]], -i);
+                    match relay.try_publish(&issue) {
+                        Ok(reply) if reply.accepted => {
+                            acknowledged.push(issue.id.to_hex());
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Refused (a rate limit): not acknowledged, nothing promised.
+                        Ok(_) => {}
+                        // The server is gone.
+                        Err(_) => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    assert!(
+        eventually(SOON, || acked.load(Ordering::Relaxed) >= 300),
+        "publishing stalled\n{}",
+        server.log()
+    );
+    server.kill9();
+    let acknowledged: Vec<String> = publishers
+        .into_iter()
+        .flat_map(|p| p.join().expect("publisher thread"))
+        .collect();
+    server.restart();
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let missing: Vec<&String> = acknowledged
+        .chunks(200)
+        .flat_map(|ids| {
+            let served = relay.query_ids(json!({ "ids": ids }));
+            ids.iter().filter(move |id| !served.contains(id))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events lost by kill -9: {:?}",
+        missing.len(),
+        acknowledged.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
 /// GRASP-01: events that tag an accepted repository or issue are accepted whatever their
 /// kind, through chains (a reaction to a comment on an issue); unrelated ones are refused.
 fn events_that_tag_hosted_repos_and_issues_are_accepted(flavor: Flavor) {
@@ -1561,6 +1624,7 @@ both_runtimes!(
     remote_down_then_back_up,
     concurrent_prs_with_present_commits_are_all_served,
     concurrent_states_with_present_data_are_all_served,
+    acknowledged_events_survive_kill9_mid_stream,
     repository_page_shows_refs_clone_addresses_and_clients,
     unhosted_repository_page_is_a_styled_404,
     landing_page_lists_hosted_repositories_newest_first,

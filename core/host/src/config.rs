@@ -96,6 +96,11 @@ pub struct Config {
     #[arg(long, env = "GRASPD_MAX_EVENT_REFERENCES", default_value_t = crate::store::DEFAULT_MAX_EVENT_REFERENCES)]
     pub max_event_references: usize,
 
+    /// Store writes made at the same time (events served, put in or taken out of purgatory)
+    /// share one durable commit, at most this many; 1 commits each on its own.
+    #[arg(long, env = "GRASPD_MAX_WRITES_PER_COMMIT", default_value_t = crate::store::DEFAULT_MAX_WRITES_PER_COMMIT)]
+    pub max_writes_per_commit: usize,
+
     #[command(flatten)]
     pub engine: EngineLimits,
 

@@ -96,6 +96,8 @@ pub struct Metrics {
     websockets_open: Gauge,
     referenced_ids: Gauge,
     referenced_ids_evicted: Counter<u64, AtomicU64>,
+    store_commits: Counter<u64, AtomicU64>,
+    store_grouped_writes: Counter<u64, AtomicU64>,
     domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -261,8 +263,23 @@ impl Metrics {
             "Named ids forgotten because the index was full (--max-referenced-ids)",
             referenced_ids_evicted.clone(),
         );
+        let store_commits = Counter::default();
+        registry.register(
+            "store_group_commits",
+            "Durable store commits of events served, put in or taken out of purgatory \
+             (writes made at the same time share one)",
+            store_commits.clone(),
+        );
+        let store_grouped_writes = Counter::default();
+        registry.register(
+            "store_grouped_writes",
+            "Store writes that went through those commits (writes / commits = the mean batch)",
+            store_grouped_writes.clone(),
+        );
         Metrics {
             registry,
+            store_commits,
+            store_grouped_writes,
             refusals,
             websockets_open,
             referenced_ids,
@@ -325,6 +342,12 @@ impl Metrics {
     pub fn referenced(&self, stats: crate::store::ReferenceStats) {
         self.referenced_ids.set(stats.entries as i64);
         catch_up(&self.referenced_ids_evicted, stats.evicted);
+    }
+
+    /// Brings the group-commit counters up to the store's.
+    pub fn group_commits(&self, stats: crate::store::GroupCommitStats) {
+        catch_up(&self.store_commits, stats.commits);
+        catch_up(&self.store_grouped_writes, stats.writes);
     }
 
     /// `outcome`: waiting, accepted, duplicate, rejected.

@@ -89,8 +89,13 @@ impl Node {
     ) -> Result<Arc<Node>, StoreError> {
         let data_dir = config.data_dir.clone();
         let reference_limits = config.reference_limits();
+        let max_writes_per_commit = config.max_writes_per_commit;
         let store = crate::runtime::unblock(&*runtime, move || {
-            Store::open_in(&data_dir).map(|store| store.with_reference_limits(reference_limits))
+            Store::open_in(&data_dir).map(|store| {
+                store
+                    .with_reference_limits(reference_limits)
+                    .with_max_writes_per_commit(max_writes_per_commit)
+            })
         })
         .await
         .map_err(|error| StoreError::Io {
@@ -327,6 +332,7 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .stats();
         self.metrics.referenced(self.store.reference_stats());
+        self.metrics.group_commits(self.store.group_commit_stats());
         self.metrics
             .followed_relays(&self.follower.relay_statuses());
         let connections = crate::metrics::Connections {

@@ -23,6 +23,7 @@
 //! life).
 
 mod error;
+mod group_commit;
 mod query;
 mod references;
 mod schema;
@@ -32,17 +33,19 @@ mod write;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nostr::prelude::{Event, EventId, Filter};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableError};
 
 pub use error::StoreError;
+pub use group_commit::GroupCommitStats;
 pub use references::{
     ReferenceLimits, ReferenceStats, DEFAULT_MAX_EVENT_REFERENCES, DEFAULT_MAX_REFERENCED_IDS,
 };
 pub use schema::FORMAT_VERSION;
 
+use group_commit::GroupCommit;
 use schema::*;
 
 /// The store's file name inside the data directory.
@@ -117,7 +120,14 @@ pub struct Store {
     path: Arc<PathBuf>,
     reference_limits: ReferenceLimits,
     reference_counters: Arc<references::ReferenceCounters>,
+    commits: Arc<GroupCommit<Job>>,
 }
+
+/// A write queued for a group commit (see [`group_commit`]).
+type Job = Box<dyn for<'t> Fn(&mut write::Tables<'t>) -> Result<(), redb::Error> + Send>;
+
+/// Writes sharing one commit at most, by default: bounds how long a leader works for others.
+pub const DEFAULT_MAX_WRITES_PER_COMMIT: usize = 256;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,6 +164,7 @@ impl Store {
             path: Arc::new(path.to_owned()),
             reference_limits: ReferenceLimits::default(),
             reference_counters: Default::default(),
+            commits: Arc::new(GroupCommit::new(DEFAULT_MAX_WRITES_PER_COMMIT)),
         };
         store.check_format()?;
         store.create_tables()?;
@@ -184,6 +195,13 @@ impl Store {
         self
     }
 
+    /// The store with another bound on writes sharing one commit (1: each its own). Call it
+    /// before the first write.
+    pub fn with_max_writes_per_commit(mut self, max: usize) -> Store {
+        self.commits = Arc::new(GroupCommit::new(max));
+        self
+    }
+
     pub fn reference_limits(&self) -> ReferenceLimits {
         self.reference_limits
     }
@@ -211,7 +229,8 @@ impl Store {
     /// Stores `event` for serving, applying NIP-01 replacement and NIP-09 deletion. The
     /// caller has verified its signature and decided it may be served.
     pub fn insert(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
-        self.write(|tables| tables.insert(event))
+        let event = event.clone();
+        self.write_grouped(move |tables| tables.insert(&event))
     }
 
     /// Stores many events in one transaction (one fsync): for bulk loads and syncs.
@@ -229,7 +248,8 @@ impl Store {
         id: &EventId,
     ) -> Result<Option<(Event, InsertOutcome)>, StoreError> {
         let path = self.path.clone();
-        self.write(|tables| {
+        let id = *id;
+        self.write_grouped(move |tables| {
             let json = match tables.waiting.get(id.to_bytes())? {
                 Some(entry) => entry.value().2.to_vec(),
                 None => return Ok(None),
@@ -262,22 +282,23 @@ impl Store {
     /// Puts (or replaces) an event in purgatory.
     pub fn put_waiting(&self, waiting: &WaitingEvent) -> Result<(), StoreError> {
         let json = waiting.event.as_json();
-        self.write(|tables| {
-            tables.waiting.insert(
-                waiting.event.id.to_bytes(),
-                (
-                    arrival_code(waiting.arrival),
-                    waiting.expires_at,
-                    json.as_bytes(),
-                ),
-            )?;
+        let (id, arrival, expires_at) = (
+            waiting.event.id.to_bytes(),
+            arrival_code(waiting.arrival),
+            waiting.expires_at,
+        );
+        self.write_grouped(move |tables| {
+            tables
+                .waiting
+                .insert(id, (arrival, expires_at, json.as_bytes()))?;
             Ok(())
         })
     }
 
     /// Drops an event from purgatory (expired, deleted, rejected). Returns whether it was there.
     pub fn remove_waiting(&self, id: &EventId) -> Result<bool, StoreError> {
-        self.write(|tables| Ok(tables.waiting.remove(id.to_bytes())?.is_some()))
+        let id = id.to_bytes();
+        self.write_grouped(move |tables| Ok(tables.waiting.remove(id)?.is_some()))
     }
 
     /// Whether a stored kind 5 deletion covers `event`, so it must never be served. The
@@ -434,6 +455,60 @@ impl Store {
         self.reference_counters
             .apply(reference_changes, &self.reference_limits, &self.path);
         Ok(out)
+    }
+
+    /// Like [`Store::write`] for the hot writes (events served, put in or taken out of
+    /// purgatory): writes running at the same time share one durable commit, and each
+    /// returns only after that commit.
+    fn write_grouped<T: Send + 'static>(
+        &self,
+        body: impl Fn(&mut write::Tables<'_>) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let slot = Arc::new(Mutex::new(None));
+        let out = Arc::clone(&slot);
+        let job: Job = Box::new(move |tables| {
+            let value = body(tables)?;
+            *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+            Ok(())
+        });
+        self.commits
+            .write(&|jobs| self.commit_jobs(jobs), job)
+            .map_err(|detail| self.io_detail(detail))?;
+        let value = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        value.ok_or_else(|| self.io_detail("a committed write left no result".into()))
+    }
+
+    /// One transaction running `jobs` in order, committed durably.
+    fn commit_jobs(&self, jobs: &[&Job]) -> Result<(), String> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_write()?;
+            let reference_changes = {
+                let mut tables = write::Tables::open(&txn, self.reference_limits)?;
+                for job in jobs {
+                    job(&mut tables)?;
+                }
+                std::mem::take(&mut tables.reference_changes)
+            };
+            txn.commit()?;
+            Ok(reference_changes)
+        })();
+        let reference_changes = result.map_err(|e| e.to_string())?;
+        self.reference_counters
+            .apply(reference_changes, &self.reference_limits, &self.path);
+        Ok(())
+    }
+
+    /// Writes sharing commits so far.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.commits.stats()
+    }
+
+    fn io_detail(&self, detail: String) -> StoreError {
+        tracing::error!(path = %self.path.display(), error = %detail, "event store failure");
+        StoreError::Io {
+            path: self.path.as_ref().clone(),
+            detail,
+        }
     }
 
     fn io(&self, e: redb::Error) -> StoreError {
