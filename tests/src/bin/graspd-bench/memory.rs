@@ -37,7 +37,10 @@ pub fn quiet_server(flavor: Flavor) -> Server {
         flavor,
         ServerOptions::default()
             .arg("--sync-delay-published-ms")
-            .arg("3600000"),
+            .arg("3600000")
+            // Throughput is measured from one loopback address: no EVENT rate limit.
+            .flag("--events-per-second-per-connection", 1_000_000)
+            .flag("--events-per-second-per-address", 1_000_000),
     )
 }
 
