@@ -49,6 +49,24 @@ impl fmt::Display for UrlRefusal {
     }
 }
 
+/// Whether the relay at `relay` (a `ws`/`wss` URL) and the clone URL `clone` (`http`/`https`)
+/// are the same server: the same scheme security, host and port.
+pub fn same_server(relay: &str, clone: &str) -> bool {
+    let relay = relay.trim();
+    let Some((scheme, rest)) = relay.split_once("://") else {
+        return false;
+    };
+    let as_http = match scheme.to_ascii_lowercase().as_str() {
+        "wss" => format!("https://{rest}"),
+        "ws" => format!("http://{rest}"),
+        _ => return false,
+    };
+    match (RemoteUrl::parse(&as_http), RemoteUrl::parse(clone)) {
+        (Ok(r), Ok(c)) => r.https == c.https && r.host == c.host && r.port == c.port,
+        _ => false,
+    }
+}
+
 impl RemoteUrl {
     /// Parses and normalises; no policy beyond "http(s), well formed, no credentials".
     pub fn parse(raw: &str) -> Result<RemoteUrl, UrlRefusal> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use graspd_core::{
     Arrival, Command, Config, Engine, EngineEvent, FetchError, Input, RefUpdate, Refusal,
-    TimerReason, Verdict,
+    Submission, TimerReason, Verdict,
 };
 
 const REMOTE: &str = "https://remote.example/npub/r.git";
@@ -164,6 +164,32 @@ fn first_attempt_delay_depends_on_arrival() {
         ));
         advance(&mut engine, &mut host, t(delay));
         assert_eq!(fetch_times(&host), [delay], "{arrival:?}");
+    }
+}
+
+/// A state learned from the relay of a server the repository lists in `clone` is fetched at
+/// once (that server serves it only with its data); from any other relay it waits as synced
+/// events do.
+#[test]
+fn a_state_synced_from_a_clone_server_is_fetched_at_once() {
+    for (relay, delay) in [
+        ("wss://remote.example", 0),
+        ("wss://REMOTE.example:443/", 0),
+        ("ws://remote.example", 500),
+        ("wss://relay.elsewhere.example", 500),
+    ] {
+        let mut kit = Kit::default();
+        let (mut engine, mut host) = served(&mut kit);
+        let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+        admit(&mut engine, t(0), st, Submission::synced_from(relay));
+        host.run(&mut engine, t(0));
+        assert_eq!(
+            engine.poll_timeout().map(|(at, _)| at),
+            Some(t(delay)),
+            "{relay}"
+        );
+        advance(&mut engine, &mut host, t(delay));
+        assert_eq!(fetch_times(&host), [delay], "{relay}");
     }
 }
 

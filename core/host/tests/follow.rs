@@ -312,7 +312,10 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>, tls: bool) {
             tls_config(roots),
         );
         let sink = Arc::clone(&received2);
-        spawn_follower(Arc::clone(&runtime2), handle.clone(), move |event| {
+        let relay_url = format!("{scheme}://{addr}");
+        spawn_follower(Arc::clone(&runtime2), handle.clone(), move |event, relay| {
+            // Each event comes with the relay it came from.
+            assert_eq!(&*relay, relay_url);
             sink.lock().unwrap().push(event)
         });
         handle.announcement(announcement);
@@ -451,7 +454,7 @@ fn reconnects_and_rereads_only_recent_history() {
         let handle = FollowerHandle::new(Arc::clone(&runtime), follower, ClientLimits::default());
         let learned: Arc<Mutex<Vec<EventId>>> = Arc::default();
         let sink = Arc::clone(&learned);
-        spawn_follower_async(Arc::clone(&runtime), handle.clone(), move |e| {
+        spawn_follower_async(Arc::clone(&runtime), handle.clone(), move |e, _relay| {
             let sink = Arc::clone(&sink);
             Box::pin(async move { sink.lock().unwrap().push(e.id) })
         });
@@ -529,7 +532,7 @@ fn measure_history_throughput() {
                 ..ClientLimits::default()
             },
         );
-        spawn_follower(Arc::clone(&runtime), handle.clone(), |_| {});
+        spawn_follower(Arc::clone(&runtime), handle.clone(), |_, _| {});
         let start = Instant::now();
         handle.announcement(announcement);
         while handle.metrics().events_learned.load(Ordering::Relaxed) < 20_000 {
@@ -594,7 +597,7 @@ fn a_relay_name_resolving_to_loopback_is_followed_only_when_private_relays_are_a
                 FollowerHandle::new(Arc::clone(&runtime), follower, ClientLimits::default());
             let received: Arc<Mutex<Vec<EventId>>> = Arc::default();
             let sink = Arc::clone(&received);
-            spawn_follower(Arc::clone(&runtime), handle.clone(), move |event| {
+            spawn_follower(Arc::clone(&runtime), handle.clone(), move |event, _relay| {
                 sink.lock().unwrap().push(event.id)
             });
             handle.announcement(announcement.clone());

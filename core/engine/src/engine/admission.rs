@@ -15,8 +15,12 @@ use crate::time::Time;
 /// What an admitted event does once it is durable.
 #[derive(Debug)]
 pub(super) enum Admission {
-    /// Wait in purgatory and be scheduled.
-    Wait(Waiting),
+    /// Wait in purgatory and be scheduled; `synced_from` is the relay a synced event came
+    /// from, which can make its first fetch start at once.
+    Wait {
+        waiting: Waiting,
+        synced_from: Option<String>,
+    },
     /// A kind 5 deletion: remove the waiting events it names.
     Delete(Deletion),
     /// An announcement taken as accepted: a maintainer's (`hosted` false) or a newer one of a
@@ -34,7 +38,7 @@ impl Engine {
     /// `max_waiting` on their own.
     pub(super) fn hold(&mut self, admission: Admission) -> Verdict {
         let refused = match &admission {
-            Admission::Wait(waiting) => self.over_waiting_limit(waiting),
+            Admission::Wait { waiting, .. } => self.over_waiting_limit(waiting),
             _ if self.admissions.len() >= self.config.max_waiting => Some(waiting_is_full()),
             _ => None,
         };
@@ -44,7 +48,7 @@ impl Engine {
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
         let verdict = match &admission {
-            Admission::Wait(waiting) => {
+            Admission::Wait { waiting, .. } => {
                 self.pending.add(*waiting.parsed.author(), waiting.client);
                 Verdict::Waiting(ticket)
             }
@@ -87,7 +91,7 @@ impl Engine {
 
     fn release_ticket(&mut self, ticket: Ticket) -> Option<Admission> {
         let admission = self.admissions.remove(&ticket)?;
-        if let Admission::Wait(waiting) = &admission {
+        if let Admission::Wait { waiting, .. } = &admission {
             self.pending.remove(waiting.parsed.author(), waiting.client);
         }
         Some(admission)
@@ -96,7 +100,10 @@ impl Engine {
     /// The host stored the event: it takes effect now.
     pub(super) fn persisted(&mut self, now: Time, ticket: Ticket) {
         match self.release_ticket(ticket) {
-            Some(Admission::Wait(waiting)) => {
+            Some(Admission::Wait {
+                waiting,
+                synced_from,
+            }) => {
                 let id = *waiting.parsed.id();
                 if waiting.arrival == Arrival::Published {
                     // Published again after it expired: it gets a new life.
@@ -113,7 +120,7 @@ impl Engine {
                 // synced ones wait for their first attempt (500 ms), which starts with an
                 // Inspect, so a burst of synced events costs one Inspect per repository.
                 let inspect_now = waiting.arrival == Arrival::Published;
-                self.admit(now, waiting, inspect_now);
+                self.admit(now, waiting, inspect_now, synced_from.as_deref());
             }
             Some(Admission::Delete(deletion)) => self.apply_deletion(&deletion),
             Some(Admission::Announce {

@@ -31,7 +31,7 @@ use crate::replaceable::supersedes;
 use crate::throttle::{Limits, Throttle};
 use crate::time::Time;
 use crate::timers::Timers;
-use crate::urls::UrlPolicy;
+use crate::urls::{self, UrlPolicy};
 
 pub use crate::purgatory::Arrival;
 use admission::Admission;
@@ -231,7 +231,7 @@ impl Engine {
             received: now,
             expires: now + remaining,
         };
-        self.admit(now, waiting, true);
+        self.admit(now, waiting, true, None);
     }
 
     /// Start-up: a `refs/nostr/<id>` ref of `repo` at `oid` whose event the store does not
@@ -287,6 +287,7 @@ impl Engine {
             arrival,
             deletes_served,
             client,
+            synced_from,
         } = submission.into();
         if event.kind.as_u16() == events::KIND_DELETION {
             if let Err(refused) = deletion::check_size(&event, &self.config) {
@@ -374,7 +375,10 @@ impl Engine {
             received: now,
             expires: now + self.config.purgatory_expiry,
         };
-        self.hold(Admission::Wait(waiting))
+        self.hold(Admission::Wait {
+            waiting,
+            synced_from,
+        })
     }
 
     /// Call before receive-pack runs, with the push's ref updates and `repo`'s current refs:
@@ -529,7 +533,8 @@ impl Engine {
     }
 
     /// Puts a durable waiting event into purgatory and schedules its repositories.
-    fn admit(&mut self, now: Time, waiting: Waiting, inspect_now: bool) {
+    /// `synced_from`: the relay a synced event came from (see [`Submission::synced_from`]).
+    fn admit(&mut self, now: Time, waiting: Waiting, inspect_now: bool, synced_from: Option<&str>) {
         let id = *waiting.parsed.id();
         let (arrival, expires) = (waiting.arrival, waiting.expires);
         let pr_commit = match &waiting.parsed {
@@ -560,8 +565,17 @@ impl Engine {
             let view = self.view();
             view.targets(&self.purgatory.get(&id).expect("just inserted").parsed)
         };
+        let from_clone_server = synced_from.is_some_and(|relay| {
+            let view = self.view();
+            targets.iter().any(|repo| {
+                view.clone_candidates(repo)
+                    .iter()
+                    .any(|clone| urls::same_server(relay, clone))
+            })
+        });
         let first = match arrival {
             Arrival::Published => self.config.first_attempt_after_published,
+            Arrival::Synced if from_clone_server => Duration::ZERO,
             Arrival::Synced => self.config.first_attempt_after_synced,
         };
         for repo in targets {

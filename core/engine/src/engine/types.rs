@@ -79,7 +79,7 @@ impl Refusal {
 
 /// How an event reached the host, and what the host's store knows about it: the facts
 /// admission needs besides the event itself. An [`Arrival`] alone converts into one.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Submission {
     pub arrival: Arrival,
     /// For a kind 5 deletion: the host's store serves an event it deletes (one of its
@@ -89,6 +89,11 @@ pub struct Submission {
     /// The client address that published it, which `max_waiting_per_address` counts by;
     /// none for events learned from other relays.
     pub client: Option<ClientAddress>,
+    /// For an event learned from another relay: that relay's URL. When it is the origin of
+    /// a server the event's repository lists in `clone`, the data is there already (a GRASP
+    /// server serves an event only with its data), so the first fetch starts at once instead
+    /// of after `first_attempt_after_synced`.
+    pub synced_from: Option<String>,
 }
 
 impl Submission {
@@ -101,12 +106,23 @@ impl Submission {
     }
 }
 
+impl Submission {
+    /// An event learned from the relay at `relay` (a `ws`/`wss` URL).
+    pub fn synced_from(relay: impl Into<String>) -> Submission {
+        Submission {
+            synced_from: Some(relay.into()),
+            ..Submission::from(Arrival::Synced)
+        }
+    }
+}
+
 impl From<Arrival> for Submission {
     fn from(arrival: Arrival) -> Submission {
         Submission {
             arrival,
             deletes_served: false,
             client: None,
+            synced_from: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use graspd_core::events::{Coordinate, Deletion, GitEvent, KIND_ANNOUNCEMENT, KIND_DELETION};
 use graspd_core::freshness;
 use graspd_core::related::{self, KnownEvents};
-use graspd_core::{Arrival, EventId, Input, PublicKey, Submission, Ticket, Verdict};
+use graspd_core::{EventId, Input, PublicKey, Submission, Ticket, Verdict};
 use nostr::event::{Event, Kind};
 use nostr::filter::Filter;
 use tracing::{debug, warn};
@@ -63,10 +63,11 @@ impl Node {
         relay::Verdict::rejected(message)
     }
 
-    /// An event the relay follower learned from another relay (id and signature checked).
-    pub async fn accept_synced(self: &Arc<Self>, event: Event) {
+    /// An event the relay follower learned from the relay at `relay` (id and signature
+    /// checked).
+    pub async fn accept_synced(self: &Arc<Self>, event: Event, relay: &str) {
         let id = event.id;
-        let verdict = self.accept(event, Submission::from(Arrival::Synced)).await;
+        let verdict = self.accept(event, Submission::synced_from(relay)).await;
         debug!(%id, accepted = verdict.accepted, message = %verdict.message, "synced event decided");
     }
 

@@ -226,14 +226,15 @@ impl FollowerHandle {
 }
 
 /// Starts the driver and the delivery task on `runtime`. `on_event` gets each event whose id
-/// and signature are valid, once (the same event from several relays is passed on once); it
-/// should hand the event to the acceptance path as `Arrival::Synced` and return quickly.
+/// and signature are valid, once (the same event from several relays is passed on once), with
+/// the URL of the relay it came from first; it should hand the event to the acceptance path
+/// as synced (`Submission::synced_from`) and return quickly.
 pub fn spawn_follower<F>(runtime: Arc<dyn Runtime>, handle: FollowerHandle, on_event: F)
 where
-    F: Fn(Event) + Send + Sync + 'static,
+    F: Fn(Event, Arc<str>) + Send + Sync + 'static,
 {
-    spawn_follower_async(runtime, handle, move |event| {
-        on_event(event);
+    spawn_follower_async(runtime, handle, move |event, relay| {
+        on_event(event, relay);
         Box::pin(std::future::ready(()))
     });
 }
@@ -243,7 +244,7 @@ where
 /// the bounded queue, instead of piling events up).
 pub fn spawn_follower_async<F>(runtime: Arc<dyn Runtime>, handle: FollowerHandle, on_event: F)
 where
-    F: Fn(Event) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    F: Fn(Event, Arc<str>) -> BoxFuture<'static, ()> + Send + Sync + 'static,
 {
     let limits = handle.shared.limits;
     let (events_tx, events_rx) = async_channel::bounded(limits.event_queue.max(1));
@@ -269,7 +270,7 @@ type Delivery = (Arc<str>, Box<Event>);
 /// Drops events already passed on, then calls `on_event`.
 async fn deliver<F>(shared: Arc<Shared>, events: Receiver<Delivery>, on_event: F)
 where
-    F: Fn(Event) -> BoxFuture<'static, ()>,
+    F: Fn(Event, Arc<str>) -> BoxFuture<'static, ()>,
 {
     let mut recent = RecentIds::new(shared.limits.recent_ids);
     let metrics = &shared.metrics;
@@ -281,7 +282,7 @@ where
         }
         FollowMetrics::add(&metrics.events_learned);
         metrics.relay(&relay, |c| c.learned += 1);
-        on_event(*event).await;
+        on_event(*event, relay).await;
     }
 }
 

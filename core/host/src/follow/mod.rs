@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! let handle = FollowerHandle::new(runtime.clone(), RelayFollower::new(config, own), ClientLimits::default());
-//! spawn_follower(runtime, handle.clone(), move |event| { /* accept with Arrival::Synced */ });
+//! spawn_follower(runtime, handle.clone(), move |event, relay| { /* accept as synced from relay */ });
 //! handle.announcement(accepted_announcement);   // from the acceptance path
 //! ```
 //!
