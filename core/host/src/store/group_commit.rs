@@ -85,10 +85,7 @@ impl<J> GroupCommit<J> {
                 state = self.lead(state, commit);
                 continue;
             }
-            state = self
-                .finished
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.finished.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -125,10 +122,7 @@ fn run_batch<J>(
     match commit(&jobs) {
         Ok(()) => batch.iter().map(|(t, _)| (*t, Ok(()))).collect(),
         Err(error) if batch.len() == 1 => vec![(batch[0].0, Err(error))],
-        Err(_) => batch
-            .iter()
-            .map(|(t, job)| (*t, commit(&[job])))
-            .collect(),
+        Err(_) => batch.iter().map(|(t, job)| (*t, commit(&[job]))).collect(),
     }
 }
 

@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use graspd_tests::git::WorkRepo;
-use graspd_tests::nostr::{announcement, npub, state, RelayClient};
+use graspd_tests::nostr::{npub, RelayClient};
 use graspd_tests::{Flavor, Server, ServerOptions};
 use serde_json::json;
 
 use crate::fixtures::owner;
 use crate::report::ms;
-use crate::sync::floor_fetch;
+use crate::sync::{announced_at, floor_fetch, SyncLatency};
 
 /// B, following `a` from start-up, with its defaults otherwise (no shortened sync delays).
 pub fn follower_of(flavor: Flavor, a: &Server) -> Server {
@@ -24,37 +24,17 @@ pub fn follower_of(flavor: Flavor, a: &Server) -> Server {
     )
 }
 
-pub struct FollowLatency {
-    /// Milliseconds from `git push` to A returning to B serving the state.
-    pub release: Vec<f64>,
-    /// Milliseconds `git fetch <A> <oid>` takes into an empty bare repository.
-    pub floor: Vec<f64>,
-    /// Pushes B had not served 30 s later.
-    pub stuck: usize,
-}
-
 /// `runs` fresh repositories, each announced, stated and pushed on A only.
-pub fn measure(a: &Server, b: &Server, work: &WorkRepo, runs: usize) -> FollowLatency {
+pub fn measure(a: &Server, b: &Server, work: &WorkRepo, runs: usize) -> SyncLatency {
     let owner = owner();
     let head = work.head();
-    let mut result = FollowLatency {
-        release: Vec::new(),
-        floor: Vec::new(),
-        stuck: 0,
-    };
+    let mut result = SyncLatency::default();
     let mut relay_a = RelayClient::connect(&a.ws_url());
     let mut relay_b = RelayClient::connect(&b.ws_url());
     relay_b.subscribe("live", json!({"kinds": [30618], "limit": 0}));
     for run in 0..runs {
         let identifier = format!("follow-{run}-{}", std::process::id());
-        let ann = announcement(&owner, &identifier, &[&a.http_url(), &b.http_url()], &[]);
-        let st = state(
-            &owner,
-            &identifier,
-            &[("refs/heads/main", &head)],
-            Some("main"),
-            -10,
-        );
+        let (ann, st) = announced_at(&owner, &identifier, &[&a.http_url(), &b.http_url()], &head);
         relay_a.publish(&ann);
         relay_a.publish(&st);
         let url_a = a.repo_url(&npub(&owner), &identifier);

@@ -10,12 +10,13 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use graspd_tests::git::WorkRepo;
-use graspd_tests::nostr::{announcement, npub, state, Event, RelayClient};
+use graspd_tests::nostr::{npub, Event, RelayClient};
 use graspd_tests::{Flavor, Server, ServerOptions};
 use serde_json::json;
 
 use crate::fixtures::owner;
 use crate::report::{by_label, scrape};
+use crate::sync::announced_at;
 
 pub struct LoadSettings {
     pub repos: usize,
@@ -128,14 +129,7 @@ pub fn measure(flavor: Flavor, settings: &LoadSettings) -> LoadResult {
             .map(|&d| origins[d].as_str())
             .chain([b_url.as_str()])
             .collect();
-        let ann = announcement(&owner, &identifier, &urls, &[]);
-        let st = state(
-            &owner,
-            &identifier,
-            &[("refs/heads/main", &head)],
-            Some("main"),
-            -10,
-        );
+        let (ann, st) = announced_at(&owner, &identifier, &urls, &head);
         if let Some(&home) = listed.iter().find(|&&d| d < 3) {
             reachable.insert(st.id.to_hex());
             per_server[home].push((ann.clone(), st.clone(), identifier));

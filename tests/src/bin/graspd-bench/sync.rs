@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use graspd_tests::git::{git, WorkRepo};
-use graspd_tests::nostr::{announcement, npub, state, RelayClient};
+use graspd_tests::nostr::{announcement, npub, state, Event, Keys, RelayClient};
 use graspd_tests::{temp_dir, Server};
 use serde_json::json;
 
@@ -56,8 +56,30 @@ pub fn linear_repo(commits: usize) -> WorkRepo {
     work
 }
 
+/// An announcement of `owner`'s `identifier` listing `servers`, and a state putting `main` at
+/// `head`.
+pub fn announced_at(
+    owner: &Keys,
+    identifier: &str,
+    servers: &[&str],
+    head: &str,
+) -> (Event, Event) {
+    let ann = announcement(owner, identifier, servers, &[]);
+    let st = state(
+        owner,
+        identifier,
+        &[("refs/heads/main", head)],
+        Some("main"),
+        -10,
+    );
+    (ann, st)
+}
+
+/// Release latencies against the `git fetch` floor.
+#[derive(Default)]
 pub struct SyncLatency {
-    /// Milliseconds from publishing the state on B to B serving it.
+    /// Milliseconds from the state being published (on B, or pushed on A when B follows A)
+    /// to B serving it.
     pub release: Vec<f64>,
     /// Milliseconds `git fetch <A> <oid>` takes into an empty bare repository.
     pub floor: Vec<f64>,
@@ -69,24 +91,13 @@ pub struct SyncLatency {
 pub fn measure(a: &Server, b: &Server, work: &WorkRepo, label: &str, runs: usize) -> SyncLatency {
     let owner = owner();
     let head = work.head();
-    let mut result = SyncLatency {
-        release: Vec::new(),
-        floor: Vec::new(),
-        stuck: 0,
-    };
+    let mut result = SyncLatency::default();
     let mut relay_a = RelayClient::connect(&a.ws_url());
     let mut relay_b = RelayClient::connect(&b.ws_url());
     relay_b.subscribe("live", json!({"kinds": [30618], "limit": 0}));
     for run in 0..runs {
         let identifier = format!("sync-{label}-{run}-{}", std::process::id());
-        let ann = announcement(&owner, &identifier, &[&a.http_url(), &b.http_url()], &[]);
-        let st = state(
-            &owner,
-            &identifier,
-            &[("refs/heads/main", &head)],
-            Some("main"),
-            -10,
-        );
+        let (ann, st) = announced_at(&owner, &identifier, &[&a.http_url(), &b.http_url()], &head);
         relay_a.publish(&ann);
         relay_a.publish(&st);
         let url_a = a.repo_url(&npub(&owner), &identifier);
