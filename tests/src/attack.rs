@@ -63,14 +63,15 @@ pub fn stalled_push_ref() -> String {
     format!("refs/nostr/{}", "ab".repeat(32))
 }
 
-/// Opens a receive-pack POST to `path` (`/<npub>/<id>.git/git-receive-pack`) that creates
-/// [`stalled_push_ref`] at `new`, sends the start of a pack and then nothing: the connection
-/// stays open until the server ends it.
+/// Opens a receive-pack POST to `path` (`/<npub>/<id>.git/git-receive-pack`), with `headers`
+/// besides its own, that creates [`stalled_push_ref`] at `new`, sends the start of a pack and
+/// then nothing: the connection stays open until the server ends it.
 pub fn stalled_push(
     source: IpAddr,
     addr: SocketAddr,
     path: &str,
     new: &str,
+    headers: &[(&str, &str)],
 ) -> std::io::Result<TcpStream> {
     let mut stream = connect_from(source, addr)?;
     let zero = "0".repeat(40);
@@ -78,12 +79,16 @@ pub fn stalled_push(
     let mut body = pkt(format!("{zero} {new} {placeholder}\0report-status\n").as_bytes());
     body.extend_from_slice(b"0000");
     body.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x03");
-    let head = format!(
+    let mut head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\n\
          Content-Type: application/x-git-receive-pack-request\r\n\
-         Content-Length: {}\r\n\r\n",
+         Content-Length: {}\r\n",
         body.len() + 10_000_000
     );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
     stream.write_all(&body)?;
     Ok(stream)
@@ -168,12 +173,21 @@ pub fn gzip(write: impl FnOnce(&mut dyn Write) + Send + 'static) -> Vec<u8> {
     out.stdout
 }
 
-/// A gzip body of `mib` MiB of zeros: about 1 KB on the wire per MiB inflated.
-pub fn gzip_bomb(mib: usize) -> Vec<u8> {
+/// A gzip'd upload-pack request (protocol v0, stateless) that inflates to `mib` MiB: want
+/// `oid` (a ref tip), then the same `have` of an object nobody has, over and over, with no
+/// end. git reads it all, answering nothing, so only the server's limits end it. About 1 KB
+/// on the wire per MiB inflated.
+pub fn gzip_bomb(oid: &str, mib: usize) -> Vec<u8> {
+    let mut start = pkt(format!("want {oid}\n").as_bytes());
+    start.extend_from_slice(b"0000");
     gzip(move |out| {
-        let zeros = vec![0u8; 1 << 20];
-        for _ in 0..mib {
-            out.write_all(&zeros).unwrap();
+        out.write_all(&start).unwrap();
+        let have = pkt(format!("have {}\n", "dead".repeat(10)).as_bytes());
+        let haves = have.repeat((1 << 20) / have.len());
+        let mut written = start.len();
+        while written < mib << 20 {
+            out.write_all(&haves).unwrap();
+            written += haves.len();
         }
     })
 }
@@ -381,7 +395,7 @@ pub fn stalled_pushes(
             Attack::hold(
                 per_address,
                 move || {
-                    let mut push = stalled_push(source, addr, &path, &new)?;
+                    let mut push = stalled_push(source, addr, &path, &new, &[])?;
                     // A refusal (429, 503) is answered at once.
                     match answered_or_closed_within(&mut push, Duration::from_millis(50)) {
                         true => Err(std::io::Error::other("refused")),

@@ -5,7 +5,13 @@ use std::process::{Command, Output};
 
 /// Runs git in `dir` with a hermetic environment.
 pub fn git_output(dir: &Path, args: &[&str]) -> Output {
-    Command::new("git")
+    git_command(dir, args).output().expect("run git")
+}
+
+/// git in `dir` with a hermetic environment, to add to (e.g. trace variables) and run.
+pub fn git_command(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("git");
+    command
         .current_dir(dir)
         .args(args)
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -16,9 +22,8 @@ pub fn git_output(dir: &Path, args: &[&str]) -> Output {
         .env("GIT_COMMITTER_NAME", "graspd tests")
         .env("GIT_COMMITTER_EMAIL", "tests@graspd.invalid")
         .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
-        .output()
-        .expect("run git")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z");
+    command
 }
 
 /// Runs git and returns trimmed stdout; panics with stderr on failure.

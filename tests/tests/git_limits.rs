@@ -6,11 +6,14 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::net::TcpStream;
+
 use graspd_tests::attack::{
     answered_or_closed_within, fetch_request, gzip, gzip_bomb, pkt, stalled_push, stalled_push_ref,
     LEGITIMATE,
 };
-use graspd_tests::git::{ref_of, WorkRepo};
+use graspd_tests::git::{git, git_command, ref_of, WorkRepo};
+use graspd_tests::http::Response;
 use graspd_tests::nostr::{announcement, keys, npub, state, RelayClient};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 
@@ -70,7 +73,8 @@ fn stalled_push_does_not_block_the_repository(flavor: Flavor) {
     let (work, url) = announced_repo(&server, &mut relay);
     let path = url.trim_start_matches(&server.http_url()).to_owned() + "/git-receive-pack";
     let started = Instant::now();
-    let mut stalled = stalled_push(LEGITIMATE, server.addr, &path, &work.head()).expect("connect");
+    let mut stalled =
+        stalled_push(LEGITIMATE, server.addr, &path, &work.head(), &[]).expect("connect");
 
     let owner = keys(1);
     let c2 = work.commit("README", "second\n");
@@ -116,15 +120,21 @@ fn peak_rss(server: &Server) -> u64 {
     kb * 1024
 }
 
-/// A gzip body that inflates to 1 GiB, sent to `git-upload-pack`, is refused (413) while it
-/// is inflated, so the server's memory barely moves; a gzip'd fetch request still works.
+/// An upload-pack request that inflates past `--max-upload-request-bytes` is refused (413)
+/// while it streams to git, and the server never holds it: its peak memory grows by a small
+/// fraction of the limit, let alone of the 1 GiB the request inflates to. A gzip'd fetch
+/// request within the limit still works.
 fn gzip_bomb_is_refused_with_bounded_memory(flavor: Flavor) {
-    let server = Server::start(flavor);
+    let limit: u64 = 128 << 20;
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default().flag("--max-upload-request-bytes", limit),
+    );
     let mut relay = RelayClient::connect(&server.ws_url());
     let (work, url) = announced_repo(&server, &mut relay);
     let rpc = url.trim_start_matches(&server.http_url()).to_owned() + "/git-upload-pack";
-    // 1 GiB of zeros: about 1 MB on the wire.
-    let bomb = gzip_bomb(1024);
+    // 1 GiB of the same `have`: about 1 MB on the wire.
+    let bomb = gzip_bomb(&work.head(), 1024);
     let before = peak_rss(&server);
     let response = graspd_tests::http::request(
         server.addr,
@@ -140,14 +150,20 @@ fn gzip_bomb_is_refused_with_bounded_memory(flavor: Flavor) {
     assert!(response.text().contains("limit"), "{}", response.text());
     let grown = peak_rss(&server).saturating_sub(before);
     eprintln!(
-        "{flavor:?}: a {} byte gzip body inflating to 1 GiB raised peak RSS by {} KiB",
+        "{flavor:?}: a {} byte gzip body inflating to 1 GiB (limit {} MiB) raised peak RSS by \
+         {} KiB",
         bomb.len(),
+        limit >> 20,
         grown / 1024
     );
     assert!(
-        grown < 64 << 20,
+        grown < limit / 8,
         "peak RSS grew by {grown} bytes for a {} byte request",
         bomb.len()
+    );
+    assert_eq!(
+        server.metric(r#"graspd_refusals_total{limit="git_body_too_large"}"#),
+        Some(1.0)
     );
     // A well-formed gzip'd fetch (protocol v0, stateless): NAK, then the pack.
     let request = fetch_request(&work.head());
@@ -168,6 +184,85 @@ fn gzip_bomb_is_refused_with_bounded_memory(flavor: Flavor) {
         "{}",
         response.text()
     );
+}
+
+/// Runs `git <args>` in `dir` with its HTTP traffic traced; panics unless it succeeds and
+/// sent at least one gzip'd request body.
+fn git_sending_gzip(dir: &std::path::Path, args: &[&str]) {
+    let out = git_command(dir, args)
+        .env("GIT_TRACE_CURL", "1")
+        .env("GIT_TRACE_CURL_NO_DATA", "1")
+        .output()
+        .expect("run git");
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "git {args:?} failed:\n{trace}");
+    assert!(
+        trace.contains("Send header: Content-Encoding: gzip"),
+        "git {args:?} sent no gzip'd request, so this test exercises nothing:\n{trace}"
+    );
+}
+
+/// Real `git` gzips a request body over 1 KiB: a clone of a repository with many branches
+/// (many wants) and a fetch into a clone with many commits of its own (many haves) are
+/// negotiated with gzip'd bodies, streamed to upload-pack as they are inflated, and both
+/// complete.
+fn clone_and_fetch_with_gzip_bodies_work(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let owner = keys(1);
+    let url = server.repo_url(&npub(&owner), "branches");
+    relay.publish(&announcement(
+        &owner,
+        "branches",
+        &[&server.http_url()],
+        &[],
+    ));
+    let work = WorkRepo::init("branches");
+    let mut refs = Vec::new();
+    for i in 0..48 {
+        let commit = work.commit(&format!("f{i}"), &format!("{i}\n"));
+        work.git(&["branch", &format!("b{i:02}")]);
+        refs.push((format!("refs/heads/b{i:02}"), commit));
+    }
+    refs.push(("refs/heads/main".to_owned(), work.head()));
+    let pairs: Vec<(&str, &str)> = refs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+    assert!(
+        relay
+            .publish(&state(&owner, "branches", &pairs, Some("main"), 0))
+            .accepted
+    );
+    work.git(&["push", "-q", &url, "refs/heads/*:refs/heads/*"]);
+
+    let dir = graspd_tests::temp_dir("gzip-clone");
+    git_sending_gzip(&dir, &["clone", "-q", &url, "c"]);
+    let clone = dir.join("c");
+    assert_eq!(
+        git(&clone, &["rev-parse", "origin/b00"]),
+        refs[0].1,
+        "the clone lacks a branch"
+    );
+
+    let next = work.commit("next", "next\n");
+    refs.last_mut().unwrap().1 = next.clone();
+    let pairs: Vec<(&str, &str)> = refs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+    assert!(
+        relay
+            .publish(&state(&owner, "branches", &pairs, Some("main"), 1))
+            .accepted
+    );
+    work.git(&["push", "-q", &url, "main"]);
+    // Newer local commits the server lacks: the fetch offers them first, as haves, in
+    // rounds that double in size.
+    for i in 0..64 {
+        let message = format!("local {i}");
+        let committed = git_command(&clone, &["commit", "-q", "--allow-empty", "-m", &message])
+            .env("GIT_COMMITTER_DATE", "2026-06-01T00:00:00Z")
+            .status()
+            .expect("run git commit");
+        assert!(committed.success());
+    }
+    git_sending_gzip(&clone, &["fetch", "-q", "origin"]);
+    assert_eq!(git(&clone, &["rev-parse", "origin/main"]), next);
 }
 
 /// A push with more ref updates than allowed is refused with the limit, before any of it
@@ -209,47 +304,53 @@ fn push_with_too_many_commands_is_refused(flavor: Flavor) {
     );
 }
 
+/// Holds the one git request place of the client that `headers` say (a per-address cap of 1)
+/// with a stalled push to `path`'s receive-pack, until a listing of `path` from that client
+/// is refused. A listing that arrives first takes the place instead (and the push is
+/// refused): then another stalled push is opened. Returns the stalled pushes, which hold the
+/// place until dropped, and the refusal.
+fn hold_the_one_git_place(
+    server: &Server,
+    path: &str,
+    new: &str,
+    headers: &[(&str, &str)],
+) -> (Vec<TcpStream>, Response) {
+    let refs = format!("{path}/info/refs?service=git-upload-pack");
+    let receive_pack = format!("{path}/git-receive-pack");
+    let deadline = Instant::now() + SOON;
+    let mut stalled = Vec::new();
+    loop {
+        stalled.push(
+            stalled_push(LEGITIMATE, server.addr, &receive_pack, new, headers).expect("connect"),
+        );
+        let response = graspd_tests::http::request(server.addr, "GET", &refs, headers, b"");
+        if response.status == 429 {
+            return (stalled, response);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second git request from the same client was served\n{}",
+            server.log()
+        );
+    }
+}
+
 /// Git requests in flight from one address are capped: beyond the cap a clone is refused with
 /// 429 and `Retry-After` at once instead of tying up another git process, and served again
 /// once a place is free.
 fn git_requests_per_address_are_capped(flavor: Flavor) {
     let server = Server::start_with(
         flavor,
-        ServerOptions::default()
-            .arg("--max-git-requests-per-address")
-            .arg("1"),
+        ServerOptions::default().flag("--max-git-requests-per-address", 1),
     );
     let mut relay = RelayClient::connect(&server.ws_url());
     let (work, url) = announced_repo(&server, &mut relay);
     let path = url.trim_start_matches(&server.http_url()).to_owned();
-    // A stalled push holds this address's one place. A listing that arrives first takes the
-    // place instead (and the push is refused): then another stalled push is opened.
-    let refs = path.clone() + "/info/refs?service=git-upload-pack";
-    let deadline = Instant::now() + SOON;
-    let mut stalled = Vec::new();
-    let refused = loop {
-        stalled.push(
-            stalled_push(
-                LEGITIMATE,
-                server.addr,
-                &(path.clone() + "/git-receive-pack"),
-                &work.head(),
-            )
-            .expect("connect"),
-        );
-        let response = graspd_tests::http::request(server.addr, "GET", &refs, &[], b"");
-        if response.status == 429 {
-            break response;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a second git request from the address was served\n{}",
-            server.log()
-        );
-    };
+    let (stalled, refused) = hold_the_one_git_place(&server, &path, &work.head(), &[]);
     assert_eq!(refused.header("retry-after"), Some("5"));
     assert!(refused.text().contains("in flight"), "{}", refused.text());
     drop(stalled);
+    let refs = path + "/info/refs?service=git-upload-pack";
     assert!(
         graspd_tests::nostr::eventually(SOON, || graspd_tests::http::request(
             server.addr,
@@ -264,6 +365,43 @@ fn git_requests_per_address_are_capped(flavor: Flavor) {
     );
     let refused = server.metric(r#"graspd_refusals_total{limit="git_requests_per_address"}"#);
     assert!(refused.is_some_and(|n| n >= 1.0), "{refused:?}");
+}
+
+/// Behind a trusted proxy the per-address cap on git requests counts the address the proxy
+/// forwarded for, not the proxy's: one client at its cap leaves another client's requests
+/// through the same proxy alone.
+fn git_requests_per_address_count_the_forwarded_client(flavor: Flavor) {
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default()
+            .flag("--max-git-requests-per-address", 1)
+            .flag("--trusted-proxy", "127.0.0.1"),
+    );
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let path = url.trim_start_matches(&server.http_url()).to_owned();
+    let busy_client = [("X-Forwarded-For", "203.0.113.7")];
+    let (stalled, _) = hold_the_one_git_place(&server, &path, &work.head(), &busy_client);
+    let refs = path + "/info/refs?service=git-upload-pack";
+    for other_client in ["203.0.113.8", "198.51.100.1"] {
+        let other = graspd_tests::http::request(
+            server.addr,
+            "GET",
+            &refs,
+            &[("X-Forwarded-For", other_client)],
+            b"",
+        );
+        assert_eq!(
+            other.status,
+            200,
+            "another client behind the same proxy was refused: {}",
+            other.text()
+        );
+        assert!(other.text().contains("refs/heads/main"), "{}", other.text());
+    }
+    let busy = graspd_tests::http::request(server.addr, "GET", &refs, &busy_client, b"");
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    drop(stalled);
 }
 
 /// A push whose commands change nothing is answered `ok` without storing the pack it carries;
@@ -361,7 +499,9 @@ both_runtimes!(
     no_empty_or_half_made_repository_directories_stay,
     no_op_push_stores_nothing,
     git_requests_per_address_are_capped,
+    git_requests_per_address_count_the_forwarded_client,
     push_with_too_many_commands_is_refused,
     stalled_push_does_not_block_the_repository,
     gzip_bomb_is_refused_with_bounded_memory,
+    clone_and_fetch_with_gzip_bodies_work,
 );

@@ -346,7 +346,21 @@ fn oversized_bodies_get_413() {
     on_each_runtime(|h| {
         let repo = h.create_repo("big");
         let npub = h.url(&repo).split('/').nth(3).unwrap().to_owned();
-        let big = vec![b'0'; MAX_BODY as usize + 1];
+        let work = work_repo(&h.scratch("work"), 1);
+        git_ok(Some(&work), &["push", "--quiet", &h.url(&repo), "main"]);
+        // A fetch request git reads to its end (it answers nothing before `done`): the limit,
+        // checked as the body streams to git, is what ends it.
+        let endless_negotiation = |bytes: usize| {
+            let line = |text: String| format!("{:04x}{text}", text.len() + 4).into_bytes();
+            let mut body = line(format!("want {}\n", head_oid(&work, "main")));
+            body.extend_from_slice(b"0000");
+            let have = line(format!("have {}\n", "dead".repeat(10)));
+            while body.len() < bytes {
+                body.extend_from_slice(&have);
+            }
+            body
+        };
+        let big = endless_negotiation(MAX_BODY as usize + 1);
         // Declared length over the cap: refused before reading.
         let (head, body) = http(
             h.addr,
@@ -371,7 +385,8 @@ fn oversized_bodies_get_413() {
         assert_eq!(status_of(&head), 413, "{head}");
         // Gzip that inflates past the cap.
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(&vec![b'0'; 8 * MAX_BODY as usize]).unwrap();
+        gz.write_all(&endless_negotiation(8 * MAX_BODY as usize))
+            .unwrap();
         let gz = gz.finish().unwrap();
         let (head, _) = http(
             h.addr,

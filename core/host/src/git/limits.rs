@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::address::AddressKey;
+
 /// Limits on the git processes that serve clients.
 #[derive(Clone, Debug)]
 pub struct GitLimits {
@@ -58,20 +60,21 @@ impl fmt::Display for Busy {
     }
 }
 
-/// The git requests in flight, in all and per client address. Only addresses with a request
-/// in flight have an entry, so the map never holds more than the total cap.
+/// The git requests in flight, in all and per client address (an IPv6 /64 counts as one, as
+/// for WebSockets). Only addresses with a request in flight have an entry, so the map never
+/// holds more than the total cap.
 #[derive(Debug)]
 pub struct GitRequests {
     max_total: usize,
     max_per_address: usize,
-    in_flight: Mutex<(usize, BTreeMap<IpAddr, usize>)>,
+    in_flight: Mutex<(usize, BTreeMap<AddressKey, usize>)>,
 }
 
 /// One git request in flight; its place is freed on drop.
 #[derive(Debug)]
 pub struct GitRequestSlot {
     requests: Arc<GitRequests>,
-    address: IpAddr,
+    address: AddressKey,
 }
 
 impl GitRequests {
@@ -83,8 +86,10 @@ impl GitRequests {
         })
     }
 
-    /// A place for one more request from `address`, if both caps allow it.
-    pub fn try_start(self: &Arc<Self>, address: IpAddr) -> Result<GitRequestSlot, Busy> {
+    /// A place for one more request from `client` (its address, behind a trusted proxy the
+    /// one it forwarded for), if both caps allow it.
+    pub fn try_start(self: &Arc<Self>, client: IpAddr) -> Result<GitRequestSlot, Busy> {
+        let address = AddressKey::of(client);
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let (total, per_address) = &mut *in_flight;
         if *total >= self.max_total {

@@ -121,10 +121,11 @@ impl Git {
         self
     }
 
-    /// A place for one more git request from `address`, within the caps in all and per
+    /// A place for one more git request from `client` (the client's address as
+    /// [`crate::http::clients::Clients::address`] says), within the caps in all and per
     /// address; held until the request and its git process are done.
-    pub fn start_request(&self, address: std::net::IpAddr) -> Result<GitRequestSlot, Busy> {
-        self.requests.try_start(address)
+    pub fn start_request(&self, client: std::net::IpAddr) -> Result<GitRequestSlot, Busy> {
+        self.requests.try_start(client)
     }
 
     pub fn limits(&self) -> &GitLimits {

@@ -6,10 +6,11 @@ use std::pin::pin;
 use std::process::{Command, ExitStatus};
 use std::time::Instant;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::{self, AbortHandle, Either};
-use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::runtime::{ChildProcess, Runtime};
 
@@ -82,27 +83,10 @@ pub async fn run(
     let finished = {
         let work = async {
             let feed = async {
-                let mut input_error = None;
-                if let Some(pipe) = child_stdin.as_mut() {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match stdin.read(&mut buf).await {
-                            Ok(0) => break,
-                            Ok(n) => n,
-                            Err(e) => {
-                                input_error = Some(e);
-                                break;
-                            }
-                        };
-                        // A git that exits early (bad request) closes its stdin: not our error.
-                        if pipe.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = pipe.close().await;
+                match child_stdin.take() {
+                    Some(pipe) => feed(&mut stdin, pipe).await,
+                    None => None,
                 }
-                drop(child_stdin.take());
-                input_error
             };
             let (input_error, (stdout, out_cut), (stderr, err_cut)) = future::join3(
                 feed,
@@ -145,16 +129,64 @@ pub async fn run(
     }
 }
 
+/// Copies everything read from `input` to `pipe` (a child's stdin), as it arrives, then
+/// closes the pipe. A child that exits early (a bad request) closes its stdin: that ends the
+/// copy and is not an error. Returns the error reading `input`, if any.
+pub async fn feed(
+    input: &mut (impl AsyncRead + Unpin + ?Sized),
+    mut pipe: Box<dyn AsyncWrite + Send + Unpin>,
+) -> Option<io::Error> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut input_error = None;
+    loop {
+        let n = match input.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                input_error = Some(e);
+                break;
+            }
+        };
+        if pipe.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = pipe.close().await;
+    input_error
+}
+
 /// A child process that is killed at its deadline even when nobody is reading from it (a
-/// client that stopped reading its response leaves the body unpolled), and when this handle
-/// is dropped.
+/// client that stopped reading its response leaves the body unpolled), when its
+/// [`KillSwitch`] is used, and when this handle is dropped.
 pub struct Watched {
-    process: Arc<Mutex<Option<Watching>>>,
+    process: Arc<WatchedProcess>,
     watchdog: AbortHandle,
 }
 
+/// Kills a [`Watched`] process from elsewhere (e.g. when its input broke a limit).
+#[derive(Clone)]
+pub struct KillSwitch(Arc<WatchedProcess>);
+
 /// The process, and what is held for as long as it runs (its place among the requests).
-type Watching = (Box<dyn ChildProcess>, Box<dyn Send>);
+type Running = (Box<dyn ChildProcess>, Box<dyn Send>);
+
+struct WatchedProcess {
+    running: Mutex<Option<Running>>,
+    /// Killed before it ended (deadline or kill switch), so its output is cut short.
+    killed: AtomicBool,
+}
+
+impl WatchedProcess {
+    /// Kills the process if it still runs and releases what it held; true if it did.
+    fn kill(&self) -> bool {
+        let Some((mut process, _held)) = lock(&self.running).take() else {
+            return false;
+        };
+        self.killed.store(true, Ordering::Relaxed);
+        let _ = process.start_kill();
+        true
+    }
+}
 
 impl Watched {
     /// Watches `process`; at `deadline` it is killed, `held` is released and `on_kill` runs.
@@ -165,13 +197,15 @@ impl Watched {
         deadline: Instant,
         on_kill: impl FnOnce() + Send + 'static,
     ) -> Watched {
-        let process = Arc::new(Mutex::new(Some((process, held))));
+        let process = Arc::new(WatchedProcess {
+            running: Mutex::new(Some((process, held))),
+            killed: AtomicBool::new(false),
+        });
         let victim = Arc::clone(&process);
         let sleep = runtime.sleep_until(deadline);
         let (watch, watchdog) = future::abortable(async move {
             sleep.await;
-            if let Some((mut process, _held)) = lock(&victim).take() {
-                let _ = process.start_kill();
+            if victim.kill() {
                 on_kill();
             }
         });
@@ -180,13 +214,30 @@ impl Watched {
         }));
         Watched { process, watchdog }
     }
+
+    pub fn kill_switch(&self) -> KillSwitch {
+        KillSwitch(Arc::clone(&self.process))
+    }
+
+    /// Whether the process was killed (at its deadline or by its kill switch) rather than
+    /// left to end: its output is then incomplete.
+    pub fn was_killed(&self) -> bool {
+        self.process.killed.load(Ordering::Relaxed)
+    }
+}
+
+impl KillSwitch {
+    /// Kills the process now, if it still runs.
+    pub fn kill(&self) {
+        self.0.kill();
+    }
 }
 
 impl Drop for Watched {
     fn drop(&mut self) {
         self.watchdog.abort();
         // Dropping the child kills it (the runtime adapters set kill-on-drop).
-        drop(lock(&self.process).take());
+        drop(lock(&self.process.running).take());
     }
 }
 

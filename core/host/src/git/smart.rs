@@ -1,13 +1,12 @@
-//! git's smart-HTTP services on a bare repo: the ref advertisement, upload-pack (streamed)
-//! and receive-pack (buffered answer), each `--stateless-rpc`.
+//! git's smart-HTTP services on a bare repo: the ref advertisement, upload-pack (request and
+//! answer streamed) and receive-pack (buffered answer), each `--stateless-rpc`.
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use futures_util::io::{AsyncRead, AsyncWriteExt};
+use futures_util::io::{AsyncRead, AsyncWrite};
 
 use super::pktline;
 use super::process::{self, git, GitOutput, Watched};
@@ -125,34 +124,28 @@ pub async fn advertise(
 
 /// A running upload-pack whose stdout is the response body. Dropping it kills git.
 pub struct UploadPack {
+    /// Where the request goes, as it arrives ([`process::feed`]).
+    pub stdin: Box<dyn AsyncWrite + Send + Unpin>,
     pub stdout: Box<dyn AsyncRead + Send + Unpin>,
     pub process: Watched,
 }
 
-/// Starts `git upload-pack --stateless-rpc` on `repo`, feeding it `request` in the
-/// background; stderr is logged. It is killed at `deadline` (then `on_kill` runs), even if
-/// its client stopped reading; `held` is released when it ends.
+/// Starts `git upload-pack --stateless-rpc` on `repo`; stderr is logged. It is killed at
+/// `deadline` (then `on_kill` runs), even if its client stopped reading; `held` is released
+/// when it ends.
 pub fn upload_pack(
     runtime: &Arc<dyn Runtime>,
     repo: &Path,
     git_protocol: Option<&str>,
-    request: Bytes,
     held: Box<dyn Send>,
     deadline: Instant,
     on_kill: impl FnOnce() + Send + 'static,
 ) -> io::Result<UploadPack> {
     let mut child =
         runtime.spawn_process(service_command(Service::UploadPack, repo, git_protocol))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("upload-pack has no stdout"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        runtime.spawn(Box::pin(async move {
-            let _ = stdin.write_all(&request).await;
-            let _ = stdin.close().await;
-        }));
-    }
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(io::Error::other("upload-pack has no stdin or stdout"));
+    };
     let stderr = child.stderr.take();
     let repo_name = repo.display().to_string();
     runtime.spawn(Box::pin(async move {
@@ -162,6 +155,7 @@ pub fn upload_pack(
         }
     }));
     Ok(UploadPack {
+        stdin,
         stdout,
         process: Watched::new(runtime, child.process, held, deadline, on_kill),
     })

@@ -127,6 +127,10 @@ pub const LINGER: Duration = Duration::from_secs(30);
 /// limit is checked.
 const GZIP_SLICE: usize = 1024;
 
+/// Inflated bytes handed on at once: what is left of a received chunk waits, compressed,
+/// until these are taken, so a request's memory does not grow with its size limit.
+const INFLATED_CHUNK: usize = 256 * 1024;
+
 /// Reads and drops `incoming` in the background for at most [`LINGER`] (see
 /// [`RequestBody::linger`]).
 pub fn linger(runtime: &Arc<dyn Runtime>, mut incoming: Incoming) {
@@ -142,6 +146,8 @@ pub fn linger(runtime: &Arc<dyn Runtime>, mut incoming: Incoming) {
 pub struct RequestBody {
     incoming: Incoming,
     gzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
+    /// Compressed bytes received but not inflated yet.
+    uninflated: Bytes,
     limit: u64,
     decoded: u64,
     done: bool,
@@ -202,6 +208,7 @@ impl RequestBody {
         RequestBody {
             incoming,
             gzip: gzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
+            uninflated: Bytes::new(),
             limit,
             decoded: 0,
             done: false,
@@ -216,16 +223,6 @@ impl RequestBody {
         }
     }
 
-    /// Reads the whole body into memory (bounded by its limit).
-    pub async fn collect(&mut self) -> Result<Bytes, BodyError> {
-        use futures_util::StreamExt;
-        let mut out = Vec::new();
-        while let Some(chunk) = self.next().await {
-            out.extend_from_slice(&chunk.map_err(|e| BodyError::from_io_error(&e))?);
-        }
-        Ok(out.into())
-    }
-
     /// Reads and drops whatever the client still sends, in the background, for at most
     /// [`LINGER`]: a client that is still uploading when we answer early (413, a refused
     /// push) then reads our answer instead of a connection reset (nginx's "lingering close").
@@ -233,24 +230,35 @@ impl RequestBody {
         linger(runtime, self.incoming);
     }
 
-    fn decode(&mut self, data: &[u8]) -> Result<Bytes, BodyError> {
-        let out = match &mut self.gzip {
-            None => Bytes::copy_from_slice(data),
-            Some(decoder) => {
-                let mut out = Vec::new();
-                for slice in data.chunks(GZIP_SLICE) {
-                    decoder
-                        .write_all(slice)
-                        .map_err(|e| BodyError::BadGzip(e.to_string()))?;
-                    out.append(decoder.get_mut());
-                    check(self.decoded, out.len() as u64, self.limit)?;
-                }
-                out.into()
-            }
+    /// A received chunk: passed on as it is, or kept to be inflated ([`Self::inflate`]).
+    fn decode(&mut self, data: Bytes) -> Result<Bytes, BodyError> {
+        if self.gzip.is_some() {
+            self.uninflated = data;
+            return self.inflate();
+        }
+        check(self.decoded, data.len() as u64, self.limit)?;
+        self.decoded += data.len() as u64;
+        Ok(data)
+    }
+
+    /// Inflates what was received, up to about [`INFLATED_CHUNK`] bytes of output.
+    fn inflate(&mut self) -> Result<Bytes, BodyError> {
+        let Some(decoder) = &mut self.gzip else {
+            return Ok(Bytes::new());
         };
-        check(self.decoded, out.len() as u64, self.limit)?;
+        let mut out = Vec::new();
+        while !self.uninflated.is_empty() && out.len() < INFLATED_CHUNK {
+            let slice = self
+                .uninflated
+                .split_to(self.uninflated.len().min(GZIP_SLICE));
+            decoder
+                .write_all(&slice)
+                .map_err(|e| BodyError::BadGzip(e.to_string()))?;
+            out.append(decoder.get_mut());
+            check(self.decoded, out.len() as u64, self.limit)?;
+        }
         self.decoded += out.len() as u64;
-        Ok(out)
+        Ok(out.into())
     }
 
     fn finish(&mut self) -> Result<Bytes, BodyError> {
@@ -283,6 +291,16 @@ impl Stream for RequestBody {
             if this.done {
                 return Poll::Ready(None);
             }
+            if !this.uninflated.is_empty() {
+                match this.inflate() {
+                    Ok(chunk) if chunk.is_empty() => continue,
+                    Ok(chunk) => return Poll::Ready(Some(Ok(chunk))),
+                    Err(e) => {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(io::Error::other(e))));
+                    }
+                }
+            }
             let frame = match Pin::new(&mut this.incoming).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     this.clock.waiting_since = None;
@@ -303,7 +321,7 @@ impl Stream for RequestBody {
                 }
                 Some(Err(e)) => Err(BodyError::Read(e.to_string())),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => this.decode(&data),
+                    Ok(data) => this.decode(data),
                     Err(_trailers) => continue,
                 },
             };
@@ -319,19 +337,24 @@ impl Stream for RequestBody {
     }
 }
 
-/// A response body streamed from a git process's stdout; dropping it kills the process.
+/// A response body streamed from a git process's stdout; dropping it kills the process. If
+/// the process was killed (its deadline, or its request broke a limit), the body ends with an
+/// error rather than a clean end, so the client cannot take a cut answer for a whole one.
 pub struct ProcessBody {
     stdout: Box<dyn AsyncRead + Send + Unpin>,
-    _process: Watched,
+    process: Watched,
+    /// Read from stdout before the response started, sent first.
+    first: Option<Bytes>,
     buf: Box<[u8]>,
     done: bool,
 }
 
 impl ProcessBody {
-    pub fn new(stdout: Box<dyn AsyncRead + Send + Unpin>, process: Watched) -> Self {
+    pub fn new(stdout: Box<dyn AsyncRead + Send + Unpin>, process: Watched, first: Bytes) -> Self {
         ProcessBody {
             stdout,
-            _process: process,
+            process,
+            first: (!first.is_empty()).then_some(first),
             buf: vec![0; 64 * 1024].into(),
             done: false,
         }
@@ -350,7 +373,16 @@ impl Body for ProcessBody {
         if this.done {
             return Poll::Ready(None);
         }
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
         match ready!(Pin::new(&mut this.stdout).poll_read(cx, &mut this.buf)) {
+            Ok(0) if this.process.was_killed() => {
+                this.done = true;
+                Poll::Ready(Some(Err(io::Error::other(
+                    "git was stopped before its answer was complete",
+                ))))
+            }
             Ok(0) => {
                 this.done = true;
                 Poll::Ready(None)

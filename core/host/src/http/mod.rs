@@ -155,8 +155,14 @@ impl Site {
             Route::RepoPage(repo) if is_get_or_head(&request) => {
                 pages::repository(self, &request, repo).await
             }
-            Route::InfoRefs(repo) => smart::info_refs(self, request, repo, peer).await,
-            Route::Rpc(repo, service) => smart::rpc(self, request, repo, service, peer).await,
+            Route::InfoRefs(repo) => {
+                let client = self.clients.address(request.headers(), peer);
+                smart::info_refs(self, request, repo, client).await
+            }
+            Route::Rpc(repo, service) => {
+                let client = self.clients.address(request.headers(), peer);
+                smart::rpc(self, request, repo, service, client).await
+            }
             Route::NotFound => status(StatusCode::NOT_FOUND, "not found\n"),
             Route::Metrics | Route::Stylesheet | Route::RepoPage(_) => method_not_allowed(),
         }

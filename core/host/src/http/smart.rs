@@ -1,11 +1,13 @@
 //! git smart-HTTP handlers: `info/refs`, `git-upload-pack`, `git-receive-pack`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::future::{self, Either};
+use futures_util::io::AsyncReadExt;
+use futures_util::{StreamExt, TryStreamExt};
 use graspd_core::RepoKey;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -15,9 +17,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::body::{self, full, BodyError, ProcessBody, RequestBody, ResponseBody};
 use super::spool::{self, SpoolError};
 use super::{set_type, status, Site};
+use crate::git::process as git_process;
 use crate::git::receive::{self, CommandParser, PushCommands};
-use crate::git::smart::{self as git_smart, Service};
-use crate::git::{Busy, GitRequestSlot};
+use crate::git::smart::{self as git_smart, Service, UploadPack};
+use crate::git::{Busy, Git, GitRequestSlot};
 use crate::refusals::Limit;
 
 /// Most bytes of a push's command list (before the pack).
@@ -71,32 +74,38 @@ fn git_failure(what: &str, error: impl std::fmt::Display) -> Response<ResponseBo
 /// The answer to a body that broke a limit or could not be read; limits are counted and
 /// logged.
 fn body_error(site: &Site, repo: &RepoKey, error: &BodyError) -> Response<ResponseBody> {
-    let (code, limit) = match error {
-        BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Some(Limit::GitBodyTooLarge)),
-        BodyError::Idle { .. } | BodyError::TooSlow { .. } => {
-            (StatusCode::REQUEST_TIMEOUT, Some(Limit::GitBodyTimeout))
-        }
-        BodyError::BadGzip(_) | BodyError::Read(_) => (StatusCode::BAD_REQUEST, None),
+    let code = match error {
+        BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::Idle { .. } | BodyError::TooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
+        BodyError::BadGzip(_) | BodyError::Read(_) => StatusCode::BAD_REQUEST,
     };
-    if let Some(limit) = limit {
-        site.git.refuse(
-            limit,
-            &format_args!("git request for {repo} refused: {error}"),
-        );
-    }
+    refuse_body(&site.git, repo, error);
     status(code, &format!("{error}\n"))
+}
+
+/// Counts and logs a body that broke a limit (a malformed or broken one is no refusal).
+fn refuse_body(git: &Git, repo: &RepoKey, error: &BodyError) {
+    let limit = match error {
+        BodyError::TooLarge { .. } => Limit::GitBodyTooLarge,
+        BodyError::Idle { .. } | BodyError::TooSlow { .. } => Limit::GitBodyTimeout,
+        BodyError::BadGzip(_) | BodyError::Read(_) => return,
+    };
+    git.refuse(
+        limit,
+        &format_args!("git request for {repo} refused: {error}"),
+    );
 }
 
 /// The answer when the caps on git requests in flight leave no room: 503 (the server) or 429
 /// (this address), both with `Retry-After`.
-fn busy(site: &Site, repo: &RepoKey, peer: SocketAddr, busy: Busy) -> Response<ResponseBody> {
+fn busy(site: &Site, repo: &RepoKey, client: IpAddr, busy: Busy) -> Response<ResponseBody> {
     let (code, limit) = match busy {
         Busy::Server { .. } => (StatusCode::SERVICE_UNAVAILABLE, Limit::GitRequestsTotal),
         Busy::Address { .. } => (StatusCode::TOO_MANY_REQUESTS, Limit::GitRequestsPerAddress),
     };
     site.git.refuse(
         limit,
-        &format_args!("git request for {repo} from {peer} refused: {busy}"),
+        &format_args!("git request for {repo} from {client} refused: {busy}"),
     );
     let mut response = status(code, &format!("{busy}\n"));
     response.headers_mut().insert(
@@ -110,7 +119,7 @@ pub(super) async fn info_refs(
     site: &Site,
     request: Request<Incoming>,
     repo: RepoKey,
-    peer: SocketAddr,
+    client: IpAddr,
 ) -> Response<ResponseBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -135,9 +144,9 @@ pub(super) async fn info_refs(
     let body = if request.method() == Method::HEAD {
         full(Bytes::new())
     } else {
-        let _slot = match site.git.start_request(peer.ip()) {
+        let _slot = match site.git.start_request(client) {
             Ok(slot) => slot,
-            Err(e) => return busy(site, &repo, peer, e),
+            Err(e) => return busy(site, &repo, client, e),
         };
         let protocol = git_protocol(&request);
         match git_smart::advertise(&**site.git.runtime(), &path, service, protocol.as_deref()).await
@@ -157,7 +166,7 @@ pub(super) async fn rpc(
     request: Request<Incoming>,
     repo: RepoKey,
     service: Service,
-    peer: SocketAddr,
+    client: IpAddr,
 ) -> Response<ResponseBody> {
     if request.method() != Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -166,9 +175,9 @@ pub(super) async fn rpc(
         Ok(path) => path,
         Err(response) => return response,
     };
-    let slot = match site.git.start_request(peer.ip()) {
+    let slot = match site.git.start_request(client) {
         Ok(slot) => slot,
-        Err(e) => return answer_unread(site, request, busy(site, &repo, peer, e)),
+        Err(e) => return answer_unread(site, request, busy(site, &repo, client, e)),
     };
     let limit = match service {
         Service::UploadPack => site.body.max_upload_request_bytes,
@@ -199,7 +208,7 @@ pub(super) async fn rpc(
         }
     };
     let protocol = git_protocol(&request);
-    let mut body = RequestBody::new(
+    let body = RequestBody::new(
         site.git.runtime(),
         request.into_body(),
         gzip,
@@ -208,22 +217,32 @@ pub(super) async fn rpc(
     );
     let mut response = match service {
         Service::UploadPack => {
-            upload_pack(site, &repo, &served, protocol.as_deref(), &mut body, slot).await
+            upload_pack(site, &repo, &served, protocol.as_deref(), body, slot).await
         }
         Service::ReceivePack => {
+            let mut body = body;
             let response = receive_pack(site, &repo, protocol.as_deref(), &mut body).await;
             drop(slot);
-            response
+            answered(site, body, response)
         }
     };
-    // Whatever the client is still sending after an early answer (413, a refused push); a
-    // client that stalled gets no more time.
-    if response.status() != StatusCode::REQUEST_TIMEOUT {
-        body.linger(site.git.runtime());
-    }
     if response.status() == StatusCode::OK {
         set_type(&mut response, service.result_type());
         no_cache(&mut response);
+    }
+    response
+}
+
+/// `response`, once the request's body was read as far as it will be: what the client is
+/// still sending after an early answer (413, a refused push) is read and dropped in the
+/// background; a client that stalled gets no more time.
+fn answered(
+    site: &Site,
+    body: RequestBody,
+    response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    if response.status() != StatusCode::REQUEST_TIMEOUT {
+        body.linger(site.git.runtime());
     }
     response
 }
@@ -239,18 +258,21 @@ fn answer_unread(
     response
 }
 
+/// Bytes of upload-pack's answer read before the response starts.
+const FIRST_ANSWER_READ: usize = 64 * 1024;
+
+/// Runs upload-pack with the request streamed to it as it arrives (inflated in slices and
+/// capped by the body limits as it goes, never held whole). The response starts when git
+/// answers: a request that breaks a limit before then is answered 413/408 and git is killed;
+/// one that breaks it later (git answered early) kills git, which cuts the answer short.
 async fn upload_pack(
     site: &Site,
     repo: &RepoKey,
     path: &Path,
     protocol: Option<&str>,
-    body: &mut RequestBody,
+    mut body: RequestBody,
     slot: GitRequestSlot,
 ) -> Response<ResponseBody> {
-    let request = match body.collect().await {
-        Ok(request) => request,
-        Err(e) => return body_error(site, repo, &e),
-    };
     let limits = site.git.limits();
     let deadline = site.git.runtime().now() + limits.process_timeout;
     let (git, name, secs) = (
@@ -264,18 +286,64 @@ async fn upload_pack(
             &format_args!("git upload-pack for {name} ran past its limit of {secs} s; killed"),
         );
     };
-    match git_smart::upload_pack(
+    let run = git_smart::upload_pack(
         site.git.runtime(),
         path,
         protocol,
-        request,
         Box::new(slot),
         deadline,
         on_kill,
-    ) {
-        Ok(run) => Response::new(ProcessBody::new(run.stdout, run.process).boxed_unsync()),
-        Err(e) => git_failure("starting git upload-pack failed", e),
+    );
+    let UploadPack {
+        stdin,
+        mut stdout,
+        process,
+    } = match run {
+        Ok(run) => run,
+        Err(e) => {
+            return answered(
+                site,
+                body,
+                git_failure("starting git upload-pack failed", e),
+            )
+        }
+    };
+    let feed = Box::pin(async move {
+        let error = git_process::feed(&mut (&mut body).into_async_read(), stdin).await;
+        (error.map(|e| BodyError::from_io_error(&e)), body)
+    });
+    let mut first = vec![0u8; FIRST_ANSWER_READ];
+    let (read, unfed) = match future::select(feed, stdout.read(&mut first)).await {
+        Either::Left(((Some(error), body), _)) => {
+            drop(process);
+            return answered(site, body, body_error(site, repo, &error));
+        }
+        Either::Left(((None, body), read)) => {
+            drop(read);
+            // The whole request is with git (or git stopped reading it): its answer follows.
+            body.linger(site.git.runtime());
+            (stdout.read(&mut first).await, None)
+        }
+        Either::Right((read, feed)) => (read, Some(feed)),
+    };
+    let answered_bytes = match read {
+        Ok(n) => n,
+        Err(e) => return git_failure("reading git upload-pack's answer failed", e),
+    };
+    first.truncate(answered_bytes);
+    if let Some(feed) = unfed {
+        let (git, repo, kill) = (site.git.clone(), repo.clone(), process.kill_switch());
+        site.git.runtime().spawn(Box::pin(async move {
+            match feed.await {
+                (Some(error), _) => {
+                    kill.kill();
+                    refuse_body(&git, &repo, &error);
+                }
+                (None, body) => body.linger(git.runtime()),
+            }
+        }));
     }
+    Response::new(ProcessBody::new(stdout, process, first.into()).boxed_unsync())
 }
 
 /// Reads the push's command list (and whatever part of the pack came with it).

@@ -308,7 +308,7 @@ fn start(kind: Kind, server: &Server, maintainer: &Maintainer, prepared: &Prepar
         }
         Kind::UploadBodies => {
             let rpc = repo_path + "/git-upload-pack";
-            let bomb = Arc::new(gzip_bomb(1024));
+            let bomb = Arc::new(gzip_bomb(&maintainer.work.head(), 1024));
             let haves = Arc::new(many_haves(&maintainer.work.head(), 12 << 20));
             vec![Attack::spawn(
                 GIT_REQUESTS_PER_ADDRESS,
