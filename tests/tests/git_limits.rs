@@ -495,6 +495,78 @@ fn no_empty_or_half_made_repository_directories_stay(flavor: Flavor) {
     );
 }
 
+/// Whether the bare repository at `bare` has object `oid`.
+fn has_object(bare: &std::path::Path, oid: &str) -> bool {
+    Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(["cat-file", "-e", oid])
+        .status()
+        .expect("run git cat-file")
+        .success()
+}
+
+/// What a `refs/nostr/<id>` placeholder brought is pruned once its event never came: the
+/// placeholder expires, its ref is deleted, and a later `git gc` of that repository removes
+/// the commit and blob only it reached, while everything the real refs reach stays and the
+/// repository checks clean.
+fn objects_of_an_expired_placeholder_are_pruned(flavor: Flavor) {
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default().flag("--purgatory-expiry-secs", 3),
+    );
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let main = work.head();
+    work.git(&["checkout", "-q", "-b", "side"]);
+    let orphan = work.commit("never.txt", "an event for this never comes\n");
+    let blob = work.rev("HEAD:never.txt");
+    let placeholder = format!("refs/nostr/{}", "cd".repeat(32));
+    work.git(&["push", "-q", &url, &format!("side:{placeholder}")]);
+    let bare = server.data_dir.join(npub(&keys(1))).join("demo.git");
+    assert!(
+        has_object(&bare, &orphan),
+        "the placeholder's push landed nothing"
+    );
+
+    let pruned =
+        graspd_tests::nostr::eventually(Duration::from_secs(60), || !has_object(&bare, &orphan));
+    assert!(
+        pruned,
+        "the expired placeholder's commit stayed\n{}",
+        server.log()
+    );
+    assert!(
+        !has_object(&bare, &blob),
+        "the expired placeholder's blob stayed"
+    );
+    assert_eq!(ref_of(&url, &placeholder), None);
+    assert!(
+        server
+            .metric(r#"graspd_prune_runs_total{outcome="done"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "no prune counted\n{}",
+        server.log()
+    );
+    assert!(has_object(&bare, &main));
+    assert_eq!(ref_of(&url, "refs/heads/main"), Some(main.clone()));
+    let fsck = Command::new("git")
+        .arg("--git-dir")
+        .arg(&bare)
+        .args(["fsck", "--strict", "--no-dangling"])
+        .output()
+        .expect("run git fsck");
+    assert!(
+        fsck.status.success() && fsck.stdout.is_empty(),
+        "git fsck after the prune: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let dir = graspd_tests::temp_dir("pruned-clone");
+    git(&dir, &["clone", "-q", &url, "c"]);
+    assert_eq!(git(&dir.join("c"), &["rev-parse", "HEAD"]), main);
+}
+
 both_runtimes!(
     no_empty_or_half_made_repository_directories_stay,
     no_op_push_stores_nothing,
@@ -504,4 +576,5 @@ both_runtimes!(
     stalled_push_does_not_block_the_repository,
     gzip_bomb_is_refused_with_bounded_memory,
     clone_and_fetch_with_gzip_bodies_work,
+    objects_of_an_expired_placeholder_are_pruned,
 );

@@ -42,7 +42,7 @@ pub struct Config {
     pub max_body_bytes: u64,
 
     /// Largest `git-upload-pack` request body in bytes, after gzip decoding (a fetch's wants
-    /// and haves; kept in memory).
+    /// and haves; streamed to git as it is inflated, never held whole).
     #[arg(long, env = "GRASPD_MAX_UPLOAD_REQUEST_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_upload_request_bytes: u64,
 
@@ -76,6 +76,16 @@ pub struct Config {
         default_value_t = 16
     )]
     pub max_git_requests_per_address: usize,
+
+    /// Seconds a `git gc` removing what an ended `refs/nostr` placeholder left unreachable may
+    /// run before it is killed.
+    #[arg(long, env = "GRASPD_PRUNE_TIMEOUT_SECS", default_value_t = 600)]
+    pub prune_timeout_secs: u64,
+
+    /// Most repositories waiting to be pruned at once; beyond it a request to prune one more
+    /// is dropped (counted as a refusal; its next ended placeholder asks again).
+    #[arg(long, env = "GRASPD_MAX_QUEUED_PRUNES", default_value_t = 1024)]
+    pub max_queued_prunes: usize,
 
     /// Seconds a fetch from another git server may take before it is killed.
     #[arg(long, env = "GRASPD_FETCH_TIMEOUT_SECS", default_value_t = 120)]
@@ -341,6 +351,16 @@ impl Config {
             max_push_commands: self.max_push_commands,
             max_requests: self.max_git_requests,
             max_requests_per_address: self.max_git_requests_per_address,
+        }
+    }
+
+    /// Bounds of the pruning of what ended placeholders left: objects younger than a
+    /// placeholder's life (the purgatory expiry) are never pruned.
+    pub fn prune_limits(&self) -> crate::git::PruneLimits {
+        crate::git::PruneLimits {
+            max_queued: self.max_queued_prunes,
+            timeout: Duration::from_secs(self.prune_timeout_secs),
+            expire: self.purgatory_expiry(),
         }
     }
 

@@ -70,6 +70,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     let refusals = Arc::new(refusals::Refusals::new());
     let git = git::Git::new(Arc::clone(&runtime), &config.data_dir)
         .with_limits(config.git_limits())
+        .with_pruning(config.prune_limits())
         .with_refusals(Arc::clone(&refusals));
     let relay_limits = config.connections.relay_limits();
     let own = graspd_core::acceptance::OwnService::new(&config.public_url())

@@ -93,6 +93,7 @@ pub struct Metrics {
     follow_refused: Family<WhatLabel, Counter>,
     follow_admitted_late: Family<WhatLabel, Counter>,
     refusals: Family<LimitLabel, Counter>,
+    prune_runs: Family<OutcomeLabel, Counter>,
     websockets_open: Gauge,
     referenced_ids: Gauge,
     referenced_ids_evicted: Counter<u64, AtomicU64>,
@@ -244,6 +245,13 @@ impl Metrics {
             "Connections, git requests and processes refused, disconnected or ended by a limit, by limit",
             refusals.clone(),
         );
+        let prune_runs = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "prune_runs",
+            "git gc runs removing what ended refs/nostr placeholders left unreachable, by \
+             outcome (done, failed, timed_out)",
+            prune_runs.clone(),
+        );
         let websockets_open = Gauge::default();
         registry.register(
             "websockets_open",
@@ -281,6 +289,7 @@ impl Metrics {
             store_commits,
             store_grouped_writes,
             refusals,
+            prune_runs,
             websockets_open,
             referenced_ids,
             referenced_ids_evicted,
@@ -348,6 +357,20 @@ impl Metrics {
     pub fn group_commits(&self, stats: crate::store::GroupCommitStats) {
         catch_up(&self.store_commits, stats.commits);
         catch_up(&self.store_grouped_writes, stats.writes);
+    }
+
+    /// Advances the prune run counters to `counts`.
+    pub fn prunes(&self, counts: crate::git::PruneCounts) {
+        for (outcome, total) in [
+            ("done", counts.done),
+            ("failed", counts.failed),
+            ("timed_out", counts.timed_out),
+        ] {
+            catch_up(
+                &self.prune_runs.get_or_create(&OutcomeLabel { outcome }),
+                total,
+            );
+        }
     }
 
     /// `outcome`: waiting, accepted, duplicate, rejected.

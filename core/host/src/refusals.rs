@@ -57,10 +57,13 @@ pub enum Limit {
     DeletionTooLarge,
     /// A deletion request that deletes nothing its author has here.
     DeletionNotHeld,
+    /// `--max-queued-prunes`: a repository not queued for pruning (its next ended placeholder
+    /// queues it again).
+    GitPruneQueue,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 21] = [
+    pub const ALL: [Limit; 22] = [
         Limit::WebSocketsTotal,
         Limit::WebSocketsPerAddress,
         Limit::WebSocketIdle,
@@ -82,6 +85,7 @@ impl Limit {
         Limit::DeletionNotHeld,
         Limit::EventsPerConnection,
         Limit::EventsPerAddress,
+        Limit::GitPruneQueue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +104,7 @@ impl Limit {
             Limit::GitProcessTimeout => "git_process_timeout",
             Limit::GitTooManyCommands => "git_too_many_commands",
             Limit::GitNoOpPack => "git_no_op_pack",
+            Limit::GitPruneQueue => "git_prune_queue",
             Limit::EventsPerConnection => "events_per_connection",
             Limit::EventsPerAddress => "events_per_address",
             Limit::WaitingTotal => Refusal::Waiting.name(),

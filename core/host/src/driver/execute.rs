@@ -157,6 +157,7 @@ impl Node {
             }
             EngineEvent::PlaceholderRemoved { repo, id } => {
                 info!(%repo, %id, "refs/nostr placeholder removed");
+                self.git.placeholder_removed(&repo);
             }
             EngineEvent::ApplyFailed { repo, reason } => {
                 warn!(%repo, %reason, "release could not be applied; its events keep waiting");

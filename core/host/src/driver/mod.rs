@@ -335,6 +335,7 @@ impl Node {
         self.metrics.group_commits(self.store.group_commit_stats());
         self.metrics
             .followed_relays(&self.follower.relay_statuses());
+        self.metrics.prunes(self.git.prune_counts());
         let connections = crate::metrics::Connections {
             refusals: &self.settings.refusals,
             websockets_open: self.hub.connections(),

@@ -11,6 +11,7 @@ pub mod locks;
 mod ops;
 pub mod pktline;
 pub mod process;
+pub mod prune;
 pub mod receive;
 pub mod repo;
 pub mod smart;
@@ -29,6 +30,7 @@ pub use limits::{Busy, GitLimits, GitRequestSlot, GitRequests};
 pub use listing::{ListedRef, RefListing};
 pub use locks::{RepoGuard, RepoLocks, TooManyLocks};
 pub use ops::GitOps;
+pub use prune::{PruneCounts, PruneLimits, Pruner};
 pub use receive::RefUpdate;
 pub use repo::{Inspection, RepoWrite};
 
@@ -88,6 +90,7 @@ pub struct Git {
     limits: GitLimits,
     requests: Arc<GitRequests>,
     refusals: Arc<Refusals>,
+    pruner: Arc<Pruner>,
 }
 
 impl Git {
@@ -101,6 +104,7 @@ impl Git {
             limits: GitLimits::default(),
             requests: GitRequests::new(&GitLimits::default()),
             refusals: Arc::default(),
+            pruner: Arc::default(),
         };
         let _ = std::fs::remove_dir_all(git.incoming_dir());
         repo::remove_leftovers(&git.data_dir);
@@ -119,6 +123,17 @@ impl Git {
         self.requests = GitRequests::new(&limits);
         self.limits = limits;
         self
+    }
+
+    /// The same handle pruning what ended placeholders left within these bounds.
+    pub fn with_pruning(mut self, limits: PruneLimits) -> Git {
+        self.pruner = Arc::new(Pruner::new(limits));
+        self
+    }
+
+    /// The pruning of what ended placeholders left ([`prune`]).
+    pub fn pruner(&self) -> &Arc<Pruner> {
+        &self.pruner
     }
 
     /// A place for one more git request from `client` (the client's address as

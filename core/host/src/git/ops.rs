@@ -6,7 +6,7 @@ use std::fmt;
 
 use graspd_core::{Oid, RefEdit, RepoKey};
 
-use super::{FetchLimits, Git, GitError, GitFetchError, Inspection};
+use super::{FetchLimits, Git, GitError, GitFetchError, Inspection, PruneCounts};
 use crate::runtime::{unblock, BoxFuture};
 
 /// What the driver does to repositories. Each method is one operation with the real one's
@@ -48,6 +48,15 @@ pub trait GitOps: Send + Sync + fmt::Debug + 'static {
 
     /// Every hosted repository (start-up: `refs/nostr` placeholders are restored from them).
     fn hosted_repos(&self) -> BoxFuture<'_, std::io::Result<Vec<RepoKey>>>;
+
+    /// A `refs/nostr` placeholder in `repo` ended (its ref is deleted): what it brought may be
+    /// unreachable now, to be pruned later. Models with nothing to prune ignore it.
+    fn placeholder_removed(&self, _repo: &RepoKey) {}
+
+    /// How the prunes so far ended, for `/metrics`.
+    fn prune_counts(&self) -> PruneCounts {
+        PruneCounts::default()
+    }
 }
 
 impl GitOps for Git {
@@ -97,6 +106,14 @@ impl GitOps for Git {
     fn hosted_repos(&self) -> BoxFuture<'_, std::io::Result<Vec<RepoKey>>> {
         let data_dir = self.data_dir().to_owned();
         Box::pin(async move { unblock(&**self.runtime(), move || hosted_repos(&data_dir)).await })
+    }
+
+    fn placeholder_removed(&self, repo: &RepoKey) {
+        self.pruner().queue(self, repo);
+    }
+
+    fn prune_counts(&self) -> PruneCounts {
+        self.pruner().counts()
     }
 }
 
