@@ -93,6 +93,7 @@ pub mod follow;
 pub mod freshness;
 pub mod maintainers;
 pub mod net;
+pub mod policy;
 pub mod push;
 pub mod related;
 pub mod release;

@@ -33,6 +33,22 @@ pub struct Config {
     #[arg(long, env = "GRASPD_GRASP06")]
     pub grasp06: bool,
 
+    /// Refuse every event by this author (an npub): never stored, never waiting, never taken
+    /// from followed relays (repeatable).
+    #[arg(long = "deny-author", env = "GRASPD_DENY_AUTHORS", value_delimiter = ',')]
+    pub deny_authors: Vec<graspd_core::policy::AuthorEntry>,
+
+    /// Refuse announcements, states, PRs and other events for these repositories: `<npub>`
+    /// (all of theirs), `<npub>/<identifier>` or `<identifier>` (anyone's); wins over
+    /// `--allow-repo` (repeatable).
+    #[arg(long = "deny-repo", env = "GRASPD_DENY_REPOS", value_delimiter = ',')]
+    pub deny_repos: Vec<graspd_core::policy::RepoEntry>,
+
+    /// Host only these repositories (entries as for `--deny-repo`): when any is set, an
+    /// announcement is accepted only if it lists this server and matches one (repeatable).
+    #[arg(long = "allow-repo", env = "GRASPD_ALLOW_REPOS", value_delimiter = ',')]
+    pub allow_repos: Vec<graspd_core::policy::RepoEntry>,
+
     /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info,graspd_host=debug`.
     #[arg(long = "log", env = "GRASPD_LOG", default_value = "info")]
     pub log_filter: String,
@@ -387,6 +403,7 @@ impl Config {
             own_origin: Some(self.public_url()),
             allow_private_remotes: self.allow_private_remotes,
             grasp06: self.grasp06,
+            policy: self.policy(),
             purgatory_expiry: self.purgatory_expiry(),
             placeholder_expiry: self.purgatory_expiry(),
             max_waiting: e.max_waiting,
@@ -405,6 +422,15 @@ impl Config {
             fetch_hedge_after: Duration::from_millis(e.fetch_hedge_ms),
             ..graspd_core::Config::default()
         }
+    }
+
+    /// The curation lists from `--deny-author`, `--deny-repo` and `--allow-repo`.
+    pub fn policy(&self) -> graspd_core::policy::Policy {
+        graspd_core::policy::Policy::new(
+            self.deny_authors.iter().copied(),
+            self.deny_repos.iter().cloned(),
+            self.allow_repos.iter().cloned(),
+        )
     }
 
     /// Parses the command line, with environment variables as fallbacks; exits with usage on
@@ -503,5 +529,35 @@ mod tests {
             fast.engine_config().backoff,
             [300, 600, 1000].map(Duration::from_millis).to_vec()
         );
+    }
+
+    #[test]
+    fn curation_flags_repeat_and_a_bad_entry_names_flag_and_entry() {
+        const NPUB: &str = "npub10elfcs4fr0l0r8af98jlmgdh9c8tcxjvz9qkw038js35mp4dma8qzvjptg";
+        let config = Config::parse_from([
+            "graspd",
+            "--deny-author",
+            NPUB,
+            "--deny-repo",
+            "spam",
+            "--deny-repo",
+            &format!("{NPUB}/x"),
+            "--allow-repo",
+            "ok",
+        ]);
+        assert_eq!(config.deny_authors.len(), 1);
+        assert_eq!(config.deny_repos.len(), 2);
+        assert!(config.engine_config().policy.has_allow_list());
+        assert!(!Config::defaults().engine_config().policy.has_allow_list());
+        for (flag, entry) in [
+            ("--deny-author", "npub1typo"),
+            ("--deny-repo", "npub1typo/x"),
+            ("--allow-repo", ".."),
+        ] {
+            let error = Config::try_parse_from(["graspd", flag, entry])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(flag) && error.contains(entry), "{error}");
+        }
     }
 }

@@ -83,6 +83,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         own: Some(own.clone()),
         purgatory_expiry: config.purgatory_expiry(),
         grasp06: config.grasp06,
+        allow_list: !config.allow_repos.is_empty(),
         ..Default::default()
     };
     let settings = driver::Settings {

@@ -2,8 +2,8 @@
 //!
 //! It carries GRASP's two required fields, `supported_grasps` and
 //! `repo_acceptance_criteria` (which quotes the URLs derived from `--public-url`), and the
-//! relay's limits. There is no `curation` field: graspd
-//! curates nothing beyond what GRASP-01 requires.
+//! relay's limits. When the operator set an allow list (`--allow-repo`), the criteria say
+//! so; deny lists are never advertised.
 
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct RelayInfo {
     pub contact: Option<String>,
     /// GRASP-06 (`/prs/` PR submission) is served.
     pub grasp06: bool,
+    /// Only repositories the operator lists are hosted (`--allow-repo`).
+    pub allow_list: bool,
 }
 
 /// Whether an `Accept` header value asks for the NIP-11 document.
@@ -57,6 +59,12 @@ pub fn acceptance_criteria(info: &RelayInfo) -> String {
     } else {
         String::new()
     };
+    let curation = if info.allow_list {
+        " This server hosts only repositories its operator lists: announcements of others \
+         are refused."
+    } else {
+        ""
+    };
     format!(
         "A repository announcement (kind 30617) is accepted only if its `clone` tag lists \
          {origin}/<npub>/<identifier>.git (http or https) and its `relays` tag lists {relay} \
@@ -70,7 +78,7 @@ pub fn acceptance_criteria(info: &RelayInfo) -> String {
          with a repository here. Deletions (5) are accepted and apply to their author's own \
          events. Announcements, states and pull requests are acknowledged at once but served \
          only after their git data arrives (pushed here, or fetched from the announcement's \
-         other clone servers), and are discarded if it has not arrived within {}.",
+         other clone servers), and are discarded if it has not arrived within {}.{curation}",
         span(info.purgatory_expiry)
     )
 }
@@ -151,6 +159,7 @@ mod tests {
             pubkey: None,
             contact: Some("mailto:ops@example.com".into()),
             grasp06: false,
+            allow_list: false,
         };
         let limits = RelayLimits::default();
         let doc: Value = serde_json::from_str(&document_json(&info, &limits)).unwrap();
@@ -200,6 +209,12 @@ mod tests {
         );
         let generic = acceptance_criteria(&RelayInfo::default());
         assert!(!generic.contains("GRASP-06") && generic.contains("<this server's origin>"));
+        assert!(!generic.contains("operator lists"), "{generic}");
+        let curated = acceptance_criteria(&RelayInfo {
+            allow_list: true,
+            ..RelayInfo::default()
+        });
+        assert!(curated.contains("hosts only repositories its operator lists"));
         assert_eq!(span(Duration::from_secs(3600)), "1 hour");
         assert_eq!(span(Duration::from_secs(120)), "2 minutes");
         assert_eq!(span(Duration::from_secs(0)), "0 seconds");

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use graspd_core::policy::PolicyRefusal;
 use graspd_core::Refusal;
 
 /// Shortest time between two log lines about the same limit.
@@ -60,10 +61,15 @@ pub enum Limit {
     /// `--max-queued-prunes`: a repository not queued for pruning (its next ended placeholder
     /// queues it again).
     GitPruneQueue,
+    /// `--deny-author`: an event by a denied author.
+    PolicyAuthor,
+    /// `--deny-repo`, `--allow-repo`: an event for a denied repository, or an announcement
+    /// the allow list does not name.
+    PolicyRepo,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 22] = [
+    pub const ALL: [Limit; 24] = [
         Limit::WebSocketsTotal,
         Limit::WebSocketsPerAddress,
         Limit::WebSocketIdle,
@@ -86,6 +92,8 @@ impl Limit {
         Limit::EventsPerConnection,
         Limit::EventsPerAddress,
         Limit::GitPruneQueue,
+        Limit::PolicyAuthor,
+        Limit::PolicyRepo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +120,8 @@ impl Limit {
             Limit::WaitingPerAddress => Refusal::WaitingPerAddress.name(),
             Limit::DeletionTooLarge => Refusal::DeletionTooLarge.name(),
             Limit::DeletionNotHeld => Refusal::DeletionNotHeld.name(),
+            Limit::PolicyAuthor => "policy_author",
+            Limit::PolicyRepo => "policy_repo",
         }
     }
 
@@ -123,6 +133,14 @@ impl Limit {
             Refusal::WaitingPerAddress => Limit::WaitingPerAddress,
             Refusal::DeletionTooLarge => Limit::DeletionTooLarge,
             Refusal::DeletionNotHeld => Limit::DeletionNotHeld,
+        }
+    }
+
+    /// The limit counting a curation refusal.
+    pub fn of_policy(refusal: PolicyRefusal) -> Limit {
+        match refusal {
+            PolicyRefusal::Author => Limit::PolicyAuthor,
+            PolicyRefusal::Repo | PolicyRefusal::NotAllowed => Limit::PolicyRepo,
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use graspd_core::events::{Coordinate, Deletion, GitEvent, KIND_ANNOUNCEMENT, KIND_DELETION};
 use graspd_core::freshness;
+use graspd_core::policy::PolicyRefusal;
 use graspd_core::related::{self, KnownEvents};
 use graspd_core::{EventId, Input, PublicKey, Submission, Ticket, Verdict};
 use nostr::event::{Event, Kind};
@@ -32,7 +33,9 @@ impl Node {
     pub async fn accept(self: &Arc<Self>, event: Event, submission: Submission) -> relay::Verdict {
         let id = event.id;
         let kind = event.kind.as_u16();
-        let verdict = if let Err(refused) = self.check_created_at(&event) {
+        let verdict = if let Err(refused) = self.check_policy(&event) {
+            self.refuse(Limit::of_policy(refused), refused.message(), &event)
+        } else if let Err(refused) = self.check_created_at(&event) {
             self.refuse(Limit::CreatedAtFuture, &refused, &event)
         } else if related::is_decided_by_relation(kind) {
             self.accept_related(event).await
@@ -41,6 +44,14 @@ impl Node {
         };
         debug!(%id, kind, accepted = verdict.accepted, message = %verdict.message, "event decided");
         verdict
+    }
+
+    /// The operator's curation lists, before anything else: published and synced events
+    /// alike come through [`Node::accept`], so no denied event is stored or waits.
+    pub(super) fn check_policy(&self, event: &Event) -> Result<(), PolicyRefusal> {
+        let max_tags = self.store.reference_limits().per_event;
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        engine.config().policy.check(event, max_tags)
     }
 
     /// Refuses events dated too far ahead of this server's clock (`--max-future-skew-secs`).

@@ -164,6 +164,7 @@ impl Node {
         let waiting = self.store.waiting_all()?;
         let now = self.clock.now();
         let unix_now = self.clock.unix_now();
+        let max_tags = self.store.reference_limits().per_event;
         let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
         for event in &accepted {
             engine.restore_accepted(event);
@@ -176,7 +177,9 @@ impl Node {
             let already_served = self.store.get(&w.event.id)?.is_some();
             // Its deletion was stored, and a crash came before it left the purgatory table.
             let deleted = self.store.is_deleted(&w.event)?;
-            if already_served || deleted || w.expires_at <= unix_now {
+            // Denied since it was acknowledged: no push may satisfy it, so it never goes live.
+            let refused = engine.config().policy.check(&w.event, max_tags).is_err();
+            if already_served || deleted || refused || w.expires_at <= unix_now {
                 self.store.remove_waiting(&w.event.id)?;
                 dropped += 1;
                 continue;

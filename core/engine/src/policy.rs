@@ -1,0 +1,363 @@
+//! The operator's curation lists: authors and repositories this server refuses, and, when an
+//! allow list is set, the only repositories it hosts. One pure decision per event,
+//! [`Policy::check`], made before anything else decides the event, published or synced.
+//!
+//! Precedence: a denied author is refused whatever the event; then a denied repository; then,
+//! for announcements, the allow list; otherwise the event goes on to the usual rules.
+//!
+//! The repositories an event is for: an announcement's or state's own `<author>/<d>`; for
+//! every other kind but deletions, the repository announcements its `a` tags name (a PR, PR
+//! update, issue, patch or comment about a denied repository is refused too). Deletions are
+//! judged by their author only, so an owner can still delete what a denied repository left.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use nostr::event::Event;
+use nostr::nips::nip19::FromBech32;
+
+use crate::events::{Coordinate, KIND_ANNOUNCEMENT, KIND_DELETION, KIND_STATE};
+use crate::ids::{Identifier, PublicKey};
+
+/// Why [`Policy::check`] refused an event; [`PolicyRefusal::message`] is the `OK` text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyRefusal {
+    /// The event's author is denied (`--deny-author`).
+    Author,
+    /// The event is for a denied repository (`--deny-repo`).
+    Repo,
+    /// An announcement of a repository the allow list does not name (`--allow-repo`).
+    NotAllowed,
+}
+
+impl PolicyRefusal {
+    /// The complete `OK` message. Deny lists say no more than "not accepted here", so as not
+    /// to advertise who or what is on them.
+    pub fn message(self) -> &'static str {
+        match self {
+            PolicyRefusal::Author | PolicyRefusal::Repo => "blocked: not accepted here",
+            PolicyRefusal::NotAllowed => "blocked: this server only hosts listed repositories",
+        }
+    }
+}
+
+/// One entry of `--deny-repo` / `--allow-repo`: `<npub>`, `<npub>/<identifier>` or
+/// `<identifier>`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RepoEntry {
+    /// Every repository of this owner.
+    Owner(PublicKey),
+    /// One repository.
+    Repo(PublicKey, Identifier),
+    /// Every repository with this identifier, whoever owns it.
+    Identifier(Identifier),
+}
+
+impl FromStr for RepoEntry {
+    type Err = String;
+
+    /// A value starting with `npub1` must be a valid npub: a mistyped key silently taken as
+    /// an identifier would leave its owner unlisted.
+    fn from_str(value: &str) -> Result<RepoEntry, String> {
+        if let Some((owner, identifier)) = value.split_once('/') {
+            let owner = parse_npub(owner)?;
+            let identifier = Identifier::new(identifier)
+                .map_err(|why| format!("bad identifier {identifier:?}: {why}"))?;
+            return Ok(RepoEntry::Repo(owner, identifier));
+        }
+        if value.starts_with("npub1") {
+            return parse_npub(value).map(RepoEntry::Owner);
+        }
+        Identifier::new(value)
+            .map(RepoEntry::Identifier)
+            .map_err(|why| {
+                format!("expected <npub>, <npub>/<identifier> or <identifier>: bad identifier ({why})")
+            })
+    }
+}
+
+/// One entry of `--deny-author`: an npub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AuthorEntry(pub PublicKey);
+
+impl FromStr for AuthorEntry {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<AuthorEntry, String> {
+        parse_npub(value).map(AuthorEntry)
+    }
+}
+
+fn parse_npub(value: &str) -> Result<PublicKey, String> {
+    PublicKey::from_bech32(value).map_err(|_| format!("{value:?} is not an npub"))
+}
+
+/// A set of repository entries, matched by owner, by owner and identifier, or by identifier.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct RepoSet {
+    owners: BTreeSet<PublicKey>,
+    repos: BTreeSet<(PublicKey, Identifier)>,
+    identifiers: BTreeSet<Identifier>,
+}
+
+impl RepoSet {
+    fn new(entries: impl IntoIterator<Item = RepoEntry>) -> RepoSet {
+        let mut set = RepoSet::default();
+        for entry in entries {
+            match entry {
+                RepoEntry::Owner(owner) => {
+                    set.owners.insert(owner);
+                }
+                RepoEntry::Repo(owner, identifier) => {
+                    set.repos.insert((owner, identifier));
+                }
+                RepoEntry::Identifier(identifier) => {
+                    set.identifiers.insert(identifier);
+                }
+            }
+        }
+        set
+    }
+
+    fn is_empty(&self) -> bool {
+        self.owners.is_empty() && self.repos.is_empty() && self.identifiers.is_empty()
+    }
+
+    fn matches(&self, owner: &PublicKey, identifier: &Identifier) -> bool {
+        self.owners.contains(owner)
+            || self.identifiers.contains(identifier)
+            || self.repos.contains(&(*owner, identifier.clone()))
+    }
+}
+
+/// The operator's curation lists (empty: every event goes on to the usual rules).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    denied_authors: BTreeSet<PublicKey>,
+    denied_repos: RepoSet,
+    allowed_repos: RepoSet,
+}
+
+impl Policy {
+    pub fn new(
+        denied_authors: impl IntoIterator<Item = AuthorEntry>,
+        denied_repos: impl IntoIterator<Item = RepoEntry>,
+        allowed_repos: impl IntoIterator<Item = RepoEntry>,
+    ) -> Policy {
+        Policy {
+            denied_authors: denied_authors.into_iter().map(|a| a.0).collect(),
+            denied_repos: RepoSet::new(denied_repos),
+            allowed_repos: RepoSet::new(allowed_repos),
+        }
+    }
+
+    /// Whether an allow list is set: only the repositories it names are hosted.
+    pub fn has_allow_list(&self) -> bool {
+        !self.allowed_repos.is_empty()
+    }
+
+    /// Whether `event` may go on to the usual rules. Looks at no more than `max_tags` of its
+    /// `a` tags.
+    pub fn check(&self, event: &Event, max_tags: usize) -> Result<(), PolicyRefusal> {
+        if self.denied_authors.contains(&event.pubkey) {
+            return Err(PolicyRefusal::Author);
+        }
+        let kind = event.kind.as_u16();
+        if kind == KIND_DELETION {
+            return Ok(());
+        }
+        if kind == KIND_ANNOUNCEMENT || kind == KIND_STATE {
+            // Unparseable identifiers are left to the usual rules, which refuse them.
+            let Some(identifier) = event.tags.identifier().as_deref().and_then(|d| Identifier::new(d).ok())
+            else {
+                return Ok(());
+            };
+            if self.denied_repos.matches(&event.pubkey, &identifier) {
+                return Err(PolicyRefusal::Repo);
+            }
+            if kind == KIND_ANNOUNCEMENT
+                && self.has_allow_list()
+                && !self.allowed_repos.matches(&event.pubkey, &identifier)
+            {
+                return Err(PolicyRefusal::NotAllowed);
+            }
+            return Ok(());
+        }
+        if self.denied_repos.is_empty() {
+            return Ok(());
+        }
+        let named = event
+            .tags
+            .iter()
+            .filter_map(|tag| match tag.as_slice() {
+                [name, value, ..] if name == "a" => Some(value),
+                _ => None,
+            })
+            .take(max_tags)
+            .filter_map(|value| Coordinate::parse(value).ok())
+            .filter(|c| c.kind == KIND_ANNOUNCEMENT);
+        for coordinate in named {
+            if self
+                .denied_repos
+                .matches(&coordinate.author, &coordinate.identifier)
+            {
+                return Err(PolicyRefusal::Repo);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for PolicyRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{keys, sign};
+    use nostr::nips::nip19::ToBech32;
+
+    fn npub(n: u8) -> String {
+        keys(n).public_key().to_bech32().unwrap()
+    }
+
+    fn event(author: u8, kind: u16, tags: &[&[&str]]) -> Event {
+        sign(&keys(author), kind, 1_700_000_000, tags)
+    }
+
+    fn announcement(author: u8, d: &str) -> Event {
+        event(author, KIND_ANNOUNCEMENT, &[&["d", d]])
+    }
+
+    fn policy(deny_authors: &[String], deny: &[String], allow: &[String]) -> Policy {
+        Policy::new(
+            deny_authors.iter().map(|a| a.parse().unwrap()),
+            deny.iter().map(|e| e.parse().unwrap()),
+            allow.iter().map(|e| e.parse().unwrap()),
+        )
+    }
+
+    const MAX: usize = 128;
+
+    #[test]
+    fn an_empty_policy_lets_everything_through() {
+        let p = Policy::default();
+        assert!(!p.has_allow_list());
+        assert_eq!(p.check(&announcement(1, "x"), MAX), Ok(()));
+        assert_eq!(p.check(&event(1, 1621, &[]), MAX), Ok(()));
+    }
+
+    #[test]
+    fn a_denied_author_is_refused_for_every_kind() {
+        let p = policy(&[npub(1)], &[], &[]);
+        for kind in [KIND_ANNOUNCEMENT, KIND_STATE, 1618, 1619, 1621, 1111, KIND_DELETION, 1] {
+            let refused = p.check(&event(1, kind, &[&["d", "x"]]), MAX);
+            assert_eq!(refused, Err(PolicyRefusal::Author), "kind {kind}");
+        }
+        assert_eq!(p.check(&announcement(2, "x"), MAX), Ok(()));
+    }
+
+    #[test]
+    fn author_deny_wins_over_allow() {
+        let p = policy(&[npub(1)], &[], &[npub(1)]);
+        assert_eq!(p.check(&announcement(1, "x"), MAX), Err(PolicyRefusal::Author));
+    }
+
+    #[test]
+    fn each_repo_entry_form_matches_what_it_names() {
+        let by_owner = policy(&[], &[npub(1)], &[]);
+        assert_eq!(by_owner.check(&announcement(1, "a"), MAX), Err(PolicyRefusal::Repo));
+        assert_eq!(by_owner.check(&announcement(2, "a"), MAX), Ok(()));
+
+        let one = policy(&[], &[format!("{}/a", npub(1))], &[]);
+        assert_eq!(one.check(&announcement(1, "a"), MAX), Err(PolicyRefusal::Repo));
+        assert_eq!(one.check(&announcement(1, "b"), MAX), Ok(()));
+        assert_eq!(one.check(&announcement(2, "a"), MAX), Ok(()));
+
+        let by_identifier = policy(&[], &["a".into()], &[]);
+        assert_eq!(by_identifier.check(&announcement(1, "a"), MAX), Err(PolicyRefusal::Repo));
+        assert_eq!(by_identifier.check(&announcement(2, "a"), MAX), Err(PolicyRefusal::Repo));
+        assert_eq!(by_identifier.check(&announcement(1, "b"), MAX), Ok(()));
+    }
+
+    #[test]
+    fn states_and_events_naming_a_denied_repo_are_refused() {
+        let p = policy(&[], &[format!("{}/a", npub(1))], &[]);
+        let state = event(1, KIND_STATE, &[&["d", "a"]]);
+        assert_eq!(p.check(&state, MAX), Err(PolicyRefusal::Repo));
+        let coordinate = format!("30617:{}:a", keys(1).public_key().to_hex());
+        for kind in [1618, 1619, 1621, 1617] {
+            let about = event(2, kind, &[&["a", &coordinate]]);
+            assert_eq!(p.check(&about, MAX), Err(PolicyRefusal::Repo), "kind {kind}");
+        }
+        let other = format!("30617:{}:b", keys(1).public_key().to_hex());
+        assert_eq!(p.check(&event(2, 1618, &[&["a", &other]]), MAX), Ok(()));
+        // Deletions are judged by their author only.
+        let deletion = event(1, KIND_DELETION, &[&["a", &coordinate]]);
+        assert_eq!(p.check(&deletion, MAX), Ok(()));
+    }
+
+    #[test]
+    fn only_the_first_max_tags_a_tags_are_looked_at() {
+        let p = policy(&[], &["a".into()], &[]);
+        let coordinate = format!("30617:{}:a", keys(1).public_key().to_hex());
+        let filler = format!("30617:{}:z", keys(1).public_key().to_hex());
+        let issue = event(2, 1621, &[&["a", &filler], &["a", &coordinate]]);
+        assert_eq!(p.check(&issue, 1), Ok(()));
+        assert_eq!(p.check(&issue, 2), Err(PolicyRefusal::Repo));
+    }
+
+    #[test]
+    fn repo_deny_wins_over_allow() {
+        let entry = format!("{}/a", npub(1));
+        let p = policy(&[], std::slice::from_ref(&entry), &[entry.clone()]);
+        assert_eq!(p.check(&announcement(1, "a"), MAX), Err(PolicyRefusal::Repo));
+    }
+
+    #[test]
+    fn an_allow_list_admits_only_announcements_it_names() {
+        let p = policy(&[], &[], &[format!("{}/a", npub(1)), npub(3), "shared".into()]);
+        assert!(p.has_allow_list());
+        assert_eq!(p.check(&announcement(1, "a"), MAX), Ok(()));
+        assert_eq!(p.check(&announcement(1, "b"), MAX), Err(PolicyRefusal::NotAllowed));
+        assert_eq!(p.check(&announcement(3, "anything"), MAX), Ok(()));
+        assert_eq!(p.check(&announcement(2, "shared"), MAX), Ok(()));
+        assert_eq!(p.check(&announcement(2, "b"), MAX), Err(PolicyRefusal::NotAllowed));
+        // Other kinds are left to the usual rules (which want a hosted announcement).
+        assert_eq!(p.check(&event(2, KIND_STATE, &[&["d", "b"]]), MAX), Ok(()));
+        assert_eq!(p.check(&event(2, 1621, &[]), MAX), Ok(()));
+    }
+
+    #[test]
+    fn refusal_messages_do_not_advertise_the_deny_lists() {
+        assert_eq!(PolicyRefusal::Author.message(), "blocked: not accepted here");
+        assert_eq!(PolicyRefusal::Repo.message(), "blocked: not accepted here");
+        assert!(PolicyRefusal::NotAllowed.message().starts_with("blocked: "));
+    }
+
+    #[test]
+    fn entries_parse_in_each_form_and_bad_ones_say_why() {
+        let owner = keys(1).public_key();
+        assert_eq!(npub(1).parse(), Ok(RepoEntry::Owner(owner)));
+        assert_eq!(
+            format!("{}/a", npub(1)).parse(),
+            Ok(RepoEntry::Repo(owner, Identifier::new("a").unwrap()))
+        );
+        assert_eq!(
+            "a".parse(),
+            Ok(RepoEntry::Identifier(Identifier::new("a").unwrap()))
+        );
+        assert_eq!(npub(1).parse(), Ok(AuthorEntry(owner)));
+        for bad in ["npub1typo", "npub1typo/a", "nobody/a", "..", "", "a\u{7}"] {
+            let error = bad.parse::<RepoEntry>().unwrap_err();
+            assert!(!error.is_empty(), "{bad:?}");
+        }
+        assert!(format!("{}/..", npub(1)).parse::<RepoEntry>().is_err());
+        assert!("a".parse::<AuthorEntry>().unwrap_err().contains("not an npub"));
+        assert!(owner.to_hex().parse::<AuthorEntry>().is_err());
+    }
+}
