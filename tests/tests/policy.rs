@@ -45,14 +45,20 @@ fn curation_lists_refuse_what_they_name(flavor: Flavor) {
     // A denied author's issue on a hosted repository is refused; anyone else's is taken.
     let denied_issue = tagged(&denied_author, 1621, &[&["a", &coordinate]]);
     let reply = relay.publish(&denied_issue);
-    assert!(!reply.accepted && reply.message == NOT_ACCEPTED, "{reply:?}");
+    assert!(
+        !reply.accepted && reply.message == NOT_ACCEPTED,
+        "{reply:?}"
+    );
     let issue = tagged(&keys(4), 1621, &[&["a", &coordinate]]);
     let reply = relay.publish(&issue);
     assert!(reply.accepted, "{reply:?}");
     // Author deny wins over an allow entry naming the identifier.
     let denied_announcement = announcement(&denied_author, "open", &[&url], &[]);
     let reply = relay.publish(&denied_announcement);
-    assert!(!reply.accepted && reply.message == NOT_ACCEPTED, "{reply:?}");
+    assert!(
+        !reply.accepted && reply.message == NOT_ACCEPTED,
+        "{reply:?}"
+    );
 
     // Denied repositories, by `<npub>/<identifier>` (although the owner is allowed) and by
     // `<identifier>`.
@@ -60,20 +66,28 @@ fn curation_lists_refuse_what_they_name(flavor: Flavor) {
     let forbidden = announcement(&stranger, "forbidden", &[&url], &[]);
     for event in [&secret, &forbidden] {
         let reply = relay.publish(event);
-        assert!(!reply.accepted && reply.message == NOT_ACCEPTED, "{reply:?}");
+        assert!(
+            !reply.accepted && reply.message == NOT_ACCEPTED,
+            "{reply:?}"
+        );
     }
 
     // Not on the allow list.
     let unlisted = announcement(&stranger, "elsewhere", &[&url], &[]);
     let reply = relay.publish(&unlisted);
     assert!(
-        !reply.accepted
-            && reply.message == "blocked: this server only hosts listed repositories",
+        !reply.accepted && reply.message == "blocked: this server only hosts listed repositories",
         "{reply:?}"
     );
 
-    let refused = [&denied_issue, &denied_announcement, &secret, &forbidden, &unlisted]
-        .map(|e| e.id.to_hex());
+    let refused = [
+        &denied_issue,
+        &denied_announcement,
+        &secret,
+        &forbidden,
+        &unlisted,
+    ]
+    .map(|e| e.id.to_hex());
     assert!(relay.query(json!({ "ids": refused })).is_empty());
     assert_eq!(refusals(&server, "policy_author"), 2.0);
     assert_eq!(refusals(&server, "policy_repo"), 3.0);
@@ -85,7 +99,9 @@ fn curation_lists_refuse_what_they_name(flavor: Flavor) {
         b"",
     );
     let info: serde_json::Value = serde_json::from_str(&info.text()).unwrap();
-    let criteria = info["repo_acceptance_criteria"].as_str().unwrap_or_default();
+    let criteria = info["repo_acceptance_criteria"]
+        .as_str()
+        .unwrap_or_default();
     assert!(criteria.contains("operator lists"), "{info}");
 }
 

@@ -72,7 +72,9 @@ impl FromStr for RepoEntry {
         Identifier::new(value)
             .map(RepoEntry::Identifier)
             .map_err(|why| {
-                format!("expected <npub>, <npub>/<identifier> or <identifier>: bad identifier ({why})")
+                format!(
+                    "expected <npub>, <npub>/<identifier> or <identifier>: bad identifier ({why})"
+                )
             })
     }
 }
@@ -169,7 +171,11 @@ impl Policy {
         }
         if kind == KIND_ANNOUNCEMENT || kind == KIND_STATE {
             // Unparseable identifiers are left to the usual rules, which refuse them.
-            let Some(identifier) = event.tags.identifier().as_deref().and_then(|d| Identifier::new(d).ok())
+            let Some(identifier) = event
+                .tags
+                .identifier()
+                .as_deref()
+                .and_then(|d| Identifier::new(d).ok())
             else {
                 return Ok(());
             };
@@ -254,7 +260,16 @@ mod tests {
     #[test]
     fn a_denied_author_is_refused_for_every_kind() {
         let p = policy(&[npub(1)], &[], &[]);
-        for kind in [KIND_ANNOUNCEMENT, KIND_STATE, 1618, 1619, 1621, 1111, KIND_DELETION, 1] {
+        for kind in [
+            KIND_ANNOUNCEMENT,
+            KIND_STATE,
+            1618,
+            1619,
+            1621,
+            1111,
+            KIND_DELETION,
+            1,
+        ] {
             let refused = p.check(&event(1, kind, &[&["d", "x"]]), MAX);
             assert_eq!(refused, Err(PolicyRefusal::Author), "kind {kind}");
         }
@@ -264,23 +279,38 @@ mod tests {
     #[test]
     fn author_deny_wins_over_allow() {
         let p = policy(&[npub(1)], &[], &[npub(1)]);
-        assert_eq!(p.check(&announcement(1, "x"), MAX), Err(PolicyRefusal::Author));
+        assert_eq!(
+            p.check(&announcement(1, "x"), MAX),
+            Err(PolicyRefusal::Author)
+        );
     }
 
     #[test]
     fn each_repo_entry_form_matches_what_it_names() {
         let by_owner = policy(&[], &[npub(1)], &[]);
-        assert_eq!(by_owner.check(&announcement(1, "a"), MAX), Err(PolicyRefusal::Repo));
+        assert_eq!(
+            by_owner.check(&announcement(1, "a"), MAX),
+            Err(PolicyRefusal::Repo)
+        );
         assert_eq!(by_owner.check(&announcement(2, "a"), MAX), Ok(()));
 
         let one = policy(&[], &[format!("{}/a", npub(1))], &[]);
-        assert_eq!(one.check(&announcement(1, "a"), MAX), Err(PolicyRefusal::Repo));
+        assert_eq!(
+            one.check(&announcement(1, "a"), MAX),
+            Err(PolicyRefusal::Repo)
+        );
         assert_eq!(one.check(&announcement(1, "b"), MAX), Ok(()));
         assert_eq!(one.check(&announcement(2, "a"), MAX), Ok(()));
 
         let by_identifier = policy(&[], &["a".into()], &[]);
-        assert_eq!(by_identifier.check(&announcement(1, "a"), MAX), Err(PolicyRefusal::Repo));
-        assert_eq!(by_identifier.check(&announcement(2, "a"), MAX), Err(PolicyRefusal::Repo));
+        assert_eq!(
+            by_identifier.check(&announcement(1, "a"), MAX),
+            Err(PolicyRefusal::Repo)
+        );
+        assert_eq!(
+            by_identifier.check(&announcement(2, "a"), MAX),
+            Err(PolicyRefusal::Repo)
+        );
         assert_eq!(by_identifier.check(&announcement(1, "b"), MAX), Ok(()));
     }
 
@@ -292,7 +322,11 @@ mod tests {
         let coordinate = format!("30617:{}:a", keys(1).public_key().to_hex());
         for kind in [1618, 1619, 1621, 1617] {
             let about = event(2, kind, &[&["a", &coordinate]]);
-            assert_eq!(p.check(&about, MAX), Err(PolicyRefusal::Repo), "kind {kind}");
+            assert_eq!(
+                p.check(&about, MAX),
+                Err(PolicyRefusal::Repo),
+                "kind {kind}"
+            );
         }
         let other = format!("30617:{}:b", keys(1).public_key().to_hex());
         assert_eq!(p.check(&event(2, 1618, &[&["a", &other]]), MAX), Ok(()));
@@ -314,19 +348,33 @@ mod tests {
     #[test]
     fn repo_deny_wins_over_allow() {
         let entry = format!("{}/a", npub(1));
-        let p = policy(&[], std::slice::from_ref(&entry), &[entry.clone()]);
-        assert_eq!(p.check(&announcement(1, "a"), MAX), Err(PolicyRefusal::Repo));
+        let entries = std::slice::from_ref(&entry);
+        let p = policy(&[], entries, entries);
+        assert_eq!(
+            p.check(&announcement(1, "a"), MAX),
+            Err(PolicyRefusal::Repo)
+        );
     }
 
     #[test]
     fn an_allow_list_admits_only_announcements_it_names() {
-        let p = policy(&[], &[], &[format!("{}/a", npub(1)), npub(3), "shared".into()]);
+        let p = policy(
+            &[],
+            &[],
+            &[format!("{}/a", npub(1)), npub(3), "shared".into()],
+        );
         assert!(p.has_allow_list());
         assert_eq!(p.check(&announcement(1, "a"), MAX), Ok(()));
-        assert_eq!(p.check(&announcement(1, "b"), MAX), Err(PolicyRefusal::NotAllowed));
+        assert_eq!(
+            p.check(&announcement(1, "b"), MAX),
+            Err(PolicyRefusal::NotAllowed)
+        );
         assert_eq!(p.check(&announcement(3, "anything"), MAX), Ok(()));
         assert_eq!(p.check(&announcement(2, "shared"), MAX), Ok(()));
-        assert_eq!(p.check(&announcement(2, "b"), MAX), Err(PolicyRefusal::NotAllowed));
+        assert_eq!(
+            p.check(&announcement(2, "b"), MAX),
+            Err(PolicyRefusal::NotAllowed)
+        );
         // Other kinds are left to the usual rules (which want a hosted announcement).
         assert_eq!(p.check(&event(2, KIND_STATE, &[&["d", "b"]]), MAX), Ok(()));
         assert_eq!(p.check(&event(2, 1621, &[]), MAX), Ok(()));
@@ -334,7 +382,10 @@ mod tests {
 
     #[test]
     fn refusal_messages_do_not_advertise_the_deny_lists() {
-        assert_eq!(PolicyRefusal::Author.message(), "blocked: not accepted here");
+        assert_eq!(
+            PolicyRefusal::Author.message(),
+            "blocked: not accepted here"
+        );
         assert_eq!(PolicyRefusal::Repo.message(), "blocked: not accepted here");
         assert!(PolicyRefusal::NotAllowed.message().starts_with("blocked: "));
     }
@@ -357,7 +408,10 @@ mod tests {
             assert!(!error.is_empty(), "{bad:?}");
         }
         assert!(format!("{}/..", npub(1)).parse::<RepoEntry>().is_err());
-        assert!("a".parse::<AuthorEntry>().unwrap_err().contains("not an npub"));
+        assert!("a"
+            .parse::<AuthorEntry>()
+            .unwrap_err()
+            .contains("not an npub"));
         assert!(owner.to_hex().parse::<AuthorEntry>().is_err());
     }
 }

@@ -35,7 +35,11 @@ pub struct Config {
 
     /// Refuse every event by this author (an npub): never stored, never waiting, never taken
     /// from followed relays (repeatable).
-    #[arg(long = "deny-author", env = "GRASPD_DENY_AUTHORS", value_delimiter = ',')]
+    #[arg(
+        long = "deny-author",
+        env = "GRASPD_DENY_AUTHORS",
+        value_delimiter = ','
+    )]
     pub deny_authors: Vec<graspd_core::policy::AuthorEntry>,
 
     /// Refuse announcements, states, PRs and other events for these repositories: `<npub>`
