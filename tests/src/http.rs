@@ -96,3 +96,16 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// The server's NIP-11 relay information document (`GET /` with
+/// `Accept: application/nostr+json`), parsed.
+pub fn nip11_document(addr: SocketAddr) -> serde_json::Value {
+    let info = request(
+        addr,
+        "GET",
+        "/",
+        &[("Accept", "application/nostr+json")],
+        b"",
+    );
+    serde_json::from_str(&info.text()).expect("the NIP-11 document is JSON")
+}

@@ -3,7 +3,7 @@
 //! server binaries.
 
 use graspd_tests::fixtures::hosted_repo;
-use graspd_tests::http::request;
+use graspd_tests::http::nip11_document;
 use graspd_tests::nostr::{announcement, keys, npub, tagged, RelayClient};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 use serde_json::json;
@@ -91,14 +91,7 @@ fn curation_lists_refuse_what_they_name(flavor: Flavor) {
     assert!(relay.query(json!({ "ids": refused })).is_empty());
     assert_eq!(refusals(&server, "policy_author"), 2.0);
     assert_eq!(refusals(&server, "policy_repo"), 3.0);
-    let info = request(
-        server.addr,
-        "GET",
-        "/",
-        &[("Accept", "application/nostr+json")],
-        b"",
-    );
-    let info: serde_json::Value = serde_json::from_str(&info.text()).unwrap();
+    let info = nip11_document(server.addr);
     let criteria = info["repo_acceptance_criteria"]
         .as_str()
         .unwrap_or_default();
