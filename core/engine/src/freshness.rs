@@ -51,7 +51,11 @@ mod tests {
     #[test]
     fn the_past_and_the_allowed_skew_are_accepted() {
         for created_at in [0, 1, NOW - 50 * 365 * 24 * 3600, NOW, NOW + 900] {
-            assert_eq!(check_created_at(created_at, NOW, SKEW), Ok(()), "{created_at}");
+            assert_eq!(
+                check_created_at(created_at, NOW, SKEW),
+                Ok(()),
+                "{created_at}"
+            );
         }
     }
 

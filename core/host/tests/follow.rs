@@ -313,11 +313,15 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>, tls: bool) {
         );
         let sink = Arc::clone(&received2);
         let relay_url = format!("{scheme}://{addr}");
-        spawn_follower(Arc::clone(&runtime2), handle.clone(), move |event, relay| {
-            // Each event comes with the relay it came from.
-            assert_eq!(&*relay, relay_url);
-            sink.lock().unwrap().push(event)
-        });
+        spawn_follower(
+            Arc::clone(&runtime2),
+            handle.clone(),
+            move |event, relay| {
+                // Each event comes with the relay it came from.
+                assert_eq!(&*relay, relay_url);
+                sink.lock().unwrap().push(event)
+            },
+        );
         handle.announcement(announcement);
 
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -597,9 +601,11 @@ fn a_relay_name_resolving_to_loopback_is_followed_only_when_private_relays_are_a
                 FollowerHandle::new(Arc::clone(&runtime), follower, ClientLimits::default());
             let received: Arc<Mutex<Vec<EventId>>> = Arc::default();
             let sink = Arc::clone(&received);
-            spawn_follower(Arc::clone(&runtime), handle.clone(), move |event, _relay| {
-                sink.lock().unwrap().push(event.id)
-            });
+            spawn_follower(
+                Arc::clone(&runtime),
+                handle.clone(),
+                move |event, _relay| sink.lock().unwrap().push(event.id),
+            );
             handle.announcement(announcement.clone());
             // Our own origin is ignored either way; localhost only without the flag.
             let ignored = handle.stats().relay_urls_ignored;
