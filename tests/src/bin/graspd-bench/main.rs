@@ -296,7 +296,14 @@ fn main() {
                 ("1 commit", &small),
                 (&*format!("{} commits", plan.large_commits), &large),
             ] {
-                let r = sync::measure(&a, &b, work, &label.replace(' ', "-"), plan.sync_runs);
+                let r = sync::measure(
+                    &a,
+                    &b,
+                    work,
+                    &label.replace(' ', "-"),
+                    plan.sync_runs,
+                    sync::Learns::FromClient,
+                );
                 let (rel, _) = percentiles_ms(&r.release);
                 let (floor, _) = percentiles_ms(&r.floor);
                 let (t, s) = (
@@ -332,7 +339,7 @@ fn main() {
         let [t, s] = FLAVORS.map(|f| {
             let a = Server::start(f);
             let b = follow::follower_of(f, &a);
-            let r = follow::measure(&a, &b, &work, runs);
+            let r = sync::measure(&a, &b, &work, "follow", runs, sync::Learns::ByFollowingA);
             stop_gracefully(b);
             stop_gracefully(a);
             r

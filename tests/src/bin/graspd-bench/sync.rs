@@ -87,8 +87,25 @@ pub struct SyncLatency {
     pub stuck: usize,
 }
 
-/// `runs` fresh repositories with the content of `work`, each pushed to A and then synced by B.
-pub fn measure(a: &Server, b: &Server, work: &WorkRepo, label: &str, runs: usize) -> SyncLatency {
+/// How B learns of each state whose data is on A.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Learns {
+    /// A client publishes the announcement and the state to B; timed from that.
+    FromClient,
+    /// B follows A's relay; timed from the push to A.
+    ByFollowingA,
+}
+
+/// `runs` fresh repositories with the content of `work`, each announced, stated and pushed on
+/// A, then learned by B as `learns` says and synced from A.
+pub fn measure(
+    a: &Server,
+    b: &Server,
+    work: &WorkRepo,
+    label: &str,
+    runs: usize,
+    learns: Learns,
+) -> SyncLatency {
     let owner = owner();
     let head = work.head();
     let mut result = SyncLatency::default();
@@ -102,28 +119,32 @@ pub fn measure(a: &Server, b: &Server, work: &WorkRepo, label: &str, runs: usize
         relay_a.publish(&st);
         let url_a = a.repo_url(&npub(&owner), &identifier);
         work.git(&["push", "-q", &url_a, "main"]);
-
-        result.floor.push(floor_fetch(&url_a, &head));
-
-        relay_b.publish(&ann);
-        let started = Instant::now();
-        let reply = relay_b.publish(&st);
-        assert!(reply.accepted, "B refused the state: {reply:?}");
+        let started = match learns {
+            Learns::ByFollowingA => Instant::now(),
+            Learns::FromClient => {
+                relay_b.publish(&ann);
+                let started = Instant::now();
+                let reply = relay_b.publish(&st);
+                assert!(reply.accepted, "B refused the state: {reply:?}");
+                started
+            }
+        };
         if !relay_b.wait_for_event("live", &st.id.to_hex(), Duration::from_secs(30)) {
             eprintln!(
-                "[graspd-bench] B never synced {identifier}; log {}",
+                "[graspd-bench] B never served {identifier}; log {}",
                 b.data_dir.display()
             );
             result.stuck += 1;
             continue;
         }
         result.release.push(ms(started.elapsed()));
+        result.floor.push(floor_fetch(&url_a, &head));
     }
     result
 }
 
 /// Time of `git fetch -q <url> <oid>` into a new bare repository.
-pub fn floor_fetch(url: &str, oid: &str) -> f64 {
+fn floor_fetch(url: &str, oid: &str) -> f64 {
     let dir = temp_dir("bench-floor");
     git(&dir, &["init", "-q", "--bare"]);
     let started = Instant::now();
