@@ -21,6 +21,17 @@ fn served(kit: &mut Kit) -> (Engine, Host) {
     (engine, Host::default())
 }
 
+/// The events the engine reported deleted.
+fn deleted_ids(host: &Host) -> BTreeSet<graspd_core::EventId> {
+    host.events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Deleted { id } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
 fn fetch_times(host: &Host) -> Vec<u64> {
     host.commands
         .iter()
@@ -437,14 +448,7 @@ fn deletion_removes_only_the_same_authors_entries_by_id_or_coordinate() {
     let by_coord = kit.deletion(2, &[], &[format!("30618:{}:r", pk(2).to_hex())]);
     publish(&mut engine, &mut host, t(2), by_id, Arrival::Published);
     publish(&mut engine, &mut host, t(2), by_coord, Arrival::Published);
-    let deleted: BTreeSet<_> = host
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            EngineEvent::Deleted { id } => Some(*id),
-            _ => None,
-        })
-        .collect();
+    let deleted = deleted_ids(&host);
     assert_eq!(deleted, BTreeSet::from([pr.id, s2.id]));
     assert_eq!(engine.stats().waiting.states, 1);
     assert_eq!(engine.stats().waiting.prs, 0);
@@ -1767,14 +1771,7 @@ fn a_never_satisfiable_state_is_deleted_by_id_or_coordinate() {
     let own = kit.deletion(1, &[], &[format!("30618:{}:r", pk(1).to_hex())]);
     publish(&mut engine, &mut host, t(4), own, Arrival::Published);
     assert_eq!(engine.stats().waiting.states, 0);
-    let deleted: BTreeSet<_> = host
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            EngineEvent::Deleted { id } => Some(*id),
-            _ => None,
-        })
-        .collect();
+    let deleted = deleted_ids(&host);
     assert_eq!(deleted, BTreeSet::from([by_id.id, by_coord.id]));
 }
 
