@@ -5,6 +5,8 @@
 //! many clients write at once. Here the first writer becomes the leader: it takes every write
 //! queued so far, runs them in one transaction, commits once, and hands each writer its own
 //! result; writes that queued meanwhile form the next batch. A lone writer pays nothing extra.
+//! A leader leads only until its own write is committed, then hands over to a waiting writer,
+//! so under steady load no writer's answer waits for more than a few batches of others.
 //!
 //! Nothing about durability changes: a writer returns only after the commit that holds its
 //! write. If any write of a batch fails, the batch is abandoned (nothing of it is written) and
@@ -82,24 +84,33 @@ impl<J> GroupCommit<J> {
             }
             if !state.leading {
                 state.leading = true;
-                state = self.lead(state, commit);
+                state = self.lead(state, commit, ticket);
                 continue;
             }
             state = self.finished.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    /// Commits batches until the queue is empty, then steps down.
+    /// Commits batches, oldest writes first, until `own` is done (or nothing is queued), then
+    /// steps down; the writers it woke find nobody leading and one of them takes over.
     fn lead<'a>(
         &'a self,
         mut state: MutexGuard<'a, State<J>>,
         commit: &dyn Fn(&[&J]) -> Result<(), String>,
+        own: u64,
     ) -> MutexGuard<'a, State<J>> {
-        while !state.queued.is_empty() {
+        while !state.queued.is_empty() && !state.done.iter().any(|(t, _)| *t == own) {
             let take = state.queued.len().min(self.max_batch);
             let batch: Vec<(u64, J)> = state.queued.drain(..take).collect();
             drop(state);
-            let outcomes = run_batch(commit, &batch);
+            // A write that panics fails its batch instead of leaving the queue leaderless.
+            let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_batch(commit, &batch)
+            }))
+            .unwrap_or_else(|_| {
+                let failed = || Err("a store write panicked".to_owned());
+                batch.iter().map(|(t, _)| (*t, failed())).collect()
+            });
             state = self.lock();
             let size = batch.len() as u64;
             state.stats.commits += 1;
@@ -109,6 +120,7 @@ impl<J> GroupCommit<J> {
             self.finished.notify_all();
         }
         state.leading = false;
+        self.finished.notify_all();
         state
     }
 }
@@ -187,6 +199,48 @@ mod tests {
         let stats = queue.stats();
         assert_eq!(stats.writes, 64);
         assert!(stats.largest_batch <= 16, "{stats:?}");
+    }
+
+    /// While the leader commits its own write, another writer queues; the leader returns
+    /// after its own commit, and the other writer then leads and commits its write itself.
+    #[test]
+    fn a_leader_hands_over_once_its_own_write_is_committed() {
+        type Committed = Arc<Mutex<Vec<(u64, std::thread::ThreadId)>>>;
+        fn recording(committed: &Committed) -> impl Fn(&[&u64]) -> Result<(), String> {
+            let committed = Arc::clone(committed);
+            move |jobs: &[&u64]| {
+                let me = std::thread::current().id();
+                committed
+                    .lock()
+                    .unwrap()
+                    .extend(jobs.iter().map(|j| (**j, me)));
+                Ok(())
+            }
+        }
+        let queue = Arc::new(GroupCommit::new(8));
+        let committed: Committed = Arc::default();
+        let second = Mutex::new(None);
+        let record = recording(&committed);
+        let first_commit = |jobs: &[&u64]| {
+            if jobs.contains(&&0) {
+                let (q, record) = (Arc::clone(&queue), recording(&committed));
+                *second.lock().unwrap() = Some(std::thread::spawn(move || {
+                    (std::thread::current().id(), q.write(&record, 1))
+                }));
+                while queue.lock().queued.is_empty() {
+                    std::thread::yield_now();
+                }
+            }
+            record(jobs)
+        };
+        assert_eq!(queue.write(&first_commit, 0), Ok(()));
+        let (second_thread, outcome) = second.lock().unwrap().take().unwrap().join().unwrap();
+        assert_eq!(outcome, Ok(()));
+        let committed = committed.lock().unwrap().clone();
+        assert_eq!(
+            committed,
+            [(0, std::thread::current().id()), (1, second_thread)]
+        );
     }
 
     #[test]
