@@ -29,10 +29,21 @@ fn tag(values: &[&str]) -> Tag {
 
 /// Signs an event of `kind` with `tags` and a fixed offset from now for `created_at`.
 pub fn sign(keys: &Keys, kind: u16, tags: Vec<Tag>, created_offset: i64) -> Event {
-    let created = Timestamp::from((Timestamp::now().as_secs() as i64 + created_offset) as u64);
+    sign_created(keys, kind, tags, unix_now() + created_offset)
+}
+
+/// Seconds since the Unix epoch, now. Take it once as the base of a batch of events that
+/// differ only in `created_at`: offsets from a clock that ticks while the batch is built can
+/// make two of them the same event.
+pub fn unix_now() -> i64 {
+    Timestamp::now().as_secs() as i64
+}
+
+/// Signs an event of `kind` with `tags`, created at `created_at` (Unix seconds).
+pub fn sign_created(keys: &Keys, kind: u16, tags: Vec<Tag>, created_at: i64) -> Event {
     EventBuilder::new(Kind::from(kind), "")
         .tags(tags)
-        .custom_created_at(created)
+        .custom_created_at(Timestamp::from(created_at as u64))
         .sign_with_keys(keys)
         .expect("sign")
 }
@@ -44,12 +55,13 @@ pub fn tagged(keys: &Keys, kind: u16, tags: &[&[&str]]) -> Event {
 
 /// [`tagged`] with a `created_at` offset from now.
 pub fn tagged_at(keys: &Keys, kind: u16, tags: &[&[&str]], created_offset: i64) -> Event {
-    sign(
-        keys,
-        kind,
-        tags.iter().map(|t| tag(t)).collect(),
-        created_offset,
-    )
+    tagged_created(keys, kind, tags, unix_now() + created_offset)
+}
+
+/// [`tagged`] created at `created_at` (Unix seconds).
+pub fn tagged_created(keys: &Keys, kind: u16, tags: &[&[&str]], created_at: i64) -> Event {
+    let tags = tags.iter().map(|t| tag(t)).collect();
+    sign_created(keys, kind, tags, created_at)
 }
 
 /// The `30617:<owner hex>:<identifier>` coordinate of `owner`'s repository.
@@ -131,17 +143,17 @@ pub fn pull_request(
     commit: &str,
     clone: &[&str],
 ) -> Event {
-    pull_request_at(keys, owner, identifier, commit, clone, 0)
+    pull_request_created(keys, owner, identifier, commit, clone, unix_now())
 }
 
-/// [`pull_request`] with `created_at` offset from now, so one author's PRs differ.
-pub fn pull_request_at(
+/// [`pull_request`] created at `created_at` (Unix seconds), so one author's PRs differ.
+pub fn pull_request_created(
     keys: &Keys,
     owner: &Keys,
     identifier: &str,
     commit: &str,
     clone: &[&str],
-    created_offset: i64,
+    created_at: i64,
 ) -> Event {
     let coordinate = repo_coordinate(owner, identifier);
     let mut c = vec!["clone"];
@@ -153,7 +165,7 @@ pub fn pull_request_at(
         tag(&["c", commit]),
         tag(&c),
     ];
-    sign(keys, 1618, tags, created_offset)
+    sign_created(keys, 1618, tags, created_at)
 }
 
 /// A kind 5 deletion of `ids`.

@@ -6,7 +6,8 @@ use graspd_tests::git::{git, git_fails, git_output, ls_remote, ref_of, WorkRepo}
 use graspd_tests::http::request;
 use graspd_tests::nostr::{
     announcement, announcement_with, deletion, eventually, keys, npub, pull_request,
-    pull_request_at, repo_coordinate, state, tagged, tagged_at, Event, RelayClient,
+    pull_request_created, repo_coordinate, state, tagged, tagged_at, tagged_created, unix_now,
+    Event, RelayClient,
 };
 use graspd_tests::{both_runtimes, temp_dir, Flavor, Server, ServerOptions};
 use serde_json::json;
@@ -878,6 +879,9 @@ const NOTHING_TO_SERVE: &str = "nothing to serve";
 /// Publishes each batch on its own connection, all batches at once, and returns every event
 /// with whether the relay acknowledged it (`OK true`).
 fn publish_at_once(server: &Server, batches: Vec<Vec<Event>>) -> Vec<(Event, bool)> {
+    let distinct: std::collections::BTreeSet<_> = batches.iter().flatten().map(|e| e.id).collect();
+    let total: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!(distinct.len(), total, "the test built the same event twice");
     let ws = server.ws_url();
     let publishers: Vec<_> = batches
         .into_iter()
@@ -927,11 +931,15 @@ fn concurrent_prs_with_present_commits_are_all_served(flavor: Flavor) {
     let (server, work, url) = served_repo(flavor);
     let owner = keys(1);
     let tip = work.head();
+    let now = unix_now();
     let batches = (0..PUBLISHERS)
         .map(|p| {
             let contributor = keys(10 + p as u8);
             (0..BURST / PUBLISHERS)
-                .map(|i| pull_request_at(&contributor, &owner, "demo", &tip, &[&url], -(i as i64)))
+                .map(|i| {
+                    let created = now - i as i64;
+                    pull_request_created(&contributor, &owner, "demo", &tip, &[&url], created)
+                })
                 .collect()
         })
         .collect();
@@ -1012,10 +1020,11 @@ fn acknowledged_events_survive_kill9_mid_stream(flavor: Flavor) {
             let (ws, repo, acked) = (server.ws_url(), repo.clone(), Arc::clone(&acked));
             std::thread::spawn(move || {
                 let author = keys(40 + p as u8);
+                let now = unix_now();
                 let mut relay = RelayClient::connect(&ws);
                 let mut acknowledged = Vec::new();
                 for i in 0..PER_CONNECTION {
-                    let issue = tagged_at(&author, 1621, &[&["a", &repo]], -i);
+                    let issue = tagged_created(&author, 1621, &[&["a", &repo]], now - i);
                     match relay.try_publish(&issue) {
                         Ok(reply) if reply.accepted => {
                             acknowledged.push(issue.id.to_hex());
