@@ -35,7 +35,7 @@ impl Default for Params {
         Params {
             purgatory_expiry: Duration::from_secs(30 * 60),
             first_attempt_after_synced: Duration::from_millis(500),
-            first_attempt_after_published: Duration::from_secs(180),
+            first_attempt_after_published: Duration::from_secs(1),
             backoff: [20, 40, 80, 120].map(Duration::from_secs).to_vec(),
             fetch_timeout: Duration::from_secs(120),
             max_concurrent_per_domain: 5,

@@ -480,6 +480,75 @@ fn fast_sync() -> ServerOptions {
         .arg("1000")
 }
 
+/// A state published to B whose data is on A, for 50 repositories at once: B fetches each
+/// from A one second after it was published (the default), while the user pushes the same
+/// data to B at a random moment 0-3 s after publishing. Every push succeeds, whether it ran
+/// before, during or after B's fetch, and every state is served on B.
+fn push_racing_a_fetch_of_the_same_state_succeeds(flavor: Flavor) {
+    const REPOS: usize = 50;
+    /// Seeds the push delays; a failure names it so the same delays can be replayed.
+    const SEED: u64 = 0x5eed_0f_9a5b;
+    let a = Server::start(flavor);
+    let b = Server::start(flavor);
+    let owner = keys(1);
+    let work = WorkRepo::init("work");
+    let tip = work.commit("README", "raced\n");
+    let mut relay_a = RelayClient::connect(&a.ws_url());
+    let repos: Vec<(String, Event, Event)> = (0..REPOS)
+        .map(|r| {
+            let id = format!("race{r}");
+            let ann = announcement(&owner, &id, &[&a.http_url(), &b.http_url()], &[]);
+            let st = state(&owner, &id, &[("refs/heads/main", &tip)], Some("main"), 0);
+            relay_a.publish(&ann);
+            relay_a.publish(&st);
+            work.git(&["push", "-q", &a.repo_url(&npub(&owner), &id), "main"]);
+            (id, ann, st)
+        })
+        .collect();
+    let mut rng = SEED;
+    let mut relay_b = RelayClient::connect(&b.ws_url());
+    let pushes: Vec<_> = repos
+        .iter()
+        .map(|(id, ann, st)| {
+            relay_b.publish(ann);
+            assert_eq!(relay_b.publish(st).message, PURGATORY);
+            // xorshift: deterministic delays without a dependency.
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let delay = Duration::from_millis(rng % 3_000);
+            let (dir, url) = (work.dir.clone(), b.repo_url(&npub(&owner), id));
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                (
+                    url.clone(),
+                    delay,
+                    git_output(&dir, &["push", &url, "main"]),
+                )
+            })
+        })
+        .collect();
+    for push in pushes {
+        let (url, delay, out) = push.join().expect("push thread");
+        assert!(
+            out.status.success(),
+            "push to {url} {delay:?} after publishing failed (seed {SEED:#x}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ids: Vec<String> = repos.iter().map(|(_, _, st)| st.id.to_hex()).collect();
+    let served = eventually(SOON, || {
+        relay_b.query_ids(json!({"ids": ids})).len() == REPOS
+    });
+    assert!(served, "not every state served on B:\n{}", b.log());
+    let log = b.log();
+    eprintln!(
+        "B fetched {} repositories from A; {} pushes found their refs already there",
+        log.matches("fetch done").count(),
+        log.matches("push already applied here").count()
+    );
+}
+
 fn second_server_fetches_state_and_pr_data(flavor: Flavor) {
     let a = Server::start(flavor);
     let b = Server::start_with(flavor, fast_sync());
@@ -1630,6 +1699,7 @@ both_runtimes!(
     kill9_and_restart_keep_purgatory_and_store,
     deletion_stored_before_a_crash_still_removes_its_waiting_target,
     second_server_fetches_state_and_pr_data,
+    push_racing_a_fetch_of_the_same_state_succeeds,
     remote_down_then_back_up,
     concurrent_prs_with_present_commits_are_all_served,
     concurrent_states_with_present_data_are_all_served,

@@ -110,7 +110,7 @@ impl Default for Config {
             max_deletion_content_bytes: 1024,
             max_deletion_tags: 128,
             first_attempt_after_synced: Duration::from_millis(500),
-            first_attempt_after_published: Duration::from_secs(180),
+            first_attempt_after_published: Duration::from_secs(1),
             backoff: vec![
                 Duration::from_secs(20),
                 Duration::from_secs(40),
@@ -158,7 +158,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.purgatory_expiry, Duration::from_secs(1800));
         assert_eq!(c.first_attempt_after_synced, Duration::from_millis(500));
-        assert_eq!(c.first_attempt_after_published, Duration::from_secs(180));
+        assert_eq!(c.first_attempt_after_published, Duration::from_secs(1));
         assert_eq!(c.fetch_timeout, Duration::from_secs(120));
         assert_eq!(c.max_concurrent_per_domain, 5);
         assert_eq!(c.max_per_minute_per_domain, 60);

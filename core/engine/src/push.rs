@@ -80,6 +80,20 @@ pub fn matching_state<'a>(
     )
 }
 
+/// Whether every update of a push asks for what the repository already holds: each ref is
+/// already at its new value (or absent, for a deletion) although the client saw it elsewhere.
+/// That is a push that raced the server bringing its refs to the same state (a fetch from
+/// another server, or an earlier identical push): it changes nothing, so it is answered `ok`
+/// whatever its pack holds, with no state needed. No-op commands (`old == new`) and empty
+/// pushes are not "already applied": they are answered by the no-op rule.
+#[must_use]
+pub fn already_applied(current: &BTreeMap<RefName, Oid>, updates: &[RefUpdate]) -> bool {
+    !updates.is_empty()
+        && updates
+            .iter()
+            .all(|u| u.old != u.new && current.get(&u.name).copied() == as_option(u.new))
+}
+
 /// Decides each command of a push (same order as `updates`).
 ///
 /// `candidate_states` are the waiting states by authors in the owner's maintainer set;
@@ -275,6 +289,30 @@ mod tests {
     }
 
     const PR_ID: &str = "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f";
+
+    #[test]
+    fn a_push_whose_refs_are_already_here_is_already_applied() {
+        let current = refs(&[("refs/heads/main", 3), ("refs/tags/v1", 9)]);
+        let applied = |updates: &[RefUpdate]| already_applied(&current, updates);
+        assert!(applied(&[upd("refs/heads/main", 1, 3)]));
+        assert!(applied(&[
+            upd("refs/heads/main", 0, 3),
+            upd("refs/tags/v1", 0, 9)
+        ]));
+        // A deletion of a ref that is already gone.
+        assert!(applied(&[upd("refs/heads/gone", 4, 0)]));
+        // One ref still to move: the push must be decided.
+        assert!(!applied(&[
+            upd("refs/heads/main", 1, 3),
+            upd("refs/heads/dev", 0, 2)
+        ]));
+        assert!(!applied(&[upd("refs/heads/main", 3, 4)]));
+        // A deletion of a ref that is here.
+        assert!(!applied(&[upd("refs/tags/v1", 9, 0)]));
+        // No-ops and empty pushes are the no-op rule's.
+        assert!(!applied(&[upd("refs/heads/main", 3, 3)]));
+        assert!(!applied(&[]));
+    }
 
     /// `Ok` = accept, `Err(text)` = reject with a reason containing `text`.
     type Want = Result<(), &'static str>;

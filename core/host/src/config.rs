@@ -257,13 +257,10 @@ pub struct EngineLimits {
     #[arg(long, env = "GRASPD_PURGATORY_EXPIRY_SECS", default_value_t = 30 * 60)]
     pub purgatory_expiry_secs: u64,
 
-    /// Milliseconds before the first fetch attempt for an event a user published (a push
-    /// usually follows, so the server waits for it).
-    #[arg(
-        long,
-        env = "GRASPD_SYNC_DELAY_PUBLISHED_MS",
-        default_value_t = 180_000
-    )]
+    /// Milliseconds before the first fetch attempt for an event a user published. A push
+    /// often follows; one that races the fetch still succeeds (it is decided under the
+    /// repository's lock, and a push whose refs are already here is answered `ok`).
+    #[arg(long, env = "GRASPD_SYNC_DELAY_PUBLISHED_MS", default_value_t = 1_000)]
     pub sync_delay_published_ms: u64,
 
     /// Milliseconds before the first fetch attempt for an event learned from another server.
@@ -512,10 +509,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(engine.backoff, secs(&[20, 40, 80, 120]));
-        assert_eq!(
-            engine.first_attempt_after_published,
-            Duration::from_secs(180)
-        );
+        assert_eq!(engine.first_attempt_after_published, Duration::from_secs(1));
         assert_eq!(
             engine.first_attempt_after_synced,
             Duration::from_millis(500)

@@ -44,10 +44,17 @@ pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+/// The first attempt's delay after a publish, in the tests' configuration: longer than every
+/// command deadline, so a test sees those first.
+pub const PUBLISHED_DELAY: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// The tests' timelines assume the first attempt after a publish comes at
+/// [`PUBLISHED_DELAY`], whatever the production default.
 pub fn config() -> Config {
     Config {
         own_origin: Some(ORIGIN.into()),
         allow_private_remotes: false,
+        first_attempt_after_published: PUBLISHED_DELAY,
         ..Config::default()
     }
 }

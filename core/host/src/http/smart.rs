@@ -408,6 +408,9 @@ async fn receive_pack(
         Ok(inspection) => inspection.refs,
         Err(e) => return git_failure("reading the repository's refs failed", e),
     };
+    if graspd_core::push::already_applied(&before, &commands.updates) {
+        return already_applied(repo, &commands);
+    }
     let verdicts = decide(site, repo, &before, &commands).await;
     if verdicts.iter().any(Result::is_err) {
         return refused(repo, &commands, verdicts);
@@ -428,6 +431,9 @@ async fn receive_pack(
         Err(e) => return git_failure("reading the repository's refs failed", e),
     };
     if current != before {
+        if graspd_core::push::already_applied(&current, &commands.updates) {
+            return already_applied(repo, &commands);
+        }
         let verdicts = decide(site, repo, &current, &commands).await;
         if verdicts.iter().any(Result::is_err) {
             return refused(repo, &commands, verdicts);
@@ -508,6 +514,21 @@ async fn no_op_push(
             };
             (u.name.as_str(), outcome)
         })
+        .collect();
+    Response::new(full(receive::report_status(
+        commands.capabilities,
+        &outcomes,
+    )))
+}
+
+/// git's report for a push whose refs are already where it wants them (it raced a fetch
+/// from another server, or an identical push): every ref `ok`, its pack unread.
+fn already_applied(repo: &RepoKey, commands: &PushCommands) -> Response<ResponseBody> {
+    tracing::info!(%repo, refs = commands.updates.len(), "push already applied here; answered ok");
+    let outcomes: Vec<(&str, Result<(), String>)> = commands
+        .updates
+        .iter()
+        .map(|u| (u.name.as_str(), Ok(())))
         .collect();
     Response::new(full(receive::report_status(
         commands.capabilities,
