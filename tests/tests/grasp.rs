@@ -487,7 +487,7 @@ fn fast_sync() -> ServerOptions {
 fn push_racing_a_fetch_of_the_same_state_succeeds(flavor: Flavor) {
     const REPOS: usize = 50;
     /// Seeds the push delays; a failure names it so the same delays can be replayed.
-    const SEED: u64 = 0x5eed_0f_9a5b;
+    const SEED: u64 = 0x5eed_0f9a_5b00;
     let a = Server::start(flavor);
     let b = Server::start(flavor);
     let owner = keys(1);
