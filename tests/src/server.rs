@@ -269,6 +269,16 @@ impl Server {
         false
     }
 
+    /// Sends `signal` (e.g. `HUP`) to the server process, as `kill -<signal> <pid>` does.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("server running");
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -{signal} {pid}");
+    }
+
     /// The process id while it runs (for /proc measurements).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -9,15 +9,23 @@
 //! every other kind but deletions, the repository announcements its `a` tags name (a PR, PR
 //! update, issue, patch or comment about a denied repository is refused too). Deletions are
 //! judged by their author only, so an owner can still delete what a denied repository left.
+//!
+//! The lists can change while the server runs (the engine takes a new [`Policy`] as an input).
+//! What is already stored is then judged by the deny lists alone ([`Policy::serves`],
+//! [`Policy::denies_repo`]): a denied author's or repository's events stop being served and
+//! its git data stops being fetched, without anything being deleted, so lifting the deny
+//! serves them again. An allow list only decides which announcements are taken in.
 
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use nostr::event::Event;
 use nostr::nips::nip19::FromBech32;
 
-use crate::events::{Coordinate, KIND_ANNOUNCEMENT, KIND_DELETION, KIND_STATE};
+use crate::events::{Coordinate, GitEvent, KIND_ANNOUNCEMENT, KIND_DELETION, KIND_STATE};
 use crate::ids::{Identifier, PublicKey};
 
 /// Why [`Policy::check`] refused an event; [`PolicyRefusal::message`] is the `OK` text.
@@ -122,8 +130,12 @@ impl RepoSet {
         set
     }
 
+    fn len(&self) -> usize {
+        self.owners.len() + self.repos.len() + self.identifiers.len()
+    }
+
     fn is_empty(&self) -> bool {
-        self.owners.is_empty() && self.repos.is_empty() && self.identifiers.is_empty()
+        self.len() == 0
     }
 
     fn matches(&self, owner: &PublicKey, identifier: &Identifier) -> bool {
@@ -133,12 +145,26 @@ impl RepoSet {
     }
 }
 
-/// The operator's curation lists (empty: every event goes on to the usual rules).
+/// The operator's curation lists (empty: every event goes on to the usual rules). Cheap to
+/// clone: the lists are shared, and a new policy replaces them whole.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
+    lists: Arc<Lists>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Lists {
     denied_authors: BTreeSet<PublicKey>,
     denied_repos: RepoSet,
     allowed_repos: RepoSet,
+}
+
+/// How many entries each list of a [`Policy`] holds (for the reload log line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicySizes {
+    pub deny_authors: usize,
+    pub deny_repos: usize,
+    pub allow_repos: usize,
 }
 
 impl Policy {
@@ -147,50 +173,88 @@ impl Policy {
         denied_repos: impl IntoIterator<Item = RepoEntry>,
         allowed_repos: impl IntoIterator<Item = RepoEntry>,
     ) -> Policy {
-        Policy {
+        let lists = Lists {
             denied_authors: denied_authors.into_iter().map(|a| a.0).collect(),
             denied_repos: RepoSet::new(denied_repos),
             allowed_repos: RepoSet::new(allowed_repos),
+        };
+        Policy {
+            lists: Arc::new(lists),
         }
     }
 
     /// Whether an allow list is set: only the repositories it names are hosted.
     pub fn has_allow_list(&self) -> bool {
-        !self.allowed_repos.is_empty()
+        !self.lists.allowed_repos.is_empty()
+    }
+
+    /// Whether either deny list is set (otherwise everything stored may be served).
+    pub fn has_deny_lists(&self) -> bool {
+        !self.lists.denied_authors.is_empty() || !self.lists.denied_repos.is_empty()
+    }
+
+    pub fn sizes(&self) -> PolicySizes {
+        PolicySizes {
+            deny_authors: self.lists.denied_authors.len(),
+            deny_repos: self.lists.denied_repos.len(),
+            allow_repos: self.lists.allowed_repos.len(),
+        }
     }
 
     /// Whether `event` may go on to the usual rules. Looks at no more than `max_tags` of its
     /// `a` tags.
     pub fn check(&self, event: &Event, max_tags: usize) -> Result<(), PolicyRefusal> {
-        if self.denied_authors.contains(&event.pubkey) {
-            return Err(PolicyRefusal::Author);
+        self.check_denied(event, max_tags)?;
+        if event.kind.as_u16() == KIND_ANNOUNCEMENT {
+            if let Some(identifier) = own_identifier(event) {
+                self.check_allowed(&event.pubkey, &identifier)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Whether a stored event may still be served: the deny lists only. An allow list
+    /// decides which announcements are taken in, not whether what is hosted stays served.
+    pub fn serves(&self, event: &Event, max_tags: usize) -> bool {
+        self.check_denied(event, max_tags).is_ok()
+    }
+
+    /// [`Policy::check`] for an event already parsed (what the engine holds of a waiting
+    /// one): its `a` tags are the coordinates the parser kept.
+    pub fn check_git_event(&self, event: &GitEvent) -> Result<(), PolicyRefusal> {
+        self.check_author(event.author())?;
+        match event {
+            GitEvent::Announcement(a) => {
+                self.check_repo(&a.owner, &a.identifier)?;
+                self.check_allowed(&a.owner, &a.identifier)
+            }
+            GitEvent::State(s) => self.check_repo(&s.author, &s.identifier),
+            GitEvent::Pr(pr) => self.check_named(pr.repos.iter()),
+            GitEvent::Deletion(_) => Ok(()),
+        }
+    }
+
+    /// Whether git requests for the repository `owner/identifier` are refused: its owner is
+    /// a denied author, or it is a denied repository. An allow list does not enter into it.
+    pub fn denies_repo(&self, owner: &PublicKey, identifier: &Identifier) -> bool {
+        self.check_author(owner).is_err() || self.check_repo(owner, identifier).is_err()
+    }
+
+    /// The deny lists, in their order: the author, then the repositories the event is for.
+    fn check_denied(&self, event: &Event, max_tags: usize) -> Result<(), PolicyRefusal> {
+        self.check_author(&event.pubkey)?;
         let kind = event.kind.as_u16();
         if kind == KIND_DELETION {
             return Ok(());
         }
         if kind == KIND_ANNOUNCEMENT || kind == KIND_STATE {
             // Unparseable identifiers are left to the usual rules, which refuse them.
-            let Some(identifier) = event
-                .tags
-                .identifier()
-                .as_deref()
-                .and_then(|d| Identifier::new(d).ok())
-            else {
-                return Ok(());
+            return match own_identifier(event) {
+                Some(identifier) => self.check_repo(&event.pubkey, &identifier),
+                None => Ok(()),
             };
-            if self.denied_repos.matches(&event.pubkey, &identifier) {
-                return Err(PolicyRefusal::Repo);
-            }
-            if kind == KIND_ANNOUNCEMENT
-                && self.has_allow_list()
-                && !self.allowed_repos.matches(&event.pubkey, &identifier)
-            {
-                return Err(PolicyRefusal::NotAllowed);
-            }
-            return Ok(());
         }
-        if self.denied_repos.is_empty() {
+        if self.lists.denied_repos.is_empty() {
             return Ok(());
         }
         let named = event
@@ -201,18 +265,57 @@ impl Policy {
                 _ => None,
             })
             .take(max_tags)
-            .filter_map(|value| Coordinate::parse(value).ok())
-            .filter(|c| c.kind == KIND_ANNOUNCEMENT);
-        for coordinate in named {
-            if self
-                .denied_repos
-                .matches(&coordinate.author, &coordinate.identifier)
-            {
-                return Err(PolicyRefusal::Repo);
+            .filter_map(|value| Coordinate::parse(value).ok());
+        self.check_named(named)
+    }
+
+    fn check_author(&self, author: &PublicKey) -> Result<(), PolicyRefusal> {
+        if self.lists.denied_authors.contains(author) {
+            return Err(PolicyRefusal::Author);
+        }
+        Ok(())
+    }
+
+    fn check_repo(&self, owner: &PublicKey, identifier: &Identifier) -> Result<(), PolicyRefusal> {
+        if self.lists.denied_repos.matches(owner, identifier) {
+            return Err(PolicyRefusal::Repo);
+        }
+        Ok(())
+    }
+
+    /// The repositories an event's 30617 `a` coordinates name.
+    fn check_named<C: Borrow<Coordinate>>(
+        &self,
+        coordinates: impl Iterator<Item = C>,
+    ) -> Result<(), PolicyRefusal> {
+        for coordinate in coordinates {
+            let c = coordinate.borrow();
+            if c.kind == KIND_ANNOUNCEMENT {
+                self.check_repo(&c.author, &c.identifier)?;
             }
         }
         Ok(())
     }
+
+    fn check_allowed(
+        &self,
+        owner: &PublicKey,
+        identifier: &Identifier,
+    ) -> Result<(), PolicyRefusal> {
+        if self.has_allow_list() && !self.lists.allowed_repos.matches(owner, identifier) {
+            return Err(PolicyRefusal::NotAllowed);
+        }
+        Ok(())
+    }
+}
+
+/// An announcement's or state's own identifier (its `d` tag), if valid.
+fn own_identifier(event: &Event) -> Option<Identifier> {
+    event
+        .tags
+        .identifier()
+        .as_deref()
+        .and_then(|d| Identifier::new(d).ok())
 }
 
 impl fmt::Display for PolicyRefusal {
@@ -378,6 +481,74 @@ mod tests {
         // Other kinds are left to the usual rules (which want a hosted announcement).
         assert_eq!(p.check(&event(2, KIND_STATE, &[&["d", "b"]]), MAX), Ok(()));
         assert_eq!(p.check(&event(2, 1621, &[]), MAX), Ok(()));
+    }
+
+    #[test]
+    fn parsed_events_are_judged_as_their_raw_form() {
+        let coordinate = format!("30617:{}:a", keys(1).public_key().to_hex());
+        let events = [
+            announcement(1, "a"),
+            announcement(2, "b"),
+            event(
+                1,
+                KIND_STATE,
+                &[&["d", "a"], &["refs/heads/main", &"1".repeat(40)]],
+            ),
+            event(
+                2,
+                1618,
+                &[
+                    &["a", &coordinate],
+                    &["c", &"2".repeat(40)],
+                    &["clone", "x"],
+                ],
+            ),
+        ];
+        let policies = [
+            Policy::default(),
+            policy(&[npub(1)], &[], &[]),
+            policy(&[], &[format!("{}/a", npub(1))], &[]),
+            policy(&[], &["a".into()], &[npub(2)]),
+            policy(&[npub(2)], &[], &[npub(2)]),
+        ];
+        for p in &policies {
+            for e in &events {
+                let parsed = crate::events::parse(e).unwrap().unwrap();
+                assert_eq!(p.check_git_event(&parsed), p.check(e, MAX), "{p:?} {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_served_and_cloned_follows_the_deny_lists_only() {
+        let coordinate = format!("30617:{}:a", keys(1).public_key().to_hex());
+        let issue = event(2, 1621, &[&["a", &coordinate]]);
+        let allow_only = policy(&[], &[], &[npub(3)]);
+        assert!(allow_only.serves(&announcement(1, "a"), MAX));
+        assert!(!allow_only.denies_repo(&keys(1).public_key(), &Identifier::new("a").unwrap()));
+        assert!(!allow_only.has_deny_lists());
+
+        let deny_repo = policy(&[], &[format!("{}/a", npub(1))], &[]);
+        assert!(!deny_repo.serves(&announcement(1, "a"), MAX));
+        assert!(!deny_repo.serves(&issue, MAX));
+        assert!(deny_repo.serves(&announcement(1, "b"), MAX));
+        let a = Identifier::new("a").unwrap();
+        assert!(deny_repo.denies_repo(&keys(1).public_key(), &a));
+        assert!(!deny_repo.denies_repo(&keys(2).public_key(), &a));
+
+        let deny_author = policy(&[npub(1)], &[], &[]);
+        assert!(!deny_author.serves(&event(1, 1, &[]), MAX));
+        assert!(deny_author.serves(&issue, MAX));
+        let b = Identifier::new("b").unwrap();
+        assert!(deny_author.denies_repo(&keys(1).public_key(), &b));
+        assert_eq!(
+            deny_author.sizes(),
+            PolicySizes {
+                deny_authors: 1,
+                deny_repos: 0,
+                allow_repos: 0
+            }
+        );
     }
 
     #[test]

@@ -98,6 +98,20 @@ impl Purgatory {
         &self.shares
     }
 
+    /// Every waiting event's id, in id order (a full walk: for rare operator actions only).
+    pub fn ids(&self) -> Vec<EventId> {
+        let announcements = self.announcements.pairs.iter().map(|(_, id)| *id);
+        let states = self.states.pairs.iter().map(|(_, id)| *id);
+        let never = self.never_satisfiable.pairs.iter().map(|(_, id)| *id);
+        let prs = self.prs.pairs.iter().map(|(_, id)| *id);
+        let all: BTreeSet<EventId> = announcements
+            .chain(states)
+            .chain(never)
+            .chain(prs)
+            .collect();
+        all.into_iter().collect()
+    }
+
     pub fn contains(&self, id: &EventId) -> bool {
         self.entries.contains_key(id)
     }

@@ -53,6 +53,17 @@ pub struct Config {
     #[arg(long = "allow-repo", env = "GRASPD_ALLOW_REPOS", value_delimiter = ',')]
     pub allow_repos: Vec<graspd_core::policy::RepoEntry>,
 
+    /// A TOML file with more curation lists (`deny_authors`, `deny_repos`, `allow_repos`,
+    /// entries as for the flags), added to the flags'. Re-read on SIGHUP and when it changes;
+    /// a file that does not parse stops the start-up, and on a reload keeps the lists in force.
+    #[arg(long = "config", env = "GRASPD_CONFIG")]
+    pub config_file: Option<PathBuf>,
+
+    /// Seconds between checks of the `--config` file for a change (its modification time,
+    /// length and content); 0 re-reads it only on SIGHUP.
+    #[arg(long, env = "GRASPD_CONFIG_POLL_SECS", default_value_t = 5)]
+    pub config_poll_secs: u64,
+
     /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info,graspd_host=debug`.
     #[arg(long = "log", env = "GRASPD_LOG", default_value = "info")]
     pub log_filter: String,
@@ -425,7 +436,8 @@ impl Config {
         }
     }
 
-    /// The curation lists from `--deny-author`, `--deny-repo` and `--allow-repo`.
+    /// The curation lists from `--deny-author`, `--deny-repo` and `--allow-repo` alone (the
+    /// `--config` file's are added by `policy_file::PolicySource`).
     pub fn policy(&self) -> graspd_core::policy::Policy {
         graspd_core::policy::Policy::new(
             self.deny_authors.iter().copied(),

@@ -16,6 +16,7 @@ pub mod http;
 pub mod io;
 pub mod metrics;
 pub mod nip11;
+pub mod policy_file;
 pub mod refusals;
 pub mod relay;
 pub mod resolve;
@@ -24,6 +25,7 @@ pub mod store;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use config::{init_tracing, Config};
 pub use runtime::{BoxFuture, Runtime};
@@ -44,6 +46,8 @@ pub enum ServeError {
     Store(store::StoreError),
     /// `--public-url` is not an http(s) origin.
     PublicUrl(String),
+    /// The `--config` policy file cannot be read, does not parse or has a bad entry.
+    Policy(policy_file::PolicyFileError),
 }
 
 impl fmt::Display for ServeError {
@@ -55,6 +59,7 @@ impl fmt::Display for ServeError {
             }
             ServeError::Store(error) => write!(f, "cannot open the event store: {error}"),
             ServeError::PublicUrl(error) => write!(f, "bad --public-url: {error}"),
+            ServeError::Policy(error) => write!(f, "bad --config: {error}"),
         }
     }
 }
@@ -76,21 +81,25 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     let own = graspd_core::acceptance::OwnService::new(&config.public_url())
         .map_err(ServeError::PublicUrl)?;
     config_check::log_warnings(&config, &own);
-    let info = nip11::RelayInfo {
+    let policy_source = policy_file::PolicySource::new(&config);
+    let policy_file = policy_source.read();
+    let policy = policy_source
+        .policy(policy_file.as_ref())
+        .map_err(ServeError::Policy)?;
+    let relay_info = nip11::RelayInfo {
         name: "graspd".to_owned(),
         description: "A GRASP server: git repositories authorised by signed nostr proofs"
             .to_owned(),
         own: Some(own.clone()),
         purgatory_expiry: config.purgatory_expiry(),
         grasp06: config.grasp06,
-        allow_list: !config.allow_repos.is_empty(),
         ..Default::default()
     };
     let settings = driver::Settings {
         purgatory_expiry: config.purgatory_expiry(),
         max_fetch_bytes: config.max_fetch_bytes,
         allow_private_remotes: config.allow_private_remotes,
-        information_document: nip11::document_json(&info, &relay_limits),
+        relay_info,
         relay_limits,
         refusals: Arc::clone(&refusals),
     };
@@ -102,12 +111,26 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     let node = driver::Node::start(
         Arc::clone(&runtime),
         &config,
+        policy,
         Arc::new(git.clone()),
         settings,
         follower.clone(),
     )
     .await
     .map_err(ServeError::Store)?;
+    if let (Some(file), Some(path)) = (policy_file, policy_source.path()) {
+        let sizes = node.policy().sizes();
+        tracing::info!(
+            config = %path.display(),
+            deny_authors = sizes.deny_authors,
+            deny_repos = sizes.deny_repos,
+            allow_repos = sizes.allow_repos,
+            "policy lists loaded"
+        );
+        let poll =
+            (config.config_poll_secs > 0).then(|| Duration::from_secs(config.config_poll_secs));
+        node.spawn_policy_reloader(policy_source, Some(file.fingerprint), poll);
+    }
     let synced = Arc::clone(&node);
     follow::spawn_follower_async(Arc::clone(&runtime), follower, move |event, relay| {
         let node = Arc::clone(&synced);

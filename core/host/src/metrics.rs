@@ -60,6 +60,11 @@ pub struct Connections<'a> {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -79,6 +84,8 @@ pub struct Metrics {
     fetch_timeouts: Counter<u64, AtomicU64>,
     released: Counter<u64, AtomicU64>,
     expired: Counter<u64, AtomicU64>,
+    withdrawn: Counter<u64, AtomicU64>,
+    policy_reloads: Family<ResultLabel, Counter>,
     release_latency: Histogram,
     pushes: Family<OutcomeLabel, Counter>,
     events: Family<OutcomeLabel, Counter>,
@@ -164,6 +171,18 @@ impl Metrics {
             "purgatory_expired",
             "Events discarded from purgatory without their data",
             expired.clone(),
+        );
+        let withdrawn = Counter::default();
+        registry.register(
+            "purgatory_withdrawn",
+            "Waiting events dropped because a policy reload refuses them",
+            withdrawn.clone(),
+        );
+        let policy_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Reloads of the --config policy file, by result (ok, rejected: the old lists stay)",
+            policy_reloads.clone(),
         );
         let release_latency = Histogram::new([
             0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0,
@@ -312,6 +331,8 @@ impl Metrics {
             fetch_timeouts,
             released,
             expired,
+            withdrawn,
+            policy_reloads,
             release_latency,
             pushes,
             events,
@@ -371,6 +392,14 @@ impl Metrics {
                 total,
             );
         }
+    }
+
+    /// Counts one reload of the policy file: taken (`ok`) or refused (`rejected`).
+    pub fn policy_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.policy_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// `outcome`: waiting, accepted, duplicate, rejected.
@@ -472,6 +501,7 @@ impl Metrics {
         catch_up(&self.fetch_timeouts, stats.fetch_timeouts);
         catch_up(&self.released, stats.released);
         catch_up(&self.expired, stats.expired);
+        catch_up(&self.withdrawn, stats.withdrawn);
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out

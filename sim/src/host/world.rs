@@ -394,7 +394,7 @@ fn engine_settings(config: &Config) -> Settings {
         max_fetch_bytes: config.max_fetch_bytes,
         allow_private_remotes: false,
         relay_limits: RelayLimits::default(),
-        information_document: String::new(),
+        relay_info: Default::default(),
         refusals: Arc::default(),
     }
 }

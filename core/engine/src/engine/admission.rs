@@ -7,7 +7,7 @@
 //! Apply or `Released` can run ahead of the host's write.
 
 use super::Engine;
-use crate::engine::types::{Refusal, Ticket, Verdict};
+use crate::engine::types::{EngineEvent, Refusal, Ticket, Verdict};
 use crate::events::{Announcement, Deletion};
 use crate::purgatory::{Arrival, Waiting};
 use crate::time::Time;
@@ -114,6 +114,12 @@ impl Engine {
                     || self.is_accepted(&waiting.parsed)
                     || self.purgatory.was_released_pr(now, &id)
                 {
+                    return;
+                }
+                // The operator's lists changed while it was being stored.
+                if self.config.policy.check_git_event(&waiting.parsed).is_err() {
+                    self.counters.withdrawn += 1;
+                    self.events.push_back(EngineEvent::Withdrawn { id });
                     return;
                 }
                 // A published event is inspected at once (its data may be here already);

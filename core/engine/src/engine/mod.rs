@@ -82,6 +82,7 @@ struct Counters {
     released: u64,
     expired: u64,
     deleted: u64,
+    withdrawn: u64,
     apply_conflicts: u64,
 }
 
@@ -406,6 +407,7 @@ impl Engine {
             Input::Applied { id, result } => self.applied(now, id, result),
             Input::Persisted { ticket } => self.persisted(now, ticket),
             Input::PersistFailed { ticket } => self.persist_failed(ticket),
+            Input::PolicyChanged { policy } => self.policy_changed(policy),
         }
     }
 
@@ -478,6 +480,7 @@ impl Engine {
             released: self.counters.released,
             expired: self.counters.expired,
             deleted: self.counters.deleted,
+            withdrawn: self.counters.withdrawn,
             apply_conflicts: self.counters.apply_conflicts,
             admissions_pending: self.admissions.len(),
             share_holders: self.purgatory.shares().holders() + self.pending.holders(),
@@ -652,6 +655,35 @@ impl Engine {
                 self.events.push_back(EngineEvent::Deleted { id });
                 self.after_removal(&waiting.parsed, targets);
             }
+        }
+    }
+
+    /// The operator's lists changed: take them, and withdraw every waiting event they refuse.
+    /// Walks the waiting events once: a rare operator action, not a per-event operation.
+    fn policy_changed(&mut self, policy: crate::policy::Policy) {
+        self.config.policy = policy;
+        let refused: Vec<EventId> = self
+            .purgatory
+            .ids()
+            .into_iter()
+            .filter(|id| {
+                self.purgatory
+                    .get(id)
+                    .is_some_and(|w| self.config.policy.check_git_event(&w.parsed).is_err())
+            })
+            .collect();
+        for id in refused {
+            self.withdraw(id);
+        }
+    }
+
+    /// Removes a waiting event the operator's policy refuses.
+    fn withdraw(&mut self, id: EventId) {
+        let targets = self.targets_of(&id);
+        if let Some(waiting) = self.remove_waiting(&id) {
+            self.counters.withdrawn += 1;
+            self.events.push_back(EngineEvent::Withdrawn { id });
+            self.after_removal(&waiting.parsed, targets);
         }
     }
 

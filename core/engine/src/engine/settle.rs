@@ -445,6 +445,14 @@ pub(super) fn decide_push(
     current: &BTreeMap<RefName, Oid>,
     updates: &[RefUpdate],
 ) -> Vec<RefDecision> {
+    if engine
+        .config
+        .policy
+        .denies_repo(&repo.owner, &repo.identifier)
+    {
+        let refused = crate::policy::PolicyRefusal::Repo.message();
+        return vec![RefDecision::Reject(refused.into()); updates.len()];
+    }
     let known_pr_commit = |id: &EventId| match engine.purgatory.get(id).map(|w| &w.parsed) {
         Some(GitEvent::Pr(p)) => Some(p.commit),
         _ => None,

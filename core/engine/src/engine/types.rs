@@ -217,6 +217,11 @@ pub enum Input {
     /// Storing the event admitted under `ticket` failed (or the store refused it): the engine
     /// forgets it, as if it had never seen it.
     PersistFailed { ticket: Ticket },
+    /// The operator's curation lists changed: new events are judged by `policy` from now on,
+    /// pushes to a repository it denies are refused, and every waiting event it refuses
+    /// (including one admitted but not yet reported durable) is withdrawn
+    /// ([`EngineEvent::Withdrawn`]), as a restart with these lists would drop it.
+    PolicyChanged { policy: crate::policy::Policy },
 }
 
 /// IO the engine wants done. Every command with an id is answered by an input with that id.
@@ -267,6 +272,9 @@ pub enum EngineEvent {
     Expired { id: EventId, kind: u16 },
     /// A kind 5 deletion removed this waiting event; drop it from the purgatory table.
     Deleted { id: EventId },
+    /// The operator's policy refuses this waiting event now ([`Input::PolicyChanged`]):
+    /// drop it from the purgatory table.
+    Withdrawn { id: EventId },
     /// A `refs/nostr/<id>` ref was pushed before its event: the host may look for the event.
     PlaceholderCreated { repo: RepoKey, id: EventId },
     /// A placeholder ended: its event never came, or came with another commit (ref deleted).
@@ -292,6 +300,8 @@ pub struct Stats {
     pub released: u64,
     pub expired: u64,
     pub deleted: u64,
+    /// Waiting events a policy change withdrew.
+    pub withdrawn: u64,
     pub apply_conflicts: u64,
     /// Admitted events the host has not yet reported durable.
     pub admissions_pending: usize,

@@ -237,7 +237,7 @@ impl Node {
             InsertOutcome::Stored { .. } => {
                 self.metrics.event("accepted");
                 self.follow(&event);
-                self.hub.publish(event);
+                self.publish_live(event);
                 relay::Verdict::accepted("")
             }
             InsertOutcome::Duplicate => relay::Verdict::accepted(DUPLICATE),

@@ -130,7 +130,7 @@ impl Node {
                         // nor one a newer version supersedes.
                         if matches!(outcome, InsertOutcome::Stored { .. }) {
                             self.follow(&event);
-                            self.hub.publish(event);
+                            self.publish_live(event);
                         }
                     }
                     Ok(None) => {
@@ -150,6 +150,10 @@ impl Node {
             }
             EngineEvent::Deleted { id } => {
                 info!(%id, "deleted from purgatory by its author");
+                self.forget_waiting(id).await;
+            }
+            EngineEvent::Withdrawn { id } => {
+                info!(%id, "withdrawn from purgatory: the operator's policy refuses it now");
                 self.forget_waiting(id).await;
             }
             EngineEvent::PlaceholderCreated { repo, id } => {

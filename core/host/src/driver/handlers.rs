@@ -33,7 +33,11 @@ struct NodeHooks(Arc<Node>);
 
 impl RelayHandler for NodeHooks {
     fn information_document(&self) -> String {
-        self.0.settings.information_document.clone()
+        let info = crate::nip11::RelayInfo {
+            allow_list: self.0.policy().has_allow_list(),
+            ..self.0.settings.relay_info.clone()
+        };
+        crate::nip11::document_json(&info, &self.0.settings.relay_limits)
     }
 
     fn limits(&self) -> RelayLimits {
@@ -65,7 +69,8 @@ impl RelayHandler for NodeHooks {
     }
 }
 
-/// Served events matching `filters`, read on the blocking pool.
+/// Served events matching `filters` that the lists in force let through, read on the
+/// blocking pool.
 fn query_store(
     node: &Arc<Node>,
     filters: Vec<Filter>,
@@ -73,8 +78,13 @@ fn query_store(
 ) -> BoxFuture<'static, Result<Vec<Event>, String>> {
     let node = Arc::clone(node);
     Box::pin(async move {
-        let store = node.store.clone();
-        flatten(unblock(&*node.runtime, move || store.query(&filters, cap)).await)
+        let policy = node.policy();
+        let reader = Arc::clone(&node);
+        let found = unblock(&*node.runtime, move || {
+            let visible = |event: &Event| reader.serves(&policy, event);
+            reader.store.query_visible(&filters, cap, &visible)
+        });
+        flatten(found.await)
     })
 }
 
@@ -154,9 +164,13 @@ impl RelayBackend for ConnectionHooks {
     fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<EventId>, String>> {
         let node = Arc::clone(&self.node.0);
         Box::pin(async move {
-            let store = node.store.clone();
+            let policy = node.policy();
+            let reader = Arc::clone(&node);
             let ids = unblock(&*node.runtime, move || {
-                store.query_ids(&query.filters, query.cap)
+                let visible = |event: &Event| reader.serves(&policy, event);
+                reader
+                    .store
+                    .query_ids_visible(&query.filters, query.cap, &visible)
             });
             flatten(ids.await)
         })
@@ -197,6 +211,11 @@ fn flatten<T>(result: std::io::Result<Result<T, crate::store::StoreError>>) -> R
 }
 
 impl PushHandler for NodeHooks {
+    fn refuses_fetch(&self, repo: &RepoKey) -> Option<&'static str> {
+        let denied = self.0.policy().denies_repo(&repo.owner, &repo.identifier);
+        denied.then(|| graspd_core::policy::PolicyRefusal::Repo.message())
+    }
+
     fn decide_push(
         &self,
         repo: &RepoKey,

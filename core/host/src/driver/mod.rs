@@ -9,12 +9,14 @@
 mod accept;
 mod execute;
 mod handlers;
+mod reload;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use graspd_core::events::GitEvent;
 use graspd_core::events::{KIND_ANNOUNCEMENT, KIND_STATE};
+use graspd_core::policy::Policy;
 use graspd_core::{Command, Engine, Input, RepoKey};
 use nostr::event::Kind;
 use nostr::filter::Filter;
@@ -40,8 +42,9 @@ pub struct Settings {
     pub relay_limits: RelayLimits,
     /// Refusals by the connection and rate limits, shared with the HTTP origin.
     pub refusals: Arc<crate::refusals::Refusals>,
-    /// The NIP-11 document, rendered once.
-    pub information_document: String,
+    /// The NIP-11 document's fixed parts; whether an allow list is set comes from the
+    /// current policy at each request.
+    pub relay_info: crate::nip11::RelayInfo,
 }
 
 /// One running graspd: engine, store, repositories, live subscribers.
@@ -79,10 +82,12 @@ fn command_span(command: &Command) -> tracing::Span {
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 
 impl Node {
-    /// Opens the store in `config.data_dir`, then [`Node::start_with`].
+    /// Opens the store in `config.data_dir`, then [`Node::start_with`], with `policy` (the
+    /// flags' lists and the `--config` file's) as the curation lists.
     pub async fn start(
         runtime: Arc<dyn Runtime>,
         config: &Config,
+        policy: Policy,
         git: Arc<dyn GitOps>,
         settings: Settings,
         follower: FollowerHandle,
@@ -102,15 +107,11 @@ impl Node {
             path: config.data_dir.clone(),
             detail: error.to_string(),
         })??;
-        Node::start_with(
-            runtime,
-            config.engine_config(),
-            store,
-            git,
-            settings,
-            follower,
-        )
-        .await
+        let engine = graspd_core::Config {
+            policy,
+            ..config.engine_config()
+        };
+        Node::start_with(runtime, engine, store, git, settings, follower).await
     }
 
     /// Restores the engine from `store` (stored announcements and states, then every waiting
@@ -236,6 +237,32 @@ impl Node {
         }
         if restored > 0 {
             info!(placeholders = restored, "restored refs/nostr placeholders");
+        }
+    }
+
+    /// The operator's curation lists in force now (the engine's; a cheap shared copy).
+    pub fn policy(&self) -> Policy {
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        engine.config().policy.clone()
+    }
+
+    /// Replaces the operator's curation lists (a reload): the engine judges new events and
+    /// pushes by them and withdraws the waiting events they refuse; queries, live
+    /// subscriptions and git fetches read the current lists each time.
+    pub fn set_policy(self: &Arc<Self>, policy: Policy) {
+        self.input(Input::PolicyChanged { policy });
+    }
+
+    /// Whether a stored event may be served now (the deny lists).
+    fn serves(&self, policy: &Policy, event: &nostr::event::Event) -> bool {
+        policy.serves(event, self.store.reference_limits().per_event)
+    }
+
+    /// Hands a newly served event to live subscribers, unless the lists in force now deny
+    /// it (they may have changed since it was accepted).
+    fn publish_live(&self, event: nostr::event::Event) {
+        if self.serves(&self.policy(), &event) {
+            self.hub.publish(event);
         }
     }
 

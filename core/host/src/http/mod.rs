@@ -77,6 +77,14 @@ pub trait PushHandler: Send + Sync + 'static {
     /// Called after receive-pack, with the updates that are now in the repo. The repo's lock
     /// is released by then.
     fn on_pushed(&self, repo: &RepoKey, updates: &[RefUpdate]) -> BoxFuture<'static, ()>;
+
+    /// Why clones and fetches of `repo` are refused (403 with this text), if they are: the
+    /// operator's policy denies it. Pushes are refused per ref by `decide_push`, so git shows
+    /// the reason.
+    fn refuses_fetch(&self, repo: &RepoKey) -> Option<&'static str> {
+        let _ = repo;
+        None
+    }
 }
 
 /// Renders the Prometheus text exposition for `/metrics`.

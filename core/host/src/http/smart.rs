@@ -115,6 +115,20 @@ fn busy(site: &Site, repo: &RepoKey, client: IpAddr, busy: Busy) -> Response<Res
     response
 }
 
+/// 403 for a clone or fetch of a repository the operator's policy denies. A push goes on, to
+/// be refused per ref with the reason git shows (`! [remote rejected] <ref> (<reason>)`).
+fn refused_fetch(site: &Site, repo: &RepoKey, service: Service) -> Option<Response<ResponseBody>> {
+    if service != Service::UploadPack {
+        return None;
+    }
+    let reason = site.handlers.push.refuses_fetch(repo)?;
+    site.git.refuse(
+        Limit::PolicyRepo,
+        &format_args!("git fetch of {repo} refused: {reason}"),
+    );
+    Some(status(StatusCode::FORBIDDEN, &format!("{reason}\n")))
+}
+
 pub(super) async fn info_refs(
     site: &Site,
     request: Request<Incoming>,
@@ -137,6 +151,9 @@ pub(super) async fn info_refs(
             "only smart HTTP is served: use ?service=git-upload-pack or ?service=git-receive-pack\n",
         );
     };
+    if let Some(refused) = refused_fetch(site, &repo, service) {
+        return refused;
+    }
     let path = match served_path(site, &repo).await {
         Ok(path) => path,
         Err(response) => return response,
@@ -170,6 +187,9 @@ pub(super) async fn rpc(
 ) -> Response<ResponseBody> {
     if request.method() != Method::POST {
         return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    if let Some(refused) = refused_fetch(site, &repo, service) {
+        return answer_unread(site, request, refused);
     }
     let served = match served_path(site, &repo).await {
         Ok(path) => path,

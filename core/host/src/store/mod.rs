@@ -40,6 +40,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 pub use error::StoreError;
 pub use group_commit::GroupCommitStats;
+pub use query::Visible;
 pub use references::{
     ReferenceLimits, ReferenceStats, DEFAULT_MAX_EVENT_REFERENCES, DEFAULT_MAX_REFERENCED_IDS,
 };
@@ -360,9 +361,20 @@ impl Store {
     /// has no limit). NIP-50 `search` is ignored. Each filter reads its most selective index:
     /// `ids`, else one tag (the one with fewest values), else `authors`, else `kinds`, else time.
     pub fn query(&self, filters: &[Filter], cap: usize) -> Result<Vec<Event>, StoreError> {
+        self.query_visible(filters, cap, &|_| true)
+    }
+
+    /// [`Store::query`] over only the events `visible` lets through (what clients may be
+    /// served now); the others do not count toward a filter's limit.
+    pub fn query_visible(
+        &self,
+        filters: &[Filter],
+        cap: usize,
+        visible: query::Visible<'_>,
+    ) -> Result<Vec<Event>, StoreError> {
         let result: Result<_, redb::Error> = (|| {
             let txn = self.db.begin_read()?;
-            query::run(&txn, filters, cap)
+            query::run(&txn, filters, cap, visible)
         })();
         result.map_err(|e| self.io(e))
     }
@@ -370,9 +382,19 @@ impl Store {
     /// The ids of what [`Store::query`] would return, in the same order, without holding the
     /// events: for streaming large answers with [`Store::load_json`].
     pub fn query_ids(&self, filters: &[Filter], cap: usize) -> Result<Vec<EventId>, StoreError> {
+        self.query_ids_visible(filters, cap, &|_| true)
+    }
+
+    /// [`Store::query_ids`] over only the events `visible` lets through.
+    pub fn query_ids_visible(
+        &self,
+        filters: &[Filter],
+        cap: usize,
+        visible: query::Visible<'_>,
+    ) -> Result<Vec<EventId>, StoreError> {
         let result: Result<_, redb::Error> = (|| {
             let txn = self.db.begin_read()?;
-            query::run_ids(&txn, filters, cap)
+            query::run_ids(&txn, filters, cap, visible)
         })();
         let ids = result.map_err(|e| self.io(e))?;
         Ok(ids.into_iter().map(EventId::from_byte_array).collect())

@@ -23,14 +23,19 @@ use super::schema::*;
 /// Newest first, then lowest id: the order results are returned in.
 type Order = (Reverse<u64>, Id);
 
+/// Which stored events a query may return at all (the operator's deny lists); the others
+/// are skipped before they count toward a filter's limit.
+pub type Visible<'a> = &'a (dyn Fn(&Event) -> bool + Sync);
+
 pub fn run(
     txn: &ReadTransaction,
     filters: &[Filter],
     cap: usize,
+    visible: Visible<'_>,
 ) -> Result<Vec<Event>, redb::Error> {
     let events = txn.open_table(EVENTS)?;
     let mut found = Vec::new();
-    for id in run_ids(txn, filters, cap)? {
+    for id in run_ids(txn, filters, cap, visible)? {
         found.extend(load(&events, &id)?);
     }
     Ok(found)
@@ -41,6 +46,7 @@ pub fn run_ids(
     txn: &ReadTransaction,
     filters: &[Filter],
     cap: usize,
+    visible: Visible<'_>,
 ) -> Result<Vec<Id>, redb::Error> {
     let events = txn.open_table(EVENTS)?;
     let mut found: BTreeSet<Order> = BTreeSet::new();
@@ -49,7 +55,7 @@ pub fn run_ids(
         if limit == 0 || matches_nothing(filter) {
             continue;
         }
-        found.extend(run_one(txn, &events, filter, limit)?);
+        found.extend(run_one(txn, &events, filter, limit, visible)?);
     }
     Ok(found.into_iter().map(|(_, id)| id).collect())
 }
@@ -94,6 +100,7 @@ fn run_one(
     events: &ReadOnlyTable<Id, &'static [u8]>,
     filter: &Filter,
     limit: usize,
+    visible: Visible<'_>,
 ) -> Result<BTreeSet<Order>, redb::Error> {
     let since = filter.since.map_or(0, |t| t.as_secs());
     let until = filter.until.map_or(u64::MAX, |t| t.as_secs());
@@ -103,6 +110,7 @@ fn run_one(
     let mut scan = Scan {
         events,
         filter,
+        visible,
         limit,
         found: BTreeSet::new(),
     };
@@ -151,6 +159,7 @@ fn run_one(
 struct Scan<'a> {
     events: &'a ReadOnlyTable<Id, &'static [u8]>,
     filter: &'a Filter,
+    visible: Visible<'a>,
     limit: usize,
     /// Never more than `limit`: the oldest is dropped as a newer one comes.
     found: BTreeSet<Order>,
@@ -182,7 +191,8 @@ impl Scan<'_> {
         // NIP-50 search is not offered; it is ignored rather than scanned for.
         let matches = self
             .filter
-            .match_event(&event, MatchEventOptions::new().nip50(false));
+            .match_event(&event, MatchEventOptions::new().nip50(false))
+            && (self.visible)(&event);
         if matches {
             self.found.insert(order(&event));
             if self.found.len() > self.limit {
