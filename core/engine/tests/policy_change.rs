@@ -50,6 +50,12 @@ struct Waiting {
     announcement: EventId,
 }
 
+impl Waiting {
+    fn change(&mut self, now: graspd_core::Time, policy: Policy) {
+        change(&mut self.engine, &mut self.host, now, policy);
+    }
+}
+
 fn waiting() -> Waiting {
     let mut kit = Kit::default();
     let mut engine = Engine::new(config());
@@ -77,12 +83,7 @@ fn waiting() -> Waiting {
 #[test]
 fn a_denied_author_s_waiting_events_are_withdrawn_and_no_one_else_s() {
     let mut w = waiting();
-    change(
-        &mut w.engine,
-        &mut w.host,
-        t(10),
-        policy(&[npub(3)], &[], &[]),
-    );
+    w.change(t(10), policy(&[npub(3)], &[], &[]));
     assert_eq!(withdrawn(&w.host), BTreeSet::from([w.pr]));
     let stats = w.engine.stats();
     assert_eq!((stats.waiting.prs, stats.waiting.states), (0, 2));
@@ -94,24 +95,14 @@ fn a_denied_author_s_waiting_events_are_withdrawn_and_no_one_else_s() {
 fn a_denied_repository_s_waiting_events_are_withdrawn_whoever_published_them() {
     let mut w = waiting();
     let entry = format!("{}/r", npub(1));
-    change(
-        &mut w.engine,
-        &mut w.host,
-        t(10),
-        policy(&[], &[entry], &[]),
-    );
+    w.change(t(10), policy(&[], &[entry], &[]));
     // The owner's state is for `<1>/r`, the PR names it; the maintainer's state is for the
     // maintainer's own `<2>/r`, which is not denied.
     assert_eq!(withdrawn(&w.host), BTreeSet::from([w.owner_state, w.pr]));
     assert_eq!(w.engine.stats().waiting.states, 1);
 
     // By identifier: everyone's `r`.
-    change(
-        &mut w.engine,
-        &mut w.host,
-        t(11),
-        policy(&[], &["r".into()], &[]),
-    );
+    w.change(t(11), policy(&[], &["r".into()], &[]));
     assert!(withdrawn(&w.host).contains(&w.maintainer_state));
     assert_eq!(w.engine.stats().waiting.states, 0);
     assert_eq!(w.engine.stats().waiting.announcements, 1);
@@ -120,12 +111,7 @@ fn a_denied_repository_s_waiting_events_are_withdrawn_whoever_published_them() {
 #[test]
 fn an_allow_list_withdraws_waiting_announcements_it_does_not_name_and_nothing_else() {
     let mut w = waiting();
-    change(
-        &mut w.engine,
-        &mut w.host,
-        t(10),
-        policy(&[], &[], &[npub(1)]),
-    );
+    w.change(t(10), policy(&[], &[], &[npub(1)]));
     assert_eq!(withdrawn(&w.host), BTreeSet::from([w.announcement]));
     let stats = w.engine.stats();
     assert_eq!((stats.waiting.states, stats.waiting.prs), (2, 1));
@@ -141,17 +127,12 @@ fn precedence_is_author_deny_then_repo_deny_then_allow() {
     // The allow list names `<1>/r`, but its owner is denied: the owner's state goes.
     let mut w = waiting();
     let entry = format!("{}/r", npub(1));
-    change(
-        &mut w.engine,
-        &mut w.host,
-        t(10),
-        policy(&[npub(1)], &[], std::slice::from_ref(&entry)),
-    );
+    w.change(t(10), policy(&[npub(1)], &[], std::slice::from_ref(&entry)));
     assert!(withdrawn(&w.host).contains(&w.owner_state));
     // Denied and allowed at once: the deny wins, for the state and for pushes.
     let mut w = waiting();
     let both = std::slice::from_ref(&entry);
-    change(&mut w.engine, &mut w.host, t(10), policy(&[], both, both));
+    w.change(t(10), policy(&[], both, both));
     assert!(withdrawn(&w.host).contains(&w.owner_state));
     assert!(matches!(push_main(&w.engine, 1), RefDecision::Reject(_)));
 }
