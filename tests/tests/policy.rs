@@ -220,6 +220,8 @@ fn a_reloaded_deny_hides_what_is_held_until_it_is_lifted(flavor: Flavor) {
 
 /// The file is polled for changes: a file that does not parse is refused (logged with its
 /// line, counted) and the lists in force stay; a good one then takes effect without a signal.
+/// An allow list refuses new announcements it does not name (and NIP-11 says so) but leaves
+/// what is hosted served.
 fn a_changed_file_is_reloaded_and_a_bad_one_keeps_the_lists_in_force(flavor: Flavor) {
     let dir = graspd_tests::temp_dir("policy-poll");
     let file = dir.join("graspd.toml");
@@ -245,12 +247,41 @@ fn a_changed_file_is_reloaded_and_a_bad_one_keeps_the_lists_in_force(flavor: Fla
     assert_eq!(relay.query_ids(repo_events.clone()).len(), 2);
     assert_eq!(reloads(&server, "ok"), 0.0);
 
+    // An allow list that does not name the hosted repository: new announcements only.
+    write_policy(&file, "allow_repos = [\"elsewhere\"]\n");
+    soon("the allow list was not reloaded", &server, || {
+        reloads(&server, "ok") == 1.0
+    });
+    assert_eq!(relay.query_ids(repo_events.clone()).len(), 2);
+    let unlisted = announcement(&keys(5), "unlisted", &[&server.http_url()], &[]);
+    let reply = relay.publish(&unlisted);
+    assert!(
+        reply.message.contains("only hosts listed repositories"),
+        "{reply:?}"
+    );
+    let criteria = nip11_document(server.addr)["repo_acceptance_criteria"].clone();
+    assert!(
+        criteria
+            .as_str()
+            .unwrap_or_default()
+            .contains("operator lists"),
+        "{criteria}"
+    );
+
     write_policy(&file, &format!("deny_repos = [\"{}\"]\n", npub(&owner)));
     soon("the changed file was not reloaded", &server, || {
         relay.query_ids(repo_events.clone()).is_empty()
     });
-    assert_eq!(reloads(&server, "ok"), 1.0);
+    assert_eq!(reloads(&server, "ok"), 2.0);
     assert_eq!(reloads(&server, "rejected"), 1.0);
+    let criteria = nip11_document(server.addr)["repo_acceptance_criteria"].clone();
+    assert!(
+        !criteria
+            .as_str()
+            .unwrap_or_default()
+            .contains("operator lists"),
+        "{criteria}"
+    );
 }
 
 /// A policy file with a bad entry stops the start-up with its line.
