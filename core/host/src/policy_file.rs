@@ -109,10 +109,22 @@ impl PolicySource {
                 .contents
                 .as_deref()
                 .map_err(|why| PolicyFileError(format!("{}: {why}", path.display())))?;
-            let file: File = toml::from_str(text)
-                .map_err(|e| PolicyFileError(format!("{}: {e}", path.display())))?;
+            let file: File = toml::from_str(text).map_err(|e| {
+                // One line for the log: toml's own text draws the line with a caret.
+                let why = e.message().trim().replace('\n', "; ");
+                PolicyFileError(match e.span() {
+                    Some(span) => {
+                        format!(
+                            "{} line {}: {why}",
+                            path.display(),
+                            line_of(text, span.start)
+                        )
+                    }
+                    None => format!("{}: {why}", path.display()),
+                })
+            })?;
             let place = |name: &str, entry: &Spanned<String>, why: String| {
-                let line = text[..entry.span().start].matches('\n').count() + 1;
+                let line = line_of(text, entry.span().start);
                 PolicyFileError(format!(
                     "{} line {line}: {name} entry {:?}: {why}",
                     path.display(),
@@ -141,6 +153,11 @@ impl PolicySource {
         }
         Ok(Policy::new(authors, denied, allowed))
     }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
 }
 
 /// Reads `path` whole, at most [`MAX_FILE_BYTES`].
