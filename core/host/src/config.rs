@@ -224,6 +224,33 @@ pub struct ConnectionLimits {
     /// EVENTs one client address may send at once above its sustained rate.
     #[arg(long, env = "GRASPD_EVENT_BURST_PER_ADDRESS", default_value_t = 1000)]
     pub event_burst_per_address: u32,
+
+    /// NIP-77 reconciliations (NEG-OPEN) open at once on one WebSocket; beyond it NEG-ERR
+    /// `blocked:`. 0 turns NIP-77 off (NEG-OPEN is answered NEG-ERR, NIP-11 omits 77).
+    #[arg(
+        long,
+        env = "GRASPD_MAX_NEGENTROPY_SESSIONS",
+        default_value_t = crate::relay::NegentropyLimits::default().max_sessions
+    )]
+    pub max_negentropy_sessions: usize,
+
+    /// Served events one NIP-77 reconciliation may cover; a NEG-OPEN whose filter matches
+    /// more is answered NEG-ERR `blocked: too many items` (the client falls back to REQ).
+    #[arg(
+        long,
+        env = "GRASPD_MAX_NEGENTROPY_ITEMS",
+        default_value_t = crate::relay::NegentropyLimits::default().max_items
+    )]
+    pub max_negentropy_items: usize,
+
+    /// Largest NIP-77 message this server sends, in bytes before hex encoding (at least
+    /// 4096); a larger answer is split over more rounds.
+    #[arg(
+        long,
+        env = "GRASPD_NEGENTROPY_FRAME_BYTES",
+        default_value_t = crate::relay::NegentropyLimits::default().frame_bytes
+    )]
+    pub negentropy_frame_bytes: usize,
 }
 
 /// A rate of at least one event per second, with a burst of at least one event.
@@ -251,6 +278,13 @@ impl ConnectionLimits {
                 self.events_per_second_per_address,
                 self.event_burst_per_address,
             ),
+            negentropy: crate::relay::NegentropyLimits {
+                max_sessions: self.max_negentropy_sessions,
+                max_items: self.max_negentropy_items,
+                frame_bytes: self
+                    .negentropy_frame_bytes
+                    .max(crate::relay::negentropy::MIN_FRAME_BYTES),
+            },
             ..crate::relay::RelayLimits::default()
         }
     }

@@ -12,6 +12,7 @@ pub mod event_rate;
 mod fd_limit;
 pub mod follow;
 pub mod git;
+pub mod hex;
 pub mod http;
 pub mod io;
 pub mod metrics;

@@ -102,6 +102,7 @@ pub struct Metrics {
     refusals: Family<LimitLabel, Counter>,
     prune_runs: Family<OutcomeLabel, Counter>,
     websockets_open: Gauge,
+    negentropy_opened: Counter<u64, AtomicU64>,
     referenced_ids: Gauge,
     referenced_ids_evicted: Counter<u64, AtomicU64>,
     store_commits: Counter<u64, AtomicU64>,
@@ -271,6 +272,12 @@ impl Metrics {
              outcome (done, failed, timed_out)",
             prune_runs.clone(),
         );
+        let negentropy_opened = Counter::default();
+        registry.register(
+            "negentropy_opened",
+            "NIP-77 reconciliations (NEG-OPEN) started by clients and their items read",
+            negentropy_opened.clone(),
+        );
         let websockets_open = Gauge::default();
         registry.register(
             "websockets_open",
@@ -310,6 +317,7 @@ impl Metrics {
             refusals,
             prune_runs,
             websockets_open,
+            negentropy_opened,
             referenced_ids,
             referenced_ids_evicted,
             follow_waiting,
@@ -405,6 +413,11 @@ impl Metrics {
     /// `outcome`: waiting, accepted, duplicate, rejected.
     pub fn event(&self, outcome: &'static str) {
         self.events.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts a NIP-77 reconciliation whose items are being read.
+    pub fn negentropy_opened(&self) {
+        self.negentropy_opened.inc();
     }
 
     /// Refreshes the per-relay gauge from the follower's relays (at most its `max_relays`);

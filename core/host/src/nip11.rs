@@ -107,6 +107,15 @@ fn supported_grasps(info: &RelayInfo) -> Vec<&'static str> {
     grasps
 }
 
+/// The NIPs this server implements; 77 (negentropy) unless it is turned off.
+fn supported_nips(limits: &RelayLimits) -> Vec<u16> {
+    let mut nips = vec![1, 9, 11, 34];
+    if limits.negentropy.enabled() {
+        nips.push(77);
+    }
+    nips
+}
+
 /// The document as a JSON value.
 pub fn document(info: &RelayInfo, limits: &RelayLimits) -> Value {
     let mut doc = json!({
@@ -114,7 +123,7 @@ pub fn document(info: &RelayInfo, limits: &RelayLimits) -> Value {
         "description": info.description,
         "software": "graspd",
         "version": env!("CARGO_PKG_VERSION"),
-        "supported_nips": [1, 9, 11, 34],
+        "supported_nips": supported_nips(limits),
         "supported_grasps": supported_grasps(info),
         "repo_acceptance_criteria": acceptance_criteria(info),
         "limitation": {

@@ -66,10 +66,15 @@ pub enum Limit {
     /// `--deny-repo`, `--allow-repo`: an event for a denied repository, or an announcement
     /// the allow list does not name.
     PolicyRepo,
+    /// `--max-negentropy-sessions`: a NIP-77 `NEG-OPEN` over the per-connection limit (or
+    /// with negentropy turned off).
+    NegentropySessions,
+    /// `--max-negentropy-items`: a `NEG-OPEN` whose filter matches more served events.
+    NegentropyItems,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 24] = [
+    pub const ALL: [Limit; 26] = [
         Limit::WebSocketsTotal,
         Limit::WebSocketsPerAddress,
         Limit::WebSocketIdle,
@@ -94,6 +99,8 @@ impl Limit {
         Limit::GitPruneQueue,
         Limit::PolicyAuthor,
         Limit::PolicyRepo,
+        Limit::NegentropySessions,
+        Limit::NegentropyItems,
     ];
 
     pub fn name(self) -> &'static str {
@@ -122,6 +129,8 @@ impl Limit {
             Limit::DeletionNotHeld => Refusal::DeletionNotHeld.name(),
             Limit::PolicyAuthor => "policy_author",
             Limit::PolicyRepo => "policy_repo",
+            Limit::NegentropySessions => "negentropy_sessions",
+            Limit::NegentropyItems => "negentropy_items",
         }
     }
 

@@ -16,7 +16,9 @@ use crate::event_rate::TokenBucket;
 use crate::git::RefUpdate;
 use crate::http::{Handlers, PushHandler, RelayHandler, WebSocket};
 use crate::refusals::{Limit, Refusals};
-use crate::relay::{run_connection, Query, RelayBackend, RelayLimits, RelaySocket, Verdict};
+use crate::relay::{
+    run_connection, Query, ReconcileOpen, RelayBackend, RelayLimits, RelaySocket, Verdict,
+};
 use crate::runtime::{unblock, BoxFuture};
 
 /// The hooks of one [`Node`], for [`crate::http::Site`].
@@ -173,6 +175,19 @@ impl RelayBackend for ConnectionHooks {
                     .query_ids_visible(&query.filters, query.cap, &visible)
             });
             flatten(ids.await)
+        })
+    }
+
+    fn reconciliation_items(
+        &self,
+        open: &ReconcileOpen,
+    ) -> BoxFuture<'static, Result<Vec<(u64, EventId)>, String>> {
+        let node = Arc::clone(&self.node.0);
+        node.metrics.negentropy_opened();
+        let (filters, cap) = (open.filters.clone(), open.cap);
+        Box::pin(async move {
+            let store = node.store.clone();
+            flatten(unblock(&*node.runtime, move || store.query_items(&filters, cap)).await)
         })
     }
 

@@ -14,7 +14,7 @@ use futures_util::future::{self, select, Either};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use nostr::prelude::{Event, EventId};
 
-use super::{messages, Action, Hub, Live, Query, RelayLimits, Session, Verdict};
+use super::{messages, Action, Hub, Live, Query, ReconcileOpen, RelayLimits, Session, Verdict};
 use crate::refusals::{Limit, Refusals};
 
 /// A boxed `Send` future (the same shape as the runtime trait's).
@@ -53,6 +53,14 @@ pub trait RelayBackend: Send + Sync {
         ids: Vec<EventId>,
         max_bytes: usize,
     ) -> BoxFuture<'static, Result<(Vec<String>, usize), String>>;
+
+    /// The `(created_at, id)` of the served events a NIP-77 `NEG-OPEN` reconciles, read off
+    /// the async threads (`store.query_items(&open.filters, open.cap)` on the blocking pool).
+    /// An error text ends the reconciliation with `NEG-ERR` and `error: <text>`.
+    fn reconciliation_items(
+        &self,
+        open: &ReconcileOpen,
+    ) -> BoxFuture<'static, Result<Vec<(u64, EventId)>, String>>;
 
     /// The runtime's clock, and its timer (completes at `deadline`): pings, idle and write
     /// deadlines.
@@ -177,6 +185,27 @@ pub async fn run_connection<S: RelaySocket>(
                                 Err(Gone) => return,
                             }
                         }
+                        Some(Action::Reconcile(open)) => {
+                            // No client frame is read meanwhile, so the session cannot change.
+                            match backend.reconciliation_items(&open).await {
+                                Ok(items) => match session.start_reconciliation(open, &items) {
+                                    Action::Refused { frame, limit } => {
+                                        refuse(backend, limit, &frame);
+                                        vec![frame]
+                                    }
+                                    Action::Send(frame) => vec![frame],
+                                    _ => Vec::new(),
+                                },
+                                Err(reason) => vec![messages::neg_err(
+                                    &open.subscription_id,
+                                    &format!("error: {reason}"),
+                                )],
+                            }
+                        }
+                        Some(Action::Refused { frame, limit }) => {
+                            refuse(backend, limit, &frame);
+                            vec![frame]
+                        }
                     },
                     Message::Binary(_) => match session.handle_binary() {
                         Action::Send(frame) => vec![frame],
@@ -208,6 +237,15 @@ pub async fn run_connection<S: RelaySocket>(
             return;
         }
     }
+}
+
+/// Counts and logs a client request a limit refused; `frame` is the answer it gets.
+fn refuse(backend: &dyn RelayBackend, limit: Limit, frame: &str) {
+    backend.refusals().refuse(
+        limit,
+        &format_args!("refused a relay request: {frame}"),
+        backend.now(),
+    );
 }
 
 /// Sends a REQ's stored events as the client takes them, read from the store in chunks;

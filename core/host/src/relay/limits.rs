@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::negentropy::NegentropyLimits;
 use crate::event_rate::Rate;
 
 /// Limits one WebSocket connection is held to. Defaults suit a GRASP server.
@@ -38,6 +39,8 @@ pub struct RelayLimits {
     pub events_per_connection: Rate,
     /// EVENTs one client address (an IPv6 /64) may send over all its connections.
     pub events_per_address: Rate,
+    /// NIP-77 reconciliation: sessions per connection (0: off), items, frame size.
+    pub negentropy: NegentropyLimits,
 }
 
 impl Default for RelayLimits {
@@ -62,6 +65,7 @@ impl Default for RelayLimits {
                 per_second: 500,
                 burst: 1000,
             },
+            negentropy: NegentropyLimits::default(),
         }
     }
 }

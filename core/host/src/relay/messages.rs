@@ -1,4 +1,4 @@
-//! Relay-to-client messages (NIP-01), serialized to the text of one WebSocket frame.
+//! Relay-to-client messages (NIP-01, NIP-77), serialized to the text of one WebSocket frame.
 
 use nostr::prelude::{Event, EventId};
 use serde_json::json;
@@ -40,6 +40,16 @@ pub fn closed(subscription_id: &str, message: &str) -> String {
 /// `["NOTICE", <message>]`
 pub fn notice(message: &str) -> String {
     json!(["NOTICE", message]).to_string()
+}
+
+/// `["NEG-MSG", <subscription id>, <hex message>]` (NIP-77)
+pub fn neg_msg(subscription_id: &str, hex_message: &str) -> String {
+    json!(["NEG-MSG", subscription_id, hex_message]).to_string()
+}
+
+/// `["NEG-ERR", <subscription id>, <reason>]` (NIP-77): the reconciliation is over.
+pub fn neg_err(subscription_id: &str, reason: &str) -> String {
+    json!(["NEG-ERR", subscription_id, reason]).to_string()
 }
 
 /// Sent before the connection is closed because its live queue overflowed.

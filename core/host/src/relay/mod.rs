@@ -7,6 +7,8 @@
 //!   it becomes served; each session's [`LiveFeed`] yields the ones it subscribed to.
 //! - [`messages`]: relay-to-client frames (`EVENT`, `OK`, `EOSE`, `CLOSED`, `NOTICE`).
 //! - [`RelayLimits`]: per-connection limits, also published by NIP-11.
+//! - [`negentropy`]: NIP-77 reconciliation (`NEG-OPEN`, `NEG-MSG`, `NEG-CLOSE`) over the
+//!   served events matching a filter ([`Action::Reconcile`]).
 //!
 //! - [`run_connection`]: the whole per-connection loop over an upgraded WebSocket, for any
 //!   runtime; the driver supplies a [`RelayBackend`] (decide an event, read stored events).
@@ -18,12 +20,16 @@ mod connection;
 mod hub;
 mod limits;
 pub mod messages;
+pub mod negentropy;
 mod session;
 
+#[cfg(test)]
+mod negentropy_tests;
 #[cfg(test)]
 mod tests;
 
 pub use connection::{run_connection, BoxFuture, RelayBackend, RelaySocket};
 pub use hub::{Hub, Live, LiveFeed};
 pub use limits::RelayLimits;
+pub use negentropy::{NegentropyLimits, ReconcileOpen};
 pub use session::{Action, Query, QueryId, Session, Verdict};

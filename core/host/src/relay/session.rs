@@ -6,7 +6,9 @@ use nostr::prelude::{Event, EventId, Filter, MatchEventOptions};
 use serde_json::Value;
 
 use super::hub::{Hub, LiveFeed, Membership};
+use super::negentropy::{ReconcileOpen, Reconciliations, Reply};
 use super::{messages, RelayLimits};
+use crate::refusals::Limit;
 
 /// Correlates a [`Query`] with its results (a REQ may be replaced or closed while its stored
 /// events are being read).
@@ -27,6 +29,24 @@ pub enum Action {
     /// [`Session::stored_event`] for each as the client takes them, then
     /// [`Session::end_of_stored`].
     Query(Query),
+    /// A NIP-77 `NEG-OPEN` was accepted: read the `(created_at, id)` of the served events it
+    /// names off the async thread (`store.query_items(&open.filters, open.cap)`), then send
+    /// [`Session::start_reconciliation`]'s answer.
+    Reconcile(ReconcileOpen),
+    /// Send this frame: a limit refused what the client asked (count and log it).
+    Refused { frame: String, limit: Limit },
+}
+
+impl From<Reply> for Action {
+    fn from(reply: Reply) -> Action {
+        match reply.refused {
+            Some(limit) => Action::Refused {
+                frame: reply.frame,
+                limit,
+            },
+            None => Action::Send(reply.frame),
+        }
+    }
 }
 
 /// The stored-events half of a REQ.
@@ -101,6 +121,7 @@ pub struct Session {
     subscriptions: BTreeMap<String, Subscription>,
     next_query: u64,
     membership: Membership,
+    reconciliations: Reconciliations,
 }
 
 impl Session {
@@ -112,6 +133,7 @@ impl Session {
             subscriptions: BTreeMap::new(),
             next_query: 0,
             membership,
+            reconciliations: Reconciliations::default(),
         };
         (session, feed)
     }
@@ -140,7 +162,10 @@ impl Session {
             "EVENT" => Some(self.handle_event(&mut items)),
             "REQ" => Some(self.handle_req(&mut items)),
             "CLOSE" => self.handle_close(&items),
-            "AUTH" | "COUNT" | "NEG-OPEN" | "NEG-MSG" | "NEG-CLOSE" => Some(notice(&format!(
+            "NEG-OPEN" => Some(self.handle_neg_open(&mut items)),
+            "NEG-MSG" => Some(self.handle_neg_msg(&items)),
+            "NEG-CLOSE" => self.handle_neg_close(&items),
+            "AUTH" | "COUNT" => Some(notice(&format!(
                 "unsupported: {command} is not supported by this relay"
             ))),
             _ => Some(notice(&format!(
@@ -190,6 +215,23 @@ impl Session {
             &subscription_id,
             &format!("error: {reason}"),
         ))
+    }
+
+    /// The answer to the initial message of `open` (an [`Action::Reconcile`]), given the
+    /// items the driver read for it.
+    pub fn start_reconciliation(
+        &mut self,
+        open: ReconcileOpen,
+        items: &[(u64, EventId)],
+    ) -> Action {
+        self.reconciliations
+            .start(&self.limits.negentropy, open, items)
+            .into()
+    }
+
+    /// Open NIP-77 reconciliations.
+    pub fn reconciliation_count(&self) -> usize {
+        self.reconciliations.len()
     }
 
     /// Frames delivering a live event to each open subscription it matches.
@@ -271,35 +313,9 @@ impl Session {
         }
         let mut parsed = Vec::with_capacity(filters.len());
         for raw in filters {
-            if !raw.is_object() {
-                return closed(&subscription_id, "invalid: a filter must be a JSON object");
-            }
-            let matches_nothing = lists_nothing(raw);
-            match serde_json::from_value::<Filter>(raw.take()) {
-                Ok(filter) if filter.search.is_some() => {
-                    return closed(
-                        &subscription_id,
-                        "unsupported: search (NIP-50) is not supported by this relay",
-                    )
-                }
-                Ok(filter) if largest_field(&filter) > self.limits.max_filter_values => {
-                    return closed(
-                        &subscription_id,
-                        &format!(
-                            "invalid: a filter field lists more than {} values",
-                            self.limits.max_filter_values
-                        ),
-                    )
-                }
-                // Still validated above; it adds nothing to the subscription.
-                Ok(_) if matches_nothing => {}
-                Ok(filter) => parsed.push(filter),
-                Err(error) => {
-                    return closed(
-                        &subscription_id,
-                        &format!("invalid: bad filter: {}", truncate(&error.to_string(), 120)),
-                    )
-                }
+            match self.parse_filter(raw) {
+                Ok(filter) => parsed.extend(filter),
+                Err(reason) => return closed(&subscription_id, &reason),
             }
         }
         let id = QueryId(self.next_query);
@@ -318,6 +334,95 @@ impl Session {
             filters: parsed,
             cap: self.limits.max_limit,
         })
+    }
+
+    /// One filter of a REQ or NEG-OPEN: `None` if it matches nothing (`"ids": []`), or the
+    /// reason it is refused.
+    fn parse_filter(&self, raw: &mut Value) -> Result<Option<Filter>, String> {
+        if !raw.is_object() {
+            return Err("invalid: a filter must be a JSON object".into());
+        }
+        let matches_nothing = lists_nothing(raw);
+        match serde_json::from_value::<Filter>(raw.take()) {
+            Ok(filter) if filter.search.is_some() => {
+                Err("unsupported: search (NIP-50) is not supported by this relay".into())
+            }
+            Ok(filter) if largest_field(&filter) > self.limits.max_filter_values => Err(format!(
+                "invalid: a filter field lists more than {} values",
+                self.limits.max_filter_values
+            )),
+            // Still validated above; it adds nothing.
+            Ok(_) if matches_nothing => Ok(None),
+            Ok(filter) => Ok(Some(filter)),
+            Err(error) => Err(format!(
+                "invalid: bad filter: {}",
+                truncate(&error.to_string(), 120)
+            )),
+        }
+    }
+
+    /// `["NEG-OPEN", <subscription id>, <filter>, <hex initial message>]` (NIP-77).
+    fn handle_neg_open(&mut self, items: &mut [Value]) -> Action {
+        let Some(subscription_id) = self.subscription_id(items.get(1)) else {
+            return notice(&format!(
+                "invalid: NEG-OPEN needs a subscription id of 1 to {} characters",
+                self.limits.max_subscription_id_chars
+            ));
+        };
+        let (4, Some(Value::String(initial))) = (items.len(), items.get(3).cloned()) else {
+            self.reconciliations.close(&subscription_id);
+            return neg_err(
+                &subscription_id,
+                "invalid: NEG-OPEN takes a subscription id, one filter and a hex initial message",
+            );
+        };
+        let filters = match self.parse_filter(&mut items[2]) {
+            Ok(filter) => filter.into_iter().collect(),
+            Err(reason) => {
+                self.reconciliations.close(&subscription_id);
+                return neg_err(&subscription_id, &reason);
+            }
+        };
+        match self
+            .reconciliations
+            .open(&self.limits.negentropy, subscription_id, filters, &initial)
+        {
+            Ok(open) => Action::Reconcile(open),
+            Err(reply) => reply.into(),
+        }
+    }
+
+    /// `["NEG-MSG", <subscription id>, <hex message>]` (NIP-77).
+    fn handle_neg_msg(&mut self, items: &[Value]) -> Action {
+        let Some(subscription_id) = self.subscription_id(items.get(1)) else {
+            return notice(&format!(
+                "invalid: NEG-MSG needs a subscription id of 1 to {} characters",
+                self.limits.max_subscription_id_chars
+            ));
+        };
+        let (3, Some(Value::String(message))) = (items.len(), items.get(2)) else {
+            self.reconciliations.close(&subscription_id);
+            return neg_err(
+                &subscription_id,
+                "invalid: NEG-MSG takes a subscription id and a hex message",
+            );
+        };
+        self.reconciliations
+            .message(&subscription_id, message)
+            .into()
+    }
+
+    /// `["NEG-CLOSE", <subscription id>]` (NIP-77): nothing is answered.
+    fn handle_neg_close(&mut self, items: &[Value]) -> Option<Action> {
+        match self.subscription_id(items.get(1)) {
+            Some(subscription_id) if items.len() == 2 => {
+                self.reconciliations.close(&subscription_id);
+                None
+            }
+            _ => Some(notice(
+                "invalid: NEG-CLOSE takes exactly one subscription id",
+            )),
+        }
     }
 
     fn handle_close(&mut self, items: &[Value]) -> Option<Action> {
@@ -378,6 +483,10 @@ fn largest_field(filter: &Filter) -> usize {
 
 fn notice(message: &str) -> Action {
     Action::Send(messages::notice(message))
+}
+
+fn neg_err(subscription_id: &str, reason: &str) -> Action {
+    Action::Send(messages::neg_err(subscription_id, reason))
 }
 
 fn closed(subscription_id: &str, message: &str) -> Action {

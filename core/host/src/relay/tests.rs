@@ -108,7 +108,7 @@ fn unknown_and_unsupported_commands() {
         frame[1].as_str().unwrap().len() < 100,
         "the command is echoed truncated"
     );
-    for command in ["AUTH", "COUNT", "NEG-OPEN"] {
+    for command in ["AUTH", "COUNT"] {
         let text = format!(r#"["{command}", "x", {{}}]"#);
         assert_notice(s.handle_text(&text), "unsupported:");
     }
@@ -438,16 +438,21 @@ fn live_feed_wakes_a_waiting_reader() {
     assert_eq!(publisher.join().unwrap(), 1);
 }
 
-/// Every reply to any input is one well-formed NOTICE, CLOSED or OK frame, and nothing panics.
+/// Every reply to any input is one well-formed NOTICE, CLOSED, OK or NEG-ERR frame, and
+/// nothing panics.
 fn replies_are_well_formed(text: &str) -> bool {
     let (mut s, _feed, _hub) = session();
     match s.handle_text(text) {
         None => true,
-        Some(Action::Send(frame)) => {
+        Some(Action::Send(frame) | Action::Refused { frame, .. }) => {
             let frame: Value = serde_json::from_str(&frame).unwrap();
-            matches!(frame[0].as_str(), Some("NOTICE" | "CLOSED" | "OK"))
+            matches!(
+                frame[0].as_str(),
+                Some("NOTICE" | "CLOSED" | "OK" | "NEG-ERR")
+            )
         }
         Some(Action::Query(query)) => !query.filters.is_empty(),
+        Some(Action::Reconcile(open)) => open.filters.len() <= 1,
         Some(Action::Accept(event)) => event.verify().is_ok(),
     }
 }
@@ -661,6 +666,14 @@ mod connection {
                     .query_ids(&query.filters, query.cap)
                     .map_err(|e| e.to_string())
             })
+        }
+
+        fn reconciliation_items(
+            &self,
+            open: &ReconcileOpen,
+        ) -> BoxFuture<'static, Result<Vec<(u64, nostr::prelude::EventId)>, String>> {
+            let (store, filters, cap) = (self.store.clone(), open.filters.clone(), open.cap);
+            Box::pin(async move { store.query_items(&filters, cap).map_err(|e| e.to_string()) })
         }
 
         fn load(

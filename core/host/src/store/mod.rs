@@ -11,6 +11,7 @@
 //! ```text
 //! served:    insert / insert_many -> InsertOutcome      query(filters, cap) -> events
 //!            query_ids(filters, cap) + load_json(ids, max_bytes): the same, streamed
+//!            query_items(filters, cap): the same as (created_at, id), for NIP-77
 //! "tagged by": is_referenced(id): named by an accepted issue, patch, PR or comment, not served
 //!            yet (kept by every insert; bounded, oldest forgotten first: references.rs)
 //! purgatory: put_waiting / remove_waiting / waiting_all (start-up restore)
@@ -48,6 +49,8 @@ pub use schema::FORMAT_VERSION;
 
 use group_commit::GroupCommit;
 use schema::*;
+
+use crate::hex::encode as hex;
 
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "graspd.redb";
@@ -400,6 +403,24 @@ impl Store {
         Ok(ids.into_iter().map(EventId::from_byte_array).collect())
     }
 
+    /// `(created_at, id)` of what [`Store::query`] would return, in the same order: the
+    /// items of a NIP-77 reconciliation. Waiting events are never among them.
+    pub fn query_items(
+        &self,
+        filters: &[Filter],
+        cap: usize,
+    ) -> Result<Vec<(u64, EventId)>, StoreError> {
+        let result: Result<_, redb::Error> = (|| {
+            let txn = self.db.begin_read()?;
+            query::run_items(&txn, filters, cap)
+        })();
+        let items = result.map_err(|e| self.io(e))?;
+        Ok(items
+            .into_iter()
+            .map(|(created_at, id)| (created_at, EventId::from_byte_array(id)))
+            .collect())
+    }
+
     /// The stored JSON text of served events, in the order of `ids` (absent ones skipped),
     /// stopping after the event that brings the total to `max_bytes` or more (so at least
     /// one). Returns the texts and how many of `ids` were consumed.
@@ -636,8 +657,4 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
             "the database library failed while reading it (the file is probably damaged)".into(),
         )),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -48,6 +48,29 @@ pub fn run_ids(
     cap: usize,
     visible: Visible<'_>,
 ) -> Result<Vec<Id>, redb::Error> {
+    Ok(run_orders(txn, filters, cap)?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect())
+}
+
+/// [`run`]'s answer as `(created_at, id)` pairs, in its order: what NIP-77 reconciles.
+pub fn run_items(
+    txn: &ReadTransaction,
+    filters: &[Filter],
+    cap: usize,
+) -> Result<Vec<(u64, Id)>, redb::Error> {
+    Ok(run_orders(txn, filters, cap)?
+        .into_iter()
+        .map(|(Reverse(created_at), id)| (created_at, id))
+        .collect())
+}
+
+fn run_orders(
+    txn: &ReadTransaction,
+    filters: &[Filter],
+    cap: usize,
+) -> Result<BTreeSet<Order>, redb::Error> {
     let events = txn.open_table(EVENTS)?;
     let mut found: BTreeSet<Order> = BTreeSet::new();
     for filter in filters {
@@ -57,7 +80,7 @@ pub fn run_ids(
         }
         found.extend(run_one(txn, &events, filter, limit, visible)?);
     }
-    Ok(found.into_iter().map(|(_, id)| id).collect())
+    Ok(found)
 }
 
 /// The stored JSON of the events `ids` names, in order, skipping absent ones; stops after

@@ -822,3 +822,39 @@ fn ids_then_chunks_give_the_query_answer_in_bounded_pieces() {
     let decoded: Vec<Event> = texts.iter().map(|t| Event::from_json(t).unwrap()).collect();
     assert_eq!(decoded, whole);
 }
+
+/// NIP-77's items are what a REQ with the same filter would serve, as `(created_at, id)`:
+/// never a waiting event, and at most `cap` per filter.
+#[test]
+fn reconciliation_items_are_the_served_answer() {
+    let dir = TempDir::new("items");
+    let store = open(&dir);
+    let alice = keys(1);
+    let served: Vec<Event> = (0..3)
+        .map(|n| event(&alice, 1621, 100 + n, &[&["t", "x"]], "served"))
+        .collect();
+    for e in &served {
+        assert_eq!(store.insert(e).unwrap(), stored());
+    }
+    let waiting = event(&alice, 1621, 500, &[&["t", "x"]], "waiting");
+    store
+        .put_waiting(&WaitingEvent {
+            event: waiting,
+            arrival: Arrival::Synced,
+            expires_at: 1_700_000_000,
+        })
+        .unwrap();
+    let filter = Filter::new().custom_tags(SingleLetterTag::LOWERCASE_T, ["x"]);
+    let items = store
+        .query_items(std::slice::from_ref(&filter), 10)
+        .unwrap();
+    let expected: Vec<(u64, EventId)> = store
+        .query(std::slice::from_ref(&filter), 10)
+        .unwrap()
+        .iter()
+        .map(|e| (e.created_at.as_secs(), e.id))
+        .collect();
+    assert_eq!(items, expected);
+    assert_eq!(items.len(), 3);
+    assert_eq!(store.query_items(&[filter], 2).unwrap().len(), 2);
+}

@@ -1,0 +1,232 @@
+//! NIP-77 negentropy against graspd: a real client (nostr-sdk's `Client::sync`) reconciles
+//! with the served events, a filter over the item cap is refused with `NEG-ERR`, and
+//! malformed messages get `NEG-ERR` on a connection that stays usable. Each scenario runs
+//! against both server binaries.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use graspd_tests::fixtures::hosted_repo;
+use graspd_tests::nostr::{keys, state, tagged, Event, RelayClient};
+use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
+use negentropy::{Negentropy, NegentropyStorageVector};
+use nostr_sdk::prelude::{
+    Client, Filter, Kind, MemoryDatabase, MemoryDatabaseOptions, SyncDirection, SyncOptions,
+};
+use serde_json::{json, Value};
+
+/// Generous bound for replies on a loaded 2-core CI machine.
+const SOON: Duration = Duration::from_secs(30);
+
+/// A kind 1621 issue on the hosted repository `coordinate`, told apart by `n`.
+fn issue(coordinate: &str, n: u32) -> Event {
+    tagged(
+        &keys(2),
+        1621,
+        &[&["a", coordinate], &["t", &format!("n{n}")]],
+    )
+}
+
+fn ids(events: &[Event]) -> BTreeSet<String> {
+    events.iter().map(|e| e.id.to_hex()).collect()
+}
+
+/// The hex initial message of a client that holds nothing.
+fn empty_initial_message() -> String {
+    let mut storage = NegentropyStorageVector::new();
+    storage.seal().unwrap();
+    let mut client = Negentropy::owned(storage, 0).unwrap();
+    let message = client.initiate().unwrap();
+    message.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The next frame answering subscription `id` (skipping others), within [`SOON`].
+fn reply_for(relay: &mut RelayClient, id: &str) -> Value {
+    let deadline = Instant::now() + SOON;
+    while let Some(frame) = relay.recv_until(deadline) {
+        if frame[1] == id {
+            return frame;
+        }
+    }
+    panic!("no reply for {id}");
+}
+
+fn refusals(server: &Server, limit: &str) -> f64 {
+    server
+        .metric(&format!(r#"graspd_refusals_total{{limit="{limit}"}}"#))
+        .unwrap_or(0.0)
+}
+
+/// nostr-sdk syncs both ways: it receives what only graspd serves, sends what only it has
+/// (graspd accepts those, as they tag a hosted repository), and is never offered an event
+/// waiting in purgatory.
+fn a_client_reconciles_with_graspd(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let coordinate = hosted_repo(&server);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let shared: Vec<Event> = (0..20).map(|n| issue(&coordinate, n)).collect();
+    let server_only: Vec<Event> = (20..25).map(|n| issue(&coordinate, n)).collect();
+    let client_only: Vec<Event> = (25..28).map(|n| issue(&coordinate, n)).collect();
+    for event in shared.iter().chain(&server_only) {
+        assert!(relay.publish(event).accepted);
+    }
+    // A state whose commit nobody has: acknowledged into purgatory, never served.
+    let waiting = state(
+        &keys(1),
+        "demo",
+        &[("refs/heads/main", &"ab".repeat(20))],
+        Some("main"),
+        5,
+    );
+    let reply = relay.publish(&waiting);
+    assert!(
+        reply.accepted && reply.message.starts_with("purgatory:"),
+        "{reply:?}"
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (issues, states) = runtime.block_on(async {
+        // The default memory database keeps no events; this client's local set must.
+        let database = MemoryDatabase::with_opts(MemoryDatabaseOptions {
+            events: true,
+            max_events: None,
+        });
+        let client = Client::builder().database(database).build();
+        for event in shared.iter().chain(&client_only) {
+            client.database().save_event(event).await.unwrap();
+        }
+        client.add_relay(server.ws_url()).await.unwrap();
+        client.connect().await;
+        let both = SyncOptions::new().direction(SyncDirection::Both);
+        let issues = client
+            .sync(Filter::new().kind(Kind::from(1621)), &both)
+            .await
+            .unwrap();
+        let states = client
+            .sync(Filter::new().kind(Kind::from(30618)), &SyncOptions::new())
+            .await
+            .unwrap();
+        client.shutdown().await;
+        (issues, states)
+    });
+    assert!(issues.failed.is_empty(), "{:?}", issues.failed);
+    let hexes = |set: &std::collections::HashSet<nostr_sdk::prelude::EventId>| -> BTreeSet<String> {
+        set.iter().map(|id| id.to_hex()).collect()
+    };
+    assert_eq!(hexes(&issues.val.remote), ids(&server_only));
+    assert_eq!(hexes(&issues.val.received), ids(&server_only));
+    assert_eq!(hexes(&issues.val.local), ids(&client_only));
+    assert_eq!(hexes(&issues.val.sent), ids(&client_only));
+    let served: BTreeSet<String> = relay
+        .query_ids(json!({"kinds": [1621]}))
+        .into_iter()
+        .collect();
+    let everything: Vec<Event> = shared
+        .iter()
+        .chain(&server_only)
+        .chain(&client_only)
+        .cloned()
+        .collect();
+    assert_eq!(served, ids(&everything), "graspd took what it lacked");
+
+    let received = hexes(&states.val.received);
+    assert_eq!(received.len(), 1, "the served state only: {received:?}");
+    assert!(!received.contains(&waiting.id.to_hex()));
+    assert!(
+        server
+            .metric("graspd_negentropy_opened_total")
+            .unwrap_or(0.0)
+            >= 2.0,
+        "NEG-OPENs are counted"
+    );
+}
+
+/// A NEG-OPEN whose filter matches more served events than `--max-negentropy-items` gets
+/// `NEG-ERR` `blocked: too many items` (a client falls back to REQ), counted; a narrower
+/// filter on the same connection reconciles.
+fn neg_open_over_the_item_cap_gets_neg_err(flavor: Flavor) {
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default().flag("--max-negentropy-items", 3),
+    );
+    let coordinate = hosted_repo(&server);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    for n in 0..4 {
+        assert!(relay.publish(&issue(&coordinate, n)).accepted);
+    }
+    let initial = empty_initial_message();
+    relay.send(json!(["NEG-OPEN", "big", {"kinds": [1621]}, initial]));
+    let refused = reply_for(&mut relay, "big");
+    assert_eq!(refused[0], "NEG-ERR", "{refused}");
+    assert!(
+        refused[2]
+            .as_str()
+            .unwrap()
+            .starts_with("blocked: too many items"),
+        "{refused}"
+    );
+    assert_eq!(refusals(&server, "negentropy_items"), 1.0);
+
+    relay.send(json!(["NEG-OPEN", "small", {"kinds": [30617]}, initial]));
+    let answer = reply_for(&mut relay, "small");
+    assert_eq!(answer[0], "NEG-MSG", "{answer}");
+}
+
+/// Bad hex, a version byte outside NIP-77's range and an unknown session are answered
+/// `NEG-ERR`; the connection stays open and REQ still works on it. NIP-11 lists 77.
+fn malformed_negentropy_messages_get_neg_err(flavor: Flavor) {
+    let server = Server::start(flavor);
+    hosted_repo(&server);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let initial = empty_initial_message();
+    let cases = [
+        (
+            json!(["NEG-OPEN", "hex", {}, "not hex"]),
+            "invalid: the initial message is not hex",
+        ),
+        (json!(["NEG-OPEN", "version", {}, "51"]), "invalid:"),
+        (
+            json!(["NEG-MSG", "unknown", initial]),
+            "closed: no negentropy session",
+        ),
+    ];
+    for (message, reason) in cases {
+        let id = message[1].as_str().unwrap().to_owned();
+        relay.send(message);
+        let reply = reply_for(&mut relay, &id);
+        assert_eq!(reply[0], "NEG-ERR", "{reply}");
+        assert!(reply[2].as_str().unwrap().starts_with(reason), "{reply}");
+    }
+    relay.send(json!(["NEG-OPEN", "ok", {}, initial]));
+    assert_eq!(reply_for(&mut relay, "ok")[0], "NEG-MSG");
+    relay.send(json!(["NEG-MSG", "ok", "zz"]));
+    let reply = reply_for(&mut relay, "ok");
+    assert_eq!(reply[0], "NEG-ERR", "{reply}");
+    assert!(
+        reply[2]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid: the message is not hex"),
+        "{reply}"
+    );
+    assert_eq!(
+        relay.query(json!({"kinds": [30617]})).len(),
+        1,
+        "REQ still works"
+    );
+
+    let nips = graspd_tests::http::nip11_document(server.addr)["supported_nips"].clone();
+    assert!(
+        nips.as_array().unwrap().contains(&json!(77)),
+        "NIP-11 lists 77: {nips}"
+    );
+}
+
+both_runtimes!(
+    a_client_reconciles_with_graspd,
+    neg_open_over_the_item_cap_gets_neg_err,
+    malformed_negentropy_messages_get_neg_err,
+);
