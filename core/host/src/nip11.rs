@@ -173,7 +173,16 @@ mod tests {
         let limits = RelayLimits::default();
         let doc: Value = serde_json::from_str(&document_json(&info, &limits)).unwrap();
         assert_eq!(doc["supported_grasps"], json!(["GRASP-01", "GRASP-02"]));
-        assert_eq!(doc["supported_nips"], json!([1, 9, 11, 34]));
+        assert_eq!(doc["supported_nips"], json!([1, 9, 11, 34, 77]));
+        let negentropy_off = RelayLimits {
+            negentropy: crate::relay::NegentropyLimits {
+                max_sessions: 0,
+                ..crate::relay::NegentropyLimits::default()
+            },
+            ..RelayLimits::default()
+        };
+        let off: Value = serde_json::from_str(&document_json(&info, &negentropy_off)).unwrap();
+        assert_eq!(off["supported_nips"], json!([1, 9, 11, 34]));
         let criteria = doc["repo_acceptance_criteria"].as_str().unwrap();
         assert!(criteria.contains("https://git.example.com/<npub>/<identifier>.git"));
         assert!(criteria.contains("wss://git.example.com"));
