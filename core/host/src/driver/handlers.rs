@@ -186,8 +186,13 @@ impl RelayBackend for ConnectionHooks {
         node.metrics.negentropy_opened();
         let (filters, cap) = (open.filters.clone(), open.cap);
         Box::pin(async move {
-            let store = node.store.clone();
-            flatten(unblock(&*node.runtime, move || store.query_items(&filters, cap)).await)
+            let policy = node.policy();
+            let reader = Arc::clone(&node);
+            let items = unblock(&*node.runtime, move || {
+                let visible = |event: &Event| reader.serves(&policy, event);
+                reader.store.query_items(&filters, cap, &visible)
+            });
+            flatten(items.await)
         })
     }
 

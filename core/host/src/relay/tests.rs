@@ -673,7 +673,11 @@ mod connection {
             open: &ReconcileOpen,
         ) -> BoxFuture<'static, Result<Vec<(u64, nostr::prelude::EventId)>, String>> {
             let (store, filters, cap) = (self.store.clone(), open.filters.clone(), open.cap);
-            Box::pin(async move { store.query_items(&filters, cap).map_err(|e| e.to_string()) })
+            Box::pin(async move {
+                store
+                    .query_items(&filters, cap, &|_| true)
+                    .map_err(|e| e.to_string())
+            })
         }
 
         fn load(

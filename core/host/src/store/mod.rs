@@ -403,16 +403,17 @@ impl Store {
         Ok(ids.into_iter().map(EventId::from_byte_array).collect())
     }
 
-    /// `(created_at, id)` of what [`Store::query`] would return, in the same order: the
-    /// items of a NIP-77 reconciliation. Waiting events are never among them.
+    /// `(created_at, id)` of what [`Store::query_visible`] would return, in the same order:
+    /// the items of a NIP-77 reconciliation. Waiting events are never among them.
     pub fn query_items(
         &self,
         filters: &[Filter],
         cap: usize,
+        visible: query::Visible<'_>,
     ) -> Result<Vec<(u64, EventId)>, StoreError> {
         let result: Result<_, redb::Error> = (|| {
             let txn = self.db.begin_read()?;
-            query::run_items(&txn, filters, cap)
+            query::run_items(&txn, filters, cap, visible)
         })();
         let items = result.map_err(|e| self.io(e))?;
         Ok(items

@@ -48,7 +48,7 @@ pub fn run_ids(
     cap: usize,
     visible: Visible<'_>,
 ) -> Result<Vec<Id>, redb::Error> {
-    Ok(run_orders(txn, filters, cap)?
+    Ok(run_orders(txn, filters, cap, visible)?
         .into_iter()
         .map(|(_, id)| id)
         .collect())
@@ -59,8 +59,9 @@ pub fn run_items(
     txn: &ReadTransaction,
     filters: &[Filter],
     cap: usize,
+    visible: Visible<'_>,
 ) -> Result<Vec<(u64, Id)>, redb::Error> {
-    Ok(run_orders(txn, filters, cap)?
+    Ok(run_orders(txn, filters, cap, visible)?
         .into_iter()
         .map(|(Reverse(created_at), id)| (created_at, id))
         .collect())
@@ -70,6 +71,7 @@ fn run_orders(
     txn: &ReadTransaction,
     filters: &[Filter],
     cap: usize,
+    visible: Visible<'_>,
 ) -> Result<BTreeSet<Order>, redb::Error> {
     let events = txn.open_table(EVENTS)?;
     let mut found: BTreeSet<Order> = BTreeSet::new();

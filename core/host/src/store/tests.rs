@@ -846,7 +846,7 @@ fn reconciliation_items_are_the_served_answer() {
         .unwrap();
     let filter = Filter::new().custom_tags(SingleLetterTag::LOWERCASE_T, ["x"]);
     let items = store
-        .query_items(std::slice::from_ref(&filter), 10)
+        .query_items(std::slice::from_ref(&filter), 10, &|_| true)
         .unwrap();
     let expected: Vec<(u64, EventId)> = store
         .query(std::slice::from_ref(&filter), 10)
@@ -856,5 +856,5 @@ fn reconciliation_items_are_the_served_answer() {
         .collect();
     assert_eq!(items, expected);
     assert_eq!(items.len(), 3);
-    assert_eq!(store.query_items(&[filter], 2).unwrap().len(), 2);
+    assert_eq!(store.query_items(&[filter], 2, &|_| true).unwrap().len(), 2);
 }
