@@ -193,6 +193,20 @@ fn a_reloaded_deny_hides_what_is_held_until_it_is_lifted(flavor: Flavor) {
     assert!(refs.text().contains(NOT_ACCEPTED), "{}", refs.text());
     let refused = git_fails(&work, &["clone", "-q", &url, "again"]);
     assert!(refused.contains("403"), "{refused}");
+    // Nor are its refs shown to a push, which is refused per ref.
+    let tip = git(&clone, &["rev-parse", "HEAD"]);
+    let advertised = request(
+        server.addr,
+        "GET",
+        &format!(
+            "/{}/demo.git/info/refs?service=git-receive-pack",
+            npub(&owner)
+        ),
+        &[],
+        b"",
+    );
+    assert_eq!(advertised.status, 200);
+    assert!(!advertised.text().contains(&tip), "{}", advertised.text());
     std::fs::write(clone.join("more"), "more\n").unwrap();
     git(&clone, &["add", "more"]);
     git(&clone, &["commit", "-q", "-m", "more"]);

@@ -122,6 +122,23 @@ pub async fn advertise(
     Ok(body)
 }
 
+/// A ref advertisement without refs, as git's for an empty repository (v0; no side-band), for
+/// a repository whose refs are not to be shown: a push to it still reaches the push decision,
+/// which refuses each ref with its reason.
+pub fn advertise_no_refs(service: Service) -> Vec<u8> {
+    let mut body = Vec::new();
+    pktline::write(
+        &mut body,
+        format!("# service={}\n", service.name()).as_bytes(),
+    );
+    pktline::write_flush(&mut body);
+    let zero = "0".repeat(40);
+    let line = format!("{zero} capabilities^{{}}\0report-status delete-refs ofs-delta\n");
+    pktline::write(&mut body, line.as_bytes());
+    pktline::write_flush(&mut body);
+    body
+}
+
 /// A running upload-pack whose stdout is the response body. Dropping it kills git.
 pub struct UploadPack {
     /// Where the request goes, as it arrives ([`process::feed`]).

@@ -122,11 +122,15 @@ fn refused_fetch(site: &Site, repo: &RepoKey, service: Service) -> Option<Respon
         return None;
     }
     let reason = site.handlers.push.refuses_fetch(repo)?;
+    Some(forbidden(site, repo, reason))
+}
+
+fn forbidden(site: &Site, repo: &RepoKey, reason: &str) -> Response<ResponseBody> {
     site.git.refuse(
         Limit::PolicyRepo,
         &format_args!("git fetch of {repo} refused: {reason}"),
     );
-    Some(status(StatusCode::FORBIDDEN, &format!("{reason}\n")))
+    status(StatusCode::FORBIDDEN, &format!("{reason}\n"))
 }
 
 pub(super) async fn info_refs(
@@ -151,8 +155,9 @@ pub(super) async fn info_refs(
             "only smart HTTP is served: use ?service=git-upload-pack or ?service=git-receive-pack\n",
         );
     };
-    if let Some(refused) = refused_fetch(site, &repo, service) {
-        return refused;
+    let denied = site.handlers.push.refuses_fetch(&repo);
+    if let (Some(reason), Service::UploadPack) = (denied, service) {
+        return forbidden(site, &repo, reason);
     }
     let path = match served_path(site, &repo).await {
         Ok(path) => path,
@@ -160,6 +165,9 @@ pub(super) async fn info_refs(
     };
     let body = if request.method() == Method::HEAD {
         full(Bytes::new())
+    } else if denied.is_some() {
+        // A push to a denied repository is refused per ref; its refs are not shown meanwhile.
+        full(git_smart::advertise_no_refs(service))
     } else {
         let _slot = match site.git.start_request(client) {
             Ok(slot) => slot,
