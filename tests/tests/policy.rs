@@ -230,6 +230,9 @@ fn a_reloaded_deny_hides_what_is_held_until_it_is_lifted(flavor: Flavor) {
     assert_eq!(relay.query_ids(repo_events).len(), 2);
     git(&work, &["clone", "-q", &url, "again"]);
     assert_eq!(reloads(&server, "ok"), 2.0);
+    for scratch in [dir, work] {
+        let _ = std::fs::remove_dir_all(scratch);
+    }
 }
 
 /// The file is polled for changes: a file that does not parse is refused (logged with its
@@ -296,6 +299,8 @@ fn a_changed_file_is_reloaded_and_a_bad_one_keeps_the_lists_in_force(flavor: Fla
             .contains("operator lists"),
         "{criteria}"
     );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A policy file with a bad entry stops the start-up with its line.
@@ -318,6 +323,7 @@ fn a_bad_file_at_start_up_is_an_error_naming_its_line(flavor: Flavor) {
         stderr.contains("line 2: deny_authors entry \"not-an-npub\""),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 both_runtimes!(

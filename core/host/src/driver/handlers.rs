@@ -20,6 +20,7 @@ use crate::relay::{
     run_connection, Query, ReconcileOpen, RelayBackend, RelayLimits, RelaySocket, Verdict,
 };
 use crate::runtime::{unblock, BoxFuture};
+use crate::store::{Store, StoreError, Visible};
 
 /// The hooks of one [`Node`], for [`crate::http::Site`].
 pub fn handlers(node: &Arc<Node>) -> Handlers {
@@ -79,15 +80,24 @@ fn query_store(
     cap: usize,
 ) -> BoxFuture<'static, Result<Vec<Event>, String>> {
     let node = Arc::clone(node);
-    Box::pin(async move {
-        let policy = node.policy();
-        let reader = Arc::clone(&node);
-        let found = unblock(&*node.runtime, move || {
+    Box::pin(node.read_served(move |store, visible| store.query_visible(&filters, cap, visible)))
+}
+
+impl Node {
+    /// Runs a store read on the blocking pool that sees only the events the lists in force
+    /// let through: what REQs, reconciliations and the pages may answer with.
+    async fn read_served<T: Send + 'static>(
+        self: Arc<Self>,
+        read: impl FnOnce(&Store, Visible<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let policy = self.policy();
+        let reader = Arc::clone(&self);
+        let found = unblock(&*self.runtime, move || {
             let visible = |event: &Event| reader.serves(&policy, event);
-            reader.store.query_visible(&filters, cap, &visible)
+            read(&reader.store, &visible)
         });
         flatten(found.await)
-    })
+    }
 }
 
 /// Runs one relay connection of `node` on a WebSocket: the HTTP origin's upgraded sockets, and
@@ -165,17 +175,9 @@ impl RelayBackend for ConnectionHooks {
 
     fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<EventId>, String>> {
         let node = Arc::clone(&self.node.0);
-        Box::pin(async move {
-            let policy = node.policy();
-            let reader = Arc::clone(&node);
-            let ids = unblock(&*node.runtime, move || {
-                let visible = |event: &Event| reader.serves(&policy, event);
-                reader
-                    .store
-                    .query_ids_visible(&query.filters, query.cap, &visible)
-            });
-            flatten(ids.await)
-        })
+        Box::pin(node.read_served(move |store, visible| {
+            store.query_ids_visible(&query.filters, query.cap, visible)
+        }))
     }
 
     fn reconciliation_items(
@@ -185,15 +187,7 @@ impl RelayBackend for ConnectionHooks {
         let node = Arc::clone(&self.node.0);
         node.metrics.negentropy_opened();
         let (filters, cap) = (open.filters.clone(), open.cap);
-        Box::pin(async move {
-            let policy = node.policy();
-            let reader = Arc::clone(&node);
-            let items = unblock(&*node.runtime, move || {
-                let visible = |event: &Event| reader.serves(&policy, event);
-                reader.store.query_items(&filters, cap, &visible)
-            });
-            flatten(items.await)
-        })
+        Box::pin(node.read_served(move |store, visible| store.query_items(&filters, cap, visible)))
     }
 
     fn load(
