@@ -567,8 +567,74 @@ fn objects_of_an_expired_placeholder_are_pruned(flavor: Flavor) {
     assert_eq!(git(&dir.join("c"), &["rev-parse", "HEAD"]), main);
 }
 
+/// The parent and niceness of the process whose `/proc/<pid>/stat` is `stat`.
+fn parent_and_niceness(stat: &str) -> (u32, i64) {
+    // After the parenthesised command name: state, ppid, ..., nice (field 19 overall).
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    (
+        fields[1].parse().expect("ppid"),
+        fields[16].parse().expect("nice"),
+    )
+}
+
+/// The niceness of each process whose parent is `parent` and whose command line names
+/// `program`.
+fn children_niceness(parent: u32, program: &str) -> Vec<i64> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let dir = entry.path();
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(program) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        let (ppid, nice) = parent_and_niceness(&stat);
+        if ppid == parent {
+            found.push(nice);
+        }
+    }
+    found
+}
+
+/// Clones and fetches run their git at a lower CPU priority than the server (and its
+/// pushes): a client asking for large packs cannot starve pushes and the relay.
+fn upload_pack_runs_at_lower_priority(flavor: Flavor) {
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default().flag("--git-upload-nice", 7),
+    );
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let path = url.trim_start_matches(&server.http_url()).to_owned() + "/git-upload-pack";
+    // A fetch whose request never ends keeps its upload-pack waiting for the rest.
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    let body = pkt(format!("want {}\n", work.head()).as_bytes());
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len() + 1_000
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    stream.write_all(&body).expect("send body");
+    let pid = server.pid().expect("running");
+    let mut niceness = Vec::new();
+    let seen = graspd_tests::nostr::eventually(SOON, || {
+        niceness = children_niceness(pid, "upload-pack");
+        !niceness.is_empty()
+    });
+    assert!(seen, "no upload-pack process of the server found");
+    assert_eq!(niceness, [7], "niceness of the server's upload-pack");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server stat");
+    assert_eq!(parent_and_niceness(&own).1, 0, "the server's own niceness");
+    drop(stream);
+}
+
 both_runtimes!(
     no_empty_or_half_made_repository_directories_stay,
+    upload_pack_runs_at_lower_priority,
     no_op_push_stores_nothing,
     git_requests_per_address_are_capped,
     git_requests_per_address_count_the_forwarded_client,

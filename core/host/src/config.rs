@@ -90,6 +90,13 @@ pub struct Config {
     #[arg(long, env = "GRASPD_GIT_TIMEOUT_SECS", default_value_t = 3600)]
     pub git_timeout_secs: u64,
 
+    /// Niceness (0-19) of the `git upload-pack` processes serving clones and fetches, and of
+    /// the pack generation they run: bulk reads yield the CPU to pushes and the relay, so
+    /// clients asking for large packs (or never reading them) cannot starve those.
+    #[arg(long, env = "GRASPD_GIT_UPLOAD_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub git_upload_nice: i32,
+
     /// Most ref updates one push may carry.
     #[arg(long, env = "GRASPD_MAX_PUSH_COMMANDS", default_value_t = 10_000)]
     pub max_push_commands: usize,
@@ -410,6 +417,7 @@ impl Config {
     pub fn git_limits(&self) -> crate::git::GitLimits {
         crate::git::GitLimits {
             process_timeout: Duration::from_secs(self.git_timeout_secs),
+            upload_pack_nice: self.git_upload_nice,
             max_push_commands: self.max_push_commands,
             max_requests: self.max_git_requests,
             max_requests_per_address: self.max_git_requests_per_address,

@@ -2,6 +2,7 @@
 //! inputs carrying the command's id.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use graspd_core::{ApplyError, Command, EngineEvent, FetchError, FetchReport, Input, RepoSnapshot};
 use tracing::{debug, info, warn};
@@ -10,6 +11,11 @@ use super::Node;
 use crate::git::{self, FetchLimits, GitError};
 use crate::runtime::unblock;
 use crate::store::InsertOutcome;
+
+/// The first wait before writing a released event again after its store write failed.
+const RELEASE_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts to write a released event.
+const RELEASE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Node {
     pub(super) async fn execute(self: Arc<Self>, command: Command) {
@@ -113,34 +119,24 @@ impl Node {
         match event {
             // Order: the engine released an event it took in only after the host reported it
             // durable, so the purgatory table holds it. The engine forgets it first, then the
-            // host moves it in one transaction: a crash or a failed write in between leaves it
-            // in the purgatory table, restored at start-up and released again (its refs are
-            // aligned already).
-            EngineEvent::Released { id, kind, waited } => {
-                let store = self.store.clone();
-                let released = unblock(&*self.runtime, move || store.release_waiting(&id))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                match released {
-                    Ok(Some((event, outcome))) => {
-                        info!(%id, kind, waited_ms = waited.as_millis() as u64, ?outcome, "released from purgatory");
-                        self.metrics.released(waited);
-                        // Only a newly stored event goes live: not one its author deleted,
-                        // nor one a newer version supersedes.
-                        if matches!(outcome, InsertOutcome::Stored { .. }) {
-                            self.follow(&event);
-                            self.publish_live(event);
-                        }
-                    }
-                    Ok(None) => {
-                        warn!(%id, kind, "a released event is not in the purgatory table; nothing to serve")
-                    }
-                    Err(error) => {
-                        warn!(%id, %error, "storing a released event failed; it stays in the purgatory table and is released again after a restart")
+            // host moves it in one transaction: a failed write is retried until it lands, and a
+            // crash in between leaves it in the purgatory table, restored at start-up and
+            // released again (its refs are aligned already).
+            EngineEvent::Released { id, kind, waited } => match self.release_durably(id).await {
+                Some((event, outcome)) => {
+                    info!(%id, kind, waited_ms = waited.as_millis() as u64, ?outcome, "released from purgatory");
+                    self.metrics.released(waited);
+                    // Only a newly stored event goes live: not one its author deleted,
+                    // nor one a newer version supersedes.
+                    if matches!(outcome, InsertOutcome::Stored { .. }) {
+                        self.follow(&event);
+                        self.publish_live(event);
                     }
                 }
-            }
+                None => {
+                    warn!(%id, kind, "a released event is not in the purgatory table; nothing to serve")
+                }
+            },
             // Expired and Deleted come only for events the engine took in after `Persisted`.
             // A crash or failed removal leaves the entry in the table: the restore drops it
             // as expired, or as deleted (`Store::is_deleted`).
@@ -165,6 +161,34 @@ impl Node {
             }
             EngineEvent::ApplyFailed { repo, reason } => {
                 warn!(%repo, %reason, "release could not be applied; its events keep waiting");
+            }
+        }
+    }
+
+    /// Moves a released event from the purgatory table to the served events. The engine has
+    /// forgotten it already, so a failed write is retried here, backing off up to
+    /// [`RELEASE_RETRY_MAX`], until it lands: otherwise the event would be neither served nor
+    /// waiting for anyone to release it until a restart. A shutdown meanwhile leaves it in the
+    /// purgatory table, restored and released again at start-up.
+    async fn release_durably(
+        &self,
+        id: graspd_core::EventId,
+    ) -> Option<(nostr::event::Event, InsertOutcome)> {
+        let mut delay = RELEASE_RETRY_FIRST;
+        loop {
+            let store = self.store.clone();
+            let released = unblock(&*self.runtime, move || store.release_waiting(&id))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match released {
+                Ok(found) => return found,
+                Err(error) => {
+                    let retry_ms = delay.as_millis() as u64;
+                    warn!(%id, %error, retry_ms, "storing a released event failed; retrying");
+                    self.runtime.sleep(delay).await;
+                    delay = (delay * 2).min(RELEASE_RETRY_MAX);
+                }
             }
         }
     }

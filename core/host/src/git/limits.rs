@@ -15,6 +15,8 @@ use crate::address::AddressKey;
 pub struct GitLimits {
     /// An upload-pack or receive-pack serving a client is killed after this long.
     pub process_timeout: Duration,
+    /// Niceness of the upload-pack processes (and the pack-objects they run).
+    pub upload_pack_nice: i32,
     /// Most ref updates in one push.
     pub max_push_commands: usize,
     /// Most git requests (each with its git process) served at once.
@@ -27,6 +29,7 @@ impl Default for GitLimits {
     fn default() -> GitLimits {
         GitLimits {
             process_timeout: Duration::from_secs(3600),
+            upload_pack_nice: 10,
             max_push_commands: super::receive::MAX_COMMANDS,
             max_requests: 64,
             max_requests_per_address: 16,

@@ -154,12 +154,14 @@ pub fn upload_pack(
     runtime: &Arc<dyn Runtime>,
     repo: &Path,
     git_protocol: Option<&str>,
+    nice: i32,
     held: Box<dyn Send>,
     deadline: Instant,
     on_kill: impl FnOnce() + Send + 'static,
 ) -> io::Result<UploadPack> {
-    let mut child =
-        runtime.spawn_process(service_command(Service::UploadPack, repo, git_protocol))?;
+    let mut command = service_command(Service::UploadPack, repo, git_protocol);
+    lower_priority(&mut command, nice);
+    let mut child = runtime.spawn_process(command)?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(io::Error::other("upload-pack has no stdin or stdout"));
     };
@@ -177,6 +179,29 @@ pub fn upload_pack(
         process: Watched::new(runtime, child.process, held, deadline, on_kill),
     })
 }
+
+/// Runs `command` (and every process it starts) at niceness `nice`.
+#[cfg(unix)]
+fn lower_priority(command: &mut std::process::Command, nice: i32) {
+    use std::os::unix::process::CommandExt;
+    if nice <= 0 {
+        return;
+    }
+    // SAFETY: runs in the forked child before exec; setpriority is async-signal-safe and
+    // the closure only reads a copied value.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Not lowered off unix.
+#[cfg(not(unix))]
+fn lower_priority(_command: &mut std::process::Command, _nice: i32) {}
 
 /// Runs `git receive-pack --stateless-rpc` on `repo` with everything read from `input` (the
 /// whole request, commands included) and returns its answer; it is killed at `deadline`

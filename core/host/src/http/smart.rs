@@ -318,6 +318,7 @@ async fn upload_pack(
         site.git.runtime(),
         path,
         protocol,
+        limits.upload_pack_nice,
         Box::new(slot),
         deadline,
         on_kill,

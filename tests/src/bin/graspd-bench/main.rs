@@ -331,6 +331,37 @@ fn main() {
             }
             stop_gracefully(b);
         }
+        // As a user meets it: B on its defaults waits `--sync-delay-published-ms` (1 s) for
+        // a push before fetching from A.
+        let mut defaults = Vec::new();
+        for f in FLAVORS {
+            let a = Server::start(f);
+            let b = Server::start(f);
+            let r = sync::measure(
+                &a,
+                &b,
+                &small,
+                "defaults",
+                plan.sync_runs,
+                sync::Learns::FromClient,
+            );
+            defaults.push(r);
+            stop_gracefully(b);
+        }
+        let p = |r: &sync::SyncLatency| {
+            let (p50, p99) = percentiles_ms(&r.release);
+            format!("{p50:.0} / {p99:.0} ms")
+        };
+        table.both(
+            "2 sync",
+            "published state, data on A: publish on B → served, p50 / p99",
+            p(&defaults[0]),
+            p(&defaults[1]),
+            &format!(
+                "B on its defaults (first fetch 1 s after a publish; was 180 s); 1 commit; {} runs; stuck {} / {}",
+                plan.sync_runs, defaults[0].stuck, defaults[1].stuck
+            ),
+        );
     }
     if wanted("follow") {
         step("follow-to-release");
