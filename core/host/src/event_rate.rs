@@ -2,7 +2,7 @@
 //! /64 counts as one), so no client makes the server verify, decide and store events as fast
 //! as it can send them. A refused EVENT is answered `rate-limited:`; the connection stays open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -59,12 +59,22 @@ impl TokenBucket {
     }
 }
 
-/// The per-address buckets of one server, bounded by [`MAX_TRACKED_ADDRESSES`].
+/// The per-address buckets of one server, bounded by [`MAX_TRACKED_ADDRESSES`]. At the bound a
+/// new address first forgets the least recently used buckets that are full again (no
+/// different from forgotten ones), else the least recently used one: each step is a
+/// logarithmic lookup, so spraying addresses costs the server no scan of the table.
 #[derive(Debug)]
 pub struct AddressRates {
     rate: Rate,
     capacity: usize,
-    buckets: Mutex<BTreeMap<AddressKey, TokenBucket>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    buckets: BTreeMap<AddressKey, TokenBucket>,
+    /// Every tracked address by the time its bucket was last used, least recent first.
+    by_use: BTreeSet<(Instant, AddressKey)>,
 }
 
 impl AddressRates {
@@ -76,7 +86,7 @@ impl AddressRates {
         AddressRates {
             rate,
             capacity: capacity.max(1),
-            buckets: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(Table::default()),
         }
     }
 
@@ -87,26 +97,53 @@ impl AddressRates {
     /// Takes a token from `address`'s bucket if there is one.
     pub fn take(&self, address: AddressKey, now: Instant) -> bool {
         let rate = self.rate;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if !buckets.contains_key(&address) && buckets.len() >= self.capacity {
-            // A full bucket is no different from a forgotten one.
-            buckets.retain(|_, bucket| !bucket.is_full(rate, now));
-            if buckets.len() >= self.capacity {
-                let least_recent = buckets.iter().min_by_key(|(_, b)| b.at).map(|(k, _)| *k);
-                if let Some(key) = least_recent {
-                    buckets.remove(&key);
-                }
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let Table { buckets, by_use } = &mut *table;
+        let mut bucket = match buckets.get(&address) {
+            Some(bucket) => {
+                by_use.remove(&(bucket.at, address));
+                *bucket
             }
-        }
-        buckets
-            .entry(address)
-            .or_insert_with(|| TokenBucket::full(rate, now))
-            .take(rate, now)
+            None => {
+                if buckets.len() >= self.capacity {
+                    forget_least_recent(buckets, by_use, rate, now);
+                }
+                TokenBucket::full(rate, now)
+            }
+        };
+        let taken = bucket.take(rate, now);
+        by_use.insert((bucket.at, address));
+        buckets.insert(address, bucket);
+        taken
     }
 
     /// Addresses tracked now.
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.buckets.len()
+    }
+}
+
+/// Forgets the least recently used buckets that are full again, or the least recently used
+/// one if none is.
+fn forget_least_recent(
+    buckets: &mut BTreeMap<AddressKey, TokenBucket>,
+    by_use: &mut BTreeSet<(Instant, AddressKey)>,
+    rate: Rate,
+    now: Instant,
+) {
+    let mut forgot = false;
+    while let Some(&(at, address)) = by_use.first() {
+        let full = buckets.get(&address).is_none_or(|b| b.is_full(rate, now));
+        if !full && forgot {
+            break;
+        }
+        by_use.remove(&(at, address));
+        buckets.remove(&address);
+        forgot = true;
+        if !full {
+            break;
+        }
     }
 }
 
@@ -153,5 +190,26 @@ mod tests {
         let later = t0 + Duration::from_secs(2);
         assert!(rates.take(address(4), later));
         assert_eq!(rates.tracked(), 1, "idle buckets were forgotten");
+    }
+
+    #[test]
+    fn a_sprayed_table_stays_bounded_and_consistent() {
+        let t0 = Instant::now();
+        let rates = AddressRates::with_capacity(RATE, 100);
+        for i in 0..10_000u32 {
+            let key = AddressKey::of(IpAddr::from(i.to_be_bytes()));
+            let now = t0 + Duration::from_micros(u64::from(i));
+            assert!(
+                rates.take(key, now),
+                "a new address starts with a full bucket"
+            );
+        }
+        let table = rates.table.lock().unwrap();
+        assert_eq!(table.buckets.len(), 100);
+        assert_eq!(table.by_use.len(), table.buckets.len());
+        assert!(table
+            .by_use
+            .iter()
+            .all(|(at, key)| table.buckets.get(key).is_some_and(|b| b.at == *at)));
     }
 }
