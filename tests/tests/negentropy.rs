@@ -1,13 +1,17 @@
 //! NIP-77 negentropy against graspd: a real client (nostr-sdk's `Client::sync`) reconciles
 //! with the served events, a filter over the item cap is refused with `NEG-ERR`, and
-//! malformed messages get `NEG-ERR` on a connection that stays usable. Each scenario runs
-//! against both server binaries.
+//! malformed messages get `NEG-ERR` on a connection that stays usable; a server following
+//! another reads its history by negentropy, and pages it when the other has NIP-77 off.
+//! Each scenario runs against both server binaries.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use graspd_tests::fixtures::hosted_repo;
-use graspd_tests::nostr::{keys, state, tagged, Event, RelayClient};
+use graspd_tests::git::WorkRepo;
+use graspd_tests::nostr::{
+    announcement, eventually, keys, npub, state, tagged, Event, Keys, RelayClient,
+};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 use negentropy::{Negentropy, NegentropyStorageVector};
 use nostr_sdk::prelude::{
@@ -225,8 +229,118 @@ fn malformed_negentropy_messages_get_neg_err(flavor: Flavor) {
     );
 }
 
+/// B follows A (its bootstrap relay): each history is read by negentropy (A counts the
+/// NEG-OPENs, B the reconciliations, and nothing falls back), B serves the repository, and
+/// after a restart B fetches only the events A got meanwhile.
+fn a_follower_reconciles_by_negentropy(flavor: Flavor) {
+    let a = Server::start(flavor);
+    let mut b = Server::start_with(flavor, follower_of(&a));
+    let (owner, ann, st) = repository_on(&a, &b);
+    let mut relay_b = RelayClient::connect(&b.ws_url());
+    assert!(
+        eventually(Duration::from_secs(60), || relay_b
+            .query_ids(json!({"ids": [st.id.to_hex(), ann.id.to_hex()]}))
+            .len()
+            == 2),
+        "B did not learn and release the events\n{}",
+        b.log()
+    );
+    let opened = a.metric("graspd_negentropy_opened_total").unwrap_or(0.0);
+    assert!(opened >= 1.0, "A saw no NEG-OPEN\n{}", a.log());
+    assert!(b.metric("graspd_follow_reconciled_total").unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        b.metric("graspd_follow_reconcile_fallbacks_total"),
+        Some(0.0),
+        "{}",
+        b.log()
+    );
+
+    // B is down while A takes issues: on its return it reconciles and fetches them.
+    drop(relay_b);
+    b.kill9();
+    let coordinate = format!("30617:{}:demo", owner.public_key().to_hex());
+    let issues: Vec<Event> = (0..20).map(|n| issue(&coordinate, n)).collect();
+    let mut relay_a = RelayClient::connect(&a.ws_url());
+    for event in &issues {
+        assert!(relay_a.publish(event).accepted);
+    }
+    b.restart();
+    let mut relay_b = RelayClient::connect(&b.ws_url());
+    assert!(
+        eventually(Duration::from_secs(60), || ids(&issues)
+            == relay_b
+                .query_ids(json!({"kinds": [1621]}))
+                .into_iter()
+                .collect::<BTreeSet<_>>()),
+        "B did not fetch what A got while it was down\n{}",
+        b.log()
+    );
+    assert!(a.metric("graspd_negentropy_opened_total").unwrap_or(0.0) > opened);
+}
+
+/// A with negentropy off (`--max-negentropy-sessions 0`): NIP-11 omits 77, A refuses B's
+/// NEG-OPENs with NEG-ERR, and B falls back to paging A's history with REQ.
+fn a_follower_pages_a_relay_without_negentropy(flavor: Flavor) {
+    let a = Server::start_with(
+        flavor,
+        ServerOptions::default().flag("--max-negentropy-sessions", 0),
+    );
+    let nips = graspd_tests::http::nip11_document(a.addr)["supported_nips"].clone();
+    assert!(!nips.as_array().unwrap().contains(&json!(77)), "{nips}");
+    let b = Server::start_with(flavor, follower_of(&a));
+    let (_, ann, st) = repository_on(&a, &b);
+    let mut relay_b = RelayClient::connect(&b.ws_url());
+    assert!(
+        eventually(Duration::from_secs(60), || relay_b
+            .query_ids(json!({"ids": [st.id.to_hex(), ann.id.to_hex()]}))
+            .len()
+            == 2),
+        "B did not learn and release the events\n{}",
+        b.log()
+    );
+    assert!(refusals(&a, "negentropy_sessions") >= 1.0, "{}", a.log());
+    assert_eq!(a.metric("graspd_negentropy_opened_total"), Some(0.0));
+    assert!(
+        b.metric("graspd_follow_reconcile_fallbacks_total")
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        b.log()
+    );
+}
+
+/// Options of a server B that follows `a` and fetches what it learns at once.
+fn follower_of(a: &Server) -> ServerOptions {
+    ServerOptions::default()
+        .flag("--sync-delay-synced-ms", 100)
+        .flag("--bootstrap-relay", a.ws_url())
+        .arg("--allow-private-relays")
+}
+
+/// A repository listing both servers, announced, stated and pushed on `a` only.
+fn repository_on(a: &Server, b: &Server) -> (Keys, Event, Event) {
+    let owner = keys(1);
+    let work = WorkRepo::init("work");
+    let tip = work.commit("README", "followed\n");
+    let ann = announcement(&owner, "demo", &[&a.http_url(), &b.http_url()], &[]);
+    let st = state(
+        &owner,
+        "demo",
+        &[("refs/heads/main", &tip)],
+        Some("main"),
+        0,
+    );
+    let mut relay_a = RelayClient::connect(&a.ws_url());
+    assert!(relay_a.publish(&ann).accepted);
+    assert!(relay_a.publish(&st).accepted);
+    work.git(&["push", "-q", &a.repo_url(&npub(&owner), "demo"), "main"]);
+    (owner, ann, st)
+}
+
 both_runtimes!(
     a_client_reconciles_with_graspd,
     neg_open_over_the_item_cap_gets_neg_err,
     malformed_negentropy_messages_get_neg_err,
+    a_follower_reconciles_by_negentropy,
+    a_follower_pages_a_relay_without_negentropy,
 );

@@ -132,6 +132,9 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
             (config.config_poll_secs > 0).then(|| Duration::from_secs(config.config_poll_secs));
         node.spawn_policy_reloader(policy_source, Some(file.fingerprint), poll);
     }
+    if config.connections.max_negentropy_sessions > 0 {
+        follower.set_local_items(node.local_items());
+    }
     let synced = Arc::clone(&node);
     follow::spawn_follower_async(Arc::clone(&runtime), follower, move |event, relay| {
         let node = Arc::clone(&synced);

@@ -92,6 +92,8 @@ pub struct Metrics {
     relays_connected: Gauge,
     relay_reconnects: Counter<u64, AtomicU64>,
     relay_connect_failures: Counter<u64, AtomicU64>,
+    follow_reconciled: Counter<u64, AtomicU64>,
+    follow_reconcile_fallbacks: Counter<u64, AtomicU64>,
     synced_events: Family<RelayLabel, Counter>,
     synced_duplicates: Family<RelayLabel, Counter>,
     synced_invalid: Family<RelayLabel, Counter>,
@@ -208,6 +210,18 @@ impl Metrics {
             "follow_reconnects",
             "Reconnections to relays tried before",
             relay_reconnects.clone(),
+        );
+        let follow_reconciled = Counter::default();
+        registry.register(
+            "follow_reconciled",
+            "Histories read from followed relays by NIP-77 negentropy",
+            follow_reconciled.clone(),
+        );
+        let follow_reconcile_fallbacks = Counter::default();
+        registry.register(
+            "follow_reconcile_fallbacks",
+            "Reconciliations given up for the paged REQ because the relay could not reconcile",
+            follow_reconcile_fallbacks.clone(),
         );
         let relay_connect_failures = Counter::default();
         registry.register(
@@ -327,6 +341,8 @@ impl Metrics {
             relays_connected,
             relay_reconnects,
             relay_connect_failures,
+            follow_reconciled,
+            follow_reconcile_fallbacks,
             synced_events,
             synced_duplicates,
             synced_invalid,
@@ -480,6 +496,14 @@ impl Metrics {
         catch_up(
             &self.relay_connect_failures,
             follow.connect_failures.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.follow_reconciled,
+            follow.reconciled.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.follow_reconcile_fallbacks,
+            follow.reconcile_fallbacks.load(Ordering::Relaxed),
         );
         for (relay, counters) in follow.per_relay() {
             let label = RelayLabel { relay };

@@ -24,6 +24,7 @@
 mod admission;
 mod config;
 mod filters;
+pub mod reconcile;
 pub mod relay_url;
 mod timers;
 mod waitlist;

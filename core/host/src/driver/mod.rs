@@ -382,6 +382,26 @@ impl Node {
         &self.hub
     }
 
+    /// Reads the `(created_at, id)` of our served events matching a filter on the blocking
+    /// pool: what the follower offers a relay to reconcile (NIP-77).
+    pub fn local_items(self: &Arc<Self>) -> crate::follow::LocalItems {
+        let node = Arc::clone(self);
+        Arc::new(move |filter: Filter, cap: usize| {
+            let node = Arc::clone(&node);
+            Box::pin(async move {
+                let store = node.store.clone();
+                let items = crate::runtime::unblock(&*node.runtime, move || {
+                    store.query_items(&[filter], cap, &|_| true)
+                });
+                match items.await {
+                    Ok(Ok(items)) => Ok(items),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(error) => Err(error.to_string()),
+                }
+            })
+        })
+    }
+
     /// The event store (the simulator reads it to check what acknowledged events became).
     pub fn store(&self) -> &Store {
         &self.store

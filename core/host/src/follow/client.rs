@@ -14,6 +14,7 @@ use async_tungstenite::tungstenite::Message;
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use graspd_core::events::{verify_signature, Announcement};
+use graspd_core::follow::reconcile::{NegentropySupport, ReconcileConfig};
 use graspd_core::follow::{
     Command, ConnectionId, FollowChange, FollowConfig, FollowStats, Input, RelayFollower, SubKey,
     Subscription,
@@ -47,6 +48,9 @@ pub struct ClientLimits {
     pub recent_ids: usize,
     /// History paging.
     pub history: HistoryLimits,
+    /// History by NIP-77 negentropy, tried first where our own items can be read
+    /// ([`FollowerHandle::set_local_items`]).
+    pub reconcile: ReconcileConfig,
     /// A relay silent this long is pinged; silent for twice as long, the connection is dropped.
     pub ping_after: Duration,
 }
@@ -60,6 +64,7 @@ impl Default for ClientLimits {
             report_queue: 1024,
             recent_ids: 100_000,
             history: HistoryLimits::default(),
+            reconcile: ReconcileConfig::default(),
             ping_after: Duration::from_secs(120),
         }
     }
@@ -96,6 +101,17 @@ impl FollowArgs {
     }
 }
 
+/// Reads the `(created_at, id)` of our own served events matching a filter, at most `cap`
+/// (the store's `query_items` on the blocking pool): the items a reconciliation offers.
+pub type LocalItems = Arc<
+    dyn Fn(
+            nostr::filter::Filter,
+            usize,
+        ) -> BoxFuture<'static, Result<Vec<(u64, nostr::event::EventId)>, String>>
+        + Send
+        + Sync,
+>;
+
 /// Feeds the follower from anywhere (the acceptance path), and reads its metrics.
 #[derive(Clone)]
 pub struct FollowerHandle {
@@ -107,6 +123,9 @@ struct Shared {
     /// How far each relay's subscriptions were read, kept across reconnects (at most
     /// `max_relays` relays).
     marks: Mutex<BTreeMap<String, HistoryMarks>>,
+    /// Whether each relay reconciles, kept across reconnects (at most `max_relays`).
+    negentropy: Mutex<BTreeMap<String, NegentropySupport>>,
+    local_items: std::sync::OnceLock<LocalItems>,
     max_relays: usize,
     tls: Arc<ClientConfig>,
     clock: Clock,
@@ -125,6 +144,26 @@ impl Shared {
     fn marks_of(&self, url: &str) -> HistoryMarks {
         let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
         marks.get(url).cloned().unwrap_or_default()
+    }
+
+    fn negentropy_of(&self, url: &str) -> NegentropySupport {
+        let support = self.negentropy.lock().unwrap_or_else(|e| e.into_inner());
+        support.get(url).copied().unwrap_or_default()
+    }
+
+    fn update_negentropy(&self, url: &str, update: impl FnOnce(&mut NegentropySupport)) {
+        let mut support = self.negentropy.lock().unwrap_or_else(|e| e.into_inner());
+        if support.contains_key(url) || support.len() < self.max_relays {
+            update(support.entry(url.to_owned()).or_default());
+        }
+    }
+
+    /// Reconciliation's bounds: off unless our own items can be read.
+    fn reconcile_config(&self) -> ReconcileConfig {
+        ReconcileConfig {
+            enabled: self.limits.reconcile.enabled && self.local_items.get().is_some(),
+            ..self.limits.reconcile
+        }
     }
 
     fn remember_mark(&self, url: &str, key: SubKey, mark: HistoryMark) {
@@ -178,6 +217,8 @@ impl FollowerHandle {
             shared: Arc::new(Shared {
                 follower: Mutex::new(follower),
                 marks: Mutex::new(BTreeMap::new()),
+                negentropy: Mutex::new(BTreeMap::new()),
+                local_items: std::sync::OnceLock::new(),
                 max_relays,
                 tls,
                 clock: Clock::new(runtime),
@@ -204,6 +245,12 @@ impl FollowerHandle {
     /// An accepted event tagging `repo`: follow the events that tag it.
     pub fn thread(&self, repo: RepoKey, root: EventId) {
         self.input(Input::Thread { repo, root });
+    }
+
+    /// How our own items are read, so histories can be reconciled (NIP-77) rather than
+    /// paged. Without it every history is paged. Set once; later calls change nothing.
+    pub fn set_local_items(&self, local_items: LocalItems) {
+        let _ = self.shared.local_items.set(local_items);
     }
 
     pub fn stats(&self) -> FollowStats {
@@ -440,6 +487,12 @@ impl Driver {
     }
 }
 
+/// A follower filter as nostr-sdk's, for the store's query.
+fn nostr_filter(filter: &graspd_core::follow::Filter) -> Result<nostr::filter::Filter, String> {
+    let json = super::wire::filter_json(filter, super::wire::Window::default());
+    serde_json::from_value(json).map_err(|e| format!("filter: {e}"))
+}
+
 /// One line per relay whose following started or stopped (connections log their own).
 fn log_change(change: &FollowChange) {
     match change {
@@ -526,11 +579,17 @@ impl RelayConnection {
         let _ = self.reports.send(Input::Connected { id: self.id }).await;
         tracing::info!(relay = %self.url, id = %self.id, "connected to relay");
 
-        let mut session = ConnectionSession::new(
+        let reconcile = self.shared.reconcile_config();
+        let method = self
+            .shared
+            .negentropy_of(&self.url)
+            .method(&reconcile, clock.now());
+        let mut session = ConnectionSession::reconciling(
             subscriptions,
             limits.history,
             self.shared.marks_of(&self.url),
-            clock.unix_now(),
+            (reconcile, method),
+            (clock.now(), clock.unix_now()),
         );
         let mut bucket = TokenBucket::new(limits.events_per_second, self.runtime.now());
         let mut last_heard = self.runtime.now();
@@ -538,14 +597,19 @@ impl RelayConnection {
         loop {
             self.flush(&mut session, &mut ws, &mut bucket).await?;
             let silent_until = last_heard + limits.ping_after * if pinged { 2 } else { 1 };
+            let wake_at = match session.poll_timeout() {
+                Some(due) => silent_until.min(clock.instant(due)),
+                None => silent_until,
+            };
             let next = ws.next();
             let control = pin!(self.control.recv());
-            let sleep = self.runtime.sleep_until(silent_until);
+            let sleep = self.runtime.sleep_until(wake_at);
             match select(select(next, control), sleep).await {
                 Either::Left((Either::Left((frame, _)), _)) => {
                     last_heard = self.runtime.now();
                     pinged = false;
                     session.set_now(clock.unix_now());
+                    session.set_time(clock.now());
                     match frame {
                         Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()),
                         Some(Ok(Message::Close(_))) | None => return Ok(()),
@@ -556,6 +620,7 @@ impl RelayConnection {
                 Either::Left((Either::Right((control, _)), _)) => match control {
                     Ok(Control::Update { open, close }) => {
                         session.set_now(clock.unix_now());
+                        session.set_time(clock.now());
                         session.update(open, close);
                     }
                     Err(_) => {
@@ -563,6 +628,9 @@ impl RelayConnection {
                         return Ok(());
                     }
                 },
+                Either::Right(_) if self.runtime.now() < silent_until => {
+                    session.handle_timeout(clock.now());
+                }
                 Either::Right(_) if pinged => {
                     return Err(format!(
                         "relay silent for {:?}, even to a ping",
@@ -632,6 +700,27 @@ impl RelayConnection {
                         .await;
                 }
                 Output::Note(note) => tracing::debug!(relay = %self.url, "{note}"),
+                Output::NeedItems { filter, cap } => {
+                    let items = match (self.shared.local_items.get(), nostr_filter(&filter)) {
+                        (Some(read), Ok(filter)) => read(filter, cap).await,
+                        (None, _) => Err("our own items cannot be read".into()),
+                        (_, Err(error)) => Err(error),
+                    };
+                    session.local_items(items);
+                }
+                Output::NegentropyFailed(reason) => {
+                    let now = self.shared.clock.now();
+                    let config = self.shared.limits.reconcile;
+                    self.shared
+                        .update_negentropy(&self.url, |s| s.fell_back(&config, now));
+                    FollowMetrics::add(&metrics.reconcile_fallbacks);
+                    tracing::info!(relay = %self.url, %reason, retry_after = ?config.retry_after, "relay cannot reconcile (NIP-77); paging its history");
+                }
+                Output::NegentropyWorked => {
+                    FollowMetrics::add(&metrics.reconciled);
+                    self.shared
+                        .update_negentropy(&self.url, NegentropySupport::reconciled);
+                }
             }
         }
         Ok(())

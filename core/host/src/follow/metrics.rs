@@ -35,6 +35,10 @@ pub struct FollowMetrics {
     pub invalid_events: AtomicU64,
     /// Times a relay sent faster than its events-per-second bound and was made to wait.
     pub rate_limited: AtomicU64,
+    /// Histories read by NIP-77 negentropy (reconciled, the missing events then fetched).
+    pub reconciled: AtomicU64,
+    /// Reconciliations given up for the paged REQ because the relay could not reconcile.
+    pub reconcile_fallbacks: AtomicU64,
     per_relay: Mutex<BTreeMap<String, RelayCounters>>,
     max_relays: usize,
 }
@@ -50,6 +54,8 @@ impl FollowMetrics {
             duplicates: AtomicU64::new(0),
             invalid_events: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            reconciled: AtomicU64::new(0),
+            reconcile_fallbacks: AtomicU64::new(0),
             per_relay: Mutex::new(BTreeMap::new()),
             max_relays,
         }

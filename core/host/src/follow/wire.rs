@@ -1,4 +1,5 @@
-//! NIP-01 as a client speaks it: REQ and CLOSE out, EVENT, EOSE, CLOSED and NOTICE in.
+//! NIP-01 as a client speaks it: REQ and CLOSE out, EVENT, EOSE, CLOSED and NOTICE in; and
+//! NIP-77: NEG-OPEN, NEG-MSG and NEG-CLOSE out, NEG-MSG and NEG-ERR in.
 
 use graspd_core::follow::Filter;
 use nostr::event::Event;
@@ -45,6 +46,33 @@ pub fn close(sub_id: &str) -> String {
     json!(["CLOSE", sub_id]).to_string()
 }
 
+/// `["REQ", <id>, {"ids": [...]}]`: the events a reconciliation found missing.
+pub fn req_ids(sub_id: &str, ids: &[nostr::event::EventId]) -> String {
+    let ids: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
+    json!(["REQ", sub_id, {"ids": ids}]).to_string()
+}
+
+/// `["NEG-OPEN", <id>, <filter>, <hex message>]`.
+pub fn neg_open(sub_id: &str, filter: &Filter, hex_message: &str) -> String {
+    json!([
+        "NEG-OPEN",
+        sub_id,
+        filter_json(filter, Window::default()),
+        hex_message
+    ])
+    .to_string()
+}
+
+/// `["NEG-MSG", <id>, <hex message>]`.
+pub fn neg_msg(sub_id: &str, hex_message: &str) -> String {
+    json!(["NEG-MSG", sub_id, hex_message]).to_string()
+}
+
+/// `["NEG-CLOSE", <id>]`.
+pub fn neg_close(sub_id: &str) -> String {
+    json!(["NEG-CLOSE", sub_id]).to_string()
+}
+
 /// A message from a relay, as far as a follower cares.
 #[derive(Debug)]
 pub enum RelayMessage {
@@ -60,6 +88,16 @@ pub enum RelayMessage {
         message: String,
     },
     Notice {
+        message: String,
+    },
+    /// NIP-77: the relay's next reconciliation message (hex).
+    NegMsg {
+        sub_id: String,
+        message: String,
+    },
+    /// NIP-77: the relay ended a reconciliation, with its reason.
+    NegErr {
+        sub_id: String,
         message: String,
     },
     /// AUTH, OK, COUNT and anything newer: nothing to do.
@@ -107,6 +145,14 @@ pub fn parse(text: &str) -> Result<RelayMessage, Malformed> {
         },
         "NOTICE" => RelayMessage::Notice {
             message: string(&items, 1).unwrap_or_default(),
+        },
+        "NEG-MSG" => RelayMessage::NegMsg {
+            sub_id: string(&items, 1)?,
+            message: string(&items, 2)?,
+        },
+        "NEG-ERR" => RelayMessage::NegErr {
+            sub_id: string(&items, 1)?,
+            message: string(&items, 2).unwrap_or_default(),
         },
         _ => RelayMessage::Other,
     })
