@@ -236,15 +236,7 @@ fn a_follower_reconciles_by_negentropy(flavor: Flavor) {
     let a = Server::start(flavor);
     let mut b = Server::start_with(flavor, follower_of(&a));
     let (owner, ann, st) = repository_on(&a, &b);
-    let mut relay_b = RelayClient::connect(&b.ws_url());
-    assert!(
-        eventually(Duration::from_secs(60), || relay_b
-            .query_ids(json!({"ids": [st.id.to_hex(), ann.id.to_hex()]}))
-            .len()
-            == 2),
-        "B did not learn and release the events\n{}",
-        b.log()
-    );
+    let relay_b = serves_both(&b, &ann, &st);
     let opened = a.metric("graspd_negentropy_opened_total").unwrap_or(0.0);
     assert!(opened >= 1.0, "A saw no NEG-OPEN\n{}", a.log());
     assert!(b.metric("graspd_follow_reconciled_total").unwrap_or(0.0) >= 1.0);
@@ -289,15 +281,7 @@ fn a_follower_pages_a_relay_without_negentropy(flavor: Flavor) {
     assert!(!nips.as_array().unwrap().contains(&json!(77)), "{nips}");
     let b = Server::start_with(flavor, follower_of(&a));
     let (_, ann, st) = repository_on(&a, &b);
-    let mut relay_b = RelayClient::connect(&b.ws_url());
-    assert!(
-        eventually(Duration::from_secs(60), || relay_b
-            .query_ids(json!({"ids": [st.id.to_hex(), ann.id.to_hex()]}))
-            .len()
-            == 2),
-        "B did not learn and release the events\n{}",
-        b.log()
-    );
+    serves_both(&b, &ann, &st);
     assert!(refusals(&a, "negentropy_sessions") >= 1.0, "{}", a.log());
     assert_eq!(a.metric("graspd_negentropy_opened_total"), Some(0.0));
     assert!(
@@ -307,6 +291,21 @@ fn a_follower_pages_a_relay_without_negentropy(flavor: Flavor) {
         "{}",
         b.log()
     );
+}
+
+/// Waits until `b` serves the announcement and state it learned from the server it follows;
+/// returns the client that saw them.
+fn serves_both(b: &Server, ann: &Event, st: &Event) -> RelayClient {
+    let mut relay_b = RelayClient::connect(&b.ws_url());
+    assert!(
+        eventually(Duration::from_secs(60), || relay_b
+            .query_ids(json!({"ids": [st.id.to_hex(), ann.id.to_hex()]}))
+            .len()
+            == 2),
+        "B did not learn and release the events\n{}",
+        b.log()
+    );
+    relay_b
 }
 
 /// Options of a server B that follows `a` and fetches what it learns at once.

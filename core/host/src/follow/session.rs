@@ -21,11 +21,12 @@ use graspd_core::follow::reconcile::{
 };
 use graspd_core::follow::{Filter, SubKey, Subscription};
 use graspd_core::Time;
-use negentropy::{Id, Negentropy, NegentropyStorageVector};
+use negentropy::{Negentropy, NegentropyStorageVector};
 use nostr::event::{Event, EventId};
 
 use super::wire::{self, RelayMessage, Window};
 use crate::hex;
+use crate::relay::negentropy::negentropy_over;
 
 /// Largest negentropy message we send, before hex encoding: a NEG-MSG stays well within
 /// the common 128 KiB relay message limit (nostr-sdk uses the same).
@@ -243,16 +244,10 @@ impl ConnectionSession {
             }
             Err(error) => return self.fall_back(format!("our store: {error}"), false),
         };
-        let opened = (|| {
-            let mut storage = NegentropyStorageVector::with_capacity(items.len());
-            for (created_at, id) in &items {
-                storage.insert(*created_at, Id::from_byte_array(id.to_bytes()))?;
-            }
-            storage.seal()?;
-            let mut negentropy = Negentropy::owned(storage, NEGENTROPY_FRAME_BYTES)?;
+        let opened = negentropy_over(&items, NEGENTROPY_FRAME_BYTES).and_then(|mut negentropy| {
             let initial = negentropy.initiate()?;
-            Ok::<_, negentropy::Error>((negentropy, initial))
-        })();
+            Ok((negentropy, initial))
+        });
         match opened {
             Ok((negentropy, initial)) => {
                 let frame = wire::neg_open(
@@ -826,14 +821,7 @@ mod tests {
 
     impl NegRelay {
         fn new(items: &[(u64, EventId)]) -> NegRelay {
-            let mut storage = NegentropyStorageVector::new();
-            for (created_at, id) in items {
-                storage
-                    .insert(*created_at, Id::from_byte_array(id.to_bytes()))
-                    .unwrap();
-            }
-            storage.seal().unwrap();
-            NegRelay(Negentropy::owned(storage, 0).unwrap())
+            NegRelay(negentropy_over(items, 0).unwrap())
         }
 
         /// The NEG-MSG answering a NEG-OPEN or NEG-MSG frame of ours.

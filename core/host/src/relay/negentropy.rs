@@ -219,11 +219,20 @@ fn reconciler(
     limits: &NegentropyLimits,
     items: &[(u64, EventId)],
 ) -> Result<Negentropy<'static, NegentropyStorageVector>, negentropy::Error> {
+    let frame_bytes = limits.frame_bytes.max(MIN_FRAME_BYTES) as u64;
+    negentropy_over(items, frame_bytes)
+}
+
+/// A negentropy instance over `items` (either side: the relay's here, the follower's as a
+/// client), sending messages of at most `frame_bytes` (0: unbounded).
+pub fn negentropy_over(
+    items: &[(u64, EventId)],
+    frame_bytes: u64,
+) -> Result<Negentropy<'static, NegentropyStorageVector>, negentropy::Error> {
     let mut storage = NegentropyStorageVector::with_capacity(items.len());
     for (created_at, id) in items {
         storage.insert(*created_at, Id::from_byte_array(id.to_bytes()))?;
     }
     storage.seal()?;
-    let frame_bytes = limits.frame_bytes.max(MIN_FRAME_BYTES) as u64;
     Negentropy::owned(storage, frame_bytes)
 }

@@ -25,14 +25,7 @@ fn session_with(negentropy: NegentropyLimits) -> (Session, LiveFeed, Hub) {
 }
 
 fn client(items: &[(u64, EventId)]) -> Negentropy<'static, NegentropyStorageVector> {
-    let mut storage = NegentropyStorageVector::new();
-    for (created_at, id) in items {
-        storage
-            .insert(*created_at, Id::from_byte_array(id.to_bytes()))
-            .unwrap();
-    }
-    storage.seal().unwrap();
-    Negentropy::owned(storage, 0).unwrap()
+    super::negentropy::negentropy_over(items, 0).unwrap()
 }
 
 fn neg_open(subscription_id: &str, filter: Value, message: &str) -> String {
