@@ -7,11 +7,13 @@ use graspd_tests::{Flavor, Server, ServerOptions};
 
 /// B, following `a` from start-up, with its defaults otherwise (no shortened sync delays).
 pub fn follower_of(flavor: Flavor, a: &Server) -> Server {
-    Server::start_with(
-        flavor,
-        ServerOptions::default()
-            .arg("--bootstrap-relay")
-            .arg(a.ws_url())
-            .arg("--allow-private-relays"),
-    )
+    Server::start_with(flavor, follower_options(a))
+}
+
+/// The options of a server following `a`.
+pub fn follower_options(a: &Server) -> ServerOptions {
+    ServerOptions::default()
+        .arg("--bootstrap-relay")
+        .arg(a.ws_url())
+        .arg("--allow-private-relays")
 }

@@ -2,7 +2,7 @@
 //! Prints one Markdown table (plus the core scale benchmark's own output).
 //!
 //! Run: `cargo run --release -p graspd-tests --bin graspd-bench [-- --quick] [-- --only push,sync]`
-//! Sections: binary, memory, push, relay, sync, load, scale, hostile. `--profile` runs tiny sizes, for
+//! Sections: binary, memory, push, relay, sync, follow, reconcile, load, scale, hostile. `--profile` runs tiny sizes, for
 //! `valgrind --tool=callgrind --trace-children=yes --trace-children-skip='*git*,*cargo*'`.
 
 // A measuring tool: it reads the wall clock by design.
@@ -14,6 +14,7 @@ mod hostile;
 mod load;
 mod memory;
 mod push;
+mod reconcile;
 mod relay;
 mod report;
 mod sync;
@@ -37,6 +38,8 @@ struct Plan {
     waiting_steps: Vec<usize>,
     sync_runs: usize,
     follow_runs: usize,
+    /// Issues of the repository B reconciles with A.
+    reconcile_issues: usize,
     large_commits: usize,
     load: load::LoadSettings,
     hostile: hostile::Settings,
@@ -54,6 +57,7 @@ impl Plan {
             waiting_steps: vec![1000],
             sync_runs: 1,
             follow_runs: 3,
+            reconcile_issues: 200,
             large_commits: 1000,
             load: load::LoadSettings {
                 repos: 20,
@@ -80,6 +84,7 @@ impl Plan {
                 waiting_steps: vec![10_000],
                 sync_runs: 2,
                 follow_runs: 10,
+                reconcile_issues: 2_000,
                 large_commits: 10_000,
                 load: load::LoadSettings {
                     repos: 100,
@@ -103,6 +108,7 @@ impl Plan {
                 waiting_steps: vec![10_000, 100_000],
                 sync_runs: 5,
                 follow_runs: 50,
+                reconcile_issues: 10_000,
                 large_commits: 10_000,
                 load: load::LoadSettings {
                     repos: 1000,
@@ -392,6 +398,30 @@ fn main() {
             fmt_p(percentiles_ms(&s.floor)),
             "one commit, into an empty bare repository",
         );
+    }
+    if wanted("reconcile") {
+        step("reconcile a follower");
+        let n = plan.reconcile_issues;
+        for (label, negentropy) in [("NIP-77 negentropy", true), ("paged REQ", false)] {
+            let [t, s] = FLAVORS.map(|f| reconcile::measure(f, n, negentropy));
+            for (i, case) in ["all", "1%", "none"].iter().enumerate() {
+                let cell = |l: &reconcile::Level| {
+                    format!(
+                        "{:.1} s, {} events{}",
+                        l.elapsed.as_secs_f64(),
+                        l.transferred,
+                        if l.complete { "" } else { " (incomplete)" }
+                    )
+                };
+                table.both(
+                    "2 sync",
+                    &format!("reconcile, {label}: B lacks {case} of {n} issues ({} missing)", t[i].lacked),
+                    cell(&t[i]),
+                    cell(&s[i]),
+                    "B restarts after A took the issues; time to level, events A sent; follower reads 100 events/s per relay",
+                );
+            }
+        }
     }
     if wanted("load") {
         step("sync under load");
