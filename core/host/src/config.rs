@@ -532,6 +532,32 @@ mod tests {
     }
 
     #[test]
+    fn follower_bounds_are_flags_whose_defaults_are_the_followers() {
+        let defaults = crate::follow::ClientLimits::default();
+        let limits = Config::defaults().follow.client_limits();
+        assert_eq!(limits.events_per_second, defaults.events_per_second);
+        assert_eq!(limits.max_message_bytes, defaults.max_message_bytes);
+        assert_eq!(limits.history, defaults.history);
+        assert_eq!(limits.reconcile, defaults.reconcile);
+        let config = Config::parse_from([
+            "graspd",
+            "--follow-events-per-second",
+            "500",
+            "--follow-negentropy-timeout-secs",
+            "3",
+            "--follow-negentropy-max-items",
+            "10",
+        ]);
+        let limits = config.follow.client_limits();
+        assert_eq!(limits.events_per_second, 500);
+        assert_eq!(limits.reconcile.answer_timeout, Duration::from_secs(3));
+        assert_eq!(
+            (limits.reconcile.max_items, limits.reconcile.max_missing),
+            (10, 10)
+        );
+    }
+
+    #[test]
     fn reference_index_bounds_are_flags() {
         assert_eq!(
             Config::defaults().reference_limits(),

@@ -71,7 +71,7 @@ impl Default for ClientLimits {
 }
 
 /// Command-line options of the follower, for the runtime crates to flatten into theirs.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct FollowArgs {
     /// A relay to discover announcements that list this server from, and to follow every
     /// hosted repository on (repeatable).
@@ -85,9 +85,63 @@ pub struct FollowArgs {
     /// Follow relays on loopback and private addresses (tests, private networks).
     #[arg(long, env = "GRASPD_ALLOW_PRIVATE_RELAYS")]
     pub allow_private_relays: bool,
+    /// Events per second taken from one followed relay; a faster relay is read more slowly.
+    #[arg(long, env = "GRASPD_FOLLOW_EVENTS_PER_SECOND", default_value_t = 100)]
+    pub follow_events_per_second: u32,
+    /// Largest WebSocket message accepted from a followed relay, in bytes.
+    #[arg(long, env = "GRASPD_FOLLOW_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub follow_max_message_bytes: usize,
+    /// Pages (of 500 events) of one subscription's history read by REQ before it is taken
+    /// as complete.
+    #[arg(long, env = "GRASPD_FOLLOW_HISTORY_PAGES", default_value_t = 200)]
+    pub follow_history_pages: usize,
+    /// Seconds a followed relay may take to answer a NEG-OPEN or NEG-MSG before its history
+    /// is paged with REQ instead.
+    #[arg(
+        long,
+        env = "GRASPD_FOLLOW_NEGENTROPY_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub follow_negentropy_timeout_secs: u64,
+    /// Seconds a relay that could not reconcile is paged before negentropy is tried again.
+    #[arg(
+        long,
+        env = "GRASPD_FOLLOW_NEGENTROPY_RETRY_SECS",
+        default_value_t = 3600
+    )]
+    pub follow_negentropy_retry_secs: u64,
+    /// Our own events offered in one reconciliation at most (held in memory during it), and
+    /// missing events fetched by id after one at most; beyond either, the history is paged.
+    #[arg(
+        long,
+        env = "GRASPD_FOLLOW_NEGENTROPY_MAX_ITEMS",
+        default_value_t = 100_000
+    )]
+    pub follow_negentropy_max_items: usize,
 }
 
 impl FollowArgs {
+    /// The IO side's bounds: the flags', the rest [`ClientLimits::default`].
+    pub fn client_limits(&self) -> ClientLimits {
+        let defaults = ClientLimits::default();
+        ClientLimits {
+            max_message_bytes: self.follow_max_message_bytes,
+            events_per_second: self.follow_events_per_second.max(1),
+            history: HistoryLimits {
+                max_pages: self.follow_history_pages.max(1),
+                ..defaults.history
+            },
+            reconcile: ReconcileConfig {
+                answer_timeout: Duration::from_secs(self.follow_negentropy_timeout_secs.max(1)),
+                retry_after: Duration::from_secs(self.follow_negentropy_retry_secs),
+                max_items: self.follow_negentropy_max_items,
+                max_missing: self.follow_negentropy_max_items,
+                ..defaults.reconcile
+            },
+            ..defaults
+        }
+    }
+
     pub fn config(&self) -> FollowConfig {
         FollowConfig {
             bootstrap_relays: self
