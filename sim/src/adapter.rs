@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use graspd_core::policy::{AuthorEntry, Policy};
 use graspd_core::{
     ApplyError, Arrival, CommandId, Config, Engine, EngineEvent, EventId, FetchReport, Oid,
-    RefDecision, RefUpdate, RepoKey, RepoSnapshot, Time,
+    PublicKey, RefDecision, RefUpdate, RepoKey, RepoSnapshot, Time,
 };
 
 use crate::params::Params;
@@ -134,6 +135,13 @@ impl EngineUnderTest for Core {
         self.0.handle_timeout(now);
     }
 
+    fn deny_authors(&mut self, now: Time, authors: &std::collections::BTreeSet<PublicKey>) {
+        let denied = authors.iter().map(|a| AuthorEntry(*a));
+        let policy = Policy::new(denied, [], []);
+        self.0
+            .handle_input(now, graspd_core::Input::PolicyChanged { policy });
+    }
+
     fn poll_timeout(&mut self) -> Option<(Time, String)> {
         self.0.poll_timeout().map(|(t, r)| (t, format!("{r:?}")))
     }
@@ -169,6 +177,7 @@ impl EngineUnderTest for Core {
             EngineEvent::Released { id, .. } => Output::Released { id },
             EngineEvent::Expired { id, .. } => Output::Expired { id },
             EngineEvent::Deleted { id } => Output::Deleted { id },
+            EngineEvent::Withdrawn { id } => Output::Withdrawn { id },
             other => Output::Other(format!("{other:?}")),
         })
     }

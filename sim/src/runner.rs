@@ -125,6 +125,8 @@ enum Status {
     Served,
     Expired,
     Deleted,
+    /// The operator deny-listed its author while it waited.
+    Withdrawn,
 }
 
 #[derive(Clone, Debug)]
@@ -157,6 +159,8 @@ pub struct Sim<'a> {
     ever_served: BTreeSet<EventId>,
     /// When each `refs/nostr/<id>` ref was pushed (by repository and ref name).
     placeholders: BTreeMap<(RepoKey, String), Time>,
+    /// Deny-listed authors, with when.
+    denied: BTreeMap<PublicKey, Time>,
     /// Fetch start times per domain (for scenario expectations).
     fetch_log: BTreeMap<String, Vec<Time>>,
     /// Liveness is measured from the later of the heal and the last restart.
@@ -197,6 +201,7 @@ impl<'a> Sim<'a> {
             monitor: ThrottleMonitor::default(),
             fetch_log: BTreeMap::new(),
             placeholders: BTreeMap::new(),
+            denied: BTreeMap::new(),
             ever_served: BTreeSet::new(),
             failure: None,
             healed: false,
@@ -442,6 +447,9 @@ impl<'a> Sim<'a> {
                 placeholders += 1;
             }
         }
+        if !self.denied.is_empty() {
+            engine.deny_authors(now, &self.denied_authors());
+        }
         self.engine = Some(engine);
         self.monitor = ThrottleMonitor::default();
         crate::trace!(
@@ -480,6 +488,7 @@ impl<'a> Sim<'a> {
             Item::Act(Action::Deliver { event, via }) => self.deliver(event, via),
             Item::Act(Action::Push { state, retries }) => self.push(state, retries),
             Item::Act(Action::Crash { down_ms }) => self.crash(down_ms),
+            Item::Act(Action::DenyAuthor { author }) => self.deny(author),
             Item::Act(Action::PushPlaceholder { pr, repo, commit }) => {
                 self.push_placeholder(pr, repo, commit)
             }
@@ -590,6 +599,15 @@ impl<'a> Sim<'a> {
 
     fn deliver(&mut self, idx: usize, via: Via) {
         let label = self.label(idx).to_owned();
+        if self.is_denied(idx) {
+            // The host checks the operator's lists before the engine sees an event.
+            crate::trace!(
+                self.trace,
+                self.now,
+                "deliver {label} {via:?} -> blocked: denied"
+            );
+            return;
+        }
         let now = self.engine_now();
         let Some(engine) = self.engine.as_mut() else {
             crate::trace!(
@@ -1014,6 +1032,7 @@ impl<'a> Sim<'a> {
                     }
                 }
             }
+            Output::Withdrawn { id } => self.withdrawn(id),
             Output::Deleted { id } => {
                 let label = self.id_label(&id);
                 crate::trace!(self.trace, self.now, "deleted {label}");
@@ -1027,6 +1046,52 @@ impl<'a> Sim<'a> {
             Output::Other(s) => {
                 let s = self.names(s);
                 crate::trace!(self.trace, self.now, "engine: {s}")
+            }
+        }
+    }
+
+    /// A policy reload deny-lists `author`; the engine hears it now, and again at every boot
+    /// (the operator's lists outlive restarts).
+    fn deny(&mut self, author: PublicKey) {
+        self.denied.entry(author).or_insert(self.now);
+        crate::trace!(
+            self.trace,
+            self.now,
+            "policy: deny author {}",
+            author.to_hex()
+        );
+        let (now, denied) = (self.engine_now(), self.denied_authors());
+        if let Some(engine) = self.engine.as_mut() {
+            engine.deny_authors(now, &denied);
+        }
+        self.drain();
+    }
+
+    fn denied_authors(&self) -> BTreeSet<PublicKey> {
+        self.denied.keys().copied().collect()
+    }
+
+    /// Whether `idx`'s author is deny-listed by now.
+    fn is_denied(&self, idx: usize) -> bool {
+        self.denied
+            .contains_key(&self.sc.world.events[idx].event.pubkey)
+    }
+
+    fn withdrawn(&mut self, id: EventId) {
+        let label = self.id_label(&id);
+        crate::trace!(self.trace, self.now, "withdrawn {label}");
+        let Some(&idx) = self.by_id.get(&id) else {
+            return;
+        };
+        if !self.is_denied(idx) {
+            let msg = format!("withdrew {label}, whose author is not deny-listed");
+            self.fail(FailureKind::Safety, msg);
+            return;
+        }
+        self.store.waiting.remove(&id);
+        if let Some(ack) = self.acks.get_mut(&id) {
+            if ack.status == Status::Waiting {
+                ack.status = Status::Withdrawn;
             }
         }
     }
@@ -1049,8 +1114,18 @@ impl<'a> Sim<'a> {
             );
             return;
         };
+        if self.is_denied(ack.event) {
+            let msg = format!("released {label}, whose author is deny-listed");
+            self.fail(FailureKind::Safety, msg);
+            return;
+        }
         match ack.status {
             Status::Waiting => {}
+            Status::Withdrawn => {
+                let msg = format!("released {label} after it was withdrawn");
+                self.fail(FailureKind::Safety, msg);
+                return;
+            }
             Status::Served => {
                 // Released again in a later lifetime is harmless (the store write is idempotent);
                 // twice in one lifetime is a bug.
@@ -1248,7 +1323,7 @@ impl<'a> Sim<'a> {
         self.acks.get(id).is_some_and(|a| match a.status {
             Status::Served => true,
             Status::Waiting | Status::Expired => a.expires_at > by,
-            Status::Deleted => false,
+            Status::Deleted | Status::Withdrawn => false,
         })
     }
 
@@ -1374,7 +1449,7 @@ impl<'a> Sim<'a> {
 
     /// Why this acknowledged event must be released after the heal, or `None` if it need not.
     fn obligation(&self, id: &EventId, ack: &Ack, deadline: Time) -> Option<String> {
-        if matches!(ack.status, Status::Deleted) {
+        if matches!(ack.status, Status::Deleted | Status::Withdrawn) || self.is_denied(ack.event) {
             return None;
         }
         // A world with more hosts than the engine may track can starve a domain until an idle

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use graspd_core::{Identifier, Oid, RepoKey, Time};
+use graspd_core::{Identifier, Oid, PublicKey, RepoKey, Time};
 
 use crate::faults::{Fault, FaultWindow};
 use crate::forge::{self, User};
@@ -41,6 +41,9 @@ pub enum Action {
     },
     /// Our server crashes and restarts `down_ms` later from what it persisted.
     Crash { down_ms: u64 },
+    /// The operator deny-lists `author` (a policy reload): from now on nothing of theirs is
+    /// acknowledged or released, and what of theirs waits is withdrawn.
+    DenyAuthor { author: PublicKey },
 }
 
 #[derive(Clone, Debug)]
@@ -201,6 +204,8 @@ impl Scenario {
             });
         }
 
+        schedule.extend(draw_deny(&world, chaos_ms, &mut root.child("policy")));
+
         let local_hang_percent = if fr.percent(30) { fr.range(1, 5) } else { 0 };
         let store_fail_percent = if fr.percent(30) { fr.range(1, 10) } else { 0 };
         let heal_at = at(chaos_ms);
@@ -283,6 +288,36 @@ impl Scenario {
         );
         s
     }
+}
+
+/// In a third of the worlds, the operator deny-lists a PR author who publishes nothing else
+/// (no announcement, state or deletion), at a random moment before the heal.
+fn draw_deny(world: &World, chaos_ms: u64, rng: &mut Rng) -> Option<Scheduled> {
+    if !rng.percent(33) {
+        return None;
+    }
+    let others: BTreeSet<PublicKey> = world
+        .events
+        .iter()
+        .filter(|e| !matches!(e.role, Role::Pr { .. }))
+        .map(|e| e.event.pubkey)
+        .collect();
+    let candidates: Vec<PublicKey> = world
+        .events
+        .iter()
+        .filter(|e| matches!(e.role, Role::Pr { .. }) && !others.contains(&e.event.pubkey))
+        .map(|e| e.event.pubkey)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    let author = candidates[rng.below(candidates.len() as u64) as usize];
+    Some(Scheduled {
+        at: at(rng.below(chaos_ms)),
+        action: Action::DenyAuthor { author },
+    })
 }
 
 /// The run goes on until liveness can be judged and every event acknowledged before the heal

@@ -2,7 +2,7 @@
 //! `graspd_core::Engine`, so the simulator's world, host model and checks do not move when the
 //! engine's types are renamed; only the adapter does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use graspd_core::{EventId, Oid, RepoKey, Time};
@@ -82,6 +82,10 @@ pub enum Output {
     Deleted {
         id: EventId,
     },
+    /// The operator's policy refuses this waiting event now.
+    Withdrawn {
+        id: EventId,
+    },
     /// Anything else the engine reports, for the trace.
     Other(String),
 }
@@ -121,6 +125,9 @@ pub trait EngineUnderTest {
         updates: &[RefEdit],
     ) -> Vec<Result<(), String>>;
     fn handle_input(&mut self, now: Time, input: Input);
+    /// The operator's lists now deny `authors` (a reload); an engine without policies
+    /// ignores it.
+    fn deny_authors(&mut self, _now: Time, _authors: &BTreeSet<graspd_core::PublicKey>) {}
     fn handle_timeout(&mut self, now: Time);
     /// The next deadline and its reason, for the trace.
     fn poll_timeout(&mut self) -> Option<(Time, String)>;
