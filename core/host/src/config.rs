@@ -202,6 +202,15 @@ pub struct ConnectionLimits {
     )]
     pub websocket_write_timeout_secs: u64,
 
+    /// EVENTs one WebSocket may have being decided at once (pipelined EVENTs share store
+    /// commits); past it the connection reads nothing more until one is answered.
+    #[arg(
+        long,
+        env = "GRASPD_EVENTS_IN_FLIGHT_PER_CONNECTION",
+        default_value_t = 32
+    )]
+    pub events_in_flight_per_connection: usize,
+
     /// Outgoing bytes buffered per WebSocket; past it the server sends only as fast as the
     /// client reads.
     #[arg(long, env = "GRASPD_WEBSOCKET_SEND_BUFFER_BYTES", default_value_t = 256 * 1024)]
@@ -277,6 +286,7 @@ impl ConnectionLimits {
             idle_timeout: Duration::from_secs(self.websocket_idle_secs).max(ping_after),
             write_timeout: Duration::from_secs(self.websocket_write_timeout_secs.max(1)),
             send_buffer_bytes: self.websocket_send_buffer_bytes,
+            events_in_flight: self.events_in_flight_per_connection.max(1),
             events_per_connection: rate(
                 self.events_per_second_per_connection,
                 self.event_burst_per_connection,

@@ -11,6 +11,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_util::future::{self, select, Either};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use nostr::prelude::{Event, EventId};
 
@@ -111,13 +112,27 @@ pub async fn run_connection<S: RelaySocket>(
     // Armed at a deadline that may since have moved later (the client spoke): when it fires
     // early it is re-armed, so a busy connection does not arm a timer per frame.
     let mut timer = backend.sleep_until(last_heard + limits.ping_after);
+    // EVENTs being decided, answered in the order they came. The client may send more
+    // meanwhile (up to `events_in_flight`): its EVENTs share store commits instead of each
+    // waiting for the one before it. A REQ, NEG-OPEN or close waits for them all first, so
+    // a client reads what it published.
+    let mut deciding: Deciding = FuturesOrdered::new();
     loop {
         let next = {
             let mut live = pin!(feed.next());
             let socket = &mut *out.socket;
+            let reading = deciding.len() < limits.events_in_flight.max(1);
+            let deciding = &mut deciding;
             future::poll_fn(|cx| {
-                if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
-                    return Poll::Ready(Next::Frame(frame));
+                if !deciding.is_empty() {
+                    if let Poll::Ready(Some(decided)) = deciding.poll_next_unpin(cx) {
+                        return Poll::Ready(Next::Decided(decided));
+                    }
+                }
+                if reading {
+                    if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
+                        return Poll::Ready(Next::Frame(frame));
+                    }
                 }
                 if let Poll::Ready(live) = live.as_mut().poll(cx) {
                     return Poll::Ready(Next::Live(live));
@@ -169,6 +184,7 @@ pub async fn run_connection<S: RelaySocket>(
                 match message {
                     Message::Close(_) => {
                         // The WebSocket layer has queued the close reply; flush it.
+                        let _ = answer_all(&mut out, &mut deciding).await;
                         out.finish().await;
                         return;
                     }
@@ -177,7 +193,28 @@ pub async fn run_connection<S: RelaySocket>(
                         Some(Action::Send(frame)) => vec![frame],
                         Some(Action::Accept(event)) => {
                             let id = event.id;
-                            vec![backend.decide(*event).await.message(&id)]
+                            let verdict = backend.decide(*event);
+                            deciding.push_back(Box::pin(async move { (id, verdict.await) }));
+                            Vec::new()
+                        }
+                        Some(action @ (Action::Query(_) | Action::Reconcile(_)))
+                            if !deciding.is_empty() =>
+                        {
+                            if answer_all(&mut out, &mut deciding).await.is_err() {
+                                return;
+                            }
+                            match action {
+                                Action::Query(query) => {
+                                    match stream_stored(&mut out, &mut session, query).await {
+                                        Ok(rest) => rest,
+                                        Err(Gone) => return,
+                                    }
+                                }
+                                Action::Reconcile(open) => {
+                                    reconcile(backend, &mut session, open).await
+                                }
+                                _ => unreachable!("matched above"),
+                            }
                         }
                         Some(Action::Query(query)) => {
                             match stream_stored(&mut out, &mut session, query).await {
@@ -186,21 +223,7 @@ pub async fn run_connection<S: RelaySocket>(
                             }
                         }
                         Some(Action::Reconcile(open)) => {
-                            // No client frame is read meanwhile, so the session cannot change.
-                            match backend.reconciliation_items(&open).await {
-                                Ok(items) => match session.start_reconciliation(open, &items) {
-                                    Action::Refused { frame, limit } => {
-                                        refuse(backend, limit, &frame);
-                                        vec![frame]
-                                    }
-                                    Action::Send(frame) => vec![frame],
-                                    _ => Vec::new(),
-                                },
-                                Err(reason) => vec![messages::neg_err(
-                                    &open.subscription_id,
-                                    &format!("error: {reason}"),
-                                )],
-                            }
+                            reconcile(backend, &mut session, open).await
                         }
                         Some(Action::Refused { frame, limit }) => {
                             refuse(backend, limit, &frame);
@@ -215,6 +238,7 @@ pub async fn run_connection<S: RelaySocket>(
                 }
             }
             Next::Frame(None) | Next::Frame(Some(Err(_))) => return,
+            Next::Decided((id, verdict)) => vec![verdict.message(&id)],
             Next::Live(Live::Event(event)) => session.live_event(&event),
             Next::Live(Live::TooSlow) => {
                 let _ = out
@@ -236,6 +260,45 @@ pub async fn run_connection<S: RelaySocket>(
         if out.flush().await.is_err() {
             return;
         }
+    }
+}
+
+/// EVENTs of one connection being decided, each with its id, answered in arrival order.
+type Deciding = FuturesOrdered<BoxFuture<'static, (EventId, Verdict)>>;
+
+/// Waits for every EVENT being decided and sends their `OK`s, in order.
+async fn answer_all<S: RelaySocket>(
+    out: &mut Outgoing<'_, S>,
+    deciding: &mut Deciding,
+) -> Result<(), Gone> {
+    while let Some((id, verdict)) = deciding.next().await {
+        if out.feed(Message::text(verdict.message(&id))).await.is_err() {
+            return Err(Gone);
+        }
+    }
+    out.flush().await.map_err(|_| Gone)
+}
+
+/// Answers a NEG-OPEN: reads the items it reconciles and starts the session's side.
+async fn reconcile(
+    backend: &dyn RelayBackend,
+    session: &mut Session,
+    open: ReconcileOpen,
+) -> Vec<String> {
+    // No client frame is read meanwhile, so the session cannot change.
+    match backend.reconciliation_items(&open).await {
+        Ok(items) => match session.start_reconciliation(open, &items) {
+            Action::Refused { frame, limit } => {
+                refuse(backend, limit, &frame);
+                vec![frame]
+            }
+            Action::Send(frame) => vec![frame],
+            _ => Vec::new(),
+        },
+        Err(reason) => vec![messages::neg_err(
+            &open.subscription_id,
+            &format!("error: {reason}"),
+        )],
     }
 }
 
@@ -281,6 +344,8 @@ async fn stream_stored<S: RelaySocket>(
 
 enum Next {
     Frame(Option<Result<Message, WsError>>),
+    /// An EVENT's decision, in arrival order.
+    Decided((EventId, Verdict)),
     Live(Live),
     Timer,
 }

@@ -41,6 +41,9 @@ pub struct RelayLimits {
     pub events_per_address: Rate,
     /// NIP-77 reconciliation: sessions per connection (0: off), items, frame size.
     pub negentropy: NegentropyLimits,
+    /// EVENTs one connection has being decided at once; past it the connection reads no
+    /// more until one is answered.
+    pub events_in_flight: usize,
 }
 
 impl Default for RelayLimits {
@@ -66,6 +69,7 @@ impl Default for RelayLimits {
                 burst: 1000,
             },
             negentropy: NegentropyLimits::default(),
+            events_in_flight: 32,
         }
     }
 }

@@ -638,12 +638,38 @@ mod connection {
         store: Store,
         hub: Hub,
         refusals: crate::refusals::Refusals,
+        /// When set, each decision says it started, then waits for a go before storing.
+        gate: Option<Gate>,
+    }
+
+    struct Gate {
+        started: Sender<()>,
+        go: Receiver<()>,
+    }
+
+    impl Backend {
+        fn new(dir: &std::path::Path, gate: Option<Gate>) -> std::sync::Arc<Backend> {
+            std::sync::Arc::new(Backend {
+                store: Store::open_in(dir).unwrap(),
+                hub: Hub::new(),
+                refusals: Default::default(),
+                gate,
+            })
+        }
     }
 
     impl RelayBackend for Backend {
         fn decide(&self, event: Event) -> BoxFuture<'static, Verdict> {
             let (store, hub) = (self.store.clone(), self.hub.clone());
+            let gate = self
+                .gate
+                .as_ref()
+                .map(|g| (g.started.clone(), g.go.clone()));
             Box::pin(async move {
+                if let Some((started, go)) = gate {
+                    started.send(()).await.unwrap();
+                    go.recv().await.unwrap();
+                }
                 match store.insert(&event) {
                     Ok(InsertOutcome::Stored { .. }) => {
                         hub.publish(event);
@@ -750,11 +776,7 @@ mod connection {
     fn two_clients_publish_subscribe_and_leave() {
         let dir = std::env::temp_dir().join(format!("graspd-relay-conn-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let backend = std::sync::Arc::new(Backend {
-            store: Store::open_in(&dir).unwrap(),
-            hub: Hub::new(),
-            refusals: Default::default(),
-        });
+        let backend = Backend::new(&dir, None);
         let writer = Client::connect(&backend);
         let reader = Client::connect(&backend);
 
@@ -789,11 +811,7 @@ mod connection {
     fn shutdown_closes_connections() {
         let dir = std::env::temp_dir().join(format!("graspd-relay-shut-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let backend = std::sync::Arc::new(Backend {
-            store: Store::open_in(&dir).unwrap(),
-            hub: Hub::new(),
-            refusals: Default::default(),
-        });
+        let backend = Backend::new(&dir, None);
         let client = Client::connect(&backend);
         client.send(&req("x", &[json!({})]));
         assert_eq!(client.receive(), json!(["EOSE", "x"]));
@@ -802,6 +820,46 @@ mod connection {
             Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
             other => panic!("expected a close frame, got {other:?}"),
         }
+        client.thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A client's pipelined EVENTs are decided at once (the second starts before the first is
+    /// answered), answered in the order they came, and a REQ after them sees both.
+    #[test]
+    fn pipelined_events_are_decided_together_and_a_req_waits_for_them() {
+        let dir = std::env::temp_dir().join(format!("graspd-relay-pipe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (started, started_rx) = async_channel::unbounded();
+        let (go_tx, go) = async_channel::unbounded();
+        let backend = Backend::new(&dir, Some(Gate { started, go }));
+        let client = Client::connect(&backend);
+        let (a, b) = (event(1621, 7, &[]), event(1621, 8, &[]));
+        client.send(&json!(["EVENT", a]).to_string());
+        client.send(&json!(["EVENT", b]).to_string());
+        client.send(&req("after", &[json!({"kinds": [1621]})]));
+        // Both decisions are under way while neither has been answered (one at a time, the
+        // second would never start: the bound turns that hang into a failure).
+        for which in ["first", "second"] {
+            let started =
+                futures_lite::future::or(async { started_rx.recv().await.is_ok() }, async {
+                    smol::Timer::after(std::time::Duration::from_secs(30)).await;
+                    false
+                });
+            assert!(
+                block_on(started),
+                "the {which} EVENT's decision never started"
+            );
+        }
+        assert!(client.from_relay.is_empty(), "nothing answered yet");
+        go_tx.try_send(()).unwrap();
+        go_tx.try_send(()).unwrap();
+        assert_eq!(client.receive(), json!(["OK", a.id.to_hex(), true, ""]));
+        assert_eq!(client.receive(), json!(["OK", b.id.to_hex(), true, ""]));
+        assert_eq!(client.receive(), json!(["EVENT", "after", b]));
+        assert_eq!(client.receive(), json!(["EVENT", "after", a]));
+        assert_eq!(client.receive(), json!(["EOSE", "after"]));
+        drop(client.to_relay);
         client.thread.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
