@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::git::WorkRepo;
-use crate::nostr::{announcement, keys, npub, state, RelayClient};
+use crate::nostr::{announcement, keys, npub, state, Event, Keys, RelayClient};
 use crate::Server;
 use serde_json::json;
 
@@ -36,4 +36,25 @@ pub fn hosted_repo(server: &Server) -> String {
         server.log()
     );
     format!("30617:{}:demo", owner.public_key().to_hex())
+}
+
+/// A repository "demo" of `keys(1)` listing both servers, announced, stated and pushed on `a`
+/// only (`b` learns it by following `a`); returns the owner, announcement and state.
+pub fn repository_on(a: &Server, b: &Server) -> (Keys, Event, Event) {
+    let owner = keys(1);
+    let work = WorkRepo::init("work");
+    let tip = work.commit("README", "followed\n");
+    let ann = announcement(&owner, "demo", &[&a.http_url(), &b.http_url()], &[]);
+    let st = state(
+        &owner,
+        "demo",
+        &[("refs/heads/main", &tip)],
+        Some("main"),
+        0,
+    );
+    let mut relay_a = RelayClient::connect(&a.ws_url());
+    assert!(relay_a.publish(&ann).accepted);
+    assert!(relay_a.publish(&st).accepted);
+    work.git(&["push", "-q", &a.repo_url(&npub(&owner), "demo"), "main"]);
+    (owner, ann, st)
 }

@@ -7,11 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use graspd_tests::fixtures::hosted_repo;
-use graspd_tests::git::WorkRepo;
-use graspd_tests::nostr::{
-    announcement, eventually, keys, npub, state, tagged, Event, Keys, RelayClient,
-};
+use graspd_tests::fixtures::{hosted_repo, repository_on};
+use graspd_tests::nostr::{eventually, keys, state, tagged, Event, RelayClient};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 use negentropy::{Negentropy, NegentropyStorageVector};
 use nostr_sdk::prelude::{
@@ -314,26 +311,6 @@ fn follower_of(a: &Server) -> ServerOptions {
         .flag("--sync-delay-synced-ms", 100)
         .flag("--bootstrap-relay", a.ws_url())
         .arg("--allow-private-relays")
-}
-
-/// A repository listing both servers, announced, stated and pushed on `a` only.
-fn repository_on(a: &Server, b: &Server) -> (Keys, Event, Event) {
-    let owner = keys(1);
-    let work = WorkRepo::init("work");
-    let tip = work.commit("README", "followed\n");
-    let ann = announcement(&owner, "demo", &[&a.http_url(), &b.http_url()], &[]);
-    let st = state(
-        &owner,
-        "demo",
-        &[("refs/heads/main", &tip)],
-        Some("main"),
-        0,
-    );
-    let mut relay_a = RelayClient::connect(&a.ws_url());
-    assert!(relay_a.publish(&ann).accepted);
-    assert!(relay_a.publish(&st).accepted);
-    work.git(&["push", "-q", &a.repo_url(&npub(&owner), "demo"), "main"]);
-    (owner, ann, st)
 }
 
 both_runtimes!(

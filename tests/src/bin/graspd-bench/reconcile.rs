@@ -6,8 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use graspd_tests::git::WorkRepo;
-use graspd_tests::nostr::{announcement, keys, npub, state, tagged, Event, RelayClient};
+use graspd_tests::nostr::{keys, tagged, Event, RelayClient};
 use graspd_tests::{Flavor, Server, ServerOptions};
 use serde_json::json;
 
@@ -100,21 +99,7 @@ fn sum_metric(server: &Server, name: &str) -> u64 {
 /// A repository on A whose announcement lists A and B, released on both (B learns it by
 /// following A and fetches the data); returns its coordinate.
 fn hosted_on_both(a: &Server, b: &Server) -> String {
-    let owner = keys(1);
-    let work = WorkRepo::init("bench-reconcile");
-    let tip = work.commit("README", "followed\n");
-    let ann = announcement(&owner, "demo", &[&a.http_url(), &b.http_url()], &[]);
-    let st = state(
-        &owner,
-        "demo",
-        &[("refs/heads/main", &tip)],
-        Some("main"),
-        0,
-    );
-    let mut relay_a = RelayClient::connect(&a.ws_url());
-    assert!(relay_a.publish(&ann).accepted);
-    assert!(relay_a.publish(&st).accepted);
-    work.git(&["push", "-q", &a.repo_url(&npub(&owner), "demo"), "main"]);
+    let (owner, _, st) = graspd_tests::fixtures::repository_on(a, b);
     let mut relay_b = RelayClient::connect(&b.ws_url());
     let deadline = Instant::now() + BOUND;
     while relay_b
