@@ -113,19 +113,19 @@ pub async fn run_connection<S: RelaySocket>(
     // early it is re-armed, so a busy connection does not arm a timer per frame.
     let mut timer = backend.sleep_until(last_heard + limits.ping_after);
     // EVENTs being decided, answered in the order they came. The client may send more
-    // meanwhile (up to `events_in_flight`): its EVENTs share store commits instead of each
+    // meanwhile (see `Deciding::has_room`): its EVENTs share store commits instead of each
     // waiting for the one before it. A REQ, NEG-OPEN or close waits for them all first, so
     // a client reads what it published.
-    let mut deciding: Deciding = FuturesOrdered::new();
+    let mut deciding = Deciding::default();
     loop {
         let next = {
             let mut live = pin!(feed.next());
             let socket = &mut *out.socket;
-            let reading = deciding.len() < limits.events_in_flight.max(1);
+            let reading = deciding.has_room(&limits);
             let deciding = &mut deciding;
             future::poll_fn(|cx| {
                 if !deciding.is_empty() {
-                    if let Poll::Ready(Some(decided)) = deciding.poll_next_unpin(cx) {
+                    if let Poll::Ready(Some(decided)) = deciding.poll_next(cx) {
                         return Poll::Ready(Next::Decided(decided));
                     }
                 }
@@ -189,14 +189,13 @@ pub async fn run_connection<S: RelaySocket>(
                         return;
                     }
                     Message::Text(text) => match session.handle_text(text.as_str()) {
-                        None => Vec::new(),
-                        Some(Action::Send(frame)) => vec![frame],
                         Some(Action::Accept(event)) => {
                             let id = event.id;
-                            let verdict = backend.decide(*event);
-                            deciding.push_back(Box::pin(async move { (id, verdict.await) }));
+                            deciding.push(id, text.len(), backend.decide(*event));
                             Vec::new()
                         }
+                        None => Vec::new(),
+                        Some(Action::Send(frame)) => vec![frame],
                         Some(action @ (Action::Query(_) | Action::Reconcile(_)))
                             if !deciding.is_empty() =>
                         {
@@ -263,8 +262,45 @@ pub async fn run_connection<S: RelaySocket>(
     }
 }
 
-/// EVENTs of one connection being decided, each with its id, answered in arrival order.
-type Deciding = FuturesOrdered<BoxFuture<'static, (EventId, Verdict)>>;
+/// EVENTs of one connection being decided, answered in arrival order, with the bytes of
+/// their messages.
+#[derive(Default)]
+struct Deciding {
+    futures: FuturesOrdered<BoxFuture<'static, (EventId, usize, Verdict)>>,
+    bytes: usize,
+}
+
+impl Deciding {
+    fn is_empty(&self) -> bool {
+        self.futures.is_empty()
+    }
+
+    /// Whether the connection may read another message: fewer than `events_in_flight`
+    /// EVENTs, and less than one largest message's worth of them, are being decided. A
+    /// connection so holds at most about two messages' bytes, as when EVENTs waited in turn.
+    fn has_room(&self, limits: &RelayLimits) -> bool {
+        self.futures.len() < limits.events_in_flight.max(1) && self.bytes < limits.max_message_bytes
+    }
+
+    fn push(&mut self, id: EventId, bytes: usize, verdict: BoxFuture<'static, Verdict>) {
+        self.bytes += bytes;
+        self.futures
+            .push_back(Box::pin(async move { (id, bytes, verdict.await) }));
+    }
+
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<(EventId, Verdict)>> {
+        self.futures.poll_next_unpin(cx).map(|decided| {
+            decided.map(|(id, bytes, verdict)| {
+                self.bytes -= bytes;
+                (id, verdict)
+            })
+        })
+    }
+
+    async fn next(&mut self) -> Option<(EventId, Verdict)> {
+        future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
 
 /// Waits for every EVENT being decided and sends their `OK`s, in order.
 async fn answer_all<S: RelaySocket>(
@@ -449,5 +485,39 @@ async fn within(
             );
             Err(Gone)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending_verdict() -> BoxFuture<'static, Verdict> {
+        Box::pin(future::pending())
+    }
+
+    #[test]
+    fn a_connection_reads_on_while_few_and_small_events_are_being_decided() {
+        let limits = RelayLimits {
+            max_message_bytes: 1000,
+            events_in_flight: 3,
+            ..RelayLimits::default()
+        };
+        let id = EventId::from_byte_array([0; 32]);
+        let mut small = Deciding::default();
+        for _ in 0..2 {
+            small.push(id, 100, pending_verdict());
+            assert!(small.has_room(&limits));
+        }
+        small.push(id, 100, pending_verdict());
+        assert!(!small.has_room(&limits), "three EVENTs is the count bound");
+        let mut large = Deciding::default();
+        large.push(id, 600, pending_verdict());
+        assert!(large.has_room(&limits));
+        large.push(id, 600, pending_verdict());
+        assert!(
+            !large.has_room(&limits),
+            "past one largest message's worth of bytes"
+        );
     }
 }
