@@ -196,32 +196,19 @@ pub async fn run_connection<S: RelaySocket>(
                         }
                         None => Vec::new(),
                         Some(Action::Send(frame)) => vec![frame],
-                        Some(action @ (Action::Query(_) | Action::Reconcile(_)))
-                            if !deciding.is_empty() =>
-                        {
+                        Some(Action::Query(query)) => {
                             if answer_all(&mut out, &mut deciding).await.is_err() {
                                 return;
                             }
-                            match action {
-                                Action::Query(query) => {
-                                    match stream_stored(&mut out, &mut session, query).await {
-                                        Ok(rest) => rest,
-                                        Err(Gone) => return,
-                                    }
-                                }
-                                Action::Reconcile(open) => {
-                                    reconcile(backend, &mut session, open).await
-                                }
-                                _ => unreachable!("matched above"),
-                            }
-                        }
-                        Some(Action::Query(query)) => {
                             match stream_stored(&mut out, &mut session, query).await {
                                 Ok(rest) => rest,
                                 Err(Gone) => return,
                             }
                         }
                         Some(Action::Reconcile(open)) => {
+                            if answer_all(&mut out, &mut deciding).await.is_err() {
+                                return;
+                            }
                             reconcile(backend, &mut session, open).await
                         }
                         Some(Action::Refused { frame, limit }) => {
@@ -307,6 +294,9 @@ async fn answer_all<S: RelaySocket>(
     out: &mut Outgoing<'_, S>,
     deciding: &mut Deciding,
 ) -> Result<(), Gone> {
+    if deciding.is_empty() {
+        return Ok(());
+    }
     while let Some((id, verdict)) = deciding.next().await {
         if out.feed(Message::text(verdict.message(&id))).await.is_err() {
             return Err(Gone);
