@@ -451,7 +451,8 @@ fn replies_are_well_formed(text: &str) -> bool {
                 Some("NOTICE" | "CLOSED" | "OK" | "NEG-ERR")
             )
         }
-        Some(Action::Query(query)) => !query.filters.is_empty(),
+        // No filters left is a REQ whose filters all list nothing (`"ids": []`): EOSE only.
+        Some(Action::Query(query)) => query.filters.len() <= RelayLimits::default().max_filters,
         Some(Action::Reconcile(open)) => open.filters.len() <= 1,
         Some(Action::Accept(event)) => event.verify().is_ok(),
     }
