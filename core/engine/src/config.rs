@@ -16,9 +16,12 @@ pub struct Config {
     /// GRASP-06: take PRs whose `clone` names this server's `/prs/<signer>/<identifier>.git`,
     /// even for repositories not hosted here, and mirror them into the hosted ones they name.
     pub grasp06: bool,
-    /// The operator's curation lists (`--deny-author`, `--deny-repo`, `--allow-repo`),
-    /// checked by the host before anything else decides an event.
+    /// The operator's curation lists (`--deny-author`, `--deny-repo`, `--allow-repo`,
+    /// `--archive-repo`), checked by the host before anything else decides an event.
     pub policy: crate::policy::Policy,
+    /// GRASP-05: pushes to a repository the archive list names are refused (the mirror
+    /// follows the servers its announcement lists).
+    pub archive_read_only: bool,
 
     /// How long an announcement, state, PR or PR update waits for its git data.
     pub purgatory_expiry: Duration,
@@ -98,6 +101,7 @@ impl Default for Config {
             allow_private_remotes: false,
             grasp06: false,
             policy: crate::policy::Policy::default(),
+            archive_read_only: true,
             purgatory_expiry: Duration::from_secs(30 * 60),
             placeholder_expiry: Duration::from_secs(30 * 60),
             max_waiting: 1_000_000,

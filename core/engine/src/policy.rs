@@ -1,9 +1,12 @@
-//! The operator's curation lists: authors and repositories this server refuses, and, when an
-//! allow list is set, the only repositories it hosts. One pure decision per event,
-//! [`Policy::check`], made before anything else decides the event, published or synced.
+//! The operator's curation lists: authors and repositories this server refuses, when an
+//! allow list is set, the only repositories it hosts, and the repositories it keeps as
+//! read-only archive mirrors (GRASP-05). One pure decision per event, [`Policy::check`], made
+//! before anything else decides the event, published or synced.
 //!
 //! Precedence: a denied author is refused whatever the event; then a denied repository; then,
-//! for announcements, the allow list; otherwise the event goes on to the usual rules.
+//! for announcements, the allow list; then the archive list, whose announcements are taken
+//! although they do not list this server ([`Policy::repo_mode`]); otherwise the event goes on
+//! to the usual rules.
 //!
 //! The repositories an event is for: an announcement's or state's own `<author>/<d>`; for
 //! every other kind but deletions, the repository announcements its `a` tags name (a PR, PR
@@ -27,6 +30,22 @@ use nostr::nips::nip19::FromBech32;
 
 use crate::events::{Coordinate, GitEvent, KIND_ANNOUNCEMENT, KIND_DELETION, KIND_STATE};
 use crate::ids::{Identifier, PublicKey};
+
+/// The reason a push to a read-only archive mirror is refused, per ref.
+pub const READ_ONLY_ARCHIVE: &str = "blocked: read-only archive mirror: this server copies \
+    the repository from the servers its announcement lists; push there";
+
+/// How this server keeps a repository the lists let in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoMode {
+    /// The usual rules: its announcement must list this server, and pushes are decided by
+    /// its states.
+    Hosted,
+    /// Named by the archive list (`--archive-repo`): its announcement is taken whether or not
+    /// it lists this server, its data is fetched from the servers it lists, and pushes are
+    /// refused unless the operator allows them.
+    Archive,
+}
 
 /// Why [`Policy::check`] refused an event; [`PolicyRefusal::message`] is the `OK` text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,11 +171,12 @@ pub struct Policy {
     lists: Arc<Lists>,
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Lists {
     denied_authors: BTreeSet<PublicKey>,
     denied_repos: RepoSet,
     allowed_repos: RepoSet,
+    archived_repos: RepoSet,
 }
 
 /// How many entries each list of a [`Policy`] holds (for the reload log line).
@@ -165,6 +185,7 @@ pub struct PolicySizes {
     pub deny_authors: usize,
     pub deny_repos: usize,
     pub allow_repos: usize,
+    pub archive_repos: usize,
 }
 
 impl Policy {
@@ -177,10 +198,22 @@ impl Policy {
             denied_authors: denied_authors.into_iter().map(|a| a.0).collect(),
             denied_repos: RepoSet::new(denied_repos),
             allowed_repos: RepoSet::new(allowed_repos),
+            archived_repos: RepoSet::default(),
         };
         Policy {
             lists: Arc::new(lists),
         }
+    }
+
+    /// These lists with `archived` as the archive list (`--archive-repo`).
+    pub fn archiving(mut self, archived: impl IntoIterator<Item = RepoEntry>) -> Policy {
+        Arc::make_mut(&mut self.lists).archived_repos = RepoSet::new(archived);
+        self
+    }
+
+    /// Whether an archive list is set (GRASP-05 is offered).
+    pub fn has_archive_list(&self) -> bool {
+        !self.lists.archived_repos.is_empty()
     }
 
     /// Whether an allow list is set: only the repositories it names are hosted.
@@ -198,6 +231,7 @@ impl Policy {
             deny_authors: self.lists.denied_authors.len(),
             deny_repos: self.lists.denied_repos.len(),
             allow_repos: self.lists.allowed_repos.len(),
+            archive_repos: self.lists.archived_repos.len(),
         }
     }
 
@@ -207,10 +241,32 @@ impl Policy {
         self.check_denied(event, max_tags)?;
         if event.kind.as_u16() == KIND_ANNOUNCEMENT {
             if let Some(identifier) = own_identifier(event) {
-                self.check_allowed(&event.pubkey, &identifier)?;
+                self.repo_mode(&event.pubkey, &identifier)?;
             }
         }
         Ok(())
+    }
+
+    /// How the repository `owner/identifier` is kept, or why its announcement is refused, in
+    /// the lists' precedence: author deny, repository deny, allow list, archive list, the
+    /// usual rules.
+    pub fn repo_mode(
+        &self,
+        owner: &PublicKey,
+        identifier: &Identifier,
+    ) -> Result<RepoMode, PolicyRefusal> {
+        self.check_author(owner)?;
+        self.check_repo(owner, identifier)?;
+        self.check_allowed(owner, identifier)?;
+        if self.lists.archived_repos.matches(owner, identifier) {
+            return Ok(RepoMode::Archive);
+        }
+        Ok(RepoMode::Hosted)
+    }
+
+    /// Whether the repository `owner/identifier` is kept as an archive mirror.
+    pub fn archives(&self, owner: &PublicKey, identifier: &Identifier) -> bool {
+        self.repo_mode(owner, identifier) == Ok(RepoMode::Archive)
     }
 
     /// Whether a stored event may still be served: the deny lists only. An allow list
@@ -224,10 +280,7 @@ impl Policy {
     pub fn check_git_event(&self, event: &GitEvent) -> Result<(), PolicyRefusal> {
         self.check_author(event.author())?;
         match event {
-            GitEvent::Announcement(a) => {
-                self.check_repo(&a.owner, &a.identifier)?;
-                self.check_allowed(&a.owner, &a.identifier)
-            }
+            GitEvent::Announcement(a) => self.repo_mode(&a.owner, &a.identifier).map(|_| ()),
             GitEvent::State(s) => self.check_repo(&s.author, &s.identifier),
             GitEvent::Pr(pr) => self.check_named(pr.repos.iter()),
             GitEvent::Deletion(_) => Ok(()),
@@ -546,9 +599,41 @@ mod tests {
             PolicySizes {
                 deny_authors: 1,
                 deny_repos: 0,
-                allow_repos: 0
+                allow_repos: 0,
+                archive_repos: 0,
             }
         );
+    }
+
+    #[test]
+    fn archive_precedence_is_author_deny_repo_deny_allow_archive_default() {
+        let (owner, a) = (keys(1).public_key(), Identifier::new("a").unwrap());
+        let archive = |p: Policy| p.archiving([format!("{}/a", npub(1)).parse().unwrap()]);
+        let archived = archive(Policy::default());
+        assert!(archived.has_archive_list());
+        assert_eq!(archived.repo_mode(&owner, &a), Ok(RepoMode::Archive));
+        assert!(archived.archives(&owner, &a));
+        // Other repositories keep the usual rules.
+        let b = Identifier::new("b").unwrap();
+        assert_eq!(archived.repo_mode(&owner, &b), Ok(RepoMode::Hosted));
+        assert_eq!(archived.check(&announcement(1, "a"), MAX), Ok(()));
+
+        let cases = [
+            (policy(&[npub(1)], &[], &[]), Err(PolicyRefusal::Author)),
+            (policy(&[], &[npub(1)], &[]), Err(PolicyRefusal::Repo)),
+            (policy(&[], &[], &[npub(2)]), Err(PolicyRefusal::NotAllowed)),
+            (policy(&[], &[], &[npub(1)]), Ok(RepoMode::Archive)),
+        ];
+        for (lists, want) in cases {
+            let p = archive(lists);
+            assert_eq!(p.repo_mode(&owner, &a), want, "{p:?}");
+            assert_eq!(p.archives(&owner, &a), want == Ok(RepoMode::Archive));
+            let parsed = crate::events::parse(&announcement(1, "a"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(p.check_git_event(&parsed), want.map(|_| ()));
+        }
+        assert_eq!(archived.sizes().archive_repos, 1);
     }
 
     #[test]

@@ -53,8 +53,25 @@ pub struct Config {
     #[arg(long = "allow-repo", env = "GRASPD_ALLOW_REPOS", value_delimiter = ',')]
     pub allow_repos: Vec<graspd_core::policy::RepoEntry>,
 
+    /// GRASP-05: keep read-only archive mirrors of these repositories (entries as for
+    /// `--deny-repo`): their announcements are taken although they do not list this server,
+    /// and their data and events are fetched from the servers and relays they list. The deny
+    /// lists and an allow list win over it (repeatable).
+    #[arg(
+        long = "archive-repo",
+        env = "GRASPD_ARCHIVE_REPOS",
+        value_delimiter = ','
+    )]
+    pub archive_repos: Vec<graspd_core::policy::RepoEntry>,
+
+    /// Refuse pushes to the repositories `--archive-repo` names (`--archive-read-only=false`
+    /// lets their maintainers push here as to any hosted repository).
+    #[arg(long, env = "GRASPD_ARCHIVE_READ_ONLY", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub archive_read_only: bool,
+
     /// A TOML file with more curation lists (`deny_authors`, `deny_repos`, `allow_repos`,
-    /// entries as for the flags), added to the flags'. Re-read on SIGHUP and when it changes;
+    /// `archive_repos`, entries as for the flags), added to the flags'. Re-read on SIGHUP and when it changes;
     /// a file that does not parse stops the start-up, and on a reload keeps the lists in force.
     #[arg(long = "config", env = "GRASPD_CONFIG")]
     pub config_file: Option<PathBuf>,
@@ -468,6 +485,7 @@ impl Config {
             allow_private_remotes: self.allow_private_remotes,
             grasp06: self.grasp06,
             policy: self.policy(),
+            archive_read_only: self.archive_read_only,
             purgatory_expiry: self.purgatory_expiry(),
             placeholder_expiry: self.purgatory_expiry(),
             max_waiting: e.max_waiting,
@@ -488,14 +506,16 @@ impl Config {
         }
     }
 
-    /// The curation lists from `--deny-author`, `--deny-repo` and `--allow-repo` alone (the
-    /// `--config` file's are added by `policy_file::PolicySource`).
+    /// The curation lists from `--deny-author`, `--deny-repo`, `--allow-repo` and
+    /// `--archive-repo` alone (the `--config` file's are added by
+    /// `policy_file::PolicySource`).
     pub fn policy(&self) -> graspd_core::policy::Policy {
         graspd_core::policy::Policy::new(
             self.deny_authors.iter().copied(),
             self.deny_repos.iter().cloned(),
             self.allow_repos.iter().cloned(),
         )
+        .archiving(self.archive_repos.iter().cloned())
     }
 
     /// Parses the command line, with environment variables as fallbacks; exits with usage on
@@ -632,15 +652,33 @@ mod tests {
             &format!("{NPUB}/x"),
             "--allow-repo",
             "ok",
+            "--archive-repo",
+            "linux",
         ]);
         assert_eq!(config.deny_authors.len(), 1);
         assert_eq!(config.deny_repos.len(), 2);
-        assert!(config.engine_config().policy.has_allow_list());
-        assert!(!Config::defaults().engine_config().policy.has_allow_list());
+        let engine = config.engine_config();
+        assert!(engine.policy.has_allow_list() && engine.policy.has_archive_list());
+        assert!(engine.archive_read_only);
+        let defaults = Config::defaults().engine_config();
+        assert!(!defaults.policy.has_allow_list() && !defaults.policy.has_archive_list());
+        for (args, read_only) in [
+            (&["--archive-read-only=false"][..], false),
+            (&["--archive-read-only", "false"][..], false),
+            (&["--archive-read-only"][..], true),
+        ] {
+            let parsed = Config::parse_from(std::iter::once("graspd").chain(args.iter().copied()));
+            assert_eq!(
+                parsed.engine_config().archive_read_only,
+                read_only,
+                "{args:?}"
+            );
+        }
         for (flag, entry) in [
             ("--deny-author", "npub1typo"),
             ("--deny-repo", "npub1typo/x"),
             ("--allow-repo", ".."),
+            ("--archive-repo", "npub1typo"),
         ] {
             let error = Config::try_parse_from(["graspd", flag, entry])
                 .unwrap_err()

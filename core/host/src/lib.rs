@@ -126,6 +126,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
             deny_authors = sizes.deny_authors,
             deny_repos = sizes.deny_repos,
             allow_repos = sizes.allow_repos,
+            archive_repos = sizes.archive_repos,
             "policy lists loaded"
         );
         let poll =

@@ -3,7 +3,8 @@
 //! It carries GRASP's two required fields, `supported_grasps` and
 //! `repo_acceptance_criteria` (which quotes the URLs derived from `--public-url`), and the
 //! relay's limits. When the operator set an allow list (`--allow-repo`), the criteria say
-//! so; deny lists are never advertised.
+//! so; when an archive list (`--archive-repo`), GRASP-05 is listed and the criteria say that
+//! some repositories are read-only mirrors; deny lists are never advertised.
 
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ pub struct RelayInfo {
     pub grasp06: bool,
     /// Only repositories the operator lists are hosted (`--allow-repo`).
     pub allow_list: bool,
+    /// GRASP-05: repositories the operator lists are kept as archive mirrors
+    /// (`--archive-repo`).
+    pub archive_list: bool,
 }
 
 /// Whether an `Accept` header value asks for the NIP-11 document.
@@ -59,12 +63,20 @@ pub fn acceptance_criteria(info: &RelayInfo) -> String {
     } else {
         String::new()
     };
-    let curation = if info.allow_list {
-        " This server hosts only repositories its operator lists: announcements of others \
-         are refused."
-    } else {
-        ""
-    };
+    let mut curation = String::new();
+    if info.allow_list {
+        curation.push_str(
+            " This server hosts only repositories its operator lists: announcements of others \
+             are refused.",
+        );
+    }
+    if info.archive_list {
+        curation.push_str(
+            " (GRASP-05) This server also keeps archive mirrors of repositories its operator \
+             lists: their announcements are accepted without listing this server, their data \
+             is fetched from the servers they list, and pushes to them are refused.",
+        );
+    }
     format!(
         "A repository announcement (kind 30617) is accepted only if its `clone` tag lists \
          {origin}/<npub>/<identifier>.git (http or https) and its `relays` tag lists {relay} \
@@ -101,6 +113,9 @@ fn span(d: Duration) -> String {
 /// The GRASPs this server implements, as NIP-11 lists them.
 fn supported_grasps(info: &RelayInfo) -> Vec<&'static str> {
     let mut grasps = vec!["GRASP-01", "GRASP-02"];
+    if info.archive_list {
+        grasps.push("GRASP-05");
+    }
     if info.grasp06 {
         grasps.push("GRASP-06");
     }
@@ -169,6 +184,7 @@ mod tests {
             contact: Some("mailto:ops@example.com".into()),
             grasp06: false,
             allow_list: false,
+            archive_list: false,
         };
         let limits = RelayLimits::default();
         let doc: Value = serde_json::from_str(&document_json(&info, &limits)).unwrap();
@@ -201,6 +217,17 @@ mod tests {
             doc["supported_grasps"],
             json!(["GRASP-01", "GRASP-02", "GRASP-06"])
         );
+        let archiving = RelayInfo {
+            archive_list: true,
+            ..with_prs
+        };
+        let doc: Value = serde_json::from_str(&document_json(&archiving, &limits)).unwrap();
+        assert_eq!(
+            doc["supported_grasps"],
+            json!(["GRASP-01", "GRASP-02", "GRASP-05", "GRASP-06"])
+        );
+        let criteria = doc["repo_acceptance_criteria"].as_str().unwrap();
+        assert!(criteria.contains("archive mirrors"), "{criteria}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The operator's policy file (`--config`): a TOML file with the curation lists, whose
-//! entries are added to those of `--deny-author`, `--deny-repo` and `--allow-repo`.
+//! entries are added to those of `--deny-author`, `--deny-repo`, `--allow-repo` and
+//! `--archive-repo`.
 //!
 //! ```toml
 //! deny_authors = ["npub1..."]
 //! deny_repos = ["npub1.../spam", "malware"]
 //! allow_repos = []
+//! archive_repos = ["npub1.../linux"]
 //! ```
 //!
 //! The file is read whole, at most [`MAX_FILE_BYTES`]. A file that does not parse, has an
@@ -32,6 +34,7 @@ pub struct PolicySource {
     deny_authors: Vec<AuthorEntry>,
     deny_repos: Vec<RepoEntry>,
     allow_repos: Vec<RepoEntry>,
+    archive_repos: Vec<RepoEntry>,
     path: Option<PathBuf>,
 }
 
@@ -74,6 +77,8 @@ struct File {
     deny_repos: Vec<Spanned<String>>,
     #[serde(default)]
     allow_repos: Vec<Spanned<String>>,
+    #[serde(default)]
+    archive_repos: Vec<Spanned<String>>,
 }
 
 impl PolicySource {
@@ -82,6 +87,7 @@ impl PolicySource {
             deny_authors: config.deny_authors.clone(),
             deny_repos: config.deny_repos.clone(),
             allow_repos: config.allow_repos.clone(),
+            archive_repos: config.archive_repos.clone(),
             path: config.config_file.clone(),
         }
     }
@@ -99,10 +105,11 @@ impl PolicySource {
     /// The lists: the flags' plus those of `version` of the file (the flags' alone without
     /// one).
     pub fn policy(&self, version: Option<&FileVersion>) -> Result<Policy, PolicyFileError> {
-        let (mut authors, mut denied, mut allowed) = (
+        let (mut authors, mut denied, mut allowed, mut archived) = (
             self.deny_authors.clone(),
             self.deny_repos.clone(),
             self.allow_repos.clone(),
+            self.archive_repos.clone(),
         );
         if let (Some(version), Some(path)) = (version, self.path.as_deref()) {
             let text = version
@@ -141,6 +148,7 @@ impl PolicySource {
             for (name, list, into) in [
                 ("deny_repos", &file.deny_repos, &mut denied),
                 ("allow_repos", &file.allow_repos, &mut allowed),
+                ("archive_repos", &file.archive_repos, &mut archived),
             ] {
                 for entry in list {
                     let parsed = entry
@@ -151,7 +159,7 @@ impl PolicySource {
                 }
             }
         }
-        Ok(Policy::new(authors, denied, allowed))
+        Ok(Policy::new(authors, denied, allowed).archiving(archived))
     }
 }
 
@@ -233,18 +241,22 @@ mod tests {
     fn the_file_s_lists_are_added_to_the_flags() {
         let dir = tempdir("added");
         let text = format!(
-            "deny_authors = [\"{}\"]\ndeny_repos = [\"{}/spam\", \"malware\"]\n",
+            "deny_authors = [\"{}\"]\ndeny_repos = [\"{}/spam\", \"malware\"]\n\
+             archive_repos = [\"{}/linux\"]\n",
             npub(1),
-            npub(2)
+            npub(2),
+            npub(4)
         );
         let deny_flag = format!("--deny-author={}", npub(3));
-        let source = source(&dir, &text, &[&deny_flag, "--allow-repo=ok"]);
+        let flags = [deny_flag.as_str(), "--allow-repo=ok", "--archive-repo=git"];
+        let source = source(&dir, &text, &flags);
         assert_eq!(
             load(&source).unwrap().sizes(),
             PolicySizes {
                 deny_authors: 2,
                 deny_repos: 2,
-                allow_repos: 1
+                allow_repos: 1,
+                archive_repos: 2,
             }
         );
         // An empty file adds nothing.

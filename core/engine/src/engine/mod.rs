@@ -178,7 +178,7 @@ impl Engine {
     pub fn restore_accepted(&mut self, event: &nostr::event::Event) {
         match events::parse(event) {
             Ok(Some(GitEvent::Announcement(a))) => {
-                let hosted = self.lists_us(&a);
+                let hosted = self.hosts(&a);
                 let repo = RepoKey::new(a.owner, a.identifier.clone());
                 self.accepted.add_announcement(a, hosted);
                 if hosted {
@@ -329,6 +329,8 @@ impl Engine {
         let check = {
             let view = self.view();
             match (&self.own, &parsed) {
+                // GRASP-05: the operator chose to mirror it, wherever it is announced.
+                (_, GitEvent::Announcement(a)) if self.archives(a) => Ok(()),
                 (Some(own), _) => acceptance::accept(own, &view, &parsed),
                 (None, GitEvent::State(s)) => acceptance::accept_state(&view, s),
                 (None, GitEvent::Pr(p)) => acceptance::accept_pr(&view, p),
@@ -343,7 +345,7 @@ impl Engine {
                 let repo = RepoKey::new(a.owner, a.identifier.clone());
                 // A maintainer's announcement, taken so the chain can be followed; or the
                 // repository is served already and this updates its announcement.
-                let hosted = self.lists_us(a);
+                let hosted = self.hosts(a);
                 if !hosted || self.accepted.is_hosted(&repo) {
                     let announce = Admission::Announce {
                         announcement: a.clone(),
@@ -509,6 +511,16 @@ impl Engine {
     fn next_id(&mut self) -> CommandId {
         self.next_command += 1;
         CommandId(self.next_command)
+    }
+
+    /// Whether the repository `a` announces is kept here: its announcement lists this server,
+    /// or the archive list names it.
+    fn hosts(&self, a: &events::Announcement) -> bool {
+        self.archives(a) || self.lists_us(a)
+    }
+
+    fn archives(&self, a: &events::Announcement) -> bool {
+        self.config.policy.archives(&a.owner, &a.identifier)
     }
 
     fn lists_us(&self, a: &events::Announcement) -> bool {

@@ -453,6 +453,13 @@ pub(super) fn decide_push(
         let refused = crate::policy::PolicyRefusal::Repo.message();
         return vec![RefDecision::Reject(refused.into()); updates.len()];
     }
+    let archived = engine.config.archive_read_only
+        && !repo.is_prs()
+        && engine.config.policy.archives(&repo.owner, &repo.identifier);
+    if archived {
+        let refused = crate::policy::READ_ONLY_ARCHIVE;
+        return vec![RefDecision::Reject(refused.into()); updates.len()];
+    }
     let known_pr_commit = |id: &EventId| match engine.purgatory.get(id).map(|w| &w.parsed) {
         Some(GitEvent::Pr(p)) => Some(p.commit),
         _ => None,

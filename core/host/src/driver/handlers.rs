@@ -36,8 +36,10 @@ struct NodeHooks(Arc<Node>);
 
 impl RelayHandler for NodeHooks {
     fn information_document(&self) -> String {
+        let policy = self.0.policy();
         let info = crate::nip11::RelayInfo {
-            allow_list: self.0.policy().has_allow_list(),
+            allow_list: policy.has_allow_list(),
+            archive_list: policy.has_archive_list(),
             ..self.0.settings.relay_info.clone()
         };
         crate::nip11::document_json(&info, &self.0.settings.relay_limits)

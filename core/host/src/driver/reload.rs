@@ -72,6 +72,7 @@ impl Node {
                         deny_authors = sizes.deny_authors,
                         deny_repos = sizes.deny_repos,
                         allow_repos = sizes.allow_repos,
+                        archive_repos = sizes.archive_repos,
                         "policy reloaded"
                     );
                 }
