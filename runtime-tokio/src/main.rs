@@ -8,6 +8,9 @@ use graspd_tokio::TokioRuntime;
 fn main() -> ExitCode {
     let config = graspd_host::Config::from_args();
     graspd_host::init_tracing(&config.log_filter);
+    if config.command == Some(graspd_host::Task::Purge) {
+        return graspd_host::purge::main(&config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

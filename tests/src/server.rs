@@ -235,6 +235,12 @@ impl Server {
         self.spawn();
     }
 
+    /// Starts the server again after [`Server::kill9`] (or [`Server::terminate`]) stopped it.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.spawn();
+    }
+
     /// The value of one line of `/metrics` (`name` with its labels, e.g.
     /// `graspd_refusals_total{limit="websocket_idle"}`), if present.
     pub fn metric(&self, name: &str) -> Option<f64> {

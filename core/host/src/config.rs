@@ -10,6 +10,10 @@ use clap::{Args, Parser};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "graspd", version)]
 pub struct Config {
+    /// What to run: the server (no subcommand), or an operator's task.
+    #[command(subcommand)]
+    pub command: Option<Task>,
+
     /// Address to listen on.
     #[arg(long, env = "GRASPD_BIND", default_value = "127.0.0.1:7334")]
     pub bind: SocketAddr,
@@ -20,7 +24,7 @@ pub struct Config {
     pub public_url: Option<String>,
 
     /// Directory for the bare repositories and the event store.
-    #[arg(long, env = "GRASPD_DATA_DIR", default_value = "./data")]
+    #[arg(long, env = "GRASPD_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
 
     /// Allow fetching git data from non-public addresses (loopback, private, link-local, ...),
@@ -38,19 +42,30 @@ pub struct Config {
     #[arg(
         long = "deny-author",
         env = "GRASPD_DENY_AUTHORS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        global = true
     )]
     pub deny_authors: Vec<graspd_core::policy::AuthorEntry>,
 
     /// Refuse announcements, states, PRs and other events for these repositories: `<npub>`
     /// (all of theirs), `<npub>/<identifier>` or `<identifier>` (anyone's); wins over
     /// `--allow-repo` (repeatable).
-    #[arg(long = "deny-repo", env = "GRASPD_DENY_REPOS", value_delimiter = ',')]
+    #[arg(
+        long = "deny-repo",
+        env = "GRASPD_DENY_REPOS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub deny_repos: Vec<graspd_core::policy::RepoEntry>,
 
     /// Host only these repositories (entries as for `--deny-repo`): when any is set, an
     /// announcement is accepted only if it lists this server and matches one (repeatable).
-    #[arg(long = "allow-repo", env = "GRASPD_ALLOW_REPOS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-repo",
+        env = "GRASPD_ALLOW_REPOS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub allow_repos: Vec<graspd_core::policy::RepoEntry>,
 
     /// GRASP-05: keep read-only archive mirrors of these repositories (entries as for
@@ -60,7 +75,8 @@ pub struct Config {
     #[arg(
         long = "archive-repo",
         env = "GRASPD_ARCHIVE_REPOS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        global = true
     )]
     pub archive_repos: Vec<graspd_core::policy::RepoEntry>,
 
@@ -73,7 +89,7 @@ pub struct Config {
     /// A TOML file with more curation lists (`deny_authors`, `deny_repos`, `allow_repos`,
     /// `archive_repos`, entries as for the flags), added to the flags'. Re-read on SIGHUP and when it changes;
     /// a file that does not parse stops the start-up, and on a reload keeps the lists in force.
-    #[arg(long = "config", env = "GRASPD_CONFIG")]
+    #[arg(long = "config", env = "GRASPD_CONFIG", global = true)]
     pub config_file: Option<PathBuf>,
 
     /// Seconds between checks of the `--config` file for a change (its modification time,
@@ -528,6 +544,15 @@ impl Config {
     pub fn defaults() -> Config {
         Config::parse_from(["graspd"])
     }
+}
+
+/// An operator's task run instead of the server. The data directory and the curation lists
+/// (`--data-dir`, `--deny-*`, `--allow-repo`, `--archive-repo`, `--config`) may follow it.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    /// With the server stopped: delete every stored event the deny lists refuse (served or
+    /// waiting) and the git directories of denied repositories, printing what was removed.
+    Purge,
 }
 
 /// Installs the global `tracing` subscriber with `filter`; a bad filter falls back to `info`

@@ -18,6 +18,7 @@ pub mod io;
 pub mod metrics;
 pub mod nip11;
 pub mod policy_file;
+pub mod purge;
 pub mod refusals;
 pub mod relay;
 pub mod resolve;
@@ -28,7 +29,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{init_tracing, Config};
+pub use config::{init_tracing, Config, Task};
 pub use runtime::{BoxFuture, Runtime};
 
 /// Why the server could not run.
