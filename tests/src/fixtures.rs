@@ -10,19 +10,30 @@ use serde_json::json;
 /// A repository "demo" of `keys(1)`, announced, pushed and served, so that other events may
 /// tag it; returns its `30617:<owner hex>:demo` coordinate.
 pub fn hosted_repo(server: &Server) -> String {
-    let owner = keys(1);
-    let url = server.repo_url(&npub(&owner), "demo");
+    hosted_repo_of(server, &keys(1), "demo").coordinate
+}
+
+/// A repository hosted by [`hosted_repo_of`].
+pub struct HostedRepo {
+    /// `30617:<owner hex>:<identifier>`.
+    pub coordinate: String,
+    pub announcement: Event,
+    pub state: Event,
+    /// The commit `refs/heads/main` holds.
+    pub tip: String,
+}
+
+/// `owner`'s repository `identifier`, announced, pushed and served.
+pub fn hosted_repo_of(server: &Server, owner: &Keys, identifier: &str) -> HostedRepo {
+    let url = server.repo_url(&npub(owner), identifier);
     let mut relay = RelayClient::connect(&server.ws_url());
-    assert!(
-        relay
-            .publish(&announcement(&owner, "demo", &[&server.http_url()], &[]))
-            .accepted
-    );
+    let ann = announcement(owner, identifier, &[&server.http_url()], &[]);
+    assert!(relay.publish(&ann).accepted);
     let work = WorkRepo::init("work");
     let tip = work.commit("README", "hello\n");
     let st = state(
-        &owner,
-        "demo",
+        owner,
+        identifier,
         &[("refs/heads/main", &tip)],
         Some("main"),
         0,
@@ -35,7 +46,12 @@ pub fn hosted_repo(server: &Server) -> String {
         "state not released after push\n{}",
         server.log()
     );
-    format!("30617:{}:demo", owner.public_key().to_hex())
+    HostedRepo {
+        coordinate: format!("30617:{}:{identifier}", owner.public_key().to_hex()),
+        announcement: ann,
+        state: st,
+        tip,
+    }
 }
 
 /// A repository "demo" of `keys(1)` listing both servers, announced, stated and pushed on `a`

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use graspd_tests::git::{git, git_fails, ref_of, WorkRepo};
+use graspd_tests::fixtures::hosted_repo_of;
+use graspd_tests::git::{git, git_fails, ref_of};
 use graspd_tests::http::nip11_document;
-use graspd_tests::nostr::{
-    announcement, eventually, keys, npub, repo_coordinate, state, tagged, RelayClient,
-};
+use graspd_tests::nostr::{announcement, eventually, keys, npub, tagged, RelayClient};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -39,22 +38,11 @@ fn an_archive_mirrors_a_repository_hosted_elsewhere(flavor: Flavor) {
             .flag("--sync-backoff-max-ms", 1000)
             .arg("--allow-private-relays"),
     );
-    let work = WorkRepo::init("archive-work");
-    let tip = work.commit("README", "mirrored\n");
-    let ann = announcement(&owner, "demo", &[&a.http_url()], &[]);
-    let st = state(
-        &owner,
-        "demo",
-        &[("refs/heads/main", &tip)],
-        Some("main"),
-        0,
-    );
+    let hosted = hosted_repo_of(&a, &owner, "demo");
+    let (ann, st, tip) = (hosted.announcement, hosted.state, hosted.tip);
     let mut relay_a = RelayClient::connect(&a.ws_url());
-    assert!(relay_a.publish(&ann).accepted);
-    assert!(relay_a.publish(&st).accepted);
-    work.git(&["push", "-q", &a.repo_url(&npub(&owner), "demo"), "main"]);
 
-    // A server that does not archive it refuses the announcement: it does not list B.
+    // An announcement B does not archive is refused: it does not list B.
     let mut relay_b = RelayClient::connect(&b.ws_url());
     let elsewhere = announcement(&keys(2), "demo", &[&a.http_url()], &[]);
     let refused = relay_b.publish(&elsewhere);
@@ -86,8 +74,7 @@ fn an_archive_mirrors_a_repository_hosted_elsewhere(flavor: Flavor) {
     assert_eq!(git(&mirror, &["rev-parse", "HEAD"]), tip);
 
     // An issue published to A reaches B through the follower.
-    let coordinate = repo_coordinate(&owner, "demo");
-    let issue = tagged(&keys(4), 1621, &[&["a", &coordinate]]);
+    let issue = tagged(&keys(4), 1621, &[&["a", &hosted.coordinate]]);
     assert!(relay_a.publish(&issue).accepted);
     soon("the issue did not reach B", &b, || {
         !relay_b

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::process::Output;
 
-use graspd_tests::fixtures::hosted_repo;
-use graspd_tests::git::{git_fails, ref_of, WorkRepo};
-use graspd_tests::nostr::{announcement, keys, npub, repo_coordinate, state, tagged, RelayClient};
+use graspd_tests::fixtures::{hosted_repo, hosted_repo_of};
+use graspd_tests::git::{git_fails, ref_of};
+use graspd_tests::nostr::{keys, npub, tagged, RelayClient};
 use graspd_tests::{both_runtimes, Flavor, Server};
 use serde_json::json;
 
@@ -20,40 +20,19 @@ fn purge(flavor: Flavor, data_dir: &Path, args: &[&str]) -> Output {
         .expect("run the purge")
 }
 
-/// `keys(3)`'s repository "kept", announced, pushed and served.
-fn kept_repo(server: &Server) -> (Vec<String>, String) {
-    let owner = keys(3);
-    let mut relay = RelayClient::connect(&server.ws_url());
-    let ann = announcement(&owner, "kept", &[&server.http_url()], &[]);
-    assert!(relay.publish(&ann).accepted);
-    let work = WorkRepo::init("purge-kept");
-    let tip = work.commit("README", "kept\n");
-    let st = state(
-        &owner,
-        "kept",
-        &[("refs/heads/main", &tip)],
-        Some("main"),
-        0,
-    );
-    assert!(relay.publish(&st).accepted);
-    let url = server.repo_url(&npub(&owner), "kept");
-    work.git(&["push", "-q", &url, "main"]);
-    (vec![ann.id.to_hex(), st.id.to_hex()], tip)
-}
-
 fn purge_deletes_what_the_deny_lists_refuse_and_nothing_else(flavor: Flavor) {
     let mut server = Server::start(flavor);
     let owner = keys(1);
     let coordinate = hosted_repo(&server);
-    let (mut kept, kept_tip) = kept_repo(&server);
+    let kept_repo = hosted_repo_of(&server, &keys(3), "kept");
+    let mut kept = vec![
+        kept_repo.announcement.id.to_hex(),
+        kept_repo.state.id.to_hex(),
+    ];
     let mut relay = RelayClient::connect(&server.ws_url());
     let issue = tagged(&keys(4), 1621, &[&["a", &coordinate]]);
     assert!(relay.publish(&issue).accepted);
-    let kept_issue = tagged(
-        &keys(4),
-        1621,
-        &[&["a", &repo_coordinate(&keys(3), "kept")]],
-    );
+    let kept_issue = tagged(&keys(4), 1621, &[&["a", &kept_repo.coordinate]]);
     assert!(relay.publish(&kept_issue).accepted);
     kept.push(kept_issue.id.to_hex());
     let mut denied = relay.query_ids(json!({"authors": [owner.public_key().to_hex()]}));
@@ -96,7 +75,7 @@ fn purge_deletes_what_the_deny_lists_refuse_and_nothing_else(flavor: Flavor) {
     assert!(relay.query_ids(json!({ "ids": denied })).is_empty());
     assert_eq!(relay.query_ids(json!({ "ids": kept })).len(), 3);
     let kept_url = server.repo_url(&npub(&keys(3)), "kept");
-    assert_eq!(ref_of(&kept_url, "refs/heads/main"), Some(kept_tip));
+    assert_eq!(ref_of(&kept_url, "refs/heads/main"), Some(kept_repo.tip));
     let scratch = graspd_tests::temp_dir("purge-ls-remote");
     let demo_url = server.repo_url(&npub(&owner), "demo");
     let gone = git_fails(&scratch, &["ls-remote", &demo_url]);
