@@ -13,6 +13,7 @@ pub fn warnings(config: &Config, own: &OwnService) -> Vec<String> {
     let mut out = Vec::new();
     public_url_warnings(config, &mut out);
     bootstrap_relay_warnings(config, own, &mut out);
+    archive_warnings(config, &mut out);
     let engine = &config.engine;
     for (flag, value) in [
         ("--max-fetches-per-domain", engine.max_fetches_per_domain),
@@ -71,6 +72,30 @@ fn public_url_warnings(config: &Config, out: &mut Vec<String>) {
             "{flag} {public} names no host a client can reach, so no announcement can list \
              this server; set --public-url to the URL users reach it at (e.g. \
              https://git.example.com)"
+        ));
+    }
+}
+
+/// `--archive-repo <npub>/<identifier>` entries the lists above the archive list refuse
+/// (a deny, or an allow list that does not name them): they would never be mirrored.
+fn archive_warnings(config: &Config, out: &mut Vec<String>) {
+    use graspd_core::policy::{PolicyRefusal, RepoEntry, RepoMode};
+    use nostr::nips::nip19::ToBech32;
+    let policy = config.policy();
+    for entry in &config.archive_repos {
+        let RepoEntry::Repo(owner, identifier) = entry else {
+            continue;
+        };
+        let (wins, fix) = match policy.repo_mode(owner, identifier) {
+            Ok(RepoMode::Archive | RepoMode::Hosted) => continue,
+            Err(PolicyRefusal::Author) => ("--deny-author", "take its owner off --deny-author"),
+            Err(PolicyRefusal::Repo) => ("--deny-repo", "take it off --deny-repo"),
+            Err(PolicyRefusal::NotAllowed) => ("--allow-repo", "add it to --allow-repo too"),
+        };
+        let npub = owner.to_bech32().unwrap_or_default();
+        out.push(format!(
+            "--archive-repo {npub}/{identifier} will never be mirrored: {wins} wins over the \
+             archive list; {fix}"
         ));
     }
 }
@@ -201,6 +226,28 @@ mod tests {
             for w in *wanted {
                 assert!(got.contains(w), "{args:?}: {got:?} lacks {w:?}");
             }
+        }
+    }
+
+    #[test]
+    fn an_archive_entry_a_deny_or_an_allow_list_refuses_is_reported() {
+        const NPUB: &str = "npub10elfcs4fr0l0r8af98jlmgdh9c8tcxjvz9qkw038js35mp4dma8qzvjptg";
+        let entry = format!("{NPUB}/linux");
+        let archive = ["--archive-repo", entry.as_str()];
+        assert!(warnings_for(&archive).is_empty());
+        let cases: [(&[&str], &str); 3] = [
+            (&["--deny-author", NPUB], "--deny-author wins"),
+            (&["--deny-repo", "linux"], "--deny-repo wins"),
+            (&["--allow-repo", "other"], "add it to --allow-repo too"),
+        ];
+        for (above, wanted) in cases {
+            let args: Vec<&str> = archive.iter().chain(above).copied().collect();
+            let got = warnings_for(&args).join("\n");
+            assert!(
+                got.contains(&format!("--archive-repo {entry} will never be mirrored")),
+                "{got}"
+            );
+            assert!(got.contains(wanted), "{args:?}: {got:?} lacks {wanted:?}");
         }
     }
 }
