@@ -218,6 +218,13 @@ fn a_reloaded_deny_hides_what_is_held_until_it_is_lifted(flavor: Flavor) {
     // New events of the author are refused as at start-up.
     let late = tagged(&author, 1621, &[&["a", &coordinate]]);
     assert_eq!(relay.publish(&late).message, NOT_ACCEPTED);
+    // A reply tied to the hidden issue by its `e` tag alone has nothing served to relate to.
+    let reply = tagged(&keys(6), 1, &[&["e", &issue.id.to_hex()]]);
+    let refused = relay.publish(&reply);
+    assert!(
+        !refused.accepted && refused.message.starts_with("blocked: "),
+        "{refused:?}"
+    );
 
     // Lifted: everything is served again, nothing was deleted.
     write_policy(&file, "");
@@ -229,6 +236,7 @@ fn a_reloaded_deny_hides_what_is_held_until_it_is_lifted(flavor: Flavor) {
     );
     assert_eq!(relay.query_ids(repo_events).len(), 2);
     git(&work, &["clone", "-q", &url, "again"]);
+    assert!(relay.publish(&reply).accepted);
     assert_eq!(reloads(&server, "ok"), 2.0);
     for scratch in [dir, work] {
         let _ = std::fs::remove_dir_all(scratch);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use graspd_core::events::{Coordinate, Deletion, GitEvent, KIND_ANNOUNCEMENT, KIND_DELETION};
 use graspd_core::freshness;
-use graspd_core::policy::PolicyRefusal;
+use graspd_core::policy::{Policy, PolicyRefusal};
 use graspd_core::related::{self, KnownEvents};
 use graspd_core::{EventId, Input, PublicKey, Submission, Ticket, Verdict};
 use nostr::event::{Event, Kind};
@@ -215,10 +215,15 @@ impl Node {
     async fn accept_related(self: &Arc<Self>, event: Event) -> relay::Verdict {
         let store = self.store.clone();
         let stored = event.clone();
+        let policy = self.policy();
         let decided = unblock(&*self.runtime, move || {
             let max_references = store.reference_limits().per_event;
-            related::accept_related(&stored, &StoreView(&store), max_references)
-                .map(|()| store.insert(&stored))
+            let view = StoreView {
+                store: &store,
+                policy: &policy,
+                max_tags: max_references,
+            };
+            related::accept_related(&stored, &view, max_references).map(|()| store.insert(&stored))
         })
         .await;
         match decided {
@@ -309,13 +314,24 @@ fn persist_failed(error: &dyn std::fmt::Display) -> relay::Verdict {
     ))
 }
 
-/// What the store knows, for related-event acceptance (runs on a blocking thread).
-struct StoreView<'a>(&'a Store);
+/// What the store serves, for related-event acceptance (runs on a blocking thread): what the
+/// deny lists in force hide anchors nothing, so a reply to a denied author's issue is refused
+/// like one to an issue that is not here. (The index of ids named by served events cannot
+/// tell which served event named an id, and is not filtered.)
+struct StoreView<'a> {
+    store: &'a Store,
+    policy: &'a Policy,
+    max_tags: usize,
+}
 
 impl StoreView<'_> {
+    fn visible(&self, event: &Event) -> bool {
+        self.policy.serves(event, self.max_tags)
+    }
+
     fn any(&self, filter: Filter) -> bool {
-        self.0
-            .query(&[filter.limit(1)], 1)
+        self.store
+            .query_visible(&[filter.limit(1)], 1, &|event| self.visible(event))
             .is_ok_and(|found| !found.is_empty())
     }
 }
@@ -331,12 +347,14 @@ impl KnownEvents for StoreView<'_> {
     }
 
     fn accepted_kind(&self, id: &EventId) -> Option<u16> {
-        let found = self.0.get(id).ok().flatten();
-        found.map(|event| event.kind.as_u16())
+        let found = self.store.get(id).ok().flatten();
+        found
+            .filter(|event| self.visible(event))
+            .map(|event| event.kind.as_u16())
     }
 
     fn referenced_by_accepted(&self, id: &EventId) -> bool {
-        self.0.is_referenced(id).unwrap_or(false)
+        self.store.is_referenced(id).unwrap_or(false)
     }
 
     fn has_repo(&self, author: &PublicKey) -> bool {
