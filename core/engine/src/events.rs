@@ -164,7 +164,8 @@ pub struct PullRequest {
     /// This server's GRASP-06 repository the PR names in `clone`
     /// (`/prs/<signer npub>/<identifier>.git`). Not parsed: the engine sets it on admission,
     /// when GRASP-06 is enabled, since only it knows this server's origin.
-    pub prs_repo: Option<RepoKey>,
+    /// Boxed: it is rare, and `PullRequest` is the largest event a waiting entry holds.
+    pub prs_repo: Option<Box<RepoKey>>,
 }
 
 /// Kind 5: a deletion request by event id (`e`) and/or coordinate (`a`).
@@ -450,11 +451,15 @@ impl<'a> Tags<'a> {
 
     /// Every non-empty value of every tag with this name, in order (one tag may hold several).
     fn values(&self, name: &'a str) -> Vec<String> {
-        self.named(name)
+        let mut values: Vec<String> = self
+            .named(name)
             .flat_map(|t| t.iter().skip(1))
             .filter(|v| !v.is_empty())
             .cloned()
-            .collect()
+            .collect();
+        // Kept by waiting events: no spare capacity.
+        values.shrink_to_fit();
+        values
     }
 
     fn identifier(&self, kind: u16) -> Result<Identifier, InvalidEvent> {
@@ -540,6 +545,8 @@ fn parse_pr(
     if repos.is_empty() {
         return Err(InvalidEvent::NoRepository);
     }
+    // Held for as long as the PR waits: no spare capacity (a PR names one repository).
+    repos.shrink_to_fit();
     let commit = tags
         .first("c")
         .ok_or(InvalidEvent::MissingTag { kind, tag: "c" })?;

@@ -64,8 +64,9 @@ pub struct Purgatory {
     /// key. Kept out of `states`, which every rule that inspects, fetches, plans or decides a
     /// push reads: only deletion by coordinate finds them, and expiry by id.
     never_satisfiable: EventIndex<(IdentKey, PublicKey)>,
-    /// Waiting PRs and PR updates by target repository.
-    prs: EventIndex<RepoKey>,
+    /// Waiting PRs and PR updates by target repository (its slot in `pr_repos`).
+    prs: EventIndex<u32>,
+    pr_repos: RepoSlots,
     placeholders: BTreeMap<(RepoKey, EventId), Placeholder>,
     placeholders_by_event: BTreeMap<EventId, BTreeSet<RepoKey>>,
     counts: WaitingCounts,
@@ -143,7 +144,8 @@ impl Purgatory {
             }
             GitEvent::Pr(p) => {
                 for repo in pr_repos(p) {
-                    self.prs.insert(repo, id);
+                    let slot = self.pr_repos.acquire(repo);
+                    self.prs.insert(slot, id);
                 }
                 self.counts.prs += 1;
             }
@@ -174,7 +176,9 @@ impl Purgatory {
             }
             GitEvent::Pr(p) => {
                 for repo in pr_repos(p) {
-                    self.prs.remove(repo, id);
+                    if let Some(slot) = self.pr_repos.release(&repo) {
+                        self.prs.remove(slot, id);
+                    }
                 }
                 self.counts.prs -= 1;
             }
@@ -202,7 +206,6 @@ impl Purgatory {
             .collect()
     }
 
-    /// Waiting PRs and PR updates that target `repo`.
     /// Whether any announcement by `owner` for `identifier` waits (no allocation beyond the key).
     pub fn has_announcements_of(&self, owner: &PublicKey, identifier: &Identifier) -> bool {
         self.announcements
@@ -213,7 +216,7 @@ impl Purgatory {
 
     /// Whether any PR for `repo` waits.
     pub fn has_prs_for(&self, repo: &RepoKey) -> bool {
-        self.prs.get(repo).next().is_some()
+        self.pr_repos.slot(repo).is_some()
     }
 
     /// Whether any waiting state with `identifier` satisfies `f(author, id)`, without collecting.
@@ -229,8 +232,12 @@ impl Purgatory {
             .any(|((_, author), id)| f(author, id))
     }
 
+    /// Waiting PRs and PR updates that target `repo`.
     pub fn prs_for(&self, repo: &RepoKey) -> Vec<EventId> {
-        self.prs.get(repo).collect()
+        match self.pr_repos.slot(repo) {
+            Some(slot) => self.prs.get(&slot).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// The waiting events a kind 5 deletion removes (`deletion::deletion_matches`: the
@@ -334,7 +341,7 @@ pub fn pr_repos(pr: &PullRequest) -> BTreeSet<RepoKey> {
         .iter()
         .filter(|c| c.kind == KIND_ANNOUNCEMENT)
         .map(|c| RepoKey::new(c.author, c.identifier.clone()))
-        .chain(pr.prs_repo.clone())
+        .chain(pr.prs_repo.as_deref().cloned())
         .collect()
 }
 
@@ -401,6 +408,51 @@ impl<K: Ord + Clone> EventIndex<K> {
     }
 }
 
+/// The repositories waiting PRs name, each numbered while at least one does: the PR index
+/// then holds (number, id) pairs of 36 bytes instead of (repository, id) pairs of 104, which
+/// is most of a waiting PR's share of the indexes. Freed numbers are reused.
+#[derive(Default, Debug)]
+struct RepoSlots {
+    /// Repository -> (its number, how many waiting PRs name it).
+    by_repo: BTreeMap<RepoKey, (u32, usize)>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl RepoSlots {
+    fn slot(&self, repo: &RepoKey) -> Option<u32> {
+        self.by_repo.get(repo).map(|(slot, _)| *slot)
+    }
+
+    /// One more waiting PR names `repo`; its number.
+    fn acquire(&mut self, repo: RepoKey) -> u32 {
+        if let Some((slot, users)) = self.by_repo.get_mut(&repo) {
+            *users += 1;
+            return *slot;
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            // At most one number per waiting PR is live, and waiting PRs are bounded.
+            let slot = self.next;
+            self.next += 1;
+            slot
+        });
+        self.by_repo.insert(repo, (slot, 1));
+        slot
+    }
+
+    /// One waiting PR naming `repo` left; its number (freed when no PR names it any more).
+    fn release(&mut self, repo: &RepoKey) -> Option<u32> {
+        let (slot, users) = self.by_repo.get_mut(repo)?;
+        let slot = *slot;
+        *users -= 1;
+        if *users == 0 {
+            self.by_repo.remove(repo);
+            self.free.push(slot);
+        }
+        Some(slot)
+    }
+}
+
 /// Ids of events that expired, remembered for a bounded time and count.
 #[derive(Default, Debug)]
 struct ExpiredMemory {
@@ -438,5 +490,69 @@ impl ExpiredMemory {
 
     fn forget(&mut self, id: &EventId) {
         self.until.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{keys, parsed, pk, sign};
+
+    /// A waiting PR by `author` (created at `at`) for the repository `r` of each owner.
+    fn pr(author: u8, at: u64, owners: &[u8]) -> Waiting {
+        let coordinates: Vec<String> = owners
+            .iter()
+            .map(|o| format!("30617:{}:r", pk(*o).to_hex()))
+            .collect();
+        let mut tags: Vec<[&str; 2]> = coordinates.iter().map(|a| ["a", a.as_str()]).collect();
+        let commit = "11".repeat(20);
+        tags.push(["c", &commit]);
+        let tags: Vec<&[&str]> = tags.iter().map(|t| &t[..]).collect();
+        Waiting {
+            parsed: parsed(&sign(&keys(author), crate::events::KIND_PR, at, &tags)),
+            arrival: Arrival::Published,
+            client: None,
+            received: Time::ZERO,
+            expires: Time::ZERO,
+        }
+    }
+
+    fn repo(owner: u8) -> RepoKey {
+        RepoKey::new(pk(owner), Identifier::new("r").unwrap())
+    }
+
+    #[test]
+    fn prs_are_found_by_repository_while_repository_numbers_are_freed_and_reused() {
+        let mut purgatory = Purgatory::new();
+        let (a1, a2, ab) = (pr(2, 1, &[1]), pr(2, 2, &[1]), pr(2, 3, &[1, 3]));
+        let (a1_id, a2_id, ab_id) = (*a1.parsed.id(), *a2.parsed.id(), *ab.parsed.id());
+        for w in [a1, a2, ab] {
+            assert!(purgatory.insert(w));
+        }
+        let mut of_a = purgatory.prs_for(&repo(1));
+        of_a.sort();
+        let mut expected = vec![a1_id, a2_id, ab_id];
+        expected.sort();
+        assert_eq!(of_a, expected);
+        assert_eq!(purgatory.prs_for(&repo(3)), vec![ab_id]);
+
+        // Every PR naming repository 1 leaves: its number is freed, 3's stays.
+        for id in [a1_id, a2_id, ab_id] {
+            purgatory.remove(&id);
+        }
+        assert!(!purgatory.has_prs_for(&repo(1)));
+        assert!(!purgatory.has_prs_for(&repo(3)));
+        let only_3 = pr(4, 4, &[3]);
+        let only_3_id = *only_3.parsed.id();
+        assert!(purgatory.insert(only_3));
+        // A new repository takes a freed number; nothing of the old one is found under it.
+        let new_repo = pr(4, 5, &[5]);
+        let new_id = *new_repo.parsed.id();
+        assert!(purgatory.insert(new_repo));
+        assert_eq!(purgatory.prs_for(&repo(3)), vec![only_3_id]);
+        assert_eq!(purgatory.prs_for(&repo(5)), vec![new_id]);
+        assert!(purgatory.prs_for(&repo(1)).is_empty());
+        assert_eq!(purgatory.pr_repos.by_repo.len(), 2);
+        assert_eq!(purgatory.pr_repos.next, 2, "numbers are reused, not minted");
     }
 }

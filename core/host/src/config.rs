@@ -182,6 +182,11 @@ pub struct Config {
     #[arg(long, env = "GRASPD_MAX_WRITES_PER_COMMIT", default_value_t = crate::store::DEFAULT_MAX_WRITES_PER_COMMIT)]
     pub max_writes_per_commit: usize,
 
+    /// The event store's page cache, in MiB (the kernel's page cache holds the rest of the
+    /// file; this one saves the copies of the hottest pages).
+    #[arg(long, env = "GRASPD_STORE_CACHE_MIB", default_value_t = crate::store::DEFAULT_CACHE_MIB)]
+    pub store_cache_mib: usize,
+
     #[command(flatten)]
     pub engine: EngineLimits,
 

@@ -10,6 +10,7 @@ mod config_check;
 pub mod driver;
 pub mod event_rate;
 mod fd_limit;
+mod heap;
 pub mod follow;
 pub mod git;
 pub mod hex;

@@ -494,7 +494,7 @@ impl Engine {
     /// GRASP-06: notes a PR's repository under `/prs/` here, when enabled.
     fn with_prs_repo(&self, mut parsed: GitEvent) -> GitEvent {
         if let (true, Some(own), GitEvent::Pr(pr)) = (self.config.grasp06, &self.own, &mut parsed) {
-            pr.prs_repo = own.prs_repo_of(pr);
+            pr.prs_repo = own.prs_repo_of(pr).map(Box::new);
         }
         parsed
     }

@@ -137,7 +137,7 @@ impl Node {
                     .await;
                 match written {
                     Ok(()) => {
-                        self.follow(&event_for_follow);
+                        self.follow_waiting(&event_for_follow);
                         // The git endpoint must work the moment the client hears OK.
                         if let Some(repo) = repo {
                             if let Err(error) = self.git.create_repo(&repo).await {

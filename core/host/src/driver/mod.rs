@@ -95,8 +95,9 @@ impl Node {
         let data_dir = config.data_dir.clone();
         let reference_limits = config.reference_limits();
         let max_writes_per_commit = config.max_writes_per_commit;
+        let cache_mib = config.store_cache_mib;
         let store = crate::runtime::unblock(&*runtime, move || {
-            Store::open_in(&data_dir).map(|store| {
+            Store::open_in_with_cache(&data_dir, cache_mib).map(|store| {
                 store
                     .with_reference_limits(reference_limits)
                     .with_max_writes_per_commit(max_writes_per_commit)
@@ -158,11 +159,12 @@ impl Node {
     }
 
     fn restore(&self) -> Result<(), StoreError> {
+        /// Waiting events read from the store per page at start-up.
+        const RESTORE_PAGE: usize = 1024;
         let filter = Filter::new().kinds([Kind::from(KIND_ANNOUNCEMENT), Kind::from(KIND_STATE)]);
         let mut accepted = self.store.query(&[filter], usize::MAX)?;
         // Announcements first: a state's authority comes from them.
         accepted.sort_by_key(|e| (e.kind.as_u16() != KIND_ANNOUNCEMENT, e.created_at));
-        let waiting = self.store.waiting_all()?;
         let now = self.clock.now();
         let unix_now = self.clock.unix_now();
         let max_tags = self.store.reference_limits().per_event;
@@ -171,27 +173,40 @@ impl Node {
             engine.restore_accepted(event);
             self.follow(event);
         }
+        let resumed_stored = accepted.len();
         let (mut resumed, mut dropped) = (0usize, 0usize);
         // Restored events are durable already (the store is where they come from), so the
         // engine may act on them at once; no admission is pending at start-up.
-        for w in waiting {
-            let already_served = self.store.get(&w.event.id)?.is_some();
-            // Its deletion was stored, and a crash came before it left the purgatory table.
-            let deleted = self.store.is_deleted(&w.event)?;
-            // Denied since it was acknowledged: no push may satisfy it, so it never goes live.
-            let refused = engine.config().policy.check(&w.event, max_tags).is_err();
-            if already_served || deleted || refused || w.expires_at <= unix_now {
-                self.store.remove_waiting(&w.event.id)?;
-                dropped += 1;
-                continue;
+        // A page at a time: the JSON of every waiting event is never held at once.
+        let mut after = None;
+        loop {
+            let page = self.store.waiting_page(after.as_ref(), RESTORE_PAGE)?;
+            for w in page.events {
+                let already_served = self.store.get(&w.event.id)?.is_some();
+                // Its deletion was stored, and a crash came before it left the purgatory table.
+                let deleted = self.store.is_deleted(&w.event)?;
+                // Denied since it was acknowledged: no push may satisfy it, so it never goes live.
+                let refused = engine.config().policy.check(&w.event, max_tags).is_err();
+                if already_served || deleted || refused || w.expires_at <= unix_now {
+                    self.store.remove_waiting(&w.event.id)?;
+                    dropped += 1;
+                    continue;
+                }
+                let remaining = Duration::from_secs(w.expires_at - unix_now);
+                self.follow_waiting(&w.event);
+                engine.restore_waiting(now, w.event, w.arrival, remaining);
+                resumed += 1;
             }
-            let remaining = Duration::from_secs(w.expires_at - unix_now);
-            self.follow(&w.event);
-            engine.restore_waiting(now, w.event, w.arrival, remaining);
-            resumed += 1;
+            match page.resume_after {
+                Some(id) => after = Some(id),
+                None => break,
+            }
         }
+        drop(engine);
+        drop(accepted);
+        crate::heap::release_free_memory();
         info!(
-            stored = accepted.len(),
+            stored = resumed_stored,
             waiting = resumed,
             dropped,
             "restored from the store"
@@ -334,9 +349,19 @@ impl Node {
         }
     }
 
-    /// Tells the relay follower about an event that is now hosted here (served or waiting):
-    /// an announcement's repository is followed on its relays, a PR, patch or issue's thread
-    /// on the relays of the repository it tags.
+    /// Tells the relay follower about an event waiting in purgatory. Only an announcement
+    /// matters: its repository's relays may hold the state or data it waits for. A waiting
+    /// PR's thread is followed once the PR is released (its replies are read then), so the
+    /// follower holds nothing per waiting PR.
+    fn follow_waiting(&self, event: &nostr::event::Event) {
+        if event.kind.as_u16() == KIND_ANNOUNCEMENT {
+            self.follow(event);
+        }
+    }
+
+    /// Tells the relay follower about an event that is now served here: an announcement's
+    /// repository is followed on its relays, a PR, patch or issue's thread on the relays of
+    /// the repository it tags.
     fn follow(&self, event: &nostr::event::Event) {
         match graspd_core::events::parse(event) {
             Ok(Some(GitEvent::Announcement(a))) => self.follower.announcement(a),

@@ -33,6 +33,7 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -55,9 +56,11 @@ use crate::hex::encode as hex;
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "graspd.redb";
 
-/// redb page cache. Small next to redb's 1 GiB default: the server's working set is the
-/// newest events and the indexes' upper levels.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// redb's page cache, in MiB. Small next to redb's 1 GiB default: the server's working set
+/// is the newest events and the indexes' upper levels, and the kernel's page cache keeps the
+/// rest of the file close (a miss costs a `pread`, not a disk seek). Reading the purgatory
+/// table at start-up fills it, so it counts in the memory a waiting event seems to cost.
+pub const DEFAULT_CACHE_MIB: usize = 16;
 
 /// How a waiting event reached us; the engine times its first fetch differently for each.
 pub use graspd_core::Arrival;
@@ -87,6 +90,14 @@ pub struct WaitingEvent {
     /// Unix seconds after which it is discarded. At start-up the driver hands the engine
     /// `expires_at - now_unix` (zero if past) as the remaining life.
     pub expires_at: u64,
+}
+
+/// A page of the purgatory table ([`Store::waiting_page`]).
+#[derive(Debug, Default)]
+pub struct WaitingPage {
+    pub events: Vec<WaitingEvent>,
+    /// Where the next page starts (exclusive); `None` once the table is read to its end.
+    pub resume_after: Option<EventId>,
 }
 
 /// What storing an event for serving did.
@@ -142,11 +153,16 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) `<data_dir>/graspd.redb`, creating `data_dir` if needed.
     pub fn open_in(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_in_with_cache(data_dir, DEFAULT_CACHE_MIB)
+    }
+
+    /// [`Store::open_in`] with a page cache of `cache_mib` MiB.
+    pub fn open_in_with_cache(data_dir: &Path, cache_mib: usize) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io {
             path: data_dir.to_owned(),
             detail: format!("cannot create the data directory: {e}"),
         })?;
-        Store::open(&data_dir.join(FILE_NAME))
+        Store::open_with_cache(&data_dir.join(FILE_NAME), cache_mib)
     }
 
     /// Opens the store file at `path`, creating it if it does not exist or is empty.
@@ -156,7 +172,11 @@ impl Store {
     /// newer graspd gives [`StoreError::NewerFormat`]. The file is never modified in those
     /// cases.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = open_database(path)?;
+        Store::open_with_cache(path, DEFAULT_CACHE_MIB)
+    }
+
+    fn open_with_cache(path: &Path, cache_mib: usize) -> Result<Store, StoreError> {
+        let db = open_database(path, cache_mib.saturating_mul(1024 * 1024))?;
         let store = Store::on_database(db, path)?;
         tracing::info!(path = %path.display(), "event store open");
         Ok(store)
@@ -318,33 +338,65 @@ impl Store {
         result.map_err(|e| self.io(e))
     }
 
-    /// Everything in purgatory, for the start-up restore, ordered by event id. Entries that
-    /// cannot be decoded are logged and skipped (they stay in the file).
+    /// Everything in purgatory, ordered by event id (see [`Store::waiting_page`]).
     pub fn waiting_all(&self) -> Result<Vec<WaitingEvent>, StoreError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.waiting_page(after.as_ref(), 1024)?;
+            all.extend(page.events);
+            match page.resume_after {
+                Some(id) => after = Some(id),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Up to `max` purgatory entries with ids above `after` (from the first without it), in
+    /// id order: the start-up restore reads the table a page at a time, so it never holds
+    /// every waiting event's JSON at once. Entries that cannot be decoded are logged and
+    /// skipped (they stay in the file).
+    pub fn waiting_page(
+        &self,
+        after: Option<&EventId>,
+        max: usize,
+    ) -> Result<WaitingPage, StoreError> {
         let result: Result<_, redb::Error> = (|| {
             let txn = self.db.begin_read()?;
             let table = txn.open_table(WAITING)?;
-            let mut all = Vec::new();
-            for entry in table.iter()? {
+            let start = after.map(|id| id.to_bytes());
+            let range = match &start {
+                Some(key) => table.range::<&[u8; 32]>((Bound::Excluded(key), Bound::Unbounded))?,
+                None => table.range::<&[u8; 32]>(..)?,
+            };
+            let mut page = WaitingPage::default();
+            for (read, entry) in range.enumerate() {
+                if read == max {
+                    return Ok(page);
+                }
                 let (key, value) = entry?;
+                let key = key.value();
+                page.resume_after = Some(EventId::from_byte_array(key));
                 let (code, expires_at, json) = value.value();
                 let event = Event::from_json(json);
                 match (event, arrival_from_code(code)) {
-                    (Ok(event), Some(arrival)) => all.push(WaitingEvent {
+                    (Ok(event), Some(arrival)) => page.events.push(WaitingEvent {
                         event,
                         arrival,
                         expires_at,
                     }),
                     (event, _) => tracing::error!(
                         path = %self.path.display(),
-                        id = %hex(&key.value()),
+                        id = %hex(&key),
                         error = ?event.err(),
                         arrival_code = code,
                         "skipping an undecodable purgatory entry"
                     ),
                 }
             }
-            Ok(all)
+            // The table ended within this page.
+            page.resume_after = None;
+            Ok(page)
         })();
         result.map_err(|e| self.io(e))
     }
@@ -621,13 +673,13 @@ impl Store {
 
 /// Opens the redb file without ever re-initialising a non-empty one. redb may panic on a file
 /// damaged outside it; that is turned into [`StoreError::Unreadable`] as well.
-fn open_database(path: &Path) -> Result<Database, StoreError> {
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     let exists_non_empty = std::fs::metadata(path)
         .map(|m| m.len() > 0)
         .unwrap_or(false);
     let mut builder = Database::builder();
     builder
-        .set_cache_size(CACHE_BYTES)
+        .set_cache_size(cache_bytes)
         .set_check_integrity_on_open(true);
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         if exists_non_empty {

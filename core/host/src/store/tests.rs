@@ -99,6 +99,43 @@ fn reopening_keeps_served_and_waiting_events() {
 }
 
 #[test]
+fn the_purgatory_table_is_read_in_pages_in_id_order() {
+    let dir = TempDir::new("waiting-pages");
+    let store = open(&dir);
+    let mut expected: Vec<EventId> = (0..5)
+        .map(|i| {
+            let state = event(&keys(1), 30618, 10 + i, &[&["d", "repo"]], "");
+            store
+                .put_waiting(&WaitingEvent {
+                    event: state.clone(),
+                    arrival: Arrival::Published,
+                    expires_at: 5,
+                })
+                .unwrap();
+            state.id
+        })
+        .collect();
+    expected.sort();
+    let mut read = Vec::new();
+    let mut pages = 0;
+    let mut after = None;
+    loop {
+        let page = store.waiting_page(after.as_ref(), 2).unwrap();
+        pages += 1;
+        assert!(page.events.len() <= 2);
+        read.extend(page.events.iter().map(|w| w.event.id));
+        match page.resume_after {
+            Some(id) => after = Some(id),
+            None => break,
+        }
+    }
+    assert_eq!(read, expected);
+    assert_eq!(pages, 3, "two full pages, then the last one ends the table");
+    let all: Vec<EventId> = store.waiting_all().unwrap().iter().map(|w| w.event.id).collect();
+    assert_eq!(all, expected);
+}
+
+#[test]
 fn release_serves_and_leaves_purgatory_in_one_step() {
     let dir = TempDir::new("release");
     let store = open(&dir);

@@ -2,6 +2,7 @@
 //! Prints one Markdown table (plus the core scale benchmark's own output).
 //!
 //! Run: `cargo run --release -p graspd-tests --bin graspd-bench [-- --quick] [-- --only push,sync]`
+//! `--waiting-steps 10000,100000` sets the memory section's waiting-event counts.
 //! Sections: binary, memory, push, relay, sync, follow, reconcile, load, scale, hostile. `--profile` runs tiny sizes, for
 //! `valgrind --tool=callgrind --trace-children=yes --trace-children-skip='*git*,*cargo*'`.
 
@@ -135,11 +136,21 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(str::to_owned).collect());
     let wanted = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
-    let plan = if args.iter().any(|a| a == "--profile") {
+    let mut plan = if args.iter().any(|a| a == "--profile") {
         Plan::profile()
     } else {
         Plan::new(quick)
     };
+    if let Some(steps) = args
+        .iter()
+        .position(|a| a == "--waiting-steps")
+        .and_then(|i| args.get(i + 1))
+    {
+        plan.waiting_steps = steps
+            .split(',')
+            .map(|n| n.parse().expect("--waiting-steps: comma-separated counts"))
+            .collect();
+    }
     let started = Instant::now();
     // Build (or find) both release binaries before any clock starts.
     for f in FLAVORS {
