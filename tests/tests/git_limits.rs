@@ -632,7 +632,42 @@ fn upload_pack_runs_at_lower_priority(flavor: Flavor) {
     drop(stream);
 }
 
+/// Whether `oid` is a loose object of the bare repository at `bare`.
+fn is_loose(bare: &std::path::Path, oid: &str) -> bool {
+    bare.join("objects").join(&oid[..2]).join(&oid[2..]).exists()
+}
+
+/// A large push keeps its pack (clones copy its objects as they are, instead of compressing
+/// loose ones again for every clone); a small one is unpacked into loose objects as git does.
+fn a_large_push_is_kept_as_a_pack(flavor: Flavor) {
+    let server = Server::start(flavor);
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let bare = server.data_dir.join(npub(&keys(1))).join("demo.git");
+    let small = work.rev("HEAD:README");
+    assert!(is_loose(&bare, &small), "a small push's blob is loose");
+
+    // About 2 MiB once compressed: hex digits of a xorshift stream.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut content = String::with_capacity(4 << 20);
+    while content.len() < 4 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        content.push_str(&format!("{x:016x}"));
+    }
+    let big_commit = work.commit("big.txt", &content);
+    let big = work.rev("HEAD:big.txt");
+    let st = state(&keys(1), "demo", &[("refs/heads/main", &big_commit)], Some("main"), 1);
+    assert!(relay.publish(&st).accepted);
+    work.git(&["push", "-q", &url, "main"]);
+    assert_eq!(ref_of(&url, "refs/heads/main"), Some(big_commit));
+    assert!(has_object(&bare, &big), "the pushed blob is stored");
+    assert!(!is_loose(&bare, &big), "the large push's blob was unpacked into a loose object");
+}
+
 both_runtimes!(
+    a_large_push_is_kept_as_a_pack,
     no_empty_or_half_made_repository_directories_stay,
     upload_pack_runs_at_lower_priority,
     no_op_push_stores_nothing,

@@ -67,12 +67,17 @@ pub fn is_sane_git_protocol(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"=:._-".contains(&b))
 }
 
+/// `git [-c <config>].. <service> --stateless-rpc <repo>`.
 fn service_command(
     service: Service,
     repo: &Path,
     git_protocol: Option<&str>,
+    config: &[&str],
 ) -> std::process::Command {
     let mut command = git(None);
+    for setting in config {
+        command.arg("-c").arg(setting);
+    }
     if service == Service::UploadPack {
         // Also set in each repo's config at creation; repeated here so a repo made by other
         // means still serves GRASP's fetch-by-id and partial clones.
@@ -100,7 +105,7 @@ pub async fn advertise(
     service: Service,
     git_protocol: Option<&str>,
 ) -> io::Result<Vec<u8>> {
-    let mut command = service_command(service, repo, git_protocol);
+    let mut command = service_command(service, repo, git_protocol, &[]);
     command.arg("--advertise-refs");
     let out = process::run(runtime, command, &b""[..], None, ANSWER_CAP).await?;
     if !out.success() || out.truncated {
@@ -159,7 +164,7 @@ pub fn upload_pack(
     deadline: Instant,
     on_kill: impl FnOnce() + Send + 'static,
 ) -> io::Result<UploadPack> {
-    let mut command = service_command(Service::UploadPack, repo, git_protocol);
+    let mut command = service_command(Service::UploadPack, repo, git_protocol, &[]);
     lower_priority(&mut command, nice);
     let mut child = runtime.spawn_process(command)?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
@@ -203,6 +208,9 @@ fn lower_priority(command: &mut std::process::Command, nice: i32) {
 #[cfg(not(unix))]
 fn lower_priority(_command: &mut std::process::Command, _nice: i32) {}
 
+/// A push at least this large keeps its pack as it is (see [`receive_pack`]).
+const KEEP_PACK_BYTES: u64 = 1024 * 1024;
+
 /// Runs `git receive-pack --stateless-rpc` on `repo` with everything read from `input` (the
 /// whole request, commands included) and returns its answer; it is killed at `deadline`
 /// ([`GitOutput::timed_out`]). An error reading `input` is reported in
@@ -212,8 +220,19 @@ pub async fn receive_pack(
     repo: &Path,
     git_protocol: Option<&str>,
     input: impl AsyncRead + Unpin,
+    input_bytes: u64,
     deadline: Instant,
 ) -> io::Result<GitOutput> {
-    let command = service_command(Service::ReceivePack, repo, git_protocol);
+    // git explodes a pack of few objects into loose ones, which every clone must then
+    // compress again: a few large files pushed once would cost CPU on every clone (and clones
+    // that are never read would make the server compress them over and over). Kept as a
+    // pack, they are copied as they are. Small pushes stay loose: indexing a pack costs more
+    // than writing a few objects.
+    let keep_pack: &[&str] = if input_bytes >= KEEP_PACK_BYTES {
+        &["receive.unpackLimit=1"]
+    } else {
+        &[]
+    };
+    let command = service_command(Service::ReceivePack, repo, git_protocol, keep_pack);
     process::run(runtime, command, input, Some(deadline), ANSWER_CAP).await
 }

@@ -30,6 +30,7 @@ pub enum SpoolError {
 #[derive(Debug)]
 pub struct Spooled {
     path: PathBuf,
+    len: u64,
 }
 
 /// Writes `head` and then the rest of `body` to a new file at `path`.
@@ -50,7 +51,7 @@ pub async fn spool(
     .and_then(|r| r)
     .map_err(SpoolError::Io)?;
     // From here on the file is removed however this ends.
-    let spooled = Spooled { path };
+    let mut spooled = Spooled { path, len: 0 };
     let mut file = Some(file);
     let mut pending = head;
     loop {
@@ -66,6 +67,7 @@ pub async fn spool(
         if pending.len() >= WRITE_CHUNK || (last && !pending.is_empty()) {
             let mut open = file.take().expect("the file is put back after every write");
             let data = std::mem::take(&mut pending);
+            spooled.len += data.len() as u64;
             let written = unblock(&**runtime, move || open.write_all(&data).map(|()| open))
                 .await
                 .and_then(|r| r)
@@ -79,6 +81,11 @@ pub async fn spool(
 }
 
 impl Spooled {
+    /// Bytes spooled (the whole request).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     /// The body, read back in chunks off the async threads.
     pub fn reader(&self, runtime: &Arc<dyn Runtime>) -> io::Result<impl AsyncRead + Send + Unpin> {
         let file = File::open(&self.path)?;

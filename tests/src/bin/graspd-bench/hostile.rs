@@ -53,6 +53,18 @@ impl Kind {
         Kind::EventFlood,
     ];
 
+    /// The attack's name for `--attacks`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::StalledPushes => "stalled-pushes",
+            Kind::WebSocketFlood => "websocket-flood",
+            Kind::UnreadReqs => "unread-reqs",
+            Kind::UploadBodies => "upload-bodies",
+            Kind::UnreadClones => "unread-clones",
+            Kind::EventFlood => "event-flood",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Kind::StalledPushes => "stalled pushes",

@@ -2,7 +2,8 @@
 //! Prints one Markdown table (plus the core scale benchmark's own output).
 //!
 //! Run: `cargo run --release -p graspd-tests --bin graspd-bench [-- --quick] [-- --only push,sync]`
-//! `--waiting-steps 10000,100000` sets the memory section's waiting-event counts.
+//! `--waiting-steps 10000,100000` sets the memory section's waiting-event counts;
+//! `--attacks unread-clones,upload-bodies` runs only those of the hostile section.
 //! Sections: binary, memory, push, relay, sync, follow, reconcile, load, scale, hostile. `--profile` runs tiny sizes, for
 //! `valgrind --tool=callgrind --trace-children=yes --trace-children-skip='*git*,*cargo*'`.
 
@@ -493,7 +494,12 @@ fn main() {
     }
     if wanted("hostile") {
         step("legitimate users under attack");
-        hostile_rows(&mut table, &plan.hostile);
+        let attacks: Option<Vec<String>> = args
+            .iter()
+            .position(|a| a == "--attacks")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.split(',').map(str::to_owned).collect());
+        hostile_rows(&mut table, &plan.hostile, attacks.as_deref());
     }
     if wanted("scale") {
         step("core scale benchmark");
@@ -519,9 +525,12 @@ fn main() {
 
 /// One fresh server per attack and runtime: legitimate p99s during the attack against the same
 /// server's just before, and the peak RSS the attack caused.
-fn hostile_rows(table: &mut Table, settings: &hostile::Settings) {
+fn hostile_rows(table: &mut Table, settings: &hostile::Settings, only: Option<&[String]>) {
     const OPS: &str = "push / clone / EVENT / NIP-11";
-    for (i, kind) in hostile::Kind::ALL.into_iter().enumerate() {
+    let kinds = hostile::Kind::ALL
+        .into_iter()
+        .filter(|k| only.is_none_or(|names| names.iter().any(|n| n == k.name())));
+    for (i, kind) in kinds.enumerate() {
         step(kind.label());
         let [t, s] = FLAVORS.map(|f| hostile::measure(f, kind, settings));
         if i == 0 {
