@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod git;
 pub mod http;
 pub mod nostr;
+pub mod postgres_cluster;
 pub mod server;
 pub mod traffic;
 

@@ -89,6 +89,8 @@ pub struct ServerOptions {
     pub open_files: Option<u64>,
     /// Additional environment variables for the server process.
     pub env: Vec<(String, String)>,
+    /// The data directory, for servers that share one; else a fresh one.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -109,6 +111,11 @@ impl ServerOptions {
 
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
         self
     }
 }
@@ -132,9 +139,12 @@ impl Server {
     }
 
     pub fn start_with(flavor: Flavor, options: ServerOptions) -> Server {
-        let data_dir = crate::temp_dir(&format!("{flavor:?}-data").to_lowercase());
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| crate::temp_dir(&format!("{flavor:?}-data").to_lowercase()));
         let addr = free_loopback_addr();
-        let log_path = data_dir.with_extension("log");
+        let log_path = data_dir.with_extension(format!("{}.log", addr.port()));
         let mut server = Server {
             flavor,
             addr,

@@ -435,7 +435,14 @@ fn deletion_stored_before_a_crash_still_removes_its_waiting_target(flavor: Flavo
 }
 
 fn kill9_and_restart_keep_purgatory_and_store(flavor: Flavor) {
-    let (mut server, work, url) = served_repo(flavor);
+    kill9_and_restart_keep_purgatory_and_store_of(served_repo(flavor));
+}
+
+/// A state published to the served repository waits in purgatory across `kill -9` and a
+/// restart, and the push after it releases it.
+fn kill9_and_restart_keep_purgatory_and_store_of(
+    (mut server, work, url): (Server, WorkRepo, String),
+) {
     let owner = keys(1);
     let c2 = work.commit("README", "after restart\n");
     let st = state(&owner, "demo", &[("refs/heads/main", &c2)], Some("main"), 1);
@@ -467,6 +474,93 @@ fn kill9_and_restart_keep_purgatory_and_store(flavor: Flavor) {
         "{}",
         server.log()
     );
+}
+
+/// Server options keeping the events in a fresh database of the test cluster; `None` (the
+/// test is skipped) only when PostgreSQL is not installed outside CI.
+fn on_postgres(test: &str) -> Option<ServerOptions> {
+    let cluster = graspd_tests::postgres_cluster::required(test)?;
+    Some(ServerOptions::default().flag("--database-url", cluster.database(test)))
+}
+
+/// The redb file is never made when the events are in PostgreSQL.
+fn assert_no_redb_file(server: &Server) {
+    let file = server.data_dir.join("graspd.redb");
+    assert!(!file.exists(), "{} was created", file.display());
+}
+
+/// Announce, publish a state (it waits), push, served, cloned; a restart keeps everything;
+/// an event waiting in purgatory survives `kill -9` and is released by the push after it.
+fn on_postgres_events_are_served_and_kept_across_restarts_and_kill9(flavor: Flavor) {
+    let Some(options) = on_postgres("pg_restarts") else {
+        return;
+    };
+    let (mut server, work, url) = served_repo_with(flavor, options);
+    assert_no_redb_file(&server);
+    let clone = temp_dir("pg-clone");
+    git(&clone, &["clone", "-q", &url, "."]);
+    assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), work.head());
+
+    server.restart();
+    let mut relay = RelayClient::connect(&server.ws_url());
+    assert_eq!(relay.query_ids(json!({"kinds": [30617, 30618]})).len(), 2);
+    assert_eq!(ref_of(&url, "refs/heads/main"), Some(work.head()));
+
+    drop(relay);
+    assert_no_redb_file(&server);
+    kill9_and_restart_keep_purgatory_and_store_of((server, work, url));
+}
+
+/// Two instances on one database and data directory: a REQ on the second returns an event
+/// the first accepted after the second started, and the second serves the repository.
+fn on_postgres_a_second_instance_serves_what_the_first_accepted(flavor: Flavor) {
+    let Some(options) = on_postgres("pg_two_instances") else {
+        return;
+    };
+    let (first, work, _) = served_repo_with(flavor, options.clone());
+    let second = Server::start_with(flavor, options.data_dir(&first.data_dir));
+    let owner = keys(1);
+    let repo = repo_coordinate(&owner, "demo");
+    let issue = tagged(
+        &keys(2),
+        1621,
+        &[&["a", &repo], &["subject", "seen by both"]],
+    );
+    let mut relay = RelayClient::connect(&first.ws_url());
+    assert!(relay.publish(&issue).accepted, "{}", first.log());
+    let mut other = RelayClient::connect(&second.ws_url());
+    assert_eq!(
+        other.query_ids(json!({"ids": [issue.id.to_hex()]})),
+        vec![issue.id.to_hex()],
+        "{}",
+        second.log()
+    );
+    let url = second.repo_url(&npub(&owner), "demo");
+    assert_eq!(ref_of(&url, "refs/heads/main"), Some(work.head()));
+}
+
+/// A database that is down at start-up stops graspd with an error naming the URL, never its
+/// password.
+fn on_postgres_a_database_that_is_down_is_a_clear_start_up_error(flavor: Flavor) {
+    let dir = temp_dir("pg-down");
+    let out = std::process::Command::new(flavor.binary())
+        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .args([
+            "--database-url",
+            "postgres://graspd:s3cret@127.0.0.1:1/events",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run graspd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stderr}{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!out.status.success(), "started without its database: {all}");
+    assert!(
+        all.contains("postgres://graspd@127.0.0.1:1/events"),
+        "the error names the database: {all}"
+    );
+    assert!(!all.contains("s3cret"), "the password leaked: {all}");
 }
 
 /// Sync flags that make a user-published event's data hunted quickly, for two-server tests.
@@ -1707,4 +1801,7 @@ both_runtimes!(
     repository_page_shows_refs_clone_addresses_and_clients,
     unhosted_repository_page_is_a_styled_404,
     landing_page_lists_hosted_repositories_newest_first,
+    on_postgres_events_are_served_and_kept_across_restarts_and_kill9,
+    on_postgres_a_second_instance_serves_what_the_first_accepted,
+    on_postgres_a_database_that_is_down_is_a_clear_start_up_error,
 );

@@ -27,6 +27,17 @@ pub struct Config {
     #[arg(long, env = "GRASPD_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
 
+    /// Keep the events in this PostgreSQL database (`postgres://user:password@host/db`, or a
+    /// `key=value` connection string) instead of `<data-dir>/graspd.redb`. The schema is
+    /// created and migrated at start-up.
+    #[arg(long, env = "GRASPD_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Most connections open to the `--database-url` database at once; more store
+    /// operations wait for a free one (at most 30 s, then fail with an `error:`).
+    #[arg(long, env = "GRASPD_DATABASE_CONNECTIONS", default_value_t = crate::store::pg::DEFAULT_CONNECTIONS)]
+    pub database_connections: usize,
+
     /// Allow fetching git data from non-public addresses (loopback, private, link-local, ...),
     /// named literally or resolved from a name (tests, LANs).
     #[arg(long, env = "GRASPD_ALLOW_PRIVATE_REMOTES")]
@@ -484,6 +495,16 @@ impl Config {
 
     pub fn fetch_timeout(&self) -> Duration {
         Duration::from_secs(self.fetch_timeout_secs)
+    }
+
+    /// The PostgreSQL database to keep the events in (`--database-url`), if any.
+    pub fn database(&self) -> Option<crate::store::PgSettings> {
+        self.database_url
+            .clone()
+            .map(|url| crate::store::PgSettings {
+                url,
+                connections: self.database_connections,
+            })
     }
 
     /// Bounds of the store's index of ids named by accepted events.

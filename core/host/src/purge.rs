@@ -94,7 +94,12 @@ pub fn purge(config: &Config, mut report: impl FnMut(&str)) -> Result<Purged, Pu
         return Ok(purged);
     }
     // Opened first: a running server holds the lock, and then nothing is touched.
-    let store = Store::open_in(&config.data_dir).map_err(PurgeError::Store)?;
+    let store = Store::open_configured(
+        &config.data_dir,
+        config.database().as_ref(),
+        config.store_cache_mib,
+    )
+    .map_err(PurgeError::Store)?;
     let denied = |event: &nostr::event::Event| !policy.serves(event, max_tags);
     let events = store
         .query_visible(&[Filter::new()], usize::MAX, &denied)

@@ -82,7 +82,7 @@ fn command_span(command: &Command) -> tracing::Span {
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 
 impl Node {
-    /// Opens the store in `config.data_dir`, then [`Node::start_with`], with `policy` (the
+    /// Opens the store (in `config.data_dir`, or the `config.database_url` database), then [`Node::start_with`], with `policy` (the
     /// flags' lists and the `--config` file's) as the curation lists.
     pub async fn start(
         runtime: Arc<dyn Runtime>,
@@ -93,11 +93,12 @@ impl Node {
         follower: FollowerHandle,
     ) -> Result<Arc<Node>, StoreError> {
         let data_dir = config.data_dir.clone();
+        let database = config.database();
         let reference_limits = config.reference_limits();
         let max_writes_per_commit = config.max_writes_per_commit;
         let cache_mib = config.store_cache_mib;
         let store = crate::runtime::unblock(&*runtime, move || {
-            Store::open_in_with_cache(&data_dir, cache_mib).map(|store| {
+            Store::open_configured(&data_dir, database.as_ref(), cache_mib).map(|store| {
                 store
                     .with_reference_limits(reference_limits)
                     .with_max_writes_per_commit(max_writes_per_commit)

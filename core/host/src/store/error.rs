@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// A store failure. Every variant names the file; opening failures say how to recover.
+/// A store failure. Every variant names the file or database; opening failures say how to recover.
 ///
 /// graspd never deletes or overwrites a store file it cannot read: recovery is always the
 /// operator's decision (move the file aside, restore a backup, or upgrade graspd).
@@ -20,7 +20,17 @@ pub enum StoreError {
     /// Another process (probably another graspd) has the file open.
     InUse { path: PathBuf },
     /// Reading or writing failed while the server was running (disk full, IO error, ...).
+    /// For PostgreSQL, `path` is the database's URL without its password.
     Io { path: PathBuf, detail: String },
+    /// The PostgreSQL database (`--database-url`, shown without its password) cannot be
+    /// reached or prepared at start-up.
+    Database { url: String, detail: String },
+    /// The PostgreSQL database's schema was migrated by a newer graspd.
+    NewerSchema {
+        url: String,
+        found: u64,
+        supported: u64,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -54,6 +64,23 @@ impl fmt::Display for StoreError {
             StoreError::Io { path, detail } => {
                 write!(f, "event store {}: {detail}", path.display())
             }
+            StoreError::Database { url, detail } => write!(
+                f,
+                "cannot use the PostgreSQL database {url}: {detail}. Check that it is running \
+                 and reachable, and that --database-url (GRASPD_DATABASE_URL) names it with a \
+                 user allowed to create tables"
+            ),
+            StoreError::NewerSchema {
+                url,
+                found,
+                supported,
+            } => write!(
+                f,
+                "the PostgreSQL database {url} has schema version {found}, but this graspd \
+                 understands only up to version {supported}: it was migrated by a newer graspd. \
+                 Run that newer version, or point --database-url at another database; graspd \
+                 leaves this one untouched"
+            ),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! write. If any write of a batch fails, the batch is abandoned (nothing of it is written) and
 //! each write runs again in a transaction of its own, so one failing write fails only itself.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// The queue of writes (`J`) waiting for a commit, and who is committing.
 pub struct GroupCommit<J> {
@@ -91,6 +91,23 @@ impl<J> GroupCommit<J> {
         }
     }
 
+    /// [`GroupCommit::write`] for a write with a value: `make_job` turns a sink for the
+    /// value into the job, and the value is returned once the commit holding it is durable.
+    pub fn write_returning<T: Send + 'static>(
+        &self,
+        commit: &dyn Fn(&[&J]) -> Result<(), String>,
+        make_job: impl FnOnce(Box<dyn Fn(T) + Send>) -> J,
+    ) -> Result<T, String> {
+        let slot = Arc::new(Mutex::new(None));
+        let sink = Arc::clone(&slot);
+        let job = make_job(Box::new(move |value| {
+            *sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+        }));
+        self.write(commit, job)?;
+        let value = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        value.ok_or_else(|| "a committed write left no result".to_owned())
+    }
+
     /// Commits batches, oldest writes first, until `own` is done (or nothing is queued), then
     /// steps down; the writers it woke find nobody leading and one of them takes over.
     fn lead<'a>(
@@ -141,7 +158,6 @@ fn run_batch<J>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     /// The job ids of each commit, in order.
     type Commits = Arc<Mutex<Vec<Vec<u64>>>>;

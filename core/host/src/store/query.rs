@@ -21,7 +21,7 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, StorageError};
 use super::schema::*;
 
 /// Newest first, then lowest id: the order results are returned in.
-type Order = (Reverse<u64>, Id);
+pub type Order = (Reverse<u64>, Id);
 
 /// Which stored events a query may return at all (the operator's deny lists); the others
 /// are skipped before they count toward a filter's limit.
@@ -74,13 +74,25 @@ fn run_orders(
     visible: Visible<'_>,
 ) -> Result<BTreeSet<Order>, redb::Error> {
     let events = txn.open_table(EVENTS)?;
+    union(filters, cap, |filter, limit| {
+        run_one(txn, &events, filter, limit, visible)
+    })
+}
+
+/// A query's answer: the union of each filter's newest `min(limit, cap)` (`run_one`), skipping
+/// filters that can match nothing.
+pub fn union<E>(
+    filters: &[Filter],
+    cap: usize,
+    mut run_one: impl FnMut(&Filter, usize) -> Result<BTreeSet<Order>, E>,
+) -> Result<BTreeSet<Order>, E> {
     let mut found: BTreeSet<Order> = BTreeSet::new();
     for filter in filters {
         let limit = filter.limit.unwrap_or(cap).min(cap);
         if limit == 0 || matches_nothing(filter) {
             continue;
         }
-        found.extend(run_one(txn, &events, filter, limit, visible)?);
+        found.extend(run_one(filter, limit)?);
     }
     Ok(found)
 }
@@ -94,28 +106,42 @@ pub fn load_json(
     max_bytes: usize,
 ) -> Result<(Vec<String>, usize), redb::Error> {
     let events = txn.open_table(EVENTS)?;
+    take_json(ids, max_bytes, |_, id| {
+        let Some(json) = events.get(id)? else {
+            return Ok(None);
+        };
+        // Written by `Event::as_json`, and decoded when the query matched it.
+        match String::from_utf8(json.value().to_vec()) {
+            Ok(text) => Ok(Some(text)),
+            Err(_) => {
+                tracing::error!(id = %crate::hex::encode(id), "stored event is not UTF-8; skipped");
+                Ok(None)
+            }
+        }
+    })
+}
+
+/// [`load_json`] over any backend: `get(n, id)` reads the `n`th id's text (called in order).
+pub fn take_json<E>(
+    ids: &[Id],
+    max_bytes: usize,
+    mut get: impl FnMut(usize, &Id) -> Result<Option<String>, E>,
+) -> Result<(Vec<String>, usize), E> {
     let mut texts = Vec::new();
     let mut bytes = 0;
     for (n, id) in ids.iter().enumerate() {
         if bytes >= max_bytes {
             return Ok((texts, n));
         }
-        let Some(json) = events.get(id)? else {
-            continue;
-        };
-        // Written by `Event::as_json`, and decoded when the query matched it.
-        match String::from_utf8(json.value().to_vec()) {
-            Ok(text) => {
-                bytes += text.len();
-                texts.push(text);
-            }
-            Err(_) => tracing::error!(id = %super::hex(id), "stored event is not UTF-8; skipped"),
+        if let Some(text) = get(n, id)? {
+            bytes += text.len();
+            texts.push(text);
         }
     }
     Ok((texts, ids.len()))
 }
 
-fn order(event: &Event) -> Order {
+pub fn order(event: &Event) -> Order {
     (Reverse(event.created_at.as_secs()), event.id.to_bytes())
 }
 
@@ -213,11 +239,7 @@ impl Scan<'_> {
         let Some(event) = load(self.events, &id?)? else {
             return Ok(false);
         };
-        // NIP-50 search is not offered; it is ignored rather than scanned for.
-        let matches = self
-            .filter
-            .match_event(&event, MatchEventOptions::new().nip50(false))
-            && (self.visible)(&event);
+        let matches = admits(self.filter, self.visible, &event);
         if matches {
             self.found.insert(order(&event));
             if self.found.len() > self.limit {
@@ -237,11 +259,25 @@ pub fn load(
     let Some(json) = events.get(id)? else {
         return Ok(None);
     };
-    match Event::from_json(json.value()) {
-        Ok(event) => Ok(Some(event)),
+    Ok(decode(id, json.value()))
+}
+
+/// Decodes a served event's stored JSON. A record that does not decode is logged and treated
+/// as absent rather than failing every query that touches it.
+pub fn decode(id: &Id, json: &[u8]) -> Option<Event> {
+    match Event::from_json(json) {
+        Ok(event) => Some(event),
         Err(error) => {
-            tracing::error!(id = %super::hex(id), %error, "stored event does not decode; skipped");
-            Ok(None)
+            tracing::error!(id = %crate::hex::encode(id), %error, "stored event does not decode; skipped");
+            None
         }
     }
+}
+
+/// Whether a candidate a filter's index scan found belongs in the answer: it matches the
+/// whole filter (the index narrowed on one field, and tag values are indexed truncated) and
+/// clients may see it.
+pub fn admits(filter: &Filter, visible: Visible<'_>, event: &Event) -> bool {
+    // NIP-50 search is not offered; it is ignored rather than scanned for.
+    filter.match_event(event, MatchEventOptions::new().nip50(false)) && visible(event)
 }

@@ -2,18 +2,15 @@
 //! not served here yet (GRASP-01 "tagged by": such an event is accepted when it arrives).
 //!
 //! Which ids an event contributes is decided by `graspd_core::related::remembered_references`;
-//! this module only keeps them: written in the same transaction that serves the naming event
-//! (so it survives a crash exactly when that event does), dropped when the named event is
-//! served, and bounded by [`ReferenceLimits::capacity`] with the oldest entry forgotten first.
+//! the rows are kept by `rules.rs`: written in the same transaction that serves the naming
+//! event (so they survive a crash exactly when that event does), dropped when the named event
+//! is served, and bounded by [`ReferenceLimits::capacity`] with the oldest entry forgotten
+//! first. This module holds the bounds and the counters for metrics.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use nostr::prelude::{Event, EventId};
-use redb::{ReadableTable, ReadableTableMetadata};
-
-use super::schema::Id;
-use super::write::Tables;
+use nostr::prelude::EventId;
 
 /// Default of `--max-referenced-ids`.
 pub const DEFAULT_MAX_REFERENCED_IDS: usize = 100_000;
@@ -43,8 +40,8 @@ impl Default for ReferenceLimits {
 #[derive(Default)]
 pub struct ReferenceChanges {
     /// The index's size at the end of the transaction, if it was touched.
-    entries: Option<u64>,
-    evicted: u64,
+    pub entries: Option<u64>,
+    pub evicted: u64,
 }
 
 /// The index's size and evictions, for metrics; shared by every clone of the store.
@@ -95,60 +92,6 @@ impl ReferenceCounters {
             entries: self.entries.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
         }
-    }
-}
-
-impl Tables<'_> {
-    /// Keeps the index true after `event` was served: it no longer waits to be named, and the
-    /// ids it names that are not served are remembered (moved to newest if already there).
-    pub fn index_references(&mut self, event: &Event) -> Result<(), redb::Error> {
-        let mut touched = self.forget_reference(&event.id.to_bytes())?;
-        let named =
-            graspd_core::related::remembered_references(event, self.reference_limits.per_event);
-        for id in named {
-            let id = id.to_bytes();
-            if self.events.get(id)?.is_none() {
-                self.remember_reference(id)?;
-                touched = true;
-            }
-        }
-        if touched {
-            self.evict_references()?;
-            self.reference_changes.entries = Some(self.referenced.len()?);
-        }
-        Ok(())
-    }
-
-    /// Whether `id` was in the index; it is not any more.
-    fn forget_reference(&mut self, id: &Id) -> Result<bool, redb::Error> {
-        let Some(age) = self.referenced.remove(id)?.map(|v| v.value()) else {
-            return Ok(false);
-        };
-        self.referenced_by_age.remove(age)?;
-        Ok(true)
-    }
-
-    fn remember_reference(&mut self, id: Id) -> Result<(), redb::Error> {
-        self.forget_reference(&id)?;
-        let age = match self.referenced_by_age.last()? {
-            Some((newest, _)) => newest.value() + 1,
-            None => 0,
-        };
-        self.referenced.insert(id, age)?;
-        self.referenced_by_age.insert(age, id)?;
-        Ok(())
-    }
-
-    fn evict_references(&mut self) -> Result<(), redb::Error> {
-        while self.referenced.len()? > self.reference_limits.capacity as u64 {
-            let Some((_, id)) = self.referenced_by_age.pop_first()? else {
-                break;
-            };
-            let id = id.value();
-            self.referenced.remove(id)?;
-            self.reference_changes.evicted += 1;
-        }
-        Ok(())
     }
 }
 

@@ -1,4 +1,7 @@
-//! Store tests on real files in a temporary directory.
+//! Store tests on real files in a temporary directory, and on a real PostgreSQL server.
+//!
+//! The tests of what a store does run on both backends (`on_both_backends!`); those about
+//! the redb file itself (damage, foreign files, format versions) run on redb alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -6,6 +9,8 @@ use std::process::Command;
 use nostr::prelude::{
     EventBuilder, Filter, FinalizeEvent, Keys, Kind, SingleLetterTag, Tag, Timestamp,
 };
+
+use ::redb::ReadableDatabase;
 
 use super::*;
 
@@ -58,18 +63,98 @@ fn open(dir: &TempDir) -> Store {
     Store::open(&dir.file()).unwrap()
 }
 
+#[path = "../../../../tests/src/postgres_cluster.rs"]
+mod postgres_cluster;
+
+/// The backends the conformance tests run on: each behaves exactly like the other.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Redb,
+    Postgres,
+}
+
+/// Where one test's store lives: a fresh redb file, or a fresh database in the process's
+/// throwaway PostgreSQL cluster (`tests/src/postgres_cluster.rs`).
+struct Place {
+    dir: TempDir,
+    database: Option<String>,
+}
+
+impl Place {
+    /// `None` (the test is skipped, with a message) only for PostgreSQL when it is not
+    /// installed outside CI.
+    fn new(backend: Backend, name: &str) -> Option<Place> {
+        let database = match backend {
+            Backend::Redb => None,
+            Backend::Postgres => Some(postgres_cluster::required(name)?.database(name)),
+        };
+        Some(Place {
+            dir: TempDir::new(name),
+            database,
+        })
+    }
+
+    fn open(&self) -> Store {
+        match &self.database {
+            None => Store::open_in(&self.dir.0).unwrap(),
+            Some(url) => Store::open_postgres(&PgSettings {
+                url: url.clone(),
+                connections: 4,
+            })
+            .unwrap(),
+        }
+    }
+}
+
+/// Each named test body (taking a [`Backend`]) as one `#[test]` per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod redb {
+            $( #[test] fn $name() { super::$name(super::Backend::Redb) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(super::Backend::Postgres) } )*
+        }
+    };
+}
+
+on_both_backends!(
+    reopening_keeps_served_and_waiting_events,
+    the_purgatory_table_is_read_in_pages_in_id_order,
+    release_serves_and_leaves_purgatory_in_one_step,
+    remove_waiting_reports_presence,
+    acknowledged_writes_survive_a_process_abort,
+    queries_answer_each_filter_field_newest_first,
+    several_filters_are_a_union_and_cap_bounds_each,
+    equal_timestamps_order_by_lowest_id,
+    long_tag_values_are_found_exactly,
+    replaceable_events_keep_only_the_preferred_version,
+    replaceable_ties_go_to_the_lowest_id_in_either_order,
+    addressable_same_second_versions_serve_the_lowest_id_in_either_order,
+    addressable_events_replace_per_identifier,
+    deletion_by_id_removes_only_the_authors_events_and_sticks,
+    a_stored_deletion_marks_its_waiting_targets_deleted,
+    deletion_by_coordinate_removes_versions_up_to_its_time,
+    ids_named_by_accepted_threads_are_remembered_until_served,
+    the_referenced_index_forgets_the_oldest_beyond_its_capacity,
+    the_referenced_index_survives_a_restart_and_follows_releases,
+    ids_then_chunks_give_the_query_answer_in_bounded_pieces,
+    reconciliation_items_are_the_served_answer,
+);
+
 fn stored() -> InsertOutcome {
     InsertOutcome::Stored { removed: vec![] }
 }
 
-#[test]
-fn reopening_keeps_served_and_waiting_events() {
-    let dir = TempDir::new("reopen");
+fn reopening_keeps_served_and_waiting_events(backend: Backend) {
+    let Some(place) = Place::new(backend, "reopen") else {
+        return;
+    };
     let alice = keys(1);
     let served = event(&alice, 1, 100, &[&["t", "x"]], "served");
     let waiting = event(&alice, 30618, 200, &[&["d", "repo"]], "waiting");
     {
-        let store = Store::open_in(&dir.0).unwrap();
+        let store = place.open();
         assert_eq!(store.insert(&served).unwrap(), stored());
         store
             .put_waiting(&WaitingEvent {
@@ -79,7 +164,7 @@ fn reopening_keeps_served_and_waiting_events() {
             })
             .unwrap();
     }
-    let store = Store::open_in(&dir.0).unwrap();
+    let store = place.open();
     assert_eq!(store.get(&served.id).unwrap(), Some(served.clone()));
     assert_eq!(
         store.waiting_all().unwrap(),
@@ -98,10 +183,11 @@ fn reopening_keeps_served_and_waiting_events() {
     assert_eq!(store.waiting_count().unwrap(), 1);
 }
 
-#[test]
-fn the_purgatory_table_is_read_in_pages_in_id_order() {
-    let dir = TempDir::new("waiting-pages");
-    let store = open(&dir);
+fn the_purgatory_table_is_read_in_pages_in_id_order(backend: Backend) {
+    let Some(place) = Place::new(backend, "waiting-pages") else {
+        return;
+    };
+    let store = place.open();
     let mut expected: Vec<EventId> = (0..5)
         .map(|i| {
             let state = event(&keys(1), 30618, 10 + i, &[&["d", "repo"]], "");
@@ -131,14 +217,20 @@ fn the_purgatory_table_is_read_in_pages_in_id_order() {
     }
     assert_eq!(read, expected);
     assert_eq!(pages, 3, "two full pages, then the last one ends the table");
-    let all: Vec<EventId> = store.waiting_all().unwrap().iter().map(|w| w.event.id).collect();
+    let all: Vec<EventId> = store
+        .waiting_all()
+        .unwrap()
+        .iter()
+        .map(|w| w.event.id)
+        .collect();
     assert_eq!(all, expected);
 }
 
-#[test]
-fn release_serves_and_leaves_purgatory_in_one_step() {
-    let dir = TempDir::new("release");
-    let store = open(&dir);
+fn release_serves_and_leaves_purgatory_in_one_step(backend: Backend) {
+    let Some(place) = Place::new(backend, "release") else {
+        return;
+    };
+    let store = place.open();
     let state = event(&keys(1), 30618, 10, &[&["d", "repo"]], "");
     store
         .put_waiting(&WaitingEvent {
@@ -159,10 +251,11 @@ fn release_serves_and_leaves_purgatory_in_one_step() {
     assert_eq!(store.served_count().unwrap(), 1);
 }
 
-#[test]
-fn remove_waiting_reports_presence() {
-    let dir = TempDir::new("remove-waiting");
-    let store = open(&dir);
+fn remove_waiting_reports_presence(backend: Backend) {
+    let Some(place) = Place::new(backend, "remove-waiting") else {
+        return;
+    };
+    let store = place.open();
     let pr = event(&keys(1), 1618, 10, &[], "");
     store
         .put_waiting(&WaitingEvent {
@@ -179,10 +272,18 @@ fn remove_waiting_reports_presence() {
 /// without any shutdown. Only runs when the parent sets the variable.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var("GRASPD_STORE_CRASH_DIR") else {
-        return;
+    let store = match (
+        std::env::var("GRASPD_STORE_CRASH_DIR"),
+        std::env::var("GRASPD_STORE_CRASH_DATABASE"),
+    ) {
+        (_, Ok(url)) => Store::open_postgres(&PgSettings {
+            url,
+            connections: 2,
+        })
+        .unwrap(),
+        (Ok(dir), _) => Store::open_in(Path::new(&dir)).unwrap(),
+        _ => return,
     };
-    let store = Store::open_in(Path::new(&dir)).unwrap();
     let alice = keys(1);
     for i in 0..20u64 {
         let e = event(&alice, 1, 1000 + i, &[], &format!("note {i}"));
@@ -200,20 +301,23 @@ fn crash_child() {
     std::process::abort();
 }
 
-#[test]
-fn acknowledged_writes_survive_a_process_abort() {
-    let dir = TempDir::new("crash");
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "store::tests::crash_child", "--nocapture"])
-        .env("GRASPD_STORE_CRASH_DIR", &dir.0)
-        .output()
-        .unwrap();
+fn acknowledged_writes_survive_a_process_abort(backend: Backend) {
+    let Some(place) = Place::new(backend, "crash") else {
+        return;
+    };
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child.args(["--exact", "store::tests::crash_child", "--nocapture"]);
+    match &place.database {
+        Some(url) => child.env("GRASPD_STORE_CRASH_DATABASE", url),
+        None => child.env("GRASPD_STORE_CRASH_DIR", &place.dir.0),
+    };
+    let output = child.output().unwrap();
     assert!(!output.status.success(), "the child should have aborted");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let acked = stdout.lines().filter(|l| l.starts_with("acked ")).count();
     assert_eq!(acked, 20, "child output: {stdout}");
 
-    let store = Store::open_in(&dir.0).unwrap();
+    let store = place.open();
     assert_eq!(store.served_count().unwrap(), 20);
     let waiting = store.waiting_all().unwrap();
     assert_eq!(waiting.len(), 20);
@@ -246,7 +350,7 @@ fn a_newer_format_is_reported_and_not_downgraded() {
     let dir = TempDir::new("newer");
     drop(open(&dir));
     {
-        let db = redb::Database::open(dir.file()).unwrap();
+        let db = ::redb::Database::open(dir.file()).unwrap();
         let txn = db.begin_write().unwrap();
         txn.open_table(META)
             .unwrap()
@@ -265,7 +369,7 @@ fn a_newer_format_is_reported_and_not_downgraded() {
     }
     assert!(err.to_string().contains("newer graspd"), "{err}");
     // Still the newer version: nothing was rewritten.
-    let db = redb::Database::open(dir.file()).unwrap();
+    let db = ::redb::Database::open(dir.file()).unwrap();
     let txn = db.begin_read().unwrap();
     let version = txn
         .open_table(META)
@@ -281,9 +385,9 @@ fn a_newer_format_is_reported_and_not_downgraded() {
 fn a_foreign_redb_file_is_refused() {
     let dir = TempDir::new("foreign");
     {
-        let db = redb::Database::create(dir.file()).unwrap();
+        let db = ::redb::Database::create(dir.file()).unwrap();
         let txn = db.begin_write().unwrap();
-        let def: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("someone_else");
+        let def: ::redb::TableDefinition<&str, &str> = ::redb::TableDefinition::new("someone_else");
         txn.open_table(def).unwrap().insert("k", "v").unwrap();
         txn.commit().unwrap();
     }
@@ -327,10 +431,11 @@ fn corpus(store: &Store) -> Vec<Event> {
     all
 }
 
-#[test]
-fn queries_answer_each_filter_field_newest_first() {
-    let dir = TempDir::new("filters");
-    let store = open(&dir);
+fn queries_answer_each_filter_field_newest_first(backend: Backend) {
+    let Some(place) = Place::new(backend, "filters") else {
+        return;
+    };
+    let store = place.open();
     let all = corpus(&store);
     let by_n = |ns: &[usize]| -> Vec<EventId> { ns.iter().map(|n| all[n - 1].id).collect() };
     let q = |f: Filter| ids(&store.query(&[f], 100).unwrap());
@@ -389,10 +494,11 @@ fn queries_answer_each_filter_field_newest_first() {
     );
 }
 
-#[test]
-fn several_filters_are_a_union_and_cap_bounds_each() {
-    let dir = TempDir::new("union");
-    let store = open(&dir);
+fn several_filters_are_a_union_and_cap_bounds_each(backend: Backend) {
+    let Some(place) = Place::new(backend, "union") else {
+        return;
+    };
+    let store = place.open();
     let all = corpus(&store);
     let found = store
         .query(
@@ -414,10 +520,11 @@ fn several_filters_are_a_union_and_cap_bounds_each() {
         .is_empty());
 }
 
-#[test]
-fn equal_timestamps_order_by_lowest_id() {
-    let dir = TempDir::new("ties");
-    let store = open(&dir);
+fn equal_timestamps_order_by_lowest_id(backend: Backend) {
+    let Some(place) = Place::new(backend, "ties") else {
+        return;
+    };
+    let store = place.open();
     let alice = keys(1);
     let mut same: Vec<Event> = (0..5)
         .map(|i| event(&alice, 1, 50, &[], &format!("same {i}")))
@@ -427,10 +534,11 @@ fn equal_timestamps_order_by_lowest_id() {
     assert_eq!(ids(&store.query(&[Filter::new()], 10).unwrap()), ids(&same));
 }
 
-#[test]
-fn long_tag_values_are_found_exactly() {
-    let dir = TempDir::new("long-tags");
-    let store = open(&dir);
+fn long_tag_values_are_found_exactly(backend: Backend) {
+    let Some(place) = Place::new(backend, "long-tags") else {
+        return;
+    };
+    let store = place.open();
     let prefix = "x".repeat(300);
     let a = event(&keys(1), 1, 1, &[&["r", &format!("{prefix}a")]], "");
     let b = event(&keys(1), 1, 2, &[&["r", &format!("{prefix}b")]], "");
@@ -441,10 +549,11 @@ fn long_tag_values_are_found_exactly() {
     assert_eq!(ids(&found), vec![a.id]);
 }
 
-#[test]
-fn replaceable_events_keep_only_the_preferred_version() {
-    let dir = TempDir::new("replaceable");
-    let store = open(&dir);
+fn replaceable_events_keep_only_the_preferred_version(backend: Backend) {
+    let Some(place) = Place::new(backend, "replaceable") else {
+        return;
+    };
+    let store = place.open();
     let alice = keys(1);
     let v1 = event(&alice, 0, 10, &[], "v1");
     let v2 = event(&alice, 0, 20, &[], "v2");
@@ -483,15 +592,16 @@ fn replaceable_events_keep_only_the_preferred_version() {
         .is_empty());
 }
 
-#[test]
-fn replaceable_ties_go_to_the_lowest_id_in_either_order() {
+fn replaceable_ties_go_to_the_lowest_id_in_either_order(backend: Backend) {
     let alice = keys(1);
     let x = event(&alice, 10002, 30, &[], "x");
     let y = event(&alice, 10002, 30, &[], "y");
     let (low, high) = if x.id < y.id { (x, y) } else { (y, x) };
     for order in [[&low, &high], [&high, &low]] {
-        let dir = TempDir::new("ties-replaceable");
-        let store = open(&dir);
+        let Some(place) = Place::new(backend, "ties-replaceable") else {
+            return;
+        };
+        let store = place.open();
         for e in order {
             store.insert(e).unwrap();
         }
@@ -502,8 +612,7 @@ fn replaceable_ties_go_to_the_lowest_id_in_either_order() {
     }
 }
 
-#[test]
-fn addressable_same_second_versions_serve_the_lowest_id_in_either_order() {
+fn addressable_same_second_versions_serve_the_lowest_id_in_either_order(backend: Backend) {
     let alice = keys(1);
     let x = event(
         &alice,
@@ -521,8 +630,10 @@ fn addressable_same_second_versions_serve_the_lowest_id_in_either_order() {
     );
     let (low, high) = if x.id < y.id { (x, y) } else { (y, x) };
     for (first, second) in [(&low, &high), (&high, &low)] {
-        let dir = TempDir::new("ties-addressable");
-        let store = open(&dir);
+        let Some(place) = Place::new(backend, "ties-addressable") else {
+            return;
+        };
+        let store = place.open();
         assert_eq!(store.insert(first).unwrap(), stored());
         let outcome = store.insert(second).unwrap();
         if second.id == low.id {
@@ -537,10 +648,11 @@ fn addressable_same_second_versions_serve_the_lowest_id_in_either_order() {
     }
 }
 
-#[test]
-fn addressable_events_replace_per_identifier() {
-    let dir = TempDir::new("addressable");
-    let store = open(&dir);
+fn addressable_events_replace_per_identifier(backend: Backend) {
+    let Some(place) = Place::new(backend, "addressable") else {
+        return;
+    };
+    let store = place.open();
     let alice = keys(1);
     let a1 = event(&alice, 30617, 10, &[&["d", "a"]], "");
     let b1 = event(&alice, 30617, 11, &[&["d", "b"]], "");
@@ -562,10 +674,11 @@ fn addressable_events_replace_per_identifier() {
     );
 }
 
-#[test]
-fn deletion_by_id_removes_only_the_authors_events_and_sticks() {
-    let dir = TempDir::new("delete-id");
-    let store = open(&dir);
+fn deletion_by_id_removes_only_the_authors_events_and_sticks(backend: Backend) {
+    let Some(place) = Place::new(backend, "delete-id") else {
+        return;
+    };
+    let store = place.open();
     let (alice, bob) = (keys(1), keys(2));
     let mine = event(&alice, 1621, 10, &[], "mine");
     let theirs = event(&bob, 1621, 10, &[], "theirs");
@@ -594,10 +707,11 @@ fn deletion_by_id_removes_only_the_authors_events_and_sticks() {
     assert_eq!(store.insert(&later).unwrap(), InsertOutcome::Deleted);
 }
 
-#[test]
-fn a_stored_deletion_marks_its_waiting_targets_deleted() {
-    let dir = TempDir::new("deleted-waiting");
-    let store = open(&dir);
+fn a_stored_deletion_marks_its_waiting_targets_deleted(backend: Backend) {
+    let Some(place) = Place::new(backend, "deleted-waiting") else {
+        return;
+    };
+    let store = place.open();
     let alice = keys(1);
     let pr = event(&alice, 1618, 10, &[], "pr");
     let state = event(&alice, 30618, 10, &[&["d", "r"]], "");
@@ -632,10 +746,11 @@ fn a_stored_deletion_marks_its_waiting_targets_deleted() {
     assert!(!store.is_deleted(&other).unwrap());
 }
 
-#[test]
-fn deletion_by_coordinate_removes_versions_up_to_its_time() {
-    let dir = TempDir::new("delete-a");
-    let store = open(&dir);
+fn deletion_by_coordinate_removes_versions_up_to_its_time(backend: Backend) {
+    let Some(place) = Place::new(backend, "delete-a") else {
+        return;
+    };
+    let store = place.open();
     let alice = keys(1);
     let announcement = event(&alice, 30617, 10, &[&["d", "repo:x"]], "");
     store.insert(&announcement).unwrap();
@@ -711,10 +826,11 @@ fn referenced(store: &Store, events: &[&Event]) -> Vec<bool> {
         .collect()
 }
 
-#[test]
-fn ids_named_by_accepted_threads_are_remembered_until_served() {
-    let dir = TempDir::new("referenced");
-    let store = open(&dir);
+fn ids_named_by_accepted_threads_are_remembered_until_served(backend: Backend) {
+    let Some(place) = Place::new(backend, "referenced") else {
+        return;
+    };
+    let store = place.open();
     let [x, y, served, by_note] =
         [1, 2, 3, 4].map(|n| event(&keys(1), 1, n, &[], &format!("note {n}")));
     store.insert(&served).unwrap();
@@ -750,10 +866,11 @@ fn ids_named_by_accepted_threads_are_remembered_until_served() {
     );
 }
 
-#[test]
-fn the_referenced_index_forgets_the_oldest_beyond_its_capacity() {
-    let dir = TempDir::new("referenced-bound");
-    let store = open(&dir).with_reference_limits(ReferenceLimits {
+fn the_referenced_index_forgets_the_oldest_beyond_its_capacity(backend: Backend) {
+    let Some(place) = Place::new(backend, "referenced-bound") else {
+        return;
+    };
+    let store = place.open().with_reference_limits(ReferenceLimits {
         capacity: 3,
         per_event: 64,
     });
@@ -779,23 +896,24 @@ fn the_referenced_index_forgets_the_oldest_beyond_its_capacity() {
         }
     );
     // Only the first `per_event` reference tags of an event are remembered.
-    let narrow = open_again_with(store, &dir, 1);
+    let narrow = open_again_with(store, &place, 1);
     let [f, g] = [6, 7].map(|n| event(&keys(1), 1, n, &[], "named"));
     narrow.insert(&issue_naming(14, &[&f, &g])).unwrap();
     assert_eq!(referenced(&narrow, &[&f, &g]), [true, false]);
 }
 
-fn open_again_with(store: Store, dir: &TempDir, per_event: usize) -> Store {
+fn open_again_with(store: Store, place: &Place, per_event: usize) -> Store {
     drop(store);
-    open(dir).with_reference_limits(ReferenceLimits {
+    place.open().with_reference_limits(ReferenceLimits {
         capacity: 3,
         per_event,
     })
 }
 
-#[test]
-fn the_referenced_index_survives_a_restart_and_follows_releases() {
-    let dir = TempDir::new("referenced-reopen");
+fn the_referenced_index_survives_a_restart_and_follows_releases(backend: Backend) {
+    let Some(place) = Place::new(backend, "referenced-reopen") else {
+        return;
+    };
     let [x, y] = [1, 2].map(|n| event(&keys(1), 1, n, &[], "named"));
     let pr = event(
         &keys(9),
@@ -805,7 +923,7 @@ fn the_referenced_index_survives_a_restart_and_follows_releases() {
         "",
     );
     {
-        let store = open(&dir);
+        let store = place.open();
         store.insert(&issue_naming(10, &[&x])).unwrap();
         store
             .put_waiting(&WaitingEvent {
@@ -817,17 +935,18 @@ fn the_referenced_index_survives_a_restart_and_follows_releases() {
         // Waiting events vouch for nothing until they are served.
         assert_eq!(referenced(&store, &[&x, &y]), [true, false]);
     }
-    let store = open(&dir);
+    let store = place.open();
     assert_eq!(store.reference_stats().entries, 1);
     assert_eq!(referenced(&store, &[&x]), [true]);
     store.release_waiting(&pr.id).unwrap().unwrap();
     assert_eq!(referenced(&store, &[&x, &y]), [true, true]);
 }
 
-#[test]
-fn ids_then_chunks_give_the_query_answer_in_bounded_pieces() {
-    let dir = TempDir::new("chunks");
-    let store = open(&dir);
+fn ids_then_chunks_give_the_query_answer_in_bounded_pieces(backend: Backend) {
+    let Some(place) = Place::new(backend, "chunks") else {
+        return;
+    };
+    let store = place.open();
     let author = keys(1);
     let events: Vec<Event> = (0..5)
         .map(|n| event(&author, 1621, 100 + n, &[], &"x".repeat(1000)))
@@ -862,10 +981,11 @@ fn ids_then_chunks_give_the_query_answer_in_bounded_pieces() {
 
 /// NIP-77's items are what a REQ with the same filter would serve, as `(created_at, id)`:
 /// never a waiting event, and at most `cap` per filter.
-#[test]
-fn reconciliation_items_are_the_served_answer() {
-    let dir = TempDir::new("items");
-    let store = open(&dir);
+fn reconciliation_items_are_the_served_answer(backend: Backend) {
+    let Some(place) = Place::new(backend, "items") else {
+        return;
+    };
+    let store = place.open();
     let alice = keys(1);
     let served: Vec<Event> = (0..3)
         .map(|n| event(&alice, 1621, 100 + n, &[&["t", "x"]], "served"))
@@ -894,4 +1014,72 @@ fn reconciliation_items_are_the_served_answer() {
     assert_eq!(items, expected);
     assert_eq!(items.len(), 3);
     assert_eq!(store.query_items(&[filter], 2, &|_| true).unwrap().len(), 2);
+}
+
+/// PostgreSQL alone: a write the database refuses is an error (nothing half-written, the
+/// caller answers `error:`), and the store works again once the database does.
+#[test]
+fn a_database_failure_is_an_error_and_the_store_recovers() {
+    let Some(place) = Place::new(Backend::Postgres, "db-failure") else {
+        return;
+    };
+    let store = place.open();
+    let url = place.database.as_deref().expect("a database");
+    let mut admin = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    let before = event(&keys(1), 1, 10, &[&["t", "x"]], "before");
+    assert_eq!(store.insert(&before).unwrap(), stored());
+
+    admin
+        .batch_execute("ALTER TABLE events RENAME TO events_away")
+        .unwrap();
+    let refused = event(&keys(1), 1, 20, &[&["t", "x"]], "refused");
+    let error = store.insert(&refused).unwrap_err();
+    assert!(matches!(error, StoreError::Io { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("postgres://graspd@"),
+        "names the database: {error}"
+    );
+    assert!(store.query(&[Filter::new()], 10).is_err());
+
+    admin
+        .batch_execute("ALTER TABLE events_away RENAME TO events")
+        .unwrap();
+    assert_eq!(
+        ids(&store.query(&[Filter::new()], 10).unwrap()),
+        [before.id]
+    );
+    assert_eq!(store.insert(&refused).unwrap(), stored());
+}
+
+/// PostgreSQL alone: a schema migrated by a newer graspd is refused, and left as it is.
+#[test]
+fn a_newer_database_schema_is_refused_untouched() {
+    let Some(place) = Place::new(Backend::Postgres, "db-newer") else {
+        return;
+    };
+    drop(place.open());
+    let url = place.database.as_deref().expect("a database");
+    let mut admin = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    let newer = pg::MIGRATIONS.len() as i32 + 1;
+    admin
+        .execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&newer],
+        )
+        .unwrap();
+    let error = Store::open_postgres(&PgSettings {
+        url: url.to_owned(),
+        connections: 1,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(error, StoreError::NewerSchema { found, .. } if found == newer as u64),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("newer graspd"), "{error}");
+    let kept: i32 = admin
+        .query_one("SELECT max(version) FROM schema_version", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, newer);
 }

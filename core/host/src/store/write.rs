@@ -1,10 +1,11 @@
-//! Writes inside one transaction: serving an event (with its index entries), NIP-01
-//! replacement, NIP-09 deletion and tombstones.
+//! The redb tables opened for writing in one transaction, and the row operations the write
+//! rules (`rules.rs`) run on them.
 
-use nostr::prelude::{Event, EventId};
-use redb::{ReadableTable, Table, WriteTransaction};
+use nostr::prelude::Event;
+use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::references::{ReferenceChanges, ReferenceLimits};
+use super::rules::{self, Coordinate, Rows, Tombstones};
 use super::schema::*;
 use super::InsertOutcome;
 
@@ -54,34 +55,48 @@ impl<'txn> Tables<'txn> {
     }
 
     pub fn insert(&mut self, event: &Event) -> Result<InsertOutcome, redb::Error> {
-        let id = event.id.to_bytes();
-        if self.events.get(id)?.is_some() {
-            return Ok(InsertOutcome::Duplicate);
-        }
-        if self.is_tombstoned(event)? {
-            return Ok(InsertOutcome::Deleted);
-        }
-        let mut removed = Vec::new();
-        if let Some(d) = coordinate_identifier(event) {
-            let key = (event.kind.as_u16(), event.pubkey.to_bytes(), d.as_bytes());
-            let current = self.by_coordinate.get(key)?.map(|v| v.value());
-            if let Some(current_id) = current {
-                if let Some(current) = self.load(&current_id)? {
-                    if !supersedes(event, &current) {
-                        return Ok(InsertOutcome::Superseded { by: current.id });
-                    }
-                    self.remove_served(&current)?;
-                    removed.push(current.id);
-                }
-            }
-            self.by_coordinate.insert(key, id)?;
-        }
-        self.add_served(event)?;
-        self.index_references(event)?;
-        if event.kind.as_u16() == 5 {
-            removed.extend(self.apply_deletion(event)?);
-        }
-        Ok(InsertOutcome::Stored { removed })
+        rules::insert(self, event)
+    }
+}
+
+impl Tombstones for Tables<'_> {
+    type Error = redb::Error;
+
+    fn has_tombstone_id(&mut self, id: &Id, author: &Id) -> Result<bool, redb::Error> {
+        Ok(self.tombstone_ids.get((*id, *author))?.is_some())
+    }
+
+    fn tombstone_until(&mut self, key: Coordinate<'_>) -> Result<Option<u64>, redb::Error> {
+        Ok(self.tombstone_coordinates.get(key)?.map(|v| v.value()))
+    }
+}
+
+/// The tombstone tables of a read transaction.
+pub struct ReadTombstones<T, C>(pub T, pub C);
+
+impl<T, C> Tombstones for ReadTombstones<T, C>
+where
+    T: ReadableTable<(Id, Id), ()>,
+    C: ReadableTable<(u16, Id, &'static [u8]), u64>,
+{
+    type Error = redb::Error;
+
+    fn has_tombstone_id(&mut self, id: &Id, author: &Id) -> Result<bool, redb::Error> {
+        Ok(self.0.get((*id, *author))?.is_some())
+    }
+
+    fn tombstone_until(&mut self, key: Coordinate<'_>) -> Result<Option<u64>, redb::Error> {
+        Ok(self.1.get(key)?.map(|v| v.value()))
+    }
+}
+
+impl Rows for Tables<'_> {
+    fn load(&mut self, id: &Id) -> Result<Option<Event>, redb::Error> {
+        Tables::load(self, id)
+    }
+
+    fn is_served(&mut self, id: &Id) -> Result<bool, redb::Error> {
+        Ok(self.events.get(id)?.is_some())
     }
 
     fn add_served(&mut self, event: &Event) -> Result<(), redb::Error> {
@@ -98,8 +113,7 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Removes a served event and all its index entries.
-    pub fn remove_served(&mut self, event: &Event) -> Result<(), redb::Error> {
+    fn remove_served_rows(&mut self, event: &Event) -> Result<(), redb::Error> {
         let id = event.id.to_bytes();
         let at = event.created_at.as_secs();
         self.events.remove(id)?;
@@ -109,96 +123,81 @@ impl<'txn> Tables<'txn> {
         for (letter, value) in tag_keys(event) {
             self.by_tag.remove((letter, value, at, id))?;
         }
-        if let Some(d) = coordinate_identifier(event) {
-            let key = (event.kind.as_u16(), event.pubkey.to_bytes(), d.as_bytes());
-            let points_here = self.by_coordinate.get(key)?.map(|v| v.value()) == Some(id);
-            if points_here {
-                self.by_coordinate.remove(key)?;
-            }
-        }
         Ok(())
     }
 
-    /// NIP-09: removes the served events the deletion names that its author wrote, and
-    /// records tombstones so they are refused if they come back. Deletions of deletions do
-    /// nothing.
-    fn apply_deletion(&mut self, deletion: &Event) -> Result<Vec<EventId>, redb::Error> {
-        let author = deletion.pubkey.to_bytes();
-        let mut removed = Vec::new();
-        for tag in deletion.tags.iter() {
-            let Some(value) = tag.content() else { continue };
-            match tag.kind() {
-                "e" => {
-                    let Ok(target) = EventId::from_hex(value) else {
-                        continue;
-                    };
-                    self.tombstone_ids.insert((target.to_bytes(), author), ())?;
-                    if let Some(event) = self.load(&target.to_bytes())? {
-                        if event.pubkey == deletion.pubkey && event.kind.as_u16() != 5 {
-                            self.remove_served(&event)?;
-                            removed.push(event.id);
-                        }
-                    }
-                }
-                "a" => {
-                    let Some((kind, pubkey_hex, d)) = split_coordinate(value) else {
-                        continue;
-                    };
-                    if pubkey_hex != deletion.pubkey.to_hex() {
-                        continue;
-                    }
-                    let until = deletion.created_at.as_secs();
-                    let key = (kind, author, d.as_bytes());
-                    let previous = self.tombstone_coordinates.get(key)?.map(|v| v.value());
-                    if previous.is_none_or(|p| p < until) {
-                        self.tombstone_coordinates.insert(key, until)?;
-                    }
-                    let current = self.by_coordinate.get(key)?.map(|v| v.value());
-                    if let Some(current) = current {
-                        if let Some(event) = self.load(&current)? {
-                            if event.created_at.as_secs() <= until {
-                                self.remove_served(&event)?;
-                                removed.push(event.id);
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
+    fn coordinate(&mut self, key: Coordinate<'_>) -> Result<Option<Id>, redb::Error> {
+        Ok(self.by_coordinate.get(key)?.map(|v| v.value()))
+    }
+
+    fn set_coordinate(&mut self, key: Coordinate<'_>, id: &Id) -> Result<(), redb::Error> {
+        self.by_coordinate.insert(key, id)?;
+        Ok(())
+    }
+
+    fn remove_coordinate(&mut self, key: Coordinate<'_>) -> Result<(), redb::Error> {
+        self.by_coordinate.remove(key)?;
+        Ok(())
+    }
+
+    fn add_tombstone_id(&mut self, id: &Id, author: &Id) -> Result<(), redb::Error> {
+        self.tombstone_ids.insert((*id, *author), ())?;
+        Ok(())
+    }
+
+    fn set_tombstone_until(&mut self, key: Coordinate<'_>, until: u64) -> Result<(), redb::Error> {
+        self.tombstone_coordinates.insert(key, until)?;
+        Ok(())
+    }
+
+    fn forget_reference(&mut self, id: &Id) -> Result<bool, redb::Error> {
+        let Some(age) = self.referenced.remove(id)?.map(|v| v.value()) else {
+            return Ok(false);
+        };
+        self.referenced_by_age.remove(age)?;
+        Ok(true)
+    }
+
+    fn add_newest_reference(&mut self, id: &Id) -> Result<(), redb::Error> {
+        let age = match self.referenced_by_age.last()? {
+            Some((newest, _)) => newest.value() + 1,
+            None => 0,
+        };
+        self.referenced.insert(id, age)?;
+        self.referenced_by_age.insert(age, id)?;
+        Ok(())
+    }
+
+    fn evict_references(&mut self, capacity: usize) -> Result<u64, redb::Error> {
+        let mut evicted = 0;
+        while self.referenced.len()? > capacity as u64 {
+            let Some((_, id)) = self.referenced_by_age.pop_first()? else {
+                break;
+            };
+            let id = id.value();
+            self.referenced.remove(id)?;
+            evicted += 1;
         }
-        Ok(removed)
+        Ok(evicted)
     }
 
-    fn is_tombstoned(&self, event: &Event) -> Result<bool, redb::Error> {
-        tombstoned(&self.tombstone_ids, &self.tombstone_coordinates, event)
+    fn reference_entries(&mut self) -> Result<u64, redb::Error> {
+        self.referenced.len().map_err(redb::Error::from)
     }
-}
 
-/// Whether a stored kind 5 deletion covers `event`: by id, or by coordinate for versions
-/// created at or before the deletion.
-pub fn tombstoned(
-    ids: &impl ReadableTable<(Id, Id), ()>,
-    coordinates: &impl ReadableTable<(u16, Id, &'static [u8]), u64>,
-    event: &Event,
-) -> Result<bool, redb::Error> {
-    let author = event.pubkey.to_bytes();
-    if ids.get((event.id.to_bytes(), author))?.is_some() {
-        return Ok(true);
+    fn reference_limits(&self) -> ReferenceLimits {
+        self.reference_limits
     }
-    if let Some(d) = coordinate_identifier(event) {
-        let key = (event.kind.as_u16(), author, d.as_bytes());
-        if let Some(until) = coordinates.get(key)? {
-            return Ok(event.created_at.as_secs() <= until.value());
-        }
-    }
-    Ok(false)
-}
 
-/// Splits `<kind>:<author hex>:<d>`; the `d` part may itself contain `:`.
-fn split_coordinate(value: &str) -> Option<(u16, &str, &str)> {
-    let mut parts = value.splitn(3, ':');
-    let kind = parts.next()?.parse().ok()?;
-    let pubkey = parts.next()?;
-    let d = parts.next().unwrap_or("");
-    Some((kind, pubkey, d))
+    fn reference_changes(&mut self) -> &mut ReferenceChanges {
+        &mut self.reference_changes
+    }
+
+    fn waiting_json(&mut self, id: &Id) -> Result<Option<Vec<u8>>, redb::Error> {
+        Ok(self.waiting.get(id)?.map(|entry| entry.value().2.to_vec()))
+    }
+
+    fn remove_waiting(&mut self, id: &Id) -> Result<bool, redb::Error> {
+        Ok(self.waiting.remove(id)?.is_some())
+    }
 }

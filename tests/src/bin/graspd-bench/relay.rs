@@ -27,7 +27,15 @@ pub fn throughput(server: &Server, events: &[Event], connections: usize) -> Publ
 pub fn bulk_load(server: &mut Server, events: &[Event]) {
     server.kill9();
     {
-        let store = Store::open_in(&server.data_dir).expect("open the bench store");
+        // The server's own store: PostgreSQL when the bench runs with GRASPD_DATABASE_URL.
+        let store = match std::env::var("GRASPD_DATABASE_URL") {
+            Ok(url) => Store::open_postgres(&graspd_host::store::PgSettings {
+                url,
+                connections: 1,
+            }),
+            Err(_) => Store::open_in(&server.data_dir),
+        }
+        .expect("open the bench store");
         for batch in events.chunks(5000) {
             let converted: Vec<nostr::event::Event> = batch
                 .iter()

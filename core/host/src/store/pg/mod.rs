@@ -1,0 +1,474 @@
+//! The store on PostgreSQL (`--database-url`): the same semantics as the redb store, in a
+//! database several graspd instances can share.
+//!
+//! Writes: each write transaction first takes one transaction-scoped advisory lock
+//! ([`schema::WRITE_LOCK`]), so writers are serialised across every instance as redb
+//! serialises them in one process, and the write rules (`../rules.rs`) see the rows they
+//! read unchanged until they commit. The hot writes share transactions through the same group
+//! commit as redb (`../group_commit.rs`). Reads run in a read-only repeatable-read
+//! transaction when they take more than one statement, so an answer is one snapshot.
+//!
+//! Connections come from a small bounded pool (`pool.rs`, `--database-connections`).
+
+mod pool;
+mod query;
+mod rows;
+mod schema;
+
+use std::cmp::Reverse;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nostr::prelude::{Event, EventId, Filter};
+use postgres::{GenericClient, IsolationLevel, Transaction};
+
+use super::group_commit::{GroupCommit, GroupCommitStats};
+use super::references::{ReferenceCounters, ReferenceLimits, ReferenceStats};
+use super::rules::{self, Rows};
+use super::schema::Id;
+use super::{
+    decode_waiting, DiskUsage, InsertOutcome, StoreError, Visible, WaitingEvent, WaitingPage,
+    DEFAULT_MAX_WRITES_PER_COMMIT,
+};
+use pool::Pool;
+use rows::{PgRows, PgTombstones};
+
+pub use schema::MIGRATIONS;
+
+/// Default of `--database-connections`.
+pub const DEFAULT_CONNECTIONS: usize = 8;
+
+/// Where the database is and how many connections to it at most.
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// A `postgres://` URL or `key=value` connection string.
+    pub url: String,
+    pub connections: usize,
+}
+
+/// The event store in a PostgreSQL database. See the module documentation.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Arc<Pool>,
+    /// The URL without its password: what logs and errors name.
+    label: Arc<PathBuf>,
+    reference_limits: ReferenceLimits,
+    reference_counters: Arc<ReferenceCounters>,
+    commits: Arc<GroupCommit<Job>>,
+}
+
+/// A write queued for a group commit.
+type Job = Box<dyn for<'t, 'c> Fn(&mut PgRows<'t, 'c>) -> Result<(), postgres::Error> + Send>;
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.label)
+            .finish()
+    }
+}
+
+/// `postgres://user@host:port/dbname` from a connection string, never with its password.
+pub fn redacted(config: &postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(n, host)| {
+            let host = match host {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match config.get_ports().get(n).or(config.get_ports().first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let dbname = config.get_dbname().unwrap_or("");
+    format!("postgres://{user}{}/{dbname}", hosts.join(","))
+}
+
+impl PgStore {
+    /// Connects, applies the schema's missing migrations, and checks the database is one this
+    /// graspd understands. A database that cannot be reached is
+    /// [`StoreError::Database`] naming the URL (without its password).
+    pub fn open(settings: &PgSettings) -> Result<PgStore, StoreError> {
+        let config: postgres::Config =
+            settings.url.parse().map_err(|error| StoreError::Database {
+                url: "the --database-url".into(),
+                detail: format!("it is not a PostgreSQL connection URL: {error}"),
+            })?;
+        let label = redacted(&config);
+        let mut config = config;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        let unusable = |detail: String| StoreError::Database {
+            url: label.clone(),
+            detail,
+        };
+        let pool = Pool::new(config, settings.connections);
+        let found = {
+            let mut client = pool.get().map_err(&unusable)?;
+            schema::migrate(&mut client).map_err(|e| unusable(e.to_string()))?
+        };
+        if let Err(found) = found {
+            return Err(StoreError::NewerSchema {
+                url: label,
+                found,
+                supported: MIGRATIONS.len() as u64,
+            });
+        }
+        let mut store = PgStore {
+            pool: Arc::new(pool),
+            label: Arc::new(PathBuf::from(&label)),
+            reference_limits: ReferenceLimits::default(),
+            reference_counters: Default::default(),
+            commits: Arc::new(GroupCommit::new(DEFAULT_MAX_WRITES_PER_COMMIT)),
+        };
+        let referenced = store.count("referenced")?;
+        store.reference_counters = Arc::new(ReferenceCounters::starting_with(referenced));
+        tracing::info!(database = %label, connections = settings.connections, "event store open");
+        Ok(store)
+    }
+
+    pub fn with_reference_limits(mut self, limits: ReferenceLimits) -> PgStore {
+        self.reference_limits = limits;
+        self
+    }
+
+    pub fn with_max_writes_per_commit(mut self, max: usize) -> PgStore {
+        self.commits = Arc::new(GroupCommit::new(max));
+        self
+    }
+
+    pub fn reference_limits(&self) -> ReferenceLimits {
+        self.reference_limits
+    }
+
+    pub fn reference_stats(&self) -> ReferenceStats {
+        self.reference_counters.stats()
+    }
+
+    /// The database's URL without its password.
+    pub fn path(&self) -> &Path {
+        &self.label
+    }
+
+    pub fn is_referenced(&self, id: &EventId) -> Result<bool, StoreError> {
+        self.read(|client| {
+            let row = client.query_opt(
+                "SELECT 1 FROM referenced WHERE id = $1",
+                &[&&id.to_bytes()[..]],
+            )?;
+            Ok(row.is_some())
+        })
+    }
+
+    pub fn insert(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
+        let event = event.clone();
+        self.write_grouped(move |rows| rules::insert(rows, &event))
+    }
+
+    pub fn insert_many(&self, events: &[Event]) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.write(|rows| events.iter().map(|e| rules::insert(rows, e)).collect())
+    }
+
+    pub fn release_waiting(
+        &self,
+        id: &EventId,
+    ) -> Result<Option<(Event, InsertOutcome)>, StoreError> {
+        let (id, label) = (*id, Arc::clone(&self.label));
+        self.write_grouped(move |rows| rules::release(rows, &id, &label))
+    }
+
+    pub fn remove(&self, id: &EventId) -> Result<bool, StoreError> {
+        self.write(|rows| match rows.load(&id.to_bytes())? {
+            Some(event) => {
+                rules::remove_served(rows, &event)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        })
+    }
+
+    pub fn put_waiting(&self, waiting: &WaitingEvent) -> Result<(), StoreError> {
+        let waiting = waiting.clone();
+        self.write_grouped(move |rows| rows.put_waiting(&waiting))
+    }
+
+    pub fn remove_waiting(&self, id: &EventId) -> Result<bool, StoreError> {
+        let id = id.to_bytes();
+        self.write_grouped(move |rows| rows.remove_waiting(&id))
+    }
+
+    pub fn is_deleted(&self, event: &Event) -> Result<bool, StoreError> {
+        self.read(|client| rules::tombstoned(&mut PgTombstones(client), event))
+    }
+
+    pub fn waiting_page(
+        &self,
+        after: Option<&EventId>,
+        max: usize,
+    ) -> Result<WaitingPage, StoreError> {
+        let after = after.map(|id| id.to_bytes().to_vec()).unwrap_or_default();
+        // One more than a page: whether the table goes on.
+        let fetch = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
+        let rows = self.read(|client| {
+            client.query(
+                "SELECT id, arrival, expires_at, json FROM waiting WHERE id > $1
+                 ORDER BY id LIMIT $2",
+                &[&after, &fetch],
+            )
+        })?;
+        let mut page = WaitingPage::default();
+        for (read, row) in rows.iter().enumerate() {
+            if read == max {
+                return Ok(page);
+            }
+            let (id, code, expires_at, json): (&[u8], i16, i64, &str) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if let Ok(id) = Id::try_from(id) {
+                page.resume_after = Some(EventId::from_byte_array(id));
+            }
+            let code = u8::try_from(code).unwrap_or(0);
+            page.events.extend(decode_waiting(
+                &self.label,
+                id,
+                code,
+                expires_at as u64,
+                json.as_bytes(),
+            ));
+        }
+        // The table ended within this page.
+        page.resume_after = None;
+        Ok(page)
+    }
+
+    pub fn get(&self, id: &EventId) -> Result<Option<Event>, StoreError> {
+        let id = id.to_bytes();
+        let json = self.read(|client| query::json_by_id(client, &[id]))?;
+        Ok(json
+            .get(&id)
+            .and_then(|text| super::query::decode(&id, text.as_bytes())))
+    }
+
+    pub fn query_visible(
+        &self,
+        filters: &[Filter],
+        cap: usize,
+        visible: Visible<'_>,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.snapshot(|txn| {
+            let ids: Vec<Id> = orders(txn, filters, cap, visible)?
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect();
+            let json = query::json_by_id(txn, &ids)?;
+            Ok(ids
+                .iter()
+                .filter_map(|id| super::query::decode(id, json.get(id)?.as_bytes()))
+                .collect())
+        })
+    }
+
+    pub fn query_ids_visible(
+        &self,
+        filters: &[Filter],
+        cap: usize,
+        visible: Visible<'_>,
+    ) -> Result<Vec<EventId>, StoreError> {
+        let found = self.snapshot(|txn| orders(txn, filters, cap, visible))?;
+        Ok(found
+            .into_iter()
+            .map(|(_, id)| EventId::from_byte_array(id))
+            .collect())
+    }
+
+    pub fn query_items(
+        &self,
+        filters: &[Filter],
+        cap: usize,
+        visible: Visible<'_>,
+    ) -> Result<Vec<(u64, EventId)>, StoreError> {
+        let found = self.snapshot(|txn| orders(txn, filters, cap, visible))?;
+        Ok(found
+            .into_iter()
+            .map(query::item)
+            .map(|(created_at, id)| (created_at, EventId::from_byte_array(id)))
+            .collect())
+    }
+
+    pub fn load_json(
+        &self,
+        ids: &[EventId],
+        max_bytes: usize,
+    ) -> Result<(Vec<String>, usize), StoreError> {
+        /// Ids read per round trip.
+        const WINDOW: usize = 64;
+        let ids: Vec<Id> = ids.iter().map(|id| id.to_bytes()).collect();
+        self.snapshot(|txn| {
+            let mut fetched = std::collections::HashMap::new();
+            let mut fetched_until = 0;
+            super::query::take_json(&ids, max_bytes, |n, id| {
+                if n >= fetched_until {
+                    fetched_until = (n + WINDOW).min(ids.len());
+                    fetched = query::json_by_id(txn, &ids[n..fetched_until])?;
+                }
+                Ok(fetched.remove(id))
+            })
+        })
+    }
+
+    pub fn served_count(&self) -> Result<u64, StoreError> {
+        self.count("events")
+    }
+
+    pub fn waiting_count(&self) -> Result<u64, StoreError> {
+        self.count("waiting")
+    }
+
+    /// The graspd tables' total size (with indexes and TOAST) as every figure: PostgreSQL
+    /// does not split it the way redb does.
+    pub fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
+        let bytes: i64 = self.read(|client| {
+            Ok(client
+                .query_one(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = current_schema() AND c.relkind = 'r'
+                       AND c.relname IN ('events', 'event_tags', 'coordinates', 'waiting',
+                           'tombstone_ids', 'tombstone_coordinates', 'referenced')",
+                    &[],
+                )?
+                .get(0))
+        })?;
+        let bytes = bytes as u64;
+        Ok(DiskUsage {
+            file_bytes: bytes,
+            allocated_bytes: bytes,
+            stored_bytes: bytes,
+            fragmented_bytes: 0,
+        })
+    }
+
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.commits.stats()
+    }
+
+    fn count(&self, table: &'static str) -> Result<u64, StoreError> {
+        let count: i64 = self.read(|client| {
+            Ok(client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+                .get(0))
+        })?;
+        Ok(count as u64)
+    }
+
+    /// One or more statements on a pooled connection, outside a transaction.
+    fn read<T>(
+        &self,
+        body: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut client = self.pool.get().map_err(|e| self.failure(e))?;
+        body(&mut client).map_err(|e| self.failure(e.to_string()))
+    }
+
+    /// Statements that must see one snapshot: a read-only repeatable-read transaction.
+    fn snapshot<T>(
+        &self,
+        body: impl FnOnce(&mut Transaction<'_>) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut client = self.pool.get().map_err(|e| self.failure(e))?;
+        let result = (|| {
+            let mut txn = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let out = body(&mut txn)?;
+            txn.commit()?;
+            Ok(out)
+        })();
+        result.map_err(|e: postgres::Error| self.failure(e.to_string()))
+    }
+
+    /// Runs `body` in one write transaction and commits it; on error nothing is written.
+    fn write<T>(
+        &self,
+        body: impl FnOnce(&mut PgRows<'_, '_>) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.transact(body).map_err(|detail| self.failure(detail))
+    }
+
+    /// Like [`PgStore::write`] for the hot writes: writes running at the same time share one
+    /// transaction, and each returns only after that transaction committed.
+    fn write_grouped<T: Send + 'static>(
+        &self,
+        body: impl Fn(&mut PgRows<'_, '_>) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.commits
+            .write_returning(
+                &|jobs| self.transact(|rows| jobs.iter().try_for_each(|job| job(rows))),
+                |keep| -> Job {
+                    Box::new(move |rows| {
+                        keep(body(rows)?);
+                        Ok(())
+                    })
+                },
+            )
+            .map_err(|detail| self.failure(detail))
+    }
+
+    /// `body` in a write transaction holding the write lock, committed; the index of
+    /// referenced ids' counters follow what it committed.
+    fn transact<T>(
+        &self,
+        body: impl FnOnce(&mut PgRows<'_, '_>) -> Result<T, postgres::Error>,
+    ) -> Result<T, String> {
+        let mut client = self.pool.get()?;
+        let result = (|| {
+            let mut txn = client.transaction()?;
+            txn.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::WRITE_LOCK])?;
+            let mut rows = PgRows {
+                txn: &mut txn,
+                reference_limits: self.reference_limits,
+                reference_changes: Default::default(),
+            };
+            let out = body(&mut rows)?;
+            let changes = std::mem::take(&mut rows.reference_changes);
+            txn.commit()?;
+            Ok((out, changes))
+        })();
+        let (out, changes) = result.map_err(|e: postgres::Error| e.to_string())?;
+        self.reference_counters
+            .apply(changes, &self.reference_limits, &self.label);
+        Ok(out)
+    }
+
+    fn failure(&self, detail: String) -> StoreError {
+        tracing::error!(database = %self.label.display(), error = %detail, "event store failure");
+        StoreError::Io {
+            path: self.label.as_ref().clone(),
+            detail,
+        }
+    }
+}
+
+/// A query's answer as order keys (`../query.rs`'s union over [`query::run_one`]).
+fn orders(
+    client: &mut impl GenericClient,
+    filters: &[Filter],
+    cap: usize,
+    visible: Visible<'_>,
+) -> Result<std::collections::BTreeSet<(Reverse<u64>, Id)>, postgres::Error> {
+    super::query::union(filters, cap, |filter, limit| {
+        query::run_one(client, filter, limit, visible)
+    })
+}

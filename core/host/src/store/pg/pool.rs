@@ -1,0 +1,134 @@
+//! A small bounded pool of PostgreSQL connections.
+//!
+//! At most `size` connections are open; a caller waits for one at most [`WAIT`]. A
+//! connection that broke (the server restarted, the network dropped) is dropped on return and
+//! a new one is made on the next demand, so the store recovers by itself once the database is
+//! back.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use postgres::{Client, Config, NoTls};
+
+/// The longest a caller waits with no connection coming free before its operation fails
+/// (the wait starts again whenever one is returned but taken by another caller).
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Pool {
+    config: Config,
+    size: usize,
+    state: Mutex<State>,
+    returned: Condvar,
+}
+
+struct State {
+    idle: Vec<Client>,
+    /// Connections handed out or idle.
+    open: usize,
+}
+
+impl Pool {
+    pub fn new(config: Config, size: usize) -> Pool {
+        Pool {
+            config,
+            size: size.max(1),
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            returned: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection: an idle one, a new one while fewer than `size` are open, else the next
+    /// one returned (failing after [`WAIT`] with none returned).
+    pub fn get(&self) -> Result<Pooled<'_>, String> {
+        let mut state = self.lock();
+        loop {
+            if let Some(client) = state.idle.pop() {
+                return Ok(Pooled {
+                    pool: self,
+                    client: Some(client),
+                });
+            }
+            if state.open < self.size {
+                state.open += 1;
+                drop(state);
+                return match self.config.connect(NoTls) {
+                    Ok(client) => Ok(Pooled {
+                        pool: self,
+                        client: Some(client),
+                    }),
+                    Err(error) => {
+                        self.lock().open -= 1;
+                        self.returned.notify_one();
+                        Err(format!("cannot connect: {}", with_causes(&error)))
+                    }
+                };
+            }
+            let (next, waited) = self
+                .returned
+                .wait_timeout(state, WAIT)
+                .unwrap_or_else(|e| e.into_inner());
+            state = next;
+            if waited.timed_out() && state.idle.is_empty() && state.open >= self.size {
+                return Err(format!(
+                    "no database connection came free within {}s (all {} in use)",
+                    WAIT.as_secs(),
+                    self.size
+                ));
+            }
+        }
+    }
+}
+
+/// A connection lent by the pool; it goes back when dropped.
+pub struct Pooled<'a> {
+    pool: &'a Pool,
+    client: Option<Client>,
+}
+
+impl Deref for Pooled<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until dropped")
+    }
+}
+
+impl DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let mut state = self.pool.lock();
+        if client.is_closed() {
+            state.open -= 1;
+        } else {
+            state.idle.push(client);
+        }
+        drop(state);
+        self.pool.returned.notify_one();
+    }
+}
+
+/// An error with its causes (`error connecting to server: Connection refused (os error 111)`).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(&format!(": {next}"));
+        cause = next.source();
+    }
+    text
+}
