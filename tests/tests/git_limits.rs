@@ -541,11 +541,18 @@ fn objects_of_an_expired_placeholder_are_pruned(flavor: Flavor) {
         "the expired placeholder's blob stayed"
     );
     assert_eq!(ref_of(&url, &placeholder), None);
-    assert!(
+    // The run is counted once git gc has exited and the objects were counted again.
+    let counted = graspd_tests::nostr::eventually(SOON, || {
         server
             .metric(r#"graspd_prune_runs_total{outcome="done"}"#)
-            .is_some_and(|n| n >= 1.0),
-        "no prune counted\n{}",
+            .is_some_and(|n| n >= 1.0)
+    });
+    assert!(counted, "no prune counted\n{}", server.log());
+    // The side commit, its tree and the blob.
+    let removed = server.metric("graspd_prune_objects_removed_total");
+    assert!(
+        removed.is_some_and(|n| n >= 3.0),
+        "objects removed by the prune: {removed:?}\n{}",
         server.log()
     );
     assert!(has_object(&bare, &main));

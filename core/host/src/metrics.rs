@@ -103,6 +103,7 @@ pub struct Metrics {
     follow_admitted_late: Family<WhatLabel, Counter>,
     refusals: Family<LimitLabel, Counter>,
     prune_runs: Family<OutcomeLabel, Counter>,
+    prune_objects_removed: Counter,
     websockets_open: Gauge,
     negentropy_opened: Counter<u64, AtomicU64>,
     referenced_ids: Gauge,
@@ -286,6 +287,13 @@ impl Metrics {
              outcome (done, failed, timed_out)",
             prune_runs.clone(),
         );
+        let prune_objects_removed = Counter::default();
+        registry.register(
+            "prune_objects_removed",
+            "Objects those git gc runs removed (unreachable ones, and duplicate copies of kept \
+             ones)",
+            prune_objects_removed.clone(),
+        );
         let negentropy_opened = Counter::default();
         registry.register(
             "negentropy_opened",
@@ -330,6 +338,7 @@ impl Metrics {
             store_grouped_writes,
             refusals,
             prune_runs,
+            prune_objects_removed,
             websockets_open,
             negentropy_opened,
             referenced_ids,
@@ -416,6 +425,7 @@ impl Metrics {
                 total,
             );
         }
+        catch_up(&self.prune_objects_removed, counts.objects_removed);
     }
 
     /// Counts one reload of the policy file: taken (`ok`) or refused (`rejected`).

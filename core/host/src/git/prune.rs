@@ -60,6 +60,8 @@ pub struct PruneCounts {
     pub done: u64,
     pub failed: u64,
     pub timed_out: u64,
+    /// Objects the finished runs removed (duplicate copies of one object included).
+    pub objects_removed: u64,
 }
 
 /// The prune queue of one server; see the module documentation.
@@ -70,6 +72,7 @@ pub struct Pruner {
     done: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
+    objects_removed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +98,7 @@ impl Pruner {
             done: self.done.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
+            objects_removed: self.objects_removed.load(Ordering::Relaxed),
         }
     }
 
@@ -181,6 +185,7 @@ impl Pruner {
             }
         };
         let path = git.repo_path(repo);
+        let before = object_count(git, &path).await;
         let mut command = process::git(Some(&path));
         // Objects only: git's automatic gc stays off and refs are left as they are.
         command.args([
@@ -217,9 +222,16 @@ impl Pruner {
             }
             Ok(out) if out.success() => {
                 self.done.fetch_add(1, Ordering::Relaxed);
+                // gc also packs what is loose and drops duplicate copies; those count too.
+                let removed = match (before, object_count(git, &path).await) {
+                    (Some(before), Some(after)) => before.saturating_sub(after),
+                    _ => 0,
+                };
+                self.objects_removed.fetch_add(removed, Ordering::Relaxed);
                 tracing::info!(
                     %repo,
                     older_than_secs = self.limits.expire.as_secs(),
+                    objects_removed = removed,
                     "pruned the unreachable objects an ended placeholder left"
                 );
             }
@@ -235,6 +247,44 @@ impl Pruner {
     }
 }
 
+/// Objects the repository at `path` holds, loose and packed (`git count-objects -v`); `None`
+/// if git could not tell.
+async fn object_count(git: &Git, path: &std::path::Path) -> Option<u64> {
+    let mut command = process::git(Some(path));
+    command.args(["count-objects", "-v"]);
+    let deadline = git.runtime().now() + Duration::from_secs(60);
+    let out = process::run(&**git.runtime(), command, &b""[..], Some(deadline), OUTPUT_CAP)
+        .await
+        .ok()
+        .filter(|out| out.success())?;
+    parse_object_count(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `count` (loose) plus `in-pack` of `git count-objects -v` output.
+fn parse_object_count(output: &str) -> Option<u64> {
+    let field = |name: &str| {
+        output
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+    };
+    Some(field("count")? + field("in-pack")?)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_object_count;
+
+    #[test]
+    fn object_count_adds_loose_and_packed() {
+        let output = "count: 3\nsize: 12\nin-pack: 40\npacks: 1\nsize-pack: 9\n\
+                      prune-packable: 0\ngarbage: 0\nsize-garbage: 0\n";
+        assert_eq!(parse_object_count(output), Some(43));
+        assert_eq!(parse_object_count("count: 3\n"), None);
+        assert_eq!(parse_object_count(""), None);
+    }
 }
