@@ -641,7 +641,10 @@ fn upload_pack_runs_at_lower_priority(flavor: Flavor) {
 
 /// Whether `oid` is a loose object of the bare repository at `bare`.
 fn is_loose(bare: &std::path::Path, oid: &str) -> bool {
-    bare.join("objects").join(&oid[..2]).join(&oid[2..]).exists()
+    bare.join("objects")
+        .join(&oid[..2])
+        .join(&oid[2..])
+        .exists()
 }
 
 /// A large push keeps its pack (clones copy its objects as they are, instead of compressing
@@ -665,12 +668,21 @@ fn a_large_push_is_kept_as_a_pack(flavor: Flavor) {
     }
     let big_commit = work.commit("big.txt", &content);
     let big = work.rev("HEAD:big.txt");
-    let st = state(&keys(1), "demo", &[("refs/heads/main", &big_commit)], Some("main"), 1);
+    let st = state(
+        &keys(1),
+        "demo",
+        &[("refs/heads/main", &big_commit)],
+        Some("main"),
+        1,
+    );
     assert!(relay.publish(&st).accepted);
     work.git(&["push", "-q", &url, "main"]);
     assert_eq!(ref_of(&url, "refs/heads/main"), Some(big_commit));
     assert!(has_object(&bare, &big), "the pushed blob is stored");
-    assert!(!is_loose(&bare, &big), "the large push's blob was unpacked into a loose object");
+    assert!(
+        !is_loose(&bare, &big),
+        "the large push's blob was unpacked into a loose object"
+    );
 }
 
 both_runtimes!(

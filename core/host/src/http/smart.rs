@@ -481,10 +481,13 @@ async fn receive_pack(
     };
     let timeout = site.git.limits().process_timeout;
     let deadline = runtime.now() + timeout;
-    let out = match git_smart::receive_pack(&**runtime, &path, protocol, input, spooled.len(), deadline).await {
-        Ok(out) => out,
-        Err(e) => return git_failure("running git receive-pack failed", e),
-    };
+    let out =
+        match git_smart::receive_pack(&**runtime, &path, protocol, input, spooled.len(), deadline)
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return git_failure("running git receive-pack failed", e),
+        };
     if out.timed_out() {
         drop(guard);
         site.git.refuse(

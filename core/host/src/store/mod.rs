@@ -45,10 +45,12 @@ mod write;
 mod tests;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use nostr::prelude::{Event, EventId, Filter};
 
 pub use error::StoreError;
+use group_commit::GroupCommit;
 pub use group_commit::GroupCommitStats;
 pub use pg::{PgSettings, PgStore};
 pub use query::Visible;
@@ -219,29 +221,25 @@ impl Store {
     /// The store with other bounds for the index of referenced ids (defaults:
     /// [`ReferenceLimits::default`]). A smaller capacity than the index holds takes effect at
     /// the next write that touches it.
-    pub fn with_reference_limits(self, limits: ReferenceLimits) -> Store {
-        match self {
-            Store::Redb(s) => Store::Redb(s.with_reference_limits(limits)),
-            Store::Postgres(s) => Store::Postgres(s.with_reference_limits(limits)),
-        }
+    pub fn with_reference_limits(mut self, limits: ReferenceLimits) -> Store {
+        on_backend!(&mut self, s => s.reference_limits = limits);
+        self
     }
 
     /// The store with another bound on writes sharing one commit (1: each its own). Call it
     /// before the first write.
-    pub fn with_max_writes_per_commit(self, max: usize) -> Store {
-        match self {
-            Store::Redb(s) => Store::Redb(s.with_max_writes_per_commit(max)),
-            Store::Postgres(s) => Store::Postgres(s.with_max_writes_per_commit(max)),
-        }
+    pub fn with_max_writes_per_commit(mut self, max: usize) -> Store {
+        on_backend!(&mut self, s => s.commits = Arc::new(GroupCommit::new(max)));
+        self
     }
 
     pub fn reference_limits(&self) -> ReferenceLimits {
-        on_backend!(self, s => s.reference_limits())
+        on_backend!(self, s => s.reference_limits)
     }
 
     /// The index of referenced ids: its size and evictions, for metrics.
     pub fn reference_stats(&self) -> ReferenceStats {
-        on_backend!(self, s => s.reference_stats())
+        on_backend!(self, s => s.reference_counters.stats())
     }
 
     /// Whether an accepted issue, patch, PR or comment names `id` and it is not served yet:

@@ -8,7 +8,7 @@ use nostr::prelude::{Event, EventId, Filter};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableError};
 
 use super::group_commit::{GroupCommit, GroupCommitStats};
-use super::references::{self, ReferenceLimits, ReferenceStats};
+use super::references::{self, ReferenceLimits};
 use super::rules::{self, Rows};
 use super::schema::*;
 use super::{
@@ -30,9 +30,9 @@ pub const DEFAULT_CACHE_MIB: usize = 16;
 pub struct RedbStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
-    reference_limits: ReferenceLimits,
-    reference_counters: Arc<references::ReferenceCounters>,
-    commits: Arc<GroupCommit<Job>>,
+    pub(super) reference_limits: ReferenceLimits,
+    pub(super) reference_counters: Arc<references::ReferenceCounters>,
+    pub(super) commits: Arc<GroupCommit<Job>>,
 }
 
 /// A write queued for a group commit (see [`group_commit`]).
@@ -110,30 +110,6 @@ impl RedbStore {
         RedbStore::on_database(db, label)
     }
 
-    /// The store with other bounds for the index of referenced ids (defaults:
-    /// [`ReferenceLimits::default`]). A smaller capacity than the index holds takes effect at
-    /// the next write that touches it.
-    pub fn with_reference_limits(mut self, limits: ReferenceLimits) -> RedbStore {
-        self.reference_limits = limits;
-        self
-    }
-
-    /// The store with another bound on writes sharing one commit (1: each its own). Call it
-    /// before the first write.
-    pub fn with_max_writes_per_commit(mut self, max: usize) -> RedbStore {
-        self.commits = Arc::new(GroupCommit::new(max));
-        self
-    }
-
-    pub fn reference_limits(&self) -> ReferenceLimits {
-        self.reference_limits
-    }
-
-    /// The index of referenced ids: its size and evictions, for metrics.
-    pub fn reference_stats(&self) -> ReferenceStats {
-        self.reference_counters.stats()
-    }
-
     /// Whether an accepted issue, patch, PR or comment names `id` and it is not served yet:
     /// such an event is accepted when it arrives (GRASP-01 "tagged by").
     pub fn is_referenced(&self, id: &EventId) -> Result<bool, StoreError> {
@@ -178,13 +154,7 @@ impl RedbStore {
     /// Removes a served event (for example on an operator's request). Returns whether it was
     /// there. Kind 5 deletions go through [`Store::insert`] instead.
     pub fn remove(&self, id: &EventId) -> Result<bool, StoreError> {
-        self.write(|tables| match tables.load(&id.to_bytes())? {
-            Some(event) => {
-                rules::remove_served(tables, &event)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        })
+        self.write(|tables| rules::remove_by_id(tables, id))
     }
 
     /// Puts (or replaces) an event in purgatory.

@@ -102,6 +102,18 @@ pub fn remove_served<R: Rows>(rows: &mut R, event: &Event) -> Result<(), R::Erro
     Ok(())
 }
 
+/// Removes the served event `id` (an operator's removal, not a deletion); whether it was
+/// served.
+pub fn remove_by_id<R: Rows>(rows: &mut R, id: &EventId) -> Result<bool, R::Error> {
+    match rows.load(&id.to_bytes())? {
+        Some(event) => {
+            remove_served(rows, &event)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// Moves a waiting event to the served ones; `None` when purgatory does not hold it (or its
 /// entry cannot be decoded: logged, and left in place for the operator).
 pub fn release<R: Rows>(

@@ -23,7 +23,7 @@ use nostr::prelude::{Event, EventId, Filter};
 use postgres::{GenericClient, IsolationLevel, Transaction};
 
 use super::group_commit::{GroupCommit, GroupCommitStats};
-use super::references::{ReferenceCounters, ReferenceLimits, ReferenceStats};
+use super::references::{ReferenceCounters, ReferenceLimits};
 use super::rules::{self, Rows};
 use super::schema::Id;
 use super::{
@@ -52,9 +52,9 @@ pub struct PgStore {
     pool: Arc<Pool>,
     /// The URL without its password: what logs and errors name.
     label: Arc<PathBuf>,
-    reference_limits: ReferenceLimits,
-    reference_counters: Arc<ReferenceCounters>,
-    commits: Arc<GroupCommit<Job>>,
+    pub(super) reference_limits: ReferenceLimits,
+    pub(super) reference_counters: Arc<ReferenceCounters>,
+    pub(super) commits: Arc<GroupCommit<Job>>,
 }
 
 /// A write queued for a group commit.
@@ -138,24 +138,6 @@ impl PgStore {
         Ok(store)
     }
 
-    pub fn with_reference_limits(mut self, limits: ReferenceLimits) -> PgStore {
-        self.reference_limits = limits;
-        self
-    }
-
-    pub fn with_max_writes_per_commit(mut self, max: usize) -> PgStore {
-        self.commits = Arc::new(GroupCommit::new(max));
-        self
-    }
-
-    pub fn reference_limits(&self) -> ReferenceLimits {
-        self.reference_limits
-    }
-
-    pub fn reference_stats(&self) -> ReferenceStats {
-        self.reference_counters.stats()
-    }
-
     /// The database's URL without its password.
     pub fn path(&self) -> &Path {
         &self.label
@@ -189,13 +171,7 @@ impl PgStore {
     }
 
     pub fn remove(&self, id: &EventId) -> Result<bool, StoreError> {
-        self.write(|rows| match rows.load(&id.to_bytes())? {
-            Some(event) => {
-                rules::remove_served(rows, &event)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        })
+        self.write(|rows| rules::remove_by_id(rows, id))
     }
 
     pub fn put_waiting(&self, waiting: &WaitingEvent) -> Result<(), StoreError> {
