@@ -102,9 +102,13 @@ fn stalled_push_does_not_block_the_repository(flavor: Flavor) {
         "the stalled push was never ended"
     );
     assert_eq!(ref_of(&url, &stalled_push_ref()), None);
-    assert_eq!(
-        server.metric(r#"graspd_refusals_total{limit="git_body_timeout"}"#),
-        Some(1.0)
+    let metric = r#"graspd_refusals_total{limit="git_body_timeout"}"#;
+    let counted = graspd_tests::nostr::eventually(SOON, || server.metric(metric) == Some(1.0));
+    assert!(
+        counted,
+        "the stalled push was not ended by the body timeout: {metric} = {:?}\n{}",
+        server.metric(metric),
+        server.log()
     );
 }
 

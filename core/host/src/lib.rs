@@ -105,6 +105,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         relay_info,
         relay_limits,
         refusals: Arc::clone(&refusals),
+        store_writers: config.max_writes_per_commit,
     };
     let follower = follow::FollowerHandle::new(
         Arc::clone(&runtime),

@@ -396,6 +396,7 @@ fn engine_settings(config: &Config) -> Settings {
         relay_limits: RelayLimits::default(),
         relay_info: Default::default(),
         refusals: Arc::default(),
+        store_writers: graspd_host::store::DEFAULT_MAX_WRITES_PER_COMMIT,
     }
 }
 

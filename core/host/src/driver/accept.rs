@@ -193,7 +193,10 @@ impl Node {
         let node = Arc::clone(self);
         self.runtime.spawn(Box::pin(async move {
             let store = node.store.clone();
-            let written = match unblock(&*node.runtime, move || write(&store)).await {
+            let slot = node.writers.acquire().await;
+            let written = unblock(&*node.runtime, move || write(&store)).await;
+            drop(slot);
+            let written = match written {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(error)) => Err(error.to_string()),
                 Err(error) => Err(error.to_string()),
@@ -216,6 +219,7 @@ impl Node {
         let store = self.store.clone();
         let stored = event.clone();
         let policy = self.policy();
+        let _slot = self.writers.acquire().await;
         let decided = unblock(&*self.runtime, move || {
             let max_references = store.reference_limits().per_event;
             let view = StoreView {

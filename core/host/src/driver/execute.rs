@@ -177,8 +177,10 @@ impl Node {
         let mut delay = RELEASE_RETRY_FIRST;
         loop {
             let store = self.store.clone();
-            let released = unblock(&*self.runtime, move || store.release_waiting(&id))
-                .await
+            let slot = self.writers.acquire().await;
+            let released = unblock(&*self.runtime, move || store.release_waiting(&id)).await;
+            drop(slot);
+            let released = released
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));
             match released {

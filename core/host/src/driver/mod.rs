@@ -10,6 +10,7 @@ mod accept;
 mod execute;
 mod handlers;
 mod reload;
+mod write_slots;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +46,8 @@ pub struct Settings {
     /// The NIP-11 document's fixed parts; whether an allow list is set comes from the
     /// current policy at each request.
     pub relay_info: crate::nip11::RelayInfo,
+    /// Store writes running at once (see [`write_slots`]); `--max-writes-per-commit`.
+    pub store_writers: usize,
 }
 
 /// One running graspd: engine, store, repositories, live subscribers.
@@ -63,6 +66,8 @@ pub struct Node {
     follower: FollowerHandle,
     /// EVENT rate per client address, over all its connections.
     address_rates: crate::event_rate::AddressRates,
+    /// Store writes running at once.
+    writers: write_slots::WriteSlots,
 }
 
 /// A span per command, so every log line of its execution names the command and repository.
@@ -130,6 +135,7 @@ impl Node {
         let (wake, woken) = async_channel::bounded(1);
         let address_rates =
             crate::event_rate::AddressRates::new(settings.relay_limits.events_per_address);
+        let settings_writers = settings.store_writers;
         let node = Arc::new(Node {
             engine: Mutex::new(Engine::new(engine)),
             clock: Clock::new(Arc::clone(&runtime)),
@@ -141,6 +147,7 @@ impl Node {
             wake,
             woken,
             address_rates,
+            writers: write_slots::WriteSlots::new(settings_writers),
             runtime,
             follower,
         });
