@@ -236,16 +236,10 @@ impl RedbStore {
         result.map_err(|e| self.io(e))
     }
 
-    /// Served events matching any of `filters`, newest first (ties: lower id first), without
-    /// duplicates. Each filter returns at most `min(filter.limit, cap)` events (`cap` when it
-    /// has no limit). NIP-50 `search` is ignored. Each filter reads its most selective index:
-    /// `ids`, else one tag (the one with fewest values), else `authors`, else `kinds`, else time.
-    pub fn query(&self, filters: &[Filter], cap: usize) -> Result<Vec<Event>, StoreError> {
-        self.query_visible(filters, cap, &|_| true)
-    }
-
     /// [`Store::query`] over only the events `visible` lets through (what clients may be
-    /// served now); the others do not count toward a filter's limit.
+    /// served now); the others do not count toward a filter's limit. Each filter reads its
+    /// most selective index: `ids`, else one tag (the one with fewest values), else `authors`,
+    /// else `kinds`, else time.
     pub fn query_visible(
         &self,
         filters: &[Filter],
