@@ -219,7 +219,7 @@ impl Node {
         let store = self.store.clone();
         let stored = event.clone();
         let policy = self.policy();
-        let _slot = self.writers.acquire().await;
+        let slot = self.writers.acquire().await;
         let decided = unblock(&*self.runtime, move || {
             let max_references = store.reference_limits().per_event;
             let view = StoreView {
@@ -230,6 +230,7 @@ impl Node {
             related::accept_related(&stored, &view, max_references).map(|()| store.insert(&stored))
         })
         .await;
+        drop(slot);
         match decided {
             Ok(Ok(Ok(outcome))) => self.served(event, outcome),
             Ok(Ok(Err(error))) => persist_failed(&error),
