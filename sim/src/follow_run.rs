@@ -6,18 +6,30 @@
 //! the synced engine takes is offered to a second engine, fed the same accepted events, as
 //! `Arrival::Published`: the published path must take it too. Invariants are checked after
 //! every step; liveness after the heal.
+//!
+//! Each connection's histories are read by the host's own sans-IO session
+//! (`graspd_host::follow::ConnectionSession`): NIP-77 negentropy first, paged REQ when the
+//! relay cannot reconcile. The simulated relays answer its frames, honestly or not; the
+//! session's bounds (messages per exchange, frame size, ids asked for, how long an
+//! unanswered exchange stays open) are checked on every frame.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use graspd_core::events::{self, verify_signature};
+use graspd_core::follow::reconcile::NegentropySupport;
 use graspd_core::follow::{
     relay_url, Command, ConnectionId, FollowConfig, Input, RelayFollower, SubKey, Subscription,
 };
 use graspd_core::{Arrival, Config, Engine, EventId, PublicKey, RepoKey, Time, Verdict};
+use graspd_host::follow::{ConnectionSession, HistoryMarks, Output};
+use graspd_host::relay::negentropy::negentropy_over;
+use negentropy::{Negentropy, NegentropyStorageVector};
 use nostr::event::Event;
+use serde_json::{json, Value};
 
-use crate::relays::{own_service, Behaviour, RelayWorld};
+use crate::relay_wire::{self, matches, matches_filter};
+use crate::relays::{own_service, Abort, Behaviour, Nip77, RelayWorld, EPOCH_SECS};
 use crate::runner::FailureKind;
 use crate::trace;
 use crate::trace::{Trace, TraceMode};
@@ -28,12 +40,20 @@ const MAX_STEPS: u64 = 200_000;
 /// Event ids the host remembers per run for the "accepted twice" check (bounded like the
 /// host's recent-id cache; worlds hold far fewer).
 const MAX_REMEMBERED: usize = 10_000;
+/// Largest frame a relay commonly takes (128 KiB); negentropy frames must fit.
+const MAX_FRAME_CHARS: usize = 128 * 1024;
+/// Largest negentropy message the simulated relays send (the protocol's smallest), so that
+/// exchanges take several rounds.
+const RELAY_FRAME_BYTES: u64 = 4096;
 
-/// What the simulated host does with relay events (`SkipVerify` proves the checks bite).
+/// What the simulated host does with relay events (`SkipVerify` proves the checks bite;
+/// `UnboundedRounds` lifts the session's bound on messages per exchange, which a relay that
+/// never agrees must then be caught holding open).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum HostChecks {
     Verify,
     SkipVerify,
+    UnboundedRounds,
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +84,15 @@ pub struct RelayStats {
     /// Refused relays and values admitted later, when room freed.
     pub relays_admitted_late: u64,
     pub values_admitted_late: u64,
+    /// NIP-77: exchanges opened, completed (the session said it worked), given up for the
+    /// paged REQ (the relay blamed), histories read by REQ pages, events fetched by id.
+    pub neg_opened: u64,
+    pub neg_worked: u64,
+    pub neg_fallbacks: u64,
+    pub pages: u64,
+    pub fetched_by_id: u64,
+    /// Genuine events the relays hold that arrived (verified) at least once.
+    pub arrived: u64,
 }
 
 #[derive(Debug)]
@@ -81,30 +110,58 @@ enum Action {
     Publish(usize),
     Remove(usize),
     Handshake(ConnectionId),
-    /// The relay sends `events` (indices into the world's held events; `forged` picks a lie)
-    /// then EOSE for `eose`.
-    Send {
+    /// A text frame from the relay reaches the connection.
+    Frame {
         id: ConnectionId,
-        event: Wire,
+        text: String,
     },
-    Eose(ConnectionId, SubKey),
     RelayCloses(ConnectionId),
     Replay(ConnectionId),
+    /// Every fault stops; relays that misbehaved restart (their connections close).
+    Heal,
 }
 
+/// One event on the wire: held genuine event `i`, or its `f`th forgery.
 #[derive(Clone, Copy, Debug)]
 enum Wire {
     Genuine(usize),
     Forged(usize, usize),
 }
 
-#[derive(Debug)]
 struct Conn {
     url: String,
     issued_at: Time,
     up_since: Option<Time>,
     subs: BTreeMap<SubKey, Subscription>,
     eose_seen: bool,
+    /// The host's session reading this connection (from the handshake on).
+    session: Option<ConnectionSession>,
+    /// What the relay holds open for this connection.
+    relay: RelaySide,
+    /// Frames from the relay arrive in order: none before this.
+    next_frame_at: Time,
+}
+
+#[derive(Default)]
+struct RelaySide {
+    /// Open REQs: id -> filters.
+    reqs: BTreeMap<String, Vec<Value>>,
+    /// Open reconciliations by id.
+    negs: BTreeMap<String, NegOpen>,
+    /// Ids asked for by id under one subscription id since it was last closed.
+    asked: BTreeMap<String, usize>,
+    /// A flooding relay floods once per connection, after its first history page.
+    flooded: bool,
+}
+
+struct NegOpen {
+    /// The relay's side (none for a relay that never agrees).
+    server: Option<Negentropy<'static, NegentropyStorageVector>>,
+    /// Messages of ours in this exchange, the NEG-OPEN included.
+    rounds: usize,
+    opened_at: Time,
+    /// The relay stopped answering our message sent then.
+    unanswered_since: Option<Time>,
 }
 
 /// The simulator's own view of a relay's backoff, kept from what it saw (not asked of the
@@ -135,6 +192,15 @@ struct Host<'w> {
     threads: BTreeMap<EventId, usize>,
     /// Newest announcement version taken per (owner, identifier).
     newest: BTreeMap<(PublicKey, String), (u64, EventId)>,
+    /// What our store serves (published announcements, accepted events): the items our side
+    /// reconciles.
+    served: BTreeMap<EventId, Event>,
+    /// Genuine events that reached the engine at least once.
+    arrived: BTreeSet<EventId>,
+    /// Per relay, kept across connections as the host keeps them: whether it reconciles, and
+    /// how far its histories were read.
+    support: BTreeMap<String, NegentropySupport>,
+    marks: BTreeMap<String, HistoryMarks>,
     trace: Trace,
     stats: RelayStats,
 }
@@ -171,6 +237,10 @@ pub fn run_with(world: &RelayWorld, mode: TraceMode, checks: HostChecks) -> Rela
         hosted: BTreeMap::new(),
         threads: BTreeMap::new(),
         newest: BTreeMap::new(),
+        served: BTreeMap::new(),
+        arrived: BTreeSet::new(),
+        support: BTreeMap::new(),
+        marks: BTreeMap::new(),
         trace: Trace::new(mode),
         stats: RelayStats::default(),
     };
@@ -212,7 +282,13 @@ impl Host<'_> {
             w.name,
             w.relays
                 .iter()
-                .map(|r| format!("{} {:?} {}ms", r.url, r.behaviour, r.latency.as_millis()))
+                .map(|r| format!(
+                    "{} {:?} {:?} {}ms",
+                    r.url,
+                    r.behaviour,
+                    r.nip77,
+                    r.latency.as_millis()
+                ))
                 .collect::<Vec<_>>()
                 .join(", "),
             w.junk.len(),
@@ -232,6 +308,7 @@ impl Host<'_> {
         for (at, repo) in &w.removals {
             self.schedule(*at, Action::Remove(*repo));
         }
+        self.schedule(w.heal_at, Action::Heal);
         loop {
             self.stats.steps += 1;
             if self.stats.steps > MAX_STEPS {
@@ -244,11 +321,17 @@ impl Host<'_> {
             self.check_safety()?;
             let next_action = self.agenda.keys().next().map(|k| k.0);
             let next_timer = self.follower.poll_timeout().map(|t| t.0);
-            let next = match (next_action, next_timer) {
-                (Some(a), Some(t)) => a.min(t),
-                (Some(a), None) => a,
-                (None, Some(t)) => t,
-                (None, None) => break,
+            let next_session = self
+                .conns
+                .values()
+                .filter_map(|c| c.session.as_ref()?.poll_timeout())
+                .min();
+            let Some(next) = [next_action, next_timer, next_session]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                break;
             };
             if next > w.end_at {
                 break;
@@ -257,8 +340,10 @@ impl Host<'_> {
             if next_action == Some(next) {
                 let (_, action) = self.agenda.pop_first().expect("peeked");
                 self.act(action)?;
-            } else {
+            } else if next_timer == Some(next) {
                 self.follower.handle_timeout(self.now);
+            } else {
+                self.session_timeouts()?;
             }
         }
         self.now = self.now.max(w.end_at);
@@ -300,6 +385,7 @@ impl Host<'_> {
                 self.synced.restore_accepted(&p.event);
                 self.published.restore_accepted(&p.event);
                 self.accepted.insert(p.event.id);
+                self.served.insert(p.event.id, p.event.clone());
                 self.hosted.insert(p.repo, i);
                 let event = p.event.clone();
                 self.note_announcement(&event);
@@ -317,20 +403,34 @@ impl Host<'_> {
                     );
                 }
             }
-            Action::Handshake(id) => self.handshake(id),
-            Action::Send { id, event } => self.deliver(id, event)?,
-            Action::Eose(id, sub) => {
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    if conn.subs.contains_key(&sub) {
-                        conn.eose_seen = true;
-                        self.follower.handle_input(
-                            self.now,
-                            Input::Eose {
-                                id,
-                                subscription: sub,
-                            },
-                        );
-                    }
+            Action::Handshake(id) => self.handshake(id)?,
+            Action::Frame { id, text } => {
+                let now = self.now;
+                let Some(session) = self.conns.get_mut(&id).and_then(|c| c.session.as_mut()) else {
+                    return Ok(());
+                };
+                session.set_time(now);
+                session.set_now(unix_secs(now));
+                session.handle_text(&text);
+                self.pump(id)?;
+            }
+            Action::Heal => {
+                let restarting: Vec<ConnectionId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.up_since.is_some()
+                            && self.world.relay(&c.url).is_some_and(|r| {
+                                r.behaviour != Behaviour::Healthy
+                                    || !matches!(r.nip77, Nip77::Honest | Nip77::Unsupported)
+                            })
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                trace!(self.trace, self.now, "heal; restarting {restarting:?}");
+                for id in restarting {
+                    self.connection_ended(id, false);
+                    self.follower.handle_input(self.now, Input::Closed { id });
                 }
             }
             Action::RelayCloses(id) => {
@@ -343,7 +443,15 @@ impl Host<'_> {
             Action::Replay(id) => {
                 if self.conns.contains_key(&id) && !self.healed() {
                     if let Behaviour::Replays { every } = self.behaviour(&self.conns[&id].url) {
-                        self.send_history(id, Duration::ZERO);
+                        let live: Vec<(String, Vec<Value>)> = self.conns[&id]
+                            .relay
+                            .reqs
+                            .iter()
+                            .map(|(sub, filters)| (sub.clone(), filters.clone()))
+                            .collect();
+                        for (sub, filters) in live {
+                            self.send_matching(id, &sub, &filters, usize::MAX);
+                        }
                         self.schedule(self.now + every, Action::Replay(id));
                     }
                 }
@@ -352,9 +460,9 @@ impl Host<'_> {
         Ok(())
     }
 
-    fn handshake(&mut self, id: ConnectionId) {
+    fn handshake(&mut self, id: ConnectionId) -> Step {
         let Some(conn) = self.conns.get(&id) else {
-            return;
+            return Ok(());
         };
         let url = conn.url.clone();
         let behaviour = self.behaviour(&url);
@@ -375,10 +483,9 @@ impl Host<'_> {
                     reason: "connection refused".into(),
                 },
             );
-            return;
+            return Ok(());
         }
         trace!(self.trace, self.now, "{id} connected to {url}");
-        self.conns.get_mut(&id).expect("checked").up_since = Some(self.now);
         self.follower
             .handle_input(self.now, Input::Connected { id });
         match behaviour {
@@ -393,73 +500,423 @@ impl Host<'_> {
             Behaviour::Replays { every } => self.schedule(self.now + every, Action::Replay(id)),
             _ => {}
         }
-        let subs: Vec<SubKey> = self.conns[&id].subs.keys().copied().collect();
-        self.answer_subscriptions(id, &subs);
+        // As the host's connection task does: the relay's history method as learned so far,
+        // its marks, and the subscriptions wanted by now.
+        let method = self
+            .support
+            .get(&url)
+            .copied()
+            .unwrap_or_default()
+            .method(&self.reconcile_config(), self.now);
+        let session = ConnectionSession::reconciling(
+            self.conns[&id].subs.values().cloned().collect(),
+            self.world.history,
+            self.marks.get(&url).cloned().unwrap_or_default(),
+            (self.reconcile_config(), method),
+            (self.now, unix_secs(self.now)),
+        );
+        let conn = self.conns.get_mut(&id).expect("checked");
+        conn.up_since = Some(self.now);
+        conn.session = Some(session);
+        self.pump(id)
     }
 
-    /// A relay answering new REQs: its stored events, then EOSE for each.
-    fn answer_subscriptions(&mut self, id: ConnectionId, subs: &[SubKey]) {
-        if subs.is_empty() {
-            return;
+    fn reconcile_config(&self) -> graspd_core::follow::reconcile::ReconcileConfig {
+        let mut config = self.world.reconcile;
+        if self.checks == HostChecks::UnboundedRounds {
+            config.max_rounds = usize::MAX;
         }
-        let gap = self.send_history(id, Duration::from_millis(1));
-        if let Behaviour::Floods { burst } = self.behaviour(&self.conns[&id].url) {
-            let n = self.world.held.len();
-            for k in 0..burst as usize {
-                let event = if k % 3 == 0 {
-                    Wire::Genuine(k % n)
-                } else {
-                    Wire::Forged(k % n, k % 2)
-                };
-                self.schedule(
-                    self.now + gap + Duration::from_millis(k as u64 + 1),
-                    Action::Send { id, event },
-                );
+        config
+    }
+
+    /// Overdue reconciliation answers: the sessions fall back.
+    fn session_timeouts(&mut self) -> Step {
+        let now = self.now;
+        let due: Vec<ConnectionId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.session
+                    .as_ref()
+                    .and_then(ConnectionSession::poll_timeout)
+                    .is_some_and(|t| t <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(session) = self.conns.get_mut(&id).and_then(|c| c.session.as_mut()) {
+                session.handle_timeout(now);
             }
+            self.pump(id)?;
         }
-        let after = self.now + gap + Duration::from_millis(1);
-        for sub in subs {
-            self.schedule(after, Action::Eose(id, *sub));
-        }
+        Ok(())
     }
 
-    /// Schedules every held event (liars: forged copies first); returns the time it takes.
-    fn send_history(&mut self, id: ConnectionId, start: Duration) -> Duration {
-        let lies = self.behaviour(&self.conns[&id].url) == Behaviour::Lies;
-        let mut at = start;
-        for i in 0..self.world.held.len() {
-            if lies {
-                for f in 0..self.world.held[i].forged.len() {
-                    at += Duration::from_millis(1);
-                    self.schedule(
-                        self.now + at,
-                        Action::Send {
+    /// Carries out what connection `id`'s session wants, as the host's connection task does.
+    fn pump(&mut self, id: ConnectionId) -> Step {
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return Ok(());
+            };
+            let Some(output) = conn
+                .session
+                .as_mut()
+                .and_then(ConnectionSession::poll_output)
+            else {
+                return Ok(());
+            };
+            match output {
+                Output::Send(text) => self.relay_receives(id, &text)?,
+                Output::Deliver(event) => self.deliver(id, &event)?,
+                Output::HistoryComplete(key, mark) => {
+                    let conn = self.conns.get_mut(&id).expect("checked");
+                    conn.eose_seen = true;
+                    let url = conn.url.clone();
+                    trace!(self.trace, self.now, "{id} history of {key} read");
+                    self.marks.entry(url).or_default().insert(key, mark);
+                    self.follower.handle_input(
+                        self.now,
+                        Input::Eose {
                             id,
-                            event: Wire::Forged(i, f),
+                            subscription: key,
                         },
                     );
                 }
+                Output::Note(note) => trace!(self.trace, self.now, "{id} {note}"),
+                Output::NeedItems { filter, cap } => {
+                    let max = self.reconcile_config().max_items;
+                    if cap > max.saturating_add(1) {
+                        return Err(self.fail(
+                            FailureKind::Safety,
+                            format!("{id} asked for {cap} of our items, max_items is {max}"),
+                        ));
+                    }
+                    let items: Vec<(u64, EventId)> = self
+                        .served
+                        .values()
+                        .filter(|e| matches_filter(&filter, e))
+                        .take(cap)
+                        .map(|e| (e.created_at.as_secs(), e.id))
+                        .collect();
+                    let conn = self.conns.get_mut(&id).expect("checked");
+                    conn.session
+                        .as_mut()
+                        .expect("it spoke")
+                        .local_items(Ok(items));
+                }
+                Output::NegentropyFailed(reason) => {
+                    self.stats.neg_fallbacks += 1;
+                    let url = self.conns[&id].url.clone();
+                    trace!(
+                        self.trace,
+                        self.now,
+                        "{id} {url} cannot reconcile: {reason}"
+                    );
+                    let config = self.reconcile_config();
+                    let now = self.now;
+                    self.support.entry(url).or_default().fell_back(&config, now);
+                }
+                Output::NegentropyWorked => {
+                    self.stats.neg_worked += 1;
+                    let url = self.conns[&id].url.clone();
+                    self.support.entry(url).or_default().reconciled();
+                }
             }
-            at += Duration::from_millis(1);
-            self.schedule(
-                self.now + at,
-                Action::Send {
-                    id,
-                    event: Wire::Genuine(i),
-                },
-            );
         }
-        at
     }
 
-    fn deliver(&mut self, id: ConnectionId, wire: Wire) -> Step {
-        if self.conns.get(&id).is_none_or(|c| c.up_since.is_none()) {
-            return Ok(());
-        }
-        let event: &Event = match wire {
+    /// A frame from the relay, after the ones already on their way.
+    fn relay_sends(&mut self, id: ConnectionId, text: String) {
+        let latency = self
+            .world
+            .relay(&self.conns[&id].url)
+            .map_or(Duration::ZERO, |r| r.latency);
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .expect("sending on an open connection");
+        let at = (self.now + latency / 8 + Duration::from_millis(1)).max(conn.next_frame_at);
+        conn.next_frame_at = at;
+        self.schedule(at, Action::Frame { id, text });
+    }
+
+    fn relay_sends_event(&mut self, id: ConnectionId, sub: &str, wire: Wire) {
+        let event = match wire {
             Wire::Genuine(i) => &self.world.held[i].genuine,
             Wire::Forged(i, f) => &self.world.held[i].forged[f],
         };
+        let text = json!(["EVENT", sub, event]).to_string();
+        self.relay_sends(id, text);
+    }
+
+    /// The held events matching `filters`, newest first, at most `limit` (liars send their
+    /// forged copies of each first).
+    fn send_matching(&mut self, id: ConnectionId, sub: &str, filters: &[Value], limit: usize) {
+        let lies = self.behaviour(&self.conns[&id].url) == Behaviour::Lies;
+        let mut found: Vec<usize> = (0..self.world.held.len())
+            .filter(|i| {
+                let e = &self.world.held[*i].genuine;
+                filters.iter().any(|f| matches(f, e))
+            })
+            .collect();
+        found.sort_by_key(|i| {
+            let e = &self.world.held[*i].genuine;
+            (std::cmp::Reverse(e.created_at.as_secs()), e.id)
+        });
+        for i in found.into_iter().take(limit) {
+            if lies {
+                for f in 0..self.world.held[i].forged.len() {
+                    self.relay_sends_event(id, sub, Wire::Forged(i, f));
+                }
+            }
+            self.relay_sends_event(id, sub, Wire::Genuine(i));
+        }
+    }
+
+    /// The relay reads one frame of ours and answers it.
+    fn relay_receives(&mut self, id: ConnectionId, text: &str) -> Step {
+        let frame: Value = serde_json::from_str(text).expect("the session writes JSON");
+        let parts = frame.as_array().expect("a NIP-01 message is an array");
+        let command = parts[0].as_str().expect("a command");
+        let sub = parts[1].as_str().expect("a subscription id").to_owned();
+        let url = self.conns[&id].url.clone();
+        let nip77 = self.nip77(&url);
+        match command {
+            "REQ" => {
+                let filters: Vec<Value> = parts[2..].to_vec();
+                let limit = filters
+                    .iter()
+                    .filter_map(|f| f.get("limit")?.as_u64())
+                    .min()
+                    .map_or(usize::MAX, |l| l as usize);
+                if let Some(ids) = filters[0].get("ids").and_then(Value::as_array) {
+                    self.check_asked_ids(id, &sub, ids.len())?;
+                    self.stats.fetched_by_id += ids.len() as u64;
+                    if nip77 == Nip77::WrongEvents {
+                        self.send_wrong_events(id, &sub, &filters);
+                    } else {
+                        self.send_matching(id, &sub, &filters, usize::MAX);
+                    }
+                } else if limit == 0 {
+                    self.conns
+                        .get_mut(&id)
+                        .expect("open")
+                        .relay
+                        .reqs
+                        .insert(sub.clone(), filters);
+                } else {
+                    self.stats.pages += 1;
+                    self.send_matching(id, &sub, &filters, limit);
+                    let relay = &mut self.conns.get_mut(&id).expect("open").relay;
+                    let first = !std::mem::replace(&mut relay.flooded, true);
+                    if let (Behaviour::Floods { burst }, true) = (self.behaviour(&url), first) {
+                        let n = self.world.held.len();
+                        for k in 0..burst as usize {
+                            let wire = if k % 3 == 0 {
+                                Wire::Genuine(k % n)
+                            } else {
+                                Wire::Forged(k % n, k % 2)
+                            };
+                            self.relay_sends_event(id, &sub, wire);
+                        }
+                    }
+                }
+                self.relay_sends(id, json!(["EOSE", sub]).to_string());
+            }
+            "CLOSE" => {
+                let relay = &mut self.conns.get_mut(&id).expect("open").relay;
+                relay.reqs.remove(&sub);
+                relay.asked.remove(&sub);
+            }
+            "NEG-OPEN" => {
+                self.check_frame_size(id, text)?;
+                self.stats.neg_opened += 1;
+                if !nip77.speaks() {
+                    let notice = json!(["NOTICE", "ERROR: bad msg: unknown cmd"]);
+                    self.relay_sends(id, notice.to_string());
+                    return Ok(());
+                }
+                let filter = &parts[2];
+                let mut items: Vec<(u64, EventId)> = self
+                    .world
+                    .held
+                    .iter()
+                    .map(|h| &h.genuine)
+                    .filter(|e| matches(filter, e))
+                    .map(|e| (e.created_at.as_secs(), e.id))
+                    .collect();
+                if let Nip77::PhantomIds { phantoms } = nip77 {
+                    let relay = self.relay_index(&url);
+                    items
+                        .extend((0..phantoms).map(|n| {
+                            (EPOCH_SECS + u64::from(n), relay_wire::phantom_id(relay, n))
+                        }));
+                }
+                let server = (nip77 != Nip77::NeverAgrees).then(|| {
+                    negentropy_over(&items, RELAY_FRAME_BYTES).expect("valid items and frame")
+                });
+                let open = NegOpen {
+                    server,
+                    rounds: 1,
+                    opened_at: self.now,
+                    unanswered_since: None,
+                };
+                let relay = &mut self.conns.get_mut(&id).expect("open").relay;
+                relay.negs.insert(sub.clone(), open);
+                self.neg_answer(id, &sub, nip77, parts[3].as_str().expect("hex"))?;
+            }
+            "NEG-MSG" => {
+                self.check_frame_size(id, text)?;
+                // The world's bound, whatever the host was given.
+                let max_rounds = self.world.reconcile.max_rounds;
+                let Some(open) = self
+                    .conns
+                    .get_mut(&id)
+                    .and_then(|c| c.relay.negs.get_mut(&sub))
+                else {
+                    return Ok(());
+                };
+                open.rounds += 1;
+                let rounds = open.rounds;
+                if rounds > max_rounds {
+                    return Err(self.fail(
+                        FailureKind::Safety,
+                        format!(
+                            "{id} to {url}: {rounds} messages in one reconciliation of {sub}, \
+                             max_rounds is {max_rounds}"
+                        ),
+                    ));
+                }
+                self.neg_answer(id, &sub, nip77, parts[2].as_str().expect("hex"))?;
+            }
+            "NEG-CLOSE" => {
+                let relay = &mut self.conns.get_mut(&id).expect("open").relay;
+                relay.negs.remove(&sub);
+            }
+            other => {
+                return Err(self.fail(
+                    FailureKind::Safety,
+                    format!("{id}: the follower sent an unknown command {other}"),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The relay's answer to our negentropy message `hex` on `sub`, as `nip77` has it.
+    fn neg_answer(&mut self, id: ConnectionId, sub: &str, nip77: Nip77, hex: &str) -> Step {
+        let now = self.now;
+        let open = self
+            .conns
+            .get_mut(&id)
+            .and_then(|c| c.relay.negs.get_mut(sub))
+            .expect("an open reconciliation");
+        if let Nip77::Aborts { after, how } = nip77 {
+            if open.rounds > after as usize {
+                match how {
+                    Abort::Close => {
+                        open.unanswered_since = Some(now);
+                        self.schedule(now + Duration::from_millis(1), Action::RelayCloses(id));
+                    }
+                    Abort::NegErr => {
+                        let err = json!(["NEG-ERR", sub, "error: reconciliation aborted"]);
+                        self.relay_sends(id, err.to_string());
+                    }
+                    Abort::Silence => open.unanswered_since = Some(now),
+                }
+                return Ok(());
+            }
+        }
+        let reply = match open.server.as_mut() {
+            None => Ok(relay_wire::never_agreeing(open.rounds)),
+            Some(server) => {
+                let message = graspd_host::hex::decode(hex).expect("the session writes hex");
+                server.reconcile(&message)
+            }
+        };
+        let text = match reply {
+            Ok(reply) => json!(["NEG-MSG", sub, graspd_host::hex::encode(&reply)]),
+            Err(error) => {
+                // Our message did not parse: the session wrote something a relay refuses.
+                return Err(self.fail(
+                    FailureKind::Safety,
+                    format!("{id}: the relay could not read our negentropy message: {error}"),
+                ));
+            }
+        };
+        self.relay_sends(id, text.to_string());
+        Ok(())
+    }
+
+    /// A relay answering a fetch by id with forgeries of what was asked and other events.
+    fn send_wrong_events(&mut self, id: ConnectionId, sub: &str, filters: &[Value]) {
+        let n = self.world.held.len();
+        let asked: Vec<usize> = (0..n)
+            .filter(|i| {
+                filters
+                    .iter()
+                    .any(|f| matches(f, &self.world.held[*i].genuine))
+            })
+            .collect();
+        for i in asked {
+            for f in 0..self.world.held[i].forged.len() {
+                self.relay_sends_event(id, sub, Wire::Forged(i, f));
+            }
+            self.relay_sends_event(id, sub, Wire::Genuine((i + 1) % n));
+        }
+    }
+
+    /// Ids asked for by id stay within `ids_per_req` a frame and `max_missing` a history.
+    fn check_asked_ids(&mut self, id: ConnectionId, sub: &str, asked: usize) -> Step {
+        let config = self.reconcile_config();
+        let relay = &mut self.conns.get_mut(&id).expect("open").relay;
+        let total = relay.asked.entry(sub.to_owned()).or_default();
+        *total += asked;
+        let total = *total;
+        if asked > config.ids_per_req || total > config.max_missing {
+            return Err(self.fail(
+                FailureKind::Safety,
+                format!(
+                    "{id} asked for {asked} ids in one REQ ({total} under {sub}); ids_per_req \
+                     is {}, max_missing {}",
+                    config.ids_per_req, config.max_missing
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_frame_size(&self, id: ConnectionId, text: &str) -> Step {
+        if text.len() > MAX_FRAME_CHARS {
+            return Err(self.fail(
+                FailureKind::Safety,
+                format!("{id} sent a {} byte negentropy frame", text.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn nip77(&self, url: &str) -> Nip77 {
+        if self.healed() {
+            return Nip77::Honest;
+        }
+        self.world
+            .relay(url)
+            .map_or(Nip77::Unsupported, |r| r.nip77)
+    }
+
+    fn relay_index(&self, url: &str) -> usize {
+        self.world
+            .relays
+            .iter()
+            .position(|r| r.url == url)
+            .unwrap_or(0)
+    }
+
+    fn deliver(&mut self, id: ConnectionId, event: &Event) -> Step {
+        if self.conns.get(&id).is_none_or(|c| c.up_since.is_none()) {
+            return Ok(());
+        }
         self.stats.events_delivered += 1;
         self.follower
             .handle_input(self.now, Input::EventReceived { id });
@@ -469,6 +926,10 @@ impl Host<'_> {
                 trace!(self.trace, self.now, "{id} event {} dropped: {e}", event.id);
                 return Ok(());
             }
+        }
+        if self.genuine.contains(&(event.id, event.sig.to_bytes())) && self.arrived.insert(event.id)
+        {
+            self.stats.arrived += 1;
         }
         let verdict = decide(&mut self.synced, self.now, event, Arrival::Synced);
         drain_engine(&mut self.synced);
@@ -516,6 +977,9 @@ impl Host<'_> {
                         FailureKind::Safety,
                         format!("event {} accepted a second time (replayed)", event.id),
                     ));
+                }
+                if let Verdict::Accepted(_) = verdict {
+                    self.served.insert(event.id, event.clone());
                 }
                 let published = decide(&mut self.published, self.now, event, Arrival::Published);
                 drain_engine(&mut self.published);
@@ -637,6 +1101,9 @@ impl Host<'_> {
                             up_since: None,
                             subs: subscriptions.into_iter().map(|s| (s.key, s)).collect(),
                             eose_seen: false,
+                            session: None,
+                            relay: RelaySide::default(),
+                            next_frame_at: self.now,
                         },
                     );
                     if behaviour != Behaviour::Hangs {
@@ -656,12 +1123,14 @@ impl Host<'_> {
                     for k in &close {
                         conn.subs.remove(k);
                     }
-                    let keys: Vec<SubKey> = open.iter().map(|s| s.key).collect();
-                    for s in open {
-                        conn.subs.insert(s.key, s);
+                    for s in &open {
+                        conn.subs.insert(s.key, s.clone());
                     }
-                    if conn.up_since.is_some() {
-                        self.answer_subscriptions(id, &keys);
+                    if let Some(session) = conn.session.as_mut() {
+                        session.set_time(self.now);
+                        session.set_now(unix_secs(self.now));
+                        session.update(open, close);
+                        self.pump(id)?;
                     }
                 }
                 Command::Disconnect { id } => {
@@ -732,6 +1201,27 @@ impl Host<'_> {
                         c.max_subscriptions_per_relay
                     ),
                 ));
+            }
+            let reconcile = self.world.reconcile;
+            for (sub, open) in &conn.relay.negs {
+                // A silent relay is given up at the answer deadline, and no exchange outlasts
+                // its messages' deadlines.
+                let overdue = open
+                    .unanswered_since
+                    .is_some_and(|since| self.now > since + reconcile.answer_timeout);
+                let longest = reconcile
+                    .answer_timeout
+                    .saturating_mul(reconcile.max_rounds.min(1_000_000) as u32);
+                if overdue || self.now > open.opened_at + longest {
+                    return Err(self.fail(
+                        FailureKind::Safety,
+                        format!(
+                            "{id} to {}: reconciliation {sub} opened at {} after {} messages \
+                             still open (answer_timeout {:?})",
+                            conn.url, open.opened_at, open.rounds, reconcile.answer_timeout
+                        ),
+                    ));
+                }
             }
             if conn.up_since.is_none() && self.now > conn.issued_at + c.connect_timeout {
                 return Err(self.fail(
@@ -901,6 +1391,29 @@ impl Host<'_> {
                     ));
                 }
             }
+            // Every event the relay holds for what it is followed for has reached us, read
+            // by negentropy or by pages, whatever the relays did before the heal.
+            for held in &self.world.held {
+                let e = &held.genuine;
+                let followed = conn
+                    .subs
+                    .values()
+                    .flat_map(|s| &s.filters)
+                    .any(|f| matches_filter(f, e));
+                if followed && !self.arrived.contains(&e.id) && !self.served.contains_key(&e.id) {
+                    return Err(self.fail(
+                        FailureKind::Liveness,
+                        format!(
+                            "event {} (kind {}) that {url} holds for its subscriptions never \
+                             arrived; relay {:?}, {:?}",
+                            e.id,
+                            e.kind.as_u16(),
+                            self.world.relay(url).map(|r| (r.behaviour, r.nip77)),
+                            self.support.get(*url)
+                        ),
+                    ));
+                }
+            }
             for root in &threads {
                 if !covers_thread(&conn.subs, &root.to_hex()) {
                     return Err(self.fail(
@@ -916,6 +1429,11 @@ impl Host<'_> {
         self.stats.full_liveness = u64::from(everything_followed);
         Ok(())
     }
+}
+
+/// The wall clock at virtual time `now`, in unix seconds.
+fn unix_secs(now: Time) -> u64 {
+    EPOCH_SECS + now.as_millis() / 1000
 }
 
 /// The canonical URL of `raw` if the follower may follow it (as `RelayFollower` decides).

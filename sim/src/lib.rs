@@ -17,6 +17,7 @@ pub mod monitor;
 pub mod named;
 pub mod params;
 pub mod relay_cli;
+pub mod relay_wire;
 pub mod relays;
 pub mod rng;
 pub mod runner;

@@ -37,7 +37,8 @@ pub fn run_one(scenario: Option<&str>, seed: u64, quiet: bool, determinism: bool
                 "OK seed={seed} trace_hash={:016x} lines={} steps={} connects={} delivered={} \
                  bad_signatures={} accepted={} duplicates={} rejected={} \
                  superseded_reaccepted={} relays_refused={} values_over_budget={} \
-                 full_liveness={}",
+                 full_liveness={} neg_opened={} neg_worked={} neg_fallbacks={} pages={} \
+                 fetched_by_id={} arrived={}",
                 outcome.hash,
                 outcome.lines,
                 s.steps,
@@ -50,7 +51,13 @@ pub fn run_one(scenario: Option<&str>, seed: u64, quiet: bool, determinism: bool
                 s.superseded_reaccepted,
                 s.relays_refused,
                 s.values_over_budget,
-                s.full_liveness
+                s.full_liveness,
+                s.neg_opened,
+                s.neg_worked,
+                s.neg_fallbacks,
+                s.pages,
+                s.fetched_by_id,
+                s.arrived
             );
         }
         Some(_) => print!("{}", report(&world, &outcome)),

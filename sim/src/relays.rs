@@ -1,6 +1,7 @@
 //! The relay world for the GRASP-02 follower: remote relays drawn from one seed, each with a
-//! behaviour (healthy, hanging, refusing, disconnecting, flapping, replaying, flooding, lying),
-//! the hosted announcements that list them, and the signed events they hold.
+//! behaviour (healthy, hanging, refusing, disconnecting, flapping, replaying, flooding, lying)
+//! and a way of answering NIP-77 negentropy (not at all, honestly, lying, aborting), the
+//! hosted announcements that list them, and the signed events they hold.
 //!
 //! Events here are really signed (deterministically: fixed auxiliary randomness), because the
 //! point is to run the host's signature check on them; lying relays send corrupted copies.
@@ -9,9 +10,11 @@ use std::time::Duration;
 
 use graspd_core::acceptance::OwnService;
 use graspd_core::events::{self, Announcement, GitEvent};
+use graspd_core::follow::reconcile::ReconcileConfig;
 use graspd_core::follow::relay_url;
 use graspd_core::follow::FollowConfig;
 use graspd_core::{Identifier, Time};
+use graspd_host::follow::HistoryLimits;
 use nostr::event::Event;
 use nostr::key::{Keys, SecretKey};
 
@@ -19,7 +22,7 @@ use crate::rng::Rng;
 use crate::world::OWN_ORIGIN;
 
 /// Wall-clock seconds of virtual time zero (event `created_at` values).
-const EPOCH_SECS: u64 = 1_760_000_000;
+pub const EPOCH_SECS: u64 = 1_760_000_000;
 
 /// How one remote relay misbehaves until the heal time; afterwards every relay is healthy.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -72,12 +75,77 @@ impl Behaviour {
     }
 }
 
+/// How one remote relay answers NIP-77 until the heal; afterwards every relay reconciles
+/// honestly.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Nip77 {
+    /// Answers `NEG-OPEN` with a NOTICE naming an unknown command (strfry without it).
+    Unsupported,
+    Honest,
+    /// Reconciles over its events and `phantoms` ids of events it does not hold, so a fetch
+    /// by id gets nothing for them.
+    PhantomIds {
+        phantoms: u32,
+    },
+    /// Reconciles honestly, but answers a fetch by id with forged copies and other events,
+    /// never the one asked for.
+    WrongEvents,
+    /// Answers every message with the whole range under a wrong fingerprint: it never agrees,
+    /// so every round asks for another split.
+    NeverAgrees,
+    /// Reconciles honestly for `after` messages of ours (0: not even the `NEG-OPEN`), then
+    /// ends the exchange by `how`.
+    Aborts {
+        after: u32,
+        how: Abort,
+    },
+}
+
+/// How a relay ends a reconciliation midway.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Abort {
+    /// Closes the connection.
+    Close,
+    /// Answers `NEG-ERR`.
+    NegErr,
+    /// Never answers again on that reconciliation.
+    Silence,
+}
+
+impl Nip77 {
+    fn draw(rng: &mut Rng) -> Nip77 {
+        match rng.below(10) {
+            0..=2 => Nip77::Unsupported,
+            3 | 4 => Nip77::Honest,
+            5 => Nip77::PhantomIds {
+                phantoms: rng.range(1, 60) as u32,
+            },
+            6 => Nip77::WrongEvents,
+            7 => Nip77::NeverAgrees,
+            _ => Nip77::Aborts {
+                after: rng.range(0, 2) as u32,
+                how: match rng.below(3) {
+                    0 => Abort::Close,
+                    1 => Abort::NegErr,
+                    _ => Abort::Silence,
+                },
+            },
+        }
+    }
+
+    /// Whether the relay answers negentropy at all.
+    pub fn speaks(self) -> bool {
+        self != Nip77::Unsupported
+    }
+}
+
 /// One remote relay.
 #[derive(Clone, Debug)]
 pub struct SimRelay {
     /// Canonical URL (as the follower spells it).
     pub url: String,
     pub behaviour: Behaviour,
+    pub nip77: Nip77,
     /// Handshake latency.
     pub latency: Duration,
 }
@@ -107,6 +175,10 @@ pub struct RelayWorld {
     pub seed: u64,
     pub name: String,
     pub config: FollowConfig,
+    /// The follower's history bounds: reconciliation and paging (production defaults or
+    /// tighter).
+    pub reconcile: ReconcileConfig,
+    pub history: HistoryLimits,
     pub relays: Vec<SimRelay>,
     /// Raw relay URLs that must never be connected: our origin and (unless allowed) private.
     pub junk: Vec<String>,
@@ -130,6 +202,10 @@ pub struct Shape {
     pub behaviour: Option<Behaviour>,
     pub max_connections: Option<usize>,
     pub heal_after: Duration,
+    /// Every public relay answers NIP-77 so (`None`: drawn per relay).
+    pub nip77: Option<Nip77>,
+    /// Draw the NIP-77 behaviour among relays that speak it.
+    pub nip77_spoken: bool,
 }
 
 impl Default for Shape {
@@ -140,6 +216,8 @@ impl Default for Shape {
             behaviour: None,
             max_connections: None,
             heal_after: Duration::ZERO,
+            nip77: None,
+            nip77_spoken: false,
         }
     }
 }
@@ -268,6 +346,7 @@ impl RelayWorld {
         let mut cfg_rng = root.child("config");
         let mut ev_rng = root.child("events");
         let mut pr_rng = root.child("prs");
+        let mut neg_rng = root.child("nip77");
 
         let n_relays = if shape.relays > 0 {
             shape.relays
@@ -281,9 +360,35 @@ impl RelayWorld {
             .map(|raw| SimRelay {
                 url: relay_url::normalise(raw, false).expect("public relay URLs are followable"),
                 behaviour: shape.behaviour.unwrap_or_else(|| Behaviour::draw(&mut rng)),
+                nip77: shape.nip77.unwrap_or_else(|| loop {
+                    let drawn = Nip77::draw(&mut neg_rng);
+                    if drawn.speaks() || !shape.nip77_spoken {
+                        break drawn;
+                    }
+                }),
                 latency: Duration::from_millis(rng.range(1, 800)),
             })
             .collect();
+        // Tight bounds in half the worlds, so that lies and large histories reach them.
+        let reconcile = if neg_rng.percent(50) {
+            ReconcileConfig {
+                answer_timeout: Duration::from_millis(neg_rng.range(500, 15_000)),
+                retry_after: Duration::from_millis(neg_rng.range(5_000, 3_600_000)),
+                max_items: neg_rng.range(1, 30) as usize,
+                ids_per_req: neg_rng.range(1, 8) as usize,
+                max_missing: neg_rng.range(1, 40) as usize,
+                max_rounds: neg_rng.range(4, 40) as usize,
+                ..ReconcileConfig::default()
+            }
+        } else {
+            ReconcileConfig::default()
+        };
+        // Pages hold more events than share one second here (paging cannot step through a
+        // second holding more than a page).
+        let history = HistoryLimits {
+            page_limit: neg_rng.range(8, 600) as usize,
+            ..HistoryLimits::default()
+        };
 
         let allow_private = cfg_rng.percent(15);
         let config = FollowConfig {
@@ -311,6 +416,7 @@ impl RelayWorld {
                 relays.push(SimRelay {
                     url: relay_url::normalise(p, true).expect("private URLs normalise"),
                     behaviour: Behaviour::Refuses,
+                    nip77: Nip77::Unsupported,
                     latency: Duration::from_millis(1),
                 });
             } else {
@@ -455,6 +561,8 @@ impl RelayWorld {
             seed,
             name: name.to_owned(),
             config,
+            reconcile,
+            history,
             relays,
             junk,
             publications,
@@ -497,6 +605,22 @@ pub const NAMED: &[(&str, &str)] = &[
         "relay-few-slots",
         "more relays than connection slots: never above max_connections",
     ),
+    (
+        "relay-neg-honest",
+        "relays reconciling by NIP-77: only missing events fetched, every event arrives",
+    ),
+    (
+        "relay-neg-liar",
+        "relays lying in NIP-77 (phantom ids, wrong events, no agreement): bounds hold",
+    ),
+    (
+        "relay-neg-abort",
+        "relays ending reconciliations midway (close, NEG-ERR, silence): paged instead",
+    ),
+    (
+        "relay-neg-mixed",
+        "every relay speaks NIP-77, honestly or not, with any other fault: bounds and liveness",
+    ),
 ];
 
 pub fn named(name: &str, seed: u64) -> Option<RelayWorld> {
@@ -536,11 +660,50 @@ pub fn named(name: &str, seed: u64) -> Option<RelayWorld> {
             behaviour: Some(Behaviour::Hangs),
             max_connections: Some(2),
             heal_after: Duration::from_secs(300),
+            ..Shape::default()
         },
         "relay-few-slots" => Shape {
             relays: 8,
             repos: 4,
             max_connections: Some(2),
+            ..Shape::default()
+        },
+        "relay-neg-mixed" => Shape {
+            nip77_spoken: true,
+            ..Shape::default()
+        },
+        "relay-neg-honest" => Shape {
+            relays: 3,
+            repos: 4,
+            behaviour: Some(Behaviour::Healthy),
+            nip77: Some(Nip77::Honest),
+            ..Shape::default()
+        },
+        "relay-neg-liar" => Shape {
+            relays: 4,
+            repos: 3,
+            behaviour: Some(Behaviour::Healthy),
+            nip77: Some(match seed % 3 {
+                0 => Nip77::PhantomIds { phantoms: 50 },
+                1 => Nip77::WrongEvents,
+                _ => Nip77::NeverAgrees,
+            }),
+            heal_after: Duration::from_secs(300),
+            ..Shape::default()
+        },
+        "relay-neg-abort" => Shape {
+            relays: 4,
+            repos: 3,
+            behaviour: Some(Behaviour::Healthy),
+            nip77: Some(Nip77::Aborts {
+                after: (seed % 2) as u32,
+                how: match seed % 3 {
+                    0 => Abort::Close,
+                    1 => Abort::NegErr,
+                    _ => Abort::Silence,
+                },
+            }),
+            heal_after: Duration::from_secs(300),
             ..Shape::default()
         },
         _ => return None,

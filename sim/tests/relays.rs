@@ -1,6 +1,6 @@
-//! CI's relay-follower run: the named relay scenarios, 500 seeds of the relay world, the
-//! seeds that found the missing late admission (42, 347), the determinism check, and proof
-//! that the checks bite. Reproduce a failure with
+//! CI's relay-follower run: the named relay scenarios, 500 seeds of the relay world, 300 of
+//! relays that all speak NIP-77 (honestly, lying or aborting), the seeds that found the
+//! missing late admission (42, 347), the determinism check, and proof that the checks bite. Reproduce a failure with
 //! `cargo run -p graspd-sim --release -- --relays --seed N` (or `--scenario NAME --seed N`).
 
 use std::time::Instant;
@@ -67,6 +67,71 @@ fn relay_worlds_pass() {
     assert!(
         late > 0,
         "no refusal was ever admitted late in {SEEDS} seeds"
+    );
+}
+
+/// Relays that all answer NIP-77, each honestly, lying (phantom ids, wrong events, never
+/// agreeing) or ending the exchange midway, besides their other faults: the follower's bounds
+/// hold on every frame and every event they hold for it arrives after the heal.
+#[test]
+fn negentropy_relay_worlds_pass() {
+    const NEG_SEEDS: u64 = 300;
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut totals = follow_run::RelayStats::default();
+    for seed in 0..NEG_SEEDS {
+        let world = relays::named("relay-neg-mixed", seed).expect("listed");
+        let outcome = follow_run::run(&world, TraceMode::Tail);
+        let s = &outcome.stats;
+        totals.neg_opened += s.neg_opened;
+        totals.neg_worked += s.neg_worked;
+        totals.neg_fallbacks += s.neg_fallbacks;
+        totals.pages += s.pages;
+        totals.fetched_by_id += s.fetched_by_id;
+        totals.arrived += s.arrived;
+        if outcome.failure.is_some() {
+            failures.push(report(&world, &outcome));
+        }
+    }
+    eprintln!(
+        "{NEG_SEEDS} NIP-77 relay seeds in {:.1}s: {} exchanges opened, {} worked, {} given up, \
+         {} pages read, {} ids fetched, {} events arrived; {} failed",
+        started.elapsed().as_secs_f64(),
+        totals.neg_opened,
+        totals.neg_worked,
+        totals.neg_fallbacks,
+        totals.pages,
+        totals.fetched_by_id,
+        totals.arrived,
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {NEG_SEEDS} NIP-77 relay seeds failed; the first:\n{}",
+        failures.len(),
+        failures[0]
+    );
+    let t = &totals;
+    assert!(
+        t.neg_worked > 0 && t.neg_fallbacks > 0 && t.pages > 0 && t.fetched_by_id > 0,
+        "both ways of reading a history must be exercised: {t:?}"
+    );
+}
+
+#[test]
+fn a_follower_without_a_round_bound_is_caught() {
+    // A relay that never agrees keeps the exchange going: without `max_rounds` the session
+    // would never give it up.
+    let world = relays::named("relay-neg-liar", 2).expect("listed");
+    assert_eq!(world.relays[0].nip77, relays::Nip77::NeverAgrees);
+    assert!(follow_run::run(&world, TraceMode::Quiet).failure.is_none());
+    let outcome = run_with(&world, TraceMode::Quiet, HostChecks::UnboundedRounds);
+    let failure = outcome.failure.expect("an endless exchange must be caught");
+    assert_eq!(failure.kind, FailureKind::Safety, "{}", failure.message);
+    assert!(
+        failure.message.contains("messages in one reconciliation"),
+        "{}",
+        failure.message
     );
 }
 

@@ -24,7 +24,13 @@ pub struct ReconcileConfig {
     /// Event ids asked for in one REQ (relays cap the values of a filter field).
     pub ids_per_req: usize,
     /// Missing events fetched by id for one subscription at most; more are paged instead.
+    /// A relay that names more while the exchange is still going is given up at once.
     pub max_missing: usize,
+    /// Messages we send in one filter's exchange at most: a relay that keeps answering with
+    /// ranges to split (wrong fingerprints) would otherwise hold the history open forever.
+    /// An honest exchange needs a few rounds per 16-fold split plus one per frame of ids
+    /// (about 70 for 100,000 missing events in 60 kB frames).
+    pub max_rounds: usize,
 }
 
 impl Default for ReconcileConfig {
@@ -36,6 +42,7 @@ impl Default for ReconcileConfig {
             max_items: 100_000,
             ids_per_req: 500,
             max_missing: 100_000,
+            max_rounds: 200,
         }
     }
 }

@@ -24,4 +24,4 @@ pub use client::{
 };
 pub use graspd_core::follow::{FollowConfig, FollowStats, RelayFollower, RelayStatus};
 pub use metrics::{FollowMetrics, RelayCounters, OTHER_RELAYS};
-pub use session::{HistoryLimits, HistoryMark};
+pub use session::{ConnectionSession, HistoryLimits, HistoryMark, HistoryMarks, Output};

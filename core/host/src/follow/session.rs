@@ -94,6 +94,8 @@ struct Reconciling {
     next: usize,
     step: Step,
     missing: BTreeSet<EventId>,
+    /// Messages sent in the current filter's exchange (its NEG-OPEN included).
+    rounds: usize,
     started_at: u64,
     /// The relay must answer by then.
     deadline: Option<Time>,
@@ -256,6 +258,7 @@ impl ConnectionSession {
                     &hex::encode(&initial),
                 );
                 r.step = Step::Exchange(Box::new(negentropy));
+                r.rounds = 1;
                 r.deadline = Some(answer_deadline(&self.reconcile, self.now));
                 self.out.push_back(Output::Send(frame));
             }
@@ -396,6 +399,7 @@ impl ConnectionSession {
             next: 0,
             step: Step::Items,
             missing: BTreeSet::new(),
+            rounds: 0,
             started_at: self.now_unix,
             deadline: None,
         });
@@ -429,7 +433,15 @@ impl ConnectionSession {
             need.into_iter()
                 .map(|id| EventId::from_byte_array(id.to_bytes())),
         );
+        if r.missing.len() > self.reconcile.max_missing {
+            return self.fall_back("too many events missing to fetch by id".into(), false);
+        }
         if let Some(next) = next {
+            if r.rounds >= self.reconcile.max_rounds {
+                let reason = format!("no agreement after {} messages", r.rounds);
+                return self.fall_back(reason, true);
+            }
+            r.rounds += 1;
             self.out
                 .push_back(Output::Send(wire::neg_msg(&r.neg_id, &hex::encode(&next))));
             r.deadline = Some(answer_deadline(&self.reconcile, self.now));
@@ -991,5 +1003,70 @@ mod tests {
             "{out:?}"
         );
         assert!(matches!(out.last(), Some(Output::Send(t)) if t.contains(r#""limit":500"#)));
+    }
+
+    /// A relay that answers every message with the whole range to split again (a wrong
+    /// fingerprint) is given up after `max_rounds` messages, and one naming more missing
+    /// events than `max_missing` as soon as it does.
+    #[test]
+    fn a_relay_that_never_agrees_or_names_too_many_ids_is_given_up() {
+        let mut s = reconciling_session(SubKey::Repos(0));
+        outputs(&mut s);
+        s.local_items(Ok(vec![(10, id(1))]));
+        outputs(&mut s);
+        let mut sent = 1;
+        // Version 1, one range to infinity (timestamp 0, empty id), fingerprint mode.
+        let mut lie = vec![0x61, 0, 0, 1];
+        lie.extend([0xab; 16]);
+        let lie = serde_json::json!(["NEG-MSG", "graspd-repos-0-n", hex::encode(&lie)]);
+        let failed = loop {
+            s.handle_text(&lie.to_string());
+            let out = outputs(&mut s);
+            if let Some(reason) = out.iter().find_map(|o| match o {
+                Output::NegentropyFailed(reason) => Some(reason.clone()),
+                _ => None,
+            }) {
+                break reason;
+            }
+            assert!(
+                matches!(&out[..], [Output::Send(t)] if t.starts_with(r#"["NEG-MSG""#)),
+                "{out:?}"
+            );
+            sent += 1;
+            assert!(
+                sent <= ReconcileConfig::default().max_rounds,
+                "never given up"
+            );
+        };
+        assert_eq!(sent, ReconcileConfig::default().max_rounds);
+        assert_eq!(failed, "no agreement after 200 messages");
+
+        let mut s = ConnectionSession::reconciling(
+            vec![sub(SubKey::Repos(0), "a")],
+            HistoryLimits::default(),
+            HistoryMarks::new(),
+            (
+                ReconcileConfig {
+                    max_missing: 3,
+                    ..ReconcileConfig::default()
+                },
+                HistoryMethod::Negentropy,
+            ),
+            (Time::from_millis(1_000), 5_000),
+        );
+        outputs(&mut s);
+        s.local_items(Ok(vec![]));
+        let frame = match outputs(&mut s).pop() {
+            Some(Output::Send(open)) => open,
+            other => panic!("{other:?}"),
+        };
+        let many: Vec<(u64, EventId)> = (1..=4).map(|n| (n.into(), id(n))).collect();
+        s.handle_text(&NegRelay::new(&many).answer(&frame));
+        let out = drain(&mut s);
+        assert!(
+            out.iter().any(|o| o.contains("too many events missing")),
+            "{out:?}"
+        );
+        assert!(out.last().unwrap().contains(r#""limit":500"#), "{out:?}");
     }
 }
