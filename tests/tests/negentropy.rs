@@ -1,14 +1,18 @@
 //! NIP-77 negentropy against graspd: a real client (nostr-sdk's `Client::sync`) reconciles
 //! with the served events, a filter over the item cap is refused with `NEG-ERR`, and
 //! malformed messages get `NEG-ERR` on a connection that stays usable; a server following
-//! another reads its history by negentropy, and pages it when the other has NIP-77 off.
+//! another reads its history by negentropy, and pages it when the other has NIP-77 off; the
+//! issues of a repository a follower first learns arrive with it.
 //! Each scenario runs against both server binaries.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use graspd_tests::fixtures::{hosted_repo, repository_on};
-use graspd_tests::nostr::{eventually, keys, state, tagged, Event, RelayClient};
+use graspd_tests::git::WorkRepo;
+use graspd_tests::nostr::{
+    announcement_with, eventually, keys, npub, state, tagged, Event, RelayClient,
+};
 use graspd_tests::{both_runtimes, Flavor, Server, ServerOptions};
 use negentropy::{Negentropy, NegentropyStorageVector};
 use nostr_sdk::prelude::{
@@ -290,6 +294,56 @@ fn a_follower_pages_a_relay_without_negentropy(flavor: Flavor) {
     );
 }
 
+/// B follows A and first learns of a repository whose issues A already serves: the issues
+/// come in the same history as the announcement, before B hosts the repository (refused as
+/// tagging nothing hosted), and arrive once B releases the announcement, without waiting for
+/// another reconciliation.
+fn issues_arrive_with_a_repository_first_followed(flavor: Flavor) {
+    let a = Server::start(flavor);
+    let b = Server::start_with(flavor, follower_of(&a));
+    let owner = keys(1);
+    let work = WorkRepo::init("work");
+    let tip = work.commit("README", "followed\n");
+    // First announced on A only, so B does not take it; A takes issues for it.
+    let on_a = announcement_with(&owner, "demo", &[&a.http_url()], &[], &[], -10);
+    let st = state(
+        &owner,
+        "demo",
+        &[("refs/heads/main", &tip)],
+        Some("main"),
+        0,
+    );
+    let mut relay_a = RelayClient::connect(&a.ws_url());
+    assert!(relay_a.publish(&on_a).accepted);
+    assert!(relay_a.publish(&st).accepted);
+    work.git(&["push", "-q", &a.repo_url(&npub(&owner), "demo"), "main"]);
+    assert!(
+        eventually(SOON, || !relay_a
+            .query_ids(json!({"ids": [st.id.to_hex()]}))
+            .is_empty()),
+        "A did not serve its state\n{}",
+        a.log()
+    );
+    let coordinate = format!("30617:{}:demo", owner.public_key().to_hex());
+    let issues: Vec<Event> = (0..5).map(|n| issue(&coordinate, n)).collect();
+    for event in &issues {
+        assert!(relay_a.publish(event).accepted);
+    }
+    // Now it lists B too: B learns it, follows it and reads its history from A.
+    let on_both = announcement_with(&owner, "demo", &[&a.http_url(), &b.http_url()], &[], &[], 0);
+    assert!(relay_a.publish(&on_both).accepted);
+    let mut relay_b = serves_both(&b, &on_both, &st);
+    assert!(
+        eventually(SOON, || ids(&issues)
+            == relay_b
+                .query_ids(json!({"kinds": [1621]}))
+                .into_iter()
+                .collect::<BTreeSet<_>>()),
+        "B did not take the issues it read with the announcement\n{}",
+        b.log()
+    );
+}
+
 /// Waits until `b` serves the announcement and state it learned from the server it follows;
 /// returns the client that saw them.
 fn serves_both(b: &Server, ann: &Event, st: &Event) -> RelayClient {
@@ -319,4 +373,5 @@ both_runtimes!(
     malformed_negentropy_messages_get_neg_err,
     a_follower_reconciles_by_negentropy,
     a_follower_pages_a_relay_without_negentropy,
+    issues_arrive_with_a_repository_first_followed,
 );

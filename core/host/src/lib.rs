@@ -142,7 +142,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     let synced = Arc::clone(&node);
     follow::spawn_follower_async(Arc::clone(&runtime), follower, move |event, relay| {
         let node = Arc::clone(&synced);
-        Box::pin(async move { node.accept_synced(event, &relay).await })
+        Box::pin(async move { node.accept_synced(event, &relay).await.accepted })
     });
     let served = serve_site(runtime, &config, git, driver::handlers(&node), refusals).await;
     node.hub().close_all();

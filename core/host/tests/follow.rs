@@ -460,7 +460,10 @@ fn reconnects_and_rereads_only_recent_history() {
         let sink = Arc::clone(&learned);
         spawn_follower_async(Arc::clone(&runtime), handle.clone(), move |e, _relay| {
             let sink = Arc::clone(&sink);
-            Box::pin(async move { sink.lock().unwrap().push(e.id) })
+            Box::pin(async move {
+                sink.lock().unwrap().push(e.id);
+                true
+            })
         });
         handle.announcement(announcement);
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -210,6 +210,11 @@ impl<T: Ord + Clone> Chunks<T> {
     }
 
     /// Non-empty chunks with their index.
+    /// The index of the chunk holding `value`.
+    pub fn chunk_of(&self, value: &T) -> Option<u32> {
+        self.index.get(value).map(|i| *i as u32)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u32, &BTreeSet<T>)> {
         self.chunks
             .iter()

@@ -68,6 +68,11 @@ pub enum Input {
     Announcement(Announcement),
     /// The repository is no longer hosted (deleted, or expired without data).
     RepositoryRemoved(RepoKey),
+    /// The repository's announcement is served now (released from purgatory, or accepted
+    /// with its data here). What its relays sent while it was followed waiting (issues,
+    /// comments, anything tagging it) was refused then, as tagging nothing hosted: the
+    /// subscriptions covering it read their histories again, in the next update.
+    RepositoryHosted(RepoKey),
     /// An accepted event tagging `repo` (PR, issue, patch): follow the events tagging it too.
     Thread { repo: RepoKey, root: EventId },
     /// The WebSocket handshake completed; the subscriptions of the `Connect` are being sent.
@@ -208,6 +213,8 @@ struct Relay {
     last_update: Option<Time>,
     /// Repositories or threads changed since `sent`.
     dirty: bool,
+    /// Subscriptions sent unchanged whose histories are to be read again.
+    reread: BTreeSet<SubKey>,
     /// Values refused for the subscription budget, waiting for room.
     waiting: Waitlist<Value>,
     events_received: u64,
@@ -234,6 +241,7 @@ impl Relay {
             sent: BTreeMap::new(),
             last_update: None,
             dirty: false,
+            reread: BTreeSet::new(),
             events_received: 0,
             connects: 0,
             reported_followed: false,
@@ -396,6 +404,7 @@ impl RelayFollower {
         match input {
             Input::Announcement(a) => self.follow_announcement(a),
             Input::RepositoryRemoved(repo) => self.forget_repo(&repo),
+            Input::RepositoryHosted(repo) => self.reread_repo(&repo),
             Input::Thread { repo, root } => self.follow_thread(repo, root),
             Input::Connected { id } => self.on_connected(id),
             Input::Failed { id, reason: _ } => {
@@ -540,6 +549,27 @@ impl RelayFollower {
             self.stats.relay_urls_ignored += 1;
         }
         url
+    }
+
+    /// Marks the subscriptions covering `repo` on its connected relays to be read again.
+    fn reread_repo(&mut self, repo: &RepoKey) {
+        let Some(followed) = self.repos.get(repo) else {
+            return;
+        };
+        for url in followed.relays.union(&self.bootstrap) {
+            let Some(relay) = self.relays.get_mut(url) else {
+                continue;
+            };
+            // A relay not up reads every history when it connects.
+            if !matches!(relay.link, Link::Up { .. }) {
+                continue;
+            }
+            if let Some(chunk) = relay.repos.chunk_of(repo) {
+                relay.reread.insert(SubKey::Repos(chunk));
+                relay.dirty = true;
+                self.needs_reconcile = true;
+            }
+        }
     }
 
     fn follow_announcement(&mut self, a: Announcement) {
@@ -917,9 +947,10 @@ impl RelayFollower {
             return;
         };
         let desired = relay.desired();
+        let reread = std::mem::take(&mut relay.reread);
         let open: Vec<Subscription> = desired
             .values()
-            .filter(|s| relay.sent.get(&s.key) != Some(s))
+            .filter(|s| relay.sent.get(&s.key) != Some(s) || reread.contains(&s.key))
             .cloned()
             .collect();
         let close: Vec<SubKey> = relay
@@ -1040,6 +1071,7 @@ impl RelayFollower {
         relay.link = Link::Connecting { id };
         relay.retry_at = None;
         relay.dirty = false;
+        relay.reread.clear();
         relay.last_update = None;
         relay.sent = desired.clone();
         self.stats.connects += 1;

@@ -1147,3 +1147,55 @@ fn following_a_relay_is_reported_when_it_starts_and_stops() {
         ]
     );
 }
+
+/// A repository followed while its announcement waited becomes hosted: the subscription
+/// covering it on each connected relay is sent again unchanged (its history is read again,
+/// so what was refused as tagging nothing hosted comes back), once, coalesced with other
+/// changes; a relay still connecting reads every history when it connects anyway.
+#[test]
+fn a_repository_becoming_hosted_reads_its_histories_again() {
+    let mut f = follower(FollowConfig::default());
+    f.handle_input(
+        t(0),
+        Input::Announcement(ann(1, "repo", 100, &["wss://relay.one"])),
+    );
+    let (id, subs) = only_connect(&drain(&mut f));
+    f.handle_input(t(1), Input::Connected { id });
+    assert!(drain(&mut f).is_empty());
+
+    f.handle_input(t(5), Input::RepositoryHosted(repo(1, "repo")));
+    assert_eq!(
+        drain(&mut f),
+        [Command::UpdateSubscriptions {
+            id,
+            open: subs.clone(),
+            close: vec![]
+        }]
+    );
+    assert!(
+        run_until(&mut f, t(60)).is_empty(),
+        "read again once, not on every timer"
+    );
+
+    // Within the resubscribe interval of that update: one update at its end.
+    f.handle_input(t(60), Input::RepositoryHosted(repo(1, "repo")));
+    let at = f.now;
+    drain(&mut f);
+    f.handle_input(at, Input::RepositoryHosted(repo(1, "repo")));
+    assert!(drain(&mut f).is_empty(), "coalesced");
+    let later = run_until(&mut f, t(120));
+    assert_eq!(later.len(), 1, "{later:?}");
+
+    // Unknown repositories and relays not up change nothing.
+    f.handle_input(t(130), Input::RepositoryHosted(repo(2, "other")));
+    assert!(drain(&mut f).is_empty());
+    f.handle_input(t(131), Input::Closed { id });
+    drain(&mut f);
+    f.handle_input(t(132), Input::RepositoryHosted(repo(1, "repo")));
+    assert!(
+        !drain(&mut f)
+            .iter()
+            .any(|c| matches!(c, Command::UpdateSubscriptions { .. })),
+        "nothing to send on a connection that is down"
+    );
+}

@@ -76,10 +76,11 @@ impl Node {
 
     /// An event the relay follower learned from the relay at `relay` (id and signature
     /// checked).
-    pub async fn accept_synced(self: &Arc<Self>, event: Event, relay: &str) {
+    pub async fn accept_synced(self: &Arc<Self>, event: Event, relay: &str) -> relay::Verdict {
         let id = event.id;
         let verdict = self.accept(event, Submission::synced_from(relay)).await;
         debug!(%id, accepted = verdict.accepted, message = %verdict.message, "synced event decided");
+        verdict
     }
 
     async fn accept_git_event(

@@ -130,6 +130,7 @@ impl Node {
                     // nor one a newer version supersedes.
                     if matches!(outcome, InsertOutcome::Stored { .. }) {
                         self.follow(&event);
+                        self.reread_if_announcement(&event);
                         self.publish_live(event);
                     }
                 }

@@ -387,6 +387,16 @@ impl Node {
         }
     }
 
+    /// An announcement released from purgatory makes its repository hosted: what its relays
+    /// sent while it waited and that tagged it (issues, comments) was refused then, so the
+    /// follower reads those histories again.
+    fn reread_if_announcement(&self, event: &nostr::event::Event) {
+        if let Ok(Some(GitEvent::Announcement(a))) = graspd_core::events::parse(event) {
+            self.follower
+                .repository_hosted(RepoKey::new(a.owner, a.identifier));
+        }
+    }
+
     /// Prometheus text for `/metrics`.
     pub fn render_metrics(&self) -> String {
         let stats = self

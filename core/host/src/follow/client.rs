@@ -2,7 +2,7 @@
 //! connection, one task calling the event callback.
 
 use std::collections::BTreeMap;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -291,6 +291,11 @@ impl FollowerHandle {
         self.input(Input::Announcement(announcement));
     }
 
+    /// The repository's announcement is served now: its histories are read again.
+    pub fn repository_hosted(&self, repo: RepoKey) {
+        self.input(Input::RepositoryHosted(repo));
+    }
+
     /// The repository is no longer hosted.
     pub fn repository_removed(&self, repo: RepoKey) {
         self.input(Input::RepositoryRemoved(repo));
@@ -329,23 +334,26 @@ impl FollowerHandle {
 /// Starts the driver and the delivery task on `runtime`. `on_event` gets each event whose id
 /// and signature are valid, once (the same event from several relays is passed on once), with
 /// the URL of the relay it came from first; it should hand the event to the acceptance path
-/// as synced (`Submission::synced_from`) and return quickly.
+/// as synced (`Submission::synced_from`) and return quickly. Every event counts as taken.
 pub fn spawn_follower<F>(runtime: Arc<dyn Runtime>, handle: FollowerHandle, on_event: F)
 where
     F: Fn(Event, Arc<str>) + Send + Sync + 'static,
 {
     spawn_follower_async(runtime, handle, move |event, relay| {
         on_event(event, relay);
-        Box::pin(std::future::ready(()))
+        Box::pin(std::future::ready(true))
     });
 }
 
 /// Like [`spawn_follower`], for an acceptance path that is async: the next event waits until
 /// the future of the previous one completed (so a slow store slows the relays down, through
-/// the bounded queue, instead of piling events up).
+/// the bounded queue, instead of piling events up). The future says whether the event was
+/// taken (stored or waiting); one refused is not remembered as passed on, so it is decided
+/// again when a relay sends it again: what it relates to may be hosted by then (an issue
+/// read with the announcement it tags, before that announcement was released).
 pub fn spawn_follower_async<F>(runtime: Arc<dyn Runtime>, handle: FollowerHandle, on_event: F)
 where
-    F: Fn(Event, Arc<str>) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    F: Fn(Event, Arc<str>) -> BoxFuture<'static, bool> + Send + Sync + 'static,
 {
     let limits = handle.shared.limits;
     let (events_tx, events_rx) = async_channel::bounded(limits.event_queue.max(1));
@@ -368,10 +376,10 @@ where
 
 type Delivery = (Arc<str>, Box<Event>);
 
-/// Drops events already passed on, then calls `on_event`.
+/// Drops events already passed on and taken, then calls `on_event`.
 async fn deliver<F>(shared: Arc<Shared>, events: Receiver<Delivery>, on_event: F)
 where
-    F: Fn(Event, Arc<str>) -> BoxFuture<'static, ()>,
+    F: Fn(Event, Arc<str>) -> BoxFuture<'static, bool>,
 {
     let mut recent = RecentIds::new(shared.limits.recent_ids);
     let metrics = &shared.metrics;
@@ -383,35 +391,51 @@ where
         }
         FollowMetrics::add(&metrics.events_learned);
         metrics.relay(&relay, |c| c.learned += 1);
-        on_event(*event, relay).await;
+        let id = event.id;
+        if !on_event(*event, relay).await {
+            recent.forget(&id);
+        }
     }
 }
 
-/// The last `capacity` event ids, oldest forgotten first.
+/// The last `capacity` event ids, oldest forgotten first. Each entry carries the sequence
+/// number of its insertion, so an id forgotten early and seen again is not dropped from the
+/// set when its old place in the order comes up.
 struct RecentIds {
-    set: HashSet<EventId>,
-    order: VecDeque<EventId>,
+    set: HashMap<EventId, u64>,
+    order: VecDeque<(EventId, u64)>,
+    next: u64,
     capacity: usize,
 }
 
 impl RecentIds {
     fn new(capacity: usize) -> RecentIds {
         RecentIds {
-            set: HashSet::new(),
+            set: HashMap::new(),
             order: VecDeque::new(),
+            next: 0,
             capacity: capacity.max(1),
         }
     }
 
+    /// Forgets `id` (its place in the order stays until it would have been forgotten).
+    fn forget(&mut self, id: &EventId) {
+        self.set.remove(id);
+    }
+
     /// False if `id` was seen recently.
     fn insert(&mut self, id: EventId) -> bool {
-        if !self.set.insert(id) {
+        if self.set.contains_key(&id) {
             return false;
         }
-        self.order.push_back(id);
+        self.next += 1;
+        self.set.insert(id, self.next);
+        self.order.push_back((id, self.next));
         if self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+            if let Some((old, seq)) = self.order.pop_front() {
+                if self.set.get(&old) == Some(&seq) {
+                    self.set.remove(&old);
+                }
             }
         }
         true
@@ -875,5 +899,8 @@ mod tests {
         assert!(!recent.insert(id(1)));
         assert!(recent.insert(id(3)));
         assert!(recent.insert(id(1)), "1 was forgotten when 3 came");
+        recent.forget(&id(3));
+        assert!(recent.insert(id(3)), "3 was forgotten when refused");
+        assert!(!recent.insert(id(3)));
     }
 }
