@@ -39,6 +39,8 @@ pub struct FollowConfig {
     /// A subscription change goes to a relay at once when its last update is older than
     /// this; changes within it of the last update coalesce into one update at its end, so a
     /// burst of new announcements becomes one batch of REQs and a lone one costs no delay.
+    /// Short: announcements arriving a few hundred milliseconds apart would otherwise each
+    /// wait most of it before their histories (and the state they wait for) are read.
     pub resubscribe_interval: Duration,
 }
 
@@ -57,7 +59,7 @@ impl Default for FollowConfig {
             max_threads: 100_000,
             chunk_size: 256,
             max_subscriptions_per_relay: 16,
-            resubscribe_interval: Duration::from_millis(250),
+            resubscribe_interval: Duration::from_millis(50),
         }
     }
 }
