@@ -129,7 +129,7 @@ impl ConnectionHooks {
     /// The rate limit an EVENT arriving now is over, with the answer to give, if any. The
     /// connection's own bucket is asked first, so a refused connection spends nothing of
     /// its address's.
-    fn over_rate(&self) -> Option<(Limit, String)> {
+    fn event_rate_refusal(&self) -> Option<(Limit, String)> {
         let node = &self.node.0;
         let limits = &node.settings.relay_limits;
         let now = node.runtime.now();
@@ -167,12 +167,16 @@ impl ConnectionHooks {
 impl RelayBackend for ConnectionHooks {
     fn decide(&self, event: Event) -> BoxFuture<'static, Verdict> {
         let node = Arc::clone(&self.node.0);
-        if let Some((limit, message)) = self.over_rate() {
-            let refused = node.refuse(limit, &message, &event);
-            return Box::pin(async move { refused });
-        }
         let submission = Submission::published_from(self.address.map(AddressKey::client));
         Box::pin(async move { node.accept(event, submission).await })
+    }
+
+    fn over_event_rate(&self) -> Option<(Limit, String)> {
+        let refused = self.event_rate_refusal();
+        if refused.is_some() {
+            self.node.0.metrics.event("rejected");
+        }
+        refused
     }
 
     fn query(&self, query: Query) -> BoxFuture<'static, Result<Vec<EventId>, String>> {

@@ -55,6 +55,9 @@ mod tests {
         let mut third = Box::pin(slots.acquire());
         assert!((&mut third).now_or_never().is_none(), "no third slot");
         drop(first);
-        assert!(third.now_or_never().is_some(), "the given-back slot is taken");
+        assert!(
+            third.now_or_never().is_some(),
+            "the given-back slot is taken"
+        );
     }
 }

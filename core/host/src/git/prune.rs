@@ -253,10 +253,16 @@ async fn object_count(git: &Git, path: &std::path::Path) -> Option<u64> {
     let mut command = process::git(Some(path));
     command.args(["count-objects", "-v"]);
     let deadline = git.runtime().now() + Duration::from_secs(60);
-    let out = process::run(&**git.runtime(), command, &b""[..], Some(deadline), OUTPUT_CAP)
-        .await
-        .ok()
-        .filter(|out| out.success())?;
+    let out = process::run(
+        &**git.runtime(),
+        command,
+        &b""[..],
+        Some(deadline),
+        OUTPUT_CAP,
+    )
+    .await
+    .ok()
+    .filter(|out| out.success())?;
     parse_object_count(&String::from_utf8_lossy(&out.stdout))
 }
 

@@ -41,6 +41,10 @@ pub trait RelayBackend: Send + Sync {
     /// this completes, so `OK true` always follows a durable commit.
     fn decide(&self, event: Event) -> BoxFuture<'static, Verdict>;
 
+    /// The rate limit an EVENT arriving now is over, with the reason to answer, if any. Asked
+    /// before the event is verified, so a refused EVENT costs no signature check.
+    fn over_event_rate(&self) -> Option<(Limit, String)>;
+
     /// The ids of the stored events for a new subscription, read off the async threads
     /// (`store.query_ids(&query.filters, query.cap)` on the blocking pool). An error text ends
     /// the subscription with `CLOSED` and `error: <text>`.
@@ -189,11 +193,24 @@ pub async fn run_connection<S: RelaySocket>(
                         return;
                     }
                     Message::Text(text) => match session.handle_text(text.as_str()) {
-                        Some(Action::Accept(event)) => {
-                            let id = event.id;
-                            deciding.push(id, text.len(), backend.decide(*event));
-                            Vec::new()
+                        Some(Action::Admit(unverified)) => {
+                            if let Some((limit, reason)) = backend.over_event_rate() {
+                                let frame = unverified.refusal(&reason);
+                                refuse(backend, limit, &frame);
+                                vec![frame]
+                            } else {
+                                match unverified.verify() {
+                                    Action::Accept(event) => {
+                                        let id = event.id;
+                                        deciding.push(id, text.len(), backend.decide(*event));
+                                        Vec::new()
+                                    }
+                                    Action::Send(frame) => vec![frame],
+                                    _ => Vec::new(),
+                                }
+                            }
                         }
+                        Some(Action::Accept(_)) => Vec::new(), // only `verify` accepts
                         None => Vec::new(),
                         Some(Action::Send(frame)) => vec![frame],
                         Some(Action::Query(query)) => {

@@ -32,4 +32,4 @@ pub use connection::{run_connection, BoxFuture, RelayBackend, RelaySocket};
 pub use hub::{Hub, Live, LiveFeed};
 pub use limits::RelayLimits;
 pub use negentropy::{NegentropyLimits, ReconcileOpen};
-pub use session::{Action, Query, QueryId, Session, Verdict};
+pub use session::{Action, Query, QueryId, Session, Unverified, Verdict};

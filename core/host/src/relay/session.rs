@@ -15,11 +15,59 @@ use crate::refusals::Limit;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct QueryId(pub u64);
 
+/// An EVENT's event before anything about it is checked, but the id it claims.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unverified {
+    raw: Value,
+    claimed_id: Option<EventId>,
+}
+
+impl Unverified {
+    /// The answer to an EVENT refused before it was verified: `OK false` for the id it claims
+    /// (a NOTICE when it claims none).
+    pub fn refusal(&self, reason: &str) -> String {
+        match &self.claimed_id {
+            Some(id) => messages::ok(id, false, reason),
+            None => messages::notice(reason),
+        }
+    }
+
+    /// Checks an admitted EVENT: well-formed, its id the hash of its content, its signature
+    /// its author's. [`Action::Accept`] if so, else the `OK false` (or NOTICE) to send.
+    pub fn verify(self) -> Action {
+        let Unverified { raw, claimed_id } = self;
+        let event: Event = match serde_json::from_value(raw) {
+            Ok(event) => event,
+            Err(error) => {
+                let reason = format!(
+                    "invalid: malformed event: {}",
+                    truncate(&error.to_string(), 120)
+                );
+                return match claimed_id {
+                    Some(id) => Action::Send(messages::ok(&id, false, &reason)),
+                    None => notice(&reason),
+                };
+            }
+        };
+        if !event.verify_id() {
+            return Action::Send(messages::ok(&event.id, false, "invalid: bad event id"));
+        }
+        if !event.verify_signature() {
+            return Action::Send(messages::ok(&event.id, false, "invalid: bad signature"));
+        }
+        Action::Accept(Box::new(event))
+    }
+}
+
 /// What the driver must do about one client message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send this text frame to the client.
     Send(String),
+    /// An EVENT, parsed as JSON and nothing more. Ask the rate limits first (they cost
+    /// nothing, a signature check does): over them, send [`Unverified::refusal`]; else
+    /// [`Unverified::verify`] it for the next action.
+    Admit(Unverified),
     /// A well-formed event whose id and signature are verified. Decide it (engine, store),
     /// then send [`Verdict::message`] for it. Nothing has been answered yet.
     Accept(Box<Event>),
@@ -258,26 +306,7 @@ impl Session {
             .get("id")
             .and_then(Value::as_str)
             .and_then(|id| EventId::from_hex(id).ok());
-        let event: Event = match serde_json::from_value(raw) {
-            Ok(event) => event,
-            Err(error) => {
-                let reason = format!(
-                    "invalid: malformed event: {}",
-                    truncate(&error.to_string(), 120)
-                );
-                return match claimed_id {
-                    Some(id) => Action::Send(messages::ok(&id, false, &reason)),
-                    None => notice(&reason),
-                };
-            }
-        };
-        if !event.verify_id() {
-            return Action::Send(messages::ok(&event.id, false, "invalid: bad event id"));
-        }
-        if !event.verify_signature() {
-            return Action::Send(messages::ok(&event.id, false, "invalid: bad signature"));
-        }
-        Action::Accept(Box::new(event))
+        Action::Admit(Unverified { raw, claimed_id })
     }
 
     fn handle_req(&mut self, items: &mut [Value]) -> Action {

@@ -30,9 +30,17 @@ fn session_with(limits: RelayLimits) -> (Session, LiveFeed, Hub) {
     (session, feed, hub)
 }
 
-/// The frame an action sends, parsed; panics on other actions.
-fn sent(action: Option<Action>) -> Value {
+/// An EVENT's action once the rate limits admit it (the connection asks them in between).
+fn verified(action: Option<Action>) -> Option<Action> {
     match action {
+        Some(Action::Admit(unverified)) => Some(unverified.verify()),
+        other => other,
+    }
+}
+
+/// The frame an action sends (an EVENT's once admitted), parsed; panics on other actions.
+fn sent(action: Option<Action>) -> Value {
+    match verified(action) {
         Some(Action::Send(frame)) => serde_json::from_str(&frame).unwrap(),
         other => panic!("expected a frame, got {other:?}"),
     }
@@ -185,7 +193,7 @@ fn events_are_verified_before_anything_else() {
         "invalid: bad signature",
     );
 
-    match s.handle_text(&json!(["EVENT", e]).to_string()) {
+    match verified(s.handle_text(&json!(["EVENT", e]).to_string())) {
         Some(Action::Accept(accepted)) => assert_eq!(*accepted, e),
         other => panic!("expected Accept, got {other:?}"),
     }
@@ -442,7 +450,7 @@ fn live_feed_wakes_a_waiting_reader() {
 /// nothing panics.
 fn replies_are_well_formed(text: &str) -> bool {
     let (mut s, _feed, _hub) = session();
-    match s.handle_text(text) {
+    match verified(s.handle_text(text)) {
         None => true,
         Some(Action::Send(frame) | Action::Refused { frame, .. }) => {
             let frame: Value = serde_json::from_str(&frame).unwrap();
@@ -455,6 +463,7 @@ fn replies_are_well_formed(text: &str) -> bool {
         Some(Action::Query(query)) => query.filters.len() <= RelayLimits::default().max_filters,
         Some(Action::Reconcile(open)) => open.filters.len() <= 1,
         Some(Action::Accept(event)) => event.verify().is_ok(),
+        Some(Action::Admit(_)) => false, // `verified` took it further
     }
 }
 
@@ -522,7 +531,8 @@ fn session_store_and_hub_work_together() {
     assert!(reader.stored_event(query.id, &texts[0]).is_some());
 
     let new = event(1621, 2, &[&["a", "30617:x:repo"]]);
-    let Some(Action::Accept(accepted)) = writer.handle_text(&json!(["EVENT", new]).to_string())
+    let Some(Action::Accept(accepted)) =
+        verified(writer.handle_text(&json!(["EVENT", new]).to_string()))
     else {
         panic!("valid event not accepted")
     };
@@ -641,6 +651,8 @@ mod connection {
         refusals: crate::refusals::Refusals,
         /// When set, each decision says it started, then waits for a go before storing.
         gate: Option<Gate>,
+        /// When set, every EVENT is over the rate limits.
+        over_rate: std::sync::atomic::AtomicBool,
     }
 
     struct Gate {
@@ -655,11 +667,22 @@ mod connection {
                 hub: Hub::new(),
                 refusals: Default::default(),
                 gate,
+                over_rate: Default::default(),
             })
         }
     }
 
     impl RelayBackend for Backend {
+        fn over_event_rate(&self) -> Option<(crate::refusals::Limit, String)> {
+            let over = self.over_rate.load(std::sync::atomic::Ordering::Relaxed);
+            over.then(|| {
+                (
+                    crate::refusals::Limit::EventsPerConnection,
+                    "rate-limited: slow down".to_string(),
+                )
+            })
+        }
+
         fn decide(&self, event: Event) -> BoxFuture<'static, Verdict> {
             let (store, hub) = (self.store.clone(), self.hub.clone());
             let gate = self
@@ -860,6 +883,44 @@ mod connection {
         assert_eq!(client.receive(), json!(["EVENT", "after", b]));
         assert_eq!(client.receive(), json!(["EVENT", "after", a]));
         assert_eq!(client.receive(), json!(["EOSE", "after"]));
+        drop(client.to_relay);
+        client.thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Over the rate limits, an EVENT is refused before its signature is checked (a forged
+    /// one gets `rate-limited`, not `invalid`): a flood costs the server no signature checks.
+    #[test]
+    fn the_rate_limits_are_asked_before_the_signature_is_checked() {
+        let dir = std::env::temp_dir().join(format!("graspd-relay-rate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backend = Backend::new(&dir, None);
+        let client = Client::connect(&backend);
+        let (e, other) = (event(1621, 7, &[]), event(1621, 8, &[]));
+        let mut forged = serde_json::to_value(&e).unwrap();
+        forged["sig"] = json!(other.sig.to_hex());
+        let forged = json!(["EVENT", forged]).to_string();
+
+        client.send(&forged);
+        assert_eq!(
+            client.receive(),
+            json!(["OK", e.id.to_hex(), false, "invalid: bad signature"])
+        );
+        backend
+            .over_rate
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        client.send(&forged);
+        assert_eq!(
+            client.receive(),
+            json!(["OK", e.id.to_hex(), false, "rate-limited: slow down"])
+        );
+        client.send(r#"["EVENT", {"content": "no id"}]"#);
+        assert_eq!(
+            client.receive(),
+            json!(["NOTICE", "rate-limited: slow down"])
+        );
+        let limit = crate::refusals::Limit::EventsPerConnection;
+        assert_eq!(backend.refusals.count(limit), 2);
         drop(client.to_relay);
         client.thread.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
