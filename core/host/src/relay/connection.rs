@@ -200,17 +200,15 @@ pub async fn run_connection<S: RelaySocket>(
                                 vec![frame]
                             } else {
                                 match unverified.verify() {
-                                    Action::Accept(event) => {
+                                    Ok(event) => {
                                         let id = event.id;
                                         deciding.push(id, text.len(), backend.decide(*event));
                                         Vec::new()
                                     }
-                                    Action::Send(frame) => vec![frame],
-                                    _ => Vec::new(),
+                                    Err(frame) => vec![frame],
                                 }
                             }
                         }
-                        Some(Action::Accept(_)) => Vec::new(), // only `verify` accepts
                         None => Vec::new(),
                         Some(Action::Send(frame)) => vec![frame],
                         Some(Action::Query(query)) => {

@@ -1,8 +1,8 @@
 //! The NIP-01 relay at `/`, runtime-agnostic and sans-IO.
 //!
 //! - [`Session`]: one connection. Feed it text frames ([`Session::handle_text`]); it answers
-//!   with an [`Action`]: a frame to send, an event to decide ([`Action::Accept`], already id-
-//!   and signature-verified), or a stored-events query to run ([`Action::Query`]).
+//!   with an [`Action`]: a frame to send, an event to admit past the rate limits and then
+//!   verify and decide ([`Action::Admit`]), or a stored-events query to run ([`Action::Query`]).
 //! - [`Hub`]: one per server. The driver [`publish`](Hub::publish)es every event the moment
 //!   it becomes served; each session's [`LiveFeed`] yields the ones it subscribed to.
 //! - [`messages`]: relay-to-client frames (`EVENT`, `OK`, `EOSE`, `CLOSED`, `NOTICE`).

@@ -33,8 +33,9 @@ impl Unverified {
     }
 
     /// Checks an admitted EVENT: well-formed, its id the hash of its content, its signature
-    /// its author's. [`Action::Accept`] if so, else the `OK false` (or NOTICE) to send.
-    pub fn verify(self) -> Action {
+    /// its author's. The event if so, to decide (engine, store) and then answer with
+    /// [`Verdict::message`]; else the `OK false` (or NOTICE) frame to send.
+    pub fn verify(self) -> Result<Box<Event>, String> {
         let Unverified { raw, claimed_id } = self;
         let event: Event = match serde_json::from_value(raw) {
             Ok(event) => event,
@@ -43,19 +44,19 @@ impl Unverified {
                     "invalid: malformed event: {}",
                     truncate(&error.to_string(), 120)
                 );
-                return match claimed_id {
-                    Some(id) => Action::Send(messages::ok(&id, false, &reason)),
-                    None => notice(&reason),
-                };
+                return Err(match claimed_id {
+                    Some(id) => messages::ok(&id, false, &reason),
+                    None => messages::notice(&reason),
+                });
             }
         };
         if !event.verify_id() {
-            return Action::Send(messages::ok(&event.id, false, "invalid: bad event id"));
+            return Err(messages::ok(&event.id, false, "invalid: bad event id"));
         }
         if !event.verify_signature() {
-            return Action::Send(messages::ok(&event.id, false, "invalid: bad signature"));
+            return Err(messages::ok(&event.id, false, "invalid: bad signature"));
         }
-        Action::Accept(Box::new(event))
+        Ok(Box::new(event))
     }
 }
 
@@ -66,11 +67,8 @@ pub enum Action {
     Send(String),
     /// An EVENT, parsed as JSON and nothing more. Ask the rate limits first (they cost
     /// nothing, a signature check does): over them, send [`Unverified::refusal`]; else
-    /// [`Unverified::verify`] it for the next action.
+    /// [`Unverified::verify`] it: decide the event it gives, or send the frame.
     Admit(Unverified),
-    /// A well-formed event whose id and signature are verified. Decide it (engine, store),
-    /// then send [`Verdict::message`] for it. Nothing has been answered yet.
-    Accept(Box<Event>),
     /// A subscription was opened (already live: matching events published from now on are
     /// delivered). Read its stored events off the async thread with
     /// `store.query_ids(&query.filters, query.cap)` and `store.load_json` in chunks, send
@@ -153,7 +151,9 @@ struct Subscription {
 /// loop { select {
 ///   text frame  => match session.handle_text(&text) {
 ///       Some(Action::Send(frame))  => send(frame),
-///       Some(Action::Accept(event)) => { let v = decide(*event).await; send(v.message(&id)) }
+///       Some(Action::Admit(e))     => if over_rate() { send(e.refusal(..)) } else { match e.verify() {
+///                                       Ok(event) => { let v = decide(*event).await; send(v.message(&id)) }
+///                                       Err(frame) => send(frame) } }
 ///       Some(Action::Query(q))     => { let ids = blocking(store.query_ids(&q.filters, q.cap)).await;
 ///                                       for chunk of ids: for json in blocking(store.load_json(chunk)).await
 ///                                           { send(session.stored_event(q.id, &json)) }

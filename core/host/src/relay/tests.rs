@@ -30,17 +30,25 @@ fn session_with(limits: RelayLimits) -> (Session, LiveFeed, Hub) {
     (session, feed, hub)
 }
 
-/// An EVENT's action once the rate limits admit it (the connection asks them in between).
-fn verified(action: Option<Action>) -> Option<Action> {
+/// What an EVENT's action gives once the rate limits admit it (the connection asks them in
+/// between): the verified event, or the frame answering it.
+fn verified(action: Option<Action>) -> Result<Box<Event>, String> {
     match action {
-        Some(Action::Admit(unverified)) => Some(unverified.verify()),
-        other => other,
+        Some(Action::Admit(unverified)) => unverified.verify(),
+        other => panic!("expected an EVENT to admit, got {other:?}"),
     }
 }
 
 /// The frame an action sends (an EVENT's once admitted), parsed; panics on other actions.
 fn sent(action: Option<Action>) -> Value {
-    match verified(action) {
+    let action = match action {
+        Some(Action::Admit(unverified)) => match unverified.verify() {
+            Err(frame) => Some(Action::Send(frame)),
+            Ok(event) => panic!("expected a frame, got the verified event {event:?}"),
+        },
+        other => other,
+    };
+    match action {
         Some(Action::Send(frame)) => serde_json::from_str(&frame).unwrap(),
         other => panic!("expected a frame, got {other:?}"),
     }
@@ -194,8 +202,8 @@ fn events_are_verified_before_anything_else() {
     );
 
     match verified(s.handle_text(&json!(["EVENT", e]).to_string())) {
-        Some(Action::Accept(accepted)) => assert_eq!(*accepted, e),
-        other => panic!("expected Accept, got {other:?}"),
+        Ok(accepted) => assert_eq!(*accepted, e),
+        Err(frame) => panic!("expected the event verified, got {frame}"),
     }
 }
 
@@ -450,7 +458,7 @@ fn live_feed_wakes_a_waiting_reader() {
 /// nothing panics.
 fn replies_are_well_formed(text: &str) -> bool {
     let (mut s, _feed, _hub) = session();
-    match verified(s.handle_text(text)) {
+    match s.handle_text(text) {
         None => true,
         Some(Action::Send(frame) | Action::Refused { frame, .. }) => {
             let frame: Value = serde_json::from_str(&frame).unwrap();
@@ -462,8 +470,13 @@ fn replies_are_well_formed(text: &str) -> bool {
         // No filters left is a REQ whose filters all list nothing (`"ids": []`): EOSE only.
         Some(Action::Query(query)) => query.filters.len() <= RelayLimits::default().max_filters,
         Some(Action::Reconcile(open)) => open.filters.len() <= 1,
-        Some(Action::Accept(event)) => event.verify().is_ok(),
-        Some(Action::Admit(_)) => false, // `verified` took it further
+        Some(Action::Admit(unverified)) => match unverified.verify() {
+            Ok(event) => event.verify().is_ok(),
+            Err(frame) => {
+                let frame: Value = serde_json::from_str(&frame).unwrap();
+                matches!(frame[0].as_str(), Some("NOTICE" | "OK"))
+            }
+        },
     }
 }
 
@@ -531,9 +544,7 @@ fn session_store_and_hub_work_together() {
     assert!(reader.stored_event(query.id, &texts[0]).is_some());
 
     let new = event(1621, 2, &[&["a", "30617:x:repo"]]);
-    let Some(Action::Accept(accepted)) =
-        verified(writer.handle_text(&json!(["EVENT", new]).to_string()))
-    else {
+    let Ok(accepted) = verified(writer.handle_text(&json!(["EVENT", new]).to_string())) else {
         panic!("valid event not accepted")
     };
     let verdict = match store.insert(&accepted).unwrap() {
