@@ -91,6 +91,8 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// The data directory, for servers that share one; else a fresh one.
     pub data_dir: Option<PathBuf>,
+    /// `--public-url`, for servers behind one origin; else the server's own address.
+    pub public_url: Option<String>,
 }
 
 impl ServerOptions {
@@ -116,6 +118,11 @@ impl ServerOptions {
 
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    pub fn public_url(mut self, url: impl Into<String>) -> Self {
+        self.public_url = Some(url.into());
         self
     }
 }
@@ -185,7 +192,12 @@ impl Server {
         cmd.arg("--bind")
             .arg(self.addr.to_string())
             .arg("--public-url")
-            .arg(self.http_url())
+            .arg(
+                self.options
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| self.http_url()),
+            )
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--allow-private-remotes")

@@ -539,6 +539,93 @@ fn on_postgres_a_second_instance_serves_what_the_first_accepted(flavor: Flavor) 
     assert_eq!(ref_of(&url, "refs/heads/main"), Some(work.head()));
 }
 
+/// Three instances behind one public URL, on one database and one data directory: announce
+/// and publish a state on the first, push to the second (whose engine learned the state from
+/// the first's notification), a live subscriber on the third gets the release, and a clone
+/// from the third has the data. The first, which held the state waiting, serves it once and
+/// keeps no copy waiting.
+fn on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events(flavor: Flavor) {
+    let Some(options) = on_postgres("pg_three_instances") else {
+        return;
+    };
+    let options = options.flag("--log", "info,graspd_host::driver=debug");
+    let first = Server::start_with(flavor, options.clone());
+    let behind_one_origin = options
+        .data_dir(&first.data_dir)
+        .public_url(first.http_url());
+    let second = Server::start_with(flavor, behind_one_origin.clone());
+    let third = Server::start_with(flavor, behind_one_origin);
+    let logs = || format!("{}\n{}\n{}", first.log(), second.log(), third.log());
+
+    let owner = keys(1);
+    let ann = announcement(&owner, "demo", &[&first.http_url()], &[]);
+    let work = WorkRepo::init("three-instances");
+    let c1 = work.commit("README", "hello\n");
+    let st = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
+    let mut watcher = RelayClient::connect(&third.ws_url());
+    watcher.subscribe("live", json!({"ids": [st.id.to_hex(), ann.id.to_hex()]}));
+    let deadline = std::time::Instant::now() + SOON;
+    while let Some(msg) = watcher.recv_until(deadline) {
+        if msg[0] == "EOSE" {
+            break;
+        }
+    }
+
+    let mut relay = RelayClient::connect(&first.ws_url());
+    assert_eq!(relay.publish(&ann).message, PURGATORY);
+    assert_eq!(relay.publish(&st).message, PURGATORY);
+    let received = r#"graspd_peer_events_total{outcome="received"}"#;
+    assert!(
+        eventually(SOON, || second.metric(received).unwrap_or(0.0) >= 2.0),
+        "the second instance never heard of the waiting events\n{}",
+        logs()
+    );
+    work.git(&[
+        "push",
+        "-q",
+        &second.repo_url(&npub(&owner), "demo"),
+        "main",
+    ]);
+
+    // In either order: whichever instance releases first, the third serves both live.
+    let mut undelivered = vec![st.id.to_hex(), ann.id.to_hex()];
+    let deadline = std::time::Instant::now() + SOON;
+    while !undelivered.is_empty() {
+        let Some(msg) = watcher.recv_until(deadline) else {
+            panic!(
+                "{undelivered:?} not delivered live on the third instance\n{}",
+                logs()
+            );
+        };
+        if msg[0] == "EVENT" && msg[1] == "live" {
+            undelivered.retain(|id| msg[2]["id"] != id.as_str());
+        }
+    }
+    let clone = temp_dir("three-instances-clone");
+    git(
+        &clone,
+        &["clone", "-q", &third.repo_url(&npub(&owner), "demo"), "."],
+    );
+    assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), c1);
+
+    let waiting_states = r#"graspd_purgatory_waiting{kind="state"}"#;
+    assert!(
+        eventually(SOON, || first.metric(waiting_states) == Some(0.0)),
+        "the first instance still holds the state waiting\n{}",
+        logs()
+    );
+    let mut reader = RelayClient::connect(&first.ws_url());
+    assert_eq!(
+        reader.query_ids(json!({"kinds": [30618]})),
+        vec![st.id.to_hex()]
+    );
+    assert!(
+        !logs().contains("not in the purgatory table"),
+        "an instance lost track of a release\n{}",
+        logs()
+    );
+}
+
 /// A database that is down at start-up stops graspd with an error naming the URL, never its
 /// password.
 fn on_postgres_a_database_that_is_down_is_a_clear_start_up_error(flavor: Flavor) {
@@ -1803,5 +1890,6 @@ both_runtimes!(
     landing_page_lists_hosted_repositories_newest_first,
     on_postgres_events_are_served_and_kept_across_restarts_and_kill9,
     on_postgres_a_second_instance_serves_what_the_first_accepted,
+    on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events,
     on_postgres_a_database_that_is_down_is_a_clear_start_up_error,
 );

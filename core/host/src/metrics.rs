@@ -110,6 +110,10 @@ pub struct Metrics {
     referenced_ids_evicted: Counter<u64, AtomicU64>,
     store_commits: Counter<u64, AtomicU64>,
     store_grouped_writes: Counter<u64, AtomicU64>,
+    peer_events: Family<OutcomeLabel, Counter>,
+    peer_listener_reconnects: Counter<u64, AtomicU64>,
+    peer_listener_connected: Gauge,
+    peer_queue: Gauge,
     domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -332,8 +336,38 @@ impl Metrics {
             "Store writes that went through those commits (writes / commits = the mean batch)",
             store_grouped_writes.clone(),
         );
+        let peer_events = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "peer_events",
+            "Event ids other instances on the database notified: received (queued), dropped \
+             (the queue was full) or gone (moved or removed before they were read)",
+            peer_events.clone(),
+        );
+        let peer_listener_reconnects = Counter::default();
+        registry.register(
+            "peer_listener_reconnects",
+            "Times the connection listening for other instances' events was made again \
+             (what they sent while it was down was not heard)",
+            peer_listener_reconnects.clone(),
+        );
+        let peer_listener_connected = Gauge::default();
+        registry.register(
+            "peer_listener_connected",
+            "Whether this instance is listening for other instances' events (1) or not (0)",
+            peer_listener_connected.clone(),
+        );
+        let peer_queue = Gauge::default();
+        registry.register(
+            "peer_queue",
+            "Notifications from other instances queued, not yet read (how far this instance lags)",
+            peer_queue.clone(),
+        );
         Metrics {
             registry,
+            peer_events,
+            peer_listener_reconnects,
+            peer_listener_connected,
+            peer_queue,
             store_commits,
             store_grouped_writes,
             refusals,
@@ -411,6 +445,29 @@ impl Metrics {
     pub fn group_commits(&self, stats: crate::store::GroupCommitStats) {
         catch_up(&self.store_commits, stats.commits);
         catch_up(&self.store_grouped_writes, stats.writes);
+    }
+
+    /// Brings the counters of other instances' notifications up to the listener's, and the
+    /// queue gauge to `queued`.
+    pub fn peers(&self, stats: crate::store::ListenStats, queued: usize) {
+        for (outcome, total) in [("received", stats.received), ("dropped", stats.dropped)] {
+            catch_up(
+                &self.peer_events.get_or_create(&OutcomeLabel { outcome }),
+                total,
+            );
+        }
+        catch_up(&self.peer_listener_reconnects, stats.reconnects);
+        self.peer_listener_connected.set(i64::from(stats.connected));
+        self.peer_queue.set(queued as i64);
+    }
+
+    /// Counts ids another instance notified that were gone by the time they were read.
+    pub fn peer_events_gone(&self, count: u64) {
+        if count > 0 {
+            self.peer_events
+                .get_or_create(&OutcomeLabel { outcome: "gone" })
+                .inc_by(count);
+        }
     }
 
     /// Advances the prune run counters to `counts`.

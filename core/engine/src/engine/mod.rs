@@ -206,6 +206,21 @@ impl Engine {
         }
     }
 
+    /// Another instance sharing this host's store and repositories served `event`. If it
+    /// waits here too, its repositories are inspected: they hold what released it there, so
+    /// the inspection releases it here (the host then finds it served already). Otherwise an
+    /// announcement or state is taken in as [`Engine::restore_accepted`] takes it.
+    pub fn served_elsewhere(&mut self, now: Time, event: &nostr::event::Event) {
+        self.now = self.now.max(now);
+        if self.purgatory.get(&event.id).is_some() {
+            for repo in self.targets_of(&event.id) {
+                self.request_inspect(repo, false);
+            }
+            return;
+        }
+        self.restore_accepted(event);
+    }
+
     /// Start-up, after `restore_accepted`: an event the store holds in purgatory, with its
     /// remaining life (the host keeps expiry as wall-clock time). It is durable already, so it
     /// goes straight back into scheduling and its repositories are inspected at once: drain

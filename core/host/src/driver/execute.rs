@@ -134,6 +134,9 @@ impl Node {
                         self.publish_live(event);
                     }
                 }
+                None if self.served_already(id).await => {
+                    debug!(%id, kind, "released here and by another instance, which served it")
+                }
                 None => {
                     warn!(%id, kind, "a released event is not in the purgatory table; nothing to serve")
                 }
@@ -194,6 +197,15 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Whether the store serves `id` (another instance sharing it released it first).
+    async fn served_already(&self, id: graspd_core::EventId) -> bool {
+        let store = self.store.clone();
+        matches!(
+            unblock(&*self.runtime, move || store.get(&id)).await,
+            Ok(Ok(Some(_)))
+        )
     }
 
     async fn forget_waiting(&self, id: graspd_core::EventId) {

@@ -9,6 +9,7 @@
 mod accept;
 mod execute;
 mod handlers;
+mod peers;
 mod reload;
 mod write_slots;
 
@@ -68,6 +69,8 @@ pub struct Node {
     address_rates: crate::event_rate::AddressRates,
     /// Store writes running at once.
     writers: write_slots::WriteSlots,
+    /// What the other instances sharing the store commit (PostgreSQL only), queued.
+    peers: Option<async_channel::Receiver<Vec<crate::store::ChangedId>>>,
 }
 
 /// A span per command, so every log line of its execution names the command and repository.
@@ -136,6 +139,7 @@ impl Node {
         let address_rates =
             crate::event_rate::AddressRates::new(settings.relay_limits.events_per_address);
         let settings_writers = settings.store_writers;
+        let peers = peers::listen(&store);
         let node = Arc::new(Node {
             engine: Mutex::new(Engine::new(engine)),
             clock: Clock::new(Arc::clone(&runtime)),
@@ -150,6 +154,7 @@ impl Node {
             writers: write_slots::WriteSlots::new(settings_writers),
             runtime,
             follower,
+            peers,
         });
         let restorer = Arc::clone(&node);
         crate::runtime::unblock(&*node.runtime, move || restorer.restore())
@@ -159,6 +164,9 @@ impl Node {
                 detail: error.to_string(),
             })??;
         node.restore_placeholders().await;
+        if let Some(heard) = node.peers.clone() {
+            node.spawn_peer_feed(heard);
+        }
         let timers = Arc::clone(&node);
         node.runtime
             .spawn(Box::pin(async move { timers.run_timers().await }));
@@ -409,6 +417,10 @@ impl Node {
         self.metrics
             .followed_relays(&self.follower.relay_statuses());
         self.metrics.prunes(self.git.prune_counts());
+        self.metrics.peers(
+            self.store.listen_stats(),
+            self.peers.as_ref().map_or(0, async_channel::Receiver::len),
+        );
         let connections = crate::metrics::Connections {
             refusals: &self.settings.refusals,
             websockets_open: self.hub.connections(),

@@ -52,6 +52,7 @@ use nostr::prelude::{Event, EventId, Filter};
 pub use error::StoreError;
 use group_commit::GroupCommit;
 pub use group_commit::GroupCommitStats;
+pub use pg::notify::{Changed as ChangedId, ListenStats};
 pub use pg::{PgSettings, PgStore};
 pub use query::Visible;
 pub use redb_store::{RedbStore, DEFAULT_CACHE_MIB, FILE_NAME};
@@ -128,6 +129,16 @@ fn decode_waiting(
             None
         }
     }
+}
+
+/// An event another instance on the same database committed, as the store holds it now
+/// ([`Store::changed_events`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Changed {
+    /// In purgatory.
+    Waiting(WaitingEvent),
+    /// Served.
+    Served(Event),
 }
 
 /// What storing an event for serving did.
@@ -404,5 +415,35 @@ impl Store {
     /// Writes sharing commits so far.
     pub fn group_commit_stats(&self) -> GroupCommitStats {
         on_backend!(self, s => s.group_commit_stats())
+    }
+
+    /// What the other instances sharing this store commit, as they commit it: a queue of
+    /// their notifications' ids (at most `capacity` notifications queued). `None` for redb,
+    /// which one process holds alone. See [`PgStore::listen`].
+    pub fn listen(
+        &self,
+        capacity: usize,
+    ) -> Option<std::io::Result<async_channel::Receiver<Vec<ChangedId>>>> {
+        match self {
+            Store::Redb(_) => None,
+            Store::Postgres(s) => Some(s.listen(capacity)),
+        }
+    }
+
+    /// The listener's counters (all zero for redb).
+    pub fn listen_stats(&self) -> ListenStats {
+        match self {
+            Store::Redb(_) => ListenStats::default(),
+            Store::Postgres(s) => s.listen_stats(),
+        }
+    }
+
+    /// The events another instance's notification named, as the store holds them now, in
+    /// order; what has moved or gone since is left out. See [`PgStore::changed_events`].
+    pub fn changed_events(&self, changes: &[ChangedId]) -> Result<Vec<Changed>, StoreError> {
+        match self {
+            Store::Redb(_) => Ok(Vec::new()),
+            Store::Postgres(s) => s.changed_events(changes),
+        }
     }
 }

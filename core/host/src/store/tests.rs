@@ -1083,3 +1083,86 @@ fn a_newer_database_schema_is_refused_untouched() {
         .get(0);
     assert_eq!(kept, newer);
 }
+
+/// PostgreSQL alone: what one store commits (put in purgatory, served, released) the other
+/// stores on the database hear, in commit order, ids only, and read back as the database
+/// holds them now; a store never hears its own writes.
+#[test]
+fn other_instances_hear_what_one_commits_in_order() {
+    let Some(place) = Place::new(Backend::Postgres, "db-notify") else {
+        return;
+    };
+    let (writer, listener) = (place.open(), place.open());
+    let heard = listener.listen(16).expect("PostgreSQL listens").unwrap();
+    let own = writer.listen(16).expect("PostgreSQL listens").unwrap();
+    let next = |queue: &async_channel::Receiver<Vec<ChangedId>>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match queue.try_recv() {
+                Ok(changes) => return Some(changes),
+                Err(_) if std::time::Instant::now() > deadline => return None,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    };
+    // Each listener is up once it hears a write the other store made after it started.
+    let marker = event(&keys(3), 1, 5, &[], "marker");
+    eventually_hears(&heard, &listener, &writer, &marker);
+    let back = event(&keys(3), 1, 6, &[], "back");
+    eventually_hears(&own, &writer, &listener, &back);
+    let base = listener.listen_stats().received;
+
+    let waiting = event(&keys(1), 30618, 10, &[&["d", "r"]], "waits");
+    writer
+        .put_waiting(&WaitingEvent {
+            event: waiting.clone(),
+            arrival: Arrival::Published,
+            expires_at: u64::MAX,
+        })
+        .unwrap();
+    assert_eq!(next(&heard), Some(vec![ChangedId::Waiting(waiting.id)]));
+    let changed = listener
+        .changed_events(&[ChangedId::Waiting(waiting.id)])
+        .unwrap();
+    assert!(matches!(&changed[..], [Changed::Waiting(w)] if w.event == waiting));
+
+    writer.release_waiting(&waiting.id).unwrap().unwrap();
+    assert_eq!(next(&heard), Some(vec![ChangedId::Served(waiting.id)]));
+    // Moved since: the waiting entry is gone, the served one is read.
+    let both = [
+        ChangedId::Waiting(waiting.id),
+        ChangedId::Served(waiting.id),
+    ];
+    assert!(
+        matches!(&listener.changed_events(&both).unwrap()[..], [Changed::Served(e)] if *e == waiting)
+    );
+
+    // A duplicate stores nothing and says nothing; the writer never hears itself.
+    assert_eq!(writer.insert(&waiting).unwrap(), InsertOutcome::Duplicate);
+    let issue = event(&keys(2), 1621, 20, &[], "issue");
+    writer.insert(&issue).unwrap();
+    assert_eq!(next(&heard), Some(vec![ChangedId::Served(issue.id)]));
+    assert_eq!(listener.listen_stats().received, base + 3);
+    // The writer heard none of its own writes: the first thing it hears is the listener's.
+    let last = event(&keys(3), 1, 7, &[], "last");
+    listener.insert(&last).unwrap();
+    assert_eq!(next(&own), Some(vec![ChangedId::Served(last.id)]));
+}
+
+/// Writes `marker` from `writer` until `listener`'s `queue` hears it (a LISTEN starts on a
+/// thread of its own), and takes it from the queue.
+fn eventually_hears(
+    queue: &async_channel::Receiver<Vec<ChangedId>>,
+    listener: &Store,
+    writer: &Store,
+    marker: &Event,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while listener.listen_stats().received == 0 {
+        assert!(std::time::Instant::now() < deadline, "never listening");
+        writer.remove(&marker.id).unwrap();
+        writer.insert(marker).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(queue.try_recv(), Ok(vec![ChangedId::Served(marker.id)]));
+}

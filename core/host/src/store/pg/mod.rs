@@ -10,6 +10,7 @@
 //!
 //! Connections come from a small bounded pool (`pool.rs`, `--database-connections`).
 
+pub mod notify;
 mod pool;
 mod query;
 mod rows;
@@ -55,6 +56,11 @@ pub struct PgStore {
     pub(super) reference_limits: ReferenceLimits,
     pub(super) reference_counters: Arc<ReferenceCounters>,
     pub(super) commits: Arc<GroupCommit<Job>>,
+    /// Names this process in its notifications, so its listener skips its own.
+    token: Arc<str>,
+    /// How the listener connects (outside the pool).
+    config: Arc<postgres::Config>,
+    listen_counters: Arc<notify::ListenCounters>,
 }
 
 /// A write queued for a group commit.
@@ -113,7 +119,7 @@ impl PgStore {
             url: label.clone(),
             detail,
         };
-        let pool = Pool::new(config, settings.connections);
+        let pool = Pool::new(config.clone(), settings.connections);
         let found = {
             let mut client = pool.get().map_err(&unusable)?;
             schema::migrate(&mut client).map_err(|e| unusable(e.to_string()))?
@@ -131,6 +137,9 @@ impl PgStore {
             reference_limits: ReferenceLimits::default(),
             reference_counters: Default::default(),
             commits: Arc::new(GroupCommit::new(DEFAULT_MAX_WRITES_PER_COMMIT)),
+            token: notify::instance_token().into(),
+            config: Arc::new(config),
+            listen_counters: Default::default(),
         };
         let referenced = store.count("referenced")?;
         store.reference_counters = Arc::new(ReferenceCounters::starting_with(referenced));
@@ -155,11 +164,23 @@ impl PgStore {
 
     pub fn insert(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
         let event = event.clone();
-        self.write_grouped(move |rows| rules::insert(rows, &event))
+        self.write_grouped(move |rows| {
+            let outcome = rules::insert(rows, &event)?;
+            rows.note_served(&event, &outcome);
+            Ok(outcome)
+        })
     }
 
     pub fn insert_many(&self, events: &[Event]) -> Result<Vec<InsertOutcome>, StoreError> {
-        self.write(|rows| events.iter().map(|e| rules::insert(rows, e)).collect())
+        self.write(|rows| {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                let outcome = rules::insert(rows, event)?;
+                rows.note_served(event, &outcome);
+                outcomes.push(outcome);
+            }
+            Ok(outcomes)
+        })
     }
 
     pub fn release_waiting(
@@ -167,7 +188,13 @@ impl PgStore {
         id: &EventId,
     ) -> Result<Option<(Event, InsertOutcome)>, StoreError> {
         let (id, label) = (*id, Arc::clone(&self.label));
-        self.write_grouped(move |rows| rules::release(rows, &id, &label))
+        self.write_grouped(move |rows| {
+            let released = rules::release(rows, &id, &label)?;
+            if let Some((event, outcome)) = &released {
+                rows.note_served(event, outcome);
+            }
+            Ok(released)
+        })
     }
 
     pub fn remove(&self, id: &EventId) -> Result<bool, StoreError> {
@@ -338,6 +365,84 @@ impl PgStore {
         self.commits.stats()
     }
 
+    /// Starts listening (`notify.rs`) for what the other instances on this database commit:
+    /// each notification's entries arrive on the returned queue, which holds at most
+    /// `capacity` notifications (the rest are dropped and counted). Dropping the receiver
+    /// stops the listener.
+    pub fn listen(
+        &self,
+        capacity: usize,
+    ) -> std::io::Result<async_channel::Receiver<Vec<notify::Changed>>> {
+        let (queue, heard) = async_channel::bounded(capacity.max(1));
+        notify::spawn_listener(
+            self.config.as_ref().clone(),
+            self.label.display().to_string(),
+            self.token.to_string(),
+            queue,
+            Arc::clone(&self.listen_counters),
+        )?;
+        Ok(heard)
+    }
+
+    pub fn listen_stats(&self) -> notify::ListenStats {
+        self.listen_counters.stats()
+    }
+
+    /// What `changes` name as the database holds it now, in their order: a waiting event
+    /// still in purgatory, a served event still served. What has moved or gone since is left
+    /// out (a later notification names where it went, or nothing is left of it).
+    pub fn changed_events(
+        &self,
+        changes: &[notify::Changed],
+    ) -> Result<Vec<super::Changed>, StoreError> {
+        let waiting_ids: Vec<Id> = changes
+            .iter()
+            .filter_map(|c| match c {
+                notify::Changed::Waiting(id) => Some(id.to_bytes()),
+                notify::Changed::Served(_) => None,
+            })
+            .collect();
+        let served_ids: Vec<Id> = changes
+            .iter()
+            .filter_map(|c| match c {
+                notify::Changed::Served(id) => Some(id.to_bytes()),
+                notify::Changed::Waiting(_) => None,
+            })
+            .collect();
+        let (mut waiting, mut served) = self.snapshot(|txn| {
+            let keys: Vec<&[u8]> = waiting_ids.iter().map(|id| &id[..]).collect();
+            let rows = txn.query(
+                "SELECT id, arrival, expires_at, json FROM waiting WHERE id = ANY($1)",
+                &[&keys],
+            )?;
+            let waiting: std::collections::HashMap<Id, WaitingEvent> = rows
+                .iter()
+                .filter_map(|row| {
+                    let (id, code, expires_at, json): (&[u8], i16, i64, &str) =
+                        (row.get(0), row.get(1), row.get(2), row.get(3));
+                    let code = u8::try_from(code).unwrap_or(0);
+                    let decoded =
+                        decode_waiting(&self.label, id, code, expires_at as u64, json.as_bytes())?;
+                    Some((Id::try_from(id).ok()?, decoded))
+                })
+                .collect();
+            Ok((waiting, query::json_by_id(txn, &served_ids)?))
+        })?;
+        Ok(changes
+            .iter()
+            .filter_map(|change| match change {
+                notify::Changed::Waiting(id) => {
+                    waiting.remove(&id.to_bytes()).map(super::Changed::Waiting)
+                }
+                notify::Changed::Served(id) => {
+                    let id = id.to_bytes();
+                    let json = served.remove(&id)?;
+                    super::query::decode(&id, json.as_bytes()).map(super::Changed::Served)
+                }
+            })
+            .collect())
+    }
+
     fn count(&self, table: &'static str) -> Result<u64, StoreError> {
         let count: i64 = self.read(|client| {
             Ok(client
@@ -416,9 +521,15 @@ impl PgStore {
                 txn: &mut txn,
                 reference_limits: self.reference_limits,
                 reference_changes: Default::default(),
+                notes: Vec::new(),
             };
             let out = body(&mut rows)?;
             let changes = std::mem::take(&mut rows.reference_changes);
+            let notes = std::mem::take(&mut rows.notes);
+            // Delivered by PostgreSQL when (and only if) this transaction commits.
+            for payload in notify::payloads(&self.token, &notes) {
+                txn.execute("SELECT pg_notify($1, $2)", &[&notify::CHANNEL, &payload])?;
+            }
             txn.commit()?;
             Ok((out, changes))
         })();

@@ -8,7 +8,7 @@ use super::super::query::decode;
 use super::super::references::{ReferenceChanges, ReferenceLimits};
 use super::super::rules::{Coordinate, Rows, Tombstones};
 use super::super::schema::{tag_keys, Id};
-use super::super::{arrival_code, WaitingEvent};
+use super::super::{arrival_code, InsertOutcome, WaitingEvent};
 
 /// Unix seconds as stored: `bigint` holds a `u64`'s bits.
 pub fn seconds(value: u64) -> i64 {
@@ -25,6 +25,9 @@ pub struct PgRows<'t, 'c> {
     pub txn: &'t mut Transaction<'c>,
     pub reference_limits: ReferenceLimits,
     pub reference_changes: ReferenceChanges,
+    /// What this transaction put in purgatory (`false`) or served (`true`), in order: the
+    /// other instances are notified of it when it commits (`notify.rs`).
+    pub notes: Vec<(bool, Id)>,
 }
 
 impl PgRows<'_, '_> {
@@ -40,7 +43,15 @@ impl PgRows<'_, '_> {
                 &waiting.event.as_json(),
             ],
         )?;
+        self.notes.push((false, id));
         Ok(())
+    }
+
+    /// Notes that `event` is served if `outcome` stored it.
+    pub fn note_served(&mut self, event: &Event, outcome: &InsertOutcome) {
+        if matches!(outcome, InsertOutcome::Stored { .. }) {
+            self.notes.push((true, event.id.to_bytes()));
+        }
     }
 }
 
