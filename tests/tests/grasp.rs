@@ -574,12 +574,14 @@ fn on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events(fl
     let mut relay = RelayClient::connect(&first.ws_url());
     assert_eq!(relay.publish(&ann).message, PURGATORY);
     assert_eq!(relay.publish(&st).message, PURGATORY);
-    let received = r#"graspd_peer_events_total{outcome="received"}"#;
+    // The second instance's engine holds the state waiting (learned, not only heard of).
+    let waiting_states = r#"graspd_purgatory_waiting{kind="state"}"#;
     assert!(
-        eventually(SOON, || second.metric(received).unwrap_or(0.0) >= 2.0),
-        "the second instance never heard of the waiting events\n{}",
+        eventually(SOON, || second.metric(waiting_states) == Some(1.0)),
+        "the second instance never learned of the waiting state\n{}",
         logs()
     );
+    let pushed_at = std::time::Instant::now();
     work.git(&[
         "push",
         "-q",
@@ -601,6 +603,10 @@ fn on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events(fl
             undelivered.retain(|id| msg[2]["id"] != id.as_str());
         }
     }
+    eprintln!(
+        "push to the second instance to both events live on the third: {} ms",
+        pushed_at.elapsed().as_millis()
+    );
     let clone = temp_dir("three-instances-clone");
     git(
         &clone,
@@ -608,7 +614,6 @@ fn on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events(fl
     );
     assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), c1);
 
-    let waiting_states = r#"graspd_purgatory_waiting{kind="state"}"#;
     assert!(
         eventually(SOON, || first.metric(waiting_states) == Some(0.0)),
         "the first instance still holds the state waiting\n{}",
@@ -622,6 +627,11 @@ fn on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events(fl
     assert!(
         !logs().contains("not in the purgatory table"),
         "an instance lost track of a release\n{}",
+        logs()
+    );
+    assert!(
+        !logs().contains("lock across instances is unavailable"),
+        "a repository lock was refused\n{}",
         logs()
     );
 }

@@ -80,6 +80,19 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         .with_limits(config.git_limits())
         .with_pruning(config.prune_limits())
         .with_refusals(Arc::clone(&refusals));
+    let git = match config.database() {
+        Some(database) => {
+            let locks = store::pg::repo_locks::PgRepoLocks::new(Arc::clone(&runtime), &database)
+                .map_err(|detail| {
+                    ServeError::Store(store::StoreError::Database {
+                        url: "the --database-url".into(),
+                        detail,
+                    })
+                })?;
+            git.with_shared_locks(Arc::new(locks))
+        }
+        None => git,
+    };
     let relay_limits = config.connections.relay_limits();
     let own = graspd_core::acceptance::OwnService::new(&config.public_url())
         .map_err(ServeError::PublicUrl)?;

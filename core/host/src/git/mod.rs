@@ -48,7 +48,7 @@ pub enum GitError {
     /// A ref was not at its expected value; nothing was changed.
     RefConflict(String),
     /// Too many repos busy at once.
-    Busy(TooManyLocks),
+    Busy(LockError),
 }
 
 impl fmt::Display for GitError {
@@ -71,11 +71,13 @@ impl From<io::Error> for GitError {
     }
 }
 
-impl From<TooManyLocks> for GitError {
-    fn from(e: TooManyLocks) -> GitError {
+impl From<LockError> for GitError {
+    fn from(e: LockError) -> GitError {
         GitError::Busy(e)
     }
 }
+
+pub use locks::{LockError, SharedLocks};
 
 /// Most repos locked (or awaited) at once.
 pub const MAX_BUSY_REPOS: usize = 4096;
@@ -122,6 +124,13 @@ impl Git {
     pub fn with_limits(mut self, limits: GitLimits) -> Git {
         self.requests = GitRequests::new(&limits);
         self.limits = limits;
+        self
+    }
+
+    /// The same handle holding each repository's lock across the instances sharing the data
+    /// directory too (`--database-url`: PostgreSQL advisory locks).
+    pub fn with_shared_locks(mut self, shared: Arc<dyn SharedLocks>) -> Git {
+        self.locks = self.locks.with_shared(shared, self.data_dir.clone());
         self
     }
 
@@ -215,7 +224,7 @@ impl Git {
     }
 
     /// Waits for the repo's lock: held while a push is decided and run, or a release applied.
-    pub async fn lock(&self, repo: &RepoKey) -> Result<RepoGuard, TooManyLocks> {
+    pub async fn lock(&self, repo: &RepoKey) -> Result<RepoGuard, LockError> {
         self.locks.lock(&self.repo_path(repo)).await
     }
 

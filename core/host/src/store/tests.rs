@@ -1168,3 +1168,51 @@ fn eventually_hears(
     }
     assert_eq!(queue.try_recv(), Ok(vec![ChangedId::Served(marker.id)]));
 }
+
+/// PostgreSQL alone: a repository's lock across instances is held by one instance's
+/// connection at a time, counted per take, and free again once released or once the
+/// connection holding it is gone.
+#[test]
+fn a_repository_lock_is_held_by_one_instance_at_a_time() {
+    use pg::repo_locks::{repo_key, SessionLocks};
+    let Some(place) = Place::new(Backend::Postgres, "db-repo-locks") else {
+        return;
+    };
+    let url = place.database.as_deref().expect("a database");
+    let session = || SessionLocks::new(url.parse().unwrap(), "test".into());
+    let (first, second) = (session(), session());
+    let repo = repo_key(Path::new("npub1x/a.git"));
+    let other = repo_key(Path::new("npub1x/b.git"));
+    assert_ne!(repo, other);
+    assert_eq!(
+        repo,
+        repo_key(Path::new("npub1x/a.git")),
+        "the same on every instance"
+    );
+
+    assert_eq!(first.try_lock(repo), Ok(true));
+    assert_eq!(second.try_lock(repo), Ok(false), "held by the first");
+    assert_eq!(
+        second.try_lock(other),
+        Ok(true),
+        "another repository is free"
+    );
+    // The holder may take it again (a pending release of the last holder): one release each.
+    assert_eq!(first.try_lock(repo), Ok(true));
+    first.unlock(repo).unwrap();
+    assert_eq!(second.try_lock(repo), Ok(false));
+    first.unlock(repo).unwrap();
+    assert_eq!(second.try_lock(repo), Ok(true));
+
+    // A holder that goes away lets its locks go, once the server sees it gone (polled up to
+    // 30 s, 3000 times 10 ms).
+    drop(second);
+    let freed = (0..3000).any(|_| {
+        let taken = first.try_lock(repo) == Ok(true);
+        if !taken {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        taken
+    });
+    assert!(freed, "the lock outlived its connection");
+}

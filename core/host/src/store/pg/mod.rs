@@ -13,6 +13,7 @@
 pub mod notify;
 mod pool;
 mod query;
+pub mod repo_locks;
 mod rows;
 mod schema;
 
