@@ -38,7 +38,8 @@ impl Flavor {
         BUILT.get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            if release && !run_by_cargo_test() {
                 // The benchmark: only the two servers, optimised.
                 cmd.args([
                     "build",
@@ -52,8 +53,28 @@ impl Flavor {
             } else {
                 // Under `cargo test --workspace` the dependencies were built with the whole
                 // workspace's features; asking for the same targets reuses them (a `-p` build
-                // would resolve other features and rebuild gix and friends).
+                // would resolve other features and rebuild the host and the binaries).
                 cmd.args(["build", "--workspace", "--lib", "--bins", "--tests"]);
+                if release {
+                    cmd.arg("--release");
+                }
+            }
+            // What `cargo test` set for this test, so that the build sees the environment the
+            // shell's `cargo test` saw: build scripts that track a variable (ring tracks
+            // CARGO_MANIFEST_DIR) would otherwise rebuild, and everything above them after.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                if name == "CARGO_MANIFEST_DIR"
+                    || name == "CARGO_MANIFEST_PATH"
+                    || name == "CARGO_CRATE_NAME"
+                    || name == "CARGO_PRIMARY_PACKAGE"
+                    || name == "CARGO_TARGET_TMPDIR"
+                    || name == "OUT_DIR"
+                    || name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_EXE_")
+                {
+                    cmd.env_remove(&*name);
+                }
             }
             // Into the target directory this executable runs from, whatever the environment.
             if let Some(target_dir) = profile_dir.parent() {
@@ -66,6 +87,14 @@ impl Flavor {
         });
         profile_dir.join(self.binary_name())
     }
+}
+
+/// Whether this executable is a test built by `cargo test` (`target/<profile>/deps/<test>`).
+fn run_by_cargo_test() -> bool {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(|dir| dir.file_name())
+        .is_some_and(|n| n == "deps")
 }
 
 /// `target/<profile>`, found from this executable: a test (`target/<profile>/deps/<test>`) or

@@ -578,19 +578,25 @@ fn objects_of_an_expired_placeholder_are_pruned(flavor: Flavor) {
     assert_eq!(git(&dir.join("c"), &["rev-parse", "HEAD"]), main);
 }
 
-/// The parent and niceness of the process whose `/proc/<pid>/stat` is `stat`.
-fn parent_and_niceness(stat: &str) -> (u32, i64) {
-    // After the parenthesised command name: state, ppid, ..., nice (field 19 overall).
+/// Linux's scheduling policy for processes that run only on CPU time nothing else wants.
+const SCHED_IDLE: i64 = 5;
+
+/// The parent, niceness and scheduling policy of the process whose `/proc/<pid>/stat` is
+/// `stat`.
+fn parent_niceness_policy(stat: &str) -> (u32, i64, i64) {
+    // After the parenthesised command name: state, ppid, ..., nice (field 19 overall), ...,
+    // policy (field 41).
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
     (
         fields[1].parse().expect("ppid"),
         fields[16].parse().expect("nice"),
+        fields[38].parse().expect("policy"),
     )
 }
 
-/// The niceness of each process whose parent is `parent` and whose command line names
-/// `program`.
-fn children_niceness(parent: u32, program: &str) -> Vec<i64> {
+/// The niceness and scheduling policy of each process whose parent is `parent` and whose
+/// command line names `program`, sorted.
+fn children_priorities(parent: u32, program: &str) -> Vec<(i64, i64)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let dir = entry.path();
@@ -601,27 +607,19 @@ fn children_niceness(parent: u32, program: &str) -> Vec<i64> {
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
-        let (ppid, nice) = parent_and_niceness(&stat);
+        let (ppid, nice, policy) = parent_niceness_policy(&stat);
         if ppid == parent {
-            found.push(nice);
+            found.push((nice, policy));
         }
     }
+    found.sort();
     found
 }
 
-/// Clones and fetches run their git at a lower CPU priority than the server (and its
-/// pushes): a client asking for large packs cannot starve pushes and the relay.
-fn upload_pack_runs_at_lower_priority(flavor: Flavor) {
-    let server = Server::start_with(
-        flavor,
-        ServerOptions::default().flag("--git-upload-nice", 7),
-    );
-    let mut relay = RelayClient::connect(&server.ws_url());
-    let (work, url) = announced_repo(&server, &mut relay);
-    let path = url.trim_start_matches(&server.http_url()).to_owned() + "/git-upload-pack";
-    // A fetch whose request never ends keeps its upload-pack waiting for the rest.
+/// A fetch whose request never ends, which keeps its upload-pack waiting for the rest.
+fn unfinished_fetch(server: &Server, path: &str, want: &str) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).expect("connect");
-    let body = pkt(format!("want {}\n", work.head()).as_bytes());
+    let body = pkt(format!("want {want}\n").as_bytes());
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {}\r\n\
          Content-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n",
@@ -630,17 +628,49 @@ fn upload_pack_runs_at_lower_priority(flavor: Flavor) {
     );
     stream.write_all(head.as_bytes()).expect("send head");
     stream.write_all(&body).expect("send body");
+    stream
+}
+
+/// Clones and fetches run their git at a lower CPU priority than the server (and its
+/// pushes): a client asking for large packs cannot starve pushes and the relay. An address's
+/// fetches beyond its share run only on CPU time nothing else wants, so one address's many
+/// clones cannot slow another's.
+fn upload_pack_runs_at_lower_priority(flavor: Flavor) {
+    let server = Server::start_with(
+        flavor,
+        ServerOptions::default()
+            .flag("--git-upload-nice", 7)
+            .flag("--git-full-priority-per-address", 2),
+    );
+    let mut relay = RelayClient::connect(&server.ws_url());
+    let (work, url) = announced_repo(&server, &mut relay);
+    let path = url.trim_start_matches(&server.http_url()).to_owned() + "/git-upload-pack";
     let pid = server.pid().expect("running");
-    let mut niceness = Vec::new();
-    let seen = graspd_tests::nostr::eventually(SOON, || {
-        niceness = children_niceness(pid, "upload-pack");
-        !niceness.is_empty()
-    });
-    assert!(seen, "no upload-pack process of the server found");
-    assert_eq!(niceness, [7], "niceness of the server's upload-pack");
+    let mut fetches = Vec::new();
+    let mut priorities = Vec::new();
+    for running in 1..=3 {
+        fetches.push(unfinished_fetch(&server, &path, &work.head()));
+        let seen = graspd_tests::nostr::eventually(SOON, || {
+            priorities = children_priorities(pid, "upload-pack");
+            priorities.len() == running
+        });
+        assert!(
+            seen,
+            "{running} upload-packs of the server expected, found {priorities:?}"
+        );
+    }
+    assert_eq!(
+        priorities,
+        [(0, SCHED_IDLE), (7, 0), (7, 0)],
+        "(niceness, policy) of the server's upload-packs"
+    );
     let own = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server stat");
-    assert_eq!(parent_and_niceness(&own).1, 0, "the server's own niceness");
-    drop(stream);
+    assert_eq!(
+        parent_niceness_policy(&own).1,
+        0,
+        "the server's own niceness"
+    );
+    drop(fetches);
 }
 
 /// Whether `oid` is a loose object of the bare repository at `bare`.

@@ -141,6 +141,16 @@ pub struct Config {
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub git_upload_nice: i32,
 
+    /// Git requests one client address may have in flight at `--git-upload-nice`; its
+    /// clones and fetches beyond these run only on CPU time nothing else wants
+    /// (`SCHED_IDLE`), so many requests from one address cannot slow another address's.
+    #[arg(
+        long,
+        env = "GRASPD_GIT_FULL_PRIORITY_PER_ADDRESS",
+        default_value_t = 2
+    )]
+    pub git_full_priority_per_address: usize,
+
     /// Most ref updates one push may carry.
     #[arg(long, env = "GRASPD_MAX_PUSH_COMMANDS", default_value_t = 10_000)]
     pub max_push_commands: usize,
@@ -477,6 +487,7 @@ impl Config {
         crate::git::GitLimits {
             process_timeout: Duration::from_secs(self.git_timeout_secs),
             upload_pack_nice: self.git_upload_nice,
+            full_priority_per_address: self.git_full_priority_per_address,
             max_push_commands: self.max_push_commands,
             max_requests: self.max_git_requests,
             max_requests_per_address: self.max_git_requests_per_address,

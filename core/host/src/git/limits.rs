@@ -17,6 +17,10 @@ pub struct GitLimits {
     pub process_timeout: Duration,
     /// Niceness of the upload-pack processes (and the pack-objects they run).
     pub upload_pack_nice: i32,
+    /// An address's git requests beyond this many in flight run their upload-pack at the
+    /// lowest priority ([`Priority::Idle`]): one address's many clones cannot take the CPU
+    /// from another address's one.
+    pub full_priority_per_address: usize,
     /// Most ref updates in one push.
     pub max_push_commands: usize,
     /// Most git requests (each with its git process) served at once.
@@ -30,6 +34,7 @@ impl Default for GitLimits {
         GitLimits {
             process_timeout: Duration::from_secs(3600),
             upload_pack_nice: 10,
+            full_priority_per_address: 2,
             max_push_commands: super::receive::MAX_COMMANDS,
             max_requests: 64,
             max_requests_per_address: 16,
@@ -63,6 +68,15 @@ impl fmt::Display for Busy {
     }
 }
 
+/// How much CPU a git process serving a client may claim against the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// At this niceness.
+    Nice(i32),
+    /// Only when nothing else wants the CPU (`SCHED_IDLE` on Linux, niceness 19 elsewhere).
+    Idle,
+}
+
 /// The git requests in flight, in all and per client address (an IPv6 /64 counts as one, as
 /// for WebSockets). Only addresses with a request in flight have an entry, so the map never
 /// holds more than the total cap.
@@ -70,6 +84,7 @@ impl fmt::Display for Busy {
 pub struct GitRequests {
     max_total: usize,
     max_per_address: usize,
+    full_priority_per_address: usize,
     in_flight: Mutex<(usize, BTreeMap<AddressKey, usize>)>,
 }
 
@@ -78,6 +93,8 @@ pub struct GitRequests {
 pub struct GitRequestSlot {
     requests: Arc<GitRequests>,
     address: AddressKey,
+    /// Requests from the same address already in flight when this one started.
+    rank: usize,
 }
 
 impl GitRequests {
@@ -85,6 +102,7 @@ impl GitRequests {
         Arc::new(GitRequests {
             max_total: limits.max_requests,
             max_per_address: limits.max_requests_per_address,
+            full_priority_per_address: limits.full_priority_per_address,
             in_flight: Mutex::default(),
         })
     }
@@ -106,12 +124,27 @@ impl GitRequests {
                 max: self.max_per_address,
             });
         }
+        let rank = *mine;
         *mine += 1;
         *total += 1;
         Ok(GitRequestSlot {
             requests: Arc::clone(self),
             address,
+            rank,
         })
+    }
+}
+
+impl GitRequestSlot {
+    /// The priority of this request's upload-pack: `nice` for an address's first requests
+    /// in flight, idle beyond them. The rank is fixed when the request starts, so an
+    /// address keeps at most its share at `nice` however its requests come and go.
+    pub fn upload_pack_priority(&self, nice: i32) -> Priority {
+        if self.rank < self.requests.full_priority_per_address {
+            Priority::Nice(nice)
+        } else {
+            Priority::Idle
+        }
     }
 }
 
@@ -158,5 +191,25 @@ mod tests {
         let _c1 = requests.try_start(c).unwrap();
         assert_eq!(requests.try_start(a).unwrap_err(), Busy::Server { max: 3 });
         assert_eq!(requests.in_flight.lock().unwrap().1.len(), 3);
+    }
+
+    #[test]
+    fn an_address_beyond_its_share_runs_upload_pack_idle_and_others_keep_theirs() {
+        let requests = GitRequests::new(&GitLimits {
+            full_priority_per_address: 2,
+            ..GitLimits::default()
+        });
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a1 = requests.try_start(a).unwrap();
+        let a2 = requests.try_start(a).unwrap();
+        let a3 = requests.try_start(a).unwrap();
+        let b1 = requests.try_start(b).unwrap();
+        assert_eq!(a1.upload_pack_priority(10), Priority::Nice(10));
+        assert_eq!(a2.upload_pack_priority(10), Priority::Nice(10));
+        assert_eq!(a3.upload_pack_priority(10), Priority::Idle);
+        assert_eq!(b1.upload_pack_priority(10), Priority::Nice(10));
+        drop((a1, a2));
+        let a4 = requests.try_start(a).unwrap();
+        assert_eq!(a4.upload_pack_priority(10), Priority::Nice(10));
     }
 }

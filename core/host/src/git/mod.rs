@@ -26,7 +26,7 @@ use graspd_core::{Namespace, Oid, RefEdit, RepoKey};
 use nostr::nips::nip19::ToBech32;
 
 pub use fetch::{FetchLimits, GitFetchError};
-pub use limits::{Busy, GitLimits, GitRequestSlot, GitRequests};
+pub use limits::{Busy, GitLimits, GitRequestSlot, GitRequests, Priority};
 pub use listing::{ListedRef, RefListing};
 pub use locks::{RepoGuard, RepoLocks, TooManyLocks};
 pub use ops::GitOps;

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use futures_util::io::{AsyncRead, AsyncWrite};
 
+use super::limits::Priority;
 use super::pktline;
 use super::process::{self, git, GitOutput, Watched};
 use crate::runtime::Runtime;
@@ -159,13 +160,13 @@ pub fn upload_pack(
     runtime: &Arc<dyn Runtime>,
     repo: &Path,
     git_protocol: Option<&str>,
-    nice: i32,
+    priority: Priority,
     held: Box<dyn Send>,
     deadline: Instant,
     on_kill: impl FnOnce() + Send + 'static,
 ) -> io::Result<UploadPack> {
     let mut command = service_command(Service::UploadPack, repo, git_protocol, &[]);
-    lower_priority(&mut command, nice);
+    lower_priority(&mut command, priority);
     let mut child = runtime.spawn_process(command)?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(io::Error::other("upload-pack has no stdin or stdout"));
@@ -185,17 +186,26 @@ pub fn upload_pack(
     })
 }
 
-/// Runs `command` (and every process it starts) at niceness `nice`.
+/// Runs `command` (and every process it starts) at `priority`.
 #[cfg(unix)]
-fn lower_priority(command: &mut std::process::Command, nice: i32) {
+fn lower_priority(command: &mut std::process::Command, priority: Priority) {
     use std::os::unix::process::CommandExt;
-    if nice <= 0 {
+    if priority == Priority::Nice(0) {
         return;
     }
-    // SAFETY: runs in the forked child before exec; setpriority is async-signal-safe and
-    // the closure only reads a copied value.
+    // SAFETY: runs in the forked child before exec; setpriority and sched_setscheduler are
+    // async-signal-safe and the closure only reads a copied value.
     unsafe {
         command.pre_exec(move || {
+            let nice = match priority {
+                Priority::Nice(nice) => nice,
+                Priority::Idle => {
+                    if idle_scheduling() {
+                        return Ok(());
+                    }
+                    19
+                }
+            };
             if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -204,9 +214,25 @@ fn lower_priority(command: &mut std::process::Command, nice: i32) {
     }
 }
 
+/// Moves the calling process to `SCHED_IDLE`: it runs only on CPU time no other process
+/// wants, and the processes it starts inherit that. Any process may lower itself to it.
+///
+/// # Safety
+/// Only between fork and exec, or on the calling thread when that is meant.
+#[cfg(target_os = "linux")]
+unsafe fn idle_scheduling() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+unsafe fn idle_scheduling() -> bool {
+    false
+}
+
 /// Not lowered off unix.
 #[cfg(not(unix))]
-fn lower_priority(_command: &mut std::process::Command, _nice: i32) {}
+fn lower_priority(_command: &mut std::process::Command, _priority: Priority) {}
 
 /// A push at least this large keeps its pack as it is (see [`receive_pack`]).
 const KEEP_PACK_BYTES: u64 = 1024 * 1024;

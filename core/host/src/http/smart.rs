@@ -314,11 +314,12 @@ async fn upload_pack(
             &format_args!("git upload-pack for {name} ran past its limit of {secs} s; killed"),
         );
     };
+    let priority = slot.upload_pack_priority(limits.upload_pack_nice);
     let run = git_smart::upload_pack(
         site.git.runtime(),
         path,
         protocol,
-        limits.upload_pack_nice,
+        priority,
         Box::new(slot),
         deadline,
         on_kill,
