@@ -19,11 +19,12 @@ use nostr::event::{Event, Kind};
 use nostr::filter::Filter;
 use tracing::{debug, warn};
 
+use super::write_slots::committed;
 use super::Node;
 use crate::refusals::Limit;
 use crate::relay;
 use crate::runtime::unblock;
-use crate::store::{InsertOutcome, Store, StoreError, WaitingEvent};
+use crate::store::{InsertOutcome, PendingWrite, Store, StoreError, WaitingEvent};
 
 const DUPLICATE: &str = "duplicate: already have this event";
 
@@ -115,7 +116,7 @@ impl Node {
                 let outcome = self
                     .persist(
                         ticket,
-                        move |store| store.insert(&stored),
+                        move |store| store.insert_queued(&stored),
                         |outcome| *outcome != InsertOutcome::Deleted,
                     )
                     .await;
@@ -134,7 +135,11 @@ impl Node {
                 let repo = announced_repo(&waiting.event);
                 let event_for_follow = waiting.event.clone();
                 let written = self
-                    .persist(ticket, move |store| store.put_waiting(&waiting), |()| true)
+                    .persist(
+                        ticket,
+                        move |store| store.put_waiting_queued(&waiting),
+                        |()| true,
+                    )
                     .await;
                 match written {
                     Ok(()) => {
@@ -187,21 +192,16 @@ impl Node {
     async fn persist<T: Send + 'static>(
         self: &Arc<Self>,
         ticket: Ticket,
-        write: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        write: impl FnOnce(&Store) -> PendingWrite<T> + Send + 'static,
         kept: fn(&T) -> bool,
     ) -> Result<T, String> {
         let (done, result) = async_channel::bounded(1);
         let node = Arc::clone(self);
         self.runtime.spawn(Box::pin(async move {
-            let store = node.store.clone();
             let slot = node.writers.acquire().await;
-            let written = unblock(&*node.runtime, move || write(&store)).await;
+            let written = committed(&node.runtime, write(&node.store)).await;
             drop(slot);
-            let written = match written {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
+            let written = written.map_err(|error| error.to_string());
             let input = match &written {
                 Ok(value) if kept(value) => Input::Persisted { ticket },
                 _ => Input::PersistFailed { ticket },
@@ -228,11 +228,17 @@ impl Node {
                 policy: &policy,
                 max_tags: max_references,
             };
-            related::accept_related(&stored, &view, max_references).map(|()| store.insert(&stored))
+            related::accept_related(&stored, &view, max_references)
+                .map(|()| store.insert_queued(&stored))
         })
         .await;
+        let written = match decided {
+            Ok(Ok(pending)) => Ok(Ok(committed(&self.runtime, pending).await)),
+            Ok(Err(rejection)) => Ok(Err(rejection)),
+            Err(error) => Err(error),
+        };
         drop(slot);
-        match decided {
+        match written {
             Ok(Ok(Ok(outcome))) => self.served(event, outcome),
             Ok(Ok(Err(error))) => persist_failed(&error),
             Ok(Err(rejection)) => {

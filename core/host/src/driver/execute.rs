@@ -7,6 +7,7 @@ use std::time::Duration;
 use graspd_core::{ApplyError, Command, EngineEvent, FetchError, FetchReport, Input, RepoSnapshot};
 use tracing::{debug, info, warn};
 
+use super::write_slots::committed;
 use super::Node;
 use crate::git::{self, FetchLimits, GitError};
 use crate::runtime::unblock;
@@ -182,11 +183,8 @@ impl Node {
         loop {
             let store = self.store.clone();
             let slot = self.writers.acquire().await;
-            let released = unblock(&*self.runtime, move || store.release_waiting(&id)).await;
+            let released = committed(&self.runtime, store.release_waiting_queued(&id)).await;
             drop(slot);
-            let released = released
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
             match released {
                 Ok(found) => return found,
                 Err(error) => {
@@ -210,9 +208,8 @@ impl Node {
 
     async fn forget_waiting(&self, id: graspd_core::EventId) {
         let store = self.store.clone();
-        match unblock(&*self.runtime, move || store.remove_waiting(&id)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => warn!(%id, %error, "removing a waiting event from the store failed"),
+        match committed(&self.runtime, store.remove_waiting_queued(&id)).await {
+            Ok(_) => {}
             Err(error) => warn!(%id, %error, "removing a waiting event from the store failed"),
         }
     }

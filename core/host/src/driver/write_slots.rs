@@ -1,10 +1,33 @@
-//! A bound on the store writes running at once.
+//! Store writes from the driver: a bound on those queued at once, and waiting for one
+//! without holding a thread.
 //!
-//! A store write runs on a blocking thread and, with group commit, waits there until the
-//! commit that holds it is durable. Unbounded, every EVENT being decided would hold a thread
-//! of its own (hundreds under pipelined clients, each with its stack and allocator arena);
-//! bounded, the writes beyond the bound wait as futures, holding no thread, and the ones
-//! running still share commits.
+//! A hot store write is queued for a group commit and waited for as a future
+//! ([`committed`]); only the writer that finds nobody committing takes a blocking thread, to
+//! lead the commit for everyone queued. So hundreds of EVENTs being decided hold one thread,
+//! not one each (each with its stack and allocator arena). The bound keeps the queue (and the
+//! batch a commit may take) finite: writes beyond it wait for a slot.
+
+use std::sync::Arc;
+
+use crate::runtime::{unblock, Runtime};
+use crate::store::{PendingWrite, StoreError};
+
+/// The outcome of a queued store write, waited for without a thread. If the write must lead
+/// the commit, the leading runs on a blocking thread of its own.
+pub async fn committed<T>(
+    runtime: &Arc<dyn Runtime>,
+    mut pending: PendingWrite<T>,
+) -> Result<T, StoreError> {
+    if let Some(leader) = pending.take_leader() {
+        let blocking = Arc::clone(runtime);
+        runtime.spawn(Box::pin(async move {
+            // Refused by the blocking pool, the leader is dropped, and a dropped leader
+            // commits on a thread of its own.
+            let _ = unblock(&*blocking, move || leader.run()).await;
+        }));
+    }
+    pending.committed().await
+}
 
 /// At most `n` writes at once; [`WriteSlots::acquire`] waits for a free one.
 pub struct WriteSlots {

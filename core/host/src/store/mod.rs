@@ -51,7 +51,7 @@ use nostr::prelude::{Event, EventId, Filter};
 
 pub use error::StoreError;
 use group_commit::GroupCommit;
-pub use group_commit::GroupCommitStats;
+pub use group_commit::{GroupCommitStats, Leader};
 pub use pg::notify::{Changed as ChangedId, ListenStats};
 pub use pg::{PgSettings, PgStore};
 pub use query::Visible;
@@ -180,6 +180,52 @@ pub enum Store {
 }
 
 /// Runs the same expression on whichever backend `store` is.
+/// A store write queued for a group commit: its outcome once the commit holding it is
+/// durable. If the write found nobody committing, it carries the duty to ([`Leader`]).
+#[must_use = "a store write's outcome must be waited for"]
+pub struct PendingWrite<T> {
+    pending: group_commit::Pending<T>,
+    /// The store file or database: what a failure names.
+    store: Arc<std::path::PathBuf>,
+}
+
+impl<T> PendingWrite<T> {
+    fn new(pending: group_commit::Pending<T>, store: Arc<std::path::PathBuf>) -> PendingWrite<T> {
+        PendingWrite { pending, store }
+    }
+
+    /// The duty to commit, if this write found nobody committing: run it on a thread that may
+    /// block (a task of its own), or this write and those queued behind it wait for it.
+    pub fn take_leader(&mut self) -> Option<Leader> {
+        self.pending.take_leader()
+    }
+
+    /// Waits on this thread (leading first if nobody was committing).
+    pub fn wait(self) -> Result<T, StoreError> {
+        let store = Arc::clone(&self.store);
+        self.pending
+            .wait()
+            .map_err(|detail| failure(&store, detail))
+    }
+
+    /// Waits without holding a thread; a leader not taken runs on a thread of its own.
+    pub async fn committed(self) -> Result<T, StoreError> {
+        let store = Arc::clone(&self.store);
+        self.pending
+            .committed()
+            .await
+            .map_err(|detail| failure(&store, detail))
+    }
+}
+
+fn failure(store: &Path, detail: String) -> StoreError {
+    tracing::error!(store = %store.display(), error = %detail, "event store failure");
+    StoreError::Io {
+        path: store.to_owned(),
+        detail,
+    }
+}
+
 macro_rules! on_backend {
     ($store:expr, $backend:ident => $body:expr) => {
         match $store {
@@ -267,6 +313,11 @@ impl Store {
     /// Stores `event` for serving, applying NIP-01 replacement and NIP-09 deletion. The
     /// caller has verified its signature and decided it may be served.
     pub fn insert(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
+        self.insert_queued(event).wait()
+    }
+
+    /// [`Store::insert`], queued for a group commit: waiting for it holds no thread.
+    pub fn insert_queued(&self, event: &Event) -> PendingWrite<InsertOutcome> {
         on_backend!(self, s => s.insert(event))
     }
 
@@ -284,6 +335,14 @@ impl Store {
         &self,
         id: &EventId,
     ) -> Result<Option<(Event, InsertOutcome)>, StoreError> {
+        self.release_waiting_queued(id).wait()
+    }
+
+    /// [`Store::release_waiting`], queued for a group commit.
+    pub fn release_waiting_queued(
+        &self,
+        id: &EventId,
+    ) -> PendingWrite<Option<(Event, InsertOutcome)>> {
         on_backend!(self, s => s.release_waiting(id))
     }
 
@@ -295,11 +354,21 @@ impl Store {
 
     /// Puts (or replaces) an event in purgatory.
     pub fn put_waiting(&self, waiting: &WaitingEvent) -> Result<(), StoreError> {
+        self.put_waiting_queued(waiting).wait()
+    }
+
+    /// [`Store::put_waiting`], queued for a group commit.
+    pub fn put_waiting_queued(&self, waiting: &WaitingEvent) -> PendingWrite<()> {
         on_backend!(self, s => s.put_waiting(waiting))
     }
 
     /// Drops an event from purgatory (expired, deleted, rejected). Returns whether it was there.
     pub fn remove_waiting(&self, id: &EventId) -> Result<bool, StoreError> {
+        self.remove_waiting_queued(id).wait()
+    }
+
+    /// [`Store::remove_waiting`], queued for a group commit.
+    pub fn remove_waiting_queued(&self, id: &EventId) -> PendingWrite<bool> {
         on_backend!(self, s => s.remove_waiting(id))
     }
 

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use nostr::prelude::{Event, EventId, Filter};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableError};
 
-use super::group_commit::{GroupCommit, GroupCommitStats};
+use super::group_commit::{Commit, GroupCommit, GroupCommitStats};
 use super::references::{self, ReferenceLimits};
 use super::rules::{self, Rows};
 use super::schema::*;
+use super::PendingWrite;
 use super::{
     arrival_code, decode_waiting, query, write, DiskUsage, InsertOutcome, StoreError, WaitingEvent,
     WaitingPage, DEFAULT_MAX_WRITES_PER_COMMIT,
@@ -127,7 +128,7 @@ impl RedbStore {
 
     /// Stores `event` for serving, applying NIP-01 replacement and NIP-09 deletion. The
     /// caller has verified its signature and decided it may be served.
-    pub fn insert(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
+    pub fn insert(&self, event: &Event) -> PendingWrite<InsertOutcome> {
         let event = event.clone();
         self.write_grouped(move |tables| tables.insert(&event))
     }
@@ -142,10 +143,7 @@ impl RedbStore {
     /// both happened or neither did), and returns it with how it was stored; `None` when
     /// purgatory does not hold it (or its entry cannot be decoded: logged, and left in place
     /// for the operator).
-    pub fn release_waiting(
-        &self,
-        id: &EventId,
-    ) -> Result<Option<(Event, InsertOutcome)>, StoreError> {
+    pub fn release_waiting(&self, id: &EventId) -> PendingWrite<Option<(Event, InsertOutcome)>> {
         let path = self.path.clone();
         let id = *id;
         self.write_grouped(move |tables| rules::release(tables, &id, &path))
@@ -158,7 +156,7 @@ impl RedbStore {
     }
 
     /// Puts (or replaces) an event in purgatory.
-    pub fn put_waiting(&self, waiting: &WaitingEvent) -> Result<(), StoreError> {
+    pub fn put_waiting(&self, waiting: &WaitingEvent) -> PendingWrite<()> {
         let json = waiting.event.as_json();
         let (id, arrival, expires_at) = (
             waiting.event.id.to_bytes(),
@@ -174,7 +172,7 @@ impl RedbStore {
     }
 
     /// Drops an event from purgatory (expired, deleted, rejected). Returns whether it was there.
-    pub fn remove_waiting(&self, id: &EventId) -> Result<bool, StoreError> {
+    pub fn remove_waiting(&self, id: &EventId) -> PendingWrite<bool> {
         let id = id.to_bytes();
         self.write_grouped(move |tables| tables.remove_waiting(&id))
     }
@@ -373,20 +371,21 @@ impl RedbStore {
     }
 
     /// Like [`Store::write`] for the hot writes (events served, put in or taken out of
-    /// purgatory): writes running at the same time share one durable commit, and each
-    /// returns only after that commit.
+    /// purgatory), queued: writes running at the same time share one durable commit, and
+    /// each is answered only after that commit.
     fn write_grouped<T: Send + 'static>(
         &self,
         body: impl Fn(&mut write::Tables<'_>) -> Result<T, redb::Error> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.commits
-            .write_returning(&|jobs| self.commit_jobs(jobs), |keep| -> Job {
-                Box::new(move |tables| {
-                    keep(body(tables)?);
-                    Ok(())
-                })
+    ) -> PendingWrite<T> {
+        let store = self.clone();
+        let commit: Commit<Job> = Box::new(move |jobs| store.commit_jobs(jobs));
+        let pending = self.commits.submit_returning(commit, |keep| -> Job {
+            Box::new(move |tables| {
+                keep(body(tables)?);
+                Ok(())
             })
-            .map_err(|detail| self.io_detail(detail))
+        });
+        PendingWrite::new(pending, Arc::clone(&self.path))
     }
 
     /// One transaction running `jobs` in order, committed durably.
@@ -412,14 +411,6 @@ impl RedbStore {
     /// Writes sharing commits so far.
     pub fn group_commit_stats(&self) -> GroupCommitStats {
         self.commits.stats()
-    }
-
-    fn io_detail(&self, detail: String) -> StoreError {
-        tracing::error!(path = %self.path.display(), error = %detail, "event store failure");
-        StoreError::Io {
-            path: self.path.as_ref().clone(),
-            detail,
-        }
     }
 
     fn io(&self, e: redb::Error) -> StoreError {

@@ -24,10 +24,11 @@ use std::sync::Arc;
 use nostr::prelude::{Event, EventId, Filter};
 use postgres::{GenericClient, IsolationLevel, Transaction};
 
-use super::group_commit::{GroupCommit, GroupCommitStats};
+use super::group_commit::{Commit, GroupCommit, GroupCommitStats};
 use super::references::{ReferenceCounters, ReferenceLimits};
 use super::rules::{self, Rows};
 use super::schema::Id;
+use super::PendingWrite;
 use super::{
     decode_waiting, DiskUsage, InsertOutcome, StoreError, Visible, WaitingEvent, WaitingPage,
     DEFAULT_MAX_WRITES_PER_COMMIT,
@@ -163,7 +164,7 @@ impl PgStore {
         })
     }
 
-    pub fn insert(&self, event: &Event) -> Result<InsertOutcome, StoreError> {
+    pub fn insert(&self, event: &Event) -> PendingWrite<InsertOutcome> {
         let event = event.clone();
         self.write_grouped(move |rows| {
             let outcome = rules::insert(rows, &event)?;
@@ -184,10 +185,7 @@ impl PgStore {
         })
     }
 
-    pub fn release_waiting(
-        &self,
-        id: &EventId,
-    ) -> Result<Option<(Event, InsertOutcome)>, StoreError> {
+    pub fn release_waiting(&self, id: &EventId) -> PendingWrite<Option<(Event, InsertOutcome)>> {
         let (id, label) = (*id, Arc::clone(&self.label));
         self.write_grouped(move |rows| {
             let released = rules::release(rows, &id, &label)?;
@@ -202,12 +200,12 @@ impl PgStore {
         self.write(|rows| rules::remove_by_id(rows, id))
     }
 
-    pub fn put_waiting(&self, waiting: &WaitingEvent) -> Result<(), StoreError> {
+    pub fn put_waiting(&self, waiting: &WaitingEvent) -> PendingWrite<()> {
         let waiting = waiting.clone();
         self.write_grouped(move |rows| rows.put_waiting(&waiting))
     }
 
-    pub fn remove_waiting(&self, id: &EventId) -> Result<bool, StoreError> {
+    pub fn remove_waiting(&self, id: &EventId) -> PendingWrite<bool> {
         let id = id.to_bytes();
         self.write_grouped(move |rows| rows.remove_waiting(&id))
     }
@@ -489,23 +487,22 @@ impl PgStore {
         self.transact(body).map_err(|detail| self.failure(detail))
     }
 
-    /// Like [`PgStore::write`] for the hot writes: writes running at the same time share one
-    /// transaction, and each returns only after that transaction committed.
+    /// Like [`PgStore::write`] for the hot writes, queued: writes running at the same time
+    /// share one transaction, and each is answered only after that transaction committed.
     fn write_grouped<T: Send + 'static>(
         &self,
         body: impl Fn(&mut PgRows<'_, '_>) -> Result<T, postgres::Error> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.commits
-            .write_returning(
-                &|jobs| self.transact(|rows| jobs.iter().try_for_each(|job| job(rows))),
-                |keep| -> Job {
-                    Box::new(move |rows| {
-                        keep(body(rows)?);
-                        Ok(())
-                    })
-                },
-            )
-            .map_err(|detail| self.failure(detail))
+    ) -> PendingWrite<T> {
+        let store = self.clone();
+        let commit: Commit<Job> =
+            Box::new(move |jobs| store.transact(|rows| jobs.iter().try_for_each(|job| job(rows))));
+        let pending = self.commits.submit_returning(commit, |keep| -> Job {
+            Box::new(move |rows| {
+                keep(body(rows)?);
+                Ok(())
+            })
+        });
+        PendingWrite::new(pending, Arc::clone(&self.label))
     }
 
     /// `body` in a write transaction holding the write lock, committed; the index of
