@@ -334,10 +334,17 @@ fn run(runtime: Arc<dyn Runtime>, block_on: BlockOn<'_>, tls: bool) {
                 .sleep_until(Instant::now() + Duration::from_millis(20))
                 .await;
         }
-        // Let the trailing duplicate arrive.
+        // Let the trailing duplicate and the forged event arrive: whichever of the live
+        // push and the last history page comes second brings the duplicate, and the forged
+        // event is the last of that page, so either may still be on its way.
         let settle = Instant::now() + Duration::from_secs(20);
-        while handle.metrics().duplicates.load(Ordering::Relaxed) < 1 {
-            assert!(Instant::now() < settle, "duplicate was never seen");
+        while handle.metrics().duplicates.load(Ordering::Relaxed) < 1
+            || handle.metrics().invalid_events.load(Ordering::Relaxed) < 1
+        {
+            assert!(
+                Instant::now() < settle,
+                "the duplicate or the forged event was never seen"
+            );
             runtime2
                 .sleep_until(Instant::now() + Duration::from_millis(20))
                 .await;
