@@ -186,7 +186,7 @@ fn main() {
             "idle RSS MiB",
             f1(t.idle_rss),
             f1(s.idle_rss),
-            "after start, 1 s settle",
+            "after start, 3 s settle",
         );
         table.both(
             "6 footprint",

@@ -157,9 +157,10 @@ fn preload_waiting(data_dir: &Path, events: &[graspd_tests::nostr::Event]) {
     txn.commit().expect("commit");
 }
 
-/// Lets background work (thread pools winding down, allocator trimming) finish before reading.
+/// Lets background work (thread pools winding down, allocator trimming) finish before reading:
+/// the server trims its heap on the second quiet second after a burst of writes.
 fn settle() {
-    let until = Instant::now() + Duration::from_secs(1);
+    let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
