@@ -154,7 +154,10 @@ pub fn answered_or_closed_within(stream: &mut TcpStream, timeout: Duration) -> b
     match stream.read(&mut buf) {
         // An answer (its first bytes), or 0 for a close.
         Ok(_answered_or_closed) => true,
-        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        Err(e) => !matches!(
+            e.kind(),
+            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+        ),
     }
 }
 

@@ -267,7 +267,11 @@ impl RelayClient {
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            // A read with a timeout is not restarted after a signal
+                            // handler (a child reaper's SIGCHLD) ran: read again.
+                            | std::io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue
@@ -309,7 +313,11 @@ impl RelayClient {
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            // A read with a timeout is not restarted after a signal
+                            // handler (a child reaper's SIGCHLD) ran: read again.
+                            | std::io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue
@@ -343,7 +351,11 @@ impl RelayClient {
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            // A read with a timeout is not restarted after a signal
+                            // handler (a child reaper's SIGCHLD) ran: read again.
+                            | std::io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue
