@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
@@ -149,15 +149,21 @@ pub fn status_within(stream: &mut TcpStream, timeout: Duration) -> Option<u16> {
 
 /// Whether the server answered or closed `stream` within `timeout`.
 pub fn answered_or_closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
-    stream.set_read_timeout(Some(timeout)).unwrap();
+    let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 1024];
-    match stream.read(&mut buf) {
-        // An answer (its first bytes), or 0 for a close.
-        Ok(_answered_or_closed) => true,
-        Err(e) => !matches!(
-            e.kind(),
-            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-        ),
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            // An answer (its first bytes), or 0 for a close.
+            Ok(_answered_or_closed) => return true,
+            // A signal (the harness reaps children on SIGCHLD) cut the wait short: wait on.
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        }
     }
 }
 
