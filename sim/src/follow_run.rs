@@ -994,8 +994,8 @@ impl Host<'_> {
                     ));
                 }
                 if let Ok(Some(events::GitEvent::Pr(pr))) = events::parse(event) {
-                    for c in pr.repos {
-                        let repo = RepoKey::new(c.author, c.identifier);
+                    for c in pr.repos.iter() {
+                        let repo = RepoKey::new(c.author, c.identifier.clone());
                         if let Some(index) = self.hosted_index(&repo) {
                             self.threads.entry(pr.id).or_insert(index);
                         }

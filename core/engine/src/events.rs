@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::ids::{BadIdentifier, EventId, Identifier, Oid, PublicKey, RepoKey};
 
@@ -153,12 +154,14 @@ pub struct PullRequest {
     pub id: EventId,
     pub author: PublicKey,
     pub created_at: u64,
-    /// `a` tags naming 30617 coordinates of the target repositories.
-    pub repos: Vec<Coordinate>,
+    /// `a` tags naming 30617 coordinates of the target repositories. Shared, like `clone`:
+    /// a repository's waiting PRs all name the same list, and purgatory keeps one copy of
+    /// each distinct list (`purgatory::Interned`).
+    pub repos: Arc<[Coordinate]>,
     /// `c` tag: the tip commit.
     pub commit: Oid,
     /// `clone` tag values: where the tip can be fetched.
-    pub clone: Vec<String>,
+    pub clone: Arc<[String]>,
     /// `E` tag of a PR update (kind 1619): the PR it updates. `None` for kind 1618.
     pub updates: Option<EventId>,
     /// This server's GRASP-06 repository the PR names in `clone`
@@ -545,8 +548,6 @@ fn parse_pr(
     if repos.is_empty() {
         return Err(InvalidEvent::NoRepository);
     }
-    // Held for as long as the PR waits: no spare capacity (a PR names one repository).
-    repos.shrink_to_fit();
     let commit = tags
         .first("c")
         .ok_or(InvalidEvent::MissingTag { kind, tag: "c" })?;
@@ -571,9 +572,9 @@ fn parse_pr(
         id,
         author,
         created_at,
-        repos,
+        repos: repos.into(),
         commit,
-        clone: tags.values("clone"),
+        clone: tags.values("clone").into(),
         updates,
         prs_repo: None,
     })
@@ -936,7 +937,7 @@ mod tests {
         assert_eq!(pr.repos[0].identifier.as_str(), "name:with:colons");
         assert_eq!(pr.repos[0].to_string(), a);
         assert_eq!(pr.commit, Oid::from_hex(C1).unwrap());
-        assert_eq!(pr.clone, ["https://x/y.git"]);
+        assert_eq!(*pr.clone, ["https://x/y.git"]);
         assert_eq!(pr.updates, None);
 
         let Ok(Some(GitEvent::Announcement(ann))) =

@@ -81,6 +81,18 @@ impl<K: Hash + Eq, V> LookupMap<K, V> {
             .map(|(_, v)| v)
     }
 
+    /// The stored key and its value, for sharing the stored key.
+    pub fn get_key_value_mut<Q>(&mut self, key: &Q) -> Option<(&K, &mut V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.table
+            .find_mut(hash, |(k, _)| k.borrow() == key)
+            .map(|(k, v)| (&*k, v))
+    }
+
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
@@ -148,6 +160,90 @@ impl<K: Hash + Eq + Borrow<Q>, Q: Hash + Eq + ?Sized, V> std::ops::Index<&Q> for
     }
 }
 
+/// A value that carries its own lookup key.
+pub trait Keyed {
+    type Key: Hash + Eq;
+    fn key(&self) -> &Self::Key;
+}
+
+impl<V: Keyed> Keyed for Box<V> {
+    type Key = V::Key;
+    fn key(&self) -> &V::Key {
+        (**self).key()
+    }
+}
+
+/// A [`LookupMap`] from each value's own key to the value, for values that carry their key:
+/// the key is not stored a second time beside it (32 bytes per waiting event, by event id).
+/// Point operations only, like `LookupMap`.
+pub struct LookupSet<V> {
+    table: HashTable<V>,
+    hasher: FixedState,
+}
+
+impl<V> Default for LookupSet<V> {
+    fn default() -> Self {
+        LookupSet {
+            table: HashTable::new(),
+            hasher: FixedState::with_seed(SEED),
+        }
+    }
+}
+
+impl<V> fmt::Debug for LookupSet<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LookupSet({} entries)", self.table.len())
+    }
+}
+
+impl<V: Keyed> LookupSet<V> {
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn get(&self, key: &V::Key) -> Option<&V> {
+        self.table
+            .find(self.hasher.hash_one(key), |v| v.key() == key)
+    }
+
+    pub fn contains_key(&self, key: &V::Key) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Stores `value` under its key; returns the value it replaced.
+    pub fn insert(&mut self, value: V) -> Option<V> {
+        let hash = self.hasher.hash_one(value.key());
+        let hasher = &self.hasher;
+        match self.table.entry(
+            hash,
+            |v| v.key() == value.key(),
+            |v| hasher.hash_one(v.key()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                Some(std::mem::replace(slot.get_mut(), value))
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(value);
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &V::Key) -> Option<V> {
+        let hash = self.hasher.hash_one(key);
+        let entry = self.table.find_entry(hash, |v| v.key() == key).ok()?;
+        Some(entry.remove().0)
+    }
+}
+
+impl<V: Keyed> std::ops::Index<&V::Key> for LookupSet<V> {
+    type Output = V;
+
+    fn index(&self, key: &V::Key) -> &V {
+        self.get(key).expect("no entry for this key")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +266,34 @@ mod tests {
             *v = 7;
         }
         assert_eq!(m.get("b"), Some(&7));
+    }
+
+    struct Named(u64, &'static str);
+
+    impl Keyed for Named {
+        type Key = u64;
+        fn key(&self) -> &u64 {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn a_set_finds_values_by_their_own_key() {
+        let mut s: LookupSet<Box<Named>> = LookupSet::default();
+        for i in 0..1_000 {
+            assert!(s.insert(Box::new(Named(i, "first"))).is_none());
+        }
+        let replaced = s.insert(Box::new(Named(7, "second"))).expect("7 was there");
+        assert_eq!(replaced.1, "first");
+        assert_eq!(s[&7].1, "second");
+        assert_eq!(s.len(), 1_000);
+        for i in (0..1_000).step_by(2) {
+            assert_eq!(s.remove(&i).map(|n| n.0), Some(i));
+        }
+        assert!(s.remove(&0).is_none());
+        assert!(!s.contains_key(&998));
+        assert!(s.contains_key(&999));
+        assert_eq!(s.len(), 500);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! every lookup the engine makes; the engine owns the timers and decides what happens.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::deletion::deletion_matches;
-use crate::events::{Deletion, GitEvent, PullRequest, KIND_ANNOUNCEMENT, KIND_STATE};
+use crate::events::{Coordinate, Deletion, GitEvent, PullRequest, KIND_ANNOUNCEMENT, KIND_STATE};
 use crate::ids::{EventId, Identifier, Oid, PublicKey, RepoKey};
-use crate::lookup::LookupMap;
+use crate::lookup::{Keyed, LookupMap, LookupSet};
 use crate::quota::{ClientAddress, Shares};
 use crate::time::Time;
 
@@ -34,6 +36,13 @@ pub struct Waiting {
     pub expires: Time,
 }
 
+impl Keyed for Waiting {
+    type Key = EventId;
+    fn key(&self) -> &EventId {
+        self.parsed.id()
+    }
+}
+
 /// Counts of waiting entries by kind.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct WaitingCounts {
@@ -54,8 +63,8 @@ pub struct Placeholder {
 
 #[derive(Default, Debug)]
 pub struct Purgatory {
-    /// Boxed: B-tree nodes stay small and dense, whatever the size of an event.
-    entries: LookupMap<EventId, Box<Waiting>>,
+    /// By id. Boxed: the table's slots stay one pointer, whatever the size of an event.
+    entries: LookupSet<Box<Waiting>>,
     /// Waiting announcements by (owner, identifier).
     announcements: EventIndex<(PublicKey, Identifier)>,
     /// Waiting states by (identifier, author): a range over an identifier finds every author.
@@ -67,6 +76,10 @@ pub struct Purgatory {
     /// Waiting PRs and PR updates by target repository (its slot in `pr_repos`).
     prs: EventIndex<u32>,
     pr_repos: RepoSlots,
+    /// One copy of each distinct list of target repositories and of clone URLs that waiting
+    /// PRs name: a repository's PRs usually all name the same ones.
+    pr_targets: Interned<Coordinate>,
+    pr_clones: Interned<String>,
     placeholders: BTreeMap<(RepoKey, EventId), Placeholder>,
     placeholders_by_event: BTreeMap<EventId, BTreeSet<RepoKey>>,
     counts: WaitingCounts,
@@ -122,12 +135,12 @@ impl Purgatory {
     }
 
     /// Adds a waiting event (deletions never wait). Returns false if it is already waiting.
-    pub fn insert(&mut self, waiting: Waiting) -> bool {
+    pub fn insert(&mut self, mut waiting: Waiting) -> bool {
         let id = *waiting.parsed.id();
         if self.entries.contains_key(&id) {
             return false;
         }
-        match &waiting.parsed {
+        match &mut waiting.parsed {
             GitEvent::Announcement(a) => {
                 self.announcements
                     .insert((a.owner, a.identifier.clone()), id);
@@ -147,12 +160,14 @@ impl Purgatory {
                     let slot = self.pr_repos.acquire(repo);
                     self.prs.insert(slot, id);
                 }
+                self.pr_targets.share(&mut p.repos);
+                self.pr_clones.share(&mut p.clone);
                 self.counts.prs += 1;
             }
             GitEvent::Deletion(_) => return false,
         }
         self.shares.add(*waiting.parsed.author(), waiting.client);
-        self.entries.insert(id, Box::new(waiting));
+        self.entries.insert(Box::new(waiting));
         true
     }
 
@@ -180,6 +195,8 @@ impl Purgatory {
                         self.prs.remove(slot, id);
                     }
                 }
+                self.pr_targets.unshare(&p.repos);
+                self.pr_clones.unshare(&p.clone);
                 self.counts.prs -= 1;
             }
             GitEvent::Deletion(_) => {}
@@ -453,6 +470,46 @@ impl RepoSlots {
     }
 }
 
+/// One shared copy of each distinct list that waiting events hold, with how many hold it; a
+/// list nobody holds any more is dropped.
+#[derive(Debug)]
+struct Interned<T> {
+    lists: LookupMap<Arc<[T]>, usize>,
+}
+
+impl<T> Default for Interned<T> {
+    fn default() -> Self {
+        Interned {
+            lists: LookupMap::default(),
+        }
+    }
+}
+
+impl<T: Hash + Eq> Interned<T> {
+    /// Makes `list` the shared copy of its content (which it becomes if it is the first).
+    fn share(&mut self, list: &mut Arc<[T]>) {
+        match self.lists.get_key_value_mut(&**list) {
+            Some((shared, holders)) => {
+                *holders += 1;
+                *list = Arc::clone(shared);
+            }
+            None => {
+                self.lists.insert(Arc::clone(list), 1);
+            }
+        }
+    }
+
+    /// One holder of `list`, shared before, let it go.
+    fn unshare(&mut self, list: &[T]) {
+        if let Some(holders) = self.lists.get_mut(list) {
+            *holders -= 1;
+            if *holders == 0 {
+                self.lists.remove(list);
+            }
+        }
+    }
+}
+
 /// Ids of events that expired, remembered for a bounded time and count.
 #[derive(Default, Debug)]
 struct ExpiredMemory {
@@ -554,5 +611,49 @@ mod tests {
         assert!(purgatory.prs_for(&repo(1)).is_empty());
         assert_eq!(purgatory.pr_repos.by_repo.len(), 2);
         assert_eq!(purgatory.pr_repos.next, 2, "numbers are reused, not minted");
+    }
+
+    #[test]
+    fn prs_naming_the_same_repositories_share_one_copy_of_the_lists_until_the_last_leaves() {
+        let mut purgatory = Purgatory::new();
+        let (first, second, other) = (pr(2, 1, &[1]), pr(2, 2, &[1]), pr(2, 3, &[3]));
+        let ids = [first.parsed.id(), second.parsed.id(), other.parsed.id()].map(|id| *id);
+        for w in [first, second, other] {
+            assert!(purgatory.insert(w));
+        }
+        let targets = |purgatory: &Purgatory, id: &EventId| match &purgatory.get(id).unwrap().parsed
+        {
+            GitEvent::Pr(p) => Arc::clone(&p.repos),
+            _ => unreachable!(),
+        };
+        assert!(Arc::ptr_eq(
+            &targets(&purgatory, &ids[0]),
+            &targets(&purgatory, &ids[1])
+        ));
+        assert!(!Arc::ptr_eq(
+            &targets(&purgatory, &ids[0]),
+            &targets(&purgatory, &ids[2])
+        ));
+        assert_eq!(purgatory.pr_targets.lists.len(), 2);
+
+        purgatory.remove(&ids[0]);
+        assert_eq!(
+            purgatory.pr_targets.lists.len(),
+            2,
+            "the second PR still holds it"
+        );
+        assert_eq!(*targets(&purgatory, &ids[1]), [repo_coordinate(1)]);
+        purgatory.remove(&ids[1]);
+        purgatory.remove(&ids[2]);
+        assert_eq!(purgatory.pr_targets.lists.len(), 0);
+        assert_eq!(purgatory.pr_clones.lists.len(), 0);
+    }
+
+    fn repo_coordinate(owner: u8) -> Coordinate {
+        Coordinate {
+            kind: KIND_ANNOUNCEMENT,
+            author: pk(owner),
+            identifier: Identifier::new("r").unwrap(),
+        }
     }
 }
