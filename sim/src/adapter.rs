@@ -127,6 +127,8 @@ impl EngineUnderTest for Core {
             },
             sut::Input::Persisted { ticket } => graspd_core::Input::Persisted { ticket },
             sut::Input::PersistFailed { ticket } => graspd_core::Input::PersistFailed { ticket },
+            sut::Input::Leased { repo } => graspd_core::Input::Leased { repo },
+            sut::Input::LeaseLost { repo } => graspd_core::Input::LeaseLost { repo },
         };
         self.0.handle_input(now, input);
     }
@@ -169,6 +171,8 @@ impl EngineUnderTest for Core {
             graspd_core::Command::Apply { id, plan } => sut::Command::Apply { id: id.0, plan },
             graspd_core::Command::CreateRepo { repo } => sut::Command::CreateRepo { repo },
             graspd_core::Command::RemoveRepo { repo } => sut::Command::RemoveRepo { repo },
+            graspd_core::Command::AcquireLease { repo } => sut::Command::AcquireLease { repo },
+            graspd_core::Command::ReleaseLease { repo } => sut::Command::ReleaseLease { repo },
         })
     }
 

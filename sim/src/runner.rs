@@ -980,6 +980,13 @@ impl<'a> Sim<'a> {
                     Item::ApplyExec { epoch, id, plan },
                 );
             }
+            // One instance: its engine runs without sync leases and never asks for one.
+            Command::AcquireLease { .. } | Command::ReleaseLease { .. } => {
+                self.fail(
+                    FailureKind::Safety,
+                    "a lease command from an engine without sync leases".into(),
+                );
+            }
             Command::CreateRepo { repo } => {
                 crate::trace!(self.trace, self.now, "create repo {}", self.rk(&repo));
                 self.store.repos.entry(repo).or_default();

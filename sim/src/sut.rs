@@ -40,6 +40,13 @@ pub enum Command {
     RemoveRepo {
         repo: RepoKey,
     },
+    /// Acquire the repository's sync lease, and keep trying until released.
+    AcquireLease {
+        repo: RepoKey,
+    },
+    ReleaseLease {
+        repo: RepoKey,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +75,14 @@ pub enum Input {
     /// The store write for the admitted event failed.
     PersistFailed {
         ticket: Ticket,
+    },
+    /// The repository's sync lease is held now.
+    Leased {
+        repo: RepoKey,
+    },
+    /// The repository's sync lease could not be renewed in time.
+    LeaseLost {
+        repo: RepoKey,
     },
 }
 

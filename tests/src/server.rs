@@ -305,6 +305,18 @@ impl Server {
         })
     }
 
+    /// The sum of every sample whose line starts with `prefix` (a metric name, or a name and
+    /// the start of its labels, e.g. `graspd_fetches_total{`); 0 if none.
+    pub fn metric_sum(&self, prefix: &str) -> f64 {
+        let response = crate::http::request(self.addr, "GET", "/metrics", &[], b"");
+        response
+            .text()
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+            .sum()
+    }
+
     /// SIGTERM (graceful shutdown); true if the process exits within `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
         let Some(pid) = self.pid() else {

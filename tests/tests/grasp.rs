@@ -479,8 +479,12 @@ fn kill9_and_restart_keep_purgatory_and_store_of(
 /// Server options keeping the events in a fresh database of the test cluster; `None` (the
 /// test is skipped) only when PostgreSQL is not installed outside CI.
 fn on_postgres(test: &str) -> Option<ServerOptions> {
-    let cluster = graspd_tests::postgres_cluster::required(test)?;
-    Some(ServerOptions::default().flag("--database-url", cluster.database(test)))
+    Some(ServerOptions::default().flag("--database-url", postgres_database(test)?))
+}
+
+/// A fresh database for `test` in the test cluster, or None (with a note) without PostgreSQL.
+fn postgres_database(test: &str) -> Option<String> {
+    Some(graspd_tests::postgres_cluster::required(test)?.database(test))
 }
 
 /// The redb file is never made when the events are in PostgreSQL.
@@ -634,6 +638,149 @@ fn on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events(fl
         "a repository lock was refused\n{}",
         logs()
     );
+}
+
+/// Three instances on one database, a repository whose data is on another graspd: exactly
+/// one instance (the sync lease holder) fetches it. Then, with the other server frozen
+/// mid-fetch, `kill -9` of the lease holder: once its lease expires another instance takes
+/// it and releases the next state, and nothing acknowledged is lost.
+fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavor: Flavor) {
+    let Some(database) = postgres_database("pg_sync_leases") else {
+        return;
+    };
+    const LEASE: Duration = Duration::from_secs(3);
+    let options = fast_sync()
+        .flag("--database-url", database)
+        .flag("--sync-lease-secs", LEASE.as_secs())
+        .flag("--log", "info,graspd_host::driver=debug");
+    let remote = Server::start(flavor);
+    let first = Server::start_with(flavor, options.clone());
+    let behind_one_origin = options
+        .data_dir(&first.data_dir)
+        .public_url(first.http_url());
+    let mut instances = vec![
+        first,
+        Server::start_with(flavor, behind_one_origin.clone()),
+        Server::start_with(flavor, behind_one_origin),
+    ];
+    let logs = |instances: &[Server]| {
+        instances
+            .iter()
+            .map(Server::log)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    let owner = keys(1);
+    let ann = announcement(
+        &owner,
+        "demo",
+        &[&remote.http_url(), &instances[0].http_url()],
+        &[],
+    );
+    let work = WorkRepo::init("sync-leases");
+    let c1 = work.commit("README", "one\n");
+    let st1 = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
+    let mut on_remote = RelayClient::connect(&remote.ws_url());
+    on_remote.publish(&ann);
+    on_remote.publish(&st1);
+    work.git(&[
+        "push",
+        "-q",
+        &remote.repo_url(&npub(&owner), "demo"),
+        "main",
+    ]);
+
+    let mut relay = RelayClient::connect(&instances[0].ws_url());
+    assert_eq!(relay.publish(&ann).message, PURGATORY);
+    assert_eq!(relay.publish(&st1).message, PURGATORY);
+    let served = |server: &Server, id: &str| {
+        RelayClient::connect(&server.ws_url())
+            .query_ids(json!({"ids": [id]}))
+            .len()
+            == 1
+    };
+    assert!(
+        eventually(SOON, || instances
+            .iter()
+            .all(|i| served(i, &st1.id.to_hex()))),
+        "the state was not released on every instance\n{}",
+        logs(&instances)
+    );
+    let fetches = |instances: &[Server]| -> f64 {
+        instances
+            .iter()
+            .map(|i| i.metric_sum("graspd_fetches_total{"))
+            .sum()
+    };
+    assert_eq!(
+        fetches(&instances),
+        1.0,
+        "fetched other than once across the instances\n{}",
+        logs(&instances)
+    );
+
+    // The next state: the remote has its data, then freezes (it accepts connections and
+    // answers nothing), so the lease holder's fetch hangs.
+    let c2 = work.commit("README", "two\n");
+    let st2 = state(&owner, "demo", &[("refs/heads/main", &c2)], Some("main"), 1);
+    on_remote.publish(&st2);
+    work.git(&[
+        "push",
+        "-q",
+        &remote.repo_url(&npub(&owner), "demo"),
+        "main",
+    ]);
+    remote.signal("STOP");
+    assert_eq!(relay.publish(&st2).message, PURGATORY);
+    let in_flight = |server: &Server| server.metric_sum("graspd_fetches_in_flight{") >= 1.0;
+    assert!(
+        eventually(SOON, || instances.iter().any(in_flight)),
+        "no instance started fetching the second state\n{}",
+        logs(&instances)
+    );
+    let holders: Vec<usize> = (0..instances.len())
+        .filter(|n| instances[*n].metric(r#"graspd_sync_leases{what="held"}"#) == Some(1.0))
+        .collect();
+    assert_eq!(holders.len(), 1, "one lease holder\n{}", logs(&instances));
+    let holder = holders[0];
+    assert!(in_flight(&instances[holder]), "only the holder fetches");
+    let mut dead = instances.remove(holder);
+    dead.kill9();
+    let killed = std::time::Instant::now();
+    remote.signal("CONT");
+
+    let released = eventually(LEASE + SOON, || served(&instances[0], &st2.id.to_hex()));
+    assert!(
+        released,
+        "no other instance took over the dead holder's fetch\n{}\n{}",
+        logs(&instances),
+        dead.log()
+    );
+    eprintln!(
+        "kill -9 of the lease holder to the release by another instance: {} ms (lease {} s)",
+        killed.elapsed().as_millis(),
+        LEASE.as_secs()
+    );
+    for instance in &instances {
+        let mut reader = RelayClient::connect(&instance.ws_url());
+        let mut ids = reader.query_ids(json!({"kinds": [30617, 30618]}));
+        ids.sort();
+        let mut expected = vec![ann.id.to_hex(), st2.id.to_hex()];
+        expected.sort();
+        assert_eq!(ids, expected, "{}", logs(&instances));
+    }
+    let clone = temp_dir("sync-leases-clone");
+    git(
+        &clone,
+        &[
+            "clone",
+            "-q",
+            &instances[1].repo_url(&npub(&owner), "demo"),
+            ".",
+        ],
+    );
+    assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), c2);
 }
 
 /// A database that is down at start-up stops graspd with an error naming the URL, never its
@@ -1901,5 +2048,6 @@ both_runtimes!(
     on_postgres_events_are_served_and_kept_across_restarts_and_kill9,
     on_postgres_a_second_instance_serves_what_the_first_accepted,
     on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events,
+    on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one,
     on_postgres_a_database_that_is_down_is_a_clear_start_up_error,
 );

@@ -255,7 +255,8 @@ fn a_follower_reconciles_by_negentropy(flavor: Flavor) {
     let issues: Vec<Event> = (0..20).map(|n| issue(&coordinate, n)).collect();
     let mut relay_a = RelayClient::connect(&a.ws_url());
     for event in &issues {
-        assert!(relay_a.publish(event).accepted);
+        let reply = relay_a.publish(event);
+        assert!(reply.accepted, "{}\n{}", reply.message, a.log());
     }
     b.restart();
     let mut relay_b = RelayClient::connect(&b.ws_url());

@@ -23,6 +23,11 @@ pub struct Config {
     /// follows the servers its announcement lists).
     pub archive_read_only: bool,
 
+    /// Several instances share this engine's store and repositories: a repository's fetches
+    /// start only under its sync lease, which the host acquires across instances
+    /// (`engine/lease.rs`). Off, every lease is held implicitly.
+    pub sync_leases: bool,
+
     /// How long an announcement, state, PR or PR update waits for its git data.
     pub purgatory_expiry: Duration,
     /// How long a `refs/nostr/<id>` push waits for its event before the ref is deleted.
@@ -102,6 +107,7 @@ impl Default for Config {
             grasp06: false,
             policy: crate::policy::Policy::default(),
             archive_read_only: true,
+            sync_leases: false,
             purgatory_expiry: Duration::from_secs(30 * 60),
             placeholder_expiry: Duration::from_secs(30 * 60),
             max_waiting: 1_000_000,

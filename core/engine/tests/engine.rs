@@ -1837,3 +1837,36 @@ fn a_never_satisfiable_state_neither_blocks_nor_outranks_the_states_a_push_can_e
         .any(|e| matches!(e, EngineEvent::Expired { id, .. } if *id == unreadable.id)));
     assert_eq!(engine.stats().waiting.states, 0);
 }
+
+#[test]
+fn an_announcement_released_with_its_first_state_is_served_before_it() {
+    let mut kit = Kit::default();
+    let mut engine = Engine::new(config());
+    let mut host = Host::default();
+    let ann = kit.announcement(1, "r", &[], &[]);
+    let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    for event in [ann.clone(), st.clone()] {
+        let verdict = publish(&mut engine, &mut host, t(0), event, Arrival::Published);
+        assert!(matches!(verdict, Verdict::Waiting(_)), "{verdict:?}");
+    }
+    // The push set the refs the state names: nothing to apply, both go out at once.
+    host.give(&repo(1, "r"), &[oid(1)]);
+    host.refs
+        .entry(repo(1, "r"))
+        .or_default()
+        .insert("refs/heads/main".into(), oid(1));
+    engine.handle_input(
+        t(10),
+        Input::Pushed {
+            repo: repo(1, "r"),
+            updates: vec![graspd_core::RefUpdate {
+                old: graspd_core::Oid::ZERO,
+                new: oid(1),
+                name: "refs/heads/main".into(),
+            }],
+        },
+    );
+    host.run(&mut engine, t(10));
+    // A client that sees the state served may publish an issue for the repository at once.
+    assert_eq!(host.released(), [ann.id, st.id]);
+}

@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "GRASPD_DATABASE_CONNECTIONS", default_value_t = crate::store::pg::DEFAULT_CONNECTIONS)]
     pub database_connections: usize,
 
+    /// With `--database-url`, one instance at a time fetches for a repository, under a lease
+    /// it renews every third of this many seconds. If it dies, another instance takes the
+    /// lease once it expires and fetches instead.
+    #[arg(long, env = "GRASPD_SYNC_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+    pub sync_lease_secs: u64,
+
     /// Allow fetching git data from non-public addresses (loopback, private, link-local, ...),
     /// named literally or resolved from a name (tests, LANs).
     #[arg(long, env = "GRASPD_ALLOW_PRIVATE_REMOTES")]
@@ -539,6 +545,7 @@ impl Config {
             grasp06: self.grasp06,
             policy: self.policy(),
             archive_read_only: self.archive_read_only,
+            sync_leases: self.database_url.is_some(),
             purgatory_expiry: self.purgatory_expiry(),
             placeholder_expiry: self.purgatory_expiry(),
             max_waiting: e.max_waiting,

@@ -119,6 +119,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
         relay_limits,
         refusals: Arc::clone(&refusals),
         store_writers: config.max_writes_per_commit,
+        sync_lease: Duration::from_secs(config.sync_lease_secs),
     };
     let follower = follow::FollowerHandle::new(
         Arc::clone(&runtime),

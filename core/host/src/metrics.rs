@@ -114,6 +114,7 @@ pub struct Metrics {
     peer_listener_reconnects: Counter<u64, AtomicU64>,
     peer_listener_connected: Gauge,
     peer_queue: Gauge,
+    sync_leases: Family<WhatLabel, Gauge>,
     domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -362,8 +363,16 @@ impl Metrics {
             "Notifications from other instances queued, not yet read (how far this instance lags)",
             peer_queue.clone(),
         );
+        let sync_leases = Family::<WhatLabel, Gauge>::default();
+        registry.register(
+            "sync_leases",
+            "Repositories whose sync lease this instance holds (held: it fetches for them) or \
+             wants while another instance holds it (elsewhere); a shared store only",
+            sync_leases.clone(),
+        );
         Metrics {
             registry,
+            sync_leases,
             peer_events,
             peer_listener_reconnects,
             peer_listener_connected,
@@ -459,6 +468,15 @@ impl Metrics {
         catch_up(&self.peer_listener_reconnects, stats.reconnects);
         self.peer_listener_connected.set(i64::from(stats.connected));
         self.peer_queue.set(queued as i64);
+    }
+
+    /// The sync leases held here, and those wanted but held by another instance.
+    pub fn sync_leases(&self, held: usize, elsewhere: usize) {
+        for (what, count) in [("held", held), ("elsewhere", elsewhere)] {
+            self.sync_leases
+                .get_or_create(&WhatLabel { what })
+                .set(count as i64);
+        }
     }
 
     /// Counts ids another instance notified that were gone by the time they were read.

@@ -397,6 +397,7 @@ fn engine_settings(config: &Config) -> Settings {
         relay_info: Default::default(),
         refusals: Arc::default(),
         store_writers: graspd_host::store::DEFAULT_MAX_WRITES_PER_COMMIT,
+        sync_lease: std::time::Duration::from_secs(30),
     }
 }
 

@@ -11,6 +11,7 @@
 //! and the event takes effect when the host reports it durable (`Input::Persisted`).
 
 mod admission;
+mod lease;
 mod settle;
 mod sync;
 mod types;
@@ -54,6 +55,8 @@ pub struct Engine {
     /// `(created_at, id)` of the state each hosted repository holds.
     applied: LookupMap<RepoKey, (u64, EventId)>,
     fetches: BTreeMap<CommandId, FetchInFlight>,
+    /// Sync leases wanted or held (`lease.rs`; only with `Config::sync_leases`).
+    leases: lease::Leases,
     /// Inspects in flight: the repository, the oids asked, and whether a sync attempt for
     /// what is missing was asked for (before this Inspect was issued).
     inspects: BTreeMap<CommandId, (RepoKey, Vec<Oid>, bool)>,
@@ -154,6 +157,7 @@ impl Engine {
             repos: LookupMap::new(),
             applied: LookupMap::new(),
             fetches: BTreeMap::new(),
+            leases: lease::Leases::default(),
             inspects: BTreeMap::new(),
             applies: BTreeMap::new(),
             applying: BTreeMap::new(),
@@ -425,6 +429,8 @@ impl Engine {
             Input::Persisted { ticket } => self.persisted(now, ticket),
             Input::PersistFailed { ticket } => self.persist_failed(ticket),
             Input::PolicyChanged { policy } => self.policy_changed(policy),
+            Input::Leased { repo } => self.leased(repo),
+            Input::LeaseLost { repo } => self.lease_lost(now, repo),
         }
     }
 
@@ -501,6 +507,8 @@ impl Engine {
             apply_conflicts: self.counters.apply_conflicts,
             admissions_pending: self.admissions.len(),
             share_holders: self.purgatory.shares().holders() + self.pending.holders(),
+            leases_held: self.leases.counts().0,
+            leases_wanted: self.leases.counts().1,
         }
     }
 
@@ -922,6 +930,7 @@ impl Engine {
         if work.inspect.is_none() && work.apply.is_none() && work.attempt.is_none() {
             self.repos.remove(repo);
             self.timers.cancel(&TimerReason::SyncAttempt(repo.clone()));
+            self.drop_lease(repo);
         }
     }
 }

@@ -402,14 +402,16 @@ impl Engine {
             for update in p.updates.into_iter().filter(|u| u.repo == *repo) {
                 plan.take(update);
             }
-            if waiting {
-                plan.release.push(state.id);
-            }
             if !p.announcements.is_empty() {
                 // Every waiting version of the owner's announcement goes together: the store
                 // and `Accepted` keep NIP-01's winner, and no version is left behind to be
-                // taken for the current one.
+                // taken for the current one. Before the state: the host serves in this order,
+                // and a client that sees the state may at once publish an issue that needs
+                // the repository's announcement served.
                 plan.release.extend(waiting_announcements.iter().copied());
+            }
+            if waiting {
+                plan.release.push(state.id);
             }
             break;
         }

@@ -58,6 +58,10 @@ impl Engine {
 
     /// Starts an attempt for `missing` (the Inspect that preceded it found them absent).
     pub(super) fn start_attempt(&mut self, now: Time, repo: RepoKey, missing: BTreeSet<Oid>) {
+        if !self.may_fetch(&repo) {
+            // `Input::Leased` inspects again and comes back here.
+            return;
+        }
         let urls = {
             let view = self.view();
             let candidates = view.clone_candidates(&repo);

@@ -222,6 +222,12 @@ pub enum Input {
     /// (including one admitted but not yet reported durable) is withdrawn
     /// ([`EngineEvent::Withdrawn`]), as a restart with these lists would drop it.
     PolicyChanged { policy: crate::policy::Policy },
+    /// The host acquired the sync lease of `repo` that [`Command::AcquireLease`] asked for:
+    /// fetches for it may start (`Config::sync_leases`).
+    Leased { repo: RepoKey },
+    /// The host could not renew `repo`'s sync lease before it expired: another instance may
+    /// hold it now, so no new fetch starts. The host keeps trying to acquire it.
+    LeaseLost { repo: RepoKey },
 }
 
 /// IO the engine wants done. Every command with an id is answered by an input with that id.
@@ -253,6 +259,18 @@ pub enum Command {
     },
     /// Remove the bare repository (its announcement expired or was deleted without data).
     RemoveRepo {
+        repo: RepoKey,
+    },
+    /// Acquire `repo`'s sync lease, and keep trying (another instance may hold it until it
+    /// expires) until [`Command::ReleaseLease`]; report [`Input::Leased`] when held, and
+    /// [`Input::LeaseLost`] when a held one could not be renewed. Only with
+    /// `Config::sync_leases`.
+    AcquireLease {
+        repo: RepoKey,
+    },
+    /// Nothing waits on `repo` any more: stop trying to acquire its lease, and give it back if
+    /// held.
+    ReleaseLease {
         repo: RepoKey,
     },
 }
@@ -308,6 +326,9 @@ pub struct Stats {
     /// Authors and client addresses holding waiting events or admissions that will wait
     /// (zero once nothing waits).
     pub share_holders: usize,
+    /// Sync leases held, and wanted but held elsewhere (`Config::sync_leases`).
+    pub leases_held: usize,
+    pub leases_wanted: usize,
 }
 
 impl fmt::Display for FetchError {

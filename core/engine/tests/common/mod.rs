@@ -229,7 +229,10 @@ impl Host {
                         engine.handle_input(now, Input::Applied { id, result });
                     }
                     Command::Fetch { .. } => self.fetches.push(cmd),
-                    Command::CreateRepo { .. } | Command::RemoveRepo { .. } => {}
+                    Command::CreateRepo { .. }
+                    | Command::RemoveRepo { .. }
+                    | Command::AcquireLease { .. }
+                    | Command::ReleaseLease { .. } => {}
                 }
             }
             while let Some(e) = engine.poll_event() {
@@ -285,6 +288,18 @@ impl Host {
             .iter()
             .filter_map(|e| match e {
                 EngineEvent::Released { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The lease commands run so far, in order: `(true, repo)` for an acquire.
+    pub fn lease_commands(&self) -> Vec<(bool, RepoKey)> {
+        self.commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::AcquireLease { repo } => Some((true, repo.clone())),
+                Command::ReleaseLease { repo } => Some((false, repo.clone())),
                 _ => None,
             })
             .collect()

@@ -112,6 +112,8 @@ impl Node {
                     Err(error) => warn!(%repo, %error, "removing the repository failed"),
                 }
             }
+            // Taken before commands are spawned (`LeaseKeeper::take`); never reach here.
+            Command::AcquireLease { .. } | Command::ReleaseLease { .. } => {}
         }
     }
 

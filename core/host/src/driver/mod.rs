@@ -9,6 +9,7 @@
 mod accept;
 mod execute;
 mod handlers;
+mod leases;
 mod peers;
 mod reload;
 mod write_slots;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub relay_info: crate::nip11::RelayInfo,
     /// Store writes running at once (see [`write_slots`]); `--max-writes-per-commit`.
     pub store_writers: usize,
+    /// How long a sync lease lasts unrenewed (`--sync-lease-secs`; used with a shared store).
+    pub sync_lease: Duration,
 }
 
 /// One running graspd: engine, store, repositories, live subscribers.
@@ -71,6 +74,8 @@ pub struct Node {
     writers: write_slots::WriteSlots,
     /// What the other instances sharing the store commit (PostgreSQL only), queued.
     peers: Option<async_channel::Receiver<Vec<crate::store::ChangedId>>>,
+    /// The sync leases this instance wants (a shared store only).
+    leases: leases::LeaseKeeper,
 }
 
 /// A span per command, so every log line of its execution names the command and repository.
@@ -83,6 +88,8 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Apply { id, plan } => info_span!("apply", %id, repo = %plan.repo),
         Command::CreateRepo { repo } => info_span!("create_repo", %repo),
         Command::RemoveRepo { repo } => info_span!("remove_repo", %repo),
+        Command::AcquireLease { repo } => info_span!("acquire_lease", %repo),
+        Command::ReleaseLease { repo } => info_span!("release_lease", %repo),
     }
 }
 
@@ -161,6 +168,7 @@ impl Node {
             runtime,
             follower,
             peers,
+            leases: leases::LeaseKeeper::new(),
         });
         let restorer = Arc::clone(&node);
         crate::runtime::unblock(&*node.runtime, move || restorer.restore())
@@ -172,6 +180,15 @@ impl Node {
         node.restore_placeholders().await;
         if let Some(heard) = node.peers.clone() {
             node.spawn_peer_feed(heard);
+        }
+        if node
+            .engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config()
+            .sync_leases
+        {
+            node.spawn_lease_keeper();
         }
         let timers = Arc::clone(&node);
         node.runtime
@@ -325,7 +342,10 @@ impl Node {
     fn spawn_queued(self: &Arc<Self>) {
         let (commands, events) = {
             let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
-            let commands: Vec<_> = std::iter::from_fn(|| engine.poll_command()).collect();
+            // Lease commands take effect here, under the engine's lock, in its order.
+            let commands: Vec<_> = std::iter::from_fn(|| engine.poll_command())
+                .filter(|command| !self.leases.take(command))
+                .collect();
             let events: Vec<_> = std::iter::from_fn(|| engine.poll_event()).collect();
             (commands, events)
         };

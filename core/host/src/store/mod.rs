@@ -46,6 +46,7 @@ mod tests;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nostr::prelude::{Event, EventId, Filter};
 
@@ -496,6 +497,23 @@ impl Store {
         match self {
             Store::Redb(_) => None,
             Store::Postgres(s) => Some(s.listen(capacity)),
+        }
+    }
+
+    /// Acquires or renews the sync leases of `repos` for `ttl` and returns those this
+    /// instance holds ([`PgStore::hold_leases`]). On redb, the only instance holds them all.
+    pub fn hold_leases(&self, repos: &[String], ttl: Duration) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Redb(_) => Ok(repos.to_vec()),
+            Store::Postgres(s) => s.hold_leases(repos, ttl),
+        }
+    }
+
+    /// Gives back the sync leases of `repos` this instance holds.
+    pub fn let_go_leases(&self, repos: &[String]) -> Result<(), StoreError> {
+        match self {
+            Store::Redb(_) => Ok(()),
+            Store::Postgres(s) => s.let_go_leases(repos),
         }
     }
 

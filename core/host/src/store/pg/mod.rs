@@ -10,6 +10,7 @@
 //!
 //! Connections come from a small bounded pool (`pool.rs`, `--database-connections`).
 
+mod leases;
 pub mod notify;
 mod pool;
 mod query;

@@ -60,6 +60,12 @@ pub const MIGRATIONS: &[&str] = &[
         id bytea PRIMARY KEY,
         age bigint NOT NULL UNIQUE
     );",
+    // 2: sync leases: which instance fetches for a repository, until when (database time).
+    "CREATE TABLE sync_leases (
+        repo text PRIMARY KEY,
+        holder text NOT NULL,
+        expires_at timestamptz NOT NULL
+    );",
 ];
 
 /// Serialises migrations, and every write transaction (one writer at a time, as redb does,
