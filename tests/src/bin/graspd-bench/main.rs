@@ -4,7 +4,7 @@
 //! Run: `cargo run --release -p graspd-tests --bin graspd-bench [-- --quick] [-- --only push,sync]`
 //! `--waiting-steps 10000,100000` sets the memory section's waiting-event counts;
 //! `--attacks unread-clones,upload-bodies` runs only those of the hostile section.
-//! Sections: binary, memory, push, relay, sync, follow, reconcile, load, scale, hostile. `--profile` runs tiny sizes, for
+//! Sections: binary, memory, push, relay, instances, sync, follow, reconcile, load, scale, hostile. `--profile` runs tiny sizes, for
 //! `valgrind --tool=callgrind --trace-children=yes --trace-children-skip='*git*,*cargo*'`.
 
 // A measuring tool: it reads the wall clock by design.
@@ -13,6 +13,7 @@
 mod fixtures;
 mod follow;
 mod hostile;
+mod instances;
 mod load;
 mod memory;
 mod push;
@@ -302,6 +303,37 @@ fn main() {
             fmt_p(percentiles_ms(&results[1].3)),
             &format!("{} returned", results[0].4),
         );
+    }
+    if wanted("instances") {
+        step("instances on PostgreSQL");
+        let events = if plan.quick { 2000 } else { 4000 };
+        let issues = fixtures::issues("relay-bench", events, 1000);
+        for (label, instances) in [
+            ("1 instance, redb", None),
+            ("1 instance, PostgreSQL", Some(1)),
+            ("2 instances, PostgreSQL", Some(2)),
+            ("3 instances, PostgreSQL", Some(3)),
+        ] {
+            let [t, s] = FLAVORS.map(|f| instances::measure(f, instances, &issues, plan.pushes));
+            let (Some(t), Some(s)) = (t, s) else {
+                eprintln!("skipping the PostgreSQL rows: PostgreSQL is not installed");
+                break;
+            };
+            table.both(
+                "4b instances",
+                &format!("{label}: EVENTs/s accepted ({events} events)"),
+                f0(t.events_per_second),
+                f0(s.events_per_second),
+                "kind 1621 issues, 10 connections spread over the instances",
+            );
+            table.both(
+                "4b instances",
+                &format!("{label}: push -> live EVENT, ms p50/p99 (n={})", plan.pushes),
+                fmt_p(percentiles_ms(&t.push.after_push)),
+                fmt_p(percentiles_ms(&s.push.after_push)),
+                "published on the first, pushed to the second, live on the last",
+            );
+        }
     }
     if wanted("sync") {
         step("sync-to-release");

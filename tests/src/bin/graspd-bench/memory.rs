@@ -33,9 +33,12 @@ fn size_mib(path: &Path) -> f64 {
 
 /// A server whose published events never start a fetch during the run.
 pub fn quiet_server(flavor: Flavor) -> Server {
-    Server::start_with(
-        flavor,
-        ServerOptions::default()
+    Server::start_with(flavor, quiet_options())
+}
+
+/// [`quiet_server`]'s options.
+pub fn quiet_options() -> ServerOptions {
+    ServerOptions::default()
             .arg("--sync-delay-published-ms")
             .arg("3600000")
             // Throughput is measured from one loopback address: no EVENT rate limit.
@@ -44,8 +47,7 @@ pub fn quiet_server(flavor: Flavor) -> Server {
             // One author publishes every waiting PR, from one address.
             .flag("--max-waiting-per-author", 10_000_000)
             .flag("--max-waiting-per-address", 10_000_000)
-            .flag("--max-waiting", 10_000_000),
-    )
+            .flag("--max-waiting", 10_000_000)
 }
 
 pub struct Footprint {

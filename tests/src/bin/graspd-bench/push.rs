@@ -21,13 +21,25 @@ pub struct PushLatency {
 }
 
 pub fn measure(server: &Server, pushes: usize) -> PushLatency {
+    measure_across(server, server, server, pushes)
+}
+
+/// [`measure`] with each state published to `publish_to`, pushed to `push_to` and watched
+/// live on `watch` (instances sharing one store behind one public URL).
+pub fn measure_across(
+    publish_to: &Server,
+    push_to: &Server,
+    watch: &Server,
+    pushes: usize,
+) -> PushLatency {
+    let server = publish_to;
     let owner = owner();
     let (work, _) = served_repo(server, "push-bench");
-    let url = server.repo_url(&npub(&owner), "push-bench");
+    let url = push_to.repo_url(&npub(&owner), "push-bench");
 
     // A subscriber thread timestamps every state as it arrives.
     let (arrived_tx, arrived_rx) = mpsc::channel::<(String, Instant)>();
-    let ws = server.ws_url();
+    let ws = watch.ws_url();
     let author = owner.public_key().to_hex();
     let (ready_tx, ready_rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
