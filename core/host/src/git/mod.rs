@@ -15,6 +15,7 @@ pub mod prune;
 pub mod receive;
 pub mod repo;
 pub mod smart;
+pub mod workspace;
 
 use std::fmt;
 use std::io;
@@ -82,6 +83,10 @@ pub use locks::{LockError, SharedLocks};
 /// Most repos locked (or awaited) at once.
 pub const MAX_BUSY_REPOS: usize = 4096;
 
+/// The data directory's entry for fetch quarantines and spooled pushes, one workspace per
+/// instance (`workspace.rs`).
+const INCOMING: &str = "incoming";
+
 /// The shared git handle: data directory, runtime, per-repo locks, limits on the git
 /// processes serving clients and the count of what those limits refused.
 #[derive(Clone, Debug)]
@@ -93,23 +98,27 @@ pub struct Git {
     requests: Arc<GitRequests>,
     refusals: Arc<Refusals>,
     pruner: Arc<Pruner>,
+    /// This instance's part of `incoming/` (`workspace.rs`).
+    workspace: Arc<workspace::Workspace>,
 }
 
 impl Git {
     /// Quarantines, spooled request bodies and half-created or half-removed repositories a
     /// crash left behind are removed here: nothing runs before the handle exists.
     pub fn new(runtime: Arc<dyn Runtime>, data_dir: impl Into<PathBuf>) -> Git {
+        let data_dir: PathBuf = data_dir.into();
+        let incoming = data_dir.join(INCOMING);
         let git = Git {
             runtime,
-            data_dir: data_dir.into(),
+            data_dir,
             locks: RepoLocks::new(MAX_BUSY_REPOS),
             limits: GitLimits::default(),
             requests: GitRequests::new(&GitLimits::default()),
             refusals: Arc::default(),
             pruner: Arc::default(),
+            workspace: Arc::new(workspace::Workspace::open(&incoming)),
         };
-        let _ = std::fs::remove_dir_all(git.incoming_dir());
-        repo::remove_leftovers(&git.data_dir);
+        repo::remove_leftovers(&git.data_dir, &incoming);
         git
     }
 
@@ -208,14 +217,14 @@ impl Git {
         let empty = self.prs_dir().join("empty.git");
         if !repo::is_repo(&empty) {
             let _guard = self.locks.lock(&empty).await?;
-            repo::create_bare_repo(&*self.runtime, &empty).await?;
+            repo::create_bare_repo(&*self.runtime, &empty, self.workspace.id()).await?;
         }
         Ok(Some(empty))
     }
 
     /// Creates `repo` for a push whose commands were accepted, under the lock the push holds.
     pub async fn create_for_push(&self, repo: &RepoKey, _held: &RepoGuard) -> Result<(), GitError> {
-        repo::create_bare_repo(&*self.runtime, &self.repo_path(repo)).await
+        repo::create_bare_repo(&*self.runtime, &self.repo_path(repo), self.workspace.id()).await
     }
 
     /// True if the repo exists on disk.
@@ -232,14 +241,14 @@ impl Git {
     pub async fn create_repo(&self, repo: &RepoKey) -> Result<(), GitError> {
         let path = self.repo_path(repo);
         let _guard = self.locks.lock(&path).await?;
-        repo::create_bare_repo(&*self.runtime, &path).await
+        repo::create_bare_repo(&*self.runtime, &path, self.workspace.id()).await
     }
 
     /// Removes the repo (idempotent).
     pub async fn remove_repo(&self, repo: &RepoKey) -> Result<(), GitError> {
         let path = self.repo_path(repo);
         let _guard = self.locks.lock(&path).await?;
-        repo::remove_repo(&*self.runtime, &path).await
+        repo::remove_repo(&*self.runtime, &path, self.workspace.id()).await
     }
 
     /// Which of `oids` the repo has, its refs and HEAD. Reads only; takes no lock.
@@ -302,10 +311,10 @@ impl Git {
         ))
     }
 
-    /// Where fetches keep their quarantines and pushes their bodies: inside the data directory
-    /// (so objects move into repositories by rename), never under a path a URL can name (npubs
-    /// start `npub1`).
+    /// Where fetches keep their quarantines and pushes their bodies: this instance's
+    /// workspace under `incoming/`, inside the data directory (so objects move into
+    /// repositories by rename), never under a path a URL can name (npubs start `npub1`).
     pub fn incoming_dir(&self) -> PathBuf {
-        self.data_dir.join("incoming")
+        self.workspace.dir().to_owned()
     }
 }

@@ -50,7 +50,14 @@ pub struct RepoWrite {
 
 /// Creates a bare repo at `path` with [`REPO_CONFIG`]; does nothing if it exists. The repo is
 /// built under a temporary name and renamed into place, so nobody sees a half-made one.
-pub async fn create_bare_repo(runtime: &dyn Runtime, path: &Path) -> Result<(), GitError> {
+///
+/// `workspace` names the instance doing it ([`super::workspace`]), so an instance starting on
+/// a shared data directory removes a staging name only when that instance is gone.
+pub async fn create_bare_repo(
+    runtime: &dyn Runtime,
+    path: &Path,
+    workspace: &str,
+) -> Result<(), GitError> {
     if is_repo(path) {
         return Ok(());
     }
@@ -59,7 +66,7 @@ pub async fn create_bare_repo(runtime: &dyn Runtime, path: &Path) -> Result<(), 
         .ok_or_else(|| GitError::Git(format!("{} has no parent directory", path.display())))?;
     let parent_owned = parent.to_owned();
     unblock(runtime, move || std::fs::create_dir_all(parent_owned)).await??;
-    let staging = staging_path(path, "new");
+    let staging = staging_path(path, "new", workspace);
     let mut init = git(None);
     // Made as the operator's own `git init --bare` makes it: the unborn HEAD is their
     // `init.defaultBranch`, else git's default. Clients clone the empty repository and create
@@ -109,9 +116,13 @@ pub async fn create_bare_repo(runtime: &dyn Runtime, path: &Path) -> Result<(), 
 
 /// Removes the repo at `path` (first renamed aside, so it vanishes at once); nothing if absent.
 /// The owner's directory goes too once it is empty.
-pub async fn remove_repo(runtime: &dyn Runtime, path: &Path) -> Result<(), GitError> {
+pub async fn remove_repo(
+    runtime: &dyn Runtime,
+    path: &Path,
+    workspace: &str,
+) -> Result<(), GitError> {
     let path = path.to_owned();
-    let trash = staging_path(&path, "removed");
+    let trash = staging_path(&path, "removed", workspace);
     unblock(runtime, move || {
         match std::fs::rename(&path, &trash) {
             Ok(()) => std::fs::remove_dir_all(&trash)?,
@@ -129,9 +140,10 @@ pub async fn remove_repo(runtime: &dyn Runtime, path: &Path) -> Result<(), GitEr
 }
 
 /// Start-up: removes what an interrupted creation or removal left in the owners' directories
-/// of `data_dir` (`.<id>.git.new-*`, `.<id>.git.removed-*`), then owners' directories left
-/// empty. Nothing else is touched.
-pub fn remove_leftovers(data_dir: &Path) {
+/// of `data_dir` (`.<id>.git.new-<workspace>-<n>`, `.<id>.git.removed-<workspace>-<n>`) when
+/// the workspace that made it is gone (`incoming` holds the workspaces), then owners'
+/// directories left empty. Nothing else is touched.
+pub fn remove_leftovers(data_dir: &Path, incoming: &Path) {
     let Ok(owners) = std::fs::read_dir(data_dir) else {
         return;
     };
@@ -145,15 +157,31 @@ pub fn remove_leftovers(data_dir: &Path) {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let staged = name.starts_with('.')
-                && (name.contains(".git.new-") || name.contains(".git.removed-"));
-            if staged {
-                tracing::info!(path = %entry.path().display(), "removing an interrupted repository creation or removal");
-                let _ = std::fs::remove_dir_all(entry.path());
+            let Some(workspace) = staging_workspace(&name) else {
+                continue;
+            };
+            if super::workspace::is_alive(incoming, workspace) {
+                continue;
             }
+            tracing::info!(path = %entry.path().display(), "removing an interrupted repository creation or removal");
+            let _ = std::fs::remove_dir_all(entry.path());
         }
         let _ = std::fs::remove_dir(owner.path());
     }
+}
+
+/// The workspace named by a staging name (`.<id>.git.<purpose>-<workspace>-<n>`), if it is one.
+fn staging_workspace(name: &str) -> Option<&str> {
+    if !name.starts_with('.') {
+        return None;
+    }
+    let (_, rest) = name
+        .split_once(".git.new-")
+        .or_else(|| name.split_once(".git.removed-"))?;
+    Some(
+        rest.rsplit_once('-')
+            .map_or(rest, |(workspace, _)| workspace),
+    )
 }
 
 /// True if `path` looks like a bare repo (has `objects/` and `HEAD`).
@@ -161,7 +189,7 @@ pub fn is_repo(path: &Path) -> bool {
     path.join("objects").is_dir() && path.join("HEAD").is_file()
 }
 
-fn staging_path(path: &Path, purpose: &str) -> PathBuf {
+fn staging_path(path: &Path, purpose: &str, workspace: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -169,7 +197,7 @@ fn staging_path(path: &Path, purpose: &str) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{purpose}-{}-{n}", std::process::id()))
+    path.with_file_name(format!(".{name}.{purpose}-{workspace}-{n}"))
 }
 
 /// Which of `oids` the repo at `path` has, plus its refs and HEAD.

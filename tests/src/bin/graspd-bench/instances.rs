@@ -66,7 +66,11 @@ pub fn measure(
     });
     let elapsed = started.elapsed();
     for p in &published {
-        assert_eq!(p.rejected, 0, "bench issues refused: {:?}", p.first_rejection);
+        assert_eq!(
+            p.rejected, 0,
+            "bench issues refused: {:?}",
+            p.first_rejection
+        );
     }
     let accepted: usize = published.iter().map(|p| p.accepted).sum();
     let events_per_second = accepted as f64 / elapsed.as_secs_f64();

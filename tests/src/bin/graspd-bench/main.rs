@@ -328,7 +328,10 @@ fn main() {
             );
             table.both(
                 "4b instances",
-                &format!("{label}: push -> live EVENT, ms p50/p99 (n={})", plan.pushes),
+                &format!(
+                    "{label}: push -> live EVENT, ms p50/p99 (n={})",
+                    plan.pushes
+                ),
                 fmt_p(percentiles_ms(&t.push.after_push)),
                 fmt_p(percentiles_ms(&s.push.after_push)),
                 "published on the first, pushed to the second, live on the last",

@@ -39,15 +39,15 @@ pub fn quiet_server(flavor: Flavor) -> Server {
 /// [`quiet_server`]'s options.
 pub fn quiet_options() -> ServerOptions {
     ServerOptions::default()
-            .arg("--sync-delay-published-ms")
-            .arg("3600000")
-            // Throughput is measured from one loopback address: no EVENT rate limit.
-            .flag("--events-per-second-per-connection", 1_000_000)
-            .flag("--events-per-second-per-address", 1_000_000)
-            // One author publishes every waiting PR, from one address.
-            .flag("--max-waiting-per-author", 10_000_000)
-            .flag("--max-waiting-per-address", 10_000_000)
-            .flag("--max-waiting", 10_000_000)
+        .arg("--sync-delay-published-ms")
+        .arg("3600000")
+        // Throughput is measured from one loopback address: no EVENT rate limit.
+        .flag("--events-per-second-per-connection", 1_000_000)
+        .flag("--events-per-second-per-address", 1_000_000)
+        // One author publishes every waiting PR, from one address.
+        .flag("--max-waiting-per-author", 10_000_000)
+        .flag("--max-waiting-per-address", 10_000_000)
+        .flag("--max-waiting", 10_000_000)
 }
 
 pub struct Footprint {
