@@ -783,6 +783,46 @@ fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavo
     assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), c2);
 }
 
+/// A state its author deletes on one instance stops waiting on the others: a push to another
+/// instance can no longer align the repository to it.
+fn on_postgres_a_state_deleted_on_one_instance_is_refused_on_another(flavor: Flavor) {
+    let Some(options) = on_postgres("pg_deleted_elsewhere") else {
+        return;
+    };
+    let first = Server::start_with(flavor, options.clone());
+    let second = Server::start_with(
+        flavor,
+        options
+            .data_dir(&first.data_dir)
+            .public_url(first.http_url()),
+    );
+    let owner = keys(1);
+    let ann = announcement(&owner, "demo", &[&first.http_url()], &[]);
+    let work = WorkRepo::init("deleted-elsewhere");
+    let c1 = work.commit("README", "regretted\n");
+    let st = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
+    let mut relay = RelayClient::connect(&first.ws_url());
+    assert_eq!(relay.publish(&ann).message, PURGATORY);
+    assert_eq!(relay.publish(&st).message, PURGATORY);
+    let waiting_states = r#"graspd_purgatory_waiting{kind="state"}"#;
+    assert!(
+        eventually(SOON, || second.metric(waiting_states) == Some(1.0)),
+        "the second instance never learned of the waiting state\n{}",
+        second.log()
+    );
+
+    assert!(relay.publish(&deletion(&owner, &[&st])).accepted);
+    assert!(
+        eventually(SOON, || second.metric(waiting_states) == Some(0.0)),
+        "the state deleted on the first still waits on the second\n{}",
+        second.log()
+    );
+    let url = second.repo_url(&npub(&owner), "demo");
+    let refused = git_fails(&work.dir, &["push", &url, "main"]);
+    assert!(refused.contains("[remote rejected]"), "{refused}");
+    assert_eq!(ref_of(&url, "refs/heads/main"), None);
+}
+
 /// A database that is down at start-up stops graspd with an error naming the URL, never its
 /// password.
 fn on_postgres_a_database_that_is_down_is_a_clear_start_up_error(flavor: Flavor) {
@@ -2049,5 +2089,6 @@ both_runtimes!(
     on_postgres_a_second_instance_serves_what_the_first_accepted,
     on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events,
     on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one,
+    on_postgres_a_state_deleted_on_one_instance_is_refused_on_another,
     on_postgres_a_database_that_is_down_is_a_clear_start_up_error,
 );

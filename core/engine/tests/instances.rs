@@ -101,3 +101,35 @@ fn a_state_served_elsewhere_that_never_waited_here_is_what_the_repository_holds(
     host.run(&mut engine, t(1));
     assert!(host.released().is_empty());
 }
+
+#[test]
+fn a_state_dropped_by_another_instance_stops_waiting_here_and_decides_no_push() {
+    let mut kit = Kit::default();
+    let announcement = kit.announcement(1, "r", &[], &[]);
+    let state = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let mut engine = Engine::new(config());
+    engine.served_elsewhere(t(0), &announcement);
+    engine.restore_waiting(t(0), state.clone(), Arrival::Published, secs(600));
+    assert_eq!(push_main(&engine, 1), RefDecision::Accept);
+
+    // Its author deleted it on the other instance, which dropped it from the store.
+    engine.gone_elsewhere(t(5), &state.id);
+    let mut host = Host::default();
+    host.run(&mut engine, t(5));
+    assert_eq!(engine.stats().waiting.states, 0);
+    assert!(
+        matches!(push_main(&engine, 1), RefDecision::Reject(_)),
+        "a push may no longer align the repository to it"
+    );
+    assert!(
+        host.events.is_empty(),
+        "nothing to move in the store: {:?}",
+        host.events
+    );
+    // A sync re-delivering it is refused.
+    let verdict = admit(&mut engine, t(6), state, Arrival::Synced);
+    assert!(
+        !matches!(verdict, Verdict::Waiting(_) | Verdict::Accepted(_)),
+        "{verdict:?}"
+    );
+}

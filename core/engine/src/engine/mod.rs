@@ -225,6 +225,30 @@ impl Engine {
         self.restore_accepted(event);
     }
 
+    /// Another instance sharing this host's store dropped `id` from purgatory unreleased
+    /// (expired, deleted by its author, withdrawn by policy), and the store holds it neither
+    /// waiting nor served: it stops waiting here too, so no push here aligns a repository to
+    /// it. Nothing is emitted for it (the store's row is gone already); it is remembered as
+    /// expired, so a sync re-delivering it is refused. An Apply in flight that would release
+    /// it decides first, as it does for an expiry.
+    pub fn gone_elsewhere(&mut self, now: Time, id: &EventId) {
+        self.now = self.now.max(now);
+        if self.applying.contains_key(id) {
+            return;
+        }
+        let targets = self.targets_of(id);
+        let Some(waiting) = self.remove_waiting(id) else {
+            return;
+        };
+        self.purgatory.remember_expired(
+            now,
+            *id,
+            self.config.remember_expired_for,
+            self.config.max_remembered_expired,
+        );
+        self.after_removal(&waiting.parsed, targets);
+    }
+
     /// Start-up, after `restore_accepted`: an event the store holds in purgatory, with its
     /// remaining life (the host keeps expiry as wall-clock time). It is durable already, so it
     /// goes straight back into scheduling and its repositories are inspected at once: drain

@@ -1,7 +1,8 @@
 //! What the other instances sharing this store commit (PostgreSQL, `--database-url`): their
 //! notifications name the events they put in purgatory or served (`store/pg/notify.rs`);
 //! this instance reads those events and feeds them to its engine (a waiting event as the
-//! start-up restore does, a served one as [`graspd_core::Engine::served_elsewhere`]), so a
+//! start-up restore does, a served one as [`graspd_core::Engine::served_elsewhere`], one
+//! dropped unreleased as [`graspd_core::Engine::gone_elsewhere`]), so a
 //! push to any instance is decided by every waiting event, and hands the served ones to its
 //! live subscribers.
 //!
@@ -100,6 +101,10 @@ impl Node {
                         self.follow_waiting(&w.event);
                         let remaining = Duration::from_secs(w.expires_at - unix_now);
                         engine.restore_waiting(now, w.event, w.arrival, remaining);
+                    }
+                    Changed::Gone(id) => {
+                        debug!(%id, "another instance dropped an event from purgatory");
+                        engine.gone_elsewhere(now, &id);
                     }
                     Changed::Served(event) => {
                         debug!(id = %event.id, "another instance served an event");

@@ -140,6 +140,9 @@ pub enum Changed {
     Waiting(WaitingEvent),
     /// Served.
     Served(Event),
+    /// Dropped from purgatory unreleased (expired, deleted, withdrawn), and neither waiting
+    /// nor served now.
+    Gone(EventId),
 }
 
 /// What storing an event for serving did.

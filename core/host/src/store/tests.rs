@@ -1143,6 +1143,24 @@ fn other_instances_hear_what_one_commits_in_order() {
     writer.insert(&issue).unwrap();
     assert_eq!(next(&heard), Some(vec![ChangedId::Served(issue.id)]));
     assert_eq!(listener.listen_stats().received, base + 3);
+
+    // Dropped from purgatory unreleased: heard as gone, and read as gone while it is.
+    let dropped = event(&keys(1), 30618, 30, &[&["d", "r"]], "expires");
+    writer
+        .put_waiting(&WaitingEvent {
+            event: dropped.clone(),
+            arrival: Arrival::Published,
+            expires_at: u64::MAX,
+        })
+        .unwrap();
+    assert_eq!(next(&heard), Some(vec![ChangedId::Waiting(dropped.id)]));
+    assert!(writer.remove_waiting(&dropped.id).unwrap());
+    assert_eq!(next(&heard), Some(vec![ChangedId::Gone(dropped.id)]));
+    assert!(matches!(
+        &listener.changed_events(&[ChangedId::Gone(dropped.id)]).unwrap()[..],
+        [Changed::Gone(id)] if *id == dropped.id
+    ));
+    assert!(!writer.remove_waiting(&dropped.id).unwrap(), "removed once");
     // The writer heard none of its own writes: the first thing it hears is the listener's.
     let last = event(&keys(3), 1, 7, &[], "last");
     listener.insert(&last).unwrap();

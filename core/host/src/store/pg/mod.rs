@@ -208,7 +208,14 @@ impl PgStore {
 
     pub fn remove_waiting(&self, id: &EventId) -> PendingWrite<bool> {
         let id = id.to_bytes();
-        self.write_grouped(move |rows| rows.remove_waiting(&id))
+        self.write_grouped(move |rows| {
+            let removed = rows.remove_waiting(&id)?;
+            if removed {
+                rows.notes
+                    .push(notify::Changed::Gone(EventId::from_byte_array(id)));
+            }
+            Ok(removed)
+        })
     }
 
     pub fn is_deleted(&self, event: &Event) -> Result<bool, StoreError> {
@@ -395,17 +402,19 @@ impl PgStore {
         &self,
         changes: &[notify::Changed],
     ) -> Result<Vec<super::Changed>, StoreError> {
+        // A gone one is looked up in both: if it is back (waiting or served), a later
+        // notification says so, and it is not gone.
         let waiting_ids: Vec<Id> = changes
             .iter()
             .filter_map(|c| match c {
-                notify::Changed::Waiting(id) => Some(id.to_bytes()),
+                notify::Changed::Waiting(id) | notify::Changed::Gone(id) => Some(id.to_bytes()),
                 notify::Changed::Served(_) => None,
             })
             .collect();
         let served_ids: Vec<Id> = changes
             .iter()
             .filter_map(|c| match c {
-                notify::Changed::Served(id) => Some(id.to_bytes()),
+                notify::Changed::Served(id) | notify::Changed::Gone(id) => Some(id.to_bytes()),
                 notify::Changed::Waiting(_) => None,
             })
             .collect();
@@ -438,6 +447,11 @@ impl PgStore {
                     let id = id.to_bytes();
                     let json = served.remove(&id)?;
                     super::query::decode(&id, json.as_bytes()).map(super::Changed::Served)
+                }
+                notify::Changed::Gone(id) => {
+                    let key = id.to_bytes();
+                    let back = waiting.contains_key(&key) || served.contains_key(&key);
+                    (!back).then_some(super::Changed::Gone(*id))
                 }
             })
             .collect())

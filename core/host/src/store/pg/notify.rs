@@ -18,8 +18,6 @@ use std::time::Duration;
 use nostr::prelude::EventId;
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::super::schema::Id;
-
 /// The channel every instance on one database notifies and listens on.
 pub const CHANNEL: &str = "graspd_events";
 
@@ -41,12 +39,23 @@ pub enum Changed {
     Waiting(EventId),
     /// Served: accepted, released from purgatory, or learned from a relay.
     Served(EventId),
+    /// Dropped from purgatory unreleased: expired, deleted by its author, or withdrawn by the
+    /// operator's policy.
+    Gone(EventId),
 }
 
 impl Changed {
     pub fn id(&self) -> EventId {
         match self {
-            Changed::Waiting(id) | Changed::Served(id) => *id,
+            Changed::Waiting(id) | Changed::Served(id) | Changed::Gone(id) => *id,
+        }
+    }
+
+    fn tag(&self) -> char {
+        match self {
+            Changed::Waiting(_) => 'w',
+            Changed::Served(_) => 's',
+            Changed::Gone(_) => 'g',
         }
     }
 }
@@ -61,16 +70,16 @@ pub fn instance_token() -> String {
 }
 
 /// The payloads announcing `changes`, in order, at most [`MAX_IDS_PER_NOTIFICATION`] each.
-pub fn payloads(token: &str, changes: &[(bool, Id)]) -> Vec<String> {
+pub fn payloads(token: &str, changes: &[Changed]) -> Vec<String> {
     changes
         .chunks(MAX_IDS_PER_NOTIFICATION)
         .map(|chunk| {
             let mut text = String::with_capacity(token.len() + chunk.len() * 66);
             text.push_str(token);
-            for (served, id) in chunk {
+            for change in chunk {
                 text.push(' ');
-                text.push(if *served { 's' } else { 'w' });
-                text.push_str(&crate::hex::encode(id));
+                text.push(change.tag());
+                text.push_str(&crate::hex::encode(change.id().as_bytes()));
             }
             text
         })
@@ -89,6 +98,7 @@ pub fn parse(payload: &str) -> (&str, Vec<Changed>) {
             match tag {
                 "w" => Some(Changed::Waiting(id)),
                 "s" => Some(Changed::Served(id)),
+                "g" => Some(Changed::Gone(id)),
                 _ => None,
             }
         })
@@ -244,8 +254,15 @@ mod tests {
 
     #[test]
     fn payloads_round_trip_in_order_and_stay_under_the_limit() {
-        let changes: Vec<(bool, Id)> = (0..=MAX_IDS_PER_NOTIFICATION as u8)
-            .map(|n| (n % 2 == 0, [n; 32]))
+        let changes: Vec<Changed> = (0..=MAX_IDS_PER_NOTIFICATION as u8)
+            .map(|n| {
+                let id = EventId::from_byte_array([n; 32]);
+                match n % 3 {
+                    0 => Changed::Served(id),
+                    1 => Changed::Waiting(id),
+                    _ => Changed::Gone(id),
+                }
+            })
             .collect();
         let sent = payloads("abc", &changes);
         assert_eq!(sent.len(), 2, "101 entries make two notifications");
@@ -258,18 +275,7 @@ mod tests {
                 changes
             })
             .collect();
-        let expected: Vec<Changed> = changes
-            .iter()
-            .map(|(served, id)| {
-                let id = EventId::from_byte_array(*id);
-                if *served {
-                    Changed::Served(id)
-                } else {
-                    Changed::Waiting(id)
-                }
-            })
-            .collect();
-        assert_eq!(heard, expected);
+        assert_eq!(heard, changes);
     }
 
     #[test]

@@ -25,9 +25,9 @@ pub struct PgRows<'t, 'c> {
     pub txn: &'t mut Transaction<'c>,
     pub reference_limits: ReferenceLimits,
     pub reference_changes: ReferenceChanges,
-    /// What this transaction put in purgatory (`false`) or served (`true`), in order: the
+    /// What this transaction put in purgatory, served or dropped from purgatory, in order: the
     /// other instances are notified of it when it commits (`notify.rs`).
-    pub notes: Vec<(bool, Id)>,
+    pub notes: Vec<super::notify::Changed>,
 }
 
 impl PgRows<'_, '_> {
@@ -43,14 +43,15 @@ impl PgRows<'_, '_> {
                 &waiting.event.as_json(),
             ],
         )?;
-        self.notes.push((false, id));
+        self.notes
+            .push(super::notify::Changed::Waiting(waiting.event.id));
         Ok(())
     }
 
     /// Notes that `event` is served if `outcome` stored it.
     pub fn note_served(&mut self, event: &Event, outcome: &InsertOutcome) {
         if matches!(outcome, InsertOutcome::Stored { .. }) {
-            self.notes.push((true, event.id.to_bytes()));
+            self.notes.push(super::notify::Changed::Served(event.id));
         }
     }
 }
