@@ -576,15 +576,8 @@ fn on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events(fl
     }
 
     let mut relay = RelayClient::connect(&first.ws_url());
-    assert_eq!(relay.publish(&ann).message, PURGATORY);
-    assert_eq!(relay.publish(&st).message, PURGATORY);
     // The second instance's engine holds the state waiting (learned, not only heard of).
-    let waiting_states = r#"graspd_purgatory_waiting{kind="state"}"#;
-    assert!(
-        eventually(SOON, || second.metric(waiting_states) == Some(1.0)),
-        "the second instance never learned of the waiting state\n{}",
-        logs()
-    );
+    publish_waiting_learned_by(&mut relay, &second, &ann, &st);
     let pushed_at = std::time::Instant::now();
     work.git(&[
         "push",
@@ -619,7 +612,7 @@ fn on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events(fl
     assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), c1);
 
     assert!(
-        eventually(SOON, || first.metric(waiting_states) == Some(0.0)),
+        eventually(SOON, || first.metric(WAITING_STATES) == Some(0.0)),
         "the first instance still holds the state waiting\n{}",
         logs()
     );
@@ -783,6 +776,21 @@ fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavo
     assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), c2);
 }
 
+/// The metric of states waiting in an instance's engine.
+const WAITING_STATES: &str = r#"graspd_purgatory_waiting{kind="state"}"#;
+
+/// Publishes `ann` and `st` on `relay` (both wait for their data) and waits until `other`,
+/// an instance on the same database, holds the state waiting too.
+fn publish_waiting_learned_by(relay: &mut RelayClient, other: &Server, ann: &Event, st: &Event) {
+    assert_eq!(relay.publish(ann).message, PURGATORY);
+    assert_eq!(relay.publish(st).message, PURGATORY);
+    assert!(
+        eventually(SOON, || other.metric(WAITING_STATES) == Some(1.0)),
+        "the other instance never learned of the waiting state\n{}",
+        other.log()
+    );
+}
+
 /// A state its author deletes on one instance stops waiting on the others: a push to another
 /// instance can no longer align the repository to it.
 fn on_postgres_a_state_deleted_on_one_instance_is_refused_on_another(flavor: Flavor) {
@@ -802,18 +810,11 @@ fn on_postgres_a_state_deleted_on_one_instance_is_refused_on_another(flavor: Fla
     let c1 = work.commit("README", "regretted\n");
     let st = state(&owner, "demo", &[("refs/heads/main", &c1)], Some("main"), 0);
     let mut relay = RelayClient::connect(&first.ws_url());
-    assert_eq!(relay.publish(&ann).message, PURGATORY);
-    assert_eq!(relay.publish(&st).message, PURGATORY);
-    let waiting_states = r#"graspd_purgatory_waiting{kind="state"}"#;
-    assert!(
-        eventually(SOON, || second.metric(waiting_states) == Some(1.0)),
-        "the second instance never learned of the waiting state\n{}",
-        second.log()
-    );
+    publish_waiting_learned_by(&mut relay, &second, &ann, &st);
 
     assert!(relay.publish(&deletion(&owner, &[&st])).accepted);
     assert!(
-        eventually(SOON, || second.metric(waiting_states) == Some(0.0)),
+        eventually(SOON, || second.metric(WAITING_STATES) == Some(0.0)),
         "the state deleted on the first still waits on the second\n{}",
         second.log()
     );

@@ -75,10 +75,7 @@ impl<K: Hash + Eq, V> LookupMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
-        self.table
-            .find_mut(hash, |(k, _)| k.borrow() == key)
-            .map(|(_, v)| v)
+        self.get_key_value_mut(key).map(|(_, v)| v)
     }
 
     /// The stored key and its value, for sharing the stored key.

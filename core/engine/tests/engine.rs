@@ -1797,19 +1797,7 @@ fn a_never_satisfiable_state_neither_blocks_nor_outranks_the_states_a_push_can_e
     );
     // The newer state cannot be equalled; the older one still can, and is released.
     assert_eq!(push_main(&engine, 1), graspd_core::RefDecision::Accept);
-    host.give(&repo(1, "r"), &[oid(1)]);
-    host.refs
-        .entry(repo(1, "r"))
-        .or_default()
-        .insert("refs/heads/main".into(), oid(1));
-    engine.handle_input(
-        t(10),
-        Input::Pushed {
-            repo: repo(1, "r"),
-            updates: vec![],
-        },
-    );
-    host.run(&mut engine, t(10));
+    host.push_lands(&mut engine, t(10), &repo(1, "r"), "refs/heads/main", oid(1));
     assert_eq!(host.released(), [older.id]);
     // A state newer than both is pushed and released as usual; the unreadable one expires.
     let newer = kit.state(1, "r", 2002, &[("refs/heads/main", oid(2))]);
@@ -1850,23 +1838,7 @@ fn an_announcement_released_with_its_first_state_is_served_before_it() {
         assert!(matches!(verdict, Verdict::Waiting(_)), "{verdict:?}");
     }
     // The push set the refs the state names: nothing to apply, both go out at once.
-    host.give(&repo(1, "r"), &[oid(1)]);
-    host.refs
-        .entry(repo(1, "r"))
-        .or_default()
-        .insert("refs/heads/main".into(), oid(1));
-    engine.handle_input(
-        t(10),
-        Input::Pushed {
-            repo: repo(1, "r"),
-            updates: vec![graspd_core::RefUpdate {
-                old: graspd_core::Oid::ZERO,
-                new: oid(1),
-                name: "refs/heads/main".into(),
-            }],
-        },
-    );
-    host.run(&mut engine, t(10));
+    host.push_lands(&mut engine, t(10), &repo(1, "r"), "refs/heads/main", oid(1));
     // A client that sees the state served may publish an issue for the repository at once.
     assert_eq!(host.released(), [ann.id, st.id]);
 }

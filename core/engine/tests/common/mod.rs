@@ -245,6 +245,31 @@ impl Host {
         }
     }
 
+    /// A push landed in `repo`: it holds `oid` and its `name` ref points at it; the engine is
+    /// told (`Pushed`) and the host runs.
+    pub fn push_lands(
+        &mut self,
+        engine: &mut Engine,
+        now: Time,
+        repo: &RepoKey,
+        name: &str,
+        oid: Oid,
+    ) {
+        self.give(repo, &[oid]);
+        self.refs
+            .entry(repo.clone())
+            .or_default()
+            .insert(name.into(), oid);
+        engine.handle_input(
+            now,
+            Input::Pushed {
+                repo: repo.clone(),
+                updates: vec![],
+            },
+        );
+        self.run(engine, now);
+    }
+
     pub fn give(&mut self, repo: &RepoKey, oids: &[Oid]) {
         self.objects
             .entry(repo.clone())
