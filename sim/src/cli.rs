@@ -3,6 +3,7 @@
 //! 3 liveness, 4 crash (the engine panicked), 5 determinism, 64 usage.
 
 use crate::host;
+use crate::instances_cli;
 use crate::named;
 use crate::relay_cli;
 use crate::relays;
@@ -26,6 +27,8 @@ usage: graspd-sim [options]
                         --scenario relay-* implies it
   --host                host worlds: the real graspd-host on a simulated runtime (with
                         --seed/--seeds); --scenario host-* implies it
+  --instances           instances worlds: several engines with sync leases over one shared
+                        store, crashes and database partitions (with --seed/--seeds)
   --small               small worlds (what the CI swarm test uses)
   --keep-going          with --seeds: run every seed, list every failing one
   --quiet               with --seed: no trace, only the result
@@ -45,6 +48,7 @@ struct Args {
     keep_going: bool,
     relays: bool,
     host: bool,
+    instances: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -69,6 +73,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--keep-going" => a.keep_going = true,
             "--relays" => a.relays = true,
             "--host" => a.host = true,
+            "--instances" => a.instances = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -111,6 +116,12 @@ pub fn main(args: &[String], factory: &dyn EngineFactory) -> i32 {
             .filter(|c| *c != 0)
             .min()
             .unwrap_or(0);
+    }
+    if a.instances {
+        return match a.seeds {
+            Some(k) => instances_cli::run_many(a.from, k, a.determinism, a.keep_going),
+            None => instances_cli::run_one(a.seed.unwrap_or(0), a.quiet, a.determinism),
+        };
     }
     let host_scenario = a
         .scenario

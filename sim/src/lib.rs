@@ -4,7 +4,8 @@
 //! GRASP servers with faults) and our host (store, purgatory table, crashes and restarts),
 //! drives `graspd-core` through it, and checks safety invariants after every step and liveness
 //! after the world heals. The host world (`host`) runs the real graspd-host on a simulated
-//! runtime instead. See `README.md`.
+//! runtime instead. The instances world (`instances`) runs several engines with sync leases
+//! over one shared store. See `README.md`.
 
 pub mod adapter;
 pub mod cli;
@@ -13,6 +14,9 @@ pub mod faults;
 pub mod follow_run;
 pub mod forge;
 pub mod host;
+pub mod instances;
+pub mod instances_cli;
+pub mod lease_table;
 pub mod monitor;
 pub mod named;
 pub mod params;

@@ -16,6 +16,7 @@ mod heap;
 pub mod hex;
 pub mod http;
 pub mod io;
+pub mod leases;
 pub mod metrics;
 pub mod nip11;
 pub mod policy_file;

@@ -1,7 +1,7 @@
 //! Sync leases on the host side (`graspd_core`'s `engine/lease.rs` has the rule): the engine's
 //! `AcquireLease` / `ReleaseLease` commands set which leases this instance wants, and one task
 //! keeps them in the store's lease table (`store/pg/leases.rs`), reporting `Leased` and
-//! `LeaseLost` back.
+//! `LeaseLost` back. The bookkeeping is `crate::leases::LeaseBook`; this module runs its rounds.
 //!
 //! The task acquires a newly wanted lease at once, and otherwise every third of the lease's
 //! life renews those held and tries again for those held elsewhere (their holder may have died).
@@ -10,28 +10,20 @@
 //! hold it (clock rates aside). Lease commands are applied while the engine's lock is held, in
 //! the engine's order: an acquire and the release that follows can never swap.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use graspd_core::{Command, Input, RepoKey, Time};
-use tracing::{debug, info, warn};
+use graspd_core::Command;
+use tracing::warn;
 
 use super::Node;
+use crate::leases::LeaseBook;
 use crate::runtime::unblock;
 
-#[derive(Default)]
-struct Wanted {
-    /// By the name the lease table keys them with.
-    repos: BTreeMap<String, RepoKey>,
-    /// Held ones (a subset of `repos`), with the instant they count as lost unless renewed.
-    held: BTreeMap<String, Time>,
-    /// Held leases no longer wanted, to give back.
-    let_go: BTreeSet<String>,
-}
-
-/// The leases this instance wants; see the module documentation.
+/// The leases this instance wants (`crate::leases::LeaseBook`), and the wake-up of the task
+/// that keeps them.
 pub(super) struct LeaseKeeper {
-    wanted: Mutex<Wanted>,
+    book: Mutex<LeaseBook>,
     wake: async_channel::Sender<()>,
     woken: async_channel::Receiver<()>,
 }
@@ -40,27 +32,20 @@ impl LeaseKeeper {
     pub(super) fn new() -> LeaseKeeper {
         let (wake, woken) = async_channel::bounded(1);
         LeaseKeeper {
-            wanted: Mutex::new(Wanted::default()),
+            book: Mutex::new(LeaseBook::new()),
             wake,
             woken,
         }
     }
 
+    fn book(&self) -> std::sync::MutexGuard<'_, LeaseBook> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Applies `command` if it is a lease command (returns whether it was).
     pub(super) fn take(&self, command: &Command) -> bool {
-        let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
-        match command {
-            Command::AcquireLease { repo } => {
-                wanted.repos.insert(repo.to_string(), repo.clone());
-            }
-            Command::ReleaseLease { repo } => {
-                let name = repo.to_string();
-                wanted.repos.remove(&name);
-                if wanted.held.remove(&name).is_some() {
-                    wanted.let_go.insert(name);
-                }
-            }
-            _ => return false,
+        if !self.book().apply(command) {
+            return false;
         }
         let _ = self.wake.try_send(());
         true
@@ -68,8 +53,7 @@ impl LeaseKeeper {
 
     /// (held, wanted but held elsewhere).
     pub(super) fn counts(&self) -> (usize, usize) {
-        let wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
-        (wanted.held.len(), wanted.repos.len() - wanted.held.len())
+        self.book().counts()
     }
 }
 
@@ -84,14 +68,10 @@ impl Node {
         let life = self.settings.sync_lease;
         let round = life / 3;
         loop {
-            let (names, let_go) = {
-                let mut wanted = self.leases.wanted.lock().unwrap_or_else(|e| e.into_inner());
-                let names: Vec<String> = wanted.repos.keys().cloned().collect();
-                (names, std::mem::take(&mut wanted.let_go))
-            };
+            let round_asked = self.leases.book().start_round();
+            let (names, let_go) = (round_asked.names, round_asked.let_go);
             if !let_go.is_empty() {
                 let store = self.store.clone();
-                let let_go: Vec<String> = let_go.into_iter().collect();
                 match unblock(&*self.runtime, move || store.let_go_leases(&let_go)).await {
                     Ok(Ok(())) => {}
                     // They expire on their own.
@@ -102,9 +82,9 @@ impl Node {
             let asked_at = self.clock.now();
             let store = self.store.clone();
             let asked = names.clone();
-            let held_now = match unblock(&*self.runtime, move || store.hold_leases(&asked, life))
-                .await
-            {
+            let statement = unblock(&*self.runtime, move || store.hold_leases(&asked, life));
+            let answer = self.expiring_leases_while(statement).await;
+            let held_now = match answer {
                 Ok(Ok(held)) => Some(held.into_iter().collect::<BTreeSet<String>>()),
                 Ok(Err(error)) => {
                     warn!(%error, wanted = names.len(), "acquiring or renewing sync leases failed");
@@ -115,7 +95,11 @@ impl Node {
                     None
                 }
             };
-            let inputs = self.settle_leases(&names, held_now.as_ref(), asked_at, life * 2 / 3);
+            let now = self.clock.now();
+            let inputs =
+                self.leases
+                    .book()
+                    .settle(&names, held_now.as_ref(), asked_at, life * 2 / 3, now);
             for input in inputs {
                 self.input(input);
             }
@@ -123,63 +107,40 @@ impl Node {
             self.metrics.sync_leases(held, elsewhere);
             let sleep = self.runtime.sleep(round);
             let woken = self.leases.woken.recv();
-            futures_lite::future::or(sleep, async {
+            self.expiring_leases_while(futures_lite::future::or(sleep, async {
                 let _ = woken.await;
-            })
+            }))
             .await;
         }
     }
 
-    /// Records what one round of the table answered (`None`: it could not be reached) and
-    /// what the engine must hear of it.
-    fn settle_leases(
-        &self,
-        asked: &[String],
-        held_now: Option<&BTreeSet<String>>,
-        asked_at: Time,
-        valid_for: std::time::Duration,
-    ) -> Vec<Input> {
-        let mut inputs = Vec::new();
-        let mut wanted = self.leases.wanted.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted = &mut *wanted;
-        if let Some(held_now) = held_now {
-            for name in asked {
-                let Some(repo) = wanted.repos.get(name) else {
-                    // No longer wanted: give it back if the table just gave it to us.
-                    if held_now.contains(name) {
-                        wanted.let_go.insert(name.clone());
-                    }
-                    continue;
-                };
-                if held_now.contains(name) {
-                    if wanted
-                        .held
-                        .insert(name.clone(), asked_at + valid_for)
-                        .is_none()
-                    {
-                        info!(%repo, "sync lease acquired");
-                        inputs.push(Input::Leased { repo: repo.clone() });
-                    }
-                } else if wanted.held.remove(name).is_some() {
-                    warn!(%repo, "sync lease taken by another instance");
-                    inputs.push(Input::LeaseLost { repo: repo.clone() });
-                } else {
-                    debug!(%repo, "sync lease held by another instance");
-                }
+    /// Awaits `work` (a lease statement, or the sleep between rounds), reporting held leases
+    /// lost as their local validity ends meanwhile: a statement hung on a dead connection must
+    /// not leave the engine fetching after the table may have given its lease away.
+    async fn expiring_leases_while<T>(
+        self: &Arc<Self>,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let next = self.leases.book().next_expiry();
+            let Some(expiry) = next else {
+                return work.await;
+            };
+            let wait = expiry.saturating_since(self.clock.now());
+            let expired = async {
+                self.runtime.sleep(wait).await;
+                None
+            };
+            if let Some(done) =
+                futures_lite::future::or(async { Some(work.as_mut().await) }, expired).await
+            {
+                return done;
+            }
+            let inputs = self.leases.book().expire(self.clock.now());
+            for input in inputs {
+                self.input(input);
             }
         }
-        let now = self.clock.now();
-        let repos = &wanted.repos;
-        wanted.held.retain(|name, valid_until| {
-            if *valid_until > now {
-                return true;
-            }
-            if let Some(repo) = repos.get(name) {
-                warn!(%repo, "sync lease not renewed in time; another instance may take it");
-                inputs.push(Input::LeaseLost { repo: repo.clone() });
-            }
-            false
-        });
-        inputs
     }
 }
