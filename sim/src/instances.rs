@@ -419,6 +419,17 @@ impl Sim {
         self.now + Duration::from_millis(self.io.range(lo, hi))
     }
 
+    /// When a lease statement's next step happens: usually within `quick_max` ms; before the
+    /// heal, one time in ten late (from `slow_min` ms to a quarter of the lease life), the
+    /// table moving meanwhile.
+    fn statement_delay(&mut self, slow_min: u64, quick_max: u64) -> Time {
+        if self.now < self.params.heal && self.io.percent(10) {
+            self.after(slow_min, ms(self.params.lease_life) / 4)
+        } else {
+            self.after(1, quick_max)
+        }
+    }
+
     fn run(&mut self) {
         let p = &self.params;
         let mut header = format!(
@@ -606,11 +617,7 @@ impl Sim {
                     let_go.len(),
                     held.as_ref().map(BTreeSet::len)
                 ));
-                let when = if self.now < self.params.heal && self.io.percent(10) {
-                    self.after(100, ms(self.params.lease_life) / 4)
-                } else {
-                    self.after(1, 30)
-                };
+                let when = self.statement_delay(100, 30);
                 self.schedule(
                     when,
                     i,
@@ -787,11 +794,7 @@ impl Sim {
         self.instances[i].round_running = true;
         let asked_at = self.now;
         // Usually quick; sometimes the statement runs late, the table moving meanwhile.
-        let when = if self.now < self.params.heal && self.io.percent(10) {
-            self.after(50, ms(self.params.lease_life) / 4)
-        } else {
-            self.after(1, 20)
-        };
+        let when = self.statement_delay(50, 20);
         self.schedule(
             when,
             i,

@@ -513,6 +513,7 @@ impl Engine {
     /// Counts for metrics; cheap, read at each scrape.
     #[must_use]
     pub fn stats(&self) -> Stats {
+        let (leases_held, leases_wanted) = self.leases.counts();
         Stats {
             waiting: self.purgatory.counts(),
             remembered_expired: self.purgatory.remembered_expired(),
@@ -531,8 +532,8 @@ impl Engine {
             apply_conflicts: self.counters.apply_conflicts,
             admissions_pending: self.admissions.len(),
             share_holders: self.purgatory.shares().holders() + self.pending.holders(),
-            leases_held: self.leases.counts().0,
-            leases_wanted: self.leases.counts().1,
+            leases_held,
+            leases_wanted,
         }
     }
 
