@@ -1150,6 +1150,12 @@ impl Host<'_> {
                         }
                     }
                 }
+                Command::AcquireLease { url } | Command::ReleaseLease { url } => {
+                    return Err(self.fail(
+                        FailureKind::Safety,
+                        format!("a lease command for {url} with relay leases off"),
+                    ));
+                }
             }
         }
         Ok(())

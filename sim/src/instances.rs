@@ -20,7 +20,7 @@ use graspd_core::{
     ApplyError, ApplyPlan, Arrival, Command, CommandId, Config, Engine, EngineEvent, EventId,
     FetchError, FetchReport, Identifier, Input, Oid, RepoKey, RepoSnapshot, Time,
 };
-use graspd_host::leases::LeaseBook;
+use graspd_host::leases::{LeaseBook, Report};
 use nostr::event::Event;
 
 use crate::forge::{self, User};
@@ -481,8 +481,8 @@ impl Sim {
                 {
                     self.now = self.now.max(t);
                     let now = self.now;
-                    let inputs = self.instances[i].book.expire(now);
-                    for input in inputs {
+                    let reports = self.instances[i].book.expire(now);
+                    for input in reports.into_iter().filter_map(Report::into_engine) {
                         self.log(format_args!(
                             "lease {i} {} (not renewed in time)",
                             describe(&input)
@@ -646,7 +646,7 @@ impl Sim {
                     self.instances[i]
                         .book
                         .settle(&names, held.as_ref(), asked_at, valid_for, now);
-                for input in inputs {
+                for input in inputs.into_iter().filter_map(Report::into_engine) {
                     self.log(format_args!("lease {i} {}", describe(&input)));
                     self.input(i, input);
                 }

@@ -776,6 +776,145 @@ fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavo
     assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), c2);
 }
 
+/// Three instances on one database follow another server's relay (their bootstrap relay):
+/// exactly one of them (the relay's follow lease holder) is connected to it, and what it learns
+/// is served by all three. After `kill -9` of that instance another one follows the relay once
+/// the lease expires, and a state published there afterwards is served by the survivors.
+fn on_postgres_each_relay_is_followed_by_one_instance_and_another_takes_over(flavor: Flavor) {
+    let Some(database) = postgres_database("pg_relay_leases") else {
+        return;
+    };
+    const LEASE: Duration = Duration::from_secs(3);
+    let remote = Server::start(flavor);
+    let options = fast_sync()
+        .flag("--database-url", database)
+        .flag("--sync-lease-secs", LEASE.as_secs())
+        .flag("--sync-delay-synced-ms", 100)
+        .flag("--bootstrap-relay", remote.ws_url())
+        .arg("--allow-private-relays");
+    let first = Server::start_with(flavor, options.clone());
+    let behind_one_origin = options
+        .data_dir(&first.data_dir)
+        .public_url(first.http_url());
+    let mut instances = vec![
+        first,
+        Server::start_with(flavor, behind_one_origin.clone()),
+        Server::start_with(flavor, behind_one_origin),
+    ];
+    let logs = |instances: &[Server]| {
+        instances
+            .iter()
+            .map(Server::log)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let connected = format!(
+        r#"graspd_follow_relay_connected{{relay="{}"}}"#,
+        remote.ws_url()
+    );
+    let followers = |instances: &[Server]| -> Vec<usize> {
+        (0..instances.len())
+            .filter(|n| instances[*n].metric(&connected) == Some(1.0))
+            .collect()
+    };
+    let served = |server: &Server, ids: &[&Event]| {
+        let ids: Vec<String> = ids.iter().map(|e| e.id.to_hex()).collect();
+        RelayClient::connect(&server.ws_url())
+            .query_ids(json!({ "ids": ids }))
+            .len()
+            == ids.len()
+    };
+
+    let owner = keys(1);
+    let ann = announcement(
+        &owner,
+        "followed",
+        &[&remote.http_url(), &instances[0].http_url()],
+        &[],
+    );
+    let work = WorkRepo::init("relay-leases");
+    let c1 = work.commit("README", "one\n");
+    let st1 = state(
+        &owner,
+        "followed",
+        &[("refs/heads/main", &c1)],
+        Some("main"),
+        0,
+    );
+    let mut on_remote = RelayClient::connect(&remote.ws_url());
+    on_remote.publish(&ann);
+    on_remote.publish(&st1);
+    let remote_repo = remote.repo_url(&npub(&owner), "followed");
+    work.git(&["push", "-q", &remote_repo, "main"]);
+    assert!(
+        eventually(Duration::from_secs(60), || instances
+            .iter()
+            .all(|i| served(i, &[&ann, &st1]))),
+        "the followed events were not served by every instance\n{}",
+        logs(&instances)
+    );
+    let holders = followers(&instances);
+    assert_eq!(
+        holders.len(),
+        1,
+        "not exactly one instance follows the relay\n{}",
+        logs(&instances)
+    );
+    let holder = holders[0];
+    let leases_held: f64 = instances
+        .iter()
+        .map(|i| {
+            i.metric(r#"graspd_relay_leases{what="held"}"#)
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(leases_held, 1.0, "{}", logs(&instances));
+
+    let mut dead = instances.remove(holder);
+    dead.kill9();
+    let killed = std::time::Instant::now();
+    assert!(
+        eventually(LEASE + SOON, || followers(&instances).len() == 1),
+        "no surviving instance took the relay over\n{}\n{}",
+        logs(&instances),
+        dead.log()
+    );
+    eprintln!(
+        "kill -9 of the relay's follower to another instance following it: {} ms (lease {} s)",
+        killed.elapsed().as_millis(),
+        LEASE.as_secs()
+    );
+    let c2 = work.commit("README", "two\n");
+    let st2 = state(
+        &owner,
+        "followed",
+        &[("refs/heads/main", &c2)],
+        Some("main"),
+        1,
+    );
+    on_remote.publish(&st2);
+    work.git(&["push", "-q", &remote_repo, "main"]);
+    assert!(
+        eventually(Duration::from_secs(60), || instances
+            .iter()
+            .all(|i| served(i, &[&st2]))),
+        "a state published after the take-over was not served\n{}",
+        logs(&instances)
+    );
+    assert_eq!(followers(&instances).len(), 1, "{}", logs(&instances));
+    let clone = temp_dir("relay-leases-clone");
+    git(
+        &clone,
+        &[
+            "clone",
+            "-q",
+            &instances[0].repo_url(&npub(&owner), "followed"),
+            ".",
+        ],
+    );
+    assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), c2);
+}
+
 /// The metric of states waiting in an instance's engine.
 const WAITING_STATES: &str = r#"graspd_purgatory_waiting{kind="state"}"#;
 
@@ -2090,6 +2229,7 @@ both_runtimes!(
     on_postgres_a_second_instance_serves_what_the_first_accepted,
     on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events,
     on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one,
+    on_postgres_each_relay_is_followed_by_one_instance_and_another_takes_over,
     on_postgres_a_state_deleted_on_one_instance_is_refused_on_another,
     on_postgres_a_database_that_is_down_is_a_clear_start_up_error,
 );

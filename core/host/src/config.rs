@@ -536,6 +536,14 @@ impl Config {
         Duration::from_secs(self.engine.purgatory_expiry_secs)
     }
 
+    /// The relay follower's configuration: its flags, and leases when the store is shared.
+    pub fn follow_config(&self) -> graspd_core::follow::FollowConfig {
+        graspd_core::follow::FollowConfig {
+            relay_leases: self.database_url.is_some(),
+            ..self.follow.config()
+        }
+    }
+
     /// The engine's configuration: every limit and delay from the flags above.
     pub fn engine_config(&self) -> graspd_core::Config {
         let e = &self.engine;

@@ -124,7 +124,7 @@ pub async fn serve(runtime: Arc<dyn Runtime>, config: Config) -> Result<(), Serv
     };
     let follower = follow::FollowerHandle::new(
         Arc::clone(&runtime),
-        follow::RelayFollower::new(config.follow.config(), own),
+        follow::RelayFollower::new(config.follow_config(), own),
         config.follow.client_limits(),
     );
     let node = driver::Node::start(

@@ -115,6 +115,7 @@ pub struct Metrics {
     peer_listener_connected: Gauge,
     peer_queue: Gauge,
     sync_leases: Family<WhatLabel, Gauge>,
+    relay_leases: Family<WhatLabel, Gauge>,
     domains_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -257,7 +258,8 @@ impl Metrics {
         registry.register(
             "follow_relay_connected",
             "Each relay followed now (bootstrap, or listed by a hosted repository): 1 while a \
-             connection to it is up, 0 while it is down",
+             connection to it is up, 0 while it is down; on a shared store, only the relays \
+             whose follow lease this instance holds or is acquiring",
             followed_relays.clone(),
         );
         let follow_waiting = Family::<WhatLabel, Gauge>::default();
@@ -370,9 +372,17 @@ impl Metrics {
              wants while another instance holds it (elsewhere); a shared store only",
             sync_leases.clone(),
         );
+        let relay_leases = Family::<WhatLabel, Gauge>::default();
+        registry.register(
+            "relay_leases",
+            "Relays whose follow lease this instance holds (held: it follows them) or wants \
+             while another instance holds it (elsewhere); a shared store only",
+            relay_leases.clone(),
+        );
         Metrics {
             registry,
             sync_leases,
+            relay_leases,
             peer_events,
             peer_listener_reconnects,
             peer_listener_connected,
@@ -470,12 +480,13 @@ impl Metrics {
         self.peer_queue.set(queued as i64);
     }
 
-    /// The sync leases held here, and those wanted but held by another instance.
-    pub fn sync_leases(&self, held: usize, elsewhere: usize) {
-        for (what, count) in [("held", held), ("elsewhere", elsewhere)] {
-            self.sync_leases
-                .get_or_create(&WhatLabel { what })
-                .set(count as i64);
+    /// The leases held here, and those wanted but held by another instance: repositories'
+    /// sync leases and relays' follow leases.
+    pub fn leases(&self, repos: crate::leases::Counts, relays: crate::leases::Counts) {
+        for (family, counts) in [(&self.sync_leases, repos), (&self.relay_leases, relays)] {
+            for (what, count) in [("held", counts.held), ("elsewhere", counts.elsewhere)] {
+                family.get_or_create(&WhatLabel { what }).set(count as i64);
+            }
         }
     }
 
@@ -525,7 +536,10 @@ impl Metrics {
     /// relays no longer followed leave it.
     pub fn followed_relays(&self, relays: &[RelayStatus]) {
         self.followed_relays.clear();
-        for relay in relays.iter().filter(|r| r.followed) {
+        for relay in relays
+            .iter()
+            .filter(|r| r.followed && !r.followed_elsewhere)
+        {
             self.followed_relays
                 .get_or_create(&RelayLabel {
                     relay: relay.url.clone(),
@@ -697,6 +711,7 @@ mod tests {
             "{text}"
         );
         let relay = |url: &str, followed, connected| RelayStatus {
+            followed_elsewhere: url.contains("elsewhere"),
             url: url.into(),
             followed,
             bootstrap: false,
@@ -713,6 +728,7 @@ mod tests {
             relay("wss://up.example", true, true),
             relay("wss://down.example", true, false),
             relay("wss://idle.example", false, false),
+            relay("wss://elsewhere.example", true, false),
         ]);
         let text = metrics.render(&stats, &follow, &follower, &connections);
         assert!(
@@ -724,6 +740,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("idle.example"), "{text}");
+        assert!(!text.contains("elsewhere.example"), "{text}");
         metrics.followed_relays(&[]);
         let text = metrics.render(&stats, &follow, &follower, &connections);
         assert!(

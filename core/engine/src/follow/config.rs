@@ -42,6 +42,9 @@ pub struct FollowConfig {
     /// Short: announcements arriving a few hundred milliseconds apart would otherwise each
     /// wait most of it before their histories (and the state they wait for) are read.
     pub resubscribe_interval: Duration,
+    /// Connect a relay only under its lease (several instances on one store: each relay is
+    /// followed by one of them). Off: every relay's lease is held implicitly.
+    pub relay_leases: bool,
 }
 
 impl Default for FollowConfig {
@@ -60,6 +63,7 @@ impl Default for FollowConfig {
             chunk_size: 256,
             max_subscriptions_per_relay: 16,
             resubscribe_interval: Duration::from_millis(50),
+            relay_leases: false,
         }
     }
 }

@@ -8,6 +8,13 @@
 //! with our identifiers (`#d`), events tagging our repositories (`#a`) and events tagging the
 //! events we follow (`#e`, `#E`), in chunks, so many repositories are few subscriptions.
 //!
+//! With `FollowConfig::relay_leases` (several instances on one store) a relay is connected only
+//! under its lease, so each relay is followed by one instance: the follower asks for the lease
+//! ([`Command::AcquireLease`]) when it would connect, connects once [`Input::Leased`] comes,
+//! disconnects at [`Input::LeaseLost`], and gives the lease back ([`Command::ReleaseLease`])
+//! when nothing wants the relay any more. What the holder receives reaches the others through
+//! the shared store.
+//!
 //! What does not fit (a relay when `max_relays` are tracked, a value when a relay's
 //! subscription budget is full) waits in a bounded list and is admitted, oldest refusal first,
 //! when an input frees room: a relay forgotten, a repository or thread dropped. Never on a
@@ -88,6 +95,10 @@ pub enum Input {
         id: ConnectionId,
         subscription: SubKey,
     },
+    /// The relay's lease was acquired (after an [`Command::AcquireLease`]): connect to it.
+    Leased { url: String },
+    /// The relay's lease could not be renewed in time: another instance may follow it now.
+    LeaseLost { url: String },
 }
 
 /// What the follower asks the host to do.
@@ -108,6 +119,12 @@ pub enum Command {
     },
     /// Close the connection; a `Closed` for it is neither needed nor harmful.
     Disconnect { id: ConnectionId },
+    /// Acquire the relay's lease and keep trying (another instance may hold it) until it is
+    /// given back; report [`Input::Leased`] and [`Input::LeaseLost`]. Only with
+    /// `FollowConfig::relay_leases`.
+    AcquireLease { url: String },
+    /// Give the relay's lease back, held or still wanted.
+    ReleaseLease { url: String },
 }
 
 /// A relay the follower starts or stops following, for the host's log. A relay is followed
@@ -175,6 +192,8 @@ pub struct RelayStatus {
     pub values_waiting: usize,
     pub events_received: u64,
     pub connects: u64,
+    /// Followed, but its lease is held by another instance, which follows it.
+    pub followed_elsewhere: bool,
 }
 
 /// One value a relay is asked about: a repository (`#d`/`#a`) or a followed event (`#e`).
@@ -197,9 +216,21 @@ enum Link {
     },
 }
 
+/// Where this follower stands on a relay's lease (only with `FollowConfig::relay_leases`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RelayLease {
+    /// Not asked for.
+    None,
+    /// Asked for; held elsewhere or not acquired yet.
+    Wanted,
+    /// Held: the relay may be connected.
+    Held,
+}
+
 #[derive(Debug)]
 struct Relay {
     bootstrap: bool,
+    lease: RelayLease,
     repos: Chunks<RepoKey>,
     threads: Chunks<EventId>,
     link: Link,
@@ -232,6 +263,7 @@ impl Relay {
             .max(1);
         Relay {
             bootstrap,
+            lease: RelayLease::None,
             repos: Chunks::default(),
             threads: Chunks::default(),
             waiting: Waitlist::new(cap),
@@ -423,6 +455,8 @@ impl RelayFollower {
                     self.stats.events_received += 1;
                 }
             }
+            Input::Leased { url } => self.leased(url),
+            Input::LeaseLost { url } => self.lease_lost(&url),
             Input::Eose {
                 id,
                 subscription: _,
@@ -522,6 +556,7 @@ impl RelayFollower {
             values_waiting: r.waiting.len(),
             events_received: r.events_received,
             connects: r.connects,
+            followed_elsewhere: r.wanted() && r.lease == RelayLease::Wanted,
         })
     }
 
@@ -790,7 +825,12 @@ impl RelayFollower {
             let Some(idle) = idle else {
                 return false;
             };
-            self.relays.remove(&idle);
+            if let Some(forgotten) = self.relays.remove(&idle) {
+                if forgotten.lease != RelayLease::None {
+                    self.commands
+                        .push_back(Command::ReleaseLease { url: idle.clone() });
+                }
+            }
             self.budget_freed.remove(&idle);
             self.timers.cancel(&FollowTimer::Reconnect(idle.clone()));
             self.timers.cancel(&FollowTimer::Resubscribe(idle));
@@ -1018,6 +1058,14 @@ impl RelayFollower {
                 }
                 Link::Down => {
                     if relay.wanted() && relay.retry_at.is_none_or(|t| t <= now) {
+                        if self.config.relay_leases && relay.lease != RelayLease::Held {
+                            if relay.lease == RelayLease::None {
+                                relay.lease = RelayLease::Wanted;
+                                self.commands
+                                    .push_back(Command::AcquireLease { url: url.clone() });
+                            }
+                            continue;
+                        }
                         candidates.push((
                             !relay.bootstrap,
                             std::cmp::Reverse(relay.repos.len()),
@@ -1038,11 +1086,17 @@ impl RelayFollower {
         }
     }
 
-    /// Closes the connections of relays nobody wants any more; they become idle.
+    /// Closes the connections of relays nobody wants any more and gives their leases back;
+    /// they become idle.
     fn disconnect_unwanted(&mut self) {
         for (url, relay) in &mut self.relays {
             if relay.wanted() {
                 continue;
+            }
+            if relay.lease != RelayLease::None {
+                relay.lease = RelayLease::None;
+                self.commands
+                    .push_back(Command::ReleaseLease { url: url.clone() });
             }
             let (Link::Connecting { id } | Link::Up { id, .. }) = relay.link else {
                 continue;
@@ -1056,6 +1110,43 @@ impl RelayFollower {
             relay.retry_at = None;
             self.slot_may_have_freed = true;
         }
+    }
+
+    /// The host acquired `url`'s lease: connect it at the next reconcile. A lease nobody
+    /// wants any more goes back at once.
+    fn leased(&mut self, url: String) {
+        match self.relays.get_mut(&url) {
+            Some(relay) if relay.lease == RelayLease::Wanted => {
+                relay.lease = RelayLease::Held;
+                self.needs_reconcile = true;
+            }
+            Some(relay) if relay.lease == RelayLease::Held => {}
+            _ => self.commands.push_back(Command::ReleaseLease { url }),
+        }
+    }
+
+    /// The host could not renew `url`'s lease in time: another instance may follow the relay
+    /// now, so its connection closes (not a failure: no backoff). The lease stays wanted while
+    /// the relay is.
+    fn lease_lost(&mut self, url: &str) {
+        let Some(relay) = self.relays.get_mut(url) else {
+            return;
+        };
+        if relay.lease != RelayLease::Held {
+            return;
+        }
+        relay.lease = RelayLease::Wanted;
+        if let Some(id) = relay.link_id() {
+            self.commands.push_back(Command::Disconnect { id });
+            self.connections.remove(&id);
+            self.timers.cancel(&FollowTimer::ConnectDeadline(id));
+            self.timers
+                .cancel(&FollowTimer::Resubscribe(url.to_owned()));
+            relay.link = Link::Down;
+            relay.sent.clear();
+            relay.retry_at = None;
+        }
+        self.needs_reconcile = true;
     }
 
     fn connect(&mut self, url: &str) {

@@ -759,6 +759,8 @@ fn random_histories_respect_every_bound() {
                         }
                         up.remove(&id);
                     }
+                    // Leases are off.
+                    Command::AcquireLease { .. } | Command::ReleaseLease { .. } => return false,
                 }
             }
             let stats = f.stats();
@@ -1198,4 +1200,191 @@ fn a_repository_becoming_hosted_reads_its_histories_again() {
             .any(|c| matches!(c, Command::UpdateSubscriptions { .. })),
         "nothing to send on a connection that is down"
     );
+}
+
+fn leased_config() -> FollowConfig {
+    FollowConfig {
+        relay_leases: true,
+        ..FollowConfig::default()
+    }
+}
+
+fn lease_commands(commands: &[Command]) -> Vec<Command> {
+    commands
+        .iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Command::AcquireLease { .. } | Command::ReleaseLease { .. }
+            )
+        })
+        .cloned()
+        .collect()
+}
+
+/// With relay leases a relay is connected only while its lease is held; a lost lease closes
+/// the connection without counting a failure, and the relay connects again when it comes back.
+#[test]
+fn with_relay_leases_a_relay_is_connected_only_under_its_lease() {
+    let url = "wss://relay.one";
+    let mut f = follower(leased_config());
+    f.handle_input(t(0), Input::Announcement(ann(1, "repo", 100, &[url])));
+    let commands = drain(&mut f);
+    assert_eq!(commands, [Command::AcquireLease { url: url.into() }]);
+    assert!(f.relay_statuses().all(|r| r.followed_elsewhere));
+    // Asked once, however long another instance holds it.
+    f.handle_timeout(t(600));
+    assert!(drain(&mut f).is_empty());
+
+    f.handle_input(t(601), Input::Leased { url: url.into() });
+    let (id, subs) = only_connect(&drain(&mut f));
+    assert_eq!(subs.len(), 1);
+    assert!(f.relay_statuses().all(|r| !r.followed_elsewhere));
+    f.handle_input(t(602), Input::Connected { id });
+    assert!(drain(&mut f).is_empty());
+
+    f.handle_input(t(610), Input::LeaseLost { url: url.into() });
+    assert_eq!(drain(&mut f), [Command::Disconnect { id }]);
+    assert_eq!(f.stats().failures, 0);
+    assert_eq!(f.stats().relays_connected, 0);
+    // A report of the closed connection changes nothing.
+    f.handle_input(t(611), Input::Closed { id });
+    assert!(drain(&mut f).is_empty());
+
+    f.handle_input(t(612), Input::Leased { url: url.into() });
+    let (again, _) = only_connect(&drain(&mut f));
+    assert_ne!(again, id);
+}
+
+/// A relay nobody wants any more gives its lease back, held or still wanted; a lease acquired
+/// for a relay no longer wanted goes back at once.
+#[test]
+fn a_relay_nobody_follows_gives_its_lease_back() {
+    let (one, two) = ("wss://relay.one", "wss://relay.two");
+    let mut f = follower(leased_config());
+    f.handle_input(t(0), Input::Announcement(ann(1, "a", 100, &[one])));
+    f.handle_input(t(0), Input::Announcement(ann(2, "b", 100, &[two])));
+    assert_eq!(
+        lease_commands(&drain(&mut f)),
+        [
+            Command::AcquireLease { url: one.into() },
+            Command::AcquireLease { url: two.into() }
+        ]
+    );
+    f.handle_input(t(1), Input::Leased { url: one.into() });
+    let (id, _) = only_connect(&drain(&mut f));
+
+    f.handle_input(t(2), Input::RepositoryRemoved(repo(1, "a")));
+    f.handle_input(t(2), Input::RepositoryRemoved(repo(2, "b")));
+    let commands = drain(&mut f);
+    assert!(
+        commands.contains(&Command::Disconnect { id }),
+        "{commands:?}"
+    );
+    assert_eq!(
+        lease_commands(&commands),
+        [
+            Command::ReleaseLease { url: one.into() },
+            Command::ReleaseLease { url: two.into() }
+        ]
+    );
+    // The round that asked before the release answers late.
+    f.handle_input(t(3), Input::Leased { url: two.into() });
+    assert_eq!(drain(&mut f), [Command::ReleaseLease { url: two.into() }]);
+}
+
+/// Random announcements, removals, connection outcomes, lease grants and losses: a relay is
+/// connected only while its lease is held, a lost lease closes its connection at once, and
+/// acquires and releases of one relay alternate.
+#[test]
+fn random_histories_connect_only_under_held_leases() {
+    fn prop(script: Vec<(u8, u8, u8)>) -> bool {
+        let config = FollowConfig {
+            max_connections: 3,
+            max_relays: 4,
+            bootstrap_relays: vec!["wss://boot.example".into()],
+            relay_leases: true,
+            ..FollowConfig::default()
+        };
+        let mut f = follower(config);
+        let mut now = t(0);
+        // The lease table as the host sees it: wanted, and held by us.
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        let mut held: BTreeSet<String> = BTreeSet::new();
+        let mut open: BTreeMap<ConnectionId, String> = BTreeMap::new();
+        for (op, a, b) in script {
+            let relay = format!("wss://r{}.example", a % 6);
+            match op % 7 {
+                0 | 1 => f.handle_input(
+                    now,
+                    Input::Announcement(ann(a % 3 + 1, "x", u64::from(b), &[&relay])),
+                ),
+                2 => f.handle_input(now, Input::RepositoryRemoved(repo(a % 3 + 1, "x"))),
+                3 => {
+                    // The keeper grants a wanted lease (or a late answer for one let go).
+                    let pick = wanted.iter().nth(usize::from(b) % wanted.len().max(1));
+                    if let Some(url) = pick.cloned() {
+                        held.insert(url.clone());
+                        f.handle_input(now, Input::Leased { url });
+                    } else {
+                        f.handle_input(now, Input::Leased { url: relay });
+                    }
+                }
+                4 => {
+                    let pick = held.iter().nth(usize::from(b) % held.len().max(1));
+                    if let Some(url) = pick.cloned() {
+                        held.remove(&url);
+                        f.handle_input(now, Input::LeaseLost { url: url.clone() });
+                    }
+                }
+                5 => {
+                    if let Some((&id, _)) = open.iter().nth(usize::from(b) % open.len().max(1)) {
+                        if a % 2 == 0 {
+                            f.handle_input(now, Input::Connected { id });
+                        } else {
+                            f.handle_input(now, Input::Closed { id });
+                            open.remove(&id);
+                        }
+                    }
+                }
+                _ => {
+                    now = now + Duration::from_secs(u64::from(b) * 7);
+                    f.handle_timeout(now);
+                }
+            }
+            while let Some(command) = f.poll_command() {
+                match command {
+                    Command::Connect { id, url, .. } => {
+                        if !held.contains(&url) {
+                            return false;
+                        }
+                        open.insert(id, url);
+                    }
+                    Command::Disconnect { id } => {
+                        open.remove(&id);
+                    }
+                    Command::AcquireLease { url } => {
+                        // Asked again only after a release.
+                        if !wanted.insert(url) {
+                            return false;
+                        }
+                    }
+                    Command::ReleaseLease { url } => {
+                        // Not wanted: the answer to a late grant.
+                        wanted.remove(&url);
+                        held.remove(&url);
+                    }
+                    Command::UpdateSubscriptions { .. } => {}
+                }
+            }
+            // A lost lease closed its connection in the same drain.
+            if open.values().any(|url| !held.contains(url)) {
+                return false;
+            }
+        }
+        true
+    }
+    quickcheck::QuickCheck::new()
+        .tests(1000)
+        .quickcheck(prop as fn(Vec<(u8, u8, u8)>) -> bool);
 }

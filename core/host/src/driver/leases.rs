@@ -1,10 +1,12 @@
-//! Sync leases on the host side (`graspd_core`'s `engine/lease.rs` has the rule): the engine's
-//! `AcquireLease` / `ReleaseLease` commands set which leases this instance wants, and one task
-//! keeps them in the store's lease table (`store/pg/leases.rs`), reporting `Leased` and
-//! `LeaseLost` back. The bookkeeping is `crate::leases::LeaseBook`; this module runs its rounds.
+//! Leases on the host side (`graspd_core`'s `engine/lease.rs` and the follower's module docs
+//! have the rules): the engine's and the relay follower's `AcquireLease` / `ReleaseLease`
+//! commands set which leases this instance wants, and one task keeps them in the store's lease
+//! table (`store/pg/leases.rs`), reporting `Leased` and `LeaseLost` back to whichever asked.
+//! The bookkeeping is `crate::leases::LeaseBook`; this module runs its rounds.
 //!
-//! The task acquires a newly wanted lease at once, and otherwise every third of the lease's
-//! life renews those held and tries again for those held elsewhere (their holder may have died).
+//! The task asks for newly wanted leases at once (an early round, with only those names), and
+//! every third of the lease's life runs a full round: it renews those held and tries again for
+//! those held elsewhere (their holder may have died).
 //! A held lease counts as lost here two thirds of the way through its life without a renewal,
 //! before the table lets another instance take it, so two instances never both believe they
 //! hold it (clock rates aside). Lease commands are applied while the engine's lock is held, in
@@ -13,11 +15,11 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use graspd_core::Command;
+use graspd_core::{follow, Command};
 use tracing::warn;
 
 use super::Node;
-use crate::leases::LeaseBook;
+use crate::leases::{LeaseBook, Report};
 use crate::runtime::unblock;
 
 /// The leases this instance wants (`crate::leases::LeaseBook`), and the wake-up of the task
@@ -42,7 +44,7 @@ impl LeaseKeeper {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies `command` if it is a lease command (returns whether it was).
+    /// Applies `command` if it is one of the engine's lease commands (returns whether it was).
     pub(super) fn take(&self, command: &Command) -> bool {
         if !self.book().apply(command) {
             return false;
@@ -51,14 +53,24 @@ impl LeaseKeeper {
         true
     }
 
-    /// (held, wanted but held elsewhere).
-    pub(super) fn counts(&self) -> (usize, usize) {
-        self.book().counts()
+    /// Applies one of the relay follower's lease commands.
+    fn take_follow(&self, command: &follow::Command) {
+        if self.book().apply_follow(command) {
+            let _ = self.wake.try_send(());
+        }
     }
 }
 
 impl Node {
+    /// Starts the lease task, and sends the relay follower's lease commands to it.
     pub(super) fn spawn_lease_keeper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self.follower
+            .set_lease_commands(Arc::new(move |command: &follow::Command| {
+                if let Some(node) = weak.upgrade() {
+                    node.leases.take_follow(command);
+                }
+            }));
         let node = Arc::clone(self);
         self.runtime
             .spawn(Box::pin(async move { node.keep_leases().await }));
@@ -66,9 +78,15 @@ impl Node {
 
     async fn keep_leases(self: Arc<Self>) {
         let life = self.settings.sync_lease;
-        let round = life / 3;
+        let full_every = life / 3;
+        let mut next_full = self.clock.now();
         loop {
-            let round_asked = self.leases.book().start_round();
+            let round_asked = if self.clock.now() >= next_full {
+                next_full = self.clock.now() + full_every;
+                self.leases.book().start_round()
+            } else {
+                self.leases.book().start_fresh_round()
+            };
             let (names, let_go) = (round_asked.names, round_asked.let_go);
             if !let_go.is_empty() {
                 let store = self.store.clone();
@@ -100,12 +118,12 @@ impl Node {
                 self.leases
                     .book()
                     .settle(&names, held_now.as_ref(), asked_at, life * 2 / 3, now);
-            for input in inputs {
-                self.input(input);
-            }
-            let (held, elsewhere) = self.leases.counts();
-            self.metrics.sync_leases(held, elsewhere);
-            let sleep = self.runtime.sleep(round);
+            self.report_leases(inputs);
+            let (repos, relays) = self.leases.book().counts();
+            self.metrics.leases(repos, relays);
+            let sleep = self
+                .runtime
+                .sleep(next_full.saturating_since(self.clock.now()));
             let woken = self.leases.woken.recv();
             self.expiring_leases_while(futures_lite::future::or(sleep, async {
                 let _ = woken.await;
@@ -137,9 +155,17 @@ impl Node {
             {
                 return done;
             }
-            let inputs = self.leases.book().expire(self.clock.now());
-            for input in inputs {
-                self.input(input);
+            let reports = self.leases.book().expire(self.clock.now());
+            self.report_leases(reports);
+        }
+    }
+
+    /// Tells the engine and the relay follower what became of their leases.
+    fn report_leases(self: &Arc<Self>, reports: Vec<Report>) {
+        for report in reports {
+            match report {
+                Report::Engine(input) => self.input(input),
+                Report::Follower(input) => self.follower.lease_report(input),
             }
         }
     }

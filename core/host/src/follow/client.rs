@@ -166,6 +166,11 @@ pub type LocalItems = Arc<
         + Sync,
 >;
 
+/// Takes the follower's lease commands (`AcquireLease`, `ReleaseLease`), in the order the
+/// follower gave them; the host's lease keeper reports back through
+/// [`FollowerHandle::lease_report`].
+pub type LeaseCommands = Arc<dyn Fn(&Command) + Send + Sync>;
+
 /// Feeds the follower from anywhere (the acceptance path), and reads its metrics.
 #[derive(Clone)]
 pub struct FollowerHandle {
@@ -180,6 +185,7 @@ struct Shared {
     /// Whether each relay reconciles, kept across reconnects (at most `max_relays`).
     negentropy: Mutex<BTreeMap<String, NegentropySupport>>,
     local_items: std::sync::OnceLock<LocalItems>,
+    lease_commands: std::sync::OnceLock<LeaseCommands>,
     max_relays: usize,
     tls: Arc<ClientConfig>,
     clock: Clock,
@@ -273,6 +279,7 @@ impl FollowerHandle {
                 marks: Mutex::new(BTreeMap::new()),
                 negentropy: Mutex::new(BTreeMap::new()),
                 local_items: std::sync::OnceLock::new(),
+                lease_commands: std::sync::OnceLock::new(),
                 max_relays,
                 tls,
                 clock: Clock::new(runtime),
@@ -310,6 +317,17 @@ impl FollowerHandle {
     /// paged. Without it every history is paged. Set once; later calls change nothing.
     pub fn set_local_items(&self, local_items: LocalItems) {
         let _ = self.shared.local_items.set(local_items);
+    }
+
+    /// Where the follower's lease commands go (with `FollowConfig::relay_leases`). Set once,
+    /// before `spawn_follower`; later calls change nothing.
+    pub fn set_lease_commands(&self, lease_commands: LeaseCommands) {
+        let _ = self.shared.lease_commands.set(lease_commands);
+    }
+
+    /// A relay's lease was acquired or lost (`Input::Leased`, `Input::LeaseLost`).
+    pub fn lease_report(&self, input: Input) {
+        self.input(input);
     }
 
     pub fn stats(&self) -> FollowStats {
@@ -560,6 +578,14 @@ impl Driver {
             Command::Disconnect { id } => {
                 // Closing the control channel ends the connection task.
                 self.controls.remove(&id);
+            }
+            Command::AcquireLease { .. } | Command::ReleaseLease { .. } => {
+                match self.shared.lease_commands.get() {
+                    Some(take) => take(&command),
+                    None => {
+                        tracing::error!(?command, "relay lease asked for without a lease keeper")
+                    }
+                }
             }
         }
     }

@@ -20,7 +20,7 @@ mod wire;
 
 pub use client::{
     default_tls_config, spawn_follower, spawn_follower_async, tls_config, ClientLimits, FollowArgs,
-    FollowerHandle, LocalItems,
+    FollowerHandle, LeaseCommands, LocalItems,
 };
 pub use graspd_core::follow::{FollowConfig, FollowStats, RelayFollower, RelayStatus};
 pub use metrics::{FollowMetrics, RelayCounters, OTHER_RELAYS};
