@@ -1,7 +1,10 @@
 //! The instances world: several real `graspd_core::Engine`s with `sync_leases`, each with the
 //! host's own lease bookkeeping (`graspd_host::leases::LeaseBook`), over one shared store (bare
 //! repositories with compare-and-swap applies, one purgatory table, one lease table with the
-//! SQL statement's rule, `lease_table.rs`), and remotes holding the data. Instances crash and
+//! SQL statement's rule, `lease_table.rs`), and remotes holding the data. Some states wait from
+//! the start; others are published mid-run to whichever instance is up (the others hear of
+//! them as the store's notifications tell them), and some are deleted by their author while
+//! they wait (the others hear they are gone: `Engine::gone_elsewhere`). Instances crash and
 //! restart from the shared purgatory, lose the database for a while, see lease statements run
 //! late; remotes refuse or hang. After the heal every instance is up and every remote serves.
 //!
@@ -10,7 +13,8 @@
 //! at once; a fetch still running after its instance lost the lease (the overlap, counted)
 //! started under the lease and ends by its deadline; an event is released only with its data
 //! in the shared repository. Liveness: every waiting event is served within the bound
-//! `liveness_bound` after the heal, and no live engine waits on anything or wants a lease.
+//! `liveness_bound` after the heal (a deleted one is not waited for), and no live engine waits on
+//! anything or wants a lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use graspd_core::{
     ApplyError, ApplyPlan, Arrival, Command, CommandId, Config, Engine, EngineEvent, EventId,
-    FetchError, FetchReport, Identifier, Input, Oid, RepoKey, RepoSnapshot, Time,
+    FetchError, FetchReport, Identifier, Input, Oid, RepoKey, RepoSnapshot, Time, Verdict,
 };
 use graspd_host::leases::{LeaseBook, Report};
 use nostr::event::Event;
@@ -43,6 +47,8 @@ pub enum Plant {
     /// The keeper counts a lease lost only when a round settles, not when its validity ends
     /// while a statement is slow (how the keeper first was).
     KeeperWaitsForStatement,
+    /// Instances do not hear that an event another one dropped from purgatory is gone.
+    GoneNotHeard,
 }
 
 /// What one world drew from its seed.
@@ -57,6 +63,9 @@ pub struct Params {
     pub crashes: usize,
     pub partitions: usize,
     pub remote_faults: usize,
+    /// States published mid-run, and deletions of waiting states by their authors.
+    pub late_states: usize,
+    pub deletions: usize,
 }
 
 impl Params {
@@ -84,6 +93,8 @@ pub struct Outcome {
     pub overlaps: u64,
     pub released: u64,
     pub crashes: u64,
+    /// States deleted while they waited (their deletion taken by an instance).
+    pub deleted: u64,
     pub tail: Vec<String>,
 }
 
@@ -129,6 +140,10 @@ struct Instance {
     woken: bool,
     round_seq: u64,
     fetches: BTreeMap<CommandId, FetchRec>,
+    /// Applies in flight, with when they were asked for.
+    applies: BTreeMap<CommandId, Time>,
+    /// Events this incarnation heard another instance dropped, and when.
+    heard_gone: BTreeMap<EventId, Time>,
     crashes: Vec<(Time, Time)>,
     partitions: Vec<(Time, Time)>,
 }
@@ -166,7 +181,19 @@ enum Ev {
         oids: Vec<Oid>,
         mode: RemoteMode,
     },
+    /// The store's notification that another instance served the event.
     Notify(EventId),
+    /// The store's notification that another instance put the event in purgatory.
+    NotifyWaiting(EventId),
+    /// The store's notification that another instance dropped the event from purgatory.
+    NotifyGone(EventId),
+    /// A user publishes a state to the instance (to another one if it is down).
+    Publish(EventId),
+    /// Its author deletes a state (a kind 5 event naming it) on the instance.
+    Delete {
+        deletion: Event,
+        target: EventId,
+    },
 }
 
 struct Sim {
@@ -181,6 +208,10 @@ struct Sim {
     instances: Vec<Instance>,
     announcements: Vec<Event>,
     waiting: BTreeMap<EventId, Waiting>,
+    /// States to publish mid-run (`Ev::Publish`).
+    unpublished: BTreeMap<EventId, Waiting>,
+    /// Client actions (publications, deletions), scheduled at the start.
+    actions: Vec<(Time, usize, Ev)>,
     served: BTreeMap<EventId, Event>,
     expected: Vec<EventId>,
     repos: BTreeMap<RepoKey, Repo>,
@@ -190,6 +221,9 @@ struct Sim {
     overlaps: u64,
     released: u64,
     crashed: u64,
+    deleted: u64,
+    /// While an `Applied` is being handled: when its Apply was asked for.
+    apply_asked: Option<Time>,
     failure: Option<(FailureKind, String)>,
 }
 
@@ -214,6 +248,7 @@ pub fn run(seed: u64, mode: TraceMode, plant: Plant) -> Outcome {
         overlaps: sim.overlaps,
         released: sim.released,
         crashes: sim.crashed,
+        deleted: sim.deleted,
         params: sim.params,
         tail,
     }
@@ -239,6 +274,10 @@ impl Sim {
             .collect();
         let mut announcements = Vec::new();
         let mut waiting = BTreeMap::new();
+        let mut unpublished = BTreeMap::new();
+        let mut actions = Vec::new();
+        let instance_count = instances;
+        let (mut late_states, mut deletions) = (0, 0);
         let mut expected = Vec::new();
         let mut repos = BTreeMap::new();
         for r in 0..repo_count {
@@ -296,17 +335,41 @@ impl Sim {
                 }
             }
             let repo = RepoKey::new(owner.pubkey, Identifier::new(&identifier).expect("valid"));
-            expected.push(state.id);
             // The announcement is served: its bare repository exists.
             repos.insert(repo.clone(), Repo::default());
-            waiting.insert(
-                state.id,
-                Waiting {
-                    event: state,
-                    repo,
-                    oids,
-                },
-            );
+            let id = state.id;
+            let entry = Waiting {
+                event: state,
+                repo,
+                oids,
+            };
+            // Waiting from the start, or published mid-run to one of the instances.
+            let mut published = Time::ZERO;
+            if world.percent(50) {
+                published = at(world.range(0, heal.as_millis() * 4 / 5));
+                let to = world.range(0, instance_count as u64 - 1) as usize;
+                actions.push((published, to, Ev::Publish(id)));
+                unpublished.insert(id, entry);
+                late_states += 1;
+            } else {
+                expected.push(id);
+                waiting.insert(id, entry);
+            }
+            // Its author deletes it a little later, perhaps before it is released.
+            if world.percent(25) {
+                let when = published + Duration::from_millis(world.range(1, 5_000));
+                let to = world.range(0, instance_count as u64 - 1) as usize;
+                let deletion = forge::deletion(&owner, created + 20, &[id], &[]);
+                actions.push((
+                    when,
+                    to,
+                    Ev::Delete {
+                        deletion,
+                        target: id,
+                    },
+                ));
+                deletions += 1;
+            }
         }
         let heal_ms = heal.as_millis();
         let window = |rng: &mut Rng, longest: u64| {
@@ -347,6 +410,8 @@ impl Sim {
                     woken: false,
                     round_seq: 0,
                     fetches: BTreeMap::new(),
+                    applies: BTreeMap::new(),
+                    heard_gone: BTreeMap::new(),
                     crashes: crash_list,
                     partitions: partition_list,
                 }
@@ -371,6 +436,8 @@ impl Sim {
             crashes,
             partitions,
             remote_faults,
+            late_states,
+            deletions,
         };
         Sim {
             params,
@@ -384,6 +451,8 @@ impl Sim {
             instances,
             announcements,
             waiting,
+            unpublished,
+            actions,
             served: BTreeMap::new(),
             expected,
             repos,
@@ -393,6 +462,8 @@ impl Sim {
             overlaps: 0,
             released: 0,
             crashed: 0,
+            deleted: 0,
+            apply_asked: None,
             failure: None,
         }
     }
@@ -433,7 +504,7 @@ impl Sim {
     fn run(&mut self) {
         let p = &self.params;
         let mut header = format!(
-            "SEED={} instances={} repos={} lease_life={}ms fetch_timeout={}ms heal={} crashes={} partitions={} remote_faults={}",
+            "SEED={} instances={} repos={} lease_life={}ms fetch_timeout={}ms heal={} crashes={} partitions={} remote_faults={} late_states={} deletions={}",
             p.seed,
             p.instances,
             p.repos,
@@ -442,7 +513,9 @@ impl Sim {
             p.heal,
             p.crashes,
             p.partitions,
-            p.remote_faults
+            p.remote_faults,
+            p.late_states,
+            p.deletions
         );
         if self.plant != Plant::None {
             let _ = write!(header, " plant={:?}", self.plant);
@@ -454,6 +527,9 @@ impl Sim {
                 self.schedule(crash, i, Ev::Crash(i));
                 self.schedule(restart, i, Ev::Restart(i));
             }
+        }
+        for (when, i, ev) in std::mem::take(&mut self.actions) {
+            self.schedule(when, i, ev);
         }
         for i in 0..self.instances.len() {
             self.boot(i);
@@ -572,6 +648,8 @@ impl Sim {
                     inst.round_running = false;
                     inst.woken = false;
                     inst.fetches.clear();
+                    inst.applies.clear();
+                    inst.heard_gone.clear();
                     self.crashed += 1;
                     self.log(format_args!("crash {i}"));
                 }
@@ -583,6 +661,19 @@ impl Sim {
                 }
                 return;
             }
+            // A client's action goes to whichever instance is up (the origin's proxy).
+            Ev::Publish(id) => {
+                if let Some(up) = self.up_from(i) {
+                    self.publish(up, id);
+                }
+                return;
+            }
+            Ev::Delete { deletion, target } => {
+                if let Some(up) = self.up_from(i) {
+                    self.delete(up, deletion, target);
+                }
+                return;
+            }
             _ => {}
         }
         // Results for an incarnation that crashed are lost with it.
@@ -590,7 +681,9 @@ impl Sim {
             return;
         }
         match ev {
-            Ev::Crash(_) | Ev::Restart(_) => unreachable!("handled above"),
+            Ev::Crash(_) | Ev::Restart(_) | Ev::Publish(_) | Ev::Delete { .. } => {
+                unreachable!("handled above")
+            }
             Ev::Round { seq } => {
                 if seq == self.instances[i].round_seq {
                     self.start_round(i);
@@ -686,7 +779,9 @@ impl Sim {
                     plan.repo,
                     result.as_ref().err()
                 ));
+                self.apply_asked = self.instances[i].applies.remove(&id);
                 self.input(i, Input::Applied { id, result });
+                self.apply_asked = None;
             }
             Ev::FetchEnd {
                 id,
@@ -716,7 +811,90 @@ impl Sim {
                     self.drain(i);
                 }
             }
+            // Read from the store, as the host reads a notified id: what is no longer waiting
+            // there is not restored.
+            Ev::NotifyWaiting(id) => {
+                if let Some(event) = self.waiting.get(&id).map(|w| w.event.clone()) {
+                    let now = self.now;
+                    if let Some(engine) = self.instances[i].engine.as_mut() {
+                        engine.restore_waiting(now, event, Arrival::Published, EXPIRY);
+                    }
+                    self.drain(i);
+                }
+            }
+            Ev::NotifyGone(id) => {
+                let now = self.now;
+                self.instances[i].heard_gone.insert(id, now);
+                if self.plant == Plant::GoneNotHeard {
+                    return;
+                }
+                if let Some(engine) = self.instances[i].engine.as_mut() {
+                    engine.gone_elsewhere(now, &id);
+                }
+                self.drain(i);
+            }
         }
+    }
+
+    /// The first instance up, from `i` on.
+    fn up_from(&self, i: usize) -> Option<usize> {
+        let n = self.instances.len();
+        (0..n)
+            .map(|k| (i + k) % n)
+            .find(|k| self.instances[*k].engine.is_some())
+    }
+
+    /// Schedules a store notification to every other live instance.
+    fn notify_others(&mut self, i: usize, ev: impl Fn() -> Ev) {
+        for other in 0..self.instances.len() {
+            if other != i && self.instances[other].engine.is_some() {
+                let when = self.after(5, 200);
+                self.schedule(when, other, ev());
+            }
+        }
+    }
+
+    /// A user publishes a state to instance `i`: once it is durably waiting, the others hear.
+    fn publish(&mut self, i: usize, id: EventId) {
+        let Some(entry) = self.unpublished.remove(&id) else {
+            return;
+        };
+        let now = self.now;
+        let engine = self.instances[i].engine.as_mut().expect("up");
+        let verdict = engine.handle_event(now, entry.event.clone(), Arrival::Published);
+        self.log(format_args!("publish {i} {} {verdict:?}", id.to_hex()));
+        match verdict {
+            Verdict::Waiting(ticket) => {
+                self.waiting.insert(id, entry);
+                self.expected.push(id);
+                let engine = self.instances[i].engine.as_mut().expect("up");
+                engine.handle_input(now, Input::Persisted { ticket });
+                self.notify_others(i, || Ev::NotifyWaiting(id));
+            }
+            other => self.fail(
+                FailureKind::Safety,
+                format!("a state without its data was not held waiting: {other:?}"),
+            ),
+        }
+        self.drain(i);
+    }
+
+    /// Its author deletes a state on instance `i`. A state already served or not waiting on
+    /// `i` yet (its notification still on the way) is not deleted here.
+    fn delete(&mut self, i: usize, deletion: Event, target: EventId) {
+        if !self.waiting.contains_key(&target) {
+            self.log(format_args!("delete {i} {} not waiting", target.to_hex()));
+            return;
+        }
+        let now = self.now;
+        let engine = self.instances[i].engine.as_mut().expect("up");
+        let verdict = engine.handle_event(now, deletion, Arrival::Published);
+        self.log(format_args!("delete {i} {} {verdict:?}", target.to_hex()));
+        if let Verdict::Accepted(ticket) = verdict {
+            let engine = self.instances[i].engine.as_mut().expect("up");
+            engine.handle_input(now, Input::Persisted { ticket });
+        }
+        self.drain(i);
     }
 
     fn serve_fetch(
@@ -862,6 +1040,8 @@ impl Sim {
                 self.schedule(when, i, Ev::Inspect { id, repo, oids });
             }
             Command::Apply { id, plan } => {
+                let now = self.now;
+                self.instances[i].applies.insert(id, now);
                 let when = self.after(1, 30);
                 self.schedule(when, i, Ev::Apply { id, plan });
             }
@@ -953,6 +1133,19 @@ impl Sim {
         match event {
             EngineEvent::Released { id, .. } => {
                 self.log(format_args!("released {i} {}", id.to_hex()));
+                // An Apply asked for after hearing the event was gone moved refs to it.
+                let heard = self.instances[i].heard_gone.get(&id).copied();
+                if let (Some(heard), Some(asked)) = (heard, self.apply_asked) {
+                    if asked >= heard {
+                        self.fail(
+                            FailureKind::Safety,
+                            format!(
+                                "instance {i} aligned refs to {} after hearing it was gone",
+                                id.to_hex()
+                            ),
+                        );
+                    }
+                }
                 if let Some(w) = self.waiting.get(&id) {
                     let present = self
                         .repos
@@ -969,19 +1162,19 @@ impl Sim {
                     self.released += 1;
                     self.served.insert(id, w.event);
                     // NOTIFY: the other live instances hear of it a little later.
-                    for other in 0..self.instances.len() {
-                        if other != i && self.instances[other].engine.is_some() {
-                            let when = self.after(5, 200);
-                            self.schedule(when, other, Ev::Notify(id));
-                        }
-                    }
+                    self.notify_others(i, || Ev::Notify(id));
                 }
             }
             EngineEvent::Expired { id, .. }
             | EngineEvent::Deleted { id }
             | EngineEvent::Withdrawn { id } => {
                 self.log(format_args!("dropped {i} {}", id.to_hex()));
-                self.waiting.remove(&id);
+                if self.waiting.remove(&id).is_some() {
+                    // No longer to be served; the others stop holding it waiting.
+                    self.deleted += 1;
+                    self.expected.retain(|e| *e != id);
+                    self.notify_others(i, || Ev::NotifyGone(id));
+                }
             }
             other => self.log(format_args!("event {i} {other:?}")),
         }
@@ -1103,8 +1296,8 @@ fn describe_command(command: &Command) -> String {
 pub fn summary(o: &Outcome) -> String {
     match &o.failure {
         None => format!(
-            "OK seed={} trace_hash={:016x} lines={} fetches={} overlaps={} released={} crashes={}",
-            o.params.seed, o.hash, o.lines, o.fetches, o.overlaps, o.released, o.crashes
+            "OK seed={} trace_hash={:016x} lines={} fetches={} overlaps={} released={} crashes={} deleted={}",
+            o.params.seed, o.hash, o.lines, o.fetches, o.overlaps, o.released, o.crashes, o.deleted
         ),
         Some((kind, message)) => {
             let mut s = format!("FAILED seed={} {kind:?}: {message}\n", o.params.seed);

@@ -8,7 +8,7 @@ use graspd_sim::FailureKind;
 
 #[test]
 fn a_swarm_of_seeds_keeps_every_lease_safe_and_serves_everything() {
-    let (mut fetches, mut overlaps, mut crashes) = (0, 0, 0);
+    let (mut fetches, mut overlaps, mut crashes, mut deleted, mut late) = (0, 0, 0, 0, 0);
     for seed in 0..400 {
         let outcome = instances::run(seed, TraceMode::Tail, Plant::None);
         assert!(
@@ -19,11 +19,17 @@ fn a_swarm_of_seeds_keeps_every_lease_safe_and_serves_everything() {
         fetches += outcome.fetches;
         overlaps += outcome.overlaps;
         crashes += outcome.crashes;
+        deleted += outcome.deleted;
+        late += outcome.params.late_states;
     }
     // The worlds do what they are for: fetches, crashes, and fetches outliving their lease.
     assert!(fetches > 2_000, "{fetches} fetches");
     assert!(crashes > 200, "{crashes} crashes");
     assert!(overlaps > 0, "no fetch outlived its lease");
+    // States published mid-run, and deleted while they waited.
+    assert!(late > 100, "{late} states published mid-run");
+    assert!(deleted > 20, "{deleted} states deleted while waiting");
+    println!("{fetches} fetches, {crashes} crashes, {overlaps} overlaps, {late} late states, {deleted} deleted");
 }
 
 #[test]
@@ -58,4 +64,11 @@ fn a_keeper_that_ignores_the_table_is_caught() {
 #[test]
 fn a_keeper_that_waits_for_a_slow_statement_to_count_a_lease_lost_is_caught() {
     caught(Plant::KeeperWaitsForStatement);
+}
+
+/// An instance that never hears that a state another one dropped is gone still aligns the
+/// repository to it once its data arrives.
+#[test]
+fn an_instance_deaf_to_events_gone_elsewhere_is_caught() {
+    caught(Plant::GoneNotHeard);
 }
