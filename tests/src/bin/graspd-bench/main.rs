@@ -4,7 +4,7 @@
 //! Run: `cargo run --release -p graspd-tests --bin graspd-bench [-- --quick] [-- --only push,sync]`
 //! `--waiting-steps 10000,100000` sets the memory section's waiting-event counts;
 //! `--attacks unread-clones,upload-bodies` runs only those of the hostile section.
-//! Sections: binary, memory, push, relay, instances, sync, follow, reconcile, load, scale, hostile. `--profile` runs tiny sizes, for
+//! Sections: binary, memory, push, relay, instances, leases, sync, follow, reconcile, load, scale, hostile. `--profile` runs tiny sizes, for
 //! `valgrind --tool=callgrind --trace-children=yes --trace-children-skip='*git*,*cargo*'`.
 
 // A measuring tool: it reads the wall clock by design.
@@ -14,6 +14,7 @@ mod fixtures;
 mod follow;
 mod hostile;
 mod instances;
+mod leases;
 mod load;
 mod memory;
 mod push;
@@ -335,6 +336,26 @@ fn main() {
                 fmt_p(percentiles_ms(&t.push.after_push)),
                 fmt_p(percentiles_ms(&s.push.after_push)),
                 "published on the first, pushed to the second, live on the last",
+            );
+        }
+    }
+    if wanted("leases") {
+        step("lease rounds on PostgreSQL");
+        for n in [1_000, 10_000, 100_000] {
+            let Some(r) = leases::measure(n) else {
+                eprintln!("skipping the lease rows: PostgreSQL is not installed");
+                break;
+            };
+            table.single(
+                "4c leases",
+                &format!(
+                    "one round of {n} leases, ms: acquire / renew / held elsewhere / give back"
+                ),
+                format!(
+                    "{:.0} / {:.0} / {:.0} / {:.0}",
+                    r.acquire, r.renew, r.held_elsewhere, r.let_go
+                ),
+                "one statement each, as an instance's lease task sends them",
             );
         }
     }
