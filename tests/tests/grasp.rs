@@ -633,6 +633,29 @@ fn on_postgres_three_instances_behind_one_origin_share_pushes_and_live_events(fl
     );
 }
 
+/// Three instances started with `options`, the second and third sharing the first's data
+/// directory and public URL (one origin).
+fn three_behind_one_origin(flavor: Flavor, options: ServerOptions) -> Vec<Server> {
+    let first = Server::start_with(flavor, options.clone());
+    let behind_one_origin = options
+        .data_dir(&first.data_dir)
+        .public_url(first.http_url());
+    vec![
+        first,
+        Server::start_with(flavor, behind_one_origin.clone()),
+        Server::start_with(flavor, behind_one_origin),
+    ]
+}
+
+/// Every instance's log, one after the other.
+fn all_logs(instances: &[Server]) -> String {
+    instances
+        .iter()
+        .map(Server::log)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Three instances on one database, a repository whose data is on another graspd: exactly
 /// one instance (the sync lease holder) fetches it. Then, with the other server frozen
 /// mid-fetch, `kill -9` of the lease holder: once its lease expires another instance takes
@@ -647,22 +670,7 @@ fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavo
         .flag("--sync-lease-secs", LEASE.as_secs())
         .flag("--log", "info,graspd_host::driver=debug");
     let remote = Server::start(flavor);
-    let first = Server::start_with(flavor, options.clone());
-    let behind_one_origin = options
-        .data_dir(&first.data_dir)
-        .public_url(first.http_url());
-    let mut instances = vec![
-        first,
-        Server::start_with(flavor, behind_one_origin.clone()),
-        Server::start_with(flavor, behind_one_origin),
-    ];
-    let logs = |instances: &[Server]| {
-        instances
-            .iter()
-            .map(Server::log)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let mut instances = three_behind_one_origin(flavor, options);
 
     let owner = keys(1);
     let ann = announcement(
@@ -698,7 +706,7 @@ fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavo
             .iter()
             .all(|i| served(i, &st1.id.to_hex()))),
         "the state was not released on every instance\n{}",
-        logs(&instances)
+        all_logs(&instances)
     );
     let fetches = |instances: &[Server]| -> f64 {
         instances
@@ -710,7 +718,7 @@ fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavo
         fetches(&instances),
         1.0,
         "fetched other than once across the instances\n{}",
-        logs(&instances)
+        all_logs(&instances)
     );
 
     // The next state: the remote has its data, then freezes (it accepts connections and
@@ -730,12 +738,17 @@ fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavo
     assert!(
         eventually(SOON, || instances.iter().any(in_flight)),
         "no instance started fetching the second state\n{}",
-        logs(&instances)
+        all_logs(&instances)
     );
     let holders: Vec<usize> = (0..instances.len())
         .filter(|n| instances[*n].metric(r#"graspd_sync_leases{what="held"}"#) == Some(1.0))
         .collect();
-    assert_eq!(holders.len(), 1, "one lease holder\n{}", logs(&instances));
+    assert_eq!(
+        holders.len(),
+        1,
+        "one lease holder\n{}",
+        all_logs(&instances)
+    );
     let holder = holders[0];
     assert!(in_flight(&instances[holder]), "only the holder fetches");
     let mut dead = instances.remove(holder);
@@ -747,7 +760,7 @@ fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavo
     assert!(
         released,
         "no other instance took over the dead holder's fetch\n{}\n{}",
-        logs(&instances),
+        all_logs(&instances),
         dead.log()
     );
     eprintln!(
@@ -761,7 +774,7 @@ fn on_postgres_one_instance_fetches_and_another_takes_over_from_a_dead_one(flavo
         ids.sort();
         let mut expected = vec![ann.id.to_hex(), st2.id.to_hex()];
         expected.sort();
-        assert_eq!(ids, expected, "{}", logs(&instances));
+        assert_eq!(ids, expected, "{}", all_logs(&instances));
     }
     let clone = temp_dir("sync-leases-clone");
     git(
@@ -792,22 +805,7 @@ fn on_postgres_each_relay_is_followed_by_one_instance_and_another_takes_over(fla
         .flag("--sync-delay-synced-ms", 100)
         .flag("--bootstrap-relay", remote.ws_url())
         .arg("--allow-private-relays");
-    let first = Server::start_with(flavor, options.clone());
-    let behind_one_origin = options
-        .data_dir(&first.data_dir)
-        .public_url(first.http_url());
-    let mut instances = vec![
-        first,
-        Server::start_with(flavor, behind_one_origin.clone()),
-        Server::start_with(flavor, behind_one_origin),
-    ];
-    let logs = |instances: &[Server]| {
-        instances
-            .iter()
-            .map(Server::log)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let mut instances = three_behind_one_origin(flavor, options);
     let connected = format!(
         r#"graspd_follow_relay_connected{{relay="{}"}}"#,
         remote.ws_url()
@@ -851,14 +849,14 @@ fn on_postgres_each_relay_is_followed_by_one_instance_and_another_takes_over(fla
             .iter()
             .all(|i| served(i, &[&ann, &st1]))),
         "the followed events were not served by every instance\n{}",
-        logs(&instances)
+        all_logs(&instances)
     );
     let holders = followers(&instances);
     assert_eq!(
         holders.len(),
         1,
         "not exactly one instance follows the relay\n{}",
-        logs(&instances)
+        all_logs(&instances)
     );
     let holder = holders[0];
     let leases_held: f64 = instances
@@ -868,7 +866,7 @@ fn on_postgres_each_relay_is_followed_by_one_instance_and_another_takes_over(fla
                 .unwrap_or(0.0)
         })
         .sum();
-    assert_eq!(leases_held, 1.0, "{}", logs(&instances));
+    assert_eq!(leases_held, 1.0, "{}", all_logs(&instances));
 
     let mut dead = instances.remove(holder);
     dead.kill9();
@@ -876,7 +874,7 @@ fn on_postgres_each_relay_is_followed_by_one_instance_and_another_takes_over(fla
     assert!(
         eventually(LEASE + SOON, || followers(&instances).len() == 1),
         "no surviving instance took the relay over\n{}\n{}",
-        logs(&instances),
+        all_logs(&instances),
         dead.log()
     );
     eprintln!(
@@ -899,9 +897,9 @@ fn on_postgres_each_relay_is_followed_by_one_instance_and_another_takes_over(fla
             .iter()
             .all(|i| served(i, &[&st2]))),
         "a state published after the take-over was not served\n{}",
-        logs(&instances)
+        all_logs(&instances)
     );
-    assert_eq!(followers(&instances).len(), 1, "{}", logs(&instances));
+    assert_eq!(followers(&instances).len(), 1, "{}", all_logs(&instances));
     let clone = temp_dir("relay-leases-clone");
     git(
         &clone,
