@@ -12,7 +12,8 @@
 //! under its lease, so each relay is followed by one instance: the follower asks for the lease
 //! ([`Command::AcquireLease`]) when it would connect, connects once [`Input::Leased`] comes,
 //! disconnects at [`Input::LeaseLost`], and gives the lease back ([`Command::ReleaseLease`])
-//! when nothing wants the relay any more. What the holder receives reaches the others through
+//! when nothing wants the relay any more, and while it backs off after a failed connection (so
+//! an instance that cannot reach a relay does not keep the others from following it). What the holder receives reaches the others through
 //! the shared store.
 //!
 //! What does not fit (a relay when `max_relays` are tracked, a value when a relay's
@@ -973,6 +974,15 @@ impl RelayFollower {
         relay.link = Link::Down;
         relay.sent.clear();
         relay.retry_at = Some(now + delay);
+        // A failed connection gives the relay's lease back while this instance backs off:
+        // another instance, which may reach the relay, can take it meanwhile. It is asked
+        // for again when the backoff ends.
+        if relay.consecutive_failures > 0 && relay.lease != RelayLease::None {
+            relay.lease = RelayLease::None;
+            self.commands.push_back(Command::ReleaseLease {
+                url: url.to_owned(),
+            });
+        }
         self.timers
             .set(FollowTimer::Reconnect(url.to_owned()), now + delay);
         self.needs_reconcile = true;

@@ -1256,6 +1256,47 @@ fn with_relay_leases_a_relay_is_connected_only_under_its_lease() {
     assert_ne!(again, id);
 }
 
+/// An instance whose connection to a relay fails gives the relay's lease back while it backs
+/// off, so another instance may follow it; it asks again when the backoff ends.
+#[test]
+fn a_failed_connection_gives_the_lease_back_for_the_backoff() {
+    let url = "wss://relay.one";
+    let mut f = follower(leased_config());
+    f.handle_input(t(0), Input::Announcement(ann(1, "repo", 100, &[url])));
+    drain(&mut f);
+    f.handle_input(t(0), Input::Leased { url: url.into() });
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(
+        t(1),
+        Input::Failed {
+            id,
+            reason: "refused".into(),
+        },
+    );
+    assert_eq!(drain(&mut f), [Command::ReleaseLease { url: url.into() }]);
+    // The lease is asked for again once the 5 s backoff is over, not before.
+    let commands = run_until(&mut f, t(5));
+    assert!(commands.is_empty(), "{commands:?}");
+    let commands = run_until(&mut f, t(6));
+    assert_eq!(
+        commands.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+        [Command::AcquireLease { url: url.into() }]
+    );
+    // A connection that ends healthy keeps the lease.
+    f.handle_input(t(7), Input::Leased { url: url.into() });
+    let (id, _) = only_connect(&drain(&mut f));
+    f.handle_input(t(7), Input::Connected { id });
+    f.handle_input(
+        t(8),
+        Input::Eose {
+            id,
+            subscription: SubKey::Repos(0),
+        },
+    );
+    f.handle_input(t(9), Input::Closed { id });
+    assert!(lease_commands(&drain(&mut f)).is_empty());
+}
+
 /// A relay nobody wants any more gives its lease back, held or still wanted; a lease acquired
 /// for a relay no longer wanted goes back at once.
 #[test]
