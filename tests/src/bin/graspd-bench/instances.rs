@@ -16,7 +16,21 @@ const CONNECTIONS: usize = 10;
 
 pub struct Measured {
     pub events_per_second: f64,
+    /// Store writes per group commit while the EVENTs were published, over every instance.
+    pub writes_per_commit: f64,
     pub push: PushLatency,
+}
+
+/// Group commits and the writes they held so far, summed over `servers`.
+fn group_commits(servers: &[Server]) -> (f64, f64) {
+    servers
+        .iter()
+        .fold((0.0, 0.0), |(commits, writes), server| {
+            (
+                commits + server.metric_sum("graspd_store_group_commits_total"),
+                writes + server.metric_sum("graspd_store_grouped_writes_total"),
+            )
+        })
 }
 
 /// `instances` on PostgreSQL (a fresh database), or one on redb when `None`.
@@ -50,6 +64,7 @@ pub fn measure(
     served_repo(&servers[0], "relay-bench");
     let count = servers.len();
     let share = events.len().div_ceil(count);
+    let (commits_before, writes_before) = group_commits(&servers);
     let started = Instant::now();
     let published: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = servers
@@ -65,6 +80,9 @@ pub fn measure(
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let elapsed = started.elapsed();
+    let (commits_after, writes_after) = group_commits(&servers);
+    let writes_per_commit =
+        (writes_after - writes_before) / (commits_after - commits_before).max(1.0);
     for p in &published {
         assert_eq!(
             p.rejected, 0,
@@ -86,6 +104,7 @@ pub fn measure(
     }
     Some(Measured {
         events_per_second,
+        writes_per_commit,
         push,
     })
 }

@@ -329,6 +329,13 @@ fn main() {
             );
             table.both(
                 "4b instances",
+                &format!("{label}: store writes per group commit"),
+                format!("{:.1}", t.writes_per_commit),
+                format!("{:.1}", s.writes_per_commit),
+                "while those EVENTs were published, over every instance",
+            );
+            table.both(
+                "4b instances",
                 &format!(
                     "{label}: push -> live EVENT, ms p50/p99 (n={})",
                     plan.pushes

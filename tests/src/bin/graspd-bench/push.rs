@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use graspd_tests::git::{git_output, WorkRepo};
 use graspd_tests::nostr::{npub, state, RelayClient};
 use graspd_tests::Server;
 use serde_json::json;
@@ -22,6 +23,26 @@ pub struct PushLatency {
 
 pub fn measure(server: &Server, pushes: usize) -> PushLatency {
     measure_across(server, server, server, pushes)
+}
+
+/// Pushes `main` to `url`; returns when the push that succeeded started. Another instance
+/// than the one the state was published to knows the state once its notification arrived (a
+/// few ms): until then it refuses the push, which is tried again.
+fn push_once_heard(work: &WorkRepo, url: &str) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let started = Instant::now();
+        let out = git_output(&work.dir, &["push", "-q", url, "main"]);
+        if out.status.success() {
+            return started;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no state event in purgatory matches") && Instant::now() < deadline,
+            "git push {url} failed:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// [`measure`] with each state published to `publish_to`, pushed to `push_to` and watched
@@ -83,8 +104,7 @@ pub fn measure_across(
         let reply = publisher.publish(&st);
         assert!(reply.accepted, "bench push state refused: {reply:?}");
         let id = st.id.to_hex();
-        let started = Instant::now();
-        work.git(&["push", "-q", &url, "main"]);
+        let started = push_once_heard(&work, &url);
         let pushed = Instant::now();
         let arrived = loop {
             let (got, at) = arrived_rx
