@@ -140,6 +140,7 @@ on_both_backends!(
     the_referenced_index_survives_a_restart_and_follows_releases,
     ids_then_chunks_give_the_query_answer_in_bounded_pieces,
     reconciliation_items_are_the_served_answer,
+    writes_in_one_transaction_see_each_other,
 );
 
 fn stored() -> InsertOutcome {
@@ -864,6 +865,61 @@ fn ids_named_by_accepted_threads_are_remembered_until_served(backend: Backend) {
             evicted: 0
         }
     );
+}
+
+/// One transaction (`insert_many`, as a group commit's batch) whose writes read what the
+/// earlier ones wrote: duplicates, replacement, deletion, the referenced index.
+fn writes_in_one_transaction_see_each_other(backend: Backend) {
+    let Some(place) = Place::new(backend, "one-transaction") else {
+        return;
+    };
+    let store = place.open();
+    let alice = keys(1);
+    let named = event(&alice, 1, 5, &[], "named");
+    let issue = issue_naming(10, &[&named]);
+    let (v1, v2) = (
+        event(&alice, 10_002, 10, &[], "v1"),
+        event(&alice, 10_002, 20, &[], "v2"),
+    );
+    let doomed = event(&alice, 1621, 10, &[&["t", "doomed"]], "doomed");
+    let deletion = event(&alice, 5, 30, &[&["e", &doomed.id.to_hex()]], "");
+    let outcomes = store
+        .insert_many(&[
+            issue.clone(),
+            issue.clone(),
+            v1.clone(),
+            v2.clone(),
+            v1.clone(),
+            doomed.clone(),
+            deletion.clone(),
+            doomed.clone(),
+            named.clone(),
+        ])
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            stored(),
+            InsertOutcome::Duplicate,
+            stored(),
+            InsertOutcome::Stored {
+                removed: vec![v1.id]
+            },
+            InsertOutcome::Superseded { by: v2.id },
+            stored(),
+            InsertOutcome::Stored {
+                removed: vec![doomed.id]
+            },
+            InsertOutcome::Deleted,
+            stored(),
+        ]
+    );
+    let served = store.query(&[Filter::new().author(alice.public_key())], 100);
+    assert_eq!(ids(&served.unwrap()), [deletion.id, v2.id, named.id]);
+    let tagged = Filter::new().hashtag("doomed");
+    assert!(store.query(&[tagged], 10).unwrap().is_empty());
+    assert_eq!(referenced(&store, &[&named]), [false]);
+    assert_eq!(store.reference_stats().entries, 0);
 }
 
 fn the_referenced_index_forgets_the_oldest_beyond_its_capacity(backend: Backend) {

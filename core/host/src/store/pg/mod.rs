@@ -5,10 +5,13 @@
 //! ([`schema::WRITE_LOCK`]), so writers are serialised across every instance as redb
 //! serialises them in one process, and the write rules (`../rules.rs`) see the rows they
 //! read unchanged until they commit. The hot writes share transactions through the same group
-//! commit as redb (`../group_commit.rs`). Reads run in a read-only repeatable-read
-//! transaction when they take more than one statement, so an answer is one snapshot.
+//! commit as redb (`../group_commit.rs`); a batch's statements are few whatever its size
+//! (`rows.rs`), since the lock is held for their round trips. Reads run in a read-only
+//! repeatable-read transaction when they take more than one statement, so an answer is one
+//! snapshot.
 //!
-//! Connections come from a small bounded pool (`pool.rs`, `--database-connections`).
+//! Connections come from a small bounded pool (`pool.rs`, `--database-connections`), each
+//! with the statements prepared on it (`statements.rs`).
 
 mod leases;
 pub mod notify;
@@ -17,6 +20,7 @@ mod query;
 pub mod repo_locks;
 mod rows;
 mod schema;
+mod statements;
 
 use std::cmp::Reverse;
 use std::path::{Path, PathBuf};
@@ -36,6 +40,7 @@ use super::{
 };
 use pool::Pool;
 use rows::{PgRows, PgTombstones};
+use statements::Cached;
 
 pub use schema::MIGRATIONS;
 
@@ -67,7 +72,14 @@ pub struct PgStore {
 }
 
 /// A write queued for a group commit.
-type Job = Box<dyn for<'t, 'c> Fn(&mut PgRows<'t, 'c>) -> Result<(), postgres::Error> + Send>;
+pub(super) struct Job {
+    /// The (event id, author) pairs whose rows it reads, read ahead for the whole batch
+    /// ([`PgRows::read_ahead`]).
+    reads: Vec<(Id, Id)>,
+    run: Box<RunJob>,
+}
+
+type RunJob = dyn for<'t, 'c> Fn(&mut PgRows<'t, 'c>) -> Result<(), postgres::Error> + Send;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,7 +168,7 @@ impl PgStore {
     }
 
     pub fn is_referenced(&self, id: &EventId) -> Result<bool, StoreError> {
-        self.read(|client| {
+        self.read_prepared(|client| {
             let row = client.query_opt(
                 "SELECT 1 FROM referenced WHERE id = $1",
                 &[&&id.to_bytes()[..]],
@@ -167,7 +179,8 @@ impl PgStore {
 
     pub fn insert(&self, event: &Event) -> PendingWrite<InsertOutcome> {
         let event = event.clone();
-        self.write_grouped(move |rows| {
+        let reads = rows::reads_of_insert(&event, &self.reference_limits);
+        self.write_grouped(reads, move |rows| {
             let outcome = rules::insert(rows, &event)?;
             rows.note_served(&event, &outcome);
             Ok(outcome)
@@ -176,6 +189,11 @@ impl PgStore {
 
     pub fn insert_many(&self, events: &[Event]) -> Result<Vec<InsertOutcome>, StoreError> {
         self.write(|rows| {
+            let reads: Vec<(Id, Id)> = events
+                .iter()
+                .flat_map(|event| rows::reads_of_insert(event, &self.reference_limits))
+                .collect();
+            rows.read_ahead(&reads)?;
             let mut outcomes = Vec::with_capacity(events.len());
             for event in events {
                 let outcome = rules::insert(rows, event)?;
@@ -188,7 +206,7 @@ impl PgStore {
 
     pub fn release_waiting(&self, id: &EventId) -> PendingWrite<Option<(Event, InsertOutcome)>> {
         let (id, label) = (*id, Arc::clone(&self.label));
-        self.write_grouped(move |rows| {
+        self.write_grouped(Vec::new(), move |rows| {
             let released = rules::release(rows, &id, &label)?;
             if let Some((event, outcome)) = &released {
                 rows.note_served(event, outcome);
@@ -203,12 +221,12 @@ impl PgStore {
 
     pub fn put_waiting(&self, waiting: &WaitingEvent) -> PendingWrite<()> {
         let waiting = waiting.clone();
-        self.write_grouped(move |rows| rows.put_waiting(&waiting))
+        self.write_grouped(Vec::new(), move |rows| rows.put_waiting(&waiting))
     }
 
     pub fn remove_waiting(&self, id: &EventId) -> PendingWrite<bool> {
         let id = id.to_bytes();
-        self.write_grouped(move |rows| {
+        self.write_grouped(Vec::new(), move |rows| {
             let removed = rows.remove_waiting(&id)?;
             if removed {
                 rows.notes
@@ -219,7 +237,7 @@ impl PgStore {
     }
 
     pub fn is_deleted(&self, event: &Event) -> Result<bool, StoreError> {
-        self.read(|client| rules::tombstoned(&mut PgTombstones(client), event))
+        self.read_prepared(|client| rules::tombstoned(&mut PgTombstones(client), event))
     }
 
     pub fn waiting_page(
@@ -230,7 +248,7 @@ impl PgStore {
         let after = after.map(|id| id.to_bytes().to_vec()).unwrap_or_default();
         // One more than a page: whether the table goes on.
         let fetch = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
-        let rows = self.read(|client| {
+        let rows = self.read_prepared(|client| {
             client.query(
                 "SELECT id, arrival, expires_at, json FROM waiting WHERE id > $1
                  ORDER BY id LIMIT $2",
@@ -263,7 +281,7 @@ impl PgStore {
 
     pub fn get(&self, id: &EventId) -> Result<Option<Event>, StoreError> {
         let id = id.to_bytes();
-        let json = self.read(|client| query::json_by_id(client, &[id]))?;
+        let json = self.read_prepared(|client| query::json_by_id(client, &[id]))?;
         Ok(json
             .get(&id)
             .and_then(|text| super::query::decode(&id, text.as_bytes())))
@@ -475,19 +493,30 @@ impl PgStore {
         body(&mut client).map_err(|e| self.failure(e.to_string()))
     }
 
+    /// [`PgStore::read`] through the connection's prepared statements (`statements.rs`).
+    fn read_prepared<T>(
+        &self,
+        body: impl FnOnce(&mut Cached<'_, postgres::Client>) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut pooled = self.pool.get().map_err(|e| self.failure(e))?;
+        let (client, statements) = pooled.with_statements();
+        body(&mut Cached::new(client, statements)).map_err(|e| self.failure(e.to_string()))
+    }
+
     /// Statements that must see one snapshot: a read-only repeatable-read transaction.
     fn snapshot<T>(
         &self,
-        body: impl FnOnce(&mut Transaction<'_>) -> Result<T, postgres::Error>,
+        body: impl FnOnce(&mut Cached<'_, Transaction<'_>>) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        let mut client = self.pool.get().map_err(|e| self.failure(e))?;
+        let mut pooled = self.pool.get().map_err(|e| self.failure(e))?;
+        let (client, statements) = pooled.with_statements();
         let result = (|| {
             let mut txn = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()?;
-            let out = body(&mut txn)?;
+            let out = body(&mut Cached::new(&mut txn, statements))?;
             txn.commit()?;
             Ok(out)
         })();
@@ -504,18 +533,29 @@ impl PgStore {
 
     /// Like [`PgStore::write`] for the hot writes, queued: writes running at the same time
     /// share one transaction, and each is answered only after that transaction committed.
+    /// `reads` are the (event id, author) pairs whose rows `body` reads.
     fn write_grouped<T: Send + 'static>(
         &self,
+        reads: Vec<(Id, Id)>,
         body: impl Fn(&mut PgRows<'_, '_>) -> Result<T, postgres::Error> + Send + 'static,
     ) -> PendingWrite<T> {
         let store = self.clone();
-        let commit: Commit<Job> =
-            Box::new(move |jobs| store.transact(|rows| jobs.iter().try_for_each(|job| job(rows))));
-        let pending = self.commits.submit_returning(commit, |keep| -> Job {
-            Box::new(move |rows| {
+        let commit: Commit<Job> = Box::new(move |jobs| {
+            store.transact(|rows| {
+                let reads: Vec<(Id, Id)> = jobs
+                    .iter()
+                    .flat_map(|job| job.reads.iter().copied())
+                    .collect();
+                rows.read_ahead(&reads)?;
+                jobs.iter().try_for_each(|job| (job.run)(rows))
+            })
+        });
+        let pending = self.commits.submit_returning(commit, |keep| Job {
+            reads,
+            run: Box::new(move |rows| {
                 keep(body(rows)?);
                 Ok(())
-            })
+            }),
         });
         PendingWrite::new(pending, Arc::clone(&self.label))
     }
@@ -526,23 +566,23 @@ impl PgStore {
         &self,
         body: impl FnOnce(&mut PgRows<'_, '_>) -> Result<T, postgres::Error>,
     ) -> Result<T, String> {
-        let mut client = self.pool.get()?;
+        let mut pooled = self.pool.get()?;
+        let (client, statements) = pooled.with_statements();
         let result = (|| {
             let mut txn = client.transaction()?;
-            txn.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::WRITE_LOCK])?;
-            let mut rows = PgRows {
-                txn: &mut txn,
-                reference_limits: self.reference_limits,
-                reference_changes: Default::default(),
-                notes: Vec::new(),
-            };
+            let mut rows = PgRows::new(Cached::new(&mut txn, statements), self.reference_limits);
+            rows.db()?
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&schema::WRITE_LOCK])?;
             let out = body(&mut rows)?;
             let changes = std::mem::take(&mut rows.reference_changes);
             let notes = std::mem::take(&mut rows.notes);
+            rows.write_held_back()?;
             // Delivered by PostgreSQL when (and only if) this transaction commits.
             for payload in notify::payloads(&self.token, &notes) {
-                txn.execute("SELECT pg_notify($1, $2)", &[&notify::CHANNEL, &payload])?;
+                rows.db()?
+                    .execute("SELECT pg_notify($1, $2)", &[&notify::CHANNEL, &payload])?;
             }
+            drop(rows);
             txn.commit()?;
             Ok((out, changes))
         })();
@@ -563,7 +603,7 @@ impl PgStore {
 
 /// A query's answer as order keys (`../query.rs`'s union over [`query::run_one`]).
 fn orders(
-    client: &mut impl GenericClient,
+    client: &mut Cached<'_, impl GenericClient>,
     filters: &[Filter],
     cap: usize,
     visible: Visible<'_>,

@@ -3,13 +3,15 @@
 //! At most `size` connections are open; a caller waits for one at most [`WAIT`]. A
 //! connection that broke (the server restarted, the network dropped) is dropped on return and
 //! a new one is made on the next demand, so the store recovers by itself once the database is
-//! back.
+//! back. Each connection keeps the statements prepared on it (`statements.rs`).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use postgres::{Client, Config, NoTls};
+
+use super::statements::Statements;
 
 /// The longest a caller waits with no connection coming free before its operation fails
 /// (the wait starts again whenever one is returned but taken by another caller).
@@ -23,7 +25,7 @@ pub struct Pool {
 }
 
 struct State {
-    idle: Vec<Client>,
+    idle: Vec<Connection>,
     /// Connections handed out or idle.
     open: usize,
 }
@@ -50,10 +52,10 @@ impl Pool {
     pub fn get(&self) -> Result<Pooled<'_>, String> {
         let mut state = self.lock();
         loop {
-            if let Some(client) = state.idle.pop() {
+            if let Some(connection) = state.idle.pop() {
                 return Ok(Pooled {
                     pool: self,
-                    client: Some(client),
+                    connection: Some(connection),
                 });
             }
             if state.open < self.size {
@@ -62,7 +64,10 @@ impl Pool {
                 return match self.config.connect(NoTls) {
                     Ok(client) => Ok(Pooled {
                         pool: self,
-                        client: Some(client),
+                        connection: Some(Connection {
+                            client,
+                            statements: Statements::default(),
+                        }),
                     }),
                     Err(error) => {
                         self.lock().open -= 1;
@@ -87,35 +92,57 @@ impl Pool {
     }
 }
 
+/// An open connection and the statements prepared on it.
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
 /// A connection lent by the pool; it goes back when dropped.
 pub struct Pooled<'a> {
     pool: &'a Pool,
-    client: Option<Client>,
+    connection: Option<Connection>,
+}
+
+impl Pooled<'_> {
+    /// The connection and its prepared statements, to run them on it (`statements.rs`).
+    pub fn with_statements(&mut self) -> (&mut Client, &mut Statements) {
+        let connection = self.connection.as_mut().expect("present until dropped");
+        (&mut connection.client, &mut connection.statements)
+    }
 }
 
 impl Deref for Pooled<'_> {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("present until dropped")
+        &self
+            .connection
+            .as_ref()
+            .expect("present until dropped")
+            .client
     }
 }
 
 impl DerefMut for Pooled<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until dropped")
+        &mut self
+            .connection
+            .as_mut()
+            .expect("present until dropped")
+            .client
     }
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        let Some(client) = self.client.take() else {
+        let Some(connection) = self.connection.take() else {
             return;
         };
         let mut state = self.pool.lock();
-        if client.is_closed() {
+        if connection.client.is_closed() {
             state.open -= 1;
         } else {
-            state.idle.push(client);
+            state.idle.push(connection);
         }
         drop(state);
         self.pool.returned.notify_one();

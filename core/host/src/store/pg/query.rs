@@ -16,13 +16,14 @@ use postgres::GenericClient;
 use super::super::query::{admits, decode, order, Order, Visible};
 use super::super::schema::{indexed_tag_value, letter_byte, Id};
 use super::rows::timestamp;
+use super::statements::Cached;
 
 /// Rows read per round trip while scanning one filter.
 const PAGE: usize = 256;
 
 /// The newest `limit` events matching `filter`, as their order keys.
 pub fn run_one(
-    client: &mut impl GenericClient,
+    client: &mut Cached<'_, impl GenericClient>,
     filter: &Filter,
     limit: usize,
     visible: Visible<'_>,
@@ -108,7 +109,7 @@ pub fn run_one(
 
 /// The stored JSON of each of `ids` that is served, by id (one round trip).
 pub fn json_by_id(
-    client: &mut impl GenericClient,
+    client: &mut Cached<'_, impl GenericClient>,
     ids: &[Id],
 ) -> Result<HashMap<Id, String>, postgres::Error> {
     let keys: Vec<&[u8]> = ids.iter().map(|id| &id[..]).collect();
