@@ -141,6 +141,7 @@ on_both_backends!(
     ids_then_chunks_give_the_query_answer_in_bounded_pieces,
     reconciliation_items_are_the_served_answer,
     writes_in_one_transaction_see_each_other,
+    answers_longer_than_a_page_are_whole,
 );
 
 fn stored() -> InsertOutcome {
@@ -920,6 +921,34 @@ fn writes_in_one_transaction_see_each_other(backend: Backend) {
     assert!(store.query(&[tagged], 10).unwrap().is_empty());
     assert_eq!(referenced(&store, &[&named]), [false]);
     assert_eq!(store.reference_stats().entries, 0);
+}
+
+/// A filter whose answer takes more than one page of rows (PostgreSQL reads 256 at a time,
+/// and the first alone when it answers): every event, or the hidden ones skipped.
+fn answers_longer_than_a_page_are_whole(backend: Backend) {
+    let Some(place) = Place::new(backend, "long-answer") else {
+        return;
+    };
+    let store = place.open();
+    let alice = keys(1);
+    let events: Vec<Event> = (0..600u64)
+        .map(|n| event(&alice, 1, 1000 + n, &[], &format!("note {n}")))
+        .collect();
+    store.insert_many(&events).unwrap();
+    let newest_first: Vec<EventId> = events.iter().rev().map(|e| e.id).collect();
+    let every = Filter::new().author(alice.public_key());
+    assert_eq!(
+        ids(&store.query(std::slice::from_ref(&every), 1000).unwrap()),
+        newest_first
+    );
+    assert_eq!(
+        store.query_ids(std::slice::from_ref(&every), 1000).unwrap(),
+        newest_first
+    );
+    // The 400 newest are hidden: the first page holds none of the answer.
+    let old = |event: &Event| event.created_at.as_secs() < 1200;
+    let found = store.query_visible(&[every.limit(3)], 1000, &old).unwrap();
+    assert_eq!(ids(&found), newest_first[400..403]);
 }
 
 fn the_referenced_index_forgets_the_oldest_beyond_its_capacity(backend: Backend) {

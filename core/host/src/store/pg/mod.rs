@@ -22,14 +22,15 @@ mod rows;
 mod schema;
 mod statements;
 
-use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nostr::prelude::{Event, EventId, Filter};
-use postgres::{GenericClient, IsolationLevel, Transaction};
+use postgres::{IsolationLevel, Transaction};
 
 use super::group_commit::{Commit, GroupCommit, GroupCommitStats};
+use super::query::Order;
 use super::references::{ReferenceCounters, ReferenceLimits};
 use super::rules::{self, Rows};
 use super::schema::Id;
@@ -293,17 +294,11 @@ impl PgStore {
         cap: usize,
         visible: Visible<'_>,
     ) -> Result<Vec<Event>, StoreError> {
-        self.snapshot(|txn| {
-            let ids: Vec<Id> = orders(txn, filters, cap, visible)?
-                .into_iter()
-                .map(|(_, id)| id)
-                .collect();
-            let json = query::json_by_id(txn, &ids)?;
-            Ok(ids
-                .iter()
-                .filter_map(|id| super::query::decode(id, json.get(id)?.as_bytes()))
-                .collect())
-        })
+        let (found, mut events) = self.answer(filters, cap, visible, true)?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(_, id)| events.remove(&id))
+            .collect())
     }
 
     pub fn query_ids_visible(
@@ -312,7 +307,7 @@ impl PgStore {
         cap: usize,
         visible: Visible<'_>,
     ) -> Result<Vec<EventId>, StoreError> {
-        let found = self.snapshot(|txn| orders(txn, filters, cap, visible))?;
+        let (found, _) = self.answer(filters, cap, visible, false)?;
         Ok(found
             .into_iter()
             .map(|(_, id)| EventId::from_byte_array(id))
@@ -325,12 +320,56 @@ impl PgStore {
         cap: usize,
         visible: Visible<'_>,
     ) -> Result<Vec<(u64, EventId)>, StoreError> {
-        let found = self.snapshot(|txn| orders(txn, filters, cap, visible))?;
+        let (found, _) = self.answer(filters, cap, visible, false)?;
         Ok(found
             .into_iter()
             .map(query::item)
             .map(|(created_at, id)| (created_at, EventId::from_byte_array(id)))
             .collect())
+    }
+
+    /// A query's answer as order keys (`../query.rs`'s union over [`query::run_one`]), with
+    /// the events themselves if `keep`. One statement is a snapshot of its own: a single
+    /// filter answered by its first page is read outside a transaction; anything longer is
+    /// read in one read-only repeatable-read transaction.
+    fn answer(
+        &self,
+        filters: &[Filter],
+        cap: usize,
+        visible: Visible<'_>,
+        keep: bool,
+    ) -> Result<(BTreeSet<Order>, HashMap<Id, Event>), StoreError> {
+        if let [_] = filters {
+            let mut kept = HashMap::new();
+            let answered = self.read_prepared(|db| {
+                let mut complete = true;
+                let found = super::query::union(filters, cap, |filter, limit| {
+                    let found =
+                        query::run_one(db, filter, limit, visible, keep.then_some(&mut kept), 1)?;
+                    complete &= found.is_some();
+                    Ok(found.unwrap_or_default())
+                })?;
+                Ok(complete.then_some(found))
+            })?;
+            if let Some(found) = answered {
+                return Ok((found, kept));
+            }
+        }
+        self.snapshot(|txn| {
+            let mut kept = HashMap::new();
+            let found = super::query::union(filters, cap, |filter, limit| {
+                let found = query::run_one(
+                    txn,
+                    filter,
+                    limit,
+                    visible,
+                    keep.then_some(&mut kept),
+                    usize::MAX,
+                )?;
+                Ok(found.unwrap_or_default())
+            })?;
+            Ok((found, kept))
+        })
     }
 
     pub fn load_json(
@@ -342,7 +381,7 @@ impl PgStore {
         const WINDOW: usize = 64;
         let ids: Vec<Id> = ids.iter().map(|id| id.to_bytes()).collect();
         self.snapshot(|txn| {
-            let mut fetched = std::collections::HashMap::new();
+            let mut fetched = HashMap::new();
             let mut fetched_until = 0;
             super::query::take_json(&ids, max_bytes, |n, id| {
                 if n >= fetched_until {
@@ -442,7 +481,7 @@ impl PgStore {
                 "SELECT id, arrival, expires_at, json FROM waiting WHERE id = ANY($1)",
                 &[&keys],
             )?;
-            let waiting: std::collections::HashMap<Id, WaitingEvent> = rows
+            let waiting: HashMap<Id, WaitingEvent> = rows
                 .iter()
                 .filter_map(|row| {
                     let (id, code, expires_at, json): (&[u8], i16, i64, &str) =
@@ -599,16 +638,4 @@ impl PgStore {
             detail,
         }
     }
-}
-
-/// A query's answer as order keys (`../query.rs`'s union over [`query::run_one`]).
-fn orders(
-    client: &mut Cached<'_, impl GenericClient>,
-    filters: &[Filter],
-    cap: usize,
-    visible: Visible<'_>,
-) -> Result<std::collections::BTreeSet<(Reverse<u64>, Id)>, postgres::Error> {
-    super::query::union(filters, cap, |filter, limit| {
-        query::run_one(client, filter, limit, visible)
-    })
 }

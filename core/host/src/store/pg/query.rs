@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
-use nostr::prelude::Filter;
+use nostr::prelude::{Event, Filter};
 use postgres::types::ToSql;
 use postgres::GenericClient;
 
@@ -21,18 +21,22 @@ use super::statements::Cached;
 /// Rows read per round trip while scanning one filter.
 const PAGE: usize = 256;
 
-/// The newest `limit` events matching `filter`, as their order keys.
+/// The newest `limit` events matching `filter`, as their order keys; the events themselves
+/// go into `kept` if given. Reads at most `max_pages` pages (statements): `None` if the
+/// answer needs more.
 pub fn run_one(
     client: &mut Cached<'_, impl GenericClient>,
     filter: &Filter,
     limit: usize,
     visible: Visible<'_>,
-) -> Result<BTreeSet<Order>, postgres::Error> {
+    mut kept: Option<&mut HashMap<Id, Event>>,
+    max_pages: usize,
+) -> Result<Option<BTreeSet<Order>>, postgres::Error> {
     let since = timestamp(filter.since.map_or(0, |t| t.as_secs()));
     let until = timestamp(filter.until.map_or(u64::MAX, |t| t.as_secs()));
     let mut found = BTreeSet::new();
     if since > until {
-        return Ok(found);
+        return Ok(Some(found));
     }
     let mut params: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(since), Box::new(until)];
     let mut sql = String::from(
@@ -76,7 +80,7 @@ pub fn run_one(
          ORDER BY created_at DESC, id ASC LIMIT {PAGE}"
     );
     let mut after: Option<(i64, Vec<u8>)> = None;
-    loop {
+    for _ in 0..max_pages {
         let mut args: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
         let rows = match &after {
             None => client.query(first_page.as_str(), &args)?,
@@ -95,16 +99,20 @@ pub fn run_one(
             };
             if admits(filter, visible, &event) {
                 found.insert(order(&event));
+                if let Some(kept) = kept.as_deref_mut() {
+                    kept.insert(id, event);
+                }
                 if found.len() >= limit {
-                    return Ok(found);
+                    return Ok(Some(found));
                 }
             }
         }
         match rows.last() {
             Some(last) if !complete => after = Some((last.get(2), last.get::<_, Vec<u8>>(0))),
-            _ => return Ok(found),
+            _ => return Ok(Some(found)),
         }
     }
+    Ok(None)
 }
 
 /// The stored JSON of each of `ids` that is served, by id (one round trip).
