@@ -62,11 +62,11 @@ impl Pool {
                 state.open += 1;
                 drop(state);
                 return match self.config.connect(NoTls) {
-                    Ok(client) => Ok(Pooled {
+                    Ok(mut client) => Ok(Pooled {
                         pool: self,
                         connection: Some(Connection {
+                            statements: Statements::for_connection(&mut client),
                             client,
-                            statements: Statements::default(),
                         }),
                     }),
                     Err(error) => {

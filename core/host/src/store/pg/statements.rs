@@ -9,16 +9,25 @@
 use std::collections::HashMap;
 
 use postgres::types::ToSql;
-use postgres::{Error, GenericClient, Row, Statement};
+use postgres::{Client, Error, GenericClient, Row, Statement};
 
 /// Statements kept per connection at most.
 const CAPACITY: usize = 256;
 
 /// The statements prepared on one connection, by their SQL.
-#[derive(Default)]
 pub struct Statements(HashMap<Box<str>, Statement>);
 
 impl Statements {
+    /// None yet, for a new connection. A prepared statement is planned for its parameters at
+    /// each run, as text is: a filter's plan depends on its values (a plan made once for any
+    /// values scanned the whole time index for one author's announcement).
+    pub fn for_connection(client: &mut Client) -> Statements {
+        if let Err(error) = client.batch_execute("SET plan_cache_mode = force_custom_plan") {
+            tracing::warn!(%error, "cannot plan prepared statements per run; filters may be slower");
+        }
+        Statements(HashMap::new())
+    }
+
     /// The statement for `sql`, prepared on `client`'s connection the first time.
     fn get(&mut self, client: &mut impl GenericClient, sql: &str) -> Result<Statement, Error> {
         if let Some(statement) = self.0.get(sql) {
