@@ -1831,8 +1831,11 @@ fn an_announcement_released_with_its_first_state_is_served_before_it() {
     let mut kit = Kit::default();
     let mut engine = Engine::new(config());
     let mut host = Host::default();
-    let ann = kit.announcement(1, "r", &[], &[]);
+    // The kit's ids grow: the state's sorts before the announcement's, so an order by id
+    // would put the state first.
     let st = kit.state(1, "r", 2000, &[("refs/heads/main", oid(1))]);
+    let ann = kit.announcement(1, "r", &[], &[]);
+    assert!(st.id < ann.id);
     for event in [ann.clone(), st.clone()] {
         let verdict = publish(&mut engine, &mut host, t(0), event, Arrival::Published);
         assert!(matches!(verdict, Verdict::Waiting(_)), "{verdict:?}");

@@ -434,8 +434,10 @@ impl Engine {
             }
             plan.release.push(*id);
         }
-        plan.release.sort();
-        plan.release.dedup();
+        // Without duplicates, in the order planned: not sorted by id, which would put a
+        // state before its announcement whenever its id is the lower one.
+        let mut planned = BTreeSet::new();
+        plan.release.retain(|id| planned.insert(*id));
         plan
     }
 }
